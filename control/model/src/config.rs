@@ -1,0 +1,497 @@
+//! The desired state as written in the TOML config file (and extended by dynamic sources).
+//!
+//! Every struct is `deny_unknown_fields`: a typo is an error with a line number, never a silently ignored key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{bgp, dns, l4, marathon, service::Service};
+
+/// Everything Padis should serve: the whole config file, plus what dynamic sources merge in.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    /// Admin API listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Client-side HTTP limits and timeouts shared by all L7 listeners.
+    #[serde(default)]
+    pub limits: Limits,
+    /// L7 listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    /// TLS certificates, chosen by SNI on TLS listeners.
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertificateConfig>,
+    /// L7 routes (host + path prefix -> backend groups).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    /// Backend groups.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<BackendGroup>,
+    /// Named services with instances (published in DNS).
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+    /// L4 (XDP) settings.
+    #[serde(default)]
+    pub l4: l4::L4Config,
+    /// L4 virtual IPs.
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<l4::Vip>,
+    /// Authoritative DNS.
+    #[serde(default)]
+    pub dns: dns::DnsConfig,
+    /// Marathon source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marathon: Option<marathon::MarathonConfig>,
+    /// BGP announcement of VIPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<bgp::BgpConfig>,
+    /// Kernel host routes for a local OSPF daemon to redistribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ospf: Option<bgp::OspfConfig>,
+}
+
+/// The admin HTTP listener (`/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to bind; loopback by default.
+    pub listen: SocketAddr,
+    /// Bearer token required on every request; mandatory when `listen` is not a loopback address.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9901".parse().unwrap(), token: None }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `padis_lb=debug,info`.
+    pub level: String,
+    /// Human-readable or JSON lines.
+    pub format: LogFormat,
+    /// One line per proxied request (target `padis::access`).
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Human, access_log: true }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Plain text for people.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Client-side limits, shared by all L7 listeners.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line + headers) accepted, in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body accepted, in bytes (0 = no limit); larger gets 413.
+    pub max_body_bytes: u64,
+    /// Time a client has to send a complete request head (slowloris guard); then 408 and close.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Keep-alive connections idle this long are closed.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Most concurrent client connections per listener (0 = no limit).
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub h2_max_concurrent_streams: u32,
+    /// On SIGTERM, how long in-flight requests get to finish before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 100 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An L7 listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used by routes and metrics.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS termination; plaintext (HTTP/1.1 and h2c prior knowledge) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates offered, by name (empty = all configured certificates).
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Certificate for clients without SNI or with an unknown name (default: the first one).
+    #[serde(default)]
+    pub default_certificate: Option<String>,
+    /// ALPN protocols in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+/// A certificate and its key (PEM files; relative paths are relative to the config file).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Unique name.
+    pub name: String,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names served by it; taken from the certificate's subjectAltName when empty.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// An L7 route: requests whose Host and path match go to the route's backend group(s).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name, used in metrics.
+    pub name: String,
+    /// Listeners this route serves (empty = all).
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Host to match: exact (`api.example.com`) or wildcard (`*.example.com`); any host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path prefix to match, on segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The single backend group (shorthand for a one-entry `split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Weighted split between backend groups (canary routing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedGroup>,
+    /// Answer plaintext requests with a 308 redirect to https.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Port of the https redirect target (default 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+    /// Which source produced this route (`config`, `marathon:/app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+impl Route {
+    /// The route's targets: `split`, or `group` with weight 1.
+    pub fn targets(&self) -> Vec<WeightedGroup> {
+        if !self.split.is_empty() {
+            self.split.clone()
+        } else {
+            self.group.iter().map(|g| WeightedGroup { group: g.clone(), weight: 1 }).collect()
+        }
+    }
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedGroup {
+    /// Backend group name.
+    pub group: String,
+    /// Relative weight (0 = no new requests).
+    pub weight: u32,
+}
+
+/// A group of interchangeable backends with one balancing algorithm and health policy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendGroup {
+    /// Unique name.
+    pub name: String,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `maglev` hashes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
+    /// Cookie name used by `sticky` (default `padis_sticky`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_cookie: Option<String>,
+    /// Protocol spoken to the backends.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// TCP (+TLS) connect timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (until the response head arrives); then 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Retries of idempotent requests on another backend after a connect failure.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Active health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Passive ejection after consecutive failures (on by default).
+    #[serde(default = "default_passive")]
+    pub passive: Option<PassiveHealth>,
+    /// The backends.
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Backend>,
+    /// Which source produced this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_passive() -> Option<PassiveHealth> {
+    Some(PassiveHealth::default())
+}
+
+/// Balancing algorithm of a backend group.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two random choices on in-flight requests (weighted).
+    LeastRequest,
+    /// Maglev consistent hash on `hash_key`.
+    Maglev,
+    /// A cookie pins the client to the backend chosen first (round robin).
+    Sticky,
+}
+
+/// What a consistent hash is computed on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl TryFrom<String> for HashKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "client_ip" {
+            Ok(HashKey::ClientIp)
+        } else if let Some(h) = s.strip_prefix("header:").filter(|h| !h.is_empty()) {
+            Ok(HashKey::Header(h.to_ascii_lowercase()))
+        } else if let Some(c) = s.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+            Ok(HashKey::Cookie(c.to_string()))
+        } else {
+            Err(format!("hash_key `{s}`: expected `client_ip`, `header:NAME` or `cookie:NAME`"))
+        }
+    }
+}
+
+impl From<HashKey> for String {
+    fn from(k: HashKey) -> String {
+        match k {
+            HashKey::ClientIp => "client_ip".into(),
+            HashKey::Header(h) => format!("header:{h}"),
+            HashKey::Cookie(c) => format!("cookie:{c}"),
+        }
+    }
+}
+
+/// Protocol to the backends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (with pooled keep-alive connections).
+    #[default]
+    Http1,
+    /// HTTP/2 (h2 over TLS via ALPN, or h2c prior knowledge in plaintext).
+    H2,
+}
+
+/// TLS towards backends.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// SNI / verified name (default: the backend's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM CA bundle to verify backends (default: the webpki roots are not shipped; a CA is required unless
+    /// `insecure_skip_verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Do not verify the backend certificate (test setups only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP GET or TCP connect.
+    #[serde(default)]
+    pub kind: HealthKind,
+    /// Path requested by HTTP checks.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Host header of HTTP checks (default: the backend address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Expected status (default: any 2xx or 3xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    /// A substring the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
+    /// Time between checks.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that mark a backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that mark a backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    /// HTTP GET `path`, check status and body.
+    #[default]
+    Http,
+    /// TCP connect only.
+    Tcp,
+}
+
+/// Passive ejection: a backend failing `consecutive_failures` requests in a row (5xx or connect errors) is
+/// ejected for `base_ejection`, doubling on each repeat up to `max_ejection`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealth {
+    /// Failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// First ejection time.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Longest ejection time.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One backend of a group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Address (its identity: health state follows it across reloads).
+    pub addr: SocketAddr,
+    /// Relative weight; 0 drains it (no new requests, in-flight ones finish).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Being removed by its source (e.g. a Marathon task being killed): treated as weight 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Backend {
+    /// Whether the backend may take new requests or flows.
+    pub fn accepts_new(&self) -> bool {
+        self.weight > 0 && !self.draining
+    }
+}

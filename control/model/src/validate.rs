@@ -1,0 +1,407 @@
+//! Validation: a config is checked completely before it can become a [`Snapshot`](crate::Snapshot).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use toml_edit::Document;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::locate::{line_col, locate};
+use crate::tls::{self, CertMaterial};
+use crate::{Balance, DesiredState, HealthKind};
+
+/// Collects validation errors by field path (`route[2].group`).
+#[derive(Debug, Default)]
+pub struct Validator {
+    errors: Vec<(String, String)>,
+}
+
+impl Validator {
+    /// Records that `field` is wrong.
+    pub fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((field.into(), message.into()));
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// A validated state, with its certificates loaded. Only [`validate_state`] makes one.
+#[derive(Debug)]
+pub struct Valid {
+    /// The file (or source) it came from.
+    pub origin: Option<String>,
+    /// The state.
+    pub state: DesiredState,
+    /// Certificates in `state.certificates` order.
+    pub certificates: Vec<Arc<CertMaterial>>,
+}
+
+/// Reads and validates a config file.
+pub fn load_config(path: &Path) -> Result<Valid, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors::single(&origin, format!("cannot read: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_config(&text, &origin, base)
+}
+
+/// Parses and validates config text. `origin` names it in errors; `base` resolves relative paths.
+pub fn parse_config(text: &str, origin: &str, base: &Path) -> Result<Valid, ConfigErrors> {
+    let state: DesiredState = toml::from_str(text).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(s) => {
+                let (l, c) = line_col(text, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigErrors(vec![ConfigError {
+            origin: origin.to_string(),
+            line,
+            column,
+            field: String::new(),
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let doc = Document::parse(text.to_string()).ok();
+    let mut valid = check(state, origin, base, Some((text, doc.as_ref())))?;
+    valid.origin = Some(origin.to_string());
+    Ok(valid)
+}
+
+/// Validates a state that did not come from text (e.g. config merged with Marathon apps).
+pub fn validate_state(state: DesiredState, origin: &str, base: &Path) -> Result<Valid, ConfigErrors> {
+    check(state, origin, base, None)
+}
+
+fn check(
+    state: DesiredState,
+    origin: &str,
+    base: &Path,
+    text: Option<(&str, Option<&Document<String>>)>,
+) -> Result<Valid, ConfigErrors> {
+    let mut cx = Validator::default();
+    let certificates = check_l7(&state, base, &mut cx);
+    for (i, s) in state.services.iter().enumerate() {
+        s.validate(&format!("service[{i}]"), &mut cx);
+    }
+    state.l4.validate(&state.vips, &mut cx);
+    state.dns.validate(&mut cx);
+    if let Some(m) = &state.marathon {
+        m.validate(&mut cx);
+    }
+    if let Some(b) = &state.bgp {
+        b.validate(&mut cx);
+    }
+    if cx.errors.is_empty() {
+        return Ok(Valid { origin: None, state, certificates });
+    }
+    let errors = cx
+        .errors
+        .into_iter()
+        .map(|(field, message)| {
+            let pos = text.and_then(|(t, doc)| locate(t, doc, &field));
+            ConfigError {
+                origin: origin.to_string(),
+                line: pos.map(|p| p.0),
+                column: pos.map(|p| p.1),
+                field,
+                message,
+            }
+        })
+        .collect();
+    Err(ConfigErrors(errors))
+}
+
+fn unique<'a>(cx: &mut Validator, what: &str, names: impl Iterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            cx.error(format!("{what}[{i}].name"), "must not be empty");
+        } else if !seen.insert(n) {
+            cx.error(format!("{what}[{i}].name"), format!("duplicate name `{n}`"));
+        }
+    }
+}
+
+/// Checks a host pattern: an exact name or `*.suffix`, letters, digits, `-` and `.` only.
+fn host_ok(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && host == host.to_ascii_lowercase()
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn check_l7(s: &DesiredState, base: &Path, cx: &mut Validator) -> Vec<Arc<CertMaterial>> {
+    if !s.admin.listen.ip().is_loopback() && s.admin.token.as_deref().unwrap_or("").is_empty() {
+        cx.error("admin.token", "a bearer token is required when the admin API listens on a non-loopback address");
+    }
+    if s.log.level.trim().is_empty() {
+        cx.error("log.level", "must not be empty");
+    }
+    if s.limits.max_header_bytes < 1024 {
+        cx.error("limits.max_header_bytes", "must be at least 1024");
+    }
+    if s.limits.max_headers == 0 {
+        cx.error("limits.max_headers", "must be at least 1");
+    }
+    if s.limits.h2_max_concurrent_streams == 0 {
+        cx.error("limits.h2_max_concurrent_streams", "must be at least 1");
+    }
+
+    // Certificates.
+    unique(cx, "certificate", s.certificates.iter().map(|c| c.name.as_str()));
+    let mut certificates = Vec::new();
+    for (i, c) in s.certificates.iter().enumerate() {
+        match tls::load(&c.name, &c.cert, &c.key, &c.server_names, base) {
+            Ok(m) => certificates.push(Arc::new(m)),
+            Err(e) => cx.error(format!("certificate[{i}].cert"), e),
+        }
+    }
+    let cert_names: HashSet<&str> = s.certificates.iter().map(|c| c.name.as_str()).collect();
+
+    // Listeners.
+    unique(cx, "listener", s.listeners.iter().map(|l| l.name.as_str()));
+    let mut binds = HashSet::new();
+    for (i, l) in s.listeners.iter().enumerate() {
+        if !binds.insert(l.bind) {
+            cx.error(format!("listener[{i}].bind"), format!("{} is bound by another listener", l.bind));
+        }
+        if l.bind == s.admin.listen {
+            cx.error(format!("listener[{i}].bind"), "same address as the admin API");
+        }
+        if let Some(t) = &l.tls {
+            if s.certificates.is_empty() {
+                cx.error(format!("listener[{i}].tls"), "a TLS listener needs at least one [[certificate]]");
+            }
+            for (j, c) in t.certificates.iter().enumerate() {
+                if !cert_names.contains(c.as_str()) {
+                    cx.error(format!("listener[{i}].tls.certificates[{j}]"), format!("no certificate named `{c}`"));
+                }
+            }
+            if let Some(d) = &t.default_certificate {
+                let offered = t.certificates.is_empty() || t.certificates.contains(d);
+                if !cert_names.contains(d.as_str()) || !offered {
+                    cx.error(format!("listener[{i}].tls.default_certificate"), format!("`{d}` is not offered by this listener"));
+                }
+            }
+            for (j, a) in t.alpn.iter().enumerate() {
+                if a != "h2" && a != "http/1.1" {
+                    cx.error(format!("listener[{i}].tls.alpn[{j}]"), format!("`{a}`: expected h2 or http/1.1"));
+                }
+            }
+        }
+    }
+    let listener_names: HashSet<&str> = s.listeners.iter().map(|l| l.name.as_str()).collect();
+
+    // Groups.
+    unique(cx, "group", s.groups.iter().map(|g| g.name.as_str()));
+    for (i, g) in s.groups.iter().enumerate() {
+        let p = format!("group[{i}]");
+        let mut addrs = HashSet::new();
+        for (j, b) in g.backends.iter().enumerate() {
+            if !addrs.insert(b.addr) {
+                cx.error(format!("{p}.backend[{j}].addr"), format!("duplicate backend {}", b.addr));
+            }
+            if b.addr.port() == 0 {
+                cx.error(format!("{p}.backend[{j}].addr"), "port must not be 0");
+            }
+        }
+        if g.hash_key.is_some() && g.balance != Balance::Maglev {
+            cx.error(format!("{p}.hash_key"), "only used with balance = \"maglev\"");
+        }
+        if g.sticky_cookie.is_some() && g.balance != Balance::Sticky {
+            cx.error(format!("{p}.sticky_cookie"), "only used with balance = \"sticky\"");
+        }
+        if g.connect_timeout.is_zero() {
+            cx.error(format!("{p}.connect_timeout"), "must be greater than 0");
+        }
+        if g.request_timeout.is_zero() {
+            cx.error(format!("{p}.request_timeout"), "must be greater than 0");
+        }
+        if let Some(t) = &g.tls {
+            if t.ca.is_none() && !t.insecure_skip_verify {
+                cx.error(format!("{p}.tls.ca"), "a CA file is required (or insecure_skip_verify = true)");
+            }
+            if let Some(ca) = &t.ca {
+                if !base.join(ca).is_file() {
+                    cx.error(format!("{p}.tls.ca"), format!("{}: no such file", base.join(ca).display()));
+                }
+            }
+        }
+        if let Some(h) = &g.health {
+            if h.rise == 0 {
+                cx.error(format!("{p}.health.rise"), "must be at least 1");
+            }
+            if h.fall == 0 {
+                cx.error(format!("{p}.health.fall"), "must be at least 1");
+            }
+            if h.interval.is_zero() {
+                cx.error(format!("{p}.health.interval"), "must be greater than 0");
+            }
+            if h.timeout.is_zero() || h.timeout > h.interval {
+                cx.error(format!("{p}.health.timeout"), "must be greater than 0 and at most the interval");
+            }
+            if let Some(st) = h.expect_status {
+                if !(100..=599).contains(&st) {
+                    cx.error(format!("{p}.health.expect_status"), "must be an HTTP status (100-599)");
+                }
+            }
+            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
+                cx.error(format!("{p}.health.path"), "must start with `/`");
+            }
+        }
+        if let Some(ps) = &g.passive {
+            if ps.consecutive_failures == 0 {
+                cx.error(format!("{p}.passive.consecutive_failures"), "must be at least 1");
+            }
+            if ps.base_ejection.is_zero() || ps.max_ejection < ps.base_ejection {
+                cx.error(format!("{p}.passive.max_ejection"), "need 0 < base_ejection <= max_ejection");
+            }
+        }
+    }
+    let group_names: HashSet<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+
+    // Routes.
+    unique(cx, "route", s.routes.iter().map(|r| r.name.as_str()));
+    let mut keys: HashMap<(Option<&str>, &str, Vec<&str>), usize> = HashMap::new();
+    for (i, r) in s.routes.iter().enumerate() {
+        let p = format!("route[{i}]");
+        for (j, l) in r.listeners.iter().enumerate() {
+            if !listener_names.contains(l.as_str()) {
+                cx.error(format!("{p}.listeners[{j}]"), format!("no listener named `{l}`"));
+            }
+        }
+        if let Some(h) = &r.host {
+            if !host_ok(h) {
+                cx.error(format!("{p}.host"), format!("`{h}`: expected a lowercase host name or `*.suffix`"));
+            }
+        }
+        if !r.path.starts_with('/') {
+            cx.error(format!("{p}.path"), "must start with `/`");
+        }
+        match (&r.group, r.split.is_empty()) {
+            (Some(_), false) => cx.error(format!("{p}.split"), "use either `group` or `split`, not both"),
+            (None, true) if !r.redirect_https => cx.error(format!("{p}.group"), "a route needs `group` or `split`"),
+            _ => {}
+        }
+        if let Some(g) = &r.group {
+            if !group_names.contains(g.as_str()) {
+                cx.error(format!("{p}.group"), format!("no group named `{g}`"));
+            }
+        }
+        for (j, w) in r.split.iter().enumerate() {
+            if !group_names.contains(w.group.as_str()) {
+                cx.error(format!("{p}.split[{j}].group"), format!("no group named `{}`", w.group));
+            }
+        }
+        if !r.split.is_empty() && r.split.iter().all(|w| w.weight == 0) {
+            cx.error(format!("{p}.split"), "at least one weight must be greater than 0");
+        }
+        let mut ls: Vec<&str> = r.listeners.iter().map(String::as_str).collect();
+        ls.sort_unstable();
+        let path = r.path.trim_end_matches('/');
+        if let Some(first) = keys.insert((r.host.as_deref(), path, ls), i) {
+            cx.error(format!("{p}.path"), format!("same host, path and listeners as route `{}`", s.routes[first].name));
+        }
+    }
+    certificates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Valid, ConfigErrors> {
+        parse_config(text, "test.toml", Path::new("."))
+    }
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let v = parse(
+            r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[group]]
+name = "app"
+[[group.backend]]
+addr = "127.0.0.1:9000"
+
+[[route]]
+name = "all"
+group = "app"
+"#,
+        )
+        .unwrap();
+        assert_eq!(v.state.routes[0].path, "/");
+        assert_eq!(v.state.groups[0].backends[0].weight, 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = parse(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\n\n[[route]]\nname = \"r\"\ngroup = \"missing\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].to_string(), "test.toml:7:1: route[0].group: no group named `missing`");
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_have_lines() {
+        let e = parse("[[listener]]\nname = \"web\"\nbnd = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.0[0].line, Some(3), "{e}");
+        assert!(e.to_string().contains("bnd"), "{e}");
+        let e = parse("[[group]]\nname = \"g\"\nconnect_timeout = \"3 parsecs\"\n").unwrap_err();
+        assert_eq!(e.0[0].line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let e = parse(
+            r#"
+[admin]
+listen = "0.0.0.0:9901"
+
+[[group]]
+name = "g"
+balance = "round_robin"
+hash_key = "client_ip"
+[[group.backend]]
+addr = "127.0.0.1:1"
+[[group.backend]]
+addr = "127.0.0.1:1"
+
+[[route]]
+name = "a"
+host = "Bad Host"
+group = "g"
+[[route]]
+name = "a"
+group = "g"
+split = [{ group = "nope", weight = 0 }]
+"#,
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        for needle in [
+            "admin.token",
+            "group[0].hash_key",
+            "group[0].backend[1].addr: duplicate",
+            "route[0].host",
+            "route[1].name: duplicate",
+            "route[1].split: use either",
+            "route[1].split[0].group: no group named `nope`",
+        ] {
+            assert!(s.contains(needle), "missing {needle} in\n{s}");
+        }
+    }
+}
