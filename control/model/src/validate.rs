@@ -67,14 +67,22 @@ pub fn parse_config(text: &str, origin: &str, base: &Path) -> Result<Valid, Conf
         }])
     })?;
     let doc = Document::parse(text.to_string()).ok();
-    let mut valid = check(state, origin, base, Some((text, doc.as_ref())))?;
+    let mut valid = check(state, origin, base, Some((text, doc.as_ref())), None)?;
     valid.origin = Some(origin.to_string());
     Ok(valid)
 }
 
 /// Validates a state that did not come from text (e.g. config merged with Marathon apps).
-pub fn validate_state(state: DesiredState, origin: &str, base: &Path) -> Result<Valid, ConfigErrors> {
-    check(state, origin, base, None)
+///
+/// `certificates`: material already loaded for the same `[[certificate]]` entries (by a previous validation of
+/// the config file); when given, certificate files are not read again.
+pub fn validate_state(
+    state: DesiredState,
+    origin: &str,
+    base: &Path,
+    certificates: Option<Vec<Arc<CertMaterial>>>,
+) -> Result<Valid, ConfigErrors> {
+    check(state, origin, base, None, certificates)
 }
 
 fn check(
@@ -82,9 +90,10 @@ fn check(
     origin: &str,
     base: &Path,
     text: Option<(&str, Option<&Document<String>>)>,
+    preloaded: Option<Vec<Arc<CertMaterial>>>,
 ) -> Result<Valid, ConfigErrors> {
     let mut cx = Validator::default();
-    let certificates = check_l7(&state, base, &mut cx);
+    let certificates = check_l7(&state, base, &mut cx, preloaded);
     for (i, s) in state.services.iter().enumerate() {
         s.validate(&format!("service[{i}]"), &mut cx);
     }
@@ -138,7 +147,12 @@ fn host_ok(host: &str) -> bool {
         })
 }
 
-fn check_l7(s: &DesiredState, base: &Path, cx: &mut Validator) -> Vec<Arc<CertMaterial>> {
+fn check_l7(
+    s: &DesiredState,
+    base: &Path,
+    cx: &mut Validator,
+    preloaded: Option<Vec<Arc<CertMaterial>>>,
+) -> Vec<Arc<CertMaterial>> {
     if !s.admin.listen.ip().is_loopback() && s.admin.token.as_deref().unwrap_or("").is_empty() {
         cx.error("admin.token", "a bearer token is required when the admin API listens on a non-loopback address");
     }
@@ -157,13 +171,22 @@ fn check_l7(s: &DesiredState, base: &Path, cx: &mut Validator) -> Vec<Arc<CertMa
 
     // Certificates.
     unique(cx, "certificate", s.certificates.iter().map(|c| c.name.as_str()));
-    let mut certificates = Vec::new();
-    for (i, c) in s.certificates.iter().enumerate() {
-        match tls::load(&c.name, &c.cert, &c.key, &c.server_names, base) {
-            Ok(m) => certificates.push(Arc::new(m)),
-            Err(e) => cx.error(format!("certificate[{i}].cert"), e),
+    let reuse = preloaded.filter(|p| {
+        p.len() == s.certificates.len() && p.iter().zip(&s.certificates).all(|(m, c)| m.name == c.name)
+    });
+    let certificates = match reuse {
+        Some(certs) => certs,
+        None => {
+            let mut certificates = Vec::new();
+            for (i, c) in s.certificates.iter().enumerate() {
+                match tls::load(&c.name, &c.cert, &c.key, &c.server_names, base) {
+                    Ok(m) => certificates.push(Arc::new(m)),
+                    Err(e) => cx.error(format!("certificate[{i}].cert"), e),
+                }
+            }
+            certificates
         }
-    }
+    };
     let cert_names: HashSet<&str> = s.certificates.iter().map(|c| c.name.as_str()).collect();
 
     // Listeners.
