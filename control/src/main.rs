@@ -1,1 +1,5 @@
-fn main() {}
+//! The `padis` binary.
+
+fn main() -> std::process::ExitCode {
+    padis_control::cli::main()
+}

@@ -20,6 +20,9 @@ pub struct DesiredState {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Process settings (read at start only).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Client-side HTTP limits and timeouts shared by all L7 listeners.
     #[serde(default)]
     pub limits: Limits,
@@ -73,6 +76,14 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig { listen: "127.0.0.1:9901".parse().unwrap(), token: None }
     }
+}
+
+/// Process settings, read once at start (a change needs a restart).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads of the async runtime (0 = one per CPU).
+    pub worker_threads: usize,
 }
 
 /// Log output.

@@ -10,7 +10,7 @@ use crate::validate::Valid;
 use crate::DesiredState;
 
 /// Freshness of one source of desired state, shown by `/v1/state` and `padis status`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SourceStatus {
     /// Source name (`config`, `marathon`).
     pub name: String,

@@ -1,0 +1,229 @@
+//! The reconciler: merges the config file's state with what dynamic sources contribute, validates the
+//! result as a whole, and publishes it as a new snapshot. An invalid result is never published.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use padis_model::{
+    l4::Vip, validate_state, BackendGroup, ConfigErrors, Route, Service, Snapshot, SnapshotStore, SourceStatus,
+    Valid,
+};
+use serde::Serialize;
+
+use crate::metrics::{now_unix, ControlMetrics};
+
+/// What one dynamic source (e.g. Marathon) adds to the config file's state.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Contribution {
+    /// Backend groups.
+    pub groups: Vec<BackendGroup>,
+    /// Routes.
+    pub routes: Vec<Route>,
+    /// DNS services.
+    pub services: Vec<Service>,
+    /// L4 VIPs.
+    pub vips: Vec<Vip>,
+    /// Freshness of the source.
+    pub status: SourceStatus,
+    /// Items the source skipped, and why (shown by `/v1/state`).
+    pub problems: serde_json::Value,
+}
+
+/// Outcome of the last config file load, for `/v1/state` and `padis status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Whether the last load succeeded.
+    pub ok: bool,
+    /// Unix time of the last attempt.
+    pub at_unix: f64,
+    /// Errors of the last failed load (`file:line:col: field: message`).
+    pub errors: Vec<String>,
+}
+
+/// The config file's last valid state.
+struct Base {
+    valid: Valid,
+    base_dir: PathBuf,
+}
+
+/// Merges sources and publishes snapshots. One per daemon, behind a mutex.
+pub struct Reconciler {
+    store: SnapshotStore,
+    base: Option<Base>,
+    dynamic: BTreeMap<String, Contribution>,
+    metrics: ControlMetrics,
+    reload: ReloadStatus,
+}
+
+impl Reconciler {
+    /// A reconciler publishing into `store`.
+    pub fn new(store: SnapshotStore, metrics: ControlMetrics) -> Reconciler {
+        Reconciler { store, base: None, dynamic: BTreeMap::new(), metrics, reload: ReloadStatus::default() }
+    }
+
+    /// The store snapshots are published into.
+    pub fn store(&self) -> &SnapshotStore {
+        &self.store
+    }
+
+    /// Last config load outcome.
+    pub fn reload_status(&self) -> &ReloadStatus {
+        &self.reload
+    }
+
+    /// Contributions of dynamic sources.
+    pub fn sources(&self) -> &BTreeMap<String, Contribution> {
+        &self.dynamic
+    }
+
+    /// Records a failed config load: counted and logged by the caller; nothing else changes.
+    pub fn config_rejected(&mut self, errors: &ConfigErrors) {
+        self.metrics.reloads.with_label_values(&["failure"]).inc();
+        self.reload = ReloadStatus {
+            ok: false,
+            at_unix: now_unix(),
+            errors: errors.0.iter().map(|e| e.to_string()).collect(),
+        };
+    }
+
+    /// Applies a newly validated config file. Publishes when the merged state changed.
+    pub fn apply_config(&mut self, valid: Valid, base_dir: PathBuf) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let previous = self.base.replace(Base { valid, base_dir });
+        match self.publish() {
+            Ok(s) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.last_reload_success.set(now_unix());
+                self.reload = ReloadStatus { ok: true, at_unix: now_unix(), errors: Vec::new() };
+                Ok(s)
+            }
+            Err(e) => {
+                // The file is valid alone but clashes with a dynamic source: keep the old base.
+                self.base = previous;
+                self.config_rejected(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a dynamic source's new contribution. Publishes when the merged state changed.
+    pub fn apply_source(&mut self, name: &str, c: Contribution) -> Result<Arc<Snapshot>, ConfigErrors> {
+        self.metrics.source_up.with_label_values(&[name]).set(c.status.ok as i64);
+        if let Some(ms) = c.status.last_ok_unix_ms {
+            self.metrics.source_last_success.with_label_values(&[name]).set(ms as f64 / 1000.0);
+        }
+        let previous = self.dynamic.insert(name.to_string(), c);
+        match self.publish() {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                match previous {
+                    Some(p) => self.dynamic.insert(name.to_string(), p),
+                    None => self.dynamic.remove(name),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// Merges, validates and publishes (unless nothing changed).
+    fn publish(&mut self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let Some(base) = &self.base else {
+            return Ok(self.store.load());
+        };
+        let sources: Vec<SourceStatus> = std::iter::once(SourceStatus {
+            name: "config".into(),
+            ok: true,
+            last_ok_unix_ms: Some((now_unix() * 1000.0) as u64),
+            last_error: None,
+        })
+        .chain(self.dynamic.values().map(|c| c.status.clone()))
+        .collect();
+        let origin = base.valid.origin.clone().unwrap_or_else(|| "config".into());
+        let valid = if self.dynamic.is_empty() {
+            Valid {
+                origin: base.valid.origin.clone(),
+                state: base.valid.state.clone(),
+                certificates: base.valid.certificates.clone(),
+            }
+        } else {
+            let mut state = base.valid.state.clone();
+            for c in self.dynamic.values() {
+                state.groups.extend(c.groups.iter().cloned());
+                state.routes.extend(c.routes.iter().cloned());
+                state.services.extend(c.services.iter().cloned());
+                state.vips.extend(c.vips.iter().cloned());
+            }
+            let mut v = validate_state(state, &origin, &base.base_dir, Some(base.valid.certificates.clone()))?;
+            v.origin = base.valid.origin.clone();
+            v
+        };
+        let current = self.store.load();
+        let same = current.generation > 0
+            && current.state == valid.state
+            && current.certificates == valid.certificates
+            && current.sources.iter().map(|s| (&s.name, s.ok)).eq(sources.iter().map(|s| (&s.name, s.ok)));
+        if same {
+            return Ok(current);
+        }
+        let snap = Snapshot::new(valid, current.generation + 1, sources);
+        let snap = self.store.publish(snap);
+        self.metrics.generation.set(snap.generation as i64);
+        self.metrics.publications.inc();
+        tracing::info!(generation = snap.generation, "published snapshot");
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use padis_model::parse_config;
+    use std::path::Path;
+
+    fn reconciler() -> Reconciler {
+        let reg = prometheus::Registry::new();
+        Reconciler::new(SnapshotStore::new(Snapshot::empty()), ControlMetrics::new(&reg).unwrap())
+    }
+
+    const BASE: &str = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n[[group]]\nname = \"g\"\n[[route]]\nname = \"r\"\ngroup = \"g\"\n";
+
+    #[test]
+    fn publishes_on_change_only() {
+        let mut r = reconciler();
+        let v = parse_config(BASE, "a.toml", Path::new(".")).unwrap();
+        assert_eq!(r.apply_config(v, ".".into()).unwrap().generation, 1);
+        let v = parse_config(BASE, "a.toml", Path::new(".")).unwrap();
+        assert_eq!(r.apply_config(v, ".".into()).unwrap().generation, 1, "same state: no new generation");
+        let v = parse_config(&BASE.replace("127.0.0.1:1", "127.0.0.1:2"), "a.toml", Path::new(".")).unwrap();
+        assert_eq!(r.apply_config(v, ".".into()).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn invalid_source_contribution_changes_nothing() {
+        let mut r = reconciler();
+        r.apply_config(parse_config(BASE, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
+        let ok = Contribution {
+            routes: vec![Route {
+                name: "m".into(),
+                listeners: vec![],
+                host: Some("m.example".into()),
+                path: "/".into(),
+                group: Some("g".into()),
+                split: vec![],
+                redirect_https: false,
+                https_port: None,
+                origin: Some("marathon:/m".into()),
+            }],
+            status: SourceStatus { name: "marathon".into(), ok: true, last_ok_unix_ms: Some(1), last_error: None },
+            ..Default::default()
+        };
+        assert_eq!(r.apply_source("marathon", ok.clone()).unwrap().state.routes.len(), 2);
+        let mut bad = ok.clone();
+        bad.routes[0].group = Some("missing".into());
+        let e = r.apply_source("marathon", bad).unwrap_err();
+        assert!(e.to_string().contains("no group named `missing`"), "{e}");
+        let cur = r.store().load();
+        assert_eq!(cur.state.routes.len(), 2);
+        assert_eq!(r.sources()["marathon"], ok, "the last good contribution is kept");
+    }
+}
