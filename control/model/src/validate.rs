@@ -154,7 +154,7 @@ fn check_l7(
     preloaded: Option<Vec<Arc<CertMaterial>>>,
 ) -> Vec<Arc<CertMaterial>> {
     if !s.admin.listen.ip().is_loopback() && s.admin.token.as_deref().unwrap_or("").is_empty() {
-        cx.error("admin.token", "a bearer token is required when the admin API listens on a non-loopback address");
+        cx.error("admin.listen", "a non-loopback admin address needs a bearer `token` in [admin]");
     }
     if s.log.level.trim().is_empty() {
         cx.error("log.level", "must not be empty");
@@ -416,7 +416,7 @@ split = [{ group = "nope", weight = 0 }]
         .unwrap_err();
         let s = e.to_string();
         for needle in [
-            "admin.token",
+            "admin.listen: a non-loopback",
             "group[0].hash_key",
             "group[0].backend[1].addr: duplicate",
             "route[0].host",
