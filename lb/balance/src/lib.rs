@@ -1,1 +1,20 @@
-//! Padis backend selection: balancing algorithms behind one trait, the Maglev table (shared by L7 and L4), active and passive health state kept across snapshots
+//! Padis backend selection.
+//!
+//! - [`select`]: the balancing algorithms behind one [`Selector`] trait (smooth weighted round robin, P2C least
+//!   request, Maglev consistent hash, sticky cookie), wrapped per backend group by [`GroupBalancer`] and per
+//!   snapshot by [`Balancers`].
+//! - [`maglev`]: the deterministic Maglev table, shared by L7 and L4 (which copies it into a BPF map).
+//! - [`health`]: the [`HealthRegistry`] of active checks and passive ejection, kept across snapshots.
+
+pub mod balancers;
+pub mod group;
+pub mod hash;
+pub mod health;
+pub mod maglev;
+pub mod select;
+
+pub use balancers::{health_targets, Balancers, L7_OWNER};
+pub use group::{BackendEntry, GroupBalancer, InFlight, Pick, DEFAULT_STICKY_COOKIE};
+pub use health::{BackendHealth, HealthRegistry, HealthReport, HealthTarget, TargetKey};
+pub use maglev::{next_prime_at_least, Maglev, MaglevError, DEFAULT_TABLE_SIZE};
+pub use select::{SelectCtx, Selector};

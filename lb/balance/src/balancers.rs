@@ -1,0 +1,74 @@
+//! All backend groups of one snapshot, rebuilt per snapshot while keeping what did not change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use padis_model::{BackendGroup, HealthKind, Snapshot};
+
+use crate::group::GroupBalancer;
+use crate::health::{HealthRegistry, HealthTarget, TargetKey};
+
+/// Health owner name of the L7 plane.
+pub const L7_OWNER: &str = "l7";
+
+/// The balancers of every backend group of one snapshot.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    generation: u64,
+    groups: HashMap<String, Arc<GroupBalancer>>,
+}
+
+/// The health targets of L7 groups: every backend (draining ones too, so their state survives a drain that is
+/// undone) with the group's active and passive settings. HTTP checks of groups speaking TLS to their backends
+/// are done as TCP connect checks (the checker does not speak TLS).
+pub fn health_targets(groups: &[BackendGroup]) -> Vec<HealthTarget> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            let mut check = g.health.clone();
+            if let Some(c) = check.as_mut().filter(|c| g.tls.is_some() && c.kind == HealthKind::Http) {
+                tracing::debug!(group = %g.name, "TLS backends: HTTP health check done as TCP connect");
+                c.kind = HealthKind::Tcp;
+            }
+            g.backends.iter().map(move |b| HealthTarget {
+                key: TargetKey { group: g.name.clone(), addr: b.addr },
+                check: check.clone(),
+                passive: g.passive.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Balancers {
+    /// Builds from a snapshot, reusing GroupBalancers (and their Maglev tables, round-robin state and in-flight
+    /// counters) of groups whose config did not change; calls `health.sync("l7", ..)` first.
+    pub fn build(snapshot: &Snapshot, health: &HealthRegistry, previous: Option<&Balancers>) -> Balancers {
+        let groups = &snapshot.state.groups;
+        health.sync(L7_OWNER, health_targets(groups));
+        let mut out = HashMap::with_capacity(groups.len());
+        for g in groups {
+            let prev = previous.and_then(|p| p.groups.get(&g.name));
+            let balancer = match prev {
+                Some(p) if p.reusable_for(g, health) => p.clone(),
+                _ => Arc::new(GroupBalancer::new(g, health, prev.map(|p| &**p))),
+            };
+            out.insert(g.name.clone(), balancer);
+        }
+        Balancers { generation: snapshot.generation, groups: out }
+    }
+
+    /// The balancer of group `name`.
+    pub fn group(&self, name: &str) -> Option<&Arc<GroupBalancer>> {
+        self.groups.get(name)
+    }
+
+    /// All groups (in no particular order).
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<GroupBalancer>> {
+        self.groups.values()
+    }
+
+    /// The snapshot generation these balancers were built from (0 for an empty set).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
