@@ -1,1 +1,155 @@
-//! Padis route announcement: an announce-only BGP speaker for healthy VIPs, and kernel host routes for OSPF sites
+//! Padis route announcement: an announce-only BGP speaker for healthy VIPs, and kernel host routes for OSPF sites.
+//!
+//! The daemon computes the set of VIP host prefixes this node can serve and publishes it on a `watch` channel;
+//! [`Announcer::spawn`] runs one BGP session per `[[bgp.peer]]` (RFC 4271 FSM, 4-octet AS, MP-BGP for IPv6)
+//! that follows the set with UPDATE diffs, and, with `[ospf]`, a writer that mirrors it into a kernel table.
+//! [`AnnouncerHandle::drain_and_stop`] does the RFC 8326 graceful shutdown before withdrawing.
+
+mod error;
+mod listener;
+pub mod ospf;
+mod session;
+mod status;
+pub mod wire;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use padis_model::bgp::{BgpConfig, OspfConfig};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+pub use error::{BgpError, SessionError};
+pub use status::{BgpReport, OspfReport, PeerReport, SessionState};
+
+use session::{Phase, Session};
+use status::{Metrics, PeerStatus};
+
+/// One route to announce: a VIP host prefix (/32 or /128), with its next hop chosen by the speaker (our local
+/// address on the session, or a configured next_hop).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Announcement {
+    /// The prefix.
+    pub prefix: ipnet::IpNet,
+    /// The VIP's name (for logs and reports).
+    pub name: String,
+}
+
+/// Starts the announcer; see [`Announcer::spawn`].
+pub struct Announcer;
+
+/// Controls a running announcer: report, graceful drain and stop.
+pub struct AnnouncerHandle {
+    phase: watch::Sender<Phase>,
+    peers: Vec<PeerStatus>,
+    ospf: Option<Arc<Mutex<OspfReport>>>,
+    tasks: Vec<JoinHandle<()>>,
+    drain_wait: Duration,
+}
+
+impl Announcer {
+    /// Starts one BGP session task per configured peer (and the OSPF kernel-route writer if `[ospf]` is set);
+    /// each follows `routes` (the set to announce) with UPDATEs (diffs only). Must run inside a tokio runtime.
+    pub fn spawn(
+        bgp: Option<BgpConfig>,
+        ospf: Option<OspfConfig>,
+        routes: watch::Receiver<BTreeSet<Announcement>>,
+        metrics: &prometheus::Registry,
+    ) -> Result<AnnouncerHandle, BgpError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BgpError::NoRuntime)?;
+        let m = Metrics::register(metrics)?;
+        let (phase, phase_rx) = watch::channel(Phase::Run);
+        let mut tasks = Vec::new();
+        let mut peers = Vec::new();
+        let mut drain_wait = Duration::ZERO;
+        if let Some(cfg) = bgp {
+            drain_wait = cfg.drain_wait;
+            let cfg = Arc::new(cfg);
+            let mut passive = Vec::new();
+            for p in cfg.peers.iter() {
+                let status = PeerStatus::new(p.address, p.asn, m.clone());
+                let incoming = if p.passive {
+                    let (tx, rx) = mpsc::channel(2);
+                    passive.push((p.address, tx));
+                    Some(rx)
+                } else {
+                    None
+                };
+                let s = Session {
+                    cfg: cfg.clone(),
+                    peer: p.clone(),
+                    routes: routes.clone(),
+                    phase: phase_rx.clone(),
+                    status: status.clone(),
+                    incoming,
+                };
+                peers.push(status);
+                tasks.push(rt.spawn(s.run()));
+            }
+            if !passive.is_empty() {
+                let l = listener::bind(&cfg, passive)?;
+                tasks.push(rt.spawn(l.run(phase_rx.clone())));
+            }
+        }
+        let ospf = ospf.map(|cfg| {
+            let report = Arc::new(Mutex::new(OspfReport::default()));
+            let k = ospf::KernelRoutes {
+                cfg,
+                routes: routes.clone(),
+                phase: phase_rx.clone(),
+                report: report.clone(),
+                metrics: m.clone(),
+            };
+            tasks.push(rt.spawn(k.run()));
+            report
+        });
+        Ok(AnnouncerHandle { phase, peers, ospf, tasks, drain_wait })
+    }
+}
+
+impl AnnouncerHandle {
+    /// Graceful: GRACEFUL_SHUTDOWN community (65535:0) + lowered LOCAL_PREF/MED re-announce, wait `drain_wait`
+    /// (config), withdraw everything, NOTIFICATION Cease/Administrative Shutdown, close.
+    pub async fn drain_and_stop(mut self) {
+        let _ = self.phase.send(Phase::Drain);
+        let any_up = self.peers.iter().any(|p| p.report().state == SessionState::Established);
+        if any_up && !self.drain_wait.is_zero() {
+            info!(wait = ?self.drain_wait, "BGP drain: GRACEFUL_SHUTDOWN announced, waiting before withdraw");
+            tokio::time::sleep(self.drain_wait).await;
+        }
+        self.stop_now().await;
+    }
+
+    /// Withdraws everything at once (no GRACEFUL_SHUTDOWN wait), sends Cease and ends all tasks.
+    pub async fn stop(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        let _ = self.phase.send(Phase::Stop);
+        for t in self.tasks.drain(..) {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Per peer state, uptime, flaps, routes announced; and the OSPF writer's state.
+    pub fn report(&self) -> BgpReport {
+        BgpReport {
+            peers: self.peers.iter().map(PeerStatus::report).collect(),
+            ospf: self.ospf.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
+    }
+}
+
+impl Drop for AnnouncerHandle {
+    fn drop(&mut self) {
+        // Dropped without drain/stop: tasks see the phase and close their sessions with Cease.
+        let _ = self.phase.send(Phase::Stop);
+    }
+}

@@ -1,0 +1,61 @@
+//! Error types of the announcer.
+
+use std::net::IpAddr;
+
+/// Why the announcer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BgpError {
+    /// A metric could not be registered (e.g. registered twice in one registry).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The listening socket for passive peers could not be opened.
+    #[error("cannot listen on {addr} for passive peers: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Must be called inside a tokio runtime.
+    #[error("Announcer::spawn must run inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Why a session ended (logged, counted as a flap when it was established).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Socket error or connection closed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Could not connect in time.
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(IpAddr),
+    /// The peer sent something malformed; we sent it a NOTIFICATION.
+    #[error("malformed message from peer: {0}")]
+    Decode(#[from] rustbgpd_wire::DecodeError),
+    /// The peer's OPEN was unacceptable; we sent it a NOTIFICATION.
+    #[error("OPEN rejected: {0}")]
+    BadOpen(String),
+    /// The peer sent a message not allowed in the current state; we sent FSM error.
+    #[error("unexpected {0} in state {1}")]
+    Fsm(&'static str, &'static str),
+    /// The peer closed the session with a NOTIFICATION.
+    #[error("peer sent NOTIFICATION {code}/{subcode} ({text})")]
+    PeerNotification {
+        /// Error code.
+        code: u8,
+        /// Subcode.
+        subcode: u8,
+        /// Description.
+        text: &'static str,
+    },
+    /// No message from the peer within the hold time; we sent Hold Timer Expired.
+    #[error("hold timer expired")]
+    HoldTimerExpired,
+    /// A message could not be encoded (a bug or an impossible route set).
+    #[error("encode: {0}")]
+    Encode(#[from] rustbgpd_wire::EncodeError),
+    /// The session was stopped by us (drain/stop).
+    #[error("stopped")]
+    Stopped,
+}

@@ -1,0 +1,461 @@
+//! One BGP peer: the RFC 4271 state machine (announce-only), its timers, reconnect with back-off, and the
+//! Adj-RIB-Out kept in step with the wanted route set by sending only diffs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use padis_model::bgp::{BgpConfig, BgpPeer};
+use rustbgpd_wire::{Message, NotificationCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::error::SessionError;
+use crate::status::{PeerStatus, SessionState};
+use crate::wire::{self, PathParams, PeerOpen, GRACEFUL_SHUTDOWN};
+use crate::Announcement;
+
+/// What the whole announcer is doing; sessions follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Announce the wanted routes.
+    Run,
+    /// Re-announce with GRACEFUL_SHUTDOWN and lowered preference.
+    Drain,
+    /// Withdraw everything, send Cease, stop.
+    Stop,
+}
+
+/// Hold time while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
+const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// LOCAL_PREF / MED used while draining (RFC 8326: lowest preference).
+const DRAIN_LOCAL_PREF: u32 = 0;
+const DRAIN_MED: u32 = u32::MAX;
+
+/// A peer's session task.
+pub(crate) struct Session {
+    pub cfg: Arc<BgpConfig>,
+    pub peer: BgpPeer,
+    pub routes: watch::Receiver<BTreeSet<Announcement>>,
+    pub phase: watch::Receiver<Phase>,
+    pub status: PeerStatus,
+    /// Connections accepted for a passive peer.
+    pub incoming: Option<mpsc::Receiver<TcpStream>>,
+}
+
+impl Session {
+    /// Runs until the phase becomes [`Phase::Stop`].
+    pub(crate) async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            let conn = self.connect().await;
+            let mut established = false;
+            let result = match conn {
+                Ok(stream) => self.session(stream, &mut established).await,
+                Err(e) => Err(e),
+            };
+            match &result {
+                Err(SessionError::Stopped) => {
+                    self.status.down(None, established);
+                    break;
+                }
+                Err(e) => {
+                    if established {
+                        warn!(peer = %self.peer.address, error = %e, "BGP session down");
+                    } else {
+                        debug!(peer = %self.peer.address, error = %e, "BGP session failed");
+                    }
+                    self.status.down(Some(e.to_string()), established);
+                }
+                Ok(()) => self.status.down(None, established),
+            }
+            failures = if established { 0 } else { failures.saturating_add(1) };
+            let backoff = self.cfg.connect_retry * 2u32.pow(failures.min(3));
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = wait_stop(&mut self.phase) => break,
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.phase.borrow() == Phase::Stop
+    }
+
+    async fn connect(&mut self) -> Result<TcpStream, SessionError> {
+        let addr = SocketAddr::new(self.peer.address, self.peer.port);
+        if let Some(rx) = self.incoming.as_mut() {
+            self.status.set_state(SessionState::Active);
+            return tokio::select! {
+                s = rx.recv() => s.ok_or(SessionError::Stopped),
+                _ = wait_stop(&mut self.phase) => Err(SessionError::Stopped),
+            };
+        }
+        self.status.set_state(SessionState::Connect);
+        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(local) = self.cfg.local_address {
+            sock.bind(SocketAddr::new(local, 0))?;
+        }
+        let wait = self.cfg.connect_retry.max(Duration::from_secs(3));
+        tokio::select! {
+            r = timeout(wait, sock.connect(addr)) => match r {
+                Ok(s) => Ok(s?),
+                Err(_) => Err(SessionError::ConnectTimeout(self.peer.address)),
+            },
+            _ = wait_stop(&mut self.phase) => Err(SessionError::Stopped),
+        }
+    }
+
+    /// One TCP connection, from OPEN to its end. `established` tells the caller whether to count a flap.
+    async fn session(&mut self, stream: TcpStream, established: &mut bool) -> Result<(), SessionError> {
+        let _ = stream.set_nodelay(true);
+        let ebgp = !self.peer.is_ibgp(self.cfg.asn);
+        if stream.local_addr()?.is_ipv4() {
+            let ttl = self.peer.multihop.map(u32::from).unwrap_or(if ebgp { 1 } else { 64 });
+            let _ = stream.set_ttl(ttl);
+        }
+        let local = stream.local_addr()?.ip();
+        let (mut rd, wr) = stream.into_split();
+        let mut out = Writer { wr, status: self.status.clone() };
+        let (tx, mut rx) = mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let m = wire::read_message(&mut rd).await;
+                let end = m.is_err();
+                if tx.send(m).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(reader);
+
+        let hold = u16::try_from(self.cfg.hold_time.as_secs()).unwrap_or(u16::MAX);
+        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id)).await?;
+        self.status.set_state(SessionState::OpenSent);
+        let mut hold_deadline = Instant::now() + OPEN_HOLD;
+        let mut hold_time: Option<Duration> = None;
+        let mut keepalive_at = Instant::now() + OPEN_HOLD;
+        let mut state = SessionState::OpenSent;
+        let mut rib = Rib::default();
+        let mut params: Option<(PeerOpen, Nexthops)> = None;
+        let mut stop_rx = self.phase.clone();
+
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(SessionError::Decode(e))) => {
+                            let (code, sub, data) = e.to_notification();
+                            let _ = out.send(&wire::notification(code.as_u8(), sub, data)).await;
+                            return Err(e.into());
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                    };
+                    if let Some(h) = hold_time {
+                        hold_deadline = Instant::now() + h;
+                    }
+                    match (state, m) {
+                        (_, Message::Notification(n)) => {
+                            let code = n.code.as_u8();
+                            return Err(SessionError::PeerNotification {
+                                code,
+                                subcode: n.subcode,
+                                text: rustbgpd_wire::notification::description(n.code, n.subcode),
+                            });
+                        }
+                        (SessionState::OpenSent, Message::Open(o)) => {
+                            let po = match wire::check_open(&o, self.peer.asn, self.cfg.router_id, hold, !ebgp) {
+                                Ok(p) => p,
+                                Err(r) => {
+                                    let _ = out.send(&r.notification).await;
+                                    return Err(SessionError::BadOpen(r.reason));
+                                }
+                            };
+                            out.send(&Message::Keepalive).await?;
+                            hold_time = (po.hold_secs > 0).then(|| Duration::from_secs(po.hold_secs.into()));
+                            hold_deadline = Instant::now() + hold_time.unwrap_or(OPEN_HOLD);
+                            keepalive_at = Instant::now() + keepalive_interval(hold_time);
+                            self.status.set_hold(po.hold_secs);
+                            state = SessionState::OpenConfirm;
+                            self.status.set_state(state);
+                            let nh = Nexthops::new(&self.peer, local);
+                            params = Some((po, nh));
+                        }
+                        (SessionState::OpenConfirm, Message::Keepalive) => {
+                            state = SessionState::Established;
+                            self.status.set_state(state);
+                            *established = true;
+                            if let Some((po, _)) = &params {
+                                info!(peer = %self.peer.address, asn = po.asn, hold = po.hold_secs, "BGP session established");
+                            }
+                            self.routes.mark_changed();
+                            if *self.phase.borrow() != Phase::Run {
+                                self.phase.mark_changed();
+                            }
+                        }
+                        (SessionState::Established, Message::Keepalive) => {}
+                        (SessionState::Established, Message::Update(_)) => {
+                            // Announce-only: routes the peer sends us are ignored.
+                        }
+                        (SessionState::Established, Message::RouteRefresh(_)) => {
+                            if let Some((po, nh)) = &params {
+                                let draining = *self.phase.borrow() != Phase::Run;
+                                let all: Vec<IpNet> = rib.out.keys().copied().collect();
+                                rib.out.clear();
+                                rib.sync(&mut out, all.into_iter().collect(), po, nh, self.path(po, draining), draining).await?;
+                            }
+                        }
+                        (s, m) => {
+                            let _ = out.send(&wire::notification(NotificationCode::FsmError.as_u8(), fsm_subcode(s), Bytes::new())).await;
+                            return Err(SessionError::Fsm(msg_name(&m), state_name(s)));
+                        }
+                    }
+                }
+                _ = sleep_until(hold_deadline) => {
+                    let _ = out.send(&wire::notification(NotificationCode::HoldTimerExpired.as_u8(), 0, Bytes::new())).await;
+                    return Err(SessionError::HoldTimerExpired);
+                }
+                _ = sleep_until(keepalive_at), if state != SessionState::OpenSent && hold_time.is_some() => {
+                    out.send(&Message::Keepalive).await?;
+                    keepalive_at = Instant::now() + keepalive_interval(hold_time);
+                }
+                r = self.routes.changed(), if state == SessionState::Established => {
+                    if r.is_err() {
+                        return self.stop(&mut out, &mut rib, &params).await;
+                    }
+                    let want: BTreeSet<IpNet> = self.routes.borrow_and_update().iter().map(|a| a.prefix).collect();
+                    if let Some((po, nh)) = &params {
+                        let draining = *self.phase.borrow() != Phase::Run;
+                        rib.sync(&mut out, want, po, nh, self.path(po, draining), draining).await?;
+                    }
+                }
+                r = self.phase.changed(), if state == SessionState::Established => {
+                    let phase = if r.is_err() { Phase::Stop } else { *self.phase.borrow_and_update() };
+                    match phase {
+                        Phase::Stop => return self.stop(&mut out, &mut rib, &params).await,
+                        Phase::Drain | Phase::Run => {
+                            if let Some((po, nh)) = &params {
+                                let draining = phase == Phase::Drain;
+                                let want: BTreeSet<IpNet> = self.routes.borrow().iter().map(|a| a.prefix).collect();
+                                // Re-announce everything with the new attributes.
+                                rib.out.clear();
+                                rib.sync(&mut out, want, po, nh, self.path(po, draining), draining).await?;
+                                if draining {
+                                    info!(peer = %self.peer.address, routes = rib.out.len(), "BGP: GRACEFUL_SHUTDOWN announced");
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = wait_stop(&mut stop_rx), if state != SessionState::Established => {
+                    let _ = out.send(&cease()).await;
+                    return Err(SessionError::Stopped);
+                }
+            }
+        }
+    }
+
+    fn path(&self, po: &PeerOpen, draining: bool) -> PathParams {
+        let ebgp = !self.peer.is_ibgp(self.cfg.asn);
+        PathParams {
+            local_asn: self.cfg.asn,
+            ebgp,
+            four_octet: po.four_octet,
+            med: if draining { Some(DRAIN_MED) } else { self.cfg.med },
+            local_pref: (!ebgp && draining).then_some(DRAIN_LOCAL_PREF),
+            communities: if draining { vec![GRACEFUL_SHUTDOWN] } else { vec![] },
+        }
+    }
+
+    /// Withdraws everything, sends Cease / Administrative Shutdown.
+    async fn stop(
+        &self,
+        out: &mut Writer,
+        rib: &mut Rib,
+        params: &Option<(PeerOpen, Nexthops)>,
+    ) -> Result<(), SessionError> {
+        if let Some((po, nh)) = params {
+            rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true).await?;
+        }
+        out.send(&cease()).await?;
+        let _ = out.wr.shutdown().await;
+        info!(peer = %self.peer.address, "BGP session closed (administrative shutdown)");
+        Err(SessionError::Stopped)
+    }
+}
+
+fn cease() -> Message {
+    wire::notification(NotificationCode::Cease.as_u8(), 2, Bytes::new())
+}
+
+async fn wait_stop(phase: &mut watch::Receiver<Phase>) {
+    loop {
+        if *phase.borrow_and_update() == Phase::Stop {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn keepalive_interval(hold: Option<Duration>) -> Duration {
+    hold.map(|h| h / 3).unwrap_or(OPEN_HOLD).max(Duration::from_millis(500))
+}
+
+fn fsm_subcode(s: SessionState) -> u8 {
+    // RFC 6608: unexpected message in OpenSent (1), OpenConfirm (2), Established (3).
+    match s {
+        SessionState::OpenSent => 1,
+        SessionState::OpenConfirm => 2,
+        SessionState::Established => 3,
+        _ => 0,
+    }
+}
+
+fn state_name(s: SessionState) -> &'static str {
+    match s {
+        SessionState::Idle => "Idle",
+        SessionState::Connect => "Connect",
+        SessionState::Active => "Active",
+        SessionState::OpenSent => "OpenSent",
+        SessionState::OpenConfirm => "OpenConfirm",
+        SessionState::Established => "Established",
+    }
+}
+
+fn msg_name(m: &Message) -> &'static str {
+    match m {
+        Message::Open(_) => "OPEN",
+        Message::Update(_) => "UPDATE",
+        Message::Notification(_) => "NOTIFICATION",
+        Message::Keepalive => "KEEPALIVE",
+        Message::RouteRefresh(_) => "ROUTE-REFRESH",
+        _ => "message",
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The write half, counting UPDATEs.
+struct Writer {
+    wr: OwnedWriteHalf,
+    status: PeerStatus,
+}
+
+impl Writer {
+    async fn send(&mut self, m: &Message) -> Result<(), SessionError> {
+        let b = wire::encode(m)?;
+        self.wr.write_all(&b).await?;
+        if matches!(m, Message::Update(_)) {
+            self.status.sent_updates(1);
+        }
+        Ok(())
+    }
+}
+
+/// Next hops per family for this session.
+#[derive(Debug, Clone)]
+struct Nexthops {
+    v4: Option<std::net::Ipv4Addr>,
+    v6: Option<std::net::Ipv6Addr>,
+}
+
+impl Nexthops {
+    fn new(p: &BgpPeer, local: IpAddr) -> Self {
+        let v4 = match (p.next_hop, local) {
+            (Some(IpAddr::V4(a)), _) => Some(a),
+            (_, IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let v6 = match (p.next_hop6, p.next_hop, local) {
+            (Some(a), _, _) => Some(a),
+            (_, Some(IpAddr::V6(a)), _) => Some(a),
+            (_, _, IpAddr::V6(a)) => a.to_ipv4_mapped().is_none().then_some(a),
+            _ => None,
+        };
+        Self { v4, v6 }
+    }
+}
+
+/// What we have announced on this session (prefix -> announced while draining).
+#[derive(Debug, Default)]
+struct Rib {
+    out: BTreeMap<IpNet, bool>,
+    warned: bool,
+}
+
+impl Rib {
+    /// Sends the UPDATEs that turn `out` into `want` (restricted to what the session can carry).
+    async fn sync(
+        &mut self,
+        w: &mut Writer,
+        want: BTreeSet<IpNet>,
+        po: &PeerOpen,
+        nh: &Nexthops,
+        path: PathParams,
+        draining: bool,
+    ) -> Result<(), SessionError> {
+        let can = |p: &IpNet| match p {
+            IpNet::V4(_) => po.ipv4 && nh.v4.is_some(),
+            IpNet::V6(_) => po.ipv6 && nh.v6.is_some(),
+        };
+        let skipped = want.iter().filter(|p| !can(p)).count();
+        if skipped > 0 && !self.warned {
+            warn!(skipped, "BGP: some VIPs cannot be announced on this session (family not negotiated or no next hop)");
+            self.warned = true;
+        }
+        let want: BTreeSet<IpNet> = want.into_iter().filter(can).collect();
+        let add: Vec<IpNet> = want.iter().filter(|p| !self.out.contains_key(p)).copied().collect();
+        let del: Vec<IpNet> = self.out.keys().filter(|p| !want.contains(p)).copied().collect();
+        let (a4, a6) = split(&add);
+        let (d4, d6) = split(&del);
+        let mut msgs = Vec::new();
+        if let Some(n) = nh.v4 {
+            msgs.extend(wire::updates_v4(&a4, &d4, n, &path)?);
+        }
+        if let Some(n) = nh.v6 {
+            msgs.extend(wire::updates_v6(&a6, &d6, n, &path)?);
+        }
+        for m in &msgs {
+            w.send(m).await?;
+        }
+        for p in del {
+            self.out.remove(&p);
+        }
+        for p in add {
+            self.out.insert(p, draining);
+        }
+        w.status.set_routes(self.out.len(), draining);
+        Ok(())
+    }
+}
+
+fn split(v: &[IpNet]) -> (Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for p in v {
+        match p {
+            IpNet::V4(n) => a.push(*n),
+            IpNet::V6(n) => b.push(*n),
+        }
+    }
+    (a, b)
+}

@@ -1,0 +1,193 @@
+//! Per-peer status for `padis status` ([`BgpReport`]) and the Prometheus metrics.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+use crate::BgpError;
+
+/// RFC 4271 session states (numbered 0..5 in the `padis_bgp_session_state` metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Not connected; waiting to retry.
+    Idle,
+    /// Connecting.
+    Connect,
+    /// Waiting for a passive peer to connect.
+    Active,
+    /// Our OPEN sent, waiting for the peer's.
+    OpenSent,
+    /// OPENs exchanged, waiting for the KEEPALIVE.
+    OpenConfirm,
+    /// Routes flow.
+    Established,
+}
+
+/// One peer in a [`BgpReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    /// Router address.
+    pub address: IpAddr,
+    /// Router AS.
+    pub asn: u32,
+    /// Session state.
+    pub state: SessionState,
+    /// Seconds since the session was established (when established).
+    pub uptime_secs: Option<u64>,
+    /// Times an established session went down.
+    pub flaps: u64,
+    /// Prefixes announced on the session now.
+    pub routes_announced: usize,
+    /// Negotiated hold time (when established).
+    pub hold_time_secs: Option<u16>,
+    /// Whether GRACEFUL_SHUTDOWN is being announced.
+    pub draining: bool,
+    /// Why the session last went down or failed.
+    pub last_error: Option<String>,
+}
+
+/// The kernel-route writer in a [`BgpReport`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OspfReport {
+    /// Host routes (or addresses) installed now.
+    pub routes_installed: usize,
+    /// Last failure of `ip`, if any.
+    pub last_error: Option<String>,
+}
+
+/// What the announcer is doing, for `padis status` and `/v1/state`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BgpReport {
+    /// BGP sessions.
+    pub peers: Vec<PeerReport>,
+    /// OSPF kernel routes, if `[ospf]` is set.
+    pub ospf: Option<OspfReport>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    report: PeerReport,
+    since: Option<Instant>,
+}
+
+/// Shared status of one peer: written by its session task, read by [`crate::AnnouncerHandle::report`].
+#[derive(Debug, Clone)]
+pub(crate) struct PeerStatus {
+    inner: Arc<Mutex<Inner>>,
+    m: Metrics,
+    label: String,
+}
+
+impl PeerStatus {
+    pub(crate) fn new(address: IpAddr, asn: u32, m: Metrics) -> Self {
+        let report = PeerReport {
+            address,
+            asn,
+            state: SessionState::Idle,
+            uptime_secs: None,
+            flaps: 0,
+            routes_announced: 0,
+            hold_time_secs: None,
+            draining: false,
+            last_error: None,
+        };
+        let label = address.to_string();
+        m.state.with_label_values(&[&label]).set(0);
+        m.routes.with_label_values(&[&label]).set(0);
+        m.flaps.with_label_values(&[&label]).reset();
+        Self { inner: Arc::new(Mutex::new(Inner { report, since: None })), m, label }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_state(&self, s: SessionState) {
+        let mut i = self.lock();
+        i.report.state = s;
+        if s == SessionState::Established {
+            i.since = Some(Instant::now());
+        } else {
+            i.since = None;
+            i.report.hold_time_secs = None;
+        }
+        self.m.state.with_label_values(&[&self.label]).set(s as i64);
+    }
+
+    pub(crate) fn set_hold(&self, secs: u16) {
+        self.lock().report.hold_time_secs = Some(secs);
+    }
+
+    pub(crate) fn set_routes(&self, n: usize, draining: bool) {
+        let mut i = self.lock();
+        i.report.routes_announced = n;
+        i.report.draining = draining;
+        self.m.routes.with_label_values(&[&self.label]).set(n as i64);
+    }
+
+    pub(crate) fn down(&self, error: Option<String>, was_established: bool) {
+        let mut i = self.lock();
+        if was_established {
+            i.report.flaps += 1;
+            self.m.flaps.with_label_values(&[&self.label]).inc();
+        }
+        if error.is_some() {
+            i.report.last_error = error;
+        }
+        drop(i);
+        self.set_routes(0, false);
+        self.set_state(SessionState::Idle);
+    }
+
+    pub(crate) fn sent_updates(&self, n: usize) {
+        self.m.updates.with_label_values(&[&self.label]).inc_by(n as u64);
+    }
+
+    pub(crate) fn report(&self) -> PeerReport {
+        let i = self.lock();
+        let mut r = i.report.clone();
+        r.uptime_secs = i.since.map(|t| t.elapsed().as_secs());
+        r
+    }
+}
+
+/// The announcer's Prometheus metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    state: IntGaugeVec,
+    routes: IntGaugeVec,
+    flaps: IntCounterVec,
+    updates: IntCounterVec,
+    pub(crate) ospf_routes: IntGauge,
+}
+
+impl Metrics {
+    pub(crate) fn register(r: &Registry) -> Result<Self, BgpError> {
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "padis_bgp_session_state",
+                "BGP session state per peer: 0 idle, 1 connect, 2 active, 3 opensent, 4 openconfirm, 5 established",
+            ),
+            &["peer"],
+        )?;
+        let routes =
+            IntGaugeVec::new(Opts::new("padis_bgp_routes_announced", "Prefixes announced per peer"), &["peer"])?;
+        let flaps = IntCounterVec::new(
+            Opts::new("padis_bgp_session_flaps_total", "Established BGP sessions that went down"),
+            &["peer"],
+        )?;
+        let updates =
+            IntCounterVec::new(Opts::new("padis_bgp_updates_sent_total", "UPDATE messages sent per peer"), &["peer"])?;
+        let ospf_routes = IntGauge::new("padis_ospf_routes_installed", "VIP host routes or addresses in the kernel")?;
+        r.register(Box::new(state.clone()))?;
+        r.register(Box::new(routes.clone()))?;
+        r.register(Box::new(flaps.clone()))?;
+        r.register(Box::new(updates.clone()))?;
+        r.register(Box::new(ospf_routes.clone()))?;
+        Ok(Self { state, routes, flaps, updates, ospf_routes })
+    }
+}
