@@ -137,7 +137,7 @@ pub fn render(state: &Value) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|h| text(&h["group"]) == text(&g["name"]) && text(&h["addr"]) == addr);
+                .find(|h| text(&h["group"]) == text(&g["name"]) && text(&h["backend"]) == addr);
             let state = if b["draining"] == Value::Bool(true) || b["weight"] == Value::from(0) {
                 "draining".to_string()
             } else {
@@ -161,17 +161,16 @@ pub fn render(state: &Value) -> String {
 }
 
 fn health_word(h: &Value) -> String {
-    for key in ["state", "status"] {
-        if let Some(s) = h[key].as_str() {
-            return s.to_string();
-        }
-    }
-    match (h["usable"].as_bool(), h["up"].as_bool()) {
-        (Some(true), _) => "up".into(),
+    let word = match (h["usable"].as_bool(), h["up"].as_bool()) {
+        (Some(true), _) => "up".to_string(),
         (Some(false), Some(true)) => "ejected".into(),
         (Some(false), _) | (None, Some(false)) => "down".into(),
         (None, Some(true)) => "up".into(),
         _ => "?".into(),
+    };
+    match h["last_check_error"].as_str() {
+        Some(e) if word != "up" => format!("{word} ({e})"),
+        _ => word,
     }
 }
 
