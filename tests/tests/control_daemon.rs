@@ -181,3 +181,12 @@ fn non_loopback_admin_needs_a_token() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: admin.listen: a non-loopback admin address needs a bearer `token`"));
 }
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for f in ["examples/padis.toml", "examples/default.toml"] {
+        let out = Command::new(padis_bin()).args(["check", "--config"]).arg(root.join(f)).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
