@@ -1,2 +1,296 @@
 //! Types shared by the Padis XDP program and its userspace loader (map keys and values).
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, so the eBPF program (built for the bpf
+//! target) and `padis-l4` (userspace, feature `user`) agree byte for byte. Addresses are always 16 bytes: IPv4 is
+//! stored IPv4-mapped (`::ffff:a.b.c.d`). Ports are in network byte order, as they are on the wire. The flow hash
+//! lives here too, so userspace and tests can predict the program's choice.
 #![no_std]
+
+/// Names of the BPF maps (the program's `#[map]` statics and the pin file names).
+pub mod map_names {
+    /// `HashMap<VipKey, VipMeta>`.
+    pub const VIPS: &str = "VIPS";
+    /// `HashMap<[u8; 16], u32>`: addresses that carry at least one VIP (value: number of VIPs).
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// `Array<u32>`: Maglev lookup tables, `RING_STRIDE` entries per ring slot; values are backend indexes.
+    pub const RINGS: &str = "RINGS";
+    /// `Array<BackendInfo>`, indexed by backend index.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `LruHashMap<FlowKey, FlowState>`: the connection table.
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// `LpmTrie<AclData, u32>`: allowed source prefixes per VIP.
+    pub const ACL: &str = "ACL";
+    /// `Array<GlobalConfig>` with one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// `PerCpuArray<Counters>` indexed by VIP id.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<Counters>` indexed by backend index.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<Counters>` indexed by `stat::*`.
+    pub const STATS: &str = "STATS";
+    /// `PerCpuArray<RateState>` with one entry: new-flow insertion budget.
+    pub const FLOW_RATE: &str = "FLOW_RATE";
+    /// All of them (the maps `padis-l4` pins).
+    pub const ALL: [&str; 11] =
+        [VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, ACL, CONFIG, VIP_STATS, BACKEND_STATS, STATS, FLOW_RATE];
+}
+
+/// Entries reserved per Maglev ring slot in `RINGS` (the largest table size, a prime).
+pub const RING_STRIDE: u32 = 65537;
+/// Compiled-in `max_entries` of the maps; the loader may override them.
+pub mod defaults {
+    /// VIPs (`VIPS`, `VIP_STATS`).
+    pub const MAX_VIPS: u32 = 256;
+    /// Ring slots in `RINGS` (two per VIP leave room for a swap).
+    pub const MAX_RINGS: u32 = 2 * MAX_VIPS;
+    /// Backends (`BACKENDS`, `BACKEND_STATS`).
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Connection-table entries.
+    pub const MAX_FLOWS: u32 = 1 << 20;
+    /// ACL prefixes over all VIPs.
+    pub const MAX_ACL: u32 = 16384;
+}
+
+/// Per-VIP flags (`VipMeta::flags`).
+pub mod vip_flags {
+    /// Hash on the source address only (the source port is ignored, also in the connection table).
+    pub const HASH_SRC_ONLY: u32 = 1;
+    /// Enforce the VIP's ACL: sources outside its allowed prefixes are dropped.
+    pub const ACL: u32 = 2;
+    /// Forward by IP-in-IP encapsulation to the backend (else: DSR by MAC rewrite).
+    pub const IPIP: u32 = 4;
+}
+
+/// Backend flags (`BackendInfo::flags`).
+pub mod backend_flags {
+    /// The slot holds a configured backend; established flows may use it.
+    pub const ALIVE: u8 = 1;
+    /// The backend address is IPv6.
+    pub const V6: u8 = 2;
+}
+
+/// Indexes of global counters in `STATS`.
+pub mod stat {
+    /// Connection-table hit.
+    pub const CT_HIT: u32 = 0;
+    /// Connection-table miss (a Maglev lookup was done).
+    pub const CT_MISS: u32 = 1;
+    /// New flow not inserted: the per-CPU insertion budget was spent (flood protection).
+    pub const CT_INSERT_SKIPPED: u32 = 2;
+    /// Dropped: IP fragment to a VIP address.
+    pub const DROP_FRAGMENT: u32 = 3;
+    /// Dropped: IPv4 options or IPv6 extension headers to a VIP address.
+    pub const DROP_IP_OPTIONS: u32 = 4;
+    /// Dropped: source not allowed by the VIP's ACL.
+    pub const DROP_ACL: u32 = 5;
+    /// Dropped: the VIP has no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 6;
+    /// Dropped: truncated or malformed headers to a VIP address.
+    pub const DROP_MALFORMED: u32 = 7;
+    /// Dropped: encapsulation failed (headroom) or the packet is too big and may not be fragmented.
+    pub const DROP_ENCAP: u32 = 8;
+    /// ICMP "fragmentation needed" sent back to a client (encapsulated packet would exceed the MTU).
+    pub const ICMP_TOO_BIG_SENT: u32 = 9;
+    /// ICMP error about a VIP flow forwarded to the flow's backend.
+    pub const ICMP_FORWARDED: u32 = 10;
+    /// Packets forwarded (all VIPs).
+    pub const FORWARDED: u32 = 11;
+    /// Packets passed to the kernel stack (not for a VIP).
+    pub const PASSED: u32 = 12;
+    /// Number of counters.
+    pub const COUNT: u32 = 13;
+    /// Names, in index order (used for metrics labels).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ct_hit",
+        "ct_miss",
+        "ct_insert_skipped",
+        "drop_fragment",
+        "drop_ip_options",
+        "drop_acl",
+        "drop_no_backend",
+        "drop_malformed",
+        "drop_encap",
+        "icmp_too_big_sent",
+        "icmp_forwarded",
+        "forwarded",
+        "passed",
+    ];
+}
+
+/// Key of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    /// Address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol (6 = TCP, 17 = UDP).
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// Value of `VIPS`. Replaced as a whole (one map update), which is what makes a table swap atomic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index in `VIP_STATS` and in ACL keys.
+    pub id: u32,
+    /// `vip_flags::*`.
+    pub flags: u32,
+    /// Ring slot in `RINGS` holding this VIP's Maglev table.
+    pub ring: u32,
+    /// Maglev table size (a prime <= `RING_STRIDE`); 0 = no usable backend.
+    pub table_size: u32,
+}
+
+/// Value of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendInfo {
+    /// Address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// MAC address to send to (DSR: the backend's own; IPIP: unused, the next hop's is global).
+    pub mac: [u8; 6],
+    /// `backend_flags::*`.
+    pub flags: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// Key of `CONNTRACK`, also the input of the flow hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Source address (IPv4-mapped for IPv4).
+    pub src: [u8; 16],
+    /// Destination (VIP) address.
+    pub dst: [u8; 16],
+    /// Source port, network byte order (0 for `HASH_SRC_ONLY` VIPs).
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    /// Backend index.
+    pub backend: u32,
+    /// VIP id the flow belongs to.
+    pub vip: u32,
+}
+
+/// Data part of an `ACL` key: VIP id (big endian, so the prefix covers it first) then source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AclData {
+    /// VIP id, big endian.
+    pub vip: [u8; 4],
+    /// Source address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+}
+
+/// Prefix length of an `ACL` key that matches `addr_prefix` bits of an address (IPv4: pass `96 + len`).
+pub const fn acl_prefix_len(addr_prefix: u32) -> u32 {
+    32 + addr_prefix
+}
+
+/// Value of `CONFIG[0]`: settings that apply to all VIPs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GlobalConfig {
+    /// IPIP outer source base (IPv4); the low 16 bits are replaced by the flow hash.
+    pub encap_src_v4: [u8; 4],
+    /// IPIP outer source base (IPv6); the low 32 bits are replaced by the flow hash.
+    pub encap_src_v6: [u8; 16],
+    /// MAC of the next hop towards IPIP backends.
+    pub next_hop_mac: [u8; 6],
+    /// Largest IP packet (outer headers included) the egress link carries.
+    pub mtu: u16,
+    /// New connection-table entries allowed per CPU per second (0 = unlimited).
+    pub max_new_flows_per_sec: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// A packets + bytes counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (Ethernet frame as received).
+    pub bytes: u64,
+}
+
+/// Value of `FLOW_RATE[0]` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    /// Start of the current one-second window, ns (bpf_ktime_get_ns).
+    pub window_start_ns: u64,
+    /// Insertions in the window.
+    pub inserted: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are repr(C), contain only integers and byte arrays, and have no implicit padding.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::BackendInfo {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::AclData {}
+    unsafe impl aya::Pod for super::GlobalConfig {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::RateState {}
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+/// Fixed seed of the flow hash: every Padis node must compute the same hash.
+pub const FLOW_HASH_SEED: u32 = 0x5061_6469; // "Padi"
+
+/// The flow hash (MurmurHash3 rounds over the key words, fixed seed). Identical on every node and in userspace.
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey) -> u32 {
+    let mut h = FLOW_HASH_SEED;
+    h = mix(h, word(&k.src, 0));
+    h = mix(h, word(&k.src, 4));
+    h = mix(h, word(&k.src, 8));
+    h = mix(h, word(&k.src, 12));
+    h = mix(h, word(&k.dst, 0));
+    h = mix(h, word(&k.dst, 4));
+    h = mix(h, word(&k.dst, 8));
+    h = mix(h, word(&k.dst, 12));
+    h = mix(h, ((k.sport as u32) << 16) | k.dport as u32);
+    h = mix(h, k.proto as u32);
+    h ^= 40;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// IPv4-mapped form of an IPv4 address (network order bytes).
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}

@@ -1,0 +1,67 @@
+//! The maps (see `padis_ebpf_common::map_names`) and the counter helpers.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use padis_ebpf_common::{
+    defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState, VipKey, VipMeta,
+    RING_STRIDE,
+};
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(defaults::MAX_RINGS * RING_STRIDE, 0);
+#[map]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 0);
+#[map]
+pub static ACL: LpmTrie<AclData, u32> = LpmTrie::with_max_entries(defaults::MAX_ACL, 0);
+#[map]
+pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+#[map]
+pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
+#[map]
+pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(padis_ebpf_common::stat::COUNT, 0);
+#[map]
+pub static FLOW_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Counters>, idx: u32, bytes: u64) {
+    if let Some(c) = map.get_ptr_mut(idx) {
+        // SAFETY: per-CPU value, this CPU only; the pointer comes from a successful lookup.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+/// Counts one packet of `bytes` under global counter `idx` (`stat::*`).
+#[inline(always)]
+pub fn stat(idx: u32, bytes: u64) {
+    bump(&STATS, idx, bytes)
+}
+
+/// Counts one forwarded packet for its VIP and backend.
+#[inline(always)]
+pub fn stat_forward(vip: u32, backend: u32, bytes: u64) {
+    bump(&VIP_STATS, vip, bytes);
+    bump(&BACKEND_STATS, backend, bytes);
+    stat(padis_ebpf_common::stat::FORWARDED, bytes);
+}
+
+/// The global settings (all zero if userspace has not written them yet).
+#[inline(always)]
+pub fn config() -> GlobalConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => GlobalConfig::default(),
+    }
+}
