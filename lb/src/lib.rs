@@ -1,2 +1,24 @@
-//! Padis load balancing: the L7 reverse proxy (hyper + rustls), the balancing algorithms and Maglev table
-//! (shared with the L4 balancer), and health checking. It only reads control snapshots.
+//! Padis L7: the HTTP reverse proxy data plane.
+//!
+//! [`L7Plane::start`] serves every `[[listener]]` of the snapshots it reads (HTTP/1.1, h2c, TLS with SNI and
+//! ALPN via rustls), routes requests by host and path prefix to backend groups, picks a backend with
+//! `padis-balance`, forwards over pooled HTTP/1.1 or HTTP/2 connections (retries, timeouts, WebSocket upgrades),
+//! enforces client limits, reports passive health and exports Prometheus metrics. New snapshots change
+//! listeners, routes, groups and certificates with no reload and no dropped connection. It only reads snapshots.
+
+mod body;
+mod conn;
+mod error;
+mod forward;
+mod headers;
+mod io;
+mod listener;
+mod metrics;
+mod plane;
+mod routes;
+mod runtime;
+mod tls;
+mod upstream;
+
+pub use error::L7Error;
+pub use plane::{L7Handle, L7Plane};

@@ -1,0 +1,169 @@
+//! One client connection: optional TLS handshake (bounded by the header timeout), then HTTP/1.1 or HTTP/2
+//! (ALPN, or h2c prior knowledge) with the client limits, the keep-alive idle timeout and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use padis_model::Limits;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{self, ConnCtx};
+use crate::io::{ConnState, TimedIo};
+use crate::plane::PlaneShared;
+
+/// Which HTTP versions a connection may speak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Auto,
+    H1,
+    H2,
+}
+
+/// Decrements the listener's connection count when the connection ends.
+struct ActiveGuard {
+    count: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// A client connection handed over by a listener.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: Arc<str>,
+    pub count: Arc<AtomicUsize>,
+}
+
+/// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
+pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: CancellationToken, hard: CancellationToken) {
+    let gauge = plane.metrics.active_connections.with_label_values(&[&*a.listener]);
+    gauge.inc();
+    let _guard = ActiveGuard { count: a.count.clone(), gauge };
+    let _ = a.stream.set_nodelay(true);
+    let (limits, tls) = {
+        let rt = plane.runtime.load();
+        let Some(l) = rt.listeners.get(&*a.listener) else { return };
+        if l.tls_required && l.tls.is_none() {
+            return;
+        }
+        (rt.limits.clone(), l.tls.clone())
+    };
+    match tls {
+        None => serve_http(plane, a.stream, Mode::Auto, false, a.peer, a.local, a.listener, limits, stop, hard).await,
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(a.stream));
+            let res = tokio::select! {
+                r = handshake => r,
+                _ = stop.cancelled() => return,
+            };
+            let stream = match res {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = &*a.listener, peer = %a.peer, error = %e, "TLS handshake failed");
+                    plane.metrics.handshake_errors.with_label_values(&[&*a.listener]).inc();
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = &*a.listener, peer = %a.peer, "TLS handshake timed out");
+                    plane.metrics.handshake_errors.with_label_values(&[&*a.listener]).inc();
+                    return;
+                }
+            };
+            let session = stream.get_ref().1;
+            let version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "other",
+            };
+            plane.metrics.handshakes.with_label_values(&[&*a.listener, version]).inc();
+            let mode = match session.alpn_protocol() {
+                Some(b"h2") => Mode::H2,
+                Some(b"http/1.1") => Mode::H1,
+                _ => Mode::Auto,
+            };
+            serve_http(plane, stream, mode, true, a.peer, a.local, a.listener, limits, stop, hard).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<I>(
+    plane: Arc<PlaneShared>,
+    io: I,
+    mode: Mode,
+    https: bool,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<str>,
+    limits: Limits,
+    stop: CancellationToken,
+    hard: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let io = TimedIo::new(io, state.clone(), limits.header_read_timeout, mode == Mode::H2);
+    let ctx = Arc::new(ConnCtx { plane, listener, peer, local_port: local.port(), https, state: state.clone() });
+    let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = match mode {
+        Mode::Auto => builder,
+        Mode::H1 => builder.http1_only(),
+        Mode::H2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = limits.client_idle_timeout.max(Duration::from_millis(100));
+    let mut closing = false;
+    loop {
+        let mut wait = idle.saturating_sub(state.idle_for());
+        if wait.is_zero() {
+            wait = idle;
+        }
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = hard.cancelled() => break,
+            _ = tokio::time::sleep(wait), if !closing => {
+                if state.in_flight.load(Ordering::Acquire) == 0 && state.idle_for() >= idle {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Header rewriting: hop-by-hop headers removed in both directions (RFC 9110 §7.6.1), forwarding headers added
+//! (`X-Forwarded-For`/`-Proto`/`-Port`, RFC 7239 `Forwarded`).
+
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
+}
+
+/// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`, `TE`, `Transfer-Encoding`,
+/// `Proxy-*`, and `Upgrade` unless `keep_upgrade` (then `Connection: upgrade` is put back).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(&PROXY_CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Adds the forwarding headers for a request from `client` received on local port `port`.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, port: u16, https: bool, host: &str) {
+    let ip = client.ip().to_canonical();
+    let proto = if https { "https" } else { "http" };
+    let mut buf = String::with_capacity(64);
+    // X-Forwarded-For: append to the last value (one header line).
+    let _ = write!(buf, "{ip}");
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {buf}"),
+        None => buf.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(port));
+    buf.clear();
+    match ip {
+        IpAddr::V4(v4) => {
+            let _ = write!(buf, "for={v4}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(buf, "for=\"[{v6}]\"");
+        }
+    }
+    let _ = write!(buf, ";proto={proto}");
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')) {
+        let _ = write!(buf, ";host={host}");
+    }
+    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {buf}"),
+        None => buf,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none());
+        assert!(h.get(header::UPGRADE).is_none() && h.get(header::CONNECTION).is_none());
+        add_forwarded(&mut h, "[::1]:5000".parse().unwrap(), 8443, true, "a.example");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=a.example");
+        assert_eq!(h["x-forwarded-port"], "8443");
+    }
+}

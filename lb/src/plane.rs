@@ -1,0 +1,209 @@
+//! The L7 plane: binds the snapshot's listeners, compiles each new snapshot into a [`Runtime`] swapped in with
+//! arc-swap, adds and removes listeners as snapshots change, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use padis_balance::HealthRegistry;
+use padis_model::{Snapshot, SnapshotReader};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::L7Error;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::tls::Resumption;
+
+/// State shared by every listener, connection and request of the plane.
+pub(crate) struct PlaneShared {
+    /// The compiled snapshot in force.
+    pub runtime: ArcSwap<Runtime>,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The L7 reverse proxy data plane.
+pub struct L7Plane;
+
+/// A running L7 plane.
+pub struct L7Handle {
+    addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+struct Running {
+    configured: SocketAddr,
+    stop: CancellationToken,
+}
+
+struct Follower {
+    shared: Arc<PlaneShared>,
+    health: HealthRegistry,
+    resumption: Resumption,
+    listeners: HashMap<String, Running>,
+    addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    hard: CancellationToken,
+}
+
+impl L7Plane {
+    /// Serves every [[listener]] of the snapshots read from `reader`, following changes with no reload:
+    /// new listeners are bound, removed ones stop accepting (their connections finish), kept ones keep their
+    /// socket; routes, groups and certificates swap atomically for the next request/handshake.
+    pub async fn start(
+        mut reader: SnapshotReader,
+        health: HealthRegistry,
+        metrics: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<L7Handle, L7Error> {
+        let metrics = Arc::new(Metrics::register(metrics)?);
+        let resumption = Resumption::new()?;
+        reader.mark_seen();
+        let snap = reader.load();
+        let rt = Runtime::build(&snap, None, &health, &metrics, &resumption);
+        let shared = Arc::new(PlaneShared { runtime: ArcSwap::from_pointee(rt), metrics });
+        let mut f = Follower {
+            shared,
+            health,
+            resumption,
+            listeners: HashMap::new(),
+            addrs: Arc::new(Mutex::new(HashMap::new())),
+            tracker: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            hard: CancellationToken::new(),
+        };
+        for l in &snap.state.listeners {
+            let tcp = match listener::bind(&l.name, l.bind) {
+                Ok(t) => t,
+                Err(e) => {
+                    f.stop_all();
+                    return Err(e);
+                }
+            };
+            f.run_listener(&l.name, l.bind, tcp);
+        }
+        let addrs = f.addrs.clone();
+        let task = tokio::spawn(f.follow(reader));
+        Ok(L7Handle { addrs, task })
+    }
+}
+
+impl L7Handle {
+    /// Resolves when shutdown was requested and every listener stopped and in-flight requests finished
+    /// (or `limits.shutdown_grace` passed).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "L7 plane task failed");
+        }
+    }
+
+    /// Bound local addresses per listener name (for tests binding port 0), as of the call.
+    pub fn local_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+impl Follower {
+    fn run_listener(&mut self, name: &str, configured: SocketAddr, tcp: tokio::net::TcpListener) {
+        let stop = self.shutdown.child_token();
+        if let Ok(addr) = tcp.local_addr() {
+            if let Ok(mut a) = self.addrs.lock() {
+                a.insert(name.to_string(), addr);
+            }
+            tracing::info!(listener = name, %addr, "listening");
+        }
+        self.tracker.spawn(listener::accept_loop(
+            self.shared.clone(),
+            name.into(),
+            tcp,
+            stop.clone(),
+            self.hard.clone(),
+            self.tracker.clone(),
+        ));
+        self.listeners.insert(name.to_string(), Running { configured, stop });
+    }
+
+    fn stop_all(&mut self) {
+        for (_, r) in self.listeners.drain() {
+            r.stop.cancel();
+        }
+    }
+
+    async fn follow(mut self, mut reader: SnapshotReader) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                alive = reader.changed() => {
+                    if !alive {
+                        self.shutdown.cancelled().await;
+                        break;
+                    }
+                    let snap = reader.load();
+                    self.apply(&snap).await;
+                }
+            }
+        }
+        self.stop_all();
+        self.tracker.close();
+        let grace = self.shared.runtime.load().limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace over; closing remaining connections");
+            self.hard.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    async fn apply(&mut self, snap: &Snapshot) {
+        let prev = self.shared.runtime.load_full();
+        let rt = Runtime::build(snap, Some(&prev), &self.health, &self.shared.metrics, &self.resumption);
+        drop(prev);
+        self.shared.runtime.store(Arc::new(rt));
+        let wanted: HashMap<&str, SocketAddr> =
+            snap.state.listeners.iter().map(|l| (l.name.as_str(), l.bind)).collect();
+        let gone: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(n, r)| wanted.get(n.as_str()) != Some(&r.configured))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            if let Some(r) = self.listeners.remove(&n) {
+                r.stop.cancel();
+                if let Ok(mut a) = self.addrs.lock() {
+                    a.remove(&n);
+                }
+                tracing::info!(listener = %n, "listener removed");
+            }
+        }
+        for l in &snap.state.listeners {
+            if self.listeners.contains_key(&l.name) {
+                continue;
+            }
+            // A removed listener may still hold the address for a moment: retry briefly.
+            let mut tries = 0;
+            let tcp = loop {
+                match listener::bind(&l.name, l.bind) {
+                    Ok(t) => break Some(t),
+                    Err(e) if tries >= 20 => {
+                        tracing::error!(error = %e, "listener not started");
+                        break None;
+                    }
+                    Err(_) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+            };
+            if let Some(tcp) = tcp {
+                self.run_listener(&l.name, l.bind, tcp);
+            }
+        }
+        tracing::debug!(generation = snap.generation, "L7 snapshot applied");
+    }
+}

@@ -1,0 +1,117 @@
+//! What one snapshot compiles to for the hot path: per-listener route tables and TLS configs, the group
+//! balancers (from `padis-balance`) and backend clients. Built off the hot path, swapped atomically.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use padis_balance::{Balancers, HealthRegistry};
+use padis_model::tls::CertMaterial;
+use padis_model::{Limits, Snapshot};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::tls::{self, Resumption};
+use crate::upstream::{self, Upstream};
+
+/// A listener's share of the runtime.
+pub(crate) struct ListenerRt {
+    /// Its routes.
+    pub routes: RouteTable,
+    /// Whether it terminates TLS.
+    pub tls_required: bool,
+    /// Its TLS config (absent if it could not be built: connections are then refused).
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// The compiled form of one snapshot.
+pub(crate) struct Runtime {
+    /// Client-side limits.
+    pub limits: Limits,
+    /// Per listener name.
+    pub listeners: HashMap<String, ListenerRt>,
+    /// Backend selection per group.
+    pub balancers: Balancers,
+    /// Backend clients per group.
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// Metric label of each backend address.
+    pub backend_labels: HashMap<SocketAddr, Arc<str>>,
+    keys: HashMap<String, (Arc<CertMaterial>, Arc<CertifiedKey>)>,
+}
+
+impl Runtime {
+    /// Compiles `snap`, reusing what `prev` already built (balancer state, backend pools, loaded keys).
+    pub fn build(
+        snap: &Snapshot,
+        prev: Option<&Runtime>,
+        health: &HealthRegistry,
+        metrics: &Metrics,
+        resumption: &Resumption,
+    ) -> Runtime {
+        let state = &snap.state;
+        let mut keys = HashMap::new();
+        for c in &snap.certificates {
+            let reused = prev
+                .and_then(|p| p.keys.get(&c.name))
+                .filter(|(m, _)| Arc::ptr_eq(m, c) || **m == **c)
+                .map(|(_, k)| k.clone());
+            let key = match reused {
+                Some(k) => k,
+                None => match tls::certified_key(c) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(certificate = %c.name, error = %e, "certificate not usable");
+                        continue;
+                    }
+                },
+            };
+            metrics.cert_expiry.with_label_values(&[c.name.as_str()]).set(c.not_after_unix);
+            keys.insert(c.name.clone(), (c.clone(), key));
+        }
+        if let Some(p) = prev {
+            for name in p.keys.keys().filter(|n| !keys.contains_key(*n)) {
+                let _ = metrics.cert_expiry.remove_label_values(&[name.as_str()]);
+            }
+        }
+        let plain_keys: HashMap<String, Arc<CertifiedKey>> =
+            keys.iter().map(|(n, (_, k))| (n.clone(), k.clone())).collect();
+        let mut listeners = HashMap::with_capacity(state.listeners.len());
+        for l in &state.listeners {
+            let tls = l.tls.as_ref().and_then(|t| {
+                match tls::server_config(t, &snap.certificates, &plain_keys, resumption) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, error = %e, "TLS config not usable; keeping the previous one");
+                        prev.and_then(|p| p.listeners.get(&l.name)).and_then(|p| p.tls.clone())
+                    }
+                }
+            });
+            listeners.insert(
+                l.name.clone(),
+                ListenerRt {
+                    routes: RouteTable::build(&l.name, &state.routes, metrics),
+                    tls_required: l.tls.is_some(),
+                    tls,
+                },
+            );
+        }
+        let balancers = Balancers::build(snap, health, prev.map(|p| &p.balancers));
+        let upstreams = upstream::build_all(&state.groups, prev.map(|p| &p.upstreams));
+        let mut backend_labels = HashMap::new();
+        for g in &state.groups {
+            for b in &g.backends {
+                backend_labels.entry(b.addr).or_insert_with(|| Arc::<str>::from(b.addr.to_string()));
+            }
+        }
+        Runtime {
+            limits: state.limits.clone(),
+            listeners,
+            balancers,
+            upstreams,
+            backend_labels,
+            keys,
+        }
+    }
+}

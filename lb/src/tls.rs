@@ -1,0 +1,167 @@
+//! TLS: the per-listener rustls server configs (certificates chosen by SNI, ALPN, TLS 1.2/1.3, session tickets and
+//! a session cache kept across snapshots) and the client configs used towards TLS backends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use padis_model::tls::CertMaterial;
+use padis_model::{ListenerTls, UpstreamTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::error::L7Error;
+
+/// The crypto provider used everywhere (ring).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Resumption state shared by every server config the plane ever builds, so tickets and cached sessions survive
+/// snapshot changes.
+pub(crate) struct Resumption {
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl Resumption {
+    pub fn new() -> Result<Resumption, L7Error> {
+        Ok(Resumption {
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| L7Error::Tls(e.to_string()))?,
+            cache: rustls::server::ServerSessionMemoryCache::new(20_000),
+        })
+    }
+}
+
+/// Certificates by SNI: exact name, then `*.parent` wildcard, then the listener default.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(k.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(k) = self.wildcard.get(parent) {
+                    return Some(k.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// Loads a certificate's key for rustls.
+pub(crate) fn certified_key(cert: &CertMaterial) -> Result<Arc<CertifiedKey>, L7Error> {
+    let key = rustls::crypto::ring::sign::any_supported_type(&cert.key)
+        .map_err(|e| L7Error::Tls(format!("certificate `{}`: {e}", cert.name)))?;
+    Ok(Arc::new(CertifiedKey::new(cert.chain.clone(), key)))
+}
+
+/// Builds a listener's server config from the snapshot's certificates. `keys` caches loaded keys by name.
+pub(crate) fn server_config(
+    tls: &ListenerTls,
+    certs: &[Arc<CertMaterial>],
+    keys: &HashMap<String, Arc<CertifiedKey>>,
+    resumption: &Resumption,
+) -> Result<Arc<ServerConfig>, L7Error> {
+    let offered: Vec<&Arc<CertMaterial>> = certs
+        .iter()
+        .filter(|c| tls.certificates.is_empty() || tls.certificates.iter().any(|n| n == &c.name))
+        .collect();
+    let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default: None };
+    for c in &offered {
+        let Some(key) = keys.get(&c.name) else { continue };
+        for n in &c.server_names {
+            match n.strip_prefix("*.") {
+                Some(parent) => resolver.wildcard.entry(parent.to_string()).or_insert_with(|| key.clone()),
+                None => resolver.exact.entry(n.clone()).or_insert_with(|| key.clone()),
+            };
+        }
+    }
+    let default_name = tls.default_certificate.as_deref().or(offered.first().map(|c| c.name.as_str()));
+    resolver.default = default_name.and_then(|n| keys.get(n)).cloned();
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| L7Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    cfg.ticketer = resumption.ticketer.clone();
+    cfg.session_storage = resumption.cache.clone();
+    Ok(Arc::new(cfg))
+}
+
+/// The client config towards a group's TLS backends.
+pub(crate) fn client_config(tls: &UpstreamTls, h2: bool) -> Result<rustls::ClientConfig, L7Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| L7Error::Tls(e.to_string()))?;
+    let mut cfg = if tls.insecure_skip_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &tls.ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?;
+            for c in certs {
+                roots.add(c).map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    cfg.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(cfg)
+}
+
+/// Accepts any backend certificate (`insecure_skip_verify`), still checking handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
