@@ -113,7 +113,9 @@ impl PeerStatus {
             i.since = Some(Instant::now());
         } else {
             i.since = None;
-            i.report.hold_time_secs = None;
+            if s != SessionState::OpenConfirm {
+                i.report.hold_time_secs = None;
+            }
         }
         self.m.state.with_label_values(&[&self.label]).set(s as i64);
     }

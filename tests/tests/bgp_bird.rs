@@ -1,0 +1,191 @@
+//! The BGP announcer against a real BIRD 2 in a network namespace: session with a 4-octet ASN, IPv4 and
+//! IPv6 (MP-BGP) VIPs with next hop and attributes, withdraw, graceful shutdown (RFC 8326), hold timer expiry,
+//! and reconnect after BIRD restarts.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use padis_bgp::{Announcement, Announcer, SessionState};
+use padis_model::bgp::BgpConfig;
+use padis_tests::bgp::{bird_config, in_netns, wait_for, Bird, Lab, ROUTER_V4};
+use tokio::sync::watch;
+
+const OUR_ASN: u32 = 4_200_000_001;
+const BIRD_ASN: u32 = 65010;
+const V4: &str = "198.51.100.7/32";
+const V6: &str = "2001:db8:7::7/128";
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn bgp(peer_asn: u32, hold: u32, extra: &str) -> BgpConfig {
+    let text = format!(
+        "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nhold_time = \"{hold}s\"\nconnect_retry = \"300ms\"\n{extra}\n\
+         [[bgp.peer]]\naddress = \"{ROUTER_V4}\"\nasn = {peer_asn}\nnext_hop6 = \"fd00:99::1\"\n"
+    );
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    v.state.bgp.expect("bgp section")
+}
+
+fn routes(list: &[(&str, &str)]) -> BTreeSet<Announcement> {
+    list.iter()
+        .map(|(n, p)| Announcement { prefix: p.parse().expect("prefix"), name: n.to_string() })
+        .collect()
+}
+
+async fn learnt(bird: &Bird, prefix: &str, what: &str) -> String {
+    wait_for(LIMIT, what, || async { Some(bird.route(prefix)).filter(|r| !r.is_empty()) }).await
+}
+
+async fn gone(bird: &Bird, prefix: &str, what: &str) {
+    wait_for(LIMIT, what, || async { bird.route(prefix).is_empty().then_some(()) }).await
+}
+
+fn metric(reg: &prometheus::Registry, name: &str) -> f64 {
+    reg.gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().value() + m.get_counter().value()))
+        .sum()
+}
+
+#[test]
+fn bird_learns_v4_and_v6_vips_and_withdraws() {
+    let lab = Lab::new();
+    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
+    in_netns(&lab.speaker.name, || async {
+        let (tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 9, "med = 20")), None, rx, &reg).expect("spawn");
+
+        let r4 = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
+        assert!(r4.contains("BGP.next_hop: 10.99.0.1"), "{r4}");
+        assert!(r4.contains("BGP.as_path: 4200000001"), "{r4}");
+        assert!(r4.contains("BGP.origin: IGP"), "{r4}");
+        assert!(r4.contains("BGP.med: 20"), "{r4}");
+        assert!(!r4.contains("BGP.community"), "{r4}");
+        let r6 = learnt(&bird, V6, "IPv6 VIP in BIRD").await;
+        assert!(r6.contains("BGP.next_hop: fd00:99::1"), "{r6}");
+        assert!(r6.contains("BGP.as_path: 4200000001"), "{r6}");
+        let p = bird.cmd("show protocols all padis");
+        assert!(p.contains("Established") && p.contains("Neighbor AS:      4200000001"), "{p}");
+        assert!(p.contains("ipv6") && p.contains("ipv4"), "{p}");
+
+        let rep = h.report();
+        assert_eq!(rep.peers[0].state, SessionState::Established);
+        assert_eq!(rep.peers[0].routes_announced, 2);
+        assert_eq!(rep.peers[0].hold_time_secs, Some(9));
+        assert_eq!(metric(&reg, "padis_bgp_session_state"), 5.0);
+        assert_eq!(metric(&reg, "padis_bgp_routes_announced"), 2.0);
+
+        // Unhealthy VIP leaves the set: withdrawn; the other stays.
+        tx.send_replace(routes(&[("web6", V6)]));
+        gone(&bird, V4, "IPv4 VIP withdrawn").await;
+        assert!(!bird.route(V6).is_empty(), "IPv6 VIP must stay");
+        // Back again, and the IPv6 one away.
+        tx.send_replace(routes(&[("web", V4)]));
+        learnt(&bird, V4, "IPv4 VIP announced again").await;
+        gone(&bird, V6, "IPv6 VIP withdrawn").await;
+        assert_eq!(h.report().peers[0].routes_announced, 1);
+        h.stop().await;
+        gone(&bird, V4, "all withdrawn on stop").await;
+    });
+}
+
+#[test]
+fn drain_announces_graceful_shutdown_then_withdraws() {
+    let lab = Lab::new();
+    // iBGP, so that LOCAL_PREF is sent (lowered to 0 on drain).
+    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(OUR_ASN, OUR_ASN, 9));
+    in_netns(&lab.speaker.name, || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg).expect("spawn");
+        let before = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
+        assert!(before.contains("BGP.local_pref: 100") && !before.contains("65535"), "{before}");
+        learnt(&bird, V6, "IPv6 VIP in BIRD").await;
+
+        let started = Instant::now();
+        let drain = tokio::spawn(h.drain_and_stop());
+        let gs = wait_for(LIMIT, "GRACEFUL_SHUTDOWN community", || async {
+            Some(bird.route(V4)).filter(|r| r.contains("(65535,0)"))
+        })
+        .await;
+        let gs_at = started.elapsed();
+        assert!(gs.contains("BGP.local_pref: 0"), "{gs}");
+        assert!(gs.contains("BGP.med: 4294967295"), "{gs}");
+        let gs6 = bird.route(V6);
+        assert!(gs6.contains("(65535,0)"), "{gs6}");
+        gone(&bird, V4, "withdraw after drain_wait").await;
+        let withdrawn_at = started.elapsed();
+        assert!(withdrawn_at >= Duration::from_millis(2500), "withdrawn after {withdrawn_at:?}, GS at {gs_at:?}");
+        gone(&bird, V6, "IPv6 withdraw").await;
+        drain.await.expect("drain task");
+        let p = wait_for(LIMIT, "BIRD sees the administrative shutdown", || async {
+            Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Administrative shutdown"))
+        })
+        .await;
+        assert!(!p.contains("Established"), "{p}");
+    });
+}
+
+#[test]
+fn reconnects_after_bird_restart() {
+    let lab = Lab::new();
+    let mut bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
+    in_netns(&lab.speaker.name, || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 9, "")), None, rx, &reg).expect("spawn");
+        learnt(&bird, V4, "IPv4 VIP in BIRD").await;
+        bird.restart();
+        assert!(bird.route(V4).is_empty(), "fresh BIRD has no routes yet");
+        learnt(&bird, V4, "IPv4 VIP relearnt after BIRD restart").await;
+        let rep = h.report();
+        assert_eq!(rep.peers[0].state, SessionState::Established);
+        assert!(rep.peers[0].flaps >= 1, "{rep:?}");
+        assert!(metric(&reg, "padis_bgp_session_flaps_total") >= 1.0);
+        h.stop().await;
+    });
+}
+
+#[test]
+fn hold_timer_expires_when_keepalives_stop_then_recovers() {
+    let lab = Lab::new();
+    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 3));
+    let rules = lab.dir.path().join("drop.nft");
+    std::fs::write(
+        &rules,
+        "table inet padis_test {\n chain input {\n  type filter hook input priority 0;\n  \
+         ip saddr 10.99.0.1 tcp dport 179 drop\n  ip saddr 10.99.0.1 tcp sport 179 drop\n }\n}\n",
+    )
+    .expect("nft rules");
+    let nft = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", lab.router.name.as_str(), "nft"];
+        a.extend_from_slice(args);
+        padis_tests::bgp::run("ip", &a);
+    };
+    in_netns(&lab.speaker.name, || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 3, "")), None, rx, &reg).expect("spawn");
+        learnt(&bird, V4, "IPv4 VIP in BIRD").await;
+        assert_eq!(h.report().peers[0].hold_time_secs, Some(3));
+        // Nothing from us reaches BIRD any more: our KEEPALIVEs stop arriving.
+        nft(&["-f", rules.to_str().expect("path")]);
+        let t = Instant::now();
+        let p = wait_for(LIMIT, "BIRD hold timer expiry", || async {
+            Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Hold timer expired"))
+        })
+        .await;
+        assert!(t.elapsed() >= Duration::from_secs(1), "expired too early: {p}");
+        assert!(bird.route(V4).is_empty(), "route must be gone with the session");
+        wait_for(LIMIT, "our side notices", || async {
+            (h.report().peers[0].state != SessionState::Established).then_some(())
+        })
+        .await;
+        nft(&["delete", "table", "inet", "padis_test"]);
+        learnt(&bird, V4, "route back after the path recovers").await;
+        assert!(h.report().peers[0].flaps >= 1);
+        h.stop().await;
+    });
+}
