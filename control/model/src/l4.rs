@@ -1,17 +1,166 @@
 //! L4 (XDP) config: `[l4]` and `[[vip]]`. Owned by the L4 data plane work; extended there.
+//!
+//! ```toml
+//! [l4]
+//! interfaces = ["eth1"]          # none = L4 off
+//! instance = "default"           # maps pinned in /sys/fs/bpf/padis/<instance>/
+//! next_hop_mac = "02:00:00:00:00:01"   # needed by `forwarding = "ipip"` VIPs
+//!
+//! [l4.neighbors]                 # static MACs for DSR backends (default: the kernel neighbour table)
+//! "10.1.0.11" = "02:00:00:00:01:11"
+//!
+//! [l4.vip.dns-udp]               # per-VIP policy, by VIP name (all optional)
+//! hash = "source"                # hash on the client address only
+//! allow = ["10.0.0.0/8"]         # ACL: allowed client prefixes (empty = everyone)
+//! health = { kind = "tcp" }
+//! forwarding = "dsr"             # or "ipip"
+//!
+//! [[vip]]
+//! name = "dns-udp"
+//! addr = "192.0.2.10"
+//! port = 53
+//! protocol = "udp"
+//! [[vip.backend]]
+//! addr = "10.1.0.11"
+//! weight = 1                     # 0 = draining: no new flows, established ones stay
+//! ```
+//!
+//! Per-VIP policy lives in `[l4.vip.<name>]` rather than in `[[vip]]` so that sources producing VIPs (Marathon)
+//! keep a small, stable `Vip` type.
 
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::config::HealthCheck;
 use crate::validate::Validator;
 
-/// `[l4]`: where the XDP program runs.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Largest Maglev table a VIP may use (the BPF ring stride; a prime).
+pub const MAX_TABLE_SIZE: u32 = 65537;
+
+/// `[l4]`: where the XDP program runs and how.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct L4Config {
     /// Interfaces to attach the XDP program to (none = L4 disabled).
     pub interfaces: Vec<String>,
+    /// Instance name: maps and links are pinned under `/sys/fs/bpf/padis/<instance>/`.
+    pub instance: String,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+    /// Leave the program attached (and forwarding from its pinned maps) when Padis stops, so a restart loses no
+    /// traffic; the next start takes the attachment over. Off: detach on shutdown (maps stay pinned).
+    pub keep_attached: bool,
+    /// Connection-table size (entries, LRU).
+    pub max_flows: u32,
+    /// Most VIPs.
+    pub max_vips: u32,
+    /// Most distinct backends (over all VIPs).
+    pub max_backends: u32,
+    /// New connection-table entries allowed per CPU per second (0 = unlimited): a flood of new flows beyond it is
+    /// still balanced (by Maglev) but cannot evict established flows.
+    pub max_new_flows_per_sec: u32,
+    /// Largest IP packet (outer header included) the IPIP egress carries; bigger ones get ICMP "too big".
+    pub mtu: u16,
+    /// MAC address of the next hop towards IPIP backends (`aa:bb:cc:dd:ee:ff`).
+    pub next_hop_mac: Option<String>,
+    /// IPIP outer source (IPv4) base: the last 16 bits carry a flow hash.
+    pub encap_source_v4: Ipv4Addr,
+    /// IPIP outer source (IPv6) base: the last 32 bits carry a flow hash.
+    pub encap_source_v6: Ipv6Addr,
+    /// Static neighbour entries: backend address -> MAC (DSR); others come from the kernel neighbour table.
+    pub neighbors: BTreeMap<IpAddr, String>,
+    /// Per-VIP policy, by VIP name.
+    pub vip: BTreeMap<String, VipPolicy>,
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        L4Config {
+            interfaces: Vec::new(),
+            instance: "default".into(),
+            xdp_mode: XdpMode::Auto,
+            keep_attached: false,
+            max_flows: 1 << 20,
+            max_vips: 256,
+            max_backends: 4096,
+            max_new_flows_per_sec: 125_000,
+            mtu: 1500,
+            next_hop_mac: None,
+            encap_source_v4: Ipv4Addr::new(172, 16, 0, 0),
+            encap_source_v6: Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
+            neighbors: BTreeMap::new(),
+            vip: BTreeMap::new(),
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic with a warning.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// How a VIP reaches its backends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// Direct server return by MAC rewrite: backends on the same L2 segment hold the VIP on `lo`.
+    #[default]
+    Dsr,
+    /// IP-in-IP (IPv6: IPv6) encapsulation to the backend through `[l4].next_hop_mac` (Katran's mode).
+    Ipip,
+}
+
+/// What the backend choice hashes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VipHash {
+    /// The 5-tuple.
+    #[default]
+    Flow,
+    /// The client address only (UDP services whose clients change ports).
+    Source,
+}
+
+/// Per-VIP L4 policy (`[l4.vip.<name>]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipPolicy {
+    /// Forwarding mode.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Hash input.
+    #[serde(default)]
+    pub hash: VipHash,
+    /// Allowed client prefixes (empty: everyone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<IpNet>,
+    /// Maglev table size (a prime >= 100 x backends, <= 65537); default 65537.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    /// Active health check of the backends (none: always up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Port the health check connects to (default: the VIP port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u16>,
+}
+
+impl VipPolicy {
+    /// Maglev table size in force.
+    pub fn effective_table_size(&self) -> u32 {
+        self.table_size.unwrap_or(MAX_TABLE_SIZE)
+    }
 }
 
 /// A virtual IP service balanced in XDP.
@@ -54,17 +203,122 @@ fn one() -> u32 {
     1
 }
 
+impl Vip {
+    /// IP protocol number (6 or 17).
+    pub fn ip_proto(&self) -> u8 {
+        if self.protocol == "udp" {
+            17
+        } else {
+            6
+        }
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| n % d != 0)
+}
+
 impl L4Config {
     /// Validates `[l4]` and the VIPs.
     pub fn validate(&self, vips: &[Vip], cx: &mut Validator) {
-        let mut seen = std::collections::HashSet::new();
+        if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            cx.error("l4.instance", format!("`{}`: expected letters, digits, - or _", self.instance));
+        }
+        if let Some(m) = &self.next_hop_mac {
+            if parse_mac(m).is_none() {
+                cx.error("l4.next_hop_mac", format!("`{m}`: expected a MAC address like 02:00:00:00:00:01"));
+            }
+        }
+        if self.mtu < 1280 {
+            cx.error("l4.mtu", format!("{}: must be at least 1280", self.mtu));
+        }
+        if self.max_vips == 0 || self.max_backends == 0 || self.max_flows == 0 {
+            cx.error("l4", "max_vips, max_backends and max_flows must be positive");
+        }
+        if vips.len() > self.max_vips as usize {
+            cx.error("vip", format!("{} VIPs but l4.max_vips = {}", vips.len(), self.max_vips));
+        }
+        for (a, m) in &self.neighbors {
+            if parse_mac(m).is_none() {
+                cx.error(format!("l4.neighbors.{a}"), format!("`{m}`: expected a MAC address"));
+            }
+        }
+        for name in self.vip.keys() {
+            if !vips.iter().any(|v| &v.name == name) {
+                cx.error(format!("l4.vip.{name}"), format!("no [[vip]] named `{name}`"));
+            }
+        }
+        let default_policy = VipPolicy::default();
+        let mut seen = HashSet::new();
+        let mut names = HashSet::new();
+        let mut all_backends = HashSet::new();
         for (i, v) in vips.iter().enumerate() {
+            let p = self.vip.get(&v.name).unwrap_or(&default_policy);
+            let pk = format!("l4.vip.{}", v.name);
             if !seen.insert((v.addr, v.port, v.protocol.clone())) {
                 cx.error(format!("vip[{i}]"), format!("duplicate VIP {}:{}/{}", v.addr, v.port, v.protocol));
+            }
+            if !names.insert(v.name.as_str()) {
+                cx.error(format!("vip[{i}].name"), format!("duplicate VIP name `{}`", v.name));
             }
             if v.protocol != "tcp" && v.protocol != "udp" {
                 cx.error(format!("vip[{i}].protocol"), format!("`{}`: expected tcp or udp", v.protocol));
             }
+            if v.port == 0 {
+                cx.error(format!("vip[{i}].port"), "port 0 is not a service port");
+            }
+            if p.forwarding == Forwarding::Ipip && self.next_hop_mac.is_none() {
+                cx.error(format!("{pk}.forwarding"), "ipip needs l4.next_hop_mac");
+            }
+            for (j, a) in p.allow.iter().enumerate() {
+                if a.addr() != a.network() {
+                    cx.error(format!("{pk}.allow[{j}]"), format!("`{a}` has host bits set (network is {})", a.trunc()));
+                }
+            }
+            let n = v.backends.len() as u64;
+            let size = p.effective_table_size();
+            if let Some(s) = p.table_size {
+                if !is_prime(s) || s > MAX_TABLE_SIZE {
+                    cx.error(format!("{pk}.table_size"), format!("{s}: must be a prime <= {MAX_TABLE_SIZE}"));
+                }
+            }
+            if n * 100 > size as u64 {
+                cx.error(
+                    format!("vip[{i}].backend"),
+                    format!("{n} backends need a Maglev table of at least {} slots (table_size {size})", n * 100),
+                );
+            }
+            let mut addrs = HashSet::new();
+            for (j, b) in v.backends.iter().enumerate() {
+                all_backends.insert(b.addr);
+                if !addrs.insert(b.addr) {
+                    cx.error(format!("vip[{i}].backend[{j}].addr"), format!("duplicate backend {}", b.addr));
+                }
+                if p.forwarding == Forwarding::Dsr && b.addr.is_ipv4() != v.addr.is_ipv4() {
+                    cx.error(
+                        format!("vip[{i}].backend[{j}].addr"),
+                        "DSR backends must be of the VIP's address family (use forwarding = \"ipip\")",
+                    );
+                }
+            }
+        }
+        if all_backends.len() > self.max_backends as usize {
+            cx.error("vip", format!("{} backends but l4.max_backends = {}", all_backends.len(), self.max_backends));
         }
     }
 }
