@@ -103,8 +103,8 @@ pub(crate) fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// The client config towards a group's TLS backends.
-pub(crate) fn client_config(tls: &UpstreamTls, h2: bool) -> Result<rustls::ClientConfig, L7Error> {
+/// The client config towards a group's TLS backends (ALPN is set by the connector from the group protocol).
+pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L7Error> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| L7Error::Tls(e.to_string()))?;
@@ -123,7 +123,6 @@ pub(crate) fn client_config(tls: &UpstreamTls, h2: bool) -> Result<rustls::Clien
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    cfg.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(cfg)
 }
 

@@ -62,8 +62,8 @@ fn build_client(g: &BackendGroup) -> Result<UpstreamClient, L7Error> {
     http.set_connect_timeout(Some(g.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let tls_cfg = match &g.tls {
-        Some(t) => tls::client_config(t, h2)?,
-        None => tls::client_config(&UpstreamTls { insecure_skip_verify: true, ..Default::default() }, h2)?,
+        Some(t) => tls::client_config(t)?,
+        None => tls::client_config(&UpstreamTls { insecure_skip_verify: true, ..Default::default() })?,
     };
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_cfg).https_or_http();
     let builder = match g.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
