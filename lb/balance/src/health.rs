@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use padis_model::{HealthCheck, HealthKind, PassiveHealth};
 use serde::Serialize;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use backend::BackendHealth;
@@ -75,6 +76,7 @@ struct Inner {
     state: Arc<Mutex<State>>,
     metrics: Metrics,
     runtime: Option<Handle>,
+    changes: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -103,7 +105,8 @@ impl HealthRegistry {
     pub fn new(metrics: &prometheus::Registry) -> Result<HealthRegistry, prometheus::Error> {
         let state = Arc::new(Mutex::new(State::default()));
         let metrics = Metrics::register(metrics, Arc::downgrade(&state))?;
-        Ok(HealthRegistry { inner: Arc::new(Inner { state, metrics, runtime: Handle::try_current().ok() }) })
+        let (changes, _) = watch::channel(0);
+        Ok(HealthRegistry { inner: Arc::new(Inner { state, metrics, runtime: Handle::try_current().ok(), changes }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -121,7 +124,12 @@ impl HealthRegistry {
         for t in targets {
             wanted.insert(t.key.clone());
             let entry = state.targets.entry(t.key.clone()).or_insert_with(|| {
-                let health = BackendHealth::with_metric(t.key.clone(), None, Some(metrics.ejection_counter(&t.key)));
+                let health = BackendHealth::with_hooks(
+                    t.key.clone(),
+                    None,
+                    Some(metrics.ejection_counter(&t.key)),
+                    Some(self.inner.changes.clone()),
+                );
                 Entry { health: Arc::new(health), owners: BTreeSet::new(), check: None, checker: None }
             });
             entry.owners.insert(owner.to_string());
@@ -144,6 +152,13 @@ impl HealthRegistry {
             metrics.forget(&key);
             tracing::debug!(group = %key.group, backend = %key.addr, "health target removed");
         }
+    }
+
+    /// A receiver whose value changes whenever a target's usability may have changed (active up/down, passive
+    /// ejection): L4 and BGP re-read [`HealthRegistry::get`] then (ejection ends are not signalled: they are
+    /// time-based, see [`BackendHealth::ejected_for`]).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// The live health of a target.
@@ -204,6 +219,9 @@ async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, counters: Ch
     let mut ticker = tokio::time::interval(check.interval.max(std::time::Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let addr = health.key().addr;
+    // Spread the checks of many targets (HAProxy's spread-checks): a random start within half an interval.
+    let spread = check.interval.min(std::time::Duration::from_secs(1)) / 2;
+    tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
     loop {
         ticker.tick().await;
         let result = probe(addr, &check).await;

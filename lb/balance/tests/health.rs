@@ -173,10 +173,13 @@ async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
     let key = TargetKey { group: "vip-a".into(), addr };
     health.sync("l4", vec![HealthTarget { key: key.clone(), check: Some(check), passive: None }]);
     let h = health.get(&key).unwrap();
+    let mut changes = health.changes();
+    changes.mark_unchanged();
     wait_until("checks connect", Duration::from_secs(3), || server.requests.load(SeqCst) >= 2).await;
     assert!(h.is_usable());
     drop(server); // closes the listening socket
     wait_until("down when closed", Duration::from_secs(3), || !h.is_usable()).await;
+    assert!(changes.has_changed().unwrap(), "subscribers learn about the change");
     assert!(health.report()[0].last_check_error.as_deref().unwrap().contains("connect"));
     let reopened = Server::start_on(TcpListener::bind(addr).await.unwrap(), "", true).await;
     wait_until("up when reopened", Duration::from_secs(3), || h.is_usable()).await;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use padis_model::PassiveHealth;
 use prometheus::IntCounter;
+use tokio::sync::watch;
 
 use super::TargetKey;
 
@@ -43,18 +44,21 @@ pub struct BackendHealth {
     /// Last active check error (written by the checker only, read by reports).
     last_error: Mutex<Option<String>>,
     ejection_metric: Option<IntCounter>,
+    /// Bumped on every usability change the registry's subscribers must know about.
+    notify: Option<watch::Sender<u64>>,
 }
 
 impl BackendHealth {
     /// A fresh state: up, not ejected, with `passive` ejection (none = off).
     pub fn new(key: TargetKey, passive: Option<&PassiveHealth>) -> BackendHealth {
-        BackendHealth::with_metric(key, passive, None)
+        BackendHealth::with_hooks(key, passive, None, None)
     }
 
-    pub(crate) fn with_metric(
+    pub(crate) fn with_hooks(
         key: TargetKey,
         passive: Option<&PassiveHealth>,
         ejection_metric: Option<IntCounter>,
+        notify: Option<watch::Sender<u64>>,
     ) -> BackendHealth {
         let h = BackendHealth {
             key,
@@ -71,6 +75,7 @@ impl BackendHealth {
             probation: AtomicBool::new(false),
             last_error: Mutex::new(None),
             ejection_metric,
+            notify,
         };
         h.set_passive(passive);
         h
@@ -163,6 +168,7 @@ impl BackendHealth {
         if let Some(m) = &self.ejection_metric {
             m.inc();
         }
+        self.notify();
         tracing::warn!(group = %self.key.group, backend = %self.key.addr, ejection = n, duration_ms = duration,
             "backend ejected after consecutive failures");
     }
@@ -184,9 +190,17 @@ impl BackendHealth {
         }
     }
 
+    fn notify(&self) {
+        if let Some(n) = &self.notify {
+            n.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
     /// No active check any more: the backend counts as up.
     pub(crate) fn clear_active(&self) {
-        self.up.store(true, Relaxed);
+        if !self.up.swap(true, Relaxed) {
+            self.notify();
+        }
         self.clear_counters();
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
@@ -210,6 +224,7 @@ impl BackendHealth {
             let n = self.check_successes.fetch_add(1, Relaxed).saturating_add(1);
             if !self.up.load(Relaxed) && n >= rise.max(1) {
                 self.up.store(true, Relaxed);
+                self.notify();
                 return Some(true);
             }
         } else {
@@ -217,6 +232,7 @@ impl BackendHealth {
             let n = self.check_failures.fetch_add(1, Relaxed).saturating_add(1);
             if self.up.load(Relaxed) && n >= fall.max(1) {
                 self.up.store(false, Relaxed);
+                self.notify();
                 return Some(false);
             }
         }
