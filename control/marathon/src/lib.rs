@@ -1,1 +1,103 @@
-//! Padis Marathon source: follows Marathon's event stream and REST API and maps labelled apps to desired state
+//! Padis Marathon source: follows Marathon (event stream + REST) and maps labelled apps to desired state.
+//!
+//! [`MarathonSource::spawn`] keeps a full copy of Marathon's apps (`GET /v2/apps?embed=apps.tasks` on start,
+//! after each reconnect, periodically and shortly after events), applies task events from `GET /v2/events` at
+//! once, drains killed tasks for `drain_time`, and publishes a [`MarathonState`] whenever it changes. The pure
+//! [`map_apps`] turns apps and their `PADIS_*` / `HAPROXY_*` labels into backend groups, routes, DNS services and
+//! L4 VIPs. While Marathon is unreachable, the last good state stays published; only its `status` changes.
+
+pub mod apps;
+mod backoff;
+mod client;
+mod drain;
+mod error;
+pub mod events;
+pub mod labels;
+mod map;
+mod metrics;
+pub mod sse;
+mod source;
+
+use padis_model::l4::Vip;
+use padis_model::{BackendGroup, Route, Service, SourceStatus};
+use serde::Serialize;
+
+pub use apps::{App, Apps, Task};
+pub use error::MarathonError;
+pub use map::{default_dns_name, map_apps, role, Role};
+pub use source::MarathonSource;
+
+/// What Marathon contributes to the desired state; merged by control into the config file's state, then
+/// validated as a whole (`padis_model::validate_state`) and published.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MarathonState {
+    /// One backend group per (app, port index) served over HTTP, named `marathon:/app:0`.
+    pub groups: Vec<BackendGroup>,
+    /// Routes from `VHOST` / `PATH` labels; `origin = Some("marathon:/app")`.
+    pub routes: Vec<Route>,
+    /// DNS services (A/AAAA + SRV by port name).
+    pub services: Vec<Service>,
+    /// L4 VIPs from `VIP` labels.
+    pub vips: Vec<Vip>,
+    /// Invalid apps or labels, skipped.
+    pub problems: Vec<AppProblem>,
+    /// Freshness: last good sync, last error.
+    pub status: SourceStatus,
+}
+
+impl Default for MarathonState {
+    fn default() -> Self {
+        MarathonState {
+            groups: Vec::new(),
+            routes: Vec::new(),
+            services: Vec::new(),
+            vips: Vec::new(),
+            problems: Vec::new(),
+            status: SourceStatus { name: "marathon".into(), ok: false, last_ok_unix_ms: None, last_error: None },
+        }
+    }
+}
+
+impl MarathonState {
+    /// Whether the mapped content (everything but `status`) equals `other`'s.
+    pub fn same_content(&self, other: &MarathonState) -> bool {
+        self.groups == other.groups
+            && self.routes == other.routes
+            && self.services == other.services
+            && self.vips == other.vips
+            && self.problems == other.problems
+    }
+
+    /// Number of backends over all groups.
+    pub fn backend_count(&self) -> usize {
+        self.groups.iter().map(|g| g.backends.len()).sum()
+    }
+}
+
+/// An app (or one of its labels) that could not be mapped; the app is skipped, the others are not.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppProblem {
+    /// App id (or `apps[i]` when it has none).
+    pub app: String,
+    /// The label concerned, if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl AppProblem {
+    /// A problem with `app`.
+    pub fn new(app: impl Into<String>, label: Option<String>, message: impl Into<String>) -> AppProblem {
+        AppProblem { app: app.into(), label, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for AppProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.label {
+            Some(l) => write!(f, "{}: {l}: {}", self.app, self.message),
+            None => write!(f, "{}: {}", self.app, self.message),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Marathon event bus payloads and their immediate effect on the cached apps.
+//!
+//! Task-level events (status updates, health changes, kills) are applied to the cached copy at once, so the
+//! data planes follow within the coalescing delay; every event also schedules a full sync, which stays the
+//! authority (events carry no labels and may be missed).
+
+use serde::Deserialize;
+
+use crate::apps::{Apps, HealthCheckResult, Task, TaskIp};
+
+/// The event types subscribed to (`GET /v2/events?event_type=…`).
+pub const SUBSCRIBED: &[&str] = &[
+    "event_stream_attached",
+    "status_update_event",
+    "instance_changed_event",
+    "health_status_changed_event",
+    "instance_health_changed_event",
+    "api_post_event",
+    "deployment_success",
+    "deployment_step_success",
+    "app_terminated_event",
+    "unhealthy_instance_kill_event",
+];
+
+/// A decoded event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `event_stream_attached`: the subscription is live.
+    Attached,
+    /// `status_update_event`: a task changed state.
+    StatusUpdate(StatusUpdate),
+    /// `health_status_changed_event` / `instance_health_changed_event`.
+    Health {
+        /// App id.
+        app_id: String,
+        /// Task or instance id.
+        id: String,
+        /// Passing (`None`: unknown yet).
+        alive: Option<bool>,
+    },
+    /// `unhealthy_instance_kill_event`: the task is being killed.
+    Killing {
+        /// App id.
+        app_id: String,
+        /// Task or instance id.
+        id: String,
+    },
+    /// `app_terminated_event`: the app is gone.
+    AppTerminated {
+        /// App id.
+        app_id: String,
+    },
+    /// Any other subscribed event: only a full sync tells what changed.
+    Other(String),
+}
+
+/// `status_update_event` payload.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusUpdate {
+    /// Task id.
+    pub task_id: String,
+    /// New Mesos state.
+    pub task_status: String,
+    /// App id.
+    pub app_id: String,
+    /// Agent host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Host ports.
+    #[serde(default)]
+    pub ports: Option<Vec<u32>>,
+    /// Container addresses.
+    #[serde(default)]
+    pub ip_addresses: Option<Vec<TaskIp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthPayload {
+    #[serde(alias = "runSpecId")]
+    app_id: String,
+    #[serde(alias = "instanceId")]
+    task_id: String,
+    #[serde(default, alias = "healthy")]
+    alive: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KillPayload {
+    app_id: String,
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    instance_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppPayload {
+    app_id: String,
+}
+
+/// Why an event could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{event}: {source}")]
+pub struct EventError {
+    /// Event type.
+    pub event: String,
+    /// JSON error.
+    pub source: serde_json::Error,
+}
+
+/// Decodes one SSE event (type from `event:`, payload from `data:`).
+pub fn decode(event: &str, data: &str) -> Result<Event, EventError> {
+    let err = |source| EventError { event: event.to_string(), source };
+    Ok(match event {
+        "event_stream_attached" => Event::Attached,
+        "status_update_event" => Event::StatusUpdate(serde_json::from_str(data).map_err(err)?),
+        "health_status_changed_event" | "instance_health_changed_event" => {
+            let h: HealthPayload = serde_json::from_str(data).map_err(err)?;
+            Event::Health { app_id: h.app_id, id: h.task_id, alive: h.alive }
+        }
+        "unhealthy_instance_kill_event" => {
+            let k: KillPayload = serde_json::from_str(data).map_err(err)?;
+            let id = k.task_id.or(k.instance_id).unwrap_or_default();
+            Event::Killing { app_id: k.app_id, id }
+        }
+        "app_terminated_event" => {
+            let a: AppPayload = serde_json::from_str(data).map_err(err)?;
+            Event::AppTerminated { app_id: a.app_id }
+        }
+        other => {
+            // Still check it is JSON: garbage is reported, not acted on.
+            serde_json::from_str::<serde::de::IgnoredAny>(data).map_err(err)?;
+            Event::Other(other.to_string())
+        }
+    })
+}
+
+/// Whether a Mesos state is terminal (the task is gone).
+pub fn terminal(state: &str) -> bool {
+    matches!(
+        state,
+        "TASK_FINISHED"
+            | "TASK_FAILED"
+            | "TASK_KILLED"
+            | "TASK_LOST"
+            | "TASK_ERROR"
+            | "TASK_DROPPED"
+            | "TASK_GONE"
+            | "TASK_GONE_BY_OPERATOR"
+            | "TASK_UNKNOWN"
+    )
+}
+
+/// Whether `task_id` is the task `id` names (a task id, or the instance id it belongs to in Marathon >= 1.4).
+fn matches(task_id: &str, id: &str) -> bool {
+    task_id == id || (task_id.starts_with(id) && task_id.as_bytes().get(id.len()) == Some(&b'.'))
+}
+
+/// Applies an event to the cached apps; returns whether anything changed.
+pub fn apply(apps: &mut Apps, event: &Event) -> bool {
+    match event {
+        Event::StatusUpdate(s) => {
+            let Some(app) = apps.app_mut(&s.app_id) else { return false };
+            let pos = app.tasks.iter().position(|t| t.id == s.task_id);
+            if terminal(&s.task_status) {
+                return match pos {
+                    Some(i) => {
+                        app.tasks.remove(i);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            let task = match pos {
+                Some(i) => &mut app.tasks[i],
+                None => {
+                    app.tasks.push(Task { id: s.task_id.clone(), ..Task::default() });
+                    let last = app.tasks.len() - 1;
+                    &mut app.tasks[last]
+                }
+            };
+            let before = task.clone();
+            task.state = s.task_status.clone();
+            if let Some(h) = &s.host {
+                task.host = h.clone();
+                task.resolved_host = None;
+            }
+            if let Some(p) = &s.ports {
+                task.ports = p.clone();
+            }
+            if let Some(ips) = &s.ip_addresses {
+                task.ip_addresses = ips.clone();
+            }
+            *task != before
+        }
+        Event::Health { app_id, id, alive } => {
+            let Some(app) = apps.app_mut(app_id) else { return false };
+            let checks = app.health_checks.len().max(1);
+            let mut changed = false;
+            for t in app.tasks.iter_mut().filter(|t| matches(&t.id, id)) {
+                let before = t.health_check_results.clone();
+                match alive {
+                    Some(false) => {
+                        if t.health_check_results.is_empty() {
+                            t.health_check_results.push(HealthCheckResult::default());
+                        }
+                        t.health_check_results.iter_mut().for_each(|r| r.alive = false);
+                    }
+                    // With several checks, one passing says nothing of the others: the full sync decides.
+                    Some(true) if checks == 1 => {
+                        t.health_check_results = vec![HealthCheckResult { alive: true, consecutive_failures: 0 }]
+                    }
+                    _ => {}
+                }
+                changed |= t.health_check_results != before;
+            }
+            changed
+        }
+        Event::Killing { app_id, id } => {
+            let Some(app) = apps.app_mut(app_id) else { return false };
+            let mut changed = false;
+            for t in app.tasks.iter_mut().filter(|t| matches(&t.id, id) && t.state == "TASK_RUNNING") {
+                t.state = "TASK_KILLING".into();
+                changed = true;
+            }
+            changed
+        }
+        Event::AppTerminated { app_id } => {
+            let before = apps.apps.len();
+            apps.apps.retain(|a| &a.id != app_id);
+            apps.apps.len() != before
+        }
+        Event::Attached | Event::Other(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_updates_add_kill_and_remove_tasks() {
+        let mut apps = Apps::from_json(br#"{"apps":[{"id":"/a","tasks":[]}]}"#).unwrap();
+        let up = |id: &str, st: &str| {
+            decode(
+                "status_update_event",
+                &format!(r#"{{"taskId":"{id}","taskStatus":"{st}","appId":"/a","host":"10.0.0.1","ports":[31000],"eventType":"status_update_event"}}"#),
+            )
+            .unwrap()
+        };
+        assert!(apply(&mut apps, &up("a.1", "TASK_RUNNING")));
+        assert!(!apply(&mut apps, &up("a.1", "TASK_RUNNING")));
+        assert_eq!(apps.apps[0].tasks[0].ports, vec![31000]);
+        assert!(apply(&mut apps, &up("a.1", "TASK_KILLING")));
+        assert_eq!(apps.apps[0].tasks[0].state, "TASK_KILLING");
+        assert!(apply(&mut apps, &up("a.1", "TASK_KILLED")));
+        assert!(apps.apps[0].tasks.is_empty());
+        assert!(decode("status_update_event", "{not json").is_err());
+        assert!(matches!(decode("some_new_event", "{}").unwrap(), Event::Other(_)));
+    }
+}
