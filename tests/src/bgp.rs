@@ -58,6 +58,18 @@ impl Netns {
         a.extend_from_slice(args);
         run("ip", &a)
     }
+
+    /// Runs `ip -n <ns> args...`; its stdout, or "" if it failed (e.g. a table that does not exist yet).
+    pub fn try_ip(&self, args: &[&str]) -> String {
+        Command::new("ip")
+            .args(["-n", self.name.as_str()])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Netns {

@@ -16,8 +16,8 @@ use crate::session::Phase;
 use crate::status::{Metrics, OspfReport};
 use crate::Announcement;
 
-/// Route protocol number of our kernel routes (`ip route ... proto 186`); see /etc/iproute2/rt_protos.
-pub const ROUTE_PROTO: u8 = 186;
+/// Route protocol number of our kernel routes (`ip route ... proto 237`, unassigned in /etc/iproute2/rt_protos; 186 would be "bgp" and FRR would claim it).
+pub const ROUTE_PROTO: u8 = 237;
 /// Delay before retrying after `ip` failed.
 const RETRY: Duration = Duration::from_secs(5);
 
