@@ -485,3 +485,38 @@ pub fn group_toml(name: &str, backends: &[&Backend], extra: &str) -> String {
     }
     s
 }
+
+/// The DER of the first certificate of a PEM file.
+pub fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .expect("pem")
+        .next()
+        .expect("one cert")
+        .expect("cert")
+        .to_vec()
+}
+
+/// Sends an HTTP/1.1 GET over an established TLS stream and returns the answer.
+pub async fn tls_get(info: TlsInfo, host: &str, path: &str) -> Answer {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(info.stream)).await.expect("h1 over tls");
+    tokio::spawn(conn);
+    let resp = sender.send_request(get_req(host, path)).await.expect("request");
+    read_answer(resp).await.expect("body")
+}
+
+/// Sends an HTTP/2 GET over an established TLS stream (ALPN h2) and returns the answer.
+pub async fn tls_get_h2(info: TlsInfo, host: &str, path: &str) -> Answer {
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(info.stream))
+        .await
+        .expect("h2 over tls");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("https://{host}{path}"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("request");
+    read_answer(resp).await.expect("body")
+}
