@@ -22,40 +22,59 @@ fn bgp(peer_asn: u32, hold: u32, extra: &str) -> BgpConfig {
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nhold_time = \"{hold}s\"\nconnect_retry = \"300ms\"\n{extra}\n\
          [[bgp.peer]]\naddress = \"{ROUTER_V4}\"\nasn = {peer_asn}\nnext_hop6 = \"fd00:99::1\"\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
 fn routes(list: &[(&str, &str)]) -> BTreeSet<Announcement> {
     list.iter()
-        .map(|(n, p)| Announcement { prefix: p.parse().expect("prefix"), name: n.to_string() })
+        .map(|(n, p)| Announcement {
+            prefix: p.parse().expect("prefix"),
+            name: n.to_string(),
+        })
         .collect()
 }
 
 async fn learnt(bird: &Bird, prefix: &str, what: &str) -> String {
-    wait_for(LIMIT, what, || async { Some(bird.route(prefix)).filter(|r| !r.is_empty()) }).await
+    wait_for(LIMIT, what, || async {
+        Some(bird.route(prefix)).filter(|r| !r.is_empty())
+    })
+    .await
 }
 
 async fn gone(bird: &Bird, prefix: &str, what: &str) {
-    wait_for(LIMIT, what, || async { bird.route(prefix).is_empty().then_some(()) }).await
+    wait_for(LIMIT, what, || async {
+        bird.route(prefix).is_empty().then_some(())
+    })
+    .await
 }
 
 fn metric(reg: &prometheus::Registry, name: &str) -> f64 {
     reg.gather()
         .iter()
         .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().value() + m.get_counter().value()))
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_gauge().value() + m.get_counter().value())
+        })
         .sum()
 }
 
 #[test]
 fn bird_learns_v4_and_v6_vips_and_withdraws() {
     let lab = Lab::new();
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
+    let bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(BIRD_ASN, OUR_ASN, 9),
+    );
     in_netns(&lab.speaker.name, || async {
         let (tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 9, "med = 20")), None, rx, &reg).expect("spawn");
+        let h =
+            Announcer::spawn(Some(bgp(BIRD_ASN, 9, "med = 20")), None, rx, &reg).expect("spawn");
 
         let r4 = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
         assert!(r4.contains("BGP.next_hop: 10.99.0.1"), "{r4}");
@@ -67,7 +86,10 @@ fn bird_learns_v4_and_v6_vips_and_withdraws() {
         assert!(r6.contains("BGP.next_hop: fd00:99::1"), "{r6}");
         assert!(r6.contains("BGP.as_path: 4200000001"), "{r6}");
         let p = bird.cmd("show protocols all padis");
-        assert!(p.contains("Established") && p.contains("Neighbor AS:      4200000001"), "{p}");
+        assert!(
+            p.contains("Established") && p.contains("Neighbor AS:      4200000001"),
+            "{p}"
+        );
         assert!(p.contains("ipv6") && p.contains("ipv4"), "{p}");
 
         let rep = h.report();
@@ -95,13 +117,21 @@ fn bird_learns_v4_and_v6_vips_and_withdraws() {
 fn drain_announces_graceful_shutdown_then_withdraws() {
     let lab = Lab::new();
     // iBGP, so that LOCAL_PREF is sent (lowered to 0 on drain).
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(OUR_ASN, OUR_ASN, 9));
+    let bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(OUR_ASN, OUR_ASN, 9),
+    );
     in_netns(&lab.speaker.name, || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg).expect("spawn");
+        let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg)
+            .expect("spawn");
         let before = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
-        assert!(before.contains("BGP.local_pref: 100") && !before.contains("65535"), "{before}");
+        assert!(
+            before.contains("BGP.local_pref: 100") && !before.contains("65535"),
+            "{before}"
+        );
         learnt(&bird, V6, "IPv6 VIP in BIRD").await;
 
         let started = Instant::now();
@@ -117,11 +147,15 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
         assert!(gs6.contains("(65535,0)"), "{gs6}");
         gone(&bird, V4, "withdraw after drain_wait").await;
         let withdrawn_at = started.elapsed();
-        assert!(withdrawn_at >= Duration::from_millis(2500), "withdrawn after {withdrawn_at:?}, GS at {gs_at:?}");
+        assert!(
+            withdrawn_at >= Duration::from_millis(2500),
+            "withdrawn after {withdrawn_at:?}, GS at {gs_at:?}"
+        );
         gone(&bird, V6, "IPv6 withdraw").await;
         drain.await.expect("drain task");
         let p = wait_for(LIMIT, "BIRD sees the administrative shutdown", || async {
-            Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Administrative shutdown"))
+            Some(bird.cmd("show protocols all padis"))
+                .filter(|p| p.contains("Administrative shutdown"))
         })
         .await;
         assert!(!p.contains("Established"), "{p}");
@@ -131,7 +165,11 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
 #[test]
 fn reconnects_after_bird_restart() {
     let lab = Lab::new();
-    let mut bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
+    let mut bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(BIRD_ASN, OUR_ASN, 9),
+    );
     in_netns(&lab.speaker.name, || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
         let reg = prometheus::Registry::new();
@@ -151,7 +189,11 @@ fn reconnects_after_bird_restart() {
 #[test]
 fn hold_timer_expires_when_keepalives_stop_then_recovers() {
     let lab = Lab::new();
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 3));
+    let bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(BIRD_ASN, OUR_ASN, 3),
+    );
     let rules = lab.dir.path().join("drop.nft");
     std::fs::write(
         &rules,
@@ -177,8 +219,14 @@ fn hold_timer_expires_when_keepalives_stop_then_recovers() {
             Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Hold timer expired"))
         })
         .await;
-        assert!(t.elapsed() >= Duration::from_secs(1), "expired too early: {p}");
-        assert!(bird.route(V4).is_empty(), "route must be gone with the session");
+        assert!(
+            t.elapsed() >= Duration::from_secs(1),
+            "expired too early: {p}"
+        );
+        assert!(
+            bird.route(V4).is_empty(),
+            "route must be gone with the session"
+        );
         wait_for(LIMIT, "our side notices", || async {
             (h.report().peers[0].state != SessionState::Established).then_some(())
         })

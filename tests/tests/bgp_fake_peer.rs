@@ -24,23 +24,38 @@ fn bgp(port: u16, hold: u32) -> BgpConfig {
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.0.0.1\"\nhold_time = \"{hold}s\"\nconnect_retry = \"200ms\"\n\
          [[bgp.peer]]\naddress = \"127.0.0.1\"\nport = {port}\nasn = {PEER_ASN}\nmultihop = 2\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
 fn vip() -> BTreeSet<Announcement> {
-    [Announcement { prefix: "198.51.100.9/32".parse().expect("prefix"), name: "web".into() }].into()
+    [Announcement {
+        prefix: "198.51.100.9/32".parse().expect("prefix"),
+        name: "web".into(),
+    }]
+    .into()
 }
 
 fn peer_open(hold: u16) -> Vec<u8> {
-    wire::encode(&wire::open(PEER_ASN, hold, "10.0.0.2".parse().expect("id"))).expect("encode").to_vec()
+    wire::encode(&wire::open(PEER_ASN, hold, "10.0.0.2".parse().expect("id")))
+        .expect("encode")
+        .to_vec()
 }
 
 /// Accepts the speaker's next connection and reads its OPEN.
 async fn accept_open(l: &TcpListener) -> TcpStream {
-    let (mut s, _) = timeout(LIMIT, l.accept()).await.expect("speaker connects").expect("accept");
-    let m = timeout(LIMIT, read_message(&mut s)).await.expect("OPEN in time").expect("OPEN");
-    let Message::Open(o) = m else { panic!("expected OPEN, got {m:?}") };
+    let (mut s, _) = timeout(LIMIT, l.accept())
+        .await
+        .expect("speaker connects")
+        .expect("accept");
+    let m = timeout(LIMIT, read_message(&mut s))
+        .await
+        .expect("OPEN in time")
+        .expect("OPEN");
+    let Message::Open(o) = m else {
+        panic!("expected OPEN, got {m:?}")
+    };
     assert_eq!(o.my_as, 23456, "AS_TRANS in the 2-octet field");
     assert_eq!(o.four_byte_as(), OUR_ASN);
     s
@@ -51,7 +66,10 @@ async fn notification_for(l: &TcpListener, bytes: &[u8]) -> (u8, u8) {
     let mut s = accept_open(l).await;
     s.write_all(bytes).await.expect("write");
     loop {
-        match timeout(LIMIT, read_message(&mut s)).await.expect("answer in time") {
+        match timeout(LIMIT, read_message(&mut s))
+            .await
+            .expect("answer in time")
+        {
             Ok(Message::Notification(n)) => return (n.code.as_u8(), n.subcode),
             Ok(Message::Keepalive) => continue,
             other => panic!("expected NOTIFICATION, got {other:?}"),
@@ -64,16 +82,30 @@ async fn malformed_open_gets_notification_and_the_speaker_survives() {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let (_tx, rx) = watch::channel(vip());
-    let h = Announcer::spawn(Some(bgp(port, 9)), None, rx, &prometheus::Registry::new()).expect("spawn");
+    let h = Announcer::spawn(Some(bgp(port, 9)), None, rx, &prometheus::Registry::new())
+        .expect("spawn");
 
     let mut v3 = peer_open(9);
     v3[19] = 3;
-    assert_eq!(notification_for(&l, &v3).await, (2, 1), "unsupported version");
+    assert_eq!(
+        notification_for(&l, &v3).await,
+        (2, 1),
+        "unsupported version"
+    );
     let mut marker = peer_open(9);
     marker[3] = 0;
-    assert_eq!(notification_for(&l, &marker).await, (1, 1), "connection not synchronized");
-    assert_eq!(notification_for(&l, &peer_open(2)).await, (2, 6), "unacceptable hold time");
-    let wrong_as = wire::encode(&wire::open(65099, 9, "10.0.0.2".parse().expect("id"))).expect("encode");
+    assert_eq!(
+        notification_for(&l, &marker).await,
+        (1, 1),
+        "connection not synchronized"
+    );
+    assert_eq!(
+        notification_for(&l, &peer_open(2)).await,
+        (2, 6),
+        "unacceptable hold time"
+    );
+    let wrong_as =
+        wire::encode(&wire::open(65099, 9, "10.0.0.2".parse().expect("id"))).expect("encode");
     assert_eq!(notification_for(&l, &wrong_as).await, (2, 2), "bad peer AS");
     let mut short = peer_open(9);
     short[16..18].copy_from_slice(&20u16.to_be_bytes());
@@ -83,11 +115,17 @@ async fn malformed_open_gets_notification_and_the_speaker_survives() {
     // Still alive: a correct peer gets a session and the route.
     let mut s = accept_open(&l).await;
     s.write_all(&peer_open(9)).await.expect("write");
-    s.write_all(&wire::encode(&Message::Keepalive).expect("ka")).await.expect("write");
+    s.write_all(&wire::encode(&Message::Keepalive).expect("ka"))
+        .await
+        .expect("write");
     let mut got_update = false;
     let t = Instant::now();
     while !got_update && t.elapsed() < LIMIT {
-        match timeout(LIMIT, read_message(&mut s)).await.expect("message in time").expect("message") {
+        match timeout(LIMIT, read_message(&mut s))
+            .await
+            .expect("message in time")
+            .expect("message")
+        {
             Message::Update(u) => {
                 got_update = true;
                 // NLRI 198.51.100.9/32.
@@ -99,7 +137,10 @@ async fn malformed_open_gets_notification_and_the_speaker_survives() {
     }
     assert!(got_update);
     assert_eq!(h.report().peers[0].state, SessionState::Established);
-    assert!(h.report().peers[0].last_error.is_some(), "earlier failures are reported");
+    assert!(
+        h.report().peers[0].last_error.is_some(),
+        "earlier failures are reported"
+    );
     h.stop().await;
 }
 
@@ -108,15 +149,22 @@ async fn our_hold_timer_expires_when_the_peer_goes_silent() {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let (_tx, rx) = watch::channel(vip());
-    let h = Announcer::spawn(Some(bgp(port, 3)), None, rx, &prometheus::Registry::new()).expect("spawn");
+    let h = Announcer::spawn(Some(bgp(port, 3)), None, rx, &prometheus::Registry::new())
+        .expect("spawn");
     let mut s = accept_open(&l).await;
     s.write_all(&peer_open(3)).await.expect("write");
-    s.write_all(&wire::encode(&Message::Keepalive).expect("ka")).await.expect("write");
+    s.write_all(&wire::encode(&Message::Keepalive).expect("ka"))
+        .await
+        .expect("write");
     let start = Instant::now();
     let mut keepalives = 0;
     // We stay silent: the speaker keeps sending KEEPALIVEs every second, then gives up after 3 s.
     let (code, sub) = loop {
-        match timeout(LIMIT, read_message(&mut s)).await.expect("message in time").expect("message") {
+        match timeout(LIMIT, read_message(&mut s))
+            .await
+            .expect("message in time")
+            .expect("message")
+        {
             Message::Notification(n) => break (n.code.as_u8(), n.subcode),
             Message::Keepalive => keepalives += 1,
             Message::Update(_) => {}
@@ -125,11 +173,21 @@ async fn our_hold_timer_expires_when_the_peer_goes_silent() {
     };
     let after = start.elapsed();
     assert_eq!((code, sub), (4, 0), "Hold Timer Expired");
-    assert!(after >= Duration::from_millis(2500) && after < Duration::from_secs(6), "after {after:?}");
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(6),
+        "after {after:?}"
+    );
     assert!(keepalives >= 2, "keepalives every hold/3: {keepalives}");
     let rep = h.report();
     assert_ne!(rep.peers[0].state, SessionState::Established);
     assert!(rep.peers[0].flaps >= 1);
-    assert!(rep.peers[0].last_error.as_deref().unwrap_or("").contains("hold timer"), "{rep:?}");
+    assert!(
+        rep.peers[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("hold timer"),
+        "{rep:?}"
+    );
     h.stop().await;
 }

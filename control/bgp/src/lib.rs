@@ -106,7 +106,13 @@ impl Announcer {
             tasks.push(rt.spawn(k.run()));
             report
         });
-        Ok(AnnouncerHandle { phase, peers, ospf, tasks, drain_wait })
+        Ok(AnnouncerHandle {
+            phase,
+            peers,
+            ospf,
+            tasks,
+            drain_wait,
+        })
     }
 }
 
@@ -115,7 +121,10 @@ impl AnnouncerHandle {
     /// (config), withdraw everything, NOTIFICATION Cease/Administrative Shutdown, close.
     pub async fn drain_and_stop(mut self) {
         let _ = self.phase.send(Phase::Drain);
-        let any_up = self.peers.iter().any(|p| p.report().state == SessionState::Established);
+        let any_up = self
+            .peers
+            .iter()
+            .any(|p| p.report().state == SessionState::Established);
         if any_up && !self.drain_wait.is_zero() {
             info!(wait = ?self.drain_wait, "BGP drain: GRACEFUL_SHUTDOWN announced, waiting before withdraw");
             tokio::time::sleep(self.drain_wait).await;
@@ -132,7 +141,10 @@ impl AnnouncerHandle {
         let _ = self.phase.send(Phase::Stop);
         for t in self.tasks.drain(..) {
             let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -142,7 +154,10 @@ impl AnnouncerHandle {
     pub fn report(&self) -> BgpReport {
         BgpReport {
             peers: self.peers.iter().map(PeerStatus::report).collect(),
-            ospf: self.ospf.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ospf: self
+                .ospf
+                .as_ref()
+                .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
         }
     }
 }

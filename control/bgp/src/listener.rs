@@ -18,16 +18,28 @@ pub(crate) struct Listener {
 }
 
 /// Binds `local_address:listen_port` (or the wildcard of the first passive peer's family).
-pub(crate) fn bind(cfg: &BgpConfig, passive: Vec<(IpAddr, mpsc::Sender<TcpStream>)>) -> Result<Listener, BgpError> {
+pub(crate) fn bind(
+    cfg: &BgpConfig,
+    passive: Vec<(IpAddr, mpsc::Sender<TcpStream>)>,
+) -> Result<Listener, BgpError> {
     let v6 = passive.iter().any(|(a, _)| a.is_ipv6());
-    let ip = cfg.local_address.unwrap_or(if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() });
+    let ip = cfg.local_address.unwrap_or(if v6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    });
     let addr = SocketAddr::new(ip, cfg.listen_port);
     let std = std::net::TcpListener::bind(addr).and_then(|l| {
         l.set_nonblocking(true)?;
         Ok(l)
     });
-    let sock = std.and_then(TcpListener::from_std).map_err(|source| BgpError::Listen { addr, source })?;
-    Ok(Listener { sock, peers: passive.into_iter().collect() })
+    let sock = std
+        .and_then(TcpListener::from_std)
+        .map_err(|source| BgpError::Listen { addr, source })?;
+    Ok(Listener {
+        sock,
+        peers: passive.into_iter().collect(),
+    })
 }
 
 impl Listener {

@@ -52,7 +52,12 @@ impl KernelRoutes {
         }
         let mut installed: BTreeSet<IpNet> = BTreeSet::new();
         loop {
-            let want: BTreeSet<IpNet> = self.routes.borrow_and_update().iter().map(|a| a.prefix).collect();
+            let want: BTreeSet<IpNet> = self
+                .routes
+                .borrow_and_update()
+                .iter()
+                .map(|a| a.prefix)
+                .collect();
             let ok = self.sync(&mut installed, &want).await;
             tokio::select! {
                 r = self.routes.changed() => if r.is_err() { break },
@@ -77,7 +82,10 @@ impl KernelRoutes {
                     installed.remove(&p);
                 }
                 // Already gone (removed by someone else): nothing left to do.
-                Err(e) if e.message.contains("No such process") || e.message.contains("Cannot assign") => {
+                Err(e)
+                    if e.message.contains("No such process")
+                        || e.message.contains("Cannot assign") =>
+                {
                     installed.remove(&p);
                 }
                 Err(e) => ok = self.failed(e),
@@ -102,7 +110,10 @@ impl KernelRoutes {
 
     fn failed(&self, e: IpError) -> bool {
         warn!(error = %e, "OSPF: kernel route update failed");
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e.to_string());
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(e.to_string());
         false
     }
 
@@ -111,11 +122,28 @@ impl KernelRoutes {
         let mut a: Vec<String> = vec![fam.into()];
         match self.cfg.mode {
             OspfMode::Route => {
-                a.extend(["route".into(), verb.into(), p.to_string(), "dev".into(), self.cfg.interface.clone()]);
-                a.extend(["table".into(), self.cfg.table.to_string(), "proto".into(), ROUTE_PROTO.to_string()]);
+                a.extend([
+                    "route".into(),
+                    verb.into(),
+                    p.to_string(),
+                    "dev".into(),
+                    self.cfg.interface.clone(),
+                ]);
+                a.extend([
+                    "table".into(),
+                    self.cfg.table.to_string(),
+                    "proto".into(),
+                    ROUTE_PROTO.to_string(),
+                ]);
             }
             OspfMode::Address => {
-                a.extend(["addr".into(), verb.into(), p.to_string(), "dev".into(), self.cfg.interface.clone()]);
+                a.extend([
+                    "addr".into(),
+                    verb.into(),
+                    p.to_string(),
+                    "dev".into(),
+                    self.cfg.interface.clone(),
+                ]);
                 if p.addr().is_ipv6() && verb != "del" {
                     a.push("nodad".into());
                 }
@@ -127,8 +155,15 @@ impl KernelRoutes {
 
 async fn ip<S: AsRef<str>>(args: &[S]) -> Result<(), IpError> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let out = Command::new("ip").args(&args).kill_on_drop(true).output().await;
-    let fail = |message: String| IpError { args: args.join(" "), message };
+    let out = Command::new("ip")
+        .args(&args)
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let fail = |message: String| IpError {
+        args: args.join(" "),
+        message,
+    };
     match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(fail(String::from_utf8_lossy(&o.stderr).trim().to_string())),

@@ -79,7 +79,11 @@ impl Session {
                 }
                 Ok(()) => self.status.down(None, established),
             }
-            failures = if established { 0 } else { failures.saturating_add(1) };
+            failures = if established {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
             let backoff = self.cfg.connect_retry * 2u32.pow(failures.min(3));
             tokio::select! {
                 _ = sleep(backoff) => {}
@@ -102,7 +106,11 @@ impl Session {
             };
         }
         self.status.set_state(SessionState::Connect);
-        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(local) = self.cfg.local_address {
             sock.bind(SocketAddr::new(local, 0))?;
         }
@@ -117,16 +125,27 @@ impl Session {
     }
 
     /// One TCP connection, from OPEN to its end. `established` tells the caller whether to count a flap.
-    async fn session(&mut self, stream: TcpStream, established: &mut bool) -> Result<(), SessionError> {
+    async fn session(
+        &mut self,
+        stream: TcpStream,
+        established: &mut bool,
+    ) -> Result<(), SessionError> {
         let _ = stream.set_nodelay(true);
         let ebgp = !self.peer.is_ibgp(self.cfg.asn);
         if stream.local_addr()?.is_ipv4() {
-            let ttl = self.peer.multihop.map(u32::from).unwrap_or(if ebgp { 1 } else { 64 });
+            let ttl = self
+                .peer
+                .multihop
+                .map(u32::from)
+                .unwrap_or(if ebgp { 1 } else { 64 });
             let _ = stream.set_ttl(ttl);
         }
         let local = stream.local_addr()?.ip();
         let (mut rd, wr) = stream.into_split();
-        let mut out = Writer { wr, status: self.status.clone() };
+        let mut out = Writer {
+            wr,
+            status: self.status.clone(),
+        };
         let (tx, mut rx) = mpsc::channel(16);
         let reader = tokio::spawn(async move {
             loop {
@@ -140,7 +159,8 @@ impl Session {
         let _abort = AbortOnDrop(reader);
 
         let hold = u16::try_from(self.cfg.hold_time.as_secs()).unwrap_or(u16::MAX);
-        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id)).await?;
+        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id))
+            .await?;
         self.status.set_state(SessionState::OpenSent);
         let mut hold_deadline = Instant::now() + OPEN_HOLD;
         let mut hold_time: Option<Duration> = None;
@@ -179,7 +199,7 @@ impl Session {
                             let po = match wire::check_open(&o, self.peer.asn, self.cfg.router_id, hold, !ebgp) {
                                 Ok(p) => p,
                                 Err(r) => {
-                                    let _ = out.send(&r.notification).await;
+                                    let _ = out.send(&r.notification()).await;
                                     return Err(SessionError::BadOpen(r.reason));
                                 }
                             };
@@ -273,9 +293,17 @@ impl Session {
             local_asn: self.cfg.asn,
             ebgp,
             four_octet: po.four_octet,
-            med: if draining { Some(DRAIN_MED) } else { self.cfg.med },
+            med: if draining {
+                Some(DRAIN_MED)
+            } else {
+                self.cfg.med
+            },
             local_pref: (!ebgp && draining).then_some(DRAIN_LOCAL_PREF),
-            communities: if draining { vec![GRACEFUL_SHUTDOWN] } else { vec![] },
+            communities: if draining {
+                vec![GRACEFUL_SHUTDOWN]
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -287,7 +315,8 @@ impl Session {
         params: &Option<(PeerOpen, Nexthops)>,
     ) -> Result<(), SessionError> {
         if let Some((po, nh)) = params {
-            rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true).await?;
+            rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true)
+                .await?;
         }
         out.send(&cease()).await?;
         let _ = out.wr.shutdown().await;
@@ -312,7 +341,9 @@ async fn wait_stop(phase: &mut watch::Receiver<Phase>) {
 }
 
 fn keepalive_interval(hold: Option<Duration>) -> Duration {
-    hold.map(|h| h / 3).unwrap_or(OPEN_HOLD).max(Duration::from_millis(500))
+    hold.map(|h| h / 3)
+        .unwrap_or(OPEN_HOLD)
+        .max(Duration::from_millis(500))
 }
 
 fn fsm_subcode(s: SessionState) -> u8 {
@@ -423,8 +454,17 @@ impl Rib {
             self.warned = true;
         }
         let want: BTreeSet<IpNet> = want.into_iter().filter(can).collect();
-        let add: Vec<IpNet> = want.iter().filter(|p| !self.out.contains_key(p)).copied().collect();
-        let del: Vec<IpNet> = self.out.keys().filter(|p| !want.contains(p)).copied().collect();
+        let add: Vec<IpNet> = want
+            .iter()
+            .filter(|p| !self.out.contains_key(p))
+            .copied()
+            .collect();
+        let del: Vec<IpNet> = self
+            .out
+            .keys()
+            .filter(|p| !want.contains(p))
+            .copied()
+            .collect();
         let (a4, a6) = split(&add);
         let (d4, d6) = split(&del);
         let mut msgs = Vec::new();

@@ -99,7 +99,14 @@ impl PeerStatus {
         m.state.with_label_values(&[&label]).set(0);
         m.routes.with_label_values(&[&label]).set(0);
         m.flaps.with_label_values(&[&label]).reset();
-        Self { inner: Arc::new(Mutex::new(Inner { report, since: None })), m, label }
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                report,
+                since: None,
+            })),
+            m,
+            label,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -128,7 +135,10 @@ impl PeerStatus {
         let mut i = self.lock();
         i.report.routes_announced = n;
         i.report.draining = draining;
-        self.m.routes.with_label_values(&[&self.label]).set(n as i64);
+        self.m
+            .routes
+            .with_label_values(&[&self.label])
+            .set(n as i64);
     }
 
     pub(crate) fn down(&self, error: Option<String>, was_established: bool) {
@@ -146,7 +156,10 @@ impl PeerStatus {
     }
 
     pub(crate) fn sent_updates(&self, n: usize) {
-        self.m.updates.with_label_values(&[&self.label]).inc_by(n as u64);
+        self.m
+            .updates
+            .with_label_values(&[&self.label])
+            .inc_by(n as u64);
     }
 
     pub(crate) fn report(&self) -> PeerReport {
@@ -176,20 +189,39 @@ impl Metrics {
             ),
             &["peer"],
         )?;
-        let routes =
-            IntGaugeVec::new(Opts::new("padis_bgp_routes_announced", "Prefixes announced per peer"), &["peer"])?;
-        let flaps = IntCounterVec::new(
-            Opts::new("padis_bgp_session_flaps_total", "Established BGP sessions that went down"),
+        let routes = IntGaugeVec::new(
+            Opts::new("padis_bgp_routes_announced", "Prefixes announced per peer"),
             &["peer"],
         )?;
-        let updates =
-            IntCounterVec::new(Opts::new("padis_bgp_updates_sent_total", "UPDATE messages sent per peer"), &["peer"])?;
-        let ospf_routes = IntGauge::new("padis_ospf_routes_installed", "VIP host routes or addresses in the kernel")?;
+        let flaps = IntCounterVec::new(
+            Opts::new(
+                "padis_bgp_session_flaps_total",
+                "Established BGP sessions that went down",
+            ),
+            &["peer"],
+        )?;
+        let updates = IntCounterVec::new(
+            Opts::new(
+                "padis_bgp_updates_sent_total",
+                "UPDATE messages sent per peer",
+            ),
+            &["peer"],
+        )?;
+        let ospf_routes = IntGauge::new(
+            "padis_ospf_routes_installed",
+            "VIP host routes or addresses in the kernel",
+        )?;
         r.register(Box::new(state.clone()))?;
         r.register(Box::new(routes.clone()))?;
         r.register(Box::new(flaps.clone()))?;
         r.register(Box::new(updates.clone()))?;
         r.register(Box::new(ospf_routes.clone()))?;
-        Ok(Self { state, routes, flaps, updates, ospf_routes })
+        Ok(Self {
+            state,
+            routes,
+            flaps,
+            updates,
+            ospf_routes,
+        })
     }
 }

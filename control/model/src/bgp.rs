@@ -113,7 +113,9 @@ impl BgpConfig {
         if self.hold_time < Duration::from_secs(3) || self.hold_time > Duration::from_secs(65535) {
             cx.error("bgp.hold_time", "must be between 3s and 65535s");
         }
-        if self.connect_retry < Duration::from_millis(100) || self.connect_retry > Duration::from_secs(3600) {
+        if self.connect_retry < Duration::from_millis(100)
+            || self.connect_retry > Duration::from_secs(3600)
+        {
             cx.error("bgp.connect_retry", "must be between 100ms and 1h");
         }
         if self.drain_wait > Duration::from_secs(600) {
@@ -203,7 +205,9 @@ fn default_iface() -> String {
 fn table_id<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let t = u32::deserialize(d)?;
     if t == 0 || t == 255 {
-        return Err(serde::de::Error::custom(format!("table {t} is reserved (0 = unspec, 255 = local)")));
+        return Err(serde::de::Error::custom(format!(
+            "table {t} is reserved (0 = unspec, 255 = local)"
+        )));
     }
     Ok(t)
 }
@@ -212,9 +216,12 @@ fn iface_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     let ok = !s.is_empty()
         && s.len() < 16
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        return Err(serde::de::Error::custom(format!("`{s}` is not an interface name")));
+        return Err(serde::de::Error::custom(format!(
+            "`{s}` is not an interface name"
+        )));
     }
     Ok(s)
 }
@@ -244,7 +251,10 @@ mod tests {
         assert_eq!(b.hold_time.as_secs(), 90);
         assert_eq!(b.peers[0].port, 179);
         let o = v.state.ospf.unwrap();
-        assert_eq!((o.table, o.mode, o.interface.as_str()), (100, super::OspfMode::Route, "lo"));
+        assert_eq!(
+            (o.table, o.mode, o.interface.as_str()),
+            (100, super::OspfMode::Route, "lo")
+        );
     }
 
     #[test]
