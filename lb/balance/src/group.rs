@@ -241,17 +241,20 @@ impl GroupBalancer {
         let usable = |i: usize| {
             self.backends.get(i).is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr))
         };
-        let i = self.algorithm.selector().select(ctx, &usable)?;
-        let backend = self.backends.get(i)?.clone();
-        let set_cookie = match &self.algorithm {
-            Algorithm::Sticky(s) if s.pinned(ctx) != Some(i) => {
-                let v = format!("{}={}; Path=/; HttpOnly; SameSite=Lax", s.cookie(), backend.sticky_id);
-                HeaderValue::from_str(&v)
-                    .inspect_err(|_| tracing::warn!(group = %self.config.name, "sticky cookie name is not valid"))
-                    .ok()
+        let (i, sticky) = match &self.algorithm {
+            Algorithm::Sticky(s) => {
+                let (i, pinned) = s.select_pinned(ctx, &usable)?;
+                (i, (!pinned).then_some(s))
             }
-            _ => None,
+            other => (other.selector().select(ctx, &usable)?, None),
         };
+        let backend = self.backends.get(i)?.clone();
+        let set_cookie = sticky.and_then(|s| {
+            let v = format!("{}={}; Path=/; HttpOnly; SameSite=Lax", s.cookie(), backend.sticky_id);
+            HeaderValue::from_str(&v)
+                .inspect_err(|_| tracing::warn!(group = %self.config.name, "sticky cookie name is not valid"))
+                .ok()
+        });
         Some(Pick { backend, set_cookie })
     }
 

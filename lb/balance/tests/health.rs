@@ -183,7 +183,7 @@ async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
     assert!(health.report()[0].last_check_error.as_deref().unwrap().contains("connect"));
     let reopened = Server::start_on(TcpListener::bind(addr).await.unwrap(), "", true).await;
     wait_until("up when reopened", Duration::from_secs(3), || h.is_usable()).await;
-    assert!(reopened.requests.load(SeqCst) >= 1);
+    wait_until("reopened port checked", Duration::from_secs(3), || reopened.requests.load(SeqCst) >= 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,13 +26,19 @@ impl Sticky {
         let id = cookie_value(ctx.headers, &self.cookie)?;
         self.ids.iter().position(|i| i == id)
     }
+
+    /// Picks like [`Selector::select`] and tells whether the pick came from the client's cookie (`true`: no
+    /// new cookie is needed).
+    pub fn select_pinned(&self, ctx: &SelectCtx<'_>, usable: &dyn Fn(usize) -> bool) -> Option<(usize, bool)> {
+        match self.pinned(ctx) {
+            Some(i) if usable(i) => Some((i, true)),
+            _ => self.fallback.select(ctx, usable).map(|i| (i, false)),
+        }
+    }
 }
 
 impl Selector for Sticky {
     fn select(&self, ctx: &SelectCtx<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        match self.pinned(ctx) {
-            Some(i) if usable(i) => Some(i),
-            _ => self.fallback.select(ctx, usable),
-        }
+        self.select_pinned(ctx, usable).map(|(i, _)| i)
     }
 }
