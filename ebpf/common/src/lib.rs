@@ -119,7 +119,7 @@ pub mod stat {
 
 /// Key of `VIPS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct VipKey {
     /// Address (IPv4-mapped for IPv4).
     pub addr: [u8; 16],

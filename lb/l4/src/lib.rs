@@ -1,3 +1,21 @@
-//! Padis L4 userspace: loads the XDP balancer with aya, programs its maps from control snapshots, reads its statistics
-/// The compiled XDP object.
+//! Padis L4 userspace: loads the XDP balancer (ebpf/xdp) with aya, attaches it to the configured interfaces,
+//! programs its maps from control snapshots as diffs (VIPs, backends, deterministic Maglev tables swapped
+//! atomically, ACLs), keeps state in pinned maps across restarts, and reads its per-CPU statistics into
+//! Prometheus metrics and the L4 report.
+
+pub mod bpffs;
+pub mod desired;
+mod error;
+pub mod loader;
+mod metrics;
+pub mod neigh;
+mod plane;
+pub mod programmer;
+pub mod stats;
+
+pub use error::L4Error;
+pub use loader::{Balancer, LoadOptions};
+pub use plane::{L4Handle, L4Plane, L4Report, VipReport};
+
+/// The compiled XDP object (built by build.rs with aya-build).
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/padis-xdp"));

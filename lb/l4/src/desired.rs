@@ -1,0 +1,136 @@
+//! What the maps should hold, computed from a snapshot: VIPs with their flags, ACL, usable backends and the
+//! backends' MAC addresses (DSR) — independent of BPF, so it is easy to test and to diff.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use padis_ebpf_common::{vip_flags, GlobalConfig, VipKey};
+use padis_model::l4::{parse_mac, Forwarding, L4Config, Vip, VipHash, VipPolicy};
+
+/// Maps an address to its 16-byte form (IPv4-mapped for IPv4).
+pub fn addr16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// One backend of a VIP as it should be programmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredBackend {
+    /// Address.
+    pub addr: IpAddr,
+    /// Weight (0 = draining).
+    pub weight: u32,
+    /// Health allows new flows.
+    pub usable: bool,
+}
+
+/// One VIP as it should be programmed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVip {
+    /// Name.
+    pub name: String,
+    /// Map key.
+    pub key: VipKey,
+    /// `vip_flags::*`.
+    pub flags: u32,
+    /// Maglev table size (prime).
+    pub table_size: u32,
+    /// Backends.
+    pub backends: Vec<DesiredBackend>,
+    /// Allowed client prefixes (empty: all).
+    pub allow: Vec<IpNet>,
+}
+
+/// Everything the maps should hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Desired {
+    /// VIPs.
+    pub vips: Vec<DesiredVip>,
+    /// Global settings.
+    pub global: GlobalConfig,
+    /// MAC of each backend that DSR needs and that is known.
+    pub macs: BTreeMap<IpAddr, [u8; 6]>,
+}
+
+/// The policy of `vip` (defaults when `[l4.vip.<name>]` is absent).
+pub fn policy<'a>(l4: &'a L4Config, vip: &Vip) -> std::borrow::Cow<'a, VipPolicy> {
+    match l4.vip.get(&vip.name) {
+        Some(p) => std::borrow::Cow::Borrowed(p),
+        None => std::borrow::Cow::Owned(VipPolicy::default()),
+    }
+}
+
+/// Port the health check of `vip` connects to.
+pub fn health_port(l4: &L4Config, vip: &Vip) -> u16 {
+    policy(l4, vip).health_port.unwrap_or(vip.port)
+}
+
+/// Global settings from `[l4]`.
+pub fn global(l4: &L4Config) -> GlobalConfig {
+    let v6 = l4.encap_source_v6.octets();
+    GlobalConfig {
+        encap_src_v4: l4.encap_source_v4.octets(),
+        encap_src_v6: v6,
+        next_hop_mac: l4.next_hop_mac.as_deref().and_then(parse_mac).unwrap_or_default(),
+        mtu: l4.mtu,
+        max_new_flows_per_sec: l4.max_new_flows_per_sec,
+        pad: 0,
+    }
+}
+
+/// Computes the desired map contents. `usable(vip, backend:health_port)` says whether health allows new flows;
+/// `mac(addr)` resolves a DSR backend's MAC (static `[l4.neighbors]` entries win).
+pub fn compute(
+    l4: &L4Config,
+    vips: &[Vip],
+    usable: &dyn Fn(&str, SocketAddr) -> bool,
+    mac: &mut dyn FnMut(IpAddr) -> Option<[u8; 6]>,
+) -> Desired {
+    let mut out = Desired { global: global(l4), ..Default::default() };
+    for v in vips {
+        let p = policy(l4, v);
+        let mut flags = 0;
+        if p.hash == VipHash::Source {
+            flags |= vip_flags::HASH_SRC_ONLY;
+        }
+        if !p.allow.is_empty() {
+            flags |= vip_flags::ACL;
+        }
+        if p.forwarding == Forwarding::Ipip {
+            flags |= vip_flags::IPIP;
+        }
+        let hport = health_port(l4, v);
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| DesiredBackend {
+                addr: b.addr,
+                weight: b.weight,
+                usable: usable(&v.name, SocketAddr::new(b.addr, hport)),
+            })
+            .collect();
+        if p.forwarding == Forwarding::Dsr {
+            for b in &v.backends {
+                if out.macs.contains_key(&b.addr) {
+                    continue;
+                }
+                let m = l4.neighbors.get(&b.addr).and_then(|m| parse_mac(m)).or_else(|| mac(b.addr));
+                if let Some(m) = m {
+                    out.macs.insert(b.addr, m);
+                }
+            }
+        }
+        out.vips.push(DesiredVip {
+            name: v.name.clone(),
+            key: VipKey { addr: addr16(v.addr), port: v.port.to_be(), proto: v.ip_proto(), pad: 0 },
+            flags,
+            table_size: p.effective_table_size(),
+            backends,
+            allow: p.allow.clone(),
+        });
+    }
+    out
+}
