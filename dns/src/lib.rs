@@ -1,1 +1,168 @@
 //! Padis DNS: an authoritative server for static zone files and records generated from control snapshots.
+//!
+//! [`DnsPlane::start`] binds UDP (SO_REUSEPORT workers) and TCP listeners, builds the zones of the current
+//! snapshot and follows every new one. Each zone version is immutable and published with arc-swap; plain queries
+//! are answered from pre-rendered wire bytes, everything else by a general path on hickory-proto messages.
+//! Secondaries follow by AXFR/IXFR + NOTIFY (TSIG); RFC 2136 updates are journaled so restarts lose nothing.
+
+mod fast;
+mod generate;
+mod handler;
+mod manager;
+mod metrics;
+mod names;
+mod net;
+mod notify;
+mod render;
+mod report;
+mod resolve;
+mod rrl;
+mod source;
+mod tsig;
+mod update;
+mod wire;
+mod xfr;
+mod zone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use padis_model::SnapshotReader;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use report::{DnsReport, ZoneReport};
+pub use source::ZoneError;
+pub use tsig::KeyError;
+
+/// Why the DNS plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A listen address could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A zone could not be loaded.
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    /// A TSIG key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The state directory cannot be created.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The DNS data plane.
+pub struct DnsPlane;
+
+/// A running DNS plane.
+pub struct DnsHandle {
+    addrs: Vec<SocketAddr>,
+    report: Arc<ArcSwap<DnsReport>>,
+    tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DnsPlane {
+    /// Serves the `[dns]` zones of the snapshots read from `reader`; follows every new snapshot
+    /// (zones rebuilt, serials bumped only when content changes, NOTIFY sent).
+    pub async fn start(
+        reader: SnapshotReader,
+        metrics: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<DnsHandle, DnsError> {
+        let snap = reader.load();
+        let cfg = snap.state.dns.clone();
+        let report = Arc::new(ArcSwap::from_pointee(DnsReport::default()));
+        if cfg.listen.is_empty() {
+            tracing::info!("DNS disabled (no dns.listen)");
+            let t = tokio::spawn(async move { shutdown.cancelled().await });
+            return Ok(DnsHandle { addrs: Vec::new(), report, tasks: vec![t], threads: Vec::new() });
+        }
+        let m = metrics::Metrics::new(metrics)?;
+        let (tx, rx) = mpsc::channel(256);
+        let handler = Arc::new(handler::Handler {
+            zones: ArcSwap::from_pointee(zone::ZoneSet::default()),
+            metrics: m,
+            rrl: rrl::Rrl::new(cfg.rrl.clone()),
+            updates: tx,
+        });
+        let mut bound = Vec::new();
+        for addr in &cfg.listen {
+            bound.push(net::bind(*addr, cfg.reuseport.max(1))?);
+        }
+        let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
+        let manager = tokio::task::block_in_place(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        let mut threads = Vec::new();
+        for b in bound {
+            for (i, sock) in b.udp.into_iter().enumerate() {
+                let (h, s) = (handler.clone(), stop.clone());
+                let t = std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || net::udp_worker(sock, h, s))
+                    .map_err(|e| DnsError::Bind { addr: b.addr, source: e })?;
+                threads.push(t);
+            }
+            tasks.push(tokio::spawn(net::tcp_server(
+                b.tcp,
+                handler.clone(),
+                cfg.tcp_idle_timeout,
+                cfg.tcp_max_connections,
+                shutdown.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(manager.run(reader, rx, shutdown.clone())));
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            sd.cancelled().await;
+            stop.store(true, Ordering::Relaxed);
+        }));
+        tracing::info!(?addrs, "DNS serving");
+        Ok(DnsHandle { addrs, report, tasks, threads })
+    }
+}
+
+impl DnsHandle {
+    /// Waits until the plane has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+
+    /// Bound UDP/TCP addresses (one per `dns.listen` entry, with the real port).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Zones, serials and record counts.
+    pub fn report(&self) -> DnsReport {
+        (**self.report.load()).clone()
+    }
+}

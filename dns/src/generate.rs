@@ -1,0 +1,222 @@
+//! Records generated from the control snapshot: services (A/AAAA of healthy instances, SRV per named port with
+//! per-instance host names) and VIPs, with name collisions reported.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA, SRV};
+use hickory_proto::rr::{Name, RData};
+use padis_model::{l4::Vip, Service};
+
+use crate::names::{label, labels};
+use crate::wire::wire_of;
+use crate::zone::FastMap;
+
+/// One generated record (the zone's generated TTL applies).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenRecord {
+    /// Owner.
+    pub name: Name,
+    /// Data.
+    pub rdata: RData,
+    /// What produced it (for collision reports).
+    pub origin: Arc<str>,
+}
+
+fn addr_rdata(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+fn under(labels: &[String], zone: &Name) -> Option<Name> {
+    let mut n = zone.clone();
+    for l in labels.iter().rev() {
+        n = n.prepend_label(l.as_str()).ok()?;
+    }
+    Some(n)
+}
+
+/// The records of one service in `zone`.
+pub fn service_records(s: &Service, zone: &Name) -> Vec<GenRecord> {
+    let origin: Arc<str> = Arc::from(format!("service {}", s.name));
+    let Some(base) = under(&labels(&s.name), zone) else { return Vec::new() };
+    let live: Vec<_> = s.instances.iter().filter(|i| i.healthy && !i.draining).collect();
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for i in &live {
+        if !seen.contains(&i.addr) {
+            seen.push(i.addr);
+            out.push(GenRecord { name: base.clone(), rdata: addr_rdata(i.addr), origin: origin.clone() });
+        }
+    }
+    let mut hosts = Vec::with_capacity(live.len());
+    for i in &live {
+        let Ok(host) = base.prepend_label(label(&i.id).as_str()) else { continue };
+        out.push(GenRecord {
+            name: host.clone(),
+            rdata: addr_rdata(i.addr),
+            origin: Arc::from(format!("instance {} of service {}", i.id, s.name)),
+        });
+        hosts.push(host);
+    }
+    for (pi, p) in s.ports.iter().enumerate() {
+        let Some(pname) = &p.name else { continue };
+        let owner = base
+            .prepend_label(format!("_{}", label(&p.protocol)).as_str())
+            .and_then(|n| n.prepend_label(format!("_{}", label(pname)).as_str()));
+        let Ok(owner) = owner else { continue };
+        for (i, host) in live.iter().zip(&hosts) {
+            if let Some(port) = i.ports.get(pi) {
+                out.push(GenRecord {
+                    name: owner.clone(),
+                    rdata: RData::SRV(SRV::new(0, i.weight, *port, host.clone())),
+                    origin: origin.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The record of one VIP in `zone`.
+pub fn vip_records(v: &Vip, zone: &Name) -> Vec<GenRecord> {
+    under(&labels(&v.name), zone)
+        .map(|n| vec![GenRecord { name: n, rdata: addr_rdata(v.addr), origin: Arc::from(format!("vip {}", v.name)) }])
+        .unwrap_or_default()
+}
+
+/// Cache of generated records per service, so an unchanged service costs a comparison, not a rebuild.
+#[derive(Default)]
+pub struct GenCache {
+    services: FastMap<(usize, String), (Service, Arc<Vec<GenRecord>>)>,
+}
+
+/// Generated records of every zone, with problems found.
+#[derive(Default)]
+pub struct Generated {
+    /// Records by zone index.
+    pub by_zone: FastMap<usize, Vec<Arc<Vec<GenRecord>>>>,
+    /// Name collisions (two sources publishing addresses at one name).
+    pub collisions: Vec<String>,
+    /// Services that could not be placed.
+    pub errors: Vec<String>,
+}
+
+impl GenCache {
+    /// Generates the records of `services` and `vips` into the generated zones (`zones`: index, apex, generated).
+    pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> Generated {
+        let mut g = Generated::default();
+        let first = zones.iter().find(|z| z.2);
+        let mut fresh: FastMap<(usize, String), (Service, Arc<Vec<GenRecord>>)> = FastMap::default();
+        for s in services {
+            let zone = match &s.zone {
+                Some(zn) => {
+                    let want = zn.trim_end_matches('.').to_ascii_lowercase();
+                    match zones.iter().find(|z| z.1.to_ascii().trim_end_matches('.').eq_ignore_ascii_case(&want)) {
+                        Some(z) if z.2 => z,
+                        Some(_) => {
+                            g.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
+                            continue;
+                        }
+                        None => {
+                            g.errors.push(format!("service {}: no zone {zn}", s.name));
+                            continue;
+                        }
+                    }
+                }
+                None => match first {
+                    Some(z) => z,
+                    None => continue,
+                },
+            };
+            let key = (zone.0, s.name.clone());
+            let recs = match self.services.remove(&key) {
+                Some((old, recs)) if old == *s => recs,
+                _ => Arc::new(service_records(s, &zone.1)),
+            };
+            if fresh.contains_key(&key) {
+                g.errors.push(format!("service {}: defined twice in zone {}", s.name, zone.1));
+            }
+            g.by_zone.entry(zone.0).or_default().push(recs.clone());
+            fresh.insert(key, (s.clone(), recs));
+        }
+        self.services = fresh;
+        for (zi, zname, generated) in zones {
+            if !generated {
+                continue;
+            }
+            let recs: Vec<GenRecord> = vips.iter().flat_map(|v| vip_records(v, zname)).collect();
+            if !recs.is_empty() {
+                g.by_zone.entry(*zi).or_default().push(Arc::new(recs));
+            }
+        }
+        // Collisions: address records at one name from different sources.
+        for sets in g.by_zone.values() {
+            let mut owners: FastMap<Box<[u8]>, Arc<str>> = FastMap::default();
+            for set in sets {
+                for r in set.iter() {
+                    if !matches!(r.rdata, RData::A(_) | RData::AAAA(_)) {
+                        continue;
+                    }
+                    match owners.get(&wire_of(&r.name)) {
+                        Some(o) if **o != *r.origin => {
+                            g.collisions.push(format!("{}: published by {} and {}", r.name, o, r.origin));
+                        }
+                        Some(_) => {}
+                        None => {
+                            owners.insert(wire_of(&r.name), r.origin.clone());
+                        }
+                    }
+                }
+            }
+        }
+        g.collisions.sort();
+        g.collisions.dedup();
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use padis_model::{Instance, ServicePort};
+
+    fn inst(id: &str, ip: &str, port: u16, healthy: bool) -> Instance {
+        Instance { id: id.into(), addr: ip.parse().unwrap(), ports: vec![port], weight: 2, healthy, draining: false }
+    }
+
+    #[test]
+    fn healthy_instances_only_and_srv() {
+        let s = Service {
+            name: "Web_App".into(),
+            zone: None,
+            ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
+            instances: vec![inst("t.1", "10.0.0.1", 8080, true), inst("t.2", "10.0.0.2", 8081, false)],
+            origin: None,
+        };
+        let z = Name::from_ascii("svc.example.").unwrap();
+        let r = service_records(&s, &z);
+        let text: Vec<String> = r.iter().map(|r| format!("{} {}", r.name, r.rdata)).collect();
+        assert!(text.contains(&"web-app.svc.example. 10.0.0.1".to_string()), "{text:?}");
+        assert!(text.contains(&"t-1.web-app.svc.example. 10.0.0.1".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("_http._tcp.web-app.svc.example. 0 2 8080 t-1.web-app")), "{text:?}");
+        assert!(!text.iter().any(|t| t.contains("10.0.0.2")), "{text:?}");
+    }
+
+    #[test]
+    fn collisions_are_reported() {
+        let mk = |n: &str, ip: &str| Service {
+            name: n.into(),
+            zone: None,
+            ports: vec![],
+            instances: vec![inst("a", ip, 1, true)],
+            origin: None,
+        };
+        let z = Name::from_ascii("z.").unwrap();
+        let g = GenCache::default().generate(&[mk("a_b", "10.0.0.1"), mk("a-b", "10.0.0.2")], &[], &[(0, z, true)]);
+        assert!(!g.collisions.is_empty());
+        assert_eq!(g.by_zone[&0].len(), 2, "both kept");
+    }
+}

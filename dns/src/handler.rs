@@ -1,0 +1,417 @@
+//! Request dispatch: the fast path first, then the general path (hickory messages) for everything else:
+//! errors, EDNS versions, other classes and zones, ANY, TSIG, transfers, updates, NOTIFY and unknown opcodes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use rand::seq::SliceRandom;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fast::{self, udp_limit, QueryEdns};
+use crate::metrics::{Metrics, QueryCounters};
+use crate::resolve::resolve;
+use crate::rrl::{Rrl, Verdict};
+use crate::tsig::{self, Signer, TsigKey};
+use crate::wire::wire_of;
+use crate::xfr;
+use crate::zone::{ZonePolicy, ZoneSet};
+
+/// A dynamic update for the zone manager to apply.
+#[derive(Debug)]
+pub struct UpdateJob {
+    /// Zone index in the zone set the request was checked against.
+    pub zone: Arc<crate::zone::ZoneData>,
+    /// Prerequisite section.
+    pub prereqs: Vec<Record>,
+    /// Update section.
+    pub updates: Vec<Record>,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<ResponseCode>,
+}
+
+/// An update waiting for the manager; finish it with [`Handler::finish_update`].
+#[derive(Debug)]
+pub struct PendingUpdate {
+    req: Message,
+    signer: Option<Signer>,
+    zone: String,
+}
+
+/// What to send back.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing (malformed beyond reply, a response, or rate-limited).
+    Drop,
+    /// The reply is in the output buffer.
+    Reply,
+    /// Several messages (zone transfer, TCP only).
+    Stream(Vec<Vec<u8>>),
+    /// An update: send the job to the manager, wait for the result, then [`Handler::finish_update`].
+    Update(UpdateJob, PendingUpdate, oneshot::Receiver<ResponseCode>),
+}
+
+/// State shared by all workers.
+pub struct Handler {
+    /// The zones served.
+    pub zones: ArcSwap<ZoneSet>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Rate limiter.
+    pub rrl: Rrl,
+    /// Update queue to the zone manager.
+    pub updates: mpsc::Sender<UpdateJob>,
+}
+
+/// Per-worker state.
+pub struct Worker {
+    rotate: usize,
+    counters: QueryCounters,
+    local_latency: prometheus::local::LocalHistogram,
+    pending: u32,
+}
+
+impl Worker {
+    /// State for one worker.
+    pub fn new(metrics: &Metrics) -> Worker {
+        Worker {
+            rotate: rand::random::<u32>() as usize,
+            counters: QueryCounters::new(metrics.clone()),
+            local_latency: metrics.latency.local(),
+            pending: 0,
+        }
+    }
+
+    fn observe(&mut self, started: Instant) {
+        self.local_latency.observe(started.elapsed().as_secs_f64());
+        self.pending += 1;
+        if self.pending >= 256 {
+            self.flush();
+        }
+    }
+
+    /// Publishes locally accumulated observations.
+    pub fn flush(&mut self) {
+        self.local_latency.flush();
+        self.pending = 0;
+    }
+}
+
+fn header_only(req: &[u8], rcode: u8, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&req[0..2]);
+    out.push(0x80 | (req[2] & 0x79)); // QR, opcode and RD copied
+    out.push(rcode);
+    out.extend_from_slice(&[0; 8]);
+}
+
+impl Handler {
+    /// Handles one request from `src`. `tcp`: no size limit, transfers allowed.
+    pub fn handle(&self, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
+        let started = Instant::now();
+        let set = self.zones.load();
+        if let Some(o) = fast::answer(&set, req, out, tcp, set.edns_payload, &mut w.rotate) {
+            let name = set.zones.get(o.zone).map(|z| z.origin.to_ascii()).unwrap_or_default();
+            w.counters.count(set.generation, (o.zone, &name), o.qtype, u16::from(o.rcode));
+            if o.truncated {
+                self.metrics.truncated.inc();
+            }
+            w.observe(started);
+            return self.rate_limit(src, tcp, req, out);
+        }
+        let outcome = self.general(&set, req, src, tcp, out, w);
+        w.observe(started);
+        match outcome {
+            Outcome::Reply => self.rate_limit(src, tcp, req, out),
+            o => o,
+        }
+    }
+
+    fn rate_limit(&self, src: SocketAddr, tcp: bool, req: &[u8], out: &mut Vec<u8>) -> Outcome {
+        if tcp || !self.rrl.enabled() {
+            return Outcome::Reply;
+        }
+        match self.rrl.check(src.ip()) {
+            Verdict::Send => Outcome::Reply,
+            Verdict::Drop => {
+                self.metrics.rrl.with_label_values(&["drop"]).inc();
+                Outcome::Drop
+            }
+            Verdict::Slip => {
+                self.metrics.rrl.with_label_values(&["slip"]).inc();
+                // Header and question only, TC set: a real client retries over TCP.
+                let qend = crate::wire::after_questions(req).unwrap_or(12).min(req.len());
+                out.clear();
+                out.extend_from_slice(&req[..qend]);
+                out[2] = 0x80 | 0x04 | 0x02 | (req[2] & 0x79);
+                out[3] = 0;
+                out[6..12].fill(0);
+                Outcome::Reply
+            }
+        }
+    }
+
+    fn general(&self, set: &ZoneSet, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
+        if req.len() < 12 || req[2] & 0x80 != 0 {
+            return Outcome::Drop; // too short to answer, or a response: never answer those
+        }
+        let msg = match Message::from_vec(req) {
+            Ok(m) => m,
+            Err(_) => {
+                header_only(req, 1, out);
+                w.counters.count(set.generation, (usize::MAX, ""), 0, 1);
+                return Outcome::Reply;
+            }
+        };
+        // TSIG.
+        let mut signer = None;
+        match tsig::find(req) {
+            Ok(None) => {}
+            Ok(Some(found)) => {
+                let key = set.keys.iter().find(|k| k.name == found.key_name.to_lowercase());
+                let res = match key {
+                    Some(k) => tsig::verify_request(req, &found, k).map(|mac| Signer::new((**k).clone(), mac)),
+                    None => Err(tsig::TsigFailure::BadKey),
+                };
+                match res {
+                    Ok(s) => signer = Some(s),
+                    Err(f) => {
+                        tracing::debug!(%src, failure = %f, "TSIG verification failed");
+                        let mut resp = self.response(&msg, set, ResponseCode::NotAuth);
+                        resp.additionals.clear();
+                        return self.finish(resp, set, limit_of(&msg, set, tcp), out, Some((f, found)), w, None);
+                    }
+                }
+            }
+            Err(_) => {
+                header_only(req, 1, out);
+                return Outcome::Reply;
+            }
+        }
+        match msg.metadata.op_code {
+            OpCode::Query => self.query(set, msg, src, tcp, out, signer, w),
+            OpCode::Update => self.update(set, msg, src, tcp, out, signer, w),
+            _ => {
+                let resp = self.response(&msg, set, ResponseCode::NotImp);
+                self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer)
+            }
+        }
+    }
+
+    /// A response skeleton to `req`: ID, opcode, RD/CD, question, EDNS.
+    fn response(&self, req: &Message, set: &ZoneSet, rcode: ResponseCode) -> Message {
+        let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+        m.metadata.recursion_desired = req.metadata.recursion_desired;
+        m.metadata.checking_disabled = req.metadata.checking_disabled;
+        m.metadata.response_code = rcode;
+        m.queries.clone_from(&req.queries);
+        if let Some(e) = &req.edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(set.edns_payload.max(512));
+            edns.set_dnssec_ok(e.flags().dnssec_ok);
+            m.set_edns(edns);
+        }
+        m
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        resp: Message,
+        set: &ZoneSet,
+        limit: usize,
+        out: &mut Vec<u8>,
+        tsig_error: Option<(tsig::TsigFailure, tsig::Found)>,
+        w: &mut Worker,
+        mut signer: Option<Signer>,
+    ) -> Outcome {
+        let qtype = resp.queries.first().map_or(0, |q| u16::from(q.query_type()));
+        let rcode = u16::from(resp.metadata.response_code);
+        let zone = resp.queries.first().and_then(|q| set.find(&wire_of(q.name())).map(|(z, _)| z.origin.to_ascii()));
+        let zi = zone.as_ref().and_then(|z| set.zones.iter().position(|d| d.origin.to_ascii() == *z)).unwrap_or(usize::MAX);
+        w.counters.count(set.generation, (zi, zone.as_deref().unwrap_or("")), qtype, rcode);
+        let mut bytes = match resp.to_vec() {
+            Ok(b) => b,
+            Err(_) => {
+                let mut m = Message::new(resp.metadata.id, MessageType::Response, resp.metadata.op_code);
+                m.metadata.response_code = ResponseCode::ServFail;
+                m.queries.clone_from(&resp.queries);
+                m.to_vec().unwrap_or_default()
+            }
+        };
+        let reserve = if signer.is_some() { 100 } else { 0 };
+        if bytes.len() + reserve > limit {
+            self.metrics.truncated.inc();
+            let mut t = Message::new(resp.metadata.id, MessageType::Response, resp.metadata.op_code);
+            t.metadata = resp.metadata.clone();
+            t.metadata.truncation = true;
+            t.queries.clone_from(&resp.queries);
+            t.edns.clone_from(&resp.edns);
+            bytes = t.to_vec().unwrap_or_default();
+        }
+        if let Some((failure, found)) = tsig_error {
+            let key = TsigKey { name: found.key_name.to_lowercase(), secret: Vec::new() };
+            let mac = found.tsig.mac.clone();
+            Signer::new(key, mac).sign(&mut bytes, Some(failure.code()));
+        } else if let Some(s) = signer.as_mut() {
+            s.sign(&mut bytes, None);
+        }
+        *out = bytes;
+        Outcome::Reply
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn query(&self, set: &ZoneSet, msg: Message, src: SocketAddr, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+        if msg.queries.len() != 1 {
+            let resp = self.response(&msg, set, ResponseCode::FormErr);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        if msg.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            let resp = self.response(&msg, set, ResponseCode::BADVERS);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        let q = &msg.queries[0];
+        if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
+            let resp = self.response(&msg, set, ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        let qwire = wire_of(q.name());
+        let Some((zone, _)) = set.find(&qwire) else {
+            let resp = self.response(&msg, set, ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        };
+        let qtype = q.query_type();
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return self.transfer(set, zone, msg, src, tcp, out, signer, w);
+        }
+        if matches!(qtype, RecordType::OPT | RecordType::TSIG) {
+            let resp = self.response(&msg, set, ResponseCode::FormErr);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        let mut ans = resolve(zone, q.name(), qtype, tcp);
+        if let Some((s, e)) = ans.shuffle {
+            ans.answers[s..e].shuffle(&mut rand::rng());
+        }
+        let mut resp = self.response(&msg, set, ans.rcode);
+        resp.metadata.authoritative = ans.aa;
+        resp.answers = ans.answers;
+        resp.authorities = ans.authority;
+        resp.additionals = ans.additional;
+        self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &self,
+        set: &ZoneSet,
+        zone: &Arc<crate::zone::ZoneData>,
+        msg: Message,
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        signer: Option<Signer>,
+        w: &mut Worker,
+    ) -> Outcome {
+        let zname = zone.origin.to_ascii();
+        let kind = if msg.queries[0].query_type() == RecordType::AXFR { "axfr" } else { "ixfr" };
+        let refuse = |rcode| {
+            self.metrics.transfers.with_label_values(&[&zname, "refused"]).inc();
+            self.response(&msg, set, rcode)
+        };
+        if !ZonePolicy::allowed(&zone.policy.allow_transfer, src.ip()) {
+            tracing::info!(%src, zone = %zname, "transfer refused by ACL");
+            let resp = refuse(ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        if let Some(k) = &zone.policy.transfer_key {
+            if signer.as_ref().is_none_or(|s| s.key_name() != &k.name) {
+                tracing::info!(%src, zone = %zname, "transfer without the zone's TSIG key refused");
+                let resp = refuse(ResponseCode::NotAuth);
+                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            }
+        }
+        if !tcp {
+            if kind == "axfr" {
+                let resp = refuse(ResponseCode::FormErr);
+                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            }
+            // IXFR over UDP: the current SOA tells the client to come back over TCP.
+            let mut resp = self.response(&msg, set, ResponseCode::NoError);
+            resp.metadata.authoritative = true;
+            resp.answers.push(zone.soa_record());
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        let client_serial = msg.authorities.iter().find_map(|r| match &r.data {
+            hickory_proto::rr::RData::SOA(s) => Some(s.serial),
+            _ => None,
+        });
+        let (records, what) = xfr::transfer_records(zone, kind == "ixfr", client_serial);
+        self.metrics.transfers.with_label_values(&[&zname, what]).inc();
+        tracing::info!(%src, zone = %zname, kind = what, serial = zone.serial, "zone transfer");
+        let qtype = u16::from(msg.queries[0].query_type());
+        w.counters.count(set.generation, (usize::MAX - 1, &zname), qtype, 0);
+        Outcome::Stream(xfr::messages(&msg, records, signer))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(&self, set: &ZoneSet, msg: Message, src: SocketAddr, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+        let zone_q = match msg.queries.as_slice() {
+            [q] if q.query_type() == RecordType::SOA => q,
+            _ => {
+                let resp = self.response(&msg, set, ResponseCode::FormErr);
+                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            }
+        };
+        let zwire = wire_of(zone_q.name());
+        let zone = set.by_origin.get(&zwire).and_then(|i| set.zones.get(*i));
+        let Some(zone) = zone else {
+            let resp = self.response(&msg, set, ResponseCode::NotAuth);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        };
+        let zname = zone.origin.to_ascii();
+        let result = |rcode: ResponseCode| {
+            self.metrics.updates.with_label_values(&[&zname, crate::metrics::rcode_label(u16::from(rcode))]).inc();
+            self.response(&msg, set, rcode)
+        };
+        let Some(key) = &zone.policy.update_key else {
+            let resp = result(ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        };
+        if !zone.policy.allow_update.is_empty() && !ZonePolicy::allowed(&zone.policy.allow_update, src.ip()) {
+            let resp = result(ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        if signer.as_ref().is_none_or(|s| s.key_name() != &key.name) {
+            let resp = result(ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        if let Err(rcode) = crate::update::prescan(&zone.origin_wire, &msg.authorities) {
+            let resp = result(rcode);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = UpdateJob { zone: zone.clone(), prereqs: msg.answers.clone(), updates: msg.authorities.clone(), reply: tx };
+        Outcome::Update(job, PendingUpdate { req: msg, signer, zone: zname }, rx)
+    }
+
+    /// Builds the reply to an update once the manager answered (`None`: the manager is gone → SERVFAIL).
+    pub fn finish_update(&self, p: PendingUpdate, rcode: Option<ResponseCode>, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
+        let rcode = rcode.unwrap_or(ResponseCode::ServFail);
+        self.metrics.updates.with_label_values(&[&p.zone, crate::metrics::rcode_label(u16::from(rcode))]).inc();
+        let set = self.zones.load();
+        let resp = self.response(&p.req, &set, rcode);
+        let limit = limit_of(&p.req, &set, tcp);
+        self.finish(resp, &set, limit, out, None, w, p.signer)
+    }
+}
+
+/// The size limit for the answer to `req`.
+fn limit_of(req: &Message, set: &ZoneSet, tcp: bool) -> usize {
+    if tcp {
+        return 65535;
+    }
+    udp_limit(req.edns.as_ref().map(|e| QueryEdns { payload: e.max_payload(), dnssec_ok: false }), set.edns_payload)
+}

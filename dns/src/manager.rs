@@ -1,0 +1,295 @@
+//! The zone manager: the single writer of the zone set. It follows snapshots (zones rebuilt, serials bumped only
+//! on change, NOTIFY sent), applies dynamic updates, and publishes each new zone set with arc-swap.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::ResponseCode;
+use padis_model::dns::DnsConfig;
+use padis_model::{Snapshot, SnapshotReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::generate::{GenCache, Generated};
+use crate::handler::{Handler, UpdateJob};
+use crate::notify::notify_all;
+use crate::report::{DnsReport, ZoneReport};
+use crate::source::ZoneSource;
+use crate::tsig::TsigKey;
+use crate::wire::wire_of;
+use crate::zone::{ZonePolicy, ZoneSet};
+use crate::DnsError;
+
+/// Owns the zones' inputs; see the module docs.
+pub struct Manager {
+    cfg: DnsConfig,
+    base: PathBuf,
+    sources: Vec<ZoneSource>,
+    keys: HashMap<String, Arc<TsigKey>>,
+    gen_cache: GenCache,
+    generated: Generated,
+    handler: Arc<Handler>,
+    generation: u64,
+    report: Arc<ArcSwap<DnsReport>>,
+    listen: Vec<std::net::SocketAddr>,
+    config_errors: Vec<String>,
+}
+
+fn base_of(snap: &Snapshot) -> PathBuf {
+    snap.config_path.as_deref().and_then(|p| Path::new(p).parent()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn load_keys(cfg: &DnsConfig) -> Result<HashMap<String, Arc<TsigKey>>, DnsError> {
+    let mut keys = HashMap::new();
+    for k in &cfg.tsig_keys {
+        let key = TsigKey::from_config(k)?;
+        keys.insert(key.name.to_ascii().trim_end_matches('.').to_string(), Arc::new(key));
+    }
+    Ok(keys)
+}
+
+fn key_ref(keys: &HashMap<String, Arc<TsigKey>>, name: &Option<String>) -> Option<Arc<TsigKey>> {
+    name.as_ref().and_then(|n| keys.get(n.to_ascii_lowercase().trim_end_matches('.')).cloned())
+}
+
+impl Manager {
+    /// Loads every zone of the initial snapshot (failing on the first zone that cannot be loaded).
+    pub fn new(snap: &Snapshot, handler: Arc<Handler>, report: Arc<ArcSwap<DnsReport>>, listen: Vec<std::net::SocketAddr>) -> Result<Manager, DnsError> {
+        let cfg = snap.state.dns.clone();
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| DnsError::StateDir { path: cfg.state_dir.clone(), source: e })?;
+        let base = base_of(snap);
+        let keys = load_keys(&cfg)?;
+        let mut sources = Vec::new();
+        for z in &cfg.zones {
+            sources.push(ZoneSource::load(z, &base, &cfg.state_dir, cfg.ixfr_journal)?);
+        }
+        let mut m = Manager {
+            cfg,
+            base,
+            sources,
+            keys,
+            gen_cache: GenCache::default(),
+            generated: Generated::default(),
+            handler,
+            generation: 0,
+            report,
+            listen,
+            config_errors: Vec::new(),
+        };
+        m.rebuild(snap, true);
+        Ok(m)
+    }
+
+    fn policy(&self, z: &padis_model::dns::DnsZone) -> ZonePolicy {
+        ZonePolicy {
+            allow_transfer: z.allow_transfer.clone(),
+            transfer_key: key_ref(&self.keys, &z.transfer_key),
+            notify: z.notify.clone(),
+            allow_update: z.allow_update.clone(),
+            update_key: key_ref(&self.keys, &z.update_key),
+        }
+    }
+
+    /// Applies a new `[dns]` config: zones whose config is unchanged keep their state; a zone that fails to load
+    /// keeps its previous version (if any) and reports the error.
+    fn reconfigure(&mut self, snap: &Snapshot) {
+        let cfg = &snap.state.dns;
+        if *cfg == self.cfg {
+            return;
+        }
+        self.config_errors.clear();
+        if cfg.listen != self.cfg.listen || cfg.reuseport != self.cfg.reuseport {
+            self.config_errors.push("dns.listen/reuseport changes take effect after a restart".into());
+        }
+        match load_keys(cfg) {
+            Ok(k) => self.keys = k,
+            Err(e) => self.config_errors.push(e.to_string()),
+        }
+        let base = base_of(snap);
+        let mut old: Vec<ZoneSource> = std::mem::take(&mut self.sources);
+        for z in &cfg.zones {
+            let pos = old.iter().position(|s| s.cfg.name.eq_ignore_ascii_case(&z.name));
+            let prev = pos.map(|p| old.swap_remove(p));
+            match prev {
+                Some(p) if p.cfg == *z => self.sources.push(p),
+                prev => match ZoneSource::load(z, &base, &cfg.state_dir, cfg.ixfr_journal) {
+                    Ok(mut s) => {
+                        if let Some(p) = prev {
+                            s.current = p.current; // reuse rendered answers; serial continues from the state dir
+                        }
+                        self.sources.push(s);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "zone not loaded; keeping its previous version");
+                        self.config_errors.push(e.to_string());
+                        if let Some(p) = prev {
+                            self.sources.push(p);
+                        }
+                    }
+                },
+            }
+        }
+        self.cfg = cfg.clone();
+        self.base = base;
+    }
+
+    /// Rebuilds every zone from `snap` and publishes the zone set if anything changed.
+    fn rebuild(&mut self, snap: &Snapshot, force: bool) {
+        self.reconfigure(snap);
+        for s in &mut self.sources {
+            match s.reload_file(false) {
+                Ok(_) => s.error = None,
+                Err(e) => {
+                    tracing::error!(error = %e, "zone file not reloaded; serving the previous version");
+                    s.error = Some(e.to_string());
+                }
+            }
+        }
+        let zones: Vec<_> = self.sources.iter().enumerate().map(|(i, s)| (i, s.origin.clone(), s.cfg.generated)).collect();
+        self.generated = self.gen_cache.generate(&snap.state.services, &snap.state.vips, &zones);
+        for c in &self.generated.collisions {
+            tracing::warn!(collision = %c, "DNS name collision");
+        }
+        self.build_all(force);
+    }
+
+    fn build_all(&mut self, force: bool) {
+        let mut changed = Vec::new();
+        for i in 0..self.sources.len() {
+            let policy = self.policy(&self.sources[i].cfg);
+            let gen = self.generated.by_zone.get(&i).cloned().unwrap_or_default();
+            let s = &mut self.sources[i];
+            let before = s.current.as_ref().map(|z| z.serial);
+            let policy_changed = s.current.as_ref().is_some_and(|z| !same_policy(&z.policy, &policy));
+            if policy_changed {
+                s.current = None; // force a new ZoneData carrying the new policy (content compared below)
+            }
+            if let Some(z) = s.build(&gen, policy) {
+                if before.is_some() && before != Some(z.serial) {
+                    changed.push(z.clone());
+                } else if before.is_none() {
+                    changed.push(z.clone());
+                }
+            }
+        }
+        if changed.is_empty() && !force && self.zone_set_matches() {
+            return;
+        }
+        self.publish();
+        for z in changed {
+            tracing::info!(zone = %z.origin, serial = z.serial, records = z.record_count, "zone published");
+            notify_all(z, self.handler.metrics.clone());
+        }
+    }
+
+    fn zone_set_matches(&self) -> bool {
+        let set = self.handler.zones.load();
+        set.zones.len() == self.sources.len()
+            && set.zones.iter().zip(&self.sources).all(|(a, b)| b.current.as_ref().is_some_and(|c| Arc::ptr_eq(a, c)))
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        let mut set = ZoneSet {
+            generation: self.generation,
+            keys: self.keys.values().cloned().collect(),
+            edns_payload: self.cfg.edns_payload,
+            ..ZoneSet::default()
+        };
+        for s in &self.sources {
+            if let Some(z) = &s.current {
+                set.by_origin.insert(wire_of(&z.origin), set.zones.len());
+                set.zones.push(z.clone());
+            }
+        }
+        let m = &self.handler.metrics;
+        let mut zones = Vec::new();
+        for (s, z) in self.sources.iter().filter_map(|s| s.current.as_ref().map(|z| (s, z))) {
+            let name = z.origin.to_ascii();
+            m.serial.with_label_values(&[&name]).set(i64::from(z.serial));
+            m.records.with_label_values(&[&name]).set(z.record_count as i64);
+            zones.push(ZoneReport {
+                name,
+                serial: z.serial,
+                records: z.record_count,
+                names: z.nodes.len(),
+                generated: s.cfg.generated,
+                file: s.cfg.file.as_ref().map(|f| f.display().to_string()),
+                error: s.error.clone(),
+            });
+        }
+        let mut errors = self.config_errors.clone();
+        errors.extend(self.generated.errors.iter().cloned());
+        self.report.store(Arc::new(DnsReport {
+            listen: self.listen.clone(),
+            zones,
+            collisions: self.generated.collisions.clone(),
+            errors,
+        }));
+        self.handler.zones.store(Arc::new(set));
+    }
+
+    fn apply_update(&mut self, job: UpdateJob) {
+        let Some(i) = self.sources.iter().position(|s| s.origin == job.zone.origin) else {
+            let _ = job.reply.send(ResponseCode::NotAuth);
+            return;
+        };
+        let Some(current) = self.sources[i].current.clone() else {
+            let _ = job.reply.send(ResponseCode::ServFail);
+            return;
+        };
+        if let Err(rcode) = crate::update::check_prerequisites(&current, &job.prereqs) {
+            let _ = job.reply.send(rcode);
+            return;
+        }
+        let s = &mut self.sources[i];
+        let origin_wire = wire_of(&s.origin);
+        let mut statics = s.statics.clone();
+        if crate::update::apply(&mut statics, &origin_wire, &job.updates) {
+            if let Err(e) = s.append_journal(&job.updates) {
+                tracing::error!(error = %e, "update not persisted; refused");
+                let _ = job.reply.send(ResponseCode::ServFail);
+                return;
+            }
+            s.statics = statics;
+            tracing::info!(zone = %s.origin, records = job.updates.len(), "dynamic update applied");
+            self.build_all(false);
+        }
+        let _ = job.reply.send(ResponseCode::NoError);
+    }
+
+    /// Follows snapshots and applies updates until `shutdown`.
+    pub async fn run(mut self, mut reader: SnapshotReader, mut updates: mpsc::Receiver<UpdateJob>, shutdown: CancellationToken) {
+        reader.mark_seen();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ok = reader.changed() => {
+                    if !ok {
+                        shutdown.cancelled().await;
+                        return;
+                    }
+                    let snap = reader.load();
+                    let started = std::time::Instant::now();
+                    tokio::task::block_in_place(|| self.rebuild(&snap, false));
+                    tracing::debug!(generation = snap.generation, ms = started.elapsed().as_millis() as u64, "zones rebuilt");
+                }
+                job = updates.recv() => match job {
+                    Some(job) => tokio::task::block_in_place(|| self.apply_update(job)),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+fn same_policy(a: &ZonePolicy, b: &ZonePolicy) -> bool {
+    let key = |k: &Option<Arc<TsigKey>>| k.as_ref().map(|k| (k.name.clone(), k.secret.clone()));
+    a.allow_transfer == b.allow_transfer
+        && a.allow_update == b.allow_update
+        && a.notify == b.notify
+        && key(&a.transfer_key) == key(&b.transfer_key)
+        && key(&a.update_key) == key(&b.update_key)
+}

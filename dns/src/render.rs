@@ -1,0 +1,175 @@
+//! Pre-rendering: the wire bytes of the answers to the common queries of every name, computed when a zone is
+//! built (reusing the previous version's bytes for names whose inputs did not change), so the query path only
+//! copies bytes and patches the ID.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use rand::seq::SliceRandom;
+
+use crate::resolve::{dependencies, resolve, Answer};
+use crate::wire::{in_zone, parent, wire_of, WireName};
+use crate::zone::{FastEntry, FastMap, Node, Rendered, ZoneData};
+
+/// Shuffle variants kept per answer with several A/AAAA/SRV records.
+const MAX_VARIANTS: usize = 8;
+
+/// Query types pre-rendered through a CNAME.
+const CNAME_TYPES: [RecordType; 6] =
+    [RecordType::A, RecordType::AAAA, RecordType::SRV, RecordType::TXT, RecordType::MX, RecordType::PTR];
+
+/// Encodes `ans` as the bytes that follow a question for `qname`/`qtype`, with the header fields.
+fn encode(qname: &Name, qtype: RecordType, ans: &Answer) -> Option<(Box<[u8]>, [u16; 3])> {
+    let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
+    let mut q = Query::query(qname.to_lowercase(), qtype);
+    q.set_query_class(DNSClass::IN);
+    msg.add_query(q);
+    msg.answers.clone_from(&ans.answers);
+    msg.authorities.clone_from(&ans.authority);
+    msg.additionals.clone_from(&ans.additional);
+    let bytes = msg.to_vec().ok()?;
+    let qend = crate::wire::after_questions(&bytes)?;
+    Some((bytes[qend..].into(), [ans.answers.len() as u16, ans.authority.len() as u16, ans.additional.len() as u16]))
+}
+
+/// Renders the answer to `qname`/`qtype`, with shuffle variants.
+pub fn render(zone: &ZoneData, qname: &Name, qtype: RecordType) -> Option<Rendered> {
+    let mut ans = resolve(zone, qname, qtype, false);
+    let mut variants = Vec::new();
+    match ans.shuffle {
+        Some((s, e)) => {
+            let n = e - s;
+            if n <= MAX_VARIANTS {
+                for _ in 0..n {
+                    variants.push(encode(qname, qtype, &ans)?);
+                    ans.answers[s..e].rotate_left(1);
+                }
+            } else {
+                let mut rng = rand::rng();
+                for _ in 0..MAX_VARIANTS {
+                    ans.answers[s..e].shuffle(&mut rng);
+                    variants.push(encode(qname, qtype, &ans)?);
+                }
+            }
+        }
+        None => variants.push(encode(qname, qtype, &ans)?),
+    }
+    let counts = variants[0].1;
+    Some(Rendered {
+        rcode: ans.rcode.low(),
+        aa: ans.aa,
+        counts,
+        variants: variants.into_iter().map(|v| v.0).collect(),
+    })
+}
+
+/// The fingerprint of everything the answers of `node` are rendered from: its own version, and the versions of
+/// the names its answers pull in (CNAME chain, SRV/MX/NS targets), plus the zone's structure.
+fn fingerprint(zone: &ZoneData, node: &Node, structure: u64, seed: &foldhash::fast::FixedState) -> u64 {
+    let mut h = seed.build_hasher();
+    node.version.hash(&mut h);
+    structure.hash(&mut h);
+    let mut todo = dependencies(node);
+    let mut steps = 0;
+    while let Some(t) = todo.pop() {
+        steps += 1;
+        if steps > 64 {
+            break;
+        }
+        match zone.nodes.get(&wire_of(&t)) {
+            Some(n) => {
+                n.version.hash(&mut h);
+                if n.get(RecordType::CNAME).is_some() {
+                    todo.extend(dependencies(n));
+                }
+            }
+            None => 0u64.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Whether `wire` is at or below a delegation of `zone`.
+fn under_cut(zone: &ZoneData, wire: &[u8]) -> bool {
+    if !zone.has_cuts {
+        return false;
+    }
+    let mut w = wire;
+    while w.len() > zone.origin_wire.len() {
+        if zone.nodes.get(w).is_some_and(|n| n.get(RecordType::NS).is_some()) {
+            return true;
+        }
+        match parent(w) {
+            Some(p) => w = p,
+            None => break,
+        }
+    }
+    false
+}
+
+/// Renders the fast entry of one node.
+fn entry(zone: &ZoneData, wire: &[u8], node: &Node, fp: u64) -> FastEntry {
+    if under_cut(zone, wire) || !in_zone(wire, &zone.origin_wire) {
+        return FastEntry::Slow;
+    }
+    let cname = node.get(RecordType::CNAME).is_some();
+    let mut qtypes: Vec<RecordType> = node.rrsets.iter().map(|r| r.rtype).collect();
+    if cname {
+        qtypes.extend(CNAME_TYPES);
+    }
+    qtypes.dedup();
+    let mut types = Vec::with_capacity(qtypes.len());
+    for t in qtypes {
+        match render(zone, &node.name, t) {
+            Some(r) => types.push((u16::from(t), r)),
+            None => return FastEntry::Slow,
+        }
+    }
+    FastEntry::Data { types, cname, fingerprint: fp }
+}
+
+/// Builds the fast-path map of `zone`, reusing entries of `previous` whose fingerprint is unchanged.
+pub fn build_fast(zone: &ZoneData, previous: Option<&ZoneData>) -> FastMap<WireName, Arc<FastEntry>> {
+    let seed = foldhash::fast::FixedState::with_seed(0x5eed);
+    let mut structure = seed.build_hasher();
+    if zone.has_cuts || zone.has_wildcards {
+        let mut special: Vec<(&WireName, u64)> = zone
+            .nodes
+            .iter()
+            .filter(|(w, n)| w.starts_with(b"\x01*") || (n.get(RecordType::NS).is_some() && w.len() > zone.origin_wire.len()))
+            .map(|(w, n)| (w, n.version))
+            .collect();
+        special.sort();
+        special.hash(&mut structure);
+    }
+    let structure = structure.finish();
+    let mut fast = FastMap::with_capacity_and_hasher(zone.nodes.len(), Default::default());
+    for (wire, node) in &zone.nodes {
+        let fp = fingerprint(zone, node, structure, &seed);
+        let reused = previous.and_then(|p| p.fast.get(wire)).filter(|e| matches!(&***e, FastEntry::Data { fingerprint, .. } if *fingerprint == fp));
+        let e = match reused {
+            Some(e) => e.clone(),
+            None => Arc::new(entry(zone, wire, node, fp)),
+        };
+        fast.insert(wire.clone(), e);
+    }
+    fast
+}
+
+/// The negative-answer SOA record without its owner name: TYPE, CLASS, TTL, RDLENGTH, uncompressed RDATA.
+pub fn negative_tail(soa: &Record) -> Box<[u8]> {
+    let mut buf = Vec::with_capacity(64);
+    {
+        let mut enc = BinEncoder::new(&mut buf);
+        let mut enc = enc.with_name_encoding(NameEncoding::Uncompressed);
+        let mut r = soa.clone();
+        r.name = Name::root();
+        if r.emit(&mut enc).is_err() {
+            return Box::default();
+        }
+    }
+    buf[1..].into() // drop the root owner label
+}

@@ -1,0 +1,218 @@
+//! The immutable record set of a zone, as served: names, RRsets, pre-rendered answers and the zone's policy.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::SOA;
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use ipnet::IpNet;
+
+use crate::tsig::TsigKey;
+use crate::wire::WireName;
+
+/// Hash map with a fast, randomly seeded hasher.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+static NODE_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// The records of one type at one name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RrSet {
+    /// Record type.
+    pub rtype: RecordType,
+    /// TTL shared by the set.
+    pub ttl: u32,
+    /// Record data, without duplicates.
+    pub rdatas: Vec<RData>,
+}
+
+impl RrSet {
+    /// The set as records owned by `name`.
+    pub fn records(&self, name: &Name) -> impl Iterator<Item = Record> + '_ {
+        let name = name.clone();
+        self.rdatas.iter().map(move |d| {
+            let mut r = Record::from_rdata(name.clone(), self.ttl, d.clone());
+            r.dns_class = DNSClass::IN;
+            r
+        })
+    }
+}
+
+/// One name of a zone with its RRsets (none for an empty non-terminal).
+#[derive(Debug)]
+pub struct Node {
+    /// Owner name, as written in the zone.
+    pub name: Name,
+    /// RRsets, sorted by type.
+    pub rrsets: Vec<RrSet>,
+    /// Unique per content: a rebuilt node gets a new version (used to reuse pre-rendered answers).
+    pub version: u64,
+}
+
+impl Node {
+    /// A node with a fresh version.
+    pub fn new(name: Name, mut rrsets: Vec<RrSet>) -> Node {
+        rrsets.sort_by_key(|r| u16::from(r.rtype));
+        Node { name, rrsets, version: NODE_VERSION.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// The RRset of `rtype`.
+    pub fn get(&self, rtype: RecordType) -> Option<&RrSet> {
+        self.rrsets.iter().find(|r| r.rtype == rtype)
+    }
+
+    /// Number of records.
+    pub fn record_count(&self) -> usize {
+        self.rrsets.iter().map(|r| r.rdatas.len()).sum()
+    }
+}
+
+/// A pre-rendered answer: everything after the question, for every shuffle variant.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Response code (low 4 bits).
+    pub rcode: u8,
+    /// Authoritative answer bit.
+    pub aa: bool,
+    /// Answer, authority and additional counts.
+    pub counts: [u16; 3],
+    /// Record bytes (compression pointers refer to the question at offset 12), one per shuffle order.
+    pub variants: Box<[Box<[u8]>]>,
+}
+
+/// How the fast path answers queries for one existing name.
+#[derive(Debug)]
+pub enum FastEntry {
+    /// At or below a delegation, or otherwise special: always the general path.
+    Slow,
+    /// Pre-rendered answers by query type. Types not listed: NODATA, or the general path when `cname` is set.
+    Data {
+        /// Answers by query type.
+        types: Vec<(u16, Rendered)>,
+        /// The name holds a CNAME.
+        cname: bool,
+        /// Fingerprint of the inputs the answers were rendered from.
+        fingerprint: u64,
+    },
+}
+
+/// Who may transfer and update a zone, and where NOTIFY goes.
+#[derive(Debug, Clone, Default)]
+pub struct ZonePolicy {
+    /// Sources allowed to transfer (AXFR/IXFR).
+    pub allow_transfer: Vec<IpNet>,
+    /// TSIG key required for transfers and used for NOTIFY.
+    pub transfer_key: Option<Arc<TsigKey>>,
+    /// NOTIFY targets.
+    pub notify: Vec<std::net::SocketAddr>,
+    /// Sources allowed to update (empty = any source holding the key).
+    pub allow_update: Vec<IpNet>,
+    /// TSIG key required for updates (none = updates refused).
+    pub update_key: Option<Arc<TsigKey>>,
+}
+
+impl ZonePolicy {
+    /// Whether `ip` is in `nets`.
+    pub fn allowed(nets: &[IpNet], ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One published version of a zone. Immutable.
+#[derive(Debug)]
+pub struct ZoneData {
+    /// Apex name.
+    pub origin: Name,
+    /// Apex in lowercase wire form.
+    pub origin_wire: WireName,
+    /// Current serial.
+    pub serial: u32,
+    /// The SOA record data (with `serial`).
+    pub soa: SOA,
+    /// TTL of the SOA in negative answers (min of SOA TTL and MINIMUM).
+    pub negative_ttl: u32,
+    /// All names (with empty non-terminals), by lowercase wire name.
+    pub nodes: FastMap<WireName, Arc<Node>>,
+    /// Fast-path entries by lowercase wire name.
+    pub fast: FastMap<WireName, Arc<FastEntry>>,
+    /// The zone has delegations below the apex.
+    pub has_cuts: bool,
+    /// The zone has wildcard names.
+    pub has_wildcards: bool,
+    /// Negative-answer SOA record after its owner name (type, class, TTL, RDLENGTH, RDATA).
+    pub neg_tail: Box<[u8]>,
+    /// Number of records.
+    pub record_count: usize,
+    /// Access policy.
+    pub policy: ZonePolicy,
+    /// Recent changes, oldest first (for IXFR).
+    pub ixfr: Vec<Arc<crate::source::Diff>>,
+}
+
+impl ZoneData {
+    /// The SOA as a record at the apex with the negative TTL.
+    pub fn negative_soa(&self) -> Record {
+        Record::from_rdata(self.origin.clone(), self.negative_ttl, RData::SOA(self.soa.clone()))
+    }
+
+    /// The SOA as a record at the apex with its own TTL.
+    pub fn soa_record(&self) -> Record {
+        let ttl = self.nodes.get(&self.origin_wire).and_then(|n| n.get(RecordType::SOA)).map_or(self.negative_ttl, |s| s.ttl);
+        Record::from_rdata(self.origin.clone(), ttl, RData::SOA(self.soa.clone()))
+    }
+
+    /// All records in canonical order with the SOA first (the AXFR body, without the closing SOA).
+    pub fn all_records(&self) -> Vec<Record> {
+        let mut out = vec![self.soa_record()];
+        let mut names: Vec<&Arc<Node>> = self.nodes.values().collect();
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        for n in names {
+            for rs in &n.rrsets {
+                if rs.rtype == RecordType::SOA {
+                    continue;
+                }
+                out.extend(rs.records(&n.name));
+            }
+        }
+        out
+    }
+}
+
+/// All zones served, published as one immutable value.
+#[derive(Debug, Default)]
+pub struct ZoneSet {
+    /// Zones.
+    pub zones: Vec<Arc<ZoneData>>,
+    /// Zone index by apex wire name.
+    pub by_origin: FastMap<WireName, usize>,
+    /// Changes whenever any zone changes (used to reset per-worker caches).
+    pub generation: u64,
+    /// TSIG keys by name.
+    pub keys: Vec<Arc<TsigKey>>,
+    /// EDNS payload size the server advertises.
+    pub edns_payload: u16,
+}
+
+impl ZoneSet {
+    /// The zone `wire` falls in (longest match), with the apex offset inside `wire`.
+    pub fn find(&self, wire: &[u8]) -> Option<(&Arc<ZoneData>, usize)> {
+        let mut pos = 0usize;
+        loop {
+            let w = wire.get(pos..)?;
+            if let Some(i) = self.by_origin.get(w) {
+                return self.zones.get(*i).map(|z| (z, pos));
+            }
+            let len = *w.first()? as usize;
+            if len == 0 {
+                return None;
+            }
+            pos += 1 + len;
+        }
+    }
+}
