@@ -109,7 +109,7 @@ impl DnsPlane {
             bound.push(net::bind(*addr, cfg.reuseport.max(1))?);
         }
         let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
-        let manager = tokio::task::block_in_place(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone()))?;
+        let manager = blocking(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut threads = Vec::new();
@@ -138,6 +138,14 @@ impl DnsPlane {
         }));
         tracing::info!(?addrs, "DNS serving");
         Ok(DnsHandle { addrs, report, tasks, threads })
+    }
+}
+
+/// Runs CPU-heavy work (zone builds) without stalling other tasks of a multi-threaded runtime.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

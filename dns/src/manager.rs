@@ -273,11 +273,11 @@ impl Manager {
                     }
                     let snap = reader.load();
                     let started = std::time::Instant::now();
-                    tokio::task::block_in_place(|| self.rebuild(&snap, false));
+                    crate::blocking(|| self.rebuild(&snap, false));
                     tracing::debug!(generation = snap.generation, ms = started.elapsed().as_millis() as u64, "zones rebuilt");
                 }
                 job = updates.recv() => match job {
-                    Some(job) => tokio::task::block_in_place(|| self.apply_update(job)),
+                    Some(job) => crate::blocking(|| self.apply_update(job)),
                     None => return,
                 },
             }

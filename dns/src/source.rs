@@ -150,8 +150,10 @@ impl ZoneSource {
             }
         }
         if let Some((soa, _)) = &z.file_soa {
-            if serial_gt(soa.serial, z.serial) {
+            if serial_gt(soa.serial, z.serial) || z.persisted_hash.is_none() {
+                // The file's own serial already stands for this content.
                 z.serial = soa.serial;
+                z.persisted_hash = None;
             }
         }
         Ok(z)
@@ -262,7 +264,10 @@ impl ZoneSource {
             .clone()
             .or_else(|| self.cfg.ns.first().map(|n| n.name.clone()))
             .and_then(|m| Name::from_ascii(m).ok())
-            .map(|m| if m.is_fqdn() { m } else { m.clone().append_domain(&self.origin).unwrap_or(m) })
+            .map(|mut m| {
+                m.set_fqdn(true);
+                m
+            })
             .unwrap_or_else(|| self.origin.prepend_label("ns").unwrap_or_else(|_| self.origin.clone()));
         let rname = self
             .cfg
@@ -270,7 +275,10 @@ impl ZoneSource {
             .rname
             .clone()
             .and_then(|m| Name::from_ascii(m).ok())
-            .map(|m| if m.is_fqdn() { m } else { m.clone().append_domain(&self.origin).unwrap_or(m) })
+            .map(|mut m| {
+                m.set_fqdn(true);
+                m
+            })
             .unwrap_or_else(|| self.origin.prepend_label("hostmaster").unwrap_or_else(|_| self.origin.clone()));
         let c = &self.cfg.soa;
         let soa = SOA::new(
@@ -300,9 +308,7 @@ impl ZoneSource {
         if !apex_has_ns {
             for ns in &self.cfg.ns {
                 let Ok(mut n) = Name::from_ascii(&ns.name) else { continue };
-                if !n.is_fqdn() {
-                    n = n.clone().append_domain(&self.origin).unwrap_or(n);
-                }
+                n.set_fqdn(true); // config names are absolute
                 let nttl = self.cfg.soa.refresh.as_secs().max(ttl as u64) as u32;
                 add_record(&mut map, &self.origin, nttl, RData::NS(NS(n.clone())));
                 if in_zone(&wire_of(&n), &self.origin_wire) {
@@ -376,7 +382,9 @@ impl ZoneSource {
         }
         let hash = content_hash(&nodes);
         let first = prev.is_none();
-        if !first || self.persisted_hash != Some(hash) {
+        if first && self.persisted_hash.is_none() {
+            self.persist_serial(hash);
+        } else if !first || self.persisted_hash != Some(hash) {
             let next = self.serial.wrapping_add(1);
             let from = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(old_soa.clone()));
             self.serial = next;
