@@ -1,12 +1,13 @@
 //! All backend groups of one snapshot, rebuilt per snapshot while keeping what did not change.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use padis_model::{BackendGroup, HealthKind, Snapshot};
 
 use crate::group::GroupBalancer;
-use crate::health::{HealthRegistry, HealthTarget, TargetKey};
+use crate::health::{CheckTls, CheckTransport, HealthRegistry, HealthTarget, TargetKey};
 
 /// Health owner name of the L7 plane.
 pub const L7_OWNER: &str = "l7";
@@ -18,9 +19,42 @@ pub struct Balancers {
     groups: HashMap<String, Arc<GroupBalancer>>,
 }
 
-/// The health targets of L7 groups: every backend (draining ones too, so their state survives a drain that is
-/// undone) with the group's active and passive settings. HTTP checks of groups speaking TLS to their backends
-/// are done as TCP connect checks (the checker does not speak TLS).
+/// The health targets of L7 groups with the transport of their checks (the group's protocol and TLS): every
+/// backend (draining ones too, so their state survives a drain that is undone) with the group's active and
+/// passive settings. `base` resolves relative CA paths (the config file's directory).
+pub fn health_targets_with_transport(groups: &[BackendGroup], base: &Path) -> Vec<(HealthTarget, CheckTransport)> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            let transport = CheckTransport {
+                protocol: g.protocol,
+                tls: g.tls.clone().map(|config| CheckTls { config, base: base.to_path_buf() }),
+            };
+            g.backends.iter().map(move |b| {
+                let target = HealthTarget {
+                    key: TargetKey { group: g.name.clone(), addr: b.addr },
+                    check: g.health.clone(),
+                    passive: g.passive.clone(),
+                };
+                (target, transport.clone())
+            })
+        })
+        .collect()
+}
+
+/// The directory relative paths of `snapshot` are relative to (its config file's).
+pub fn config_base(snapshot: &Snapshot) -> PathBuf {
+    snapshot
+        .config_path
+        .as_deref()
+        .and_then(|p| Path::new(p).parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The health targets of L7 groups for a plain [`HealthRegistry::sync`] (no transport): like
+/// [`health_targets_with_transport`], but HTTP checks of groups speaking TLS to their backends become TCP
+/// connect checks, since a plaintext check would fail against them.
 pub fn health_targets(groups: &[BackendGroup]) -> Vec<HealthTarget> {
     groups
         .iter()
@@ -44,7 +78,7 @@ impl Balancers {
     /// counters) of groups whose config did not change; calls `health.sync("l7", ..)` first.
     pub fn build(snapshot: &Snapshot, health: &HealthRegistry, previous: Option<&Balancers>) -> Balancers {
         let groups = &snapshot.state.groups;
-        health.sync(L7_OWNER, health_targets(groups));
+        health.sync_with_transport(L7_OWNER, health_targets_with_transport(groups, &config_base(snapshot)));
         let mut out = HashMap::with_capacity(groups.len());
         for g in groups {
             let prev = previous.and_then(|p| p.groups.get(&g.name));

@@ -5,6 +5,7 @@
 mod backend;
 mod metrics;
 mod probe;
+mod transport;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,7 +18,8 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use backend::BackendHealth;
-pub use probe::{probe, ProbeError};
+pub use probe::{probe, probe_with, ProbeError};
+pub use transport::{CheckTls, CheckTransport, TransportError};
 
 use metrics::{CheckCounters, Metrics};
 
@@ -88,6 +90,7 @@ pub(crate) struct Entry {
     pub(crate) health: Arc<BackendHealth>,
     owners: BTreeSet<String>,
     check: Option<HealthCheck>,
+    transport: CheckTransport,
     checker: Option<AbortHandle>,
 }
 
@@ -117,11 +120,17 @@ impl HealthRegistry {
     /// `owner` namespaces target sets ("l7", "l4") so each plane syncs its own set independently; a target wanted
     /// by two owners is checked once, with the settings of the latest sync that named it.
     pub fn sync(&self, owner: &str, targets: Vec<HealthTarget>) {
+        self.sync_with_transport(owner, targets.into_iter().map(|t| (t, CheckTransport::default())).collect());
+    }
+
+    /// Like [`HealthRegistry::sync`], with the transport of each target's HTTP checks (L7 groups speaking TLS or
+    /// h2 to their backends are checked the same way).
+    pub fn sync_with_transport(&self, owner: &str, targets: Vec<(HealthTarget, CheckTransport)>) {
         let runtime = Handle::try_current().ok().or_else(|| self.inner.runtime.clone());
         let metrics = &self.inner.metrics;
         let mut state = self.lock();
         let mut wanted = HashSet::with_capacity(targets.len());
-        for t in targets {
+        for (t, transport) in targets {
             wanted.insert(t.key.clone());
             let entry = state.targets.entry(t.key.clone()).or_insert_with(|| {
                 let health = BackendHealth::with_hooks(
@@ -130,12 +139,21 @@ impl HealthRegistry {
                     Some(metrics.ejection_counter(&t.key)),
                     Some(self.inner.changes.clone()),
                 );
-                Entry { health: Arc::new(health), owners: BTreeSet::new(), check: None, checker: None }
+                Entry {
+                    health: Arc::new(health),
+                    owners: BTreeSet::new(),
+                    check: None,
+                    transport: CheckTransport::default(),
+                    checker: None,
+                }
             });
             entry.owners.insert(owner.to_string());
             entry.health.set_passive(t.passive.as_ref());
-            if entry.check != t.check || (entry.check.is_some() && entry.checker.is_none()) {
-                restart_checker(entry, t.check, runtime.as_ref(), metrics);
+            if entry.check != t.check
+                || entry.transport != transport
+                || (entry.check.is_some() && entry.checker.is_none())
+            {
+                restart_checker(entry, t.check, transport, runtime.as_ref(), metrics);
             }
         }
         let gone: Vec<TargetKey> = state
@@ -194,12 +212,19 @@ impl HealthRegistry {
 }
 
 /// Replaces the checker of `entry` (the up/down state is kept; counters restart).
-fn restart_checker(entry: &mut Entry, check: Option<HealthCheck>, runtime: Option<&Handle>, metrics: &Metrics) {
+fn restart_checker(
+    entry: &mut Entry,
+    check: Option<HealthCheck>,
+    transport: CheckTransport,
+    runtime: Option<&Handle>,
+    metrics: &Metrics,
+) {
     if let Some(task) = entry.checker.take() {
         task.abort();
     }
     entry.health.clear_counters();
     entry.check = check.clone();
+    entry.transport = transport.clone();
     let Some(check) = check else {
         entry.health.clear_active();
         return;
@@ -210,12 +235,17 @@ fn restart_checker(entry: &mut Entry, check: Option<HealthCheck>, runtime: Optio
         return;
     };
     let counters = metrics.check_counters(entry.health.key());
-    let task = runtime.spawn(run_checks(entry.health.clone(), check, counters));
+    let task = runtime.spawn(run_checks(entry.health.clone(), check, transport, counters));
     entry.checker = Some(task.abort_handle());
 }
 
 /// The checker loop of one target: a check every `interval` (the first at once), results fed to rise/fall.
-async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, counters: CheckCounters) {
+async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, transport: CheckTransport, counters: CheckCounters) {
+    // TLS is set up once per checker; a setup error fails every check (and says why in the report).
+    let tls = match &transport.tls {
+        Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol).map_err(|e| e.to_string())),
+        _ => None,
+    };
     let mut ticker = tokio::time::interval(check.interval.max(std::time::Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let addr = health.key().addr;
@@ -224,7 +254,11 @@ async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, counters: Ch
     tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
     loop {
         ticker.tick().await;
-        let result = probe(addr, &check).await;
+        let result = match &tls {
+            None => probe::probe_prepared(addr, &check, transport.protocol, None).await,
+            Some(Ok(setup)) => probe::probe_prepared(addr, &check, transport.protocol, Some(setup)).await,
+            Some(Err(e)) => Err(ProbeError::Setup(e.clone())),
+        };
         match &result {
             Ok(()) => counters.success.inc(),
             Err(ProbeError::Timeout) => counters.timeout.inc(),

@@ -1,14 +1,20 @@
-//! One active check: TCP connect, or HTTP/1.1 GET with status and body expectations, under a timeout.
+//! One active check: TCP connect, or an HTTP GET (HTTP/1.1 or h2, plaintext or TLS) with status and body
+//! expectations, all under the check's timeout.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
+use http::Response;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use padis_model::{HealthCheck, HealthKind};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use padis_model::{HealthCheck, HealthKind, UpstreamProtocol};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use super::transport::{CheckTransport, TlsSetup, TransportError};
 
 /// Largest body read when looking for `expect_body`.
 const MAX_BODY: usize = 1024 * 1024;
@@ -22,6 +28,15 @@ pub enum ProbeError {
     /// TCP connect failed.
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake failed (certificate, name, protocol).
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    /// The TLS transport could not be set up (bad CA file, server name).
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// The check's transport could not be set up earlier (message of the [`TransportError`]).
+    #[error("{0}")]
+    Setup(String),
     /// The HTTP exchange failed.
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
@@ -39,12 +54,39 @@ pub enum ProbeError {
     BodyMismatch,
 }
 
-/// Runs `check` once against `addr`.
+/// Runs `check` once against `addr` in plaintext HTTP/1.1 (or TCP).
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    probe_with(addr, check, &CheckTransport::default()).await
+}
+
+/// Runs `check` once against `addr` over `transport`.
+pub async fn probe_with(addr: SocketAddr, check: &HealthCheck, transport: &CheckTransport) -> Result<(), ProbeError> {
+    let tls = match &transport.tls {
+        Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol)?),
+        _ => None,
+    };
+    probe_prepared(addr, check, transport.protocol, tls.as_ref()).await
+}
+
+/// Runs `check` with a TLS connector already built (checkers build it once).
+pub(crate) async fn probe_prepared(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    protocol: UpstreamProtocol,
+    tls: Option<&TlsSetup>,
+) -> Result<(), ProbeError> {
     let run = async {
-        match check.kind {
-            HealthKind::Tcp => TcpStream::connect(addr).await.map(drop).map_err(ProbeError::Connect),
-            HealthKind::Http => http_probe(addr, check).await,
+        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
+        if check.kind == HealthKind::Tcp {
+            return Ok(());
+        }
+        let _ = stream.set_nodelay(true);
+        match tls {
+            Some(t) => {
+                let io = t.connector.connect(t.name_for(addr), stream).await.map_err(ProbeError::Tls)?;
+                http_exchange(io, addr, check, protocol, "https").await
+            }
+            None => http_exchange(stream, addr, check, protocol, "http").await,
         }
     };
     tokio::time::timeout(check.timeout, run).await.map_err(|_| ProbeError::Timeout)?
@@ -59,20 +101,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn http_probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
+async fn http_exchange<S>(
+    io: S,
+    addr: SocketAddr,
+    check: &HealthCheck,
+    protocol: UpstreamProtocol,
+    scheme: &str,
+) -> Result<(), ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-    let req = http::Request::get(check.path.as_str())
-        .header(HOST, host)
-        .header(USER_AGENT, "padis-health-check")
-        .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
+    let (resp, _conn): (Response<Incoming>, AbortOnDrop) = match protocol {
+        UpstreamProtocol::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+            let guard = AbortOnDrop(tokio::spawn(async move {
+                let _ = conn.await;
+            }));
+            let req = http::Request::get(check.path.as_str())
+                .header(HOST, host)
+                .header(USER_AGENT, "padis-health-check")
+                .header(CONNECTION, "close")
+                .body(Empty::<Bytes>::new())?;
+            (sender.send_request(req).await?, guard)
+        }
+        UpstreamProtocol::H2 => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+            let guard = AbortOnDrop(tokio::spawn(async move {
+                let _ = conn.await;
+            }));
+            let req = http::Request::get(format!("{scheme}://{host}{}", check.path))
+                .header(USER_AGENT, "padis-health-check")
+                .body(Empty::<Bytes>::new())?;
+            (sender.send_request(req).await?, guard)
+        }
+    };
+    check_response(resp, check).await
+}
+
+async fn check_response(resp: Response<Incoming>, check: &HealthCheck) -> Result<(), ProbeError> {
     let status = resp.status().as_u16();
     let status_ok = match check.expect_status {
         Some(s) => status == s,

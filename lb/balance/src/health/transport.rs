@@ -1,0 +1,145 @@
+//! How active HTTP checks reach a target: HTTP/1.1 or HTTP/2, in plaintext or over TLS, as the proxy does for
+//! the group (a check in plaintext HTTP/1.1 to a TLS or h2-only backend would mark a healthy backend down).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use padis_model::{UpstreamProtocol, UpstreamTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use thiserror::Error;
+use tokio_rustls::TlsConnector;
+
+/// The transport of a target's active HTTP checks (TCP checks only connect).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckTransport {
+    /// HTTP version spoken (h2: prior knowledge in plaintext, ALPN `h2` over TLS).
+    pub protocol: UpstreamProtocol,
+    /// TLS towards the backend, if the group uses it.
+    pub tls: Option<CheckTls>,
+}
+
+/// TLS settings of checks: the group's `tls`, with a relative CA path resolved against `base`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTls {
+    /// The group's TLS settings.
+    pub config: UpstreamTls,
+    /// Directory relative CA paths are relative to (the config file's).
+    pub base: PathBuf,
+}
+
+/// Why a TLS check transport cannot be set up.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// The CA file cannot be read or parsed.
+    #[error("CA file {path}: {message}")]
+    Ca {
+        /// The resolved path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// `server_name` is not a valid DNS name or IP address.
+    #[error("invalid TLS server name `{0}`")]
+    ServerName(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A ready TLS connector and the name to verify.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    pub connector: TlsConnector,
+    /// Fixed name from the config; the backend IP when absent.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl TlsSetup {
+    pub(crate) fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
+        self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+    }
+}
+
+impl CheckTls {
+    /// Builds the connector (reads the CA file).
+    pub(crate) fn setup(&self, protocol: UpstreamProtocol) -> Result<TlsSetup, TransportError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let mut config = if self.config.insecure_skip_verify {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(ca) = &self.config.ca {
+                for cert in read_pem(&self.base.join(ca))? {
+                    roots.add(cert)?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = match protocol {
+            UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        };
+        let server_name = match &self.config.server_name {
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| TransportError::ServerName(n.clone()))?),
+            None => None,
+        };
+        Ok(TlsSetup { connector: TlsConnector::from(Arc::new(config)), server_name })
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let err = |m: String| TransportError::Ca { path: path.to_path_buf(), message: m };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// Accepts any backend certificate (`insecure_skip_verify`), still checking handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
