@@ -109,7 +109,9 @@ pub fn kdig(addr: SocketAddr, args: &[&str]) -> Dig {
         .args(args)
         .output()
         .expect("kdig (knot-dnsutils) must be installed");
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    parse(&text)
 }
 
 /// Parses kdig/dig output.
