@@ -158,9 +158,13 @@ impl Handler {
         if req.len() < 12 || req[2] & 0x80 != 0 {
             return Outcome::Drop; // too short to answer, or a response: never answer those
         }
-        let msg = match Message::from_vec(req) {
-            Ok(m) => m,
-            Err(_) => {
+        let parsed = match crate::wire::message_end(req) {
+            Some(end) if end == req.len() => Message::from_vec(req).ok(),
+            _ => None, // truncated, or trailing bytes after the announced records
+        };
+        let msg = match parsed {
+            Some(m) => m,
+            None => {
                 header_only(req, 1, out);
                 w.counters.count(set.generation, (usize::MAX, ""), 0, 1);
                 return Outcome::Reply;

@@ -75,6 +75,16 @@ pub fn after_questions(msg: &[u8]) -> Option<usize> {
     (pos <= msg.len()).then_some(pos)
 }
 
+/// Position after the last record the header announces (`None` if the message is shorter than announced).
+pub fn message_end(msg: &[u8]) -> Option<usize> {
+    let mut pos = after_questions(msg)?;
+    let n = u16_at(msg, 6)? as usize + u16_at(msg, 8)? as usize + u16_at(msg, 10)? as usize;
+    for _ in 0..n {
+        pos = skip_record(msg, pos)?;
+    }
+    Some(pos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
