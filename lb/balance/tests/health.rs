@@ -111,7 +111,7 @@ fn metric(registry: &prometheus::Registry, name: &str, labels: &[&str]) -> Optio
 fn http_check(extra: &str) -> String {
     format!(
         "[group.health]\nkind = \"http\"\npath = \"/health\"\nhost = \"app.internal\"\nexpect_body = \"OK-7731\"\n\
-         interval = \"50ms\"\ntimeout = \"50ms\"\nrise = 2\nfall = 3\n{extra}"
+         interval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n{extra}"
     )
 }
 
@@ -254,7 +254,7 @@ async fn health_state_survives_rebuilds() {
     let live2 = Server::start("").await;
     let registry = prometheus::Registry::new();
     let health = HealthRegistry::new(&registry).unwrap();
-    let checks = "[group.health]\nkind = \"tcp\"\ninterval = \"40ms\"\ntimeout = \"40ms\"\nfall = 1\nrise = 5\n\
+    let checks = "[group.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1\nrise = 5\n\
                   [group.passive]\nconsecutive_failures = 2\nbase_ejection = \"60s\"\nmax_ejection = \"60s\"";
     let three = [closed.to_string(), live.addr.to_string(), live2.addr.to_string()];
     let gen1 = Balancers::build(&snapshot(&group("app", checks, &three), 1), &health, None);
