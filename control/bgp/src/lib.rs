@@ -6,6 +6,7 @@
 //! [`AnnouncerHandle::drain_and_stop`] does the RFC 8326 graceful shutdown before withdrawing.
 
 mod error;
+mod kernel;
 mod listener;
 pub mod ospf;
 mod session;

@@ -1,6 +1,6 @@
 //! OSPF sites: each announced VIP becomes a kernel host route in `[ospf] table` (or an address on the
-//! configured interface) that a local BIRD or FRR redistributes. Routes are written with `ip` (iproute2),
-//! tagged with our own route protocol number so leftovers of a crash are flushed at start.
+//! configured interface) that a local BIRD or FRR redistributes. Routes are written over rtnetlink, tagged
+//! with our own route protocol number ([`ROUTE_PROTO`]) so leftovers of a crash are flushed at start.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -8,18 +8,17 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use padis_model::bgp::{OspfConfig, OspfMode};
-use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::kernel::Kernel;
+pub use crate::kernel::{KernelError, ROUTE_PROTO};
 use crate::session::Phase;
 use crate::status::{Metrics, OspfReport};
 use crate::Announcement;
 
-/// Route protocol number of our kernel routes (`ip route ... proto 237`, unassigned in /etc/iproute2/rt_protos; 186 would be "bgp" and FRR would claim it).
-pub const ROUTE_PROTO: u8 = 237;
-/// Delay before retrying after `ip` failed.
-const RETRY: Duration = Duration::from_secs(5);
+/// Delay before retrying after the kernel refused something (e.g. the interface does not exist yet).
+const RETRY: Duration = Duration::from_secs(2);
 
 /// The kernel-route writer task.
 pub(crate) struct KernelRoutes {
@@ -30,23 +29,26 @@ pub(crate) struct KernelRoutes {
     pub metrics: Metrics,
 }
 
-/// `ip` failed.
-#[derive(Debug, thiserror::Error)]
-#[error("`ip {args}`: {message}")]
-pub struct IpError {
-    args: String,
-    message: String,
-}
-
 impl KernelRoutes {
     /// Runs until stop; then removes everything it installed.
     pub(crate) async fn run(mut self) {
+        let kernel = match Kernel::open() {
+            Ok(k) => k,
+            Err(e) => {
+                self.failed(&e);
+                return;
+            }
+        };
         if self.cfg.mode == OspfMode::Route {
-            for fam in ["-4", "-6"] {
-                let t = self.cfg.table.to_string();
-                let p = ROUTE_PROTO.to_string();
-                if let Err(e) = ip(&[fam, "route", "flush", "table", &t, "proto", &p]).await {
-                    warn!(error = %e, "OSPF: flushing old routes failed");
+            match kernel.flush(self.cfg.table).await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    routes = n,
+                    table = self.cfg.table,
+                    "OSPF: flushed routes of a previous run"
+                ),
+                Err(e) => {
+                    self.failed(&e);
                 }
             }
         }
@@ -58,7 +60,7 @@ impl KernelRoutes {
                 .iter()
                 .map(|a| a.prefix)
                 .collect();
-            let ok = self.sync(&mut installed, &want).await;
+            let ok = self.sync(&kernel, &mut installed, &want).await;
             tokio::select! {
                 r = self.routes.changed() => if r.is_err() { break },
                 r = self.phase.changed() => {
@@ -67,36 +69,49 @@ impl KernelRoutes {
                 _ = tokio::time::sleep(RETRY), if !ok => {}
             }
         }
-        self.sync(&mut installed, &BTreeSet::new()).await;
+        self.sync(&kernel, &mut installed, &BTreeSet::new()).await;
         info!("OSPF: kernel routes removed");
     }
 
     /// Adds and removes so that `installed` becomes `want`; false if something failed (retried later).
-    async fn sync(&self, installed: &mut BTreeSet<IpNet>, want: &BTreeSet<IpNet>) -> bool {
+    async fn sync(
+        &self,
+        k: &Kernel,
+        installed: &mut BTreeSet<IpNet>,
+        want: &BTreeSet<IpNet>,
+    ) -> bool {
+        let ifindex = match k.ifindex(&self.cfg.interface).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.failed(&e);
+                return false;
+            }
+        };
         let mut ok = true;
         let del: Vec<IpNet> = installed.difference(want).copied().collect();
         let add: Vec<IpNet> = want.difference(installed).copied().collect();
         for p in del {
-            match ip(&self.args("del", &p)).await {
+            let r = match self.cfg.mode {
+                OspfMode::Route => k.del_route(&p, ifindex, self.cfg.table).await,
+                OspfMode::Address => k.del_addr(&p, ifindex).await,
+            };
+            match r {
                 Ok(()) => {
                     installed.remove(&p);
                 }
-                // Already gone (removed by someone else): nothing left to do.
-                Err(e)
-                    if e.message.contains("No such process")
-                        || e.message.contains("Cannot assign") =>
-                {
-                    installed.remove(&p);
-                }
-                Err(e) => ok = self.failed(e),
+                Err(e) => ok = self.failed(&e),
             }
         }
         for p in add {
-            match ip(&self.args("replace", &p)).await {
+            let r = match self.cfg.mode {
+                OspfMode::Route => k.add_route(&p, ifindex, self.cfg.table).await,
+                OspfMode::Address => k.add_addr(&p, ifindex).await,
+            };
+            match r {
                 Ok(()) => {
                     installed.insert(p);
                 }
-                Err(e) => ok = self.failed(e),
+                Err(e) => ok = self.failed(&e),
             }
         }
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,65 +123,12 @@ impl KernelRoutes {
         ok
     }
 
-    fn failed(&self, e: IpError) -> bool {
+    fn failed(&self, e: &KernelError) -> bool {
         warn!(error = %e, "OSPF: kernel route update failed");
         self.report
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last_error = Some(e.to_string());
         false
-    }
-
-    fn args(&self, verb: &str, p: &IpNet) -> Vec<String> {
-        let fam = if p.addr().is_ipv4() { "-4" } else { "-6" };
-        let mut a: Vec<String> = vec![fam.into()];
-        match self.cfg.mode {
-            OspfMode::Route => {
-                a.extend([
-                    "route".into(),
-                    verb.into(),
-                    p.to_string(),
-                    "dev".into(),
-                    self.cfg.interface.clone(),
-                ]);
-                a.extend([
-                    "table".into(),
-                    self.cfg.table.to_string(),
-                    "proto".into(),
-                    ROUTE_PROTO.to_string(),
-                ]);
-            }
-            OspfMode::Address => {
-                a.extend([
-                    "addr".into(),
-                    verb.into(),
-                    p.to_string(),
-                    "dev".into(),
-                    self.cfg.interface.clone(),
-                ]);
-                if p.addr().is_ipv6() && verb != "del" {
-                    a.push("nodad".into());
-                }
-            }
-        }
-        a
-    }
-}
-
-async fn ip<S: AsRef<str>>(args: &[S]) -> Result<(), IpError> {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let out = Command::new("ip")
-        .args(&args)
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let fail = |message: String| IpError {
-        args: args.join(" "),
-        message,
-    };
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(fail(String::from_utf8_lossy(&o.stderr).trim().to_string())),
-        Err(e) => Err(fail(e.to_string())),
     }
 }
