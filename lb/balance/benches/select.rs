@@ -30,7 +30,9 @@ fn per_call(budget: Duration, mut f: impl FnMut(u64)) -> f64 {
 }
 
 fn backends(n: usize) -> Vec<(String, u32)> {
-    (0..n).map(|i| (format!("10.{}.{}.1:80", i / 250, i % 250), 1)).collect()
+    (0..n)
+        .map(|i| (format!("10.{}.{}.1:80", i / 250, i % 250), 1))
+        .collect()
 }
 
 fn group_config(balance: &str, n: usize) -> String {
@@ -51,22 +53,34 @@ fn main() {
         for _ in 0..runs {
             black_box(Maglev::new(&b, size).unwrap());
         }
-        result(&format!("maglev_build_{n}_backends_{size}_slots"), start.elapsed().as_secs_f64() * 1e3 / runs as f64, "ms");
+        result(
+            &format!("maglev_build_{n}_backends_{size}_slots"),
+            start.elapsed().as_secs_f64() * 1e3 / runs as f64,
+            "ms",
+        );
     }
     let m = Maglev::new(&backends(100), DEFAULT_TABLE_SIZE).unwrap();
-    result("maglev_lookup", per_call(budget, |i| {
-        black_box(m.lookup(black_box(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
-    }), "ns");
+    result(
+        "maglev_lookup",
+        per_call(budget, |i| {
+            black_box(m.lookup(black_box(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
+        }),
+        "ns",
+    );
 
     let health = HealthRegistry::new(&prometheus::Registry::new()).unwrap();
     let headers = HeaderMap::new();
     for balance in ["round_robin", "least_request", "maglev", "sticky"] {
         for n in [10usize, 100] {
-            let valid = parse_config(&group_config(balance, n), "bench.toml", Path::new(".")).unwrap();
+            let valid =
+                parse_config(&group_config(balance, n), "bench.toml", Path::new(".")).unwrap();
             let bal = Balancers::build(&Snapshot::new(valid, 1, Vec::new()), &health, None);
             let g = bal.group("g").unwrap().clone();
             let ns = per_call(budget, |i| {
-                let ctx = SelectCtx { client_ip: IpAddr::from((i as u32).to_be_bytes()), headers: &headers };
+                let ctx = SelectCtx {
+                    client_ip: IpAddr::from((i as u32).to_be_bytes()),
+                    headers: &headers,
+                };
                 black_box(g.select(&ctx, &[]));
             });
             result(&format!("select_{balance}_{n}_backends_1_thread"), ns, "ns");
@@ -76,14 +90,21 @@ fn main() {
                     std::thread::spawn(move || {
                         let headers = HeaderMap::new();
                         per_call(budget, |i| {
-                            let ctx = SelectCtx { client_ip: IpAddr::from((i as u32).to_be_bytes()), headers: &headers };
+                            let ctx = SelectCtx {
+                                client_ip: IpAddr::from((i as u32).to_be_bytes()),
+                                headers: &headers,
+                            };
                             black_box(g.select(&ctx, &[]));
                         })
                     })
                 })
                 .collect();
             let ns: Vec<f64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-            result(&format!("select_{balance}_{n}_backends_2_threads"), ns.iter().sum::<f64>() / 2.0, "ns");
+            result(
+                &format!("select_{balance}_{n}_backends_2_threads"),
+                ns.iter().sum::<f64>() / 2.0,
+                "ns",
+            );
         }
     }
 }

@@ -22,17 +22,26 @@ pub struct Balancers {
 /// The health targets of L7 groups with the transport of their checks (the group's protocol and TLS): every
 /// backend (draining ones too, so their state survives a drain that is undone) with the group's active and
 /// passive settings. `base` resolves relative CA paths (the config file's directory).
-pub fn health_targets_with_transport(groups: &[BackendGroup], base: &Path) -> Vec<(HealthTarget, CheckTransport)> {
+pub fn health_targets_with_transport(
+    groups: &[BackendGroup],
+    base: &Path,
+) -> Vec<(HealthTarget, CheckTransport)> {
     groups
         .iter()
         .flat_map(|g| {
             let transport = CheckTransport {
                 protocol: g.protocol,
-                tls: g.tls.clone().map(|config| CheckTls { config, base: base.to_path_buf() }),
+                tls: g.tls.clone().map(|config| CheckTls {
+                    config,
+                    base: base.to_path_buf(),
+                }),
             };
             g.backends.iter().map(move |b| {
                 let target = HealthTarget {
-                    key: TargetKey { group: g.name.clone(), addr: b.addr },
+                    key: TargetKey {
+                        group: g.name.clone(),
+                        addr: b.addr,
+                    },
                     check: g.health.clone(),
                     passive: g.passive.clone(),
                 };
@@ -76,9 +85,16 @@ pub fn health_targets(groups: &[BackendGroup]) -> Vec<HealthTarget> {
 impl Balancers {
     /// Builds from a snapshot, reusing GroupBalancers (and their Maglev tables, round-robin state and in-flight
     /// counters) of groups whose config did not change; calls `health.sync("l7", ..)` first.
-    pub fn build(snapshot: &Snapshot, health: &HealthRegistry, previous: Option<&Balancers>) -> Balancers {
+    pub fn build(
+        snapshot: &Snapshot,
+        health: &HealthRegistry,
+        previous: Option<&Balancers>,
+    ) -> Balancers {
         let groups = &snapshot.state.groups;
-        health.sync_with_transport(L7_OWNER, health_targets_with_transport(groups, &config_base(snapshot)));
+        health.sync_with_transport(
+            L7_OWNER,
+            health_targets_with_transport(groups, &config_base(snapshot)),
+        );
         let mut out = HashMap::with_capacity(groups.len());
         for g in groups {
             let prev = previous.and_then(|p| p.groups.get(&g.name));
@@ -88,7 +104,10 @@ impl Balancers {
             };
             out.insert(g.name.clone(), balancer);
         }
-        Balancers { generation: snapshot.generation, groups: out }
+        Balancers {
+            generation: snapshot.generation,
+            groups: out,
+        }
     }
 
     /// The balancer of group `name`.

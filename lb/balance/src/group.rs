@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use padis_model::{Balance, BackendGroup, HashKey};
+use padis_model::{BackendGroup, Balance, HashKey};
 
 use crate::hash::{addr_identity, sticky_id};
 use crate::health::{BackendHealth, HealthRegistry, TargetKey};
@@ -46,7 +46,12 @@ impl Drop for InFlight {
 
 impl BackendEntry {
     /// A backend with a fresh in-flight counter.
-    pub fn new(addr: SocketAddr, weight: u32, draining: bool, health: Arc<BackendHealth>) -> BackendEntry {
+    pub fn new(
+        addr: SocketAddr,
+        weight: u32,
+        draining: bool,
+        health: Arc<BackendHealth>,
+    ) -> BackendEntry {
         BackendEntry::with_counter(addr, weight, draining, health, Arc::default())
     }
 
@@ -57,13 +62,22 @@ impl BackendEntry {
         health: Arc<BackendHealth>,
         in_flight: Arc<AtomicUsize>,
     ) -> BackendEntry {
-        BackendEntry { addr, weight, draining, health, in_flight, sticky_id: sticky_id(addr) }
+        BackendEntry {
+            addr,
+            weight,
+            draining,
+            health,
+            in_flight,
+            sticky_id: sticky_id(addr),
+        }
     }
 
     /// Starts counting a request; the count drops with the guard.
     pub fn begin(&self) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight { counter: self.in_flight.clone() }
+        InFlight {
+            counter: self.in_flight.clone(),
+        }
     }
 
     /// Requests in flight (counted across snapshots while the backend stays in its group).
@@ -147,7 +161,11 @@ impl GroupBalancer {
     /// Builds the balancer of `group`, taking each backend's health from `health` (targets are expected to be
     /// synced already; a missing one gets a detached, always-up state) and, from `previous` (the same group in the
     /// previous snapshot), the in-flight counters of backends that stay and the Maglev table if its input is equal.
-    pub fn new(group: &BackendGroup, health: &HealthRegistry, previous: Option<&GroupBalancer>) -> GroupBalancer {
+    pub fn new(
+        group: &BackendGroup,
+        health: &HealthRegistry,
+        previous: Option<&GroupBalancer>,
+    ) -> GroupBalancer {
         let backends: Vec<Arc<BackendEntry>> = group
             .backends
             .iter()
@@ -164,13 +182,21 @@ impl GroupBalancer {
                 Arc::new(BackendEntry::with_counter(b.addr, b.weight, b.draining, h, counter))
             })
             .collect();
-        let weights: Vec<u32> = backends.iter().map(|b| if b.accepts_new() { b.weight } else { 0 }).collect();
+        let weights: Vec<u32> = backends
+            .iter()
+            .map(|b| if b.accepts_new() { b.weight } else { 0 })
+            .collect();
         let mut seen = HashSet::new();
         let maglev_input: Vec<(Vec<u8>, u32)> = if group.balance == Balance::Maglev {
             backends
                 .iter()
                 .zip(&weights)
-                .map(|(b, &w)| (addr_identity(b.addr), if seen.insert(b.addr) { w } else { 0 }))
+                .map(|(b, &w)| {
+                    (
+                        addr_identity(b.addr),
+                        if seen.insert(b.addr) { w } else { 0 },
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -178,23 +204,34 @@ impl GroupBalancer {
         let algorithm = match group.balance {
             Balance::RoundRobin => Algorithm::RoundRobin(RoundRobin::new(&weights)),
             Balance::LeastRequest => {
-                let list: Vec<_> = backends.iter().zip(&weights).map(|(b, &w)| (w, b.in_flight.clone())).collect();
+                let list: Vec<_> = backends
+                    .iter()
+                    .zip(&weights)
+                    .map(|(b, &w)| (w, b.in_flight.clone()))
+                    .collect();
                 Algorithm::LeastRequest(LeastRequest::new(&list))
             }
             Balance::Sticky => {
-                let cookie = group.sticky_cookie.clone().unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
+                let cookie = group
+                    .sticky_cookie
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
                 let ids = backends.iter().map(|b| b.sticky_id.clone()).collect();
                 Algorithm::Sticky(Sticky::new(cookie, ids, &weights))
             }
             Balance::Maglev => {
                 let key = group.hash_key.clone().unwrap_or(HashKey::ClientIp);
                 let reuse = previous.and_then(|p| match &p.algorithm {
-                    Algorithm::Maglev(m) if p.maglev_input == maglev_input => Some(m.table().clone()),
+                    Algorithm::Maglev(m) if p.maglev_input == maglev_input => {
+                        Some(m.table().clone())
+                    }
                     _ => None,
                 });
                 let table = match reuse {
                     Some(t) => Ok(t),
-                    None => Maglev::new(&maglev_input, table_size_for(backends.len())).map(Arc::new),
+                    None => {
+                        Maglev::new(&maglev_input, table_size_for(backends.len())).map(Arc::new)
+                    }
                 };
                 match table {
                     Ok(t) => Algorithm::Maglev(MaglevSelector::new(t, key)),
@@ -205,7 +242,12 @@ impl GroupBalancer {
                 }
             }
         };
-        GroupBalancer { config: group.clone(), backends, maglev_input, algorithm }
+        GroupBalancer {
+            config: group.clone(),
+            backends,
+            maglev_input,
+            algorithm,
+        }
     }
 
     /// The group's name.
@@ -237,32 +279,94 @@ impl GroupBalancer {
     }
 
     /// Picks a usable backend (healthy, not ejected, weight > 0, not draining, not in `exclude`).
+    ///
+    /// Panic mode (as Envoy's ejection limit): when every backend that is up and accepts new requests is
+    /// passively ejected, ejection is ignored rather than failing all traffic on the strength of request
+    /// failures alone; backends down by their active check are never picked.
     pub fn select(&self, ctx: &SelectCtx<'_>, exclude: &[SocketAddr]) -> Option<Pick> {
         let usable = |i: usize| {
-            self.backends.get(i).is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr))
+            self.backends
+                .get(i)
+                .is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr))
         };
+        if let Some(pick) = self.pick(ctx, &usable) {
+            return Some(pick);
+        }
+        if self.backends.iter().any(|b| b.is_usable()) {
+            return None; // the usable ones are excluded (already tried)
+        }
+        let up = |i: usize| {
+            self.backends
+                .get(i)
+                .is_some_and(|b| b.accepts_new() && b.health.is_up() && !exclude.contains(&b.addr))
+        };
+        // Round-robin turns were all consumed by the failed pass above: choose at random (weighted) instead.
+        let pick = match &self.algorithm {
+            Algorithm::RoundRobin(_) => self.random_weighted(&up).map(|i| self.pick_at(i, None)),
+            Algorithm::Sticky(s) => match s.pinned(ctx) {
+                Some(i) if up(i) => Some(self.pick_at(i, None)),
+                _ => self.random_weighted(&up).map(|i| self.pick_at(i, Some(s))),
+            },
+            _ => self.pick(ctx, &up),
+        }?;
+        tracing::debug!(group = %self.config.name, backend = %pick.backend.addr, "all backends ejected: panic mode");
+        Some(pick)
+    }
+
+    fn pick(&self, ctx: &SelectCtx<'_>, usable: &dyn Fn(usize) -> bool) -> Option<Pick> {
         let (i, sticky) = match &self.algorithm {
             Algorithm::Sticky(s) => {
-                let (i, pinned) = s.select_pinned(ctx, &usable)?;
+                let (i, pinned) = s.select_pinned(ctx, usable)?;
                 (i, (!pinned).then_some(s))
             }
-            other => (other.selector().select(ctx, &usable)?, None),
+            other => (other.selector().select(ctx, usable)?, None),
         };
-        let backend = self.backends.get(i)?.clone();
+        Some(self.pick_at(i, sticky))
+    }
+
+    /// The pick of backend `i` (a valid index), with a sticky cookie for it when `sticky` is given.
+    fn pick_at(&self, i: usize, sticky: Option<&Sticky>) -> Pick {
+        let backend = self.backends[i].clone();
         let set_cookie = sticky.and_then(|s| {
             let v = format!("{}={}; Path=/; HttpOnly; SameSite=Lax", s.cookie(), backend.sticky_id);
             HeaderValue::from_str(&v)
                 .inspect_err(|_| tracing::warn!(group = %self.config.name, "sticky cookie name is not valid"))
                 .ok()
         });
-        Some(Pick { backend, set_cookie })
+        Pick {
+            backend,
+            set_cookie,
+        }
+    }
+
+    /// A random backend among those for which `ok` holds, in proportion to weight.
+    fn random_weighted(&self, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<(usize, u64)> = (0..self.backends.len())
+            .filter(|&i| ok(i))
+            .map(|i| (i, u64::from(self.backends[i].weight)))
+            .collect();
+        let total: u64 = candidates.iter().map(|c| c.1).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = fastrand::u64(0..total);
+        for (i, w) in candidates {
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+        }
+        None
     }
 
     /// Whether this balancer can serve `group` unchanged (same config, same health states in `health`).
     pub(crate) fn reusable_for(&self, group: &BackendGroup, health: &HealthRegistry) -> bool {
         self.config == *group
             && self.backends.iter().all(|b| {
-                let key = TargetKey { group: group.name.clone(), addr: b.addr };
+                let key = TargetKey {
+                    group: group.name.clone(),
+                    addr: b.addr,
+                };
                 health.get(&key).is_some_and(|h| Arc::ptr_eq(&h, &b.health))
             })
     }

@@ -109,7 +109,14 @@ impl HealthRegistry {
         let state = Arc::new(Mutex::new(State::default()));
         let metrics = Metrics::register(metrics, Arc::downgrade(&state))?;
         let (changes, _) = watch::channel(0);
-        Ok(HealthRegistry { inner: Arc::new(Inner { state, metrics, runtime: Handle::try_current().ok(), changes }) })
+        Ok(HealthRegistry {
+            inner: Arc::new(Inner {
+                state,
+                metrics,
+                runtime: Handle::try_current().ok(),
+                changes,
+            }),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -120,13 +127,21 @@ impl HealthRegistry {
     /// `owner` namespaces target sets ("l7", "l4") so each plane syncs its own set independently; a target wanted
     /// by two owners is checked once, with the settings of the latest sync that named it.
     pub fn sync(&self, owner: &str, targets: Vec<HealthTarget>) {
-        self.sync_with_transport(owner, targets.into_iter().map(|t| (t, CheckTransport::default())).collect());
+        self.sync_with_transport(
+            owner,
+            targets
+                .into_iter()
+                .map(|t| (t, CheckTransport::default()))
+                .collect(),
+        );
     }
 
     /// Like [`HealthRegistry::sync`], with the transport of each target's HTTP checks (L7 groups speaking TLS or
     /// h2 to their backends are checked the same way).
     pub fn sync_with_transport(&self, owner: &str, targets: Vec<(HealthTarget, CheckTransport)>) {
-        let runtime = Handle::try_current().ok().or_else(|| self.inner.runtime.clone());
+        let runtime = Handle::try_current()
+            .ok()
+            .or_else(|| self.inner.runtime.clone());
         let metrics = &self.inner.metrics;
         let mut state = self.lock();
         let mut wanted = HashSet::with_capacity(targets.len());
@@ -240,10 +255,17 @@ fn restart_checker(
 }
 
 /// The checker loop of one target: a check every `interval` (the first at once), results fed to rise/fall.
-async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, transport: CheckTransport, counters: CheckCounters) {
+async fn run_checks(
+    health: Arc<BackendHealth>,
+    check: HealthCheck,
+    transport: CheckTransport,
+    counters: CheckCounters,
+) {
     // TLS is set up once per checker; a setup error fails every check (and says why in the report).
     let tls = match &transport.tls {
-        Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol).map_err(|e| e.to_string())),
+        Some(t) if check.kind == HealthKind::Http => {
+            Some(t.setup(transport.protocol).map_err(|e| e.to_string()))
+        }
         _ => None,
     };
     let mut ticker = tokio::time::interval(check.interval.max(std::time::Duration::from_millis(1)));
@@ -256,7 +278,9 @@ async fn run_checks(health: Arc<BackendHealth>, check: HealthCheck, transport: C
         ticker.tick().await;
         let result = match &tls {
             None => probe::probe_prepared(addr, &check, transport.protocol, None).await,
-            Some(Ok(setup)) => probe::probe_prepared(addr, &check, transport.protocol, Some(setup)).await,
+            Some(Ok(setup)) => {
+                probe::probe_prepared(addr, &check, transport.protocol, Some(setup)).await
+            }
             Some(Err(e)) => Err(ProbeError::Setup(e.clone())),
         };
         match &result {

@@ -153,12 +153,19 @@ impl BackendHealth {
     fn eject(&self, now: u64, previous_until: u64) {
         let base = self.base_ms.load(Relaxed).max(1);
         let max = self.max_ms.load(Relaxed).max(base);
-        if previous_until != 0 && now.saturating_sub(previous_until) >= max && !self.probation.load(Relaxed) {
+        if previous_until != 0
+            && now.saturating_sub(previous_until) >= max
+            && !self.probation.load(Relaxed)
+        {
             self.series.store(0, Relaxed);
         }
         let n = self.series.load(Relaxed).saturating_add(1);
         let duration = base.saturating_mul(1u64 << (n - 1).min(40)).min(max);
-        if self.ejected_until.compare_exchange(previous_until, now + duration, AcqRel, Relaxed).is_err() {
+        if self
+            .ejected_until
+            .compare_exchange(previous_until, now + duration, AcqRel, Relaxed)
+            .is_err()
+        {
             return; // a concurrent failure ejected it
         }
         self.series.store(n, Relaxed);
@@ -177,9 +184,12 @@ impl BackendHealth {
     pub(crate) fn set_passive(&self, passive: Option<&PassiveHealth>) {
         match passive {
             Some(p) => {
-                self.base_ms.store(p.base_ejection.as_millis() as u64, Relaxed);
-                self.max_ms.store(p.max_ejection.as_millis() as u64, Relaxed);
-                self.passive_threshold.store(p.consecutive_failures, Relaxed);
+                self.base_ms
+                    .store(p.base_ejection.as_millis() as u64, Relaxed);
+                self.max_ms
+                    .store(p.max_ejection.as_millis() as u64, Relaxed);
+                self.passive_threshold
+                    .store(p.consecutive_failures, Relaxed);
             }
             None => {
                 self.passive_threshold.store(0, Relaxed);
@@ -214,7 +224,12 @@ impl BackendHealth {
     }
 
     /// Records an active check result; returns the new state when it changed.
-    pub(crate) fn record_check(&self, result: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn record_check(
+        &self,
+        result: Result<(), String>,
+        rise: u32,
+        fall: u32,
+    ) -> Option<bool> {
         let ok = result.is_ok();
         if let Ok(mut e) = self.last_error.lock() {
             *e = result.err();

@@ -60,7 +60,11 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeErr
 }
 
 /// Runs `check` once against `addr` over `transport`.
-pub async fn probe_with(addr: SocketAddr, check: &HealthCheck, transport: &CheckTransport) -> Result<(), ProbeError> {
+pub async fn probe_with(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    transport: &CheckTransport,
+) -> Result<(), ProbeError> {
     let tls = match &transport.tls {
         Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol)?),
         _ => None,
@@ -76,20 +80,28 @@ pub(crate) async fn probe_prepared(
     tls: Option<&TlsSetup>,
 ) -> Result<(), ProbeError> {
     let run = async {
-        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ProbeError::Connect)?;
         if check.kind == HealthKind::Tcp {
             return Ok(());
         }
         let _ = stream.set_nodelay(true);
         match tls {
             Some(t) => {
-                let io = t.connector.connect(t.name_for(addr), stream).await.map_err(ProbeError::Tls)?;
+                let io = t
+                    .connector
+                    .connect(t.name_for(addr), stream)
+                    .await
+                    .map_err(ProbeError::Tls)?;
                 http_exchange(io, addr, check, protocol, "https").await
             }
             None => http_exchange(stream, addr, check, protocol, "http").await,
         }
     };
-    tokio::time::timeout(check.timeout, run).await.map_err(|_| ProbeError::Timeout)?
+    tokio::time::timeout(check.timeout, run)
+        .await
+        .map_err(|_| ProbeError::Timeout)?
 }
 
 /// Aborts the connection task when the probe ends (also on timeout).
@@ -114,7 +126,8 @@ where
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let (resp, _conn): (Response<Incoming>, AbortOnDrop) = match protocol {
         UpstreamProtocol::Http1 => {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
             let guard = AbortOnDrop(tokio::spawn(async move {
                 let _ = conn.await;
             }));
@@ -127,7 +140,8 @@ where
         }
         UpstreamProtocol::H2 => {
             let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await?;
             let guard = AbortOnDrop(tokio::spawn(async move {
                 let _ = conn.await;
             }));

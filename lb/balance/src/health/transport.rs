@@ -61,7 +61,9 @@ pub(crate) struct TlsSetup {
 
 impl TlsSetup {
     pub(crate) fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
-        self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
     }
 }
 
@@ -69,9 +71,13 @@ impl CheckTls {
     /// Builds the connector (reads the CA file).
     pub(crate) fn setup(&self, protocol: UpstreamProtocol) -> Result<TlsSetup, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
         let mut config = if self.config.insecure_skip_verify {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth()
         } else {
             let mut roots = rustls::RootCertStore::empty();
             if let Some(ca) = &self.config.ca {
@@ -86,15 +92,24 @@ impl CheckTls {
             UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
         };
         let server_name = match &self.config.server_name {
-            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| TransportError::ServerName(n.clone()))?),
+            Some(n) => Some(
+                ServerName::try_from(n.clone())
+                    .map_err(|_| TransportError::ServerName(n.clone()))?,
+            ),
             None => None,
         };
-        Ok(TlsSetup { connector: TlsConnector::from(Arc::new(config)), server_name })
+        Ok(TlsSetup {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
     }
 }
 
 fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let err = |m: String| TransportError::Ca { path: path.to_path_buf(), message: m };
+    let err = |m: String| TransportError::Ca {
+        path: path.to_path_buf(),
+        message: m,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -127,7 +142,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -136,7 +156,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
