@@ -191,3 +191,88 @@ async fn our_hold_timer_expires_when_the_peer_goes_silent() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn passive_peer_connects_to_us_and_strangers_are_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let text = format!(
+        "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.0.0.1\"\nlocal_address = \"127.0.0.1\"\nlisten_port = {port}\n\
+         [[bgp.peer]]\naddress = \"127.0.0.1\"\nasn = {PEER_ASN}\npassive = true\n"
+    );
+    let cfg = padis_model::parse_config(&text, "test.toml", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_tx, rx) = watch::channel(vip());
+    let h = Announcer::spawn(cfg.state.bgp, None, rx, &prometheus::Registry::new()).expect("spawn");
+    padis_tests::bgp::wait_for(LIMIT, "passive session waits", || async {
+        (h.report().peers[0].state == SessionState::Active).then_some(())
+    })
+    .await;
+
+    // A connection from an address that is not a configured peer is closed at once.
+    let stranger = tokio::net::TcpSocket::new_v4().expect("socket");
+    stranger
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let mut s = timeout(
+        LIMIT,
+        stranger.connect(format!("127.0.0.1:{port}").parse().expect("addr")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let closed = timeout(LIMIT, read_message(&mut s))
+        .await
+        .expect("closed in time");
+    assert!(closed.is_err(), "stranger got {closed:?}");
+
+    // The configured peer connects and gets a session and the route.
+    let mut s = timeout(LIMIT, TcpStream::connect(format!("127.0.0.1:{port}")))
+        .await
+        .expect("in time")
+        .expect("connect");
+    s.write_all(&peer_open(9)).await.expect("write");
+    let m = timeout(LIMIT, read_message(&mut s))
+        .await
+        .expect("in time")
+        .expect("OPEN");
+    assert!(matches!(m, Message::Open(_)), "{m:?}");
+    s.write_all(&wire::encode(&Message::Keepalive).expect("ka"))
+        .await
+        .expect("write");
+    let update = loop {
+        match timeout(LIMIT, read_message(&mut s))
+            .await
+            .expect("in time")
+            .expect("message")
+        {
+            Message::Update(u) => break u,
+            Message::Keepalive => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    };
+    assert_eq!(update.nlri, Bytes::from_static(&[32, 198, 51, 100, 9]));
+    assert_eq!(h.report().peers[0].state, SessionState::Established);
+    h.stop().await;
+    // Stop withdraws the route and closes with Cease / Administrative Shutdown.
+    let mut withdrawn = false;
+    let (code, sub) = loop {
+        match timeout(LIMIT, read_message(&mut s))
+            .await
+            .expect("in time")
+            .expect("message")
+        {
+            Message::Update(u) => {
+                withdrawn |= u.withdrawn_routes == Bytes::from_static(&[32, 198, 51, 100, 9])
+            }
+            Message::Notification(n) => break (n.code.as_u8(), n.subcode),
+            Message::Keepalive => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    };
+    assert!(withdrawn, "withdraw before the NOTIFICATION");
+    assert_eq!((code, sub), (6, 2));
+}

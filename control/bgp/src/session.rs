@@ -162,7 +162,7 @@ impl Session {
         out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id))
             .await?;
         self.status.set_state(SessionState::OpenSent);
-        let mut hold_deadline = Instant::now() + OPEN_HOLD;
+        let mut hold_deadline = Some(Instant::now() + OPEN_HOLD);
         let mut hold_time: Option<Duration> = None;
         let mut keepalive_at = Instant::now() + OPEN_HOLD;
         let mut state = SessionState::OpenSent;
@@ -184,7 +184,7 @@ impl Session {
                         None => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
                     };
                     if let Some(h) = hold_time {
-                        hold_deadline = Instant::now() + h;
+                        hold_deadline = Some(Instant::now() + h);
                     }
                     match (state, m) {
                         (_, Message::Notification(n)) => {
@@ -205,7 +205,8 @@ impl Session {
                             };
                             out.send(&Message::Keepalive).await?;
                             hold_time = (po.hold_secs > 0).then(|| Duration::from_secs(po.hold_secs.into()));
-                            hold_deadline = Instant::now() + hold_time.unwrap_or(OPEN_HOLD);
+                            // Hold time 0 (negotiated): no hold timer and no keepalives.
+                            hold_deadline = hold_time.map(|h| Instant::now() + h);
                             keepalive_at = Instant::now() + keepalive_interval(hold_time);
                             self.status.set_hold(po.hold_secs);
                             state = SessionState::OpenConfirm;
@@ -243,7 +244,7 @@ impl Session {
                         }
                     }
                 }
-                _ = sleep_until(hold_deadline) => {
+                _ = sleep_until(hold_deadline.unwrap_or_else(Instant::now)), if hold_deadline.is_some() => {
                     let _ = out.send(&wire::notification(NotificationCode::HoldTimerExpired.as_u8(), 0, Bytes::new())).await;
                     return Err(SessionError::HoldTimerExpired);
                 }
