@@ -30,8 +30,15 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs a command, panicking with its stderr if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -74,7 +81,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -94,15 +104,47 @@ impl Lab {
     pub fn new() -> Self {
         let speaker = Netns::new("s");
         let router = Netns::new("r");
-        speaker.ip(&["link", "add", "vs", "type", "veth", "peer", "name", "vr", "netns", &router.name]);
+        speaker.ip(&[
+            "link",
+            "add",
+            "vs",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vr",
+            "netns",
+            &router.name,
+        ]);
         speaker.ip(&["addr", "add", &format!("{SPEAKER_V4}/30"), "dev", "vs"]);
-        speaker.ip(&["addr", "add", &format!("{SPEAKER_V6}/64"), "dev", "vs", "nodad"]);
+        speaker.ip(&[
+            "addr",
+            "add",
+            &format!("{SPEAKER_V6}/64"),
+            "dev",
+            "vs",
+            "nodad",
+        ]);
         speaker.ip(&["link", "set", "vs", "up"]);
         router.ip(&["addr", "add", &format!("{ROUTER_V4}/30"), "dev", "vr"]);
-        router.ip(&["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "vr", "nodad"]);
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_V6}/64"),
+            "dev",
+            "vr",
+            "nodad",
+        ]);
         router.ip(&["link", "set", "vr", "up"]);
-        let dir = tempfile::Builder::new().prefix("padis-bgp-").tempdir().expect("temp dir");
-        Lab { speaker, router, dir }
+        let dir = tempfile::Builder::new()
+            .prefix("padis-bgp-")
+            .tempdir()
+            .expect("temp dir");
+        Lab {
+            speaker,
+            router,
+            dir,
+        }
     }
 }
 
@@ -127,7 +169,10 @@ where
             // SAFETY: setns on this thread only, with a valid namespace fd.
             let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(make())
         });
         match h.join() {
@@ -152,7 +197,12 @@ impl Bird {
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         std::fs::write(&conf, config).expect("write bird.conf");
-        let mut b = Bird { child: None, ns: ns.into(), conf, sock };
+        let mut b = Bird {
+            child: None,
+            ns: ns.into(),
+            conf,
+            sock,
+        };
         b.spawn();
         b
     }
@@ -168,17 +218,24 @@ impl Bird {
             .arg(self.sock.with_extension("pid"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.sock.with_extension("stderr")).expect("bird stderr file"))
+            .stderr(
+                std::fs::File::create(self.sock.with_extension("stderr"))
+                    .expect("bird stderr file"),
+            )
             .spawn()
             .expect("start bird (bird2 installed by tests/setup)");
         self.child = Some(child);
         let t = Instant::now();
         while !self.sock.exists() {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let err = std::fs::read_to_string(self.sock.with_extension("stderr")).unwrap_or_default();
+                let err =
+                    std::fs::read_to_string(self.sock.with_extension("stderr")).unwrap_or_default();
                 panic!("bird exited ({st}): {err}");
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "bird did not create its control socket");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "bird did not create its control socket"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -227,6 +284,18 @@ impl Drop for Bird {
 
 /// A BIRD config peering with the speaker of a [`Lab`] over IPv4, importing IPv4 and IPv6 routes.
 pub fn bird_config(router_asn: u32, speaker_asn: u32, hold_secs: u32) -> String {
+    bird_config_on(router_asn, speaker_asn, hold_secs, ROUTER_V4, SPEAKER_V4)
+}
+
+/// A BIRD config peering from `local` with the speaker at `neighbor` (IPv4 or IPv6 transport), importing IPv4
+/// and IPv6 routes.
+pub fn bird_config_on(
+    router_asn: u32,
+    speaker_asn: u32,
+    hold_secs: u32,
+    local: &str,
+    neighbor: &str,
+) -> String {
     format!(
         r#"
 log stderr all;
@@ -234,8 +303,8 @@ router id {ROUTER_V4};
 protocol device {{ scan time 1; }}
 protocol direct {{ ipv4; ipv6; interface "vr"; }}
 protocol bgp padis {{
-  local {ROUTER_V4} as {router_asn};
-  neighbor {SPEAKER_V4} as {speaker_asn};
+  local {local} as {router_asn};
+  neighbor {neighbor} as {speaker_asn};
   hold time {hold_secs};
   keepalive time 1;
   connect retry time 1;
@@ -258,7 +327,10 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -237,3 +237,32 @@ fn hold_timer_expires_when_keepalives_stop_then_recovers() {
         h.stop().await;
     });
 }
+
+#[test]
+fn ipv6_session_carries_both_families() {
+    let lab = Lab::new();
+    let conf = padis_tests::bgp::bird_config_on(BIRD_ASN, OUR_ASN, 9, "fd00:99::2", "fd00:99::1");
+    let bird = Bird::start(&lab.router.name, lab.dir.path(), &conf);
+    let text = format!(
+        "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nconnect_retry = \"300ms\"\n\
+         [[bgp.peer]]\naddress = \"fd00:99::2\"\nasn = {BIRD_ASN}\nnext_hop = \"10.99.0.1\"\n"
+    );
+    let cfg = padis_model::parse_config(&text, "test.toml", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    in_netns(&lab.speaker.name, || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
+        let h =
+            Announcer::spawn(cfg.state.bgp, None, rx, &prometheus::Registry::new()).expect("spawn");
+        let r6 = learnt(&bird, V6, "IPv6 VIP over the IPv6 session").await;
+        assert!(
+            r6.contains("BGP.next_hop: fd00:99::1"),
+            "our session address is the next hop: {r6}"
+        );
+        let r4 = learnt(&bird, V4, "IPv4 VIP over the IPv6 session").await;
+        assert!(
+            r4.contains("BGP.next_hop: 10.99.0.1"),
+            "configured next_hop: {r4}"
+        );
+        h.stop().await;
+    });
+}

@@ -132,13 +132,20 @@ impl Session {
     ) -> Result<(), SessionError> {
         let _ = stream.set_nodelay(true);
         let ebgp = !self.peer.is_ibgp(self.cfg.asn);
-        if stream.local_addr()?.is_ipv4() {
-            let ttl = self
-                .peer
-                .multihop
-                .map(u32::from)
-                .unwrap_or(if ebgp { 1 } else { 64 });
-            let _ = stream.set_ttl(ttl);
+        // Single-hop eBGP sends with TTL 1 (hop limit 1), like routers do; `multihop` raises it.
+        let ttl = self
+            .peer
+            .multihop
+            .map(u32::from)
+            .unwrap_or(if ebgp { 1 } else { 64 });
+        let sock = socket2::SockRef::from(&stream);
+        let set = if stream.local_addr()?.is_ipv4() {
+            sock.set_ttl_v4(ttl)
+        } else {
+            sock.set_unicast_hops_v6(ttl)
+        };
+        if let Err(e) = set {
+            debug!(peer = %self.peer.address, error = %e, "BGP: cannot set TTL");
         }
         let local = stream.local_addr()?.ip();
         let (mut rd, wr) = stream.into_split();
