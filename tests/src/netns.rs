@@ -1,1 +1,138 @@
-//! Test helpers: netns.
+//! Network namespace helpers for end-to-end tests: namespaces, veth pairs and bridges with unique names, removed
+//! on drop (also when the test panics), and running a closure or a command inside a namespace.
+//!
+//! ```no_run
+//! use padis_tests::netns::{Netns, unique_name};
+//! let ns = Netns::new("demo").unwrap();              // `ip netns add demo-<pid>-<n>`
+//! ns.run(&["ip", "link", "set", "lo", "up"]).unwrap();
+//! // dropped: `ip netns del ...`
+//! ```
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name `<prefix><pid % 100000>x<n>` (interface names must stay under 16 bytes: keep the prefix
+/// at most 4 characters for interfaces).
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn cmd(args: &[&str]) -> Result<Output, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(out)
+}
+
+/// A network namespace, deleted on drop (which also destroys the interfaces inside it).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `unique_name(prefix)` with `lo` up.
+    pub fn new(prefix: &str) -> Result<Netns, String> {
+        let name = unique_name(prefix);
+        cmd(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `args` inside the namespace (`ip netns exec`).
+    pub fn run(&self, args: &[&str]) -> Result<Output, String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        cmd(&full)
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Writes a sysctl inside the namespace (`net.ipv4.conf.all.arp_ignore=1`).
+    pub fn sysctl(&self, kv: &str) -> Result<(), String> {
+        self.run(&["sysctl", "-q", "-w", kv]).map(|_| ())
+    }
+
+    /// Moves the current thread into the namespace for the duration of `f` (sockets created inside stay in it).
+    /// Restores the thread's previous namespace afterwards.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
+        let here = File::open("/proc/thread-self/ns/net").map_err(|e| format!("open own netns: {e}"))?;
+        let there = File::open(format!("/var/run/netns/{}", self.name)).map_err(|e| format!("open netns: {e}"))?;
+        setns(&there)?;
+        let out = f();
+        setns(&here)?;
+        Ok(out)
+    }
+
+    /// Spawns a thread living in the namespace that runs `f` (e.g. a tokio runtime and servers).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<T>, String> {
+        let there = File::open(format!("/var/run/netns/{}", self.name)).map_err(|e| format!("open netns: {e}"))?;
+        Ok(std::thread::spawn(move || {
+            setns(&there).expect("setns into test namespace");
+            f()
+        }))
+    }
+}
+
+fn setns(f: &File) -> Result<(), String> {
+    // SAFETY: setns on an open namespace fd for the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Creates a veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up. Deleted with either namespace.
+pub fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) -> Result<(), String> {
+    cmd(&["ip", "link", "add", a, "netns", ns_a.name(), "type", "veth", "peer", "name", b, "netns", ns_b.name()])?;
+    ns_a.run(&["ip", "link", "set", a, "up"])?;
+    ns_b.run(&["ip", "link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// Creates bridge `name` in `ns` and enslaves `ports` (already in `ns`), all up.
+pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> Result<(), String> {
+    ns.run(&["ip", "link", "add", name, "type", "bridge"])?;
+    ns.run(&["ip", "link", "set", name, "up"])?;
+    for p in ports {
+        ns.run(&["ip", "link", "set", p, "master", name])?;
+        ns.run(&["ip", "link", "set", p, "up"])?;
+    }
+    Ok(())
+}
+
+/// MAC address of `iface` in `ns`.
+pub fn mac_of(ns: &Netns, iface: &str) -> Result<String, String> {
+    let out = ns.run(&["cat", &format!("/sys/class/net/{iface}/address")])?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -39,7 +39,11 @@ pub fn handle(ctx: &XdpContext, p: &Pkt, len: u64) -> u32 {
         maps::stat(stat::ICMP_FORWARDED, len);
     }
     let v = if meta.flags & vip_flags::IPIP != 0 {
-        fwd::encap(ctx, p, &flow, &backend, len)
+        if p.l2len == 18 {
+            fwd::encap::<18>(ctx, p, &flow, &backend, len)
+        } else {
+            fwd::encap::<14>(ctx, p, &flow, &backend, len)
+        }
     } else {
         fwd::dsr(ctx, &backend)
     };

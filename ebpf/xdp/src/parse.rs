@@ -83,9 +83,11 @@ pub fn process(ctx: &XdpContext) -> u32 {
         et = u16::from_be_bytes([tag[2], tag[3]]);
         l2len = 18;
     }
-    let parsed = match et {
-        0x0800 => parse_v4(ctx, l2len),
-        0x86dd => parse_v6(ctx, l2len),
+    let parsed = match (et, l2len) {
+        (0x0800, 14) => parse_v4::<14>(ctx),
+        (0x0800, _) => parse_v4::<18>(ctx),
+        (0x86dd, 14) => parse_v6::<14>(ctx),
+        (0x86dd, _) => parse_v6::<18>(ctx),
         _ => Parsed::Pass,
     };
     match parsed {
@@ -114,7 +116,8 @@ fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
 }
 
 #[inline(never)]
-fn parse_v4(ctx: &XdpContext, l2len: usize) -> Parsed {
+fn parse_v4<const L2: usize>(ctx: &XdpContext) -> Parsed {
+    let l2len = L2;
     let Some(ip) = read::<[u8; 20]>(ctx, l2len) else {
         return Parsed::Pass;
     };
@@ -190,23 +193,12 @@ fn parse_v4(ctx: &XdpContext, l2len: usize) -> Parsed {
     }
 }
 
-#[inline(always)]
-fn addr16(b: &[u8; 40], off: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        a[i] = b[off + i];
-        i += 1;
-    }
-    a
-}
-
 #[inline(never)]
-fn parse_v6(ctx: &XdpContext, l2len: usize) -> Parsed {
-    let Some(ip) = read::<[u8; 40]>(ctx, l2len) else {
+fn parse_v6<const L2: usize>(ctx: &XdpContext) -> Parsed {
+    let l2len = L2;
+    let (Some(ip), Some(dst)) = (read::<[u8; 8]>(ctx, l2len), read::<[u8; 16]>(ctx, l2len + 24)) else {
         return Parsed::Pass;
     };
-    let dst = addr16(&ip, 24);
     // SAFETY: read-only lookup of a plain value.
     if unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
         return Parsed::Pass;
@@ -215,7 +207,9 @@ fn parse_v6(ctx: &XdpContext, l2len: usize) -> Parsed {
         return Parsed::Drop(stat::DROP_MALFORMED);
     }
     let nh = ip[6];
-    let src = addr16(&ip, 8);
+    let Some(src) = read::<[u8; 16]>(ctx, l2len + 8) else {
+        return Parsed::Pass;
+    };
     let l4 = l2len + 40;
     match nh {
         44 => Parsed::Drop(stat::DROP_FRAGMENT),
@@ -241,7 +235,9 @@ fn parse_v6(ctx: &XdpContext, l2len: usize) -> Parsed {
             if icmp[0] < 1 || icmp[0] > 3 {
                 return Parsed::Pass;
             }
-            let Some(inner) = read::<[u8; 40]>(ctx, l4 + 8) else {
+            let (Some(inner), Some(isrc), Some(idst)) =
+                (read::<[u8; 8]>(ctx, l4 + 8), read::<[u8; 16]>(ctx, l4 + 16), read::<[u8; 16]>(ctx, l4 + 32))
+            else {
                 return Parsed::Drop(stat::DROP_MALFORMED);
             };
             let iproto = inner[6];
@@ -256,8 +252,8 @@ fn parse_v6(ctx: &XdpContext, l2len: usize) -> Parsed {
                 v6: true,
                 df: true,
                 flow: FlowKey {
-                    src: addr16(&inner, 24),
-                    dst: addr16(&inner, 8),
+                    src: idst,
+                    dst: isrc,
                     sport: wire_u16(p[2], p[3]),
                     dport: wire_u16(p[0], p[1]),
                     proto: iproto,

@@ -1,0 +1,578 @@
+//! XDP balancer fixtures through BPF_PROG_TEST_RUN (as Katran's): input packet, expected verdict, expected output
+//! frame byte for byte; checksums of generated headers verified with etherparse. Needs root (BPF).
+
+use std::net::Ipv4Addr;
+
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6Header,
+    PacketBuilder, SlicedPacket, TransportSlice,
+};
+use padis_ebpf_common::{flow_hash, stat, v4_mapped, FlowKey};
+use padis_tests::l4::{verdict, Fixture};
+
+const NODE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const ROUTER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const NEXT_HOP: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const B11: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const B12: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const B13: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
+const B6: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x11];
+const VIP: [u8; 4] = [192, 0, 2, 1];
+const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const CLIENT: [u8; 4] = [198, 51, 100, 7];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+const BASE: &str = r#"
+[l4]
+next_hop_mac = "02:00:00:00:00:fe"
+mtu = 1500
+[l4.neighbors]
+"10.0.0.11" = "02:00:00:00:00:11"
+"10.0.0.12" = "02:00:00:00:00:12"
+"10.0.0.13" = "02:00:00:00:00:13"
+"fd00::11" = "02:00:00:00:01:11"
+"#;
+
+fn config(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+fn one_backend_web() -> String {
+    config(
+        r#"
+[l4.vip.web]
+table_size = 101
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+"#,
+    )
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, rst: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(ROUTER, NODE).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let b = if rst { b.rst() } else { b };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ipv4(src, dst, 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ipv6(src, dst, 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    v
+}
+
+/// The DSR output: same frame, destination = backend MAC, source = the MAC it was sent to.
+fn dsr(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    v[..6].copy_from_slice(&backend_mac);
+    v[6..12].copy_from_slice(&input[..6]);
+    v
+}
+
+fn ipv4_checksum_ok(ip: &[u8]) -> bool {
+    let s = Ipv4HeaderSlice::from_slice(ip).unwrap();
+    s.to_header().calc_header_checksum() == s.header_checksum()
+}
+
+fn wire(port: u16) -> u16 {
+    port.to_be()
+}
+
+#[test]
+fn tcp4_syn_dsr_rewrites_only_macs() {
+    let f = Fixture::new(&one_backend_web());
+    let pkt = tcp4(CLIENT, 40000, VIP, 80, true, false, b"");
+    let (v, out) = f.run(&pkt);
+    assert_eq!(v, verdict::TX);
+    assert_eq!(out, dsr(&pkt, B11));
+    assert_eq!(f.flows(), 1, "the SYN created a connection entry");
+    assert_eq!(f.stat(stat::FORWARDED), 1);
+    assert_eq!(f.stat(stat::CT_MISS), 1);
+    // Established packet: connection-table hit, same output.
+    let pkt = tcp4(CLIENT, 40000, VIP, 80, false, false, b"GET / HTTP/1.1\r\n\r\n");
+    let (v, out) = f.run(&pkt);
+    assert_eq!((v, out), (verdict::TX, dsr(&pkt, B11)));
+    assert_eq!(f.stat(stat::CT_HIT), 1);
+}
+
+#[test]
+fn udp6_and_vlan_dsr() {
+    let f = Fixture::new(&config(
+        r#"
+[l4.vip.dns6]
+table_size = 101
+[[vip]]
+name = "dns6"
+addr = "2001:db8::1"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+addr = "fd00::11"
+"#,
+    ));
+    let pkt = udp6(CLIENT6, 5353, VIP6, 53, b"query");
+    let (v, out) = f.run(&pkt);
+    assert_eq!((v, out), (verdict::TX, dsr(&pkt, B6)));
+    // Same with one 802.1Q tag: the tag stays.
+    let mut tagged = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE)
+        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+        .ipv6(CLIENT6, VIP6, 64)
+        .udp(5353, 53)
+        .write(&mut tagged, b"query")
+        .unwrap();
+    let (v, out) = f.run(&tagged);
+    assert_eq!((v, out), (verdict::TX, dsr(&tagged, B6)));
+    // TCP to the UDP VIP's port is not a VIP: passed.
+    let mut t = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ipv6(CLIENT6, VIP6, 64).tcp(5353, 53, 1, 100).syn().write(&mut t, b"").unwrap();
+    assert_eq!(f.run(&t), (verdict::PASS, t.clone()));
+}
+
+#[test]
+fn non_vip_traffic_passes_untouched() {
+    let f = Fixture::new(&one_backend_web());
+    let other = tcp4(CLIENT, 40000, [192, 0, 2, 99], 80, true, false, b"");
+    assert_eq!(f.run(&other), (verdict::PASS, other.clone()));
+    let other_port = tcp4(CLIENT, 40000, VIP, 22, true, false, b"");
+    assert_eq!(f.run(&other_port), (verdict::PASS, other_port.clone()));
+    // ICMP echo to the VIP address is the node's business.
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE)
+        .ipv4(CLIENT, VIP, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut ping, b"ping")
+        .unwrap();
+    assert_eq!(f.run(&ping), (verdict::PASS, ping.clone()));
+    // ARP.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&ROUTER);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&ROUTER);
+    arp.extend_from_slice(&CLIENT);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP);
+    assert_eq!(f.run(&arp), (verdict::PASS, arp.clone()));
+    assert_eq!(f.stat(stat::FORWARDED), 0);
+    assert_eq!(f.flows(), 0);
+    let _ = IcmpEchoHeader { id: 0, seq: 0 };
+}
+
+#[test]
+fn fragments_and_options_to_vips_are_dropped_and_counted() {
+    let f = Fixture::new(&one_backend_web());
+    // More-fragments bit.
+    let mut frag = udp4(CLIENT, 4000, VIP, 80, &[0u8; 64]);
+    frag[20] |= 0x20;
+    assert_eq!(f.run(&frag).0, verdict::DROP);
+    // Non-first fragment (offset 8), TCP VIP.
+    let mut frag2 = tcp4(CLIENT, 4000, VIP, 80, false, false, &[0u8; 64]);
+    frag2[21] = 1;
+    assert_eq!(f.run(&frag2).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_FRAGMENT), 2);
+    // IPv4 options (IHL 6, one NOP word).
+    let base = tcp4(CLIENT, 4000, VIP, 80, true, false, b"");
+    let mut opt = base[..34].to_vec();
+    opt.extend_from_slice(&[1, 1, 1, 0]);
+    opt.extend_from_slice(&base[34..]);
+    opt[14] = 0x46;
+    let tl = u16::from_be_bytes([opt[16], opt[17]]) + 4;
+    opt[16..18].copy_from_slice(&tl.to_be_bytes());
+    assert_eq!(f.run(&opt).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_IP_OPTIONS), 1);
+    // Fragments to a non-VIP address are not ours.
+    let mut other = udp4(CLIENT, 4000, [192, 0, 2, 77], 80, &[0u8; 16]);
+    other[20] |= 0x20;
+    assert_eq!(f.run(&other).0, verdict::PASS);
+    // IPv6 fragment header to a v6 VIP.
+    let f6 = Fixture::new(&config(
+        "[[vip]]\nname = \"v6\"\naddr = \"2001:db8::1\"\nport = 53\nprotocol = \"udp\"\n[[vip.backend]]\naddr = \"fd00::11\"\n[l4.vip.v6]\ntable_size = 101\n",
+    ));
+    let mut v6 = Vec::new();
+    v6.extend_from_slice(&NODE);
+    v6.extend_from_slice(&ROUTER);
+    v6.extend_from_slice(&[0x86, 0xdd]);
+    let ip = Ipv6Header {
+        payload_length: 16,
+        next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
+        hop_limit: 64,
+        source: CLIENT6,
+        destination: VIP6,
+        ..Default::default()
+    };
+    ip.write(&mut v6).unwrap();
+    v6.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 1, 0x13, 0x88, 0, 53, 0, 8, 0, 0]);
+    assert_eq!(f6.run(&v6).0, verdict::DROP);
+    assert_eq!(f6.stat(stat::DROP_FRAGMENT), 1);
+}
+
+#[test]
+fn acl_allows_listed_sources_only() {
+    let f = Fixture::new(&config(
+        r#"
+[l4.vip.web]
+table_size = 101
+allow = ["198.51.100.0/24", "2001:db8:99::/48"]
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+"#,
+    ));
+    let ok = tcp4(CLIENT, 1234, VIP, 80, true, false, b"");
+    assert_eq!(f.run(&ok), (verdict::TX, dsr(&ok, B11)));
+    let denied = tcp4([203, 0, 113, 5], 1234, VIP, 80, true, false, b"");
+    assert_eq!(f.run(&denied).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_ACL), 1);
+    assert_eq!(f.flows(), 1, "denied packets create no entry");
+}
+
+const IPIP: &str = r#"
+[l4.vip.web]
+table_size = 101
+forwarding = "ipip"
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.12"
+"#;
+
+#[test]
+fn ipip_encapsulation_v4_byte_for_byte() {
+    let f = Fixture::new(&config(IPIP));
+    let pkt = tcp4(CLIENT, 40001, VIP, 80, true, false, b"hello");
+    let (v, out) = f.run(&pkt);
+    assert_eq!(v, verdict::TX);
+    let h = flow_hash(&FlowKey {
+        src: v4_mapped(CLIENT),
+        dst: v4_mapped(VIP),
+        sport: wire(40001),
+        dport: wire(80),
+        proto: 6,
+        pad: [0; 3],
+    });
+    let inner = &pkt[14..];
+    let mut outer = Ipv4Header {
+        time_to_live: 64,
+        protocol: IpNumber::IPV4,
+        source: [172, 16, (h >> 8) as u8, h as u8],
+        destination: [10, 0, 0, 12],
+        ..Default::default()
+    };
+    outer.set_payload_len(inner.len()).unwrap();
+    outer.header_checksum = outer.calc_header_checksum();
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&NEXT_HOP);
+    expected.extend_from_slice(&NODE);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&outer.to_bytes());
+    expected.extend_from_slice(inner);
+    assert_eq!(out, expected);
+    assert!(ipv4_checksum_ok(&out[14..]), "outer checksum verified by etherparse");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    assert!(p.net.is_some());
+}
+
+#[test]
+fn ipip_encapsulation_v6_backend_and_too_big() {
+    let f = Fixture::new(&config(
+        r#"
+[l4.vip.web6]
+table_size = 101
+forwarding = "ipip"
+[[vip]]
+name = "web6"
+addr = "2001:db8::1"
+port = 443
+[[vip.backend]]
+addr = "fd00::11"
+"#,
+    ));
+    let mut pkt = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ipv6(CLIENT6, VIP6, 64).tcp(5555, 443, 7, 100).syn().write(&mut pkt, b"").unwrap();
+    let (v, out) = f.run(&pkt);
+    assert_eq!(v, verdict::TX);
+    let h = flow_hash(&FlowKey { src: CLIENT6, dst: VIP6, sport: wire(5555), dport: wire(443), proto: 6, pad: [0; 3] });
+    let mut src = [0u8; 16];
+    src[0] = 1;
+    src[12..16].copy_from_slice(&h.to_be_bytes());
+    let outer = Ipv6Header {
+        traffic_class: 0,
+        flow_label: etherparse::Ipv6FlowLabel::try_new(h & 0xfffff).unwrap(),
+        payload_length: (pkt.len() - 14) as u16,
+        next_header: IpNumber::IPV6_HEADER_HOP_BY_HOP.0.wrapping_add(41).into(),
+        hop_limit: 64,
+        source: src,
+        destination: "fd00::11".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+    };
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&NEXT_HOP);
+    expected.extend_from_slice(&NODE);
+    expected.extend_from_slice(&[0x86, 0xdd]);
+    outer.write(&mut expected).unwrap();
+    expected.extend_from_slice(&pkt[14..]);
+    assert_eq!(out, expected);
+
+    // A full-size packet cannot take 40 more bytes: ICMPv6 packet too big back to the client, MTU 1460.
+    let mut big = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE)
+        .ipv6(CLIENT6, VIP6, 64)
+        .tcp(5555, 443, 7, 100)
+        .ack(1)
+        .write(&mut big, &[0xab; 1500 - 40 - 20])
+        .unwrap();
+    let (v, out) = f.run(&big);
+    assert_eq!(v, verdict::TX);
+    assert_eq!(&out[..6], &ROUTER);
+    assert_eq!(&out[6..12], &NODE);
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv6(icmp)) = p.transport else { panic!("not ICMPv6: {p:?}") };
+    assert_eq!(icmp.icmp_type(), etherparse::Icmpv6Type::PacketTooBig { mtu: 1460 });
+    let h = Icmpv6Header::with_checksum(icmp.icmp_type(), VIP6, CLIENT6, icmp.payload()).unwrap();
+    assert_eq!(h.checksum, icmp.checksum(), "ICMPv6 checksum verified by etherparse");
+    assert_eq!(&icmp.payload()[..48], &big[14..62], "quotes the offending header");
+    assert_eq!(f.stat(stat::ICMP_TOO_BIG_SENT), 1);
+}
+
+#[test]
+fn ipip_too_big_v4_sends_fragmentation_needed() {
+    let f = Fixture::new(&config(IPIP));
+    let mut ip = Ipv4Header {
+        time_to_live: 64,
+        protocol: IpNumber::UDP,
+        source: CLIENT,
+        destination: VIP,
+        dont_fragment: true,
+        ..Default::default()
+    };
+    let payload = [0x5au8; 1472];
+    let mut big = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ip(etherparse::IpHeaders::Ipv4(ip.clone(), Default::default())).udp(7, 80).write(&mut big, &payload).unwrap();
+    let (v, out) = f.run(&big);
+    assert_eq!(v, verdict::TX);
+    assert_eq!(&out[..6], &ROUTER);
+    assert!(ipv4_checksum_ok(&out[14..34]));
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP: {p:?}") };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1480
+        })
+    );
+    assert_eq!(Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum, icmp.checksum());
+    assert_eq!(icmp.payload(), &big[14..42]);
+    // Without DF: cannot fragment in XDP, dropped and counted.
+    ip.dont_fragment = false;
+    let mut nodf = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ip(etherparse::IpHeaders::Ipv4(ip, Default::default())).udp(7, 80).write(&mut nodf, &payload).unwrap();
+    assert_eq!(f.run(&nodf).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_ENCAP), 1);
+}
+
+fn three() -> String {
+    config(
+        r#"
+[l4.vip.web]
+table_size = 1009
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+[[vip.backend]]
+addr = "10.0.0.12"
+[[vip.backend]]
+addr = "10.0.0.13"
+"#,
+    )
+}
+
+fn backend_of(out: &[u8]) -> [u8; 6] {
+    out[..6].try_into().unwrap()
+}
+
+#[test]
+fn conntrack_keeps_flows_when_backends_change_and_drain() {
+    let mut f = Fixture::new(&config(
+        r#"
+[l4.vip.web]
+table_size = 1009
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+"#,
+    ));
+    let flows: Vec<u16> = (20000..20200).collect();
+    for &p in &flows {
+        let (v, out) = f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b""));
+        assert_eq!((v, backend_of(&out)), (verdict::TX, B11));
+    }
+    // Two more backends: established flows stay on .11 (hits), new flows spread over all three.
+    let rep = f.program(&three());
+    assert_eq!(rep.vips_updated, 1);
+    for &p in &flows {
+        let (_, out) = f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"x"));
+        assert_eq!(backend_of(&out), B11, "established flow {p} moved");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in 30000..30300u16 {
+        seen.insert(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1));
+    }
+    assert_eq!(seen.len(), 3, "new flows use every backend: {seen:?}");
+    // Drain .12 (weight 0): its established flows stay, no new flow reaches it.
+    let on12: Vec<u16> = (30000..30300u16)
+        .filter(|&p| backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"")).1) == B12)
+        .collect();
+    assert!(!on12.is_empty());
+    f.program(&three().replace("addr = \"10.0.0.12\"", "addr = \"10.0.0.12\"\nweight = 0"));
+    for &p in &on12 {
+        assert_eq!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"")).1), B12, "drained flow {p} moved");
+    }
+    for p in 40000..40300u16 {
+        assert_ne!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1), B12, "new flow on a draining backend");
+    }
+    // Remove .12 entirely: its flows are re-balanced to live backends.
+    f.program(&three().replace("[[vip.backend]]\naddr = \"10.0.0.12\"\n", ""));
+    for &p in &on12 {
+        let b = backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"")).1);
+        assert!(b == B11 || b == B13, "flow {p} still sent to a removed backend");
+    }
+    // Unchanged config: nothing rewritten.
+    let rep = f.program(&three().replace("[[vip.backend]]\naddr = \"10.0.0.12\"\n", ""));
+    assert_eq!((rep.vips_unchanged, rep.vips_updated, rep.ring_entries_written), (1, 0, 0));
+}
+
+#[test]
+fn rst_never_creates_entries_and_unhealthy_backends_leave_the_table() {
+    let mut f = Fixture::new(&three());
+    let (v, _) = f.run(&tcp4(CLIENT, 1111, VIP, 80, false, true, b""));
+    assert_eq!(v, verdict::TX, "a RST is still forwarded");
+    assert_eq!(f.flows(), 0, "a RST created a connection entry");
+    f.unusable.insert(("web".into(), "10.0.0.11".parse().unwrap()), true);
+    f.program(&three());
+    for p in 50000..50300u16 {
+        assert_ne!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1), B11);
+    }
+    // No usable backend at all: dropped and counted.
+    for b in ["10.0.0.12", "10.0.0.13"] {
+        f.unusable.insert(("web".into(), b.parse().unwrap()), true);
+    }
+    f.program(&three());
+    assert_eq!(f.run(&tcp4(CLIENT, 7, VIP, 80, true, false, b"")).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_NO_BACKEND), 1);
+}
+
+#[test]
+fn source_hash_ignores_client_ports() {
+    let f = Fixture::new(&three().replace("table_size = 1009", "table_size = 1009\nhash = \"source\""));
+    let first = backend_of(&f.run(&udp4(CLIENT, 1000, VIP, 80, b"")).1);
+    for p in 1001..1100u16 {
+        assert_eq!(backend_of(&f.run(&udp4(CLIENT, p, VIP, 80, b"")).1), first);
+    }
+    assert_eq!(f.flows(), 1, "one entry per client address");
+}
+
+#[test]
+fn icmp_fragmentation_needed_follows_its_flow() {
+    let f = Fixture::new(&three());
+    let (_, out) = f.run(&tcp4(CLIENT, 45000, VIP, 80, true, false, b""));
+    let owner = backend_of(&out);
+    // A router on the way back tells the VIP its packet (VIP:80 -> client:45000) was too big.
+    let quoted = {
+        let mut q = Vec::new();
+        PacketBuilder::ipv4(VIP, CLIENT, 60).tcp(80, 45000, 1, 100).ack(1).write(&mut q, &[0u8; 8]).unwrap();
+        q[..28].to_vec()
+    };
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE)
+        .ipv4([203, 0, 113, 1], VIP, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, &quoted)
+        .unwrap();
+    let (v, out) = f.run(&icmp);
+    assert_eq!((v, out.clone()), (verdict::TX, dsr(&icmp, owner)));
+    assert_eq!(f.stat(stat::ICMP_FORWARDED), 1);
+}
+
+#[test]
+fn flood_cannot_evict_established_flows() {
+    let cfg = BASE.replace("mtu = 1500", "mtu = 1500\nmax_new_flows_per_sec = 50")
+        + "[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n[[vip.backend]]\naddr = \"10.0.0.11\"\n[l4.vip.web]\ntable_size = 101\n";
+    let f = Fixture::new(&cfg);
+    for p in 0..500u16 {
+        assert_eq!(f.run(&tcp4(CLIENT, 10000 + p, VIP, 80, true, false, b"")).0, verdict::TX);
+    }
+    assert!(f.flows() <= 50 * 2, "insertions bounded per CPU per second: {}", f.flows());
+    assert!(f.stat(stat::CT_INSERT_SKIPPED) >= 400, "flood insertions were skipped");
+}
+
+#[test]
+fn random_and_truncated_packets_never_misforward() {
+    let f = Fixture::new(&three());
+    let macs = [B11, B12, B13];
+    let valid = [
+        tcp4(CLIENT, 999, VIP, 80, true, false, b"abc"),
+        udp4(CLIENT, 999, VIP, 80, b"abc"),
+        udp6(CLIENT6, 1, VIP6, 53, b"x"),
+    ];
+    // Every truncation of valid VIP packets.
+    for p in &valid {
+        for n in 0..p.len() {
+            let (v, out) = f.run(&p[..n]);
+            assert!(v == verdict::PASS || v == verdict::DROP || v == verdict::TX, "verdict {v}");
+            if v == verdict::TX {
+                assert!(macs.contains(&backend_of(&out)), "truncated packet sent to {:?}", &out[..6]);
+            }
+        }
+    }
+    // Random frames (xorshift, fixed seed, bounded count), some with a VIP destination planted.
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for i in 0..3000 {
+        let len = 14 + (next() % 120) as usize;
+        let mut p: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && len >= 34 {
+            p[12] = 0x08;
+            p[13] = 0x00;
+            p[30..34].copy_from_slice(&VIP);
+        }
+        let (v, out) = f.run(&p);
+        assert!(v == verdict::PASS || v == verdict::DROP || v == verdict::TX);
+        if v == verdict::TX {
+            assert!(macs.contains(&backend_of(&out)), "random frame forwarded to {:?}", &out[..6]);
+            assert_eq!(&out[12..], &p[12..], "forwarded frame altered beyond MACs");
+        } else {
+            assert_eq!(out, p, "non-forwarded frame altered");
+        }
+    }
+    let _ = Ipv4Addr::LOCALHOST;
+}
