@@ -13,7 +13,7 @@ use padis_balance::{Balancers, HealthRegistry, Maglev, SelectCtx, DEFAULT_TABLE_
 use padis_model::{parse_config, Snapshot};
 
 fn result(name: &str, value: f64, unit: &str) {
-    println!("RESULT suite=balance name={name} value={value:.1} unit={unit}");
+    println!("RESULT suite=balance name={name} value={value:.3} unit={unit}");
 }
 
 /// Runs `f` in batches until `budget` has passed (bounded), returns ns per call.
@@ -57,6 +57,37 @@ fn main() {
             &format!("maglev_build_{n}_backends_{size}_slots"),
             start.elapsed().as_secs_f64() * 1e3 / runs as f64,
             "ms",
+        );
+    }
+    for n in [10usize, 100, 1000] {
+        let size = padis_balance::group::table_size_for(n + 1);
+        let all = backends(n + 1);
+        let fewer = &all[..n];
+        let ident = |m: &Maglev, b: &[(String, u32)]| -> Vec<String> {
+            m.table().iter().map(|&i| b[i as usize].0.clone()).collect()
+        };
+        let before = ident(&Maglev::new(&all, size).unwrap(), &all);
+        let after = ident(&Maglev::new(fewer, size).unwrap(), fewer);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / size as f64;
+        result(
+            &format!("maglev_moved_on_remove_1_of_{}_pct", n + 1),
+            moved * 100.0,
+            "pct",
+        );
+        result(
+            &format!("maglev_moved_on_remove_1_of_{}_ideal_pct", n + 1),
+            100.0 / (n + 1) as f64,
+            "pct",
+        );
+        let mut counts = std::collections::HashMap::new();
+        for b in &before {
+            *counts.entry(b).or_insert(0usize) += 1;
+        }
+        let peak = *counts.values().max().unwrap() as f64;
+        result(
+            &format!("maglev_peak_over_mean_{}_backends", n + 1),
+            peak / (size as f64 / (n + 1) as f64),
+            "ratio",
         );
     }
     let m = Maglev::new(&backends(100), DEFAULT_TABLE_SIZE).unwrap();

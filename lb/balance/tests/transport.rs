@@ -224,9 +224,11 @@ async fn tls_checks_verify_ca_and_server_name() {
     })
     .await;
     assert!(good.health.is_usable(), "{:?}", error_of(&health, "good"));
+    let first = backend.seen.lock().unwrap()[0].clone();
     assert_eq!(
-        backend.seen.lock().unwrap()[0],
-        (Version::HTTP_11, backend.addr.to_string())
+        first,
+        (Version::HTTP_11, "backend.test".to_string()),
+        "Host is the verified name"
     );
     *backend.body.lock().unwrap() = "maintenance".into();
     wait_until("good down on body", || !good.health.is_usable()).await;

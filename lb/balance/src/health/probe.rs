@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use padis_model::{HealthCheck, HealthKind, UpstreamProtocol};
+use rustls_pki_types::ServerName;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -89,14 +90,24 @@ pub(crate) async fn probe_prepared(
         let _ = stream.set_nodelay(true);
         match tls {
             Some(t) => {
+                let name = t.name_for(addr);
+                // Without a configured Host, a TLS check names the server it verifies (virtual hosts).
+                let host = match (&check.host, &name) {
+                    (Some(h), _) => h.clone(),
+                    (None, ServerName::DnsName(d)) => d.as_ref().to_string(),
+                    (None, _) => addr.to_string(),
+                };
                 let io = t
                     .connector
-                    .connect(t.name_for(addr), stream)
+                    .connect(name, stream)
                     .await
                     .map_err(ProbeError::Tls)?;
-                http_exchange(io, addr, check, protocol, "https").await
+                http_exchange(io, host, check, protocol, "https").await
             }
-            None => http_exchange(stream, addr, check, protocol, "http").await,
+            None => {
+                let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+                http_exchange(stream, host, check, protocol, "http").await
+            }
         }
     };
     tokio::time::timeout(check.timeout, run)
@@ -115,7 +126,7 @@ impl Drop for AbortOnDrop {
 
 async fn http_exchange<S>(
     io: S,
-    addr: SocketAddr,
+    host: String,
     check: &HealthCheck,
     protocol: UpstreamProtocol,
     scheme: &str,
@@ -123,7 +134,6 @@ async fn http_exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let (resp, _conn): (Response<Incoming>, AbortOnDrop) = match protocol {
         UpstreamProtocol::Http1 => {
             let (mut sender, conn) =
