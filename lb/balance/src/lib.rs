@@ -5,6 +5,11 @@
 //!   snapshot by [`Balancers`].
 //! - [`maglev`]: the deterministic Maglev table, shared by L7 and L4 (which copies it into a BPF map).
 //! - [`health`]: the [`HealthRegistry`] of active checks and passive ejection, kept across snapshots.
+//!
+//! Use from a data plane: on every snapshot `Balancers::build(&snap, &health, Some(&previous))`; per request
+//! `group.select(&ctx, &tried)` -> [`Pick`], hold `pick.backend.begin()` while the request runs, then
+//! `pick.backend.health.report_success()` / `report_failure()` (5xx, connect error) and add `pick.set_cookie`
+//! to the response. L4 builds [`Maglev`] tables itself and syncs its own targets under the owner `"l4"`.
 
 pub mod balancers;
 pub mod group;
