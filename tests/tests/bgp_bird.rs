@@ -266,3 +266,76 @@ fn ipv6_session_carries_both_families() {
         h.stop().await;
     });
 }
+
+/// Routes BIRD holds from us, summed over its tables (from `show route count`).
+fn bird_count(bird: &Bird) -> usize {
+    bird.cmd("show route count")
+        .lines()
+        .filter(|l| l.contains("routes for"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .sum()
+}
+
+/// Benchmark, run explicitly:
+/// `cargo test -p padis-tests --test bgp_bird -- --ignored --nocapture bench_`.
+/// Time for BIRD to learn 10,000 IPv4 + 2,000 IPv6 VIPs from a fresh session, to follow a churn of 1,000
+/// VIPs out and 1,000 others in, and to withdraw everything.
+#[test]
+#[ignore = "benchmark"]
+fn bench_bird_learns_12k_vips() {
+    let lab = Lab::new();
+    let bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(BIRD_ASN, OUR_ASN, 90),
+    );
+    let v4 = |i: u32| format!("10.{}.{}.{}/32", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+    let v6 = |i: u32| format!("2001:db8:1::{i:x}/128");
+    let set = |a: std::ops::Range<u32>, b: std::ops::Range<u32>| -> BTreeSet<Announcement> {
+        a.map(|i| (format!("v{i}"), v4(i)))
+            .chain(b.map(|i| (format!("w{i}"), v6(i))))
+            .map(|(n, p)| Announcement {
+                prefix: p.parse().expect("prefix"),
+                name: n,
+            })
+            .collect()
+    };
+    in_netns(&lab.speaker.name, || async {
+        let limit = Duration::from_secs(120);
+        let (tx, rx) = watch::channel(set(0..10_000, 0..2_000));
+        let t = Instant::now();
+        let h = Announcer::spawn(
+            Some(bgp(BIRD_ASN, 90, "")),
+            None,
+            rx,
+            &prometheus::Registry::new(),
+        )
+        .expect("spawn");
+        wait_for(limit, "12k routes", || async {
+            (bird_count(&bird) == 12_000).then_some(())
+        })
+        .await;
+        let full = t.elapsed();
+        let t = Instant::now();
+        tx.send_replace(set(1_000..11_000, 0..2_000));
+        wait_for(limit, "churn", || async {
+            (bird_count(&bird) == 12_000 && bird.route(&v4(10_500)).contains("BGP")).then_some(())
+        })
+        .await;
+        let churn = t.elapsed();
+        let t = Instant::now();
+        tx.send_replace(BTreeSet::new());
+        wait_for(limit, "all withdrawn", || async {
+            (bird_count(&bird) == 0).then_some(())
+        })
+        .await;
+        let withdraw = t.elapsed();
+        println!(
+            "RESULT suite=bgp full_table_12k_ms={} churn_2k_ms={} withdraw_12k_ms={}",
+            full.as_millis(),
+            churn.as_millis(),
+            withdraw.as_millis()
+        );
+        h.stop().await;
+    });
+}

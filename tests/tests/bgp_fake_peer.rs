@@ -256,6 +256,13 @@ async fn passive_peer_connects_to_us_and_strangers_are_refused() {
     };
     assert_eq!(update.nlri, Bytes::from_static(&[32, 198, 51, 100, 9]));
     assert_eq!(h.report().peers[0].state, SessionState::Established);
+    assert!(!has_gshut(&update.path_attributes));
+    // Drain without stopping, and back: the route is re-announced with, then without, GRACEFUL_SHUTDOWN.
+    h.set_draining(true);
+    assert!(has_gshut(&next_update(&mut s).await.path_attributes));
+    assert!(h.report().peers[0].draining);
+    h.set_draining(false);
+    assert!(!has_gshut(&next_update(&mut s).await.path_attributes));
     h.stop().await;
     // Stop withdraws the route and closes with Cease / Administrative Shutdown.
     let mut withdrawn = false;
@@ -275,4 +282,25 @@ async fn passive_peer_connects_to_us_and_strangers_are_refused() {
     };
     assert!(withdrawn, "withdraw before the NOTIFICATION");
     assert_eq!((code, sub), (6, 2));
+}
+
+/// COMMUNITIES attribute (optional transitive, type 8, 4 bytes) holding 65535:0.
+fn has_gshut(attrs: &[u8]) -> bool {
+    attrs
+        .windows(7)
+        .any(|w| w == [0xc0, 8, 4, 0xff, 0xff, 0, 0])
+}
+
+async fn next_update(s: &mut TcpStream) -> rustbgpd_wire::UpdateMessage {
+    loop {
+        match timeout(LIMIT, read_message(s))
+            .await
+            .expect("in time")
+            .expect("message")
+        {
+            Message::Update(u) => return u,
+            Message::Keepalive => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
 }

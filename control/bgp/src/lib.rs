@@ -133,6 +133,19 @@ impl AnnouncerHandle {
         self.stop_now().await;
     }
 
+    /// Starts (`true`) or ends (`false`) draining without stopping: routes are re-announced with or without
+    /// GRACEFUL_SHUTDOWN and lowered preference (`padis drain` / `padis undrain`).
+    pub fn set_draining(&self, on: bool) {
+        self.phase.send_if_modified(|p| {
+            let next = if on { Phase::Drain } else { Phase::Run };
+            let change = *p != Phase::Stop && *p != next;
+            if change {
+                *p = next;
+            }
+            change
+        });
+    }
+
     /// Withdraws everything at once (no GRACEFUL_SHUTDOWN wait), sends Cease and ends all tasks.
     pub async fn stop(mut self) {
         self.stop_now().await;
