@@ -369,6 +369,33 @@ fn passive_ejection_with_backoff() {
     assert!(h.is_usable(), "after a success it takes 3 failures again");
 }
 
+#[test]
+fn ejection_series_restarts_after_a_quiet_period() {
+    let passive = PassiveHealth {
+        consecutive_failures: 2,
+        base_ejection: Duration::from_millis(50),
+        max_ejection: Duration::from_millis(100),
+    };
+    let key = TargetKey {
+        group: "g".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+    };
+    let h = BackendHealth::new(key, Some(&passive));
+    h.report_failure();
+    h.report_failure();
+    assert!(!h.is_usable());
+    // The ejection ends, then no traffic for max_ejection: the next failure starts afresh.
+    std::thread::sleep(Duration::from_millis(50 + 110));
+    h.report_failure();
+    assert!(h.is_usable(), "no probation long after the ejection");
+    h.report_failure();
+    let d = h.ejected_for();
+    assert!(
+        d > Duration::ZERO && d <= Duration::from_millis(50),
+        "back to the base time: {d:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_state_survives_rebuilds() {
     let closed = {

@@ -37,8 +37,11 @@ pub struct BackendHealth {
     series: AtomicU32,
     /// Ejections ever.
     ejections_total: AtomicU64,
-    /// End of the current or last ejection on the [`now_ms`] clock (0 = never ejected).
+    /// End of the current ejection on the [`now_ms`] clock (0 = not ejected; cleared by the first success after
+    /// it ends, so that `is_usable` reads no clock in the common case).
     ejected_until: AtomicU64,
+    /// End of the last ejection (0 = never ejected), for restarting the back-off series.
+    last_end: AtomicU64,
     /// Set by an ejection: the first result after it decides (failure re-ejects at once, success clears it).
     probation: AtomicBool,
     /// Last active check error (written by the checker only, read by reports).
@@ -72,6 +75,7 @@ impl BackendHealth {
             series: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
+            last_end: AtomicU64::new(0),
             probation: AtomicBool::new(false),
             last_error: Mutex::new(None),
             ejection_metric,
@@ -126,14 +130,19 @@ impl BackendHealth {
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
         }
-        if self.probation.load(Relaxed) && now_ms() >= self.ejected_until.load(Relaxed) {
+        let until = self.ejected_until.load(Relaxed);
+        if until != 0 && now_ms() >= until {
+            // The trial after an ejection succeeded: back in for good.
             self.probation.store(false, Relaxed);
+            let _ = self
+                .ejected_until
+                .compare_exchange(until, 0, AcqRel, Relaxed);
         }
     }
 
     /// A request failed (5xx or connect failure). After `consecutive_failures` in a row the backend is ejected for
     /// `base_ejection x 2^(n-1)` (n-th ejection of a series, capped at `max_ejection`); the first failure after an
-    /// ejection ends re-ejects at once. A series restarts once the backend stayed in for `max_ejection`.
+    /// ejection ends re-ejects at once. A series restarts once the last ejection ended `max_ejection` ago.
     pub fn report_failure(&self) {
         let threshold = self.passive_threshold.load(Relaxed);
         if threshold == 0 {
@@ -144,6 +153,17 @@ impl BackendHealth {
         if now < until {
             return; // already ejected: late failures of requests sent before do not extend it
         }
+        let max = self.max_ms.load(Relaxed);
+        let last_end = if until != 0 {
+            until
+        } else {
+            self.last_end.load(Relaxed)
+        };
+        if last_end != 0 && now.saturating_sub(last_end) >= max && self.series.load(Relaxed) != 0 {
+            // Long since the last ejection: a new series, and no probation.
+            self.series.store(0, Relaxed);
+            self.probation.store(false, Relaxed);
+        }
         let count = self.failures.fetch_add(1, AcqRel) + 1;
         if count >= threshold || self.probation.load(Relaxed) {
             self.eject(now, until);
@@ -153,12 +173,6 @@ impl BackendHealth {
     fn eject(&self, now: u64, previous_until: u64) {
         let base = self.base_ms.load(Relaxed).max(1);
         let max = self.max_ms.load(Relaxed).max(base);
-        if previous_until != 0
-            && now.saturating_sub(previous_until) >= max
-            && !self.probation.load(Relaxed)
-        {
-            self.series.store(0, Relaxed);
-        }
         let n = self.series.load(Relaxed).saturating_add(1);
         let duration = base.saturating_mul(1u64 << (n - 1).min(40)).min(max);
         if self
@@ -168,6 +182,7 @@ impl BackendHealth {
         {
             return; // a concurrent failure ejected it
         }
+        self.last_end.store(now + duration, Relaxed);
         self.series.store(n, Relaxed);
         self.failures.store(0, Relaxed);
         self.probation.store(true, Relaxed);
@@ -194,6 +209,8 @@ impl BackendHealth {
             None => {
                 self.passive_threshold.store(0, Relaxed);
                 self.ejected_until.store(0, Relaxed);
+                self.last_end.store(0, Relaxed);
+                self.series.store(0, Relaxed);
                 self.probation.store(false, Relaxed);
                 self.failures.store(0, Relaxed);
             }
