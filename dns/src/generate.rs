@@ -154,7 +154,7 @@ impl GenCache {
         }
         // Collisions: address records at one name from different sources.
         for sets in g.by_zone.values() {
-            let mut owners: FastMap<Box<[u8]>, Arc<str>> = FastMap::default();
+            let mut owners: FastMap<crate::wire::WireName, Arc<str>> = FastMap::default();
             for set in sets {
                 for r in set.iter() {
                     if !matches!(r.rdata, RData::A(_) | RData::AAAA(_)) {

@@ -115,12 +115,7 @@ impl Manager {
             match prev {
                 Some(p) if p.cfg == *z => self.sources.push(p),
                 prev => match ZoneSource::load(z, &base, &cfg.state_dir, cfg.ixfr_journal) {
-                    Ok(mut s) => {
-                        if let Some(p) = prev {
-                            s.current = p.current; // reuse rendered answers; serial continues from the state dir
-                        }
-                        self.sources.push(s);
-                    }
+                    Ok(s) => self.sources.push(s), // the serial continues from the state dir
                     Err(e) => {
                         tracing::error!(error = %e, "zone not loaded; keeping its previous version");
                         self.config_errors.push(e.to_string());
@@ -157,24 +152,20 @@ impl Manager {
 
     fn build_all(&mut self, force: bool) {
         let mut changed = Vec::new();
+        let mut any = false;
         for i in 0..self.sources.len() {
             let policy = self.policy(&self.sources[i].cfg);
             let gen = self.generated.by_zone.get(&i).cloned().unwrap_or_default();
             let s = &mut self.sources[i];
             let before = s.current.as_ref().map(|z| z.serial);
-            let policy_changed = s.current.as_ref().is_some_and(|z| !same_policy(&z.policy, &policy));
-            if policy_changed {
-                s.current = None; // force a new ZoneData carrying the new policy (content compared below)
-            }
             if let Some(z) = s.build(&gen, policy) {
-                if before.is_some() && before != Some(z.serial) {
-                    changed.push(z.clone());
-                } else if before.is_none() {
+                any = true;
+                if before != Some(z.serial) {
                     changed.push(z.clone());
                 }
             }
         }
-        if changed.is_empty() && !force && self.zone_set_matches() {
+        if !any && !force && self.zone_set_matches() {
             return;
         }
         self.publish();
@@ -253,7 +244,7 @@ impl Manager {
                 let _ = job.reply.send(ResponseCode::ServFail);
                 return;
             }
-            s.statics = statics;
+            s.set_statics(statics);
             tracing::info!(zone = %s.origin, records = job.updates.len(), "dynamic update applied");
             self.build_all(false);
         }
@@ -283,13 +274,4 @@ impl Manager {
             }
         }
     }
-}
-
-fn same_policy(a: &ZonePolicy, b: &ZonePolicy) -> bool {
-    let key = |k: &Option<Arc<TsigKey>>| k.as_ref().map(|k| (k.name.clone(), k.secret.clone()));
-    a.allow_transfer == b.allow_transfer
-        && a.allow_update == b.allow_update
-        && a.notify == b.notify
-        && key(&a.transfer_key) == key(&b.transfer_key)
-        && key(&a.update_key) == key(&b.update_key)
 }

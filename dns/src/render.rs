@@ -2,7 +2,6 @@
 //! built (reusing the previous version's bytes for names whose inputs did not change), so the query path only
 //! copies bytes and patches the ID.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -10,9 +9,9 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use rand::seq::SliceRandom;
 
-use crate::resolve::{dependencies, resolve, Answer};
-use crate::wire::{in_zone, parent, wire_of, WireName};
-use crate::zone::{FastEntry, FastMap, Node, Rendered, ZoneData};
+use crate::resolve::{resolve, Answer};
+use crate::wire::{in_zone, parent, WireName};
+use crate::zone::{FastEntry, FastMap, FastSet, Node, Rendered, ZoneData};
 
 /// Shuffle variants kept per answer with several A/AAAA/SRV records.
 const MAX_VARIANTS: usize = 8;
@@ -66,40 +65,14 @@ pub fn render(zone: &ZoneData, qname: &Name, qtype: RecordType) -> Option<Render
     })
 }
 
-/// The fingerprint of everything the answers of `node` are rendered from: its own version, and the versions of
-/// the names its answers pull in (CNAME chain, SRV/MX/NS targets), plus the zone's structure.
-fn fingerprint(zone: &ZoneData, node: &Node, structure: u64, seed: &foldhash::fast::FixedState) -> u64 {
-    let mut h = seed.build_hasher();
-    node.version.hash(&mut h);
-    structure.hash(&mut h);
-    let mut todo = dependencies(node);
-    let mut steps = 0;
-    while let Some(t) = todo.pop() {
-        steps += 1;
-        if steps > 64 {
-            break;
-        }
-        match zone.nodes.get(&wire_of(&t)) {
-            Some(n) => {
-                n.version.hash(&mut h);
-                if n.get(RecordType::CNAME).is_some() {
-                    todo.extend(dependencies(n));
-                }
-            }
-            None => 0u64.hash(&mut h),
-        }
-    }
-    h.finish()
-}
-
 /// Whether `wire` is at or below a delegation of `zone`.
 fn under_cut(zone: &ZoneData, wire: &[u8]) -> bool {
-    if !zone.has_cuts {
+    if zone.cuts.is_empty() {
         return false;
     }
     let mut w = wire;
     while w.len() > zone.origin_wire.len() {
-        if zone.nodes.get(w).is_some_and(|n| n.get(RecordType::NS).is_some()) {
+        if zone.cuts.contains(w) {
             return true;
         }
         match parent(w) {
@@ -111,7 +84,7 @@ fn under_cut(zone: &ZoneData, wire: &[u8]) -> bool {
 }
 
 /// Renders the fast entry of one node.
-fn entry(zone: &ZoneData, wire: &[u8], node: &Node, fp: u64) -> FastEntry {
+fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> FastEntry {
     if under_cut(zone, wire) || !in_zone(wire, &zone.origin_wire) {
         return FastEntry::Slow;
     }
@@ -128,35 +101,33 @@ fn entry(zone: &ZoneData, wire: &[u8], node: &Node, fp: u64) -> FastEntry {
             None => return FastEntry::Slow,
         }
     }
-    FastEntry::Data { types, cname, fingerprint: fp }
+    FastEntry::Data { types, cname }
 }
 
-/// Builds the fast-path map of `zone`, reusing entries of `previous` whose fingerprint is unchanged.
-pub fn build_fast(zone: &ZoneData, previous: Option<&ZoneData>) -> FastMap<WireName, Arc<FastEntry>> {
-    let seed = foldhash::fast::FixedState::with_seed(0x5eed);
-    let mut structure = seed.build_hasher();
-    if zone.has_cuts || zone.has_wildcards {
-        let mut special: Vec<(&WireName, u64)> = zone
-            .nodes
-            .iter()
-            .filter(|(w, n)| w.starts_with(b"\x01*") || (n.get(RecordType::NS).is_some() && w.len() > zone.origin_wire.len()))
-            .map(|(w, n)| (w, n.version))
-            .collect();
-        special.sort();
-        special.hash(&mut structure);
+/// Renders the fast-path entries of the `dirty` names of `zone` into `fast` (the previous version's map); all
+/// names when `dirty` is `None`. Names no longer in the zone are removed.
+pub fn update_fast(zone: &ZoneData, fast: &mut FastMap<WireName, Arc<FastEntry>>, dirty: Option<&FastSet<WireName>>) {
+    match dirty {
+        None => {
+            fast.clear();
+            fast.reserve(zone.nodes.len());
+            for (wire, node) in &zone.nodes {
+                fast.insert(wire.clone(), Arc::new(entry(zone, wire, node)));
+            }
+        }
+        Some(d) => {
+            for wire in d {
+                match zone.nodes.get(wire) {
+                    Some(node) => {
+                        fast.insert(wire.clone(), Arc::new(entry(zone, wire, node)));
+                    }
+                    None => {
+                        fast.remove(wire);
+                    }
+                }
+            }
+        }
     }
-    let structure = structure.finish();
-    let mut fast = FastMap::with_capacity_and_hasher(zone.nodes.len(), Default::default());
-    for (wire, node) in &zone.nodes {
-        let fp = fingerprint(zone, node, structure, &seed);
-        let reused = previous.and_then(|p| p.fast.get(wire)).filter(|e| matches!(&***e, FastEntry::Data { fingerprint, .. } if *fingerprint == fp));
-        let e = match reused {
-            Some(e) => e.clone(),
-            None => Arc::new(entry(zone, wire, node, fp)),
-        };
-        fast.insert(wire.clone(), e);
-    }
-    fast
 }
 
 /// The negative-answer SOA record without its owner name: TYPE, CLASS, TTL, RDLENGTH, uncompressed RDATA.

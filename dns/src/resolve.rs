@@ -30,7 +30,7 @@ const MAX_CHAIN: usize = 8;
 pub fn resolve(zone: &ZoneData, qname: &Name, qtype: RecordType, full_any: bool) -> Answer {
     let mut ans = Answer { aa: true, ..Answer::default() };
     let mut name = qname.clone();
-    let mut seen: Vec<Box<[u8]>> = Vec::new();
+    let mut seen: Vec<crate::wire::WireName> = Vec::new();
     for _ in 0..MAX_CHAIN {
         let wire = wire_of(&name);
         if seen.contains(&wire) {

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,10 +14,11 @@ use hickory_proto::serialize::txt::Parser;
 use padis_model::dns::DnsZone;
 
 use crate::generate::GenRecord;
-use crate::render::{build_fast, negative_tail};
+use crate::render::{negative_tail, update_fast};
+use crate::resolve::dependencies;
 use crate::update::{self, StaticZone};
 use crate::wire::{in_zone, parent, wire_of, WireName};
-use crate::zone::{FastMap, Node, RrSet, ZoneData, ZonePolicy};
+use crate::zone::{FastMap, FastSet, Node, RrSet, ZoneData, ZonePolicy};
 
 /// A zone that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,11 @@ pub struct ZoneSource {
     pub current: Option<Arc<ZoneData>>,
     /// Last load error (the previous content stays served).
     pub error: Option<String>,
+    index: FastMap<WireName, NameData>,
+    groups: FastMap<usize, Arc<Vec<GenRecord>>>,
+    applied_statics: StaticZone,
+    statics_dirty: bool,
+    hash: u64,
 }
 
 fn file_name(origin: &Name) -> String {
@@ -138,6 +143,11 @@ impl ZoneSource {
             ixfr_cap,
             current: None,
             error: None,
+            index: FastMap::default(),
+            groups: FastMap::default(),
+            applied_statics: StaticZone::default(),
+            statics_dirty: true,
+            hash: 0,
         };
         z.reload_file(true)?;
         z.statics = z.file_records.clone();
@@ -202,6 +212,7 @@ impl ZoneSource {
         self.statics.retain(|_, (_, s)| !s.is_empty());
         self.file_soa = soa;
         self.file_stamp = Some(stamp);
+        self.statics_dirty = true;
         Ok(true)
     }
 
@@ -293,17 +304,15 @@ impl ZoneSource {
         (soa, neg)
     }
 
-    /// Builds the zone from the static records and `generated`. Returns the new version when it differs from the
-    /// current one (serial bumped), `None` when nothing changed.
-    pub fn build(&mut self, generated: &[Arc<Vec<GenRecord>>], policy: ZonePolicy) -> Option<Arc<ZoneData>> {
-        let ttl = self.cfg.ttl.as_secs() as u32;
+    /// Replaces the static records (after an accepted update); the next build applies them.
+    pub fn set_statics(&mut self, statics: StaticZone) {
+        self.statics = statics;
+        self.statics_dirty = true;
+    }
+
+    /// The static records plus the apex NS and glue from the config (when the file gives no apex NS).
+    fn effective_statics(&self, ttl: u32) -> StaticZone {
         let mut map = self.statics.clone();
-        for set in generated {
-            for r in set.iter() {
-                add_record(&mut map, &r.name, ttl, r.rdata.clone());
-            }
-        }
-        // Apex NS and glue from the config (when the file gives none).
         let apex_has_ns = map.get(&self.origin_wire).is_some_and(|(_, s)| s.iter().any(|s| s.rtype == RecordType::NS));
         if !apex_has_ns {
             for ns in &self.cfg.ns {
@@ -322,100 +331,237 @@ impl ZoneSource {
                 }
             }
         }
-        // Empty non-terminals.
-        let names: Vec<WireName> = map.keys().cloned().collect();
-        for w in names {
-            let mut p = parent(&w);
-            while let Some(pw) = p {
-                if pw.len() < self.origin_wire.len() {
-                    break;
-                }
-                if !map.contains_key(pw) {
-                    let mut n = map[&w].0.clone();
-                    let mut cur: &[u8] = &w;
-                    while cur != pw {
-                        n = n.base_name();
-                        cur = parent(cur).unwrap_or(pw);
+        map
+    }
+
+    /// Builds the next version of the zone from the static records and the `generated` groups (one per service;
+    /// an unchanged service is the same `Arc`, so only changed services' names are rebuilt and re-rendered).
+    /// Returns the new version when its content (serial bumped) or its policy changed, `None` otherwise.
+    pub fn build(&mut self, generated: &[Arc<Vec<GenRecord>>], policy: ZonePolicy) -> Option<Arc<ZoneData>> {
+        let ttl = self.cfg.ttl.as_secs() as u32;
+        let prev = self.current.clone();
+        let mut touched: FastSet<WireName> = FastSet::default();
+
+        // Generated groups that appeared or disappeared.
+        let mut new_groups: FastMap<usize, Arc<Vec<GenRecord>>> =
+            FastMap::with_capacity_and_hasher(generated.len(), Default::default());
+        for g in generated {
+            new_groups.insert(Arc::as_ptr(g) as *const () as usize, g.clone());
+        }
+        let old_groups = std::mem::take(&mut self.groups);
+        for (id, g) in &old_groups {
+            if !new_groups.contains_key(id) {
+                for r in g.iter() {
+                    let w = wire_of(&r.name);
+                    if let Some(nd) = self.index.get_mut(&w) {
+                        nd.contrib.retain(|c| c.src != *id);
                     }
-                    map.insert(pw.into(), (n, Vec::new()));
+                    touched.insert(w);
                 }
-                p = parent(pw);
             }
         }
-        map.entry(self.origin_wire.clone()).or_insert_with(|| (self.origin.clone(), Vec::new()));
+        for (id, g) in &new_groups {
+            if !old_groups.contains_key(id) {
+                for r in g.iter() {
+                    let w = wire_of(&r.name);
+                    let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(r.name.clone()));
+                    nd.contrib.push(Contrib { src: *id, ttl, rdata: r.rdata.clone() });
+                    touched.insert(w);
+                }
+            }
+        }
+        drop(old_groups);
+        self.groups = new_groups;
 
-        let prev = self.current.clone();
+        // Static records (file, updates, config NS) when they changed.
+        if self.statics_dirty {
+            let eff = self.effective_statics(ttl);
+            for w in self.applied_statics.keys() {
+                if let Some(nd) = self.index.get_mut(w) {
+                    nd.contrib.retain(|c| c.src != STATIC);
+                }
+                touched.insert(w.clone());
+            }
+            for (w, (n, sets)) in &eff {
+                let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(n.clone()));
+                for set in sets {
+                    for d in &set.rdatas {
+                        nd.contrib.push(Contrib { src: STATIC, ttl: set.ttl, rdata: d.clone() });
+                    }
+                }
+                touched.insert(w.clone());
+            }
+            self.applied_statics = eff;
+            self.statics_dirty = false;
+        }
+        touched.insert(self.origin_wire.clone());
+        self.index.entry(self.origin_wire.clone()).or_insert_with(|| NameData::new(self.origin.clone()));
+
+        // Presence changes update the descendant counts of the ancestors (empty non-terminals).
+        let mut affected: Vec<WireName> = touched.iter().cloned().collect();
+        for w in touched.iter() {
+            let Some(nd) = self.index.get_mut(w) else { continue };
+            let has = !nd.contrib.is_empty();
+            if has == nd.has_data {
+                continue;
+            }
+            nd.has_data = has;
+            let mut name = nd.name.clone();
+            let mut cur: &[u8] = w;
+            while let Some(p) = parent(cur) {
+                if p.len() < self.origin_wire.len() {
+                    break;
+                }
+                name = name.base_name();
+                let pw: WireName = p.into();
+                let pd = self.index.entry(pw.clone()).or_insert_with(|| NameData::new(name.clone()));
+                if has {
+                    pd.below += 1;
+                } else {
+                    pd.below = pd.below.saturating_sub(1);
+                }
+                affected.push(pw);
+                cur = p;
+            }
+        }
+        affected.sort_unstable();
+        affected.dedup();
+
+        // Rebuild the affected names; keep the previous node when the content is the same.
         let (old_soa, soa_ttl) = self.soa(self.serial);
-        let mut nodes: FastMap<WireName, Arc<Node>> = FastMap::with_capacity_and_hasher(map.len(), Default::default());
-        let mut changed = prev.is_none();
-        let mut removed = Vec::new();
-        let mut added = Vec::new();
-        for (w, (name, mut sets)) in map {
-            if w == self.origin_wire {
+        let mut nodes = prev.as_ref().map(|p| p.nodes.clone()).unwrap_or_default();
+        let mut changed_names: Vec<WireName> = Vec::new();
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        let mut hash = self.hash;
+        for w in &affected {
+            let is_apex = **w == *self.origin_wire;
+            let exists = self.index.get(w).is_some_and(|nd| nd.has_data || nd.below > 0) || is_apex;
+            let old = nodes.get(w).cloned();
+            if !exists {
+                self.index.remove(w);
+                if let Some(o) = old {
+                    nodes.remove(w);
+                    hash ^= o.hash;
+                    diff_node(&o.rrsets, &[], &o.name, &mut removed, &mut added);
+                    changed_names.push(w.clone());
+                }
+                continue;
+            }
+            let Some(nd) = self.index.get(w) else { continue };
+            let mut sets = nd.rrsets();
+            if is_apex {
                 sets.retain(|s| s.rtype != RecordType::SOA);
                 sets.push(RrSet { rtype: RecordType::SOA, ttl: soa_ttl, rdatas: vec![RData::SOA(old_soa.clone())] });
             }
-            sets.sort_by_key(|r| u16::from(r.rtype));
-            let old = prev.as_ref().and_then(|p| p.nodes.get(&w));
-            let node = match old {
-                Some(o) if o.rrsets == sets => o.clone(),
-                _ => {
-                    if prev.is_some() {
-                        changed = true;
-                        diff_node(old.map(|o| &o.rrsets[..]).unwrap_or(&[]), &sets, &name, &mut removed, &mut added);
-                    }
-                    Arc::new(Node::new(name, sets))
-                }
-            };
-            nodes.insert(w, node);
-        }
-        if let Some(p) = &prev {
-            for (w, o) in &p.nodes {
-                if !nodes.contains_key(w) {
-                    changed = true;
-                    diff_node(&o.rrsets, &[], &o.name, &mut removed, &mut added);
-                }
+            if old.as_ref().is_some_and(|o| same_content(&o.rrsets, &sets)) {
+                continue;
             }
+            let node = Arc::new(Node::new(nd.name.clone(), sets));
+            if let Some(o) = &old {
+                hash ^= o.hash;
+            }
+            hash ^= node.hash;
+            diff_node(old.as_ref().map(|o| &o.rrsets[..]).unwrap_or(&[]), &node.rrsets, &node.name, &mut removed, &mut added);
+            nodes.insert(w.clone(), node);
+            changed_names.push(w.clone());
         }
-        if !changed {
+        let policy_changed = prev.as_ref().is_some_and(|p| !same_policy(&p.policy, &policy));
+        if prev.is_some() && changed_names.is_empty() && !policy_changed {
             return None;
         }
-        let hash = content_hash(&nodes);
+        self.hash = hash;
         let first = prev.is_none();
-        if first && self.persisted_hash.is_none() {
-            self.persist_serial(hash);
-        } else if !first || self.persisted_hash != Some(hash) {
-            let next = self.serial.wrapping_add(1);
-            let from = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(old_soa.clone()));
-            self.serial = next;
-            let (new_soa, _) = self.soa(next);
-            let to = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(new_soa.clone()));
-            if let Some(apex) = nodes.get(&self.origin_wire) {
-                let mut sets = apex.rrsets.clone();
-                for s in sets.iter_mut().filter(|s| s.rtype == RecordType::SOA) {
-                    s.rdatas = vec![RData::SOA(new_soa.clone())];
+        if !changed_names.is_empty() {
+            if first && self.persisted_hash.is_none() {
+                self.persist_serial(hash);
+            } else if !first || self.persisted_hash != Some(hash) {
+                let next = self.serial.wrapping_add(1);
+                let from = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(old_soa.clone()));
+                self.serial = next;
+                let (new_soa, _) = self.soa(next);
+                let to = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(new_soa.clone()));
+                if let Some(apex) = nodes.get(&self.origin_wire) {
+                    let mut sets = apex.rrsets.clone();
+                    for s in sets.iter_mut().filter(|s| s.rtype == RecordType::SOA) {
+                        s.rdatas = vec![RData::SOA(new_soa.clone())];
+                    }
+                    let name = apex.name.clone();
+                    nodes.insert(self.origin_wire.clone(), Arc::new(Node::new(name, sets)));
+                    changed_names.push(self.origin_wire.clone());
                 }
-                let name = apex.name.clone();
-                nodes.insert(self.origin_wire.clone(), Arc::new(Node::new(name, sets)));
-            }
-            removed.retain(|r: &Record| r.record_type() != RecordType::SOA);
-            added.retain(|r: &Record| r.record_type() != RecordType::SOA);
-            if !first {
-                self.ixfr.push_back(Arc::new(Diff { from, to, removed, added }));
-                while self.ixfr.len() > self.ixfr_cap {
-                    self.ixfr.pop_front();
+                removed.retain(|r: &Record| r.record_type() != RecordType::SOA);
+                added.retain(|r: &Record| r.record_type() != RecordType::SOA);
+                if !first {
+                    self.ixfr.push_back(Arc::new(Diff { from, to, removed, added }));
+                    while self.ixfr.len() > self.ixfr_cap {
+                        self.ixfr.pop_front();
+                    }
                 }
+                self.persist_serial(hash);
             }
-            self.persist_serial(hash);
         }
+
+        // Structure (delegations, wildcards) and reverse dependencies of the changed names.
+        let mut cuts = prev.as_ref().map(|p| p.cuts.clone()).unwrap_or_default();
+        let mut wilds = prev.as_ref().map(|p| p.wilds.clone()).unwrap_or_default();
+        let mut rdeps = prev.as_ref().map(|p| p.rdeps.clone()).unwrap_or_default();
+        let (cuts_before, wilds_before) = (cuts.len(), wilds.len());
+        let mut structure_changed = false;
+        for w in &changed_names {
+            let node = nodes.get(w);
+            let is_cut = node.is_some_and(|n| n.get(RecordType::NS).is_some()) && **w != *self.origin_wire;
+            structure_changed |= if is_cut { cuts.insert(w.clone()) } else { cuts.remove(w) };
+            let is_wild = node.is_some() && w.starts_with(b"\x01*");
+            structure_changed |= if is_wild { wilds.insert(w.clone()) } else { wilds.remove(w) };
+            if let Some(old) = prev.as_ref().and_then(|p| p.nodes.get(w)) {
+                for t in dependencies(old) {
+                    let tw = wire_of(&t);
+                    if let Some(v) = rdeps.get_mut(&tw) {
+                        v.retain(|x| x != w);
+                        if v.is_empty() {
+                            rdeps.remove(&tw);
+                        }
+                    }
+                }
+            }
+            if let Some(n) = node {
+                for t in dependencies(n) {
+                    let v = rdeps.entry(wire_of(&t)).or_default();
+                    if !v.contains(w) {
+                        v.push(w.clone());
+                    }
+                }
+            }
+        }
+        structure_changed |= cuts.len() != cuts_before || wilds.len() != wilds_before;
+        let mut dirty: FastSet<WireName> = changed_names.iter().cloned().collect();
+        let mut frontier = changed_names;
+        for _ in 0..8 {
+            let mut next = Vec::new();
+            for w in &frontier {
+                for d in rdeps.get(w).into_iter().flatten() {
+                    if dirty.insert(d.clone()) {
+                        next.push(d.clone());
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+
         let (soa, _) = self.soa(self.serial);
         let negative_ttl = soa_ttl.min(soa.minimum);
-        let has_cuts = nodes
-            .iter()
-            .any(|(w, n)| w.len() > self.origin_wire.len() && n.get(RecordType::NS).is_some());
-        let has_wildcards = nodes.keys().any(|w| w.starts_with(b"\x01*"));
         let neg = Record::from_rdata(self.origin.clone(), negative_ttl, RData::SOA(soa.clone()));
-        let record_count = nodes.values().map(|n| n.record_count()).sum();
+        let record_count = match &prev {
+            Some(p) => {
+                let before: usize = dirty.iter().filter_map(|w| p.nodes.get(w)).map(|n| n.record_count()).sum();
+                let after: usize = dirty.iter().filter_map(|w| nodes.get(w)).map(|n| n.record_count()).sum();
+                p.record_count + after - before
+            }
+            None => nodes.values().map(|n| n.record_count()).sum(),
+        };
         let mut data = ZoneData {
             origin: self.origin.clone(),
             origin_wire: self.origin_wire.clone(),
@@ -423,15 +569,21 @@ impl ZoneSource {
             soa,
             negative_ttl,
             nodes,
+            has_cuts: !cuts.is_empty(),
+            has_wildcards: !wilds.is_empty(),
+            cuts,
+            wilds,
+            rdeps,
             fast: FastMap::default(),
-            has_cuts,
-            has_wildcards,
             neg_tail: negative_tail(&neg),
             record_count,
             policy,
             ixfr: self.ixfr.iter().cloned().collect(),
         };
-        data.fast = build_fast(&data, prev.as_deref());
+        let mut fast = prev.as_ref().map(|p| p.fast.clone()).unwrap_or_default();
+        let full = first || structure_changed;
+        update_fast(&data, &mut fast, if full { None } else { Some(&dirty) });
+        data.fast = fast;
         let data = Arc::new(data);
         self.current = Some(data.clone());
         Some(data)
@@ -471,16 +623,69 @@ fn diff_node(old: &[RrSet], new: &[RrSet], name: &Name, removed: &mut Vec<Record
     }
 }
 
-fn content_hash(nodes: &FastMap<WireName, Arc<Node>>) -> u64 {
-    let seed = foldhash::fast::FixedState::with_seed(0xd15);
-    let mut acc = 0u64;
-    for (w, n) in nodes {
-        let mut h = seed.build_hasher();
-        w.hash(&mut h);
-        for s in n.rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
-            s.hash(&mut h);
-        }
-        acc ^= h.finish();
+/// Whether two RRset lists hold the same records (order of records inside a set ignored).
+fn same_content(a: &[RrSet], b: &[RrSet]) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|x| {
+            b.iter().any(|y| {
+                y.rtype == x.rtype
+                    && y.ttl == x.ttl
+                    && y.rdatas.len() == x.rdatas.len()
+                    && x.rdatas.iter().all(|d| y.rdatas.contains(d))
+            })
+        })
+}
+
+/// Whether two access policies are the same.
+pub fn same_policy(a: &ZonePolicy, b: &ZonePolicy) -> bool {
+    let key = |k: &Option<Arc<crate::tsig::TsigKey>>| k.as_ref().map(|k| (k.name.clone(), k.secret.clone()));
+    a.allow_transfer == b.allow_transfer
+        && a.allow_update == b.allow_update
+        && a.notify == b.notify
+        && key(&a.transfer_key) == key(&b.transfer_key)
+        && key(&a.update_key) == key(&b.update_key)
+}
+
+/// Source id of static records in the name index.
+const STATIC: usize = 0;
+
+/// One record contributed to a name by a source (static records or one generated group).
+#[derive(Debug, Clone)]
+struct Contrib {
+    src: usize,
+    ttl: u32,
+    rdata: RData,
+}
+
+/// Everything contributed to one name, and how many names with data lie below it.
+#[derive(Debug)]
+struct NameData {
+    name: Name,
+    contrib: Vec<Contrib>,
+    below: u32,
+    has_data: bool,
+}
+
+impl NameData {
+    fn new(name: Name) -> NameData {
+        NameData { name, contrib: Vec::new(), below: 0, has_data: false }
     }
-    acc
+
+    /// The RRsets of the name (static records first, duplicates merged, one TTL per set).
+    fn rrsets(&self) -> Vec<RrSet> {
+        let mut sets: Vec<RrSet> = Vec::new();
+        let ordered = self.contrib.iter().filter(|c| c.src == STATIC).chain(self.contrib.iter().filter(|c| c.src != STATIC));
+        for c in ordered {
+            let t = c.rdata.record_type();
+            match sets.iter_mut().find(|s| s.rtype == t) {
+                Some(s) => {
+                    if !s.rdatas.contains(&c.rdata) {
+                        s.rdatas.push(c.rdata.clone());
+                    }
+                }
+                None => sets.push(RrSet { rtype: t, ttl: c.ttl, rdatas: vec![c.rdata.clone()] }),
+            }
+        }
+        sets
+    }
 }

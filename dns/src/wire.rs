@@ -3,7 +3,7 @@
 use hickory_proto::rr::Name;
 
 /// A domain name in lowercase, uncompressed wire form (ends with the root label `0`).
-pub type WireName = Box<[u8]>;
+pub type WireName = std::sync::Arc<[u8]>;
 
 /// The lowercase wire form of `name`.
 pub fn wire_of(name: &Name) -> WireName {
@@ -13,7 +13,7 @@ pub fn wire_of(name: &Name) -> WireName {
         buf.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     buf.push(0);
-    buf.into_boxed_slice()
+    buf.into()
 }
 
 /// The parent of a wire name (`None` for the root).

@@ -1,8 +1,8 @@
 //! The immutable record set of a zone, as served: names, RRsets, pre-rendered answers and the zone's policy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::SOA;
@@ -14,8 +14,8 @@ use crate::wire::WireName;
 
 /// Hash map with a fast, randomly seeded hasher.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-static NODE_VERSION: AtomicU64 = AtomicU64::new(1);
+/// Hash set with a fast, randomly seeded hasher.
+pub type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// The records of one type at one name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,15 +47,21 @@ pub struct Node {
     pub name: Name,
     /// RRsets, sorted by type.
     pub rrsets: Vec<RrSet>,
-    /// Unique per content: a rebuilt node gets a new version (used to reuse pre-rendered answers).
-    pub version: u64,
+    /// Hash of the content without the SOA (the zone's content hash is the XOR of its nodes').
+    pub hash: u64,
 }
 
 impl Node {
     /// A node with a fresh version.
     pub fn new(name: Name, mut rrsets: Vec<RrSet>) -> Node {
         rrsets.sort_by_key(|r| u16::from(r.rtype));
-        Node { name, rrsets, version: NODE_VERSION.fetch_add(1, Ordering::Relaxed) }
+        let mut h = foldhash::fast::FixedState::with_seed(0xd15).build_hasher();
+        crate::wire::wire_of(&name).hash(&mut h);
+        for s in rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
+            s.hash(&mut h);
+        }
+        let hash = h.finish();
+        Node { name, rrsets, hash }
     }
 
     /// The RRset of `rtype`.
@@ -93,8 +99,6 @@ pub enum FastEntry {
         types: Vec<(u16, Rendered)>,
         /// The name holds a CNAME.
         cname: bool,
-        /// Fingerprint of the inputs the answers were rendered from.
-        fingerprint: u64,
     },
 }
 
@@ -139,6 +143,12 @@ pub struct ZoneData {
     pub negative_ttl: u32,
     /// All names (with empty non-terminals), by lowercase wire name.
     pub nodes: FastMap<WireName, Arc<Node>>,
+    /// Delegation points below the apex.
+    pub cuts: FastSet<WireName>,
+    /// Wildcard owner names.
+    pub wilds: FastSet<WireName>,
+    /// Names whose answers include records of a name (CNAME chains, SRV/MX/NS targets): target -> dependents.
+    pub rdeps: FastMap<WireName, Vec<WireName>>,
     /// Fast-path entries by lowercase wire name.
     pub fast: FastMap<WireName, Arc<FastEntry>>,
     /// The zone has delegations below the apex.
