@@ -93,11 +93,10 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         },
     };
     match raw_host {
-        Some(h) => {
-            if normalise_host(h, &mut done.host).is_none() {
-                return local(StatusCode::BAD_REQUEST, "bad request: invalid Host\n", done);
-            }
+        Some(h) if normalise_host(h, &mut done.host).is_none() => {
+            return local(StatusCode::BAD_REQUEST, "bad request: invalid Host\n", done);
         }
+        Some(_) => {}
         None if req.version() == Version::HTTP_11 => {
             return local(StatusCode::BAD_REQUEST, "bad request: missing Host\n", done)
         }

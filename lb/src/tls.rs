@@ -108,7 +108,7 @@ pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| L7Error::Tls(e.to_string()))?;
-    let mut cfg = if tls.insecure_skip_verify {
+    let cfg = if tls.insecure_skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
