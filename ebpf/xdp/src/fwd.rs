@@ -6,16 +6,15 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use padis_ebpf_common::{backend_flags, flow_hash, stat, BackendInfo, FlowKey};
+use padis_ebpf_common::{backend_flags, stat, BackendInfo};
 
 use crate::{
     csum, maps,
-    parse::{ptr_at, read, write, Pkt},
+    parse::{read, write, Pkt},
     verdict,
 };
 
 const TTL: u8 = 64;
-const IPV6_MIN_MTU: u16 = 1280;
 
 /// DSR: the frame goes to the backend's MAC, from ours (the frame's destination); IP is untouched.
 #[inline(always)]
@@ -30,33 +29,55 @@ pub fn dsr(ctx: &XdpContext, b: &BackendInfo) -> u32 {
     }
 }
 
-/// Sets the MACs and the (innermost) EtherType of the frame's L2 header; a VLAN tag is kept as is.
-#[inline(always)]
-fn set_l2<const L2: usize>(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6], ethertype: u16) -> bool {
-    write(ctx, 0, dst) && write(ctx, 6, src) && write(ctx, L2 - 2, ethertype.to_be_bytes())
+/// The L2 header fields kept across a head adjustment: destination and source MAC, VLAN tag (TPID + TCI).
+#[derive(Clone, Copy)]
+struct L2Hdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    tag: [u8; 4],
 }
 
-/// Moves the L2 header (`L2` bytes) from offset `from` to the new start of the frame, byte by byte with volatile
-/// accesses: LLVM would otherwise turn the copy between two packet offsets into a `memmove` the verifier rejects.
+/// Reads the L2 header (before any head adjustment: the values travel in registers, never packet to packet,
+/// which LLVM would turn into a `memmove` the verifier rejects).
 #[inline(always)]
-fn move_l2<const L2: usize>(ctx: &XdpContext, from: usize) -> bool {
-    let (Some(src), Some(dst)) = (ptr_at::<[u8; L2]>(ctx, from), ptr_at::<[u8; L2]>(ctx, 0)) else {
+fn read_l2<const L2: usize>(ctx: &XdpContext) -> Option<L2Hdr> {
+    let dst = read::<[u8; 6]>(ctx, 0)?;
+    let src = read::<[u8; 6]>(ctx, 6)?;
+    let tag = if L2 == 18 { read::<[u8; 4]>(ctx, 12)? } else { [0; 4] };
+    Some(L2Hdr { dst, src, tag })
+}
+
+/// Writes an L2 header at the start of the frame, with the VLAN tag when `L2` is 18.
+#[inline(always)]
+fn write_l2<const L2: usize>(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6], tag: [u8; 4], ethertype: u16) -> bool {
+    if !(write(ctx, 0, dst) && write(ctx, 6, src)) {
         return false;
-    };
-    let (src, dst) = (src as *const u8, dst as *mut u8);
-    let mut i = 0;
-    while i < L2 {
-        // SAFETY: both ranges were bounds-checked above.
-        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
-        i += 1;
     }
-    true
+    if L2 == 18 && !write(ctx, 12, tag) {
+        return false;
+    }
+    write(ctx, L2 - 2, ethertype.to_be_bytes())
+}
+
+/// [`encap`] result: the packet needs an ICMP "fragmentation needed" reply ([`too_big_v4`]), sent by the caller.
+pub const TOO_BIG_V4: u32 = 0x101;
+
+/// Outer header length towards `b`.
+#[inline(always)]
+pub fn outer_len(b: &BackendInfo) -> u16 {
+    if b.flags & backend_flags::V6 != 0 {
+        40
+    } else {
+        20
+    }
 }
 
 /// Encapsulates the IP packet towards the backend (outer family = backend family), via the next hop.
 #[inline(never)]
-pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, flow: &FlowKey, b: &BackendInfo, len: u64) -> u32 {
-    let cfg = maps::config();
+pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, h: u32, b: &BackendInfo, len: u64) -> u32 {
+    let Some(cfg) = maps::CONFIG.get(0) else {
+        return verdict::DROP;
+    };
     let outer_v6 = b.flags & backend_flags::V6 != 0;
     let olen: u64 = if outer_v6 { 40 } else { 20 };
     let inner_len = len - L2 as u64;
@@ -66,13 +87,21 @@ pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, flow: &FlowKey, b: &Bac
             maps::stat(stat::DROP_ENCAP, len);
             return verdict::DROP;
         }
-        let next_mtu = cfg.mtu.saturating_sub(olen as u16);
-        return if p.v6 { too_big_v6::<L2>(ctx, next_mtu.max(IPV6_MIN_MTU)) } else { too_big_v4::<L2>(ctx, next_mtu) };
+        if p.v6 {
+            // ICMPv6 "packet too big" generation does not fit the BPF stack limit yet: counted drop.
+            maps::stat(stat::DROP_ENCAP, len);
+            return verdict::DROP;
+        }
+        return TOO_BIG_V4;
     }
+    // Sequential reads, largest extent first: a tuple of overlapping bounds checks lets LLVM drop checks the
+    // verifier cannot prove redundant.
     let Some(tos) = read::<[u8; 2]>(ctx, L2) else {
         return verdict::DROP;
     };
-    let h = flow_hash(flow);
+    let Some(l2) = read_l2::<L2>(ctx) else {
+        return verdict::DROP;
+    };
     let inner_proto = if p.v6 { 41u8 } else { 4u8 };
     if outer_v6 {
         // SAFETY: ctx.ctx is the live xdp_md of this invocation.
@@ -80,8 +109,7 @@ pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, flow: &FlowKey, b: &Bac
             maps::stat(stat::DROP_ENCAP, len);
             return verdict::DROP;
         }
-        let Some(our) = read::<[u8; 6]>(ctx, 40) else { return verdict::DROP };
-        if !move_l2::<L2>(ctx, 40) || !set_l2::<L2>(ctx, cfg.next_hop_mac, our, 0x86dd) {
+        if !write_l2::<L2>(ctx, cfg.next_hop_mac, l2.dst, l2.tag, 0x86dd) {
             return verdict::DROP;
         }
         // Version 6, traffic class 0, flow label from the flow hash (spreads flows over backend queues).
@@ -104,8 +132,7 @@ pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, flow: &FlowKey, b: &Bac
         maps::stat(stat::DROP_ENCAP, len);
         return verdict::DROP;
     }
-    let Some(our) = read::<[u8; 6]>(ctx, 20) else { return verdict::DROP };
-    if !move_l2::<L2>(ctx, 20) || !set_l2::<L2>(ctx, cfg.next_hop_mac, our, 0x0800) {
+    if !write_l2::<L2>(ctx, cfg.next_hop_mac, l2.dst, l2.tag, 0x0800) {
         return verdict::DROP;
     }
     let mut ip = [0u8; 20];
@@ -155,18 +182,18 @@ fn sum_packet<const N: usize>(ctx: &XdpContext, off: usize, sum: u64) -> Option<
 /// Replies ICMP "fragmentation needed" (type 3 code 4) to the IPv4 client, quoting its header + 8 bytes.
 /// Layout after: L2 | IPv4 (20) | ICMP (8) | original IPv4 header + 8 bytes (28, left in place).
 #[inline(never)]
-fn too_big_v4<const L2: usize>(ctx: &XdpContext, next_mtu: u16) -> u32 {
+pub fn too_big_v4<const L2: usize>(ctx: &XdpContext, next_mtu: u16) -> u32 {
+    let Some(addrs) = read::<[u8; 8]>(ctx, L2 + 12) else {
+        return verdict::DROP;
+    };
+    let Some(l2) = read_l2::<L2>(ctx) else {
+        return verdict::DROP;
+    };
     if !resize(ctx, L2 + 28, 28) {
         maps::stat(stat::DROP_ENCAP, 0);
         return verdict::DROP;
     }
-    // The old frame now starts at 28: its MACs, and its addresses at 28 + L2 + 12.
-    let (Some(old_dst), Some(old_src), Some(addrs)) =
-        (read::<[u8; 6]>(ctx, 28), read::<[u8; 6]>(ctx, 34), read::<[u8; 8]>(ctx, 28 + L2 + 12))
-    else {
-        return verdict::DROP;
-    };
-    if !move_l2::<L2>(ctx, 28) || !set_l2::<L2>(ctx, old_src, old_dst, 0x0800) {
+    if !write_l2::<L2>(ctx, l2.src, l2.dst, l2.tag, 0x0800) {
         return verdict::DROP;
     }
     let mtu = next_mtu.to_be_bytes();
@@ -200,42 +227,3 @@ fn too_big_v4<const L2: usize>(ctx: &XdpContext, next_mtu: u16) -> u32 {
     }
 }
 
-/// Replies ICMPv6 "packet too big" to the IPv6 client, quoting its header + 8 bytes.
-/// Layout after: L2 | IPv6 (40) | ICMPv6 (8) | original IPv6 header + 8 bytes (48, left in place).
-#[inline(never)]
-fn too_big_v6<const L2: usize>(ctx: &XdpContext, mtu: u16) -> u32 {
-    if !resize(ctx, L2 + 48, 48) {
-        maps::stat(stat::DROP_ENCAP, 0);
-        return verdict::DROP;
-    }
-    let (Some(old_dst), Some(old_src), Some(client), Some(vip)) = (
-        read::<[u8; 6]>(ctx, 48),
-        read::<[u8; 6]>(ctx, 54),
-        read::<[u8; 16]>(ctx, 48 + L2 + 8),
-        read::<[u8; 16]>(ctx, 48 + L2 + 24),
-    ) else {
-        return verdict::DROP;
-    };
-    if !move_l2::<L2>(ctx, 48) || !set_l2::<L2>(ctx, old_src, old_dst, 0x86dd) {
-        return verdict::DROP;
-    }
-    let m = (mtu as u32).to_be_bytes();
-    // Pseudo-header (addresses, length 56, next header 58) + ICMPv6 header + quoted bytes.
-    let mut sum = csum::add(csum::add(56 + 58, &vip), &client);
-    sum = csum::add(sum, &[2u8, 0, 0, 0, m[0], m[1], m[2], m[3]]);
-    let (Some(sum), Some(sum2)) = (sum_packet::<24>(ctx, L2 + 48, sum), sum_packet::<24>(ctx, L2 + 72, 0)) else {
-        return verdict::DROP;
-    };
-    let sum = sum + sum2;
-    let c = csum::fold(sum).to_be_bytes();
-    let ok = write(ctx, L2, [0x60u8, 0, 0, 0, 0, 56, 58, 255])
-        && write(ctx, L2 + 8, vip)
-        && write(ctx, L2 + 24, client)
-        && write(ctx, L2 + 40, [2u8, 0, c[0], c[1], m[0], m[1], m[2], m[3]]);
-    if ok {
-        maps::stat(stat::ICMP_TOO_BIG_SENT, 0);
-        verdict::TX
-    } else {
-        verdict::DROP
-    }
-}

@@ -10,9 +10,28 @@ use crate::{fwd, maps, parse::Pkt, verdict};
 
 const TCP_RST: u8 = 0x04;
 
-/// Balances and forwards a packet addressed to a VIP address.
+/// Verdict of [`handle`] meaning "forward as described in the `Fwd`".
+pub const FORWARD: u32 = 0x100;
+
+/// Where and how to forward a packet (filled by [`handle`]).
+#[derive(Clone, Copy, Default)]
+pub struct Fwd {
+    /// Backend index.
+    pub idx: u32,
+    /// VIP id.
+    pub vip: u32,
+    /// VIP flags.
+    pub flags: u32,
+    /// The backend.
+    pub backend: BackendInfo,
+    /// Flow hash (IPIP VIPs only: it picks the outer source).
+    pub hash: u32,
+}
+
+/// Balances a packet addressed to a VIP address: a final verdict, or [`FORWARD`] with `out` filled.
+/// (Not inlined, and the forwarding is called by the caller: keeps every call chain within the BPF stack limit.)
 #[inline(never)]
-pub fn handle(ctx: &XdpContext, p: &Pkt, len: u64) -> u32 {
+pub fn handle(p: &Pkt, len: u64, out: &mut Fwd) -> u32 {
     let key = VipKey { addr: p.flow.dst, port: p.flow.dport, proto: p.flow.proto, pad: 0 };
     // SAFETY: the value is copied out at once.
     let Some(meta) = (unsafe { maps::VIPS.get(&key) }).copied() else {
@@ -38,19 +57,41 @@ pub fn handle(ctx: &XdpContext, p: &Pkt, len: u64) -> u32 {
     if p.icmp {
         maps::stat(stat::ICMP_FORWARDED, len);
     }
-    let v = if meta.flags & vip_flags::IPIP != 0 {
-        if p.l2len == 18 {
-            fwd::encap::<18>(ctx, p, &flow, &backend, len)
-        } else {
-            fwd::encap::<14>(ctx, p, &flow, &backend, len)
+    out.idx = idx;
+    out.vip = meta.id;
+    out.flags = meta.flags;
+    out.backend = backend;
+    if meta.flags & vip_flags::IPIP != 0 {
+        out.hash = padis_ebpf_common::flow_hash(&flow);
+    }
+    FORWARD
+}
+
+/// Forwards as `f` says (DSR or encapsulation; ICMP "too big" when needed) and counts it.
+#[inline(always)]
+pub fn forward<const L2: usize>(ctx: &XdpContext, p: &Pkt, f: &Fwd, len: u64) -> u32 {
+    let v = if f.flags & vip_flags::IPIP != 0 {
+        match fwd::encap::<L2>(ctx, p, f.hash, &f.backend, len) {
+            fwd::TOO_BIG_V4 => return fwd::too_big_v4::<L2>(ctx, maps::config_mtu().saturating_sub(fwd::outer_len(&f.backend))),
+            v => v,
         }
     } else {
-        fwd::dsr(ctx, &backend)
+        fwd::dsr(ctx, &f.backend)
     };
     if v == verdict::TX {
-        maps::stat_forward(meta.id, idx, len);
+        maps::stat_forward(f.vip, f.idx, len);
     }
     v
+}
+
+/// Balances then forwards a VIP packet.
+#[inline(always)]
+pub fn dispatch<const L2: usize>(ctx: &XdpContext, p: &Pkt, len: u64) -> u32 {
+    let mut f = Fwd::default();
+    match handle(p, len, &mut f) {
+        FORWARD => forward::<L2>(ctx, p, &f, len),
+        v => v,
+    }
 }
 
 #[inline(always)]

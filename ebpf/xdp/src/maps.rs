@@ -57,6 +57,15 @@ pub fn stat_forward(vip: u32, backend: u32, bytes: u64) {
     stat(padis_ebpf_common::stat::FORWARDED, bytes);
 }
 
+/// The configured MTU (0 if userspace has not written the settings yet).
+#[inline(always)]
+pub fn config_mtu() -> u16 {
+    match CONFIG.get(0) {
+        Some(c) => c.mtu,
+        None => 0,
+    }
+}
+
 /// The global settings (all zero if userspace has not written them yet).
 #[inline(always)]
 pub fn config() -> GlobalConfig {

@@ -61,10 +61,18 @@ pub struct Pkt {
     pub icmp: bool,
 }
 
-enum Parsed {
-    Pass,
-    Drop(u32),
-    Vip(Pkt),
+/// Counts and passes a packet that is not for a VIP.
+#[inline(always)]
+fn pass(len: u64) -> u32 {
+    maps::stat(stat::PASSED, len);
+    verdict::PASS
+}
+
+/// Counts and drops a packet for a VIP address.
+#[inline(always)]
+fn drop(reason: u32, len: u64) -> u32 {
+    maps::stat(reason, len);
+    verdict::DROP
 }
 
 /// Program body: returns the XDP verdict.
@@ -83,23 +91,12 @@ pub fn process(ctx: &XdpContext) -> u32 {
         et = u16::from_be_bytes([tag[2], tag[3]]);
         l2len = 18;
     }
-    let parsed = match (et, l2len) {
-        (0x0800, 14) => parse_v4::<14>(ctx),
-        (0x0800, _) => parse_v4::<18>(ctx),
-        (0x86dd, 14) => parse_v6::<14>(ctx),
-        (0x86dd, _) => parse_v6::<18>(ctx),
-        _ => Parsed::Pass,
-    };
-    match parsed {
-        Parsed::Pass => {
-            maps::stat(stat::PASSED, len);
-            verdict::PASS
-        }
-        Parsed::Drop(reason) => {
-            maps::stat(reason, len);
-            verdict::DROP
-        }
-        Parsed::Vip(p) => lb::handle(ctx, &p, len),
+    match (et, l2len) {
+        (0x0800, 14) => parse_v4::<14>(ctx, len),
+        (0x0800, _) => parse_v4::<18>(ctx, len),
+        (0x86dd, 14) => parse_v6::<14>(ctx, len),
+        (0x86dd, _) => parse_v6::<18>(ctx, len),
+        _ => pass(len),
     }
 }
 
@@ -115,26 +112,26 @@ fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
     }
 }
 
-#[inline(never)]
-fn parse_v4<const L2: usize>(ctx: &XdpContext) -> Parsed {
+#[inline(always)]
+fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     let l2len = L2;
     let Some(ip) = read::<[u8; 20]>(ctx, l2len) else {
-        return Parsed::Pass;
+        return pass(len);
     };
     let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
     // SAFETY: read-only lookup of a plain value.
     if unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
-        return Parsed::Pass;
+        return pass(len);
     }
     if ip[0] >> 4 != 4 {
-        return Parsed::Drop(stat::DROP_MALFORMED);
+        return drop(stat::DROP_MALFORMED, len);
     }
     if ip[0] & 0xf != 5 {
-        return Parsed::Drop(stat::DROP_IP_OPTIONS);
+        return drop(stat::DROP_IP_OPTIONS, len);
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     if frag & 0x3fff != 0 {
-        return Parsed::Drop(stat::DROP_FRAGMENT);
+        return drop(stat::DROP_FRAGMENT, len);
     }
     let df = frag & 0x4000 != 0;
     let proto = ip[9];
@@ -143,37 +140,37 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext) -> Parsed {
     match proto {
         6 | 17 => {
             let Some((sport, dport, tcp_flags)) = ports(ctx, l4, proto) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
-            Parsed::Vip(Pkt {
+            lb::dispatch::<L2>(ctx, &Pkt {
                 l2len,
                 v6: false,
                 df,
                 flow: FlowKey { src, dst, sport, dport, proto, pad: [0; 3] },
                 tcp_flags,
                 icmp: false,
-            })
+            }, len)
         }
         1 => {
             let Some(icmp) = read::<[u8; 8]>(ctx, l4) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
             // Destination unreachable (incl. fragmentation needed) and time exceeded quote a packet the backend
             // sent from the VIP: they belong to that flow's backend. Everything else (echo...) is the node's.
             if icmp[0] != 3 && icmp[0] != 11 {
-                return Parsed::Pass;
+                return pass(len);
             }
             let Some(inner) = read::<[u8; 20]>(ctx, l4 + 8) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
             let iproto = inner[9];
             if inner[0] != 0x45 || (iproto != 6 && iproto != 17) {
-                return Parsed::Pass;
+                return pass(len);
             }
             let Some(p) = read::<[u8; 4]>(ctx, l4 + 28) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
-            Parsed::Vip(Pkt {
+            lb::dispatch::<L2>(ctx, &Pkt {
                 l2len,
                 v6: false,
                 df,
@@ -187,67 +184,75 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext) -> Parsed {
                 },
                 tcp_flags: 0,
                 icmp: true,
-            })
+            }, len)
         }
-        _ => Parsed::Pass,
+        _ => pass(len),
     }
 }
 
-#[inline(never)]
-fn parse_v6<const L2: usize>(ctx: &XdpContext) -> Parsed {
+#[inline(always)]
+fn parse_v6<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     let l2len = L2;
-    let (Some(ip), Some(dst)) = (read::<[u8; 8]>(ctx, l2len), read::<[u8; 16]>(ctx, l2len + 24)) else {
-        return Parsed::Pass;
+    // Sequential reads, largest extent first (see fwd.rs).
+    let Some(dst) = read::<[u8; 16]>(ctx, l2len + 24) else {
+        return pass(len);
+    };
+    let Some(ip) = read::<[u8; 8]>(ctx, l2len) else {
+        return pass(len);
     };
     // SAFETY: read-only lookup of a plain value.
     if unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
-        return Parsed::Pass;
+        return pass(len);
     }
     if ip[0] >> 4 != 6 {
-        return Parsed::Drop(stat::DROP_MALFORMED);
+        return drop(stat::DROP_MALFORMED, len);
     }
     let nh = ip[6];
     let Some(src) = read::<[u8; 16]>(ctx, l2len + 8) else {
-        return Parsed::Pass;
+        return pass(len);
     };
     let l4 = l2len + 40;
     match nh {
-        44 => Parsed::Drop(stat::DROP_FRAGMENT),
-        0 | 43 | 60 => Parsed::Drop(stat::DROP_IP_OPTIONS),
+        44 => drop(stat::DROP_FRAGMENT, len),
+        0 | 43 | 60 => drop(stat::DROP_IP_OPTIONS, len),
         6 | 17 => {
             let Some((sport, dport, tcp_flags)) = ports(ctx, l4, nh) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
-            Parsed::Vip(Pkt {
+            lb::dispatch::<L2>(ctx, &Pkt {
                 l2len,
                 v6: true,
                 df: true,
                 flow: FlowKey { src, dst, sport, dport, proto: nh, pad: [0; 3] },
                 tcp_flags,
                 icmp: false,
-            })
+            }, len)
         }
         58 => {
             let Some(icmp) = read::<[u8; 8]>(ctx, l4) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
             // Destination unreachable, packet too big, time exceeded: quote a packet sent from the VIP.
             if icmp[0] < 1 || icmp[0] > 3 {
-                return Parsed::Pass;
+                return pass(len);
             }
-            let (Some(inner), Some(isrc), Some(idst)) =
-                (read::<[u8; 8]>(ctx, l4 + 8), read::<[u8; 16]>(ctx, l4 + 16), read::<[u8; 16]>(ctx, l4 + 32))
-            else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+            let Some(idst) = read::<[u8; 16]>(ctx, l4 + 32) else {
+                return drop(stat::DROP_MALFORMED, len);
+            };
+            let Some(isrc) = read::<[u8; 16]>(ctx, l4 + 16) else {
+                return drop(stat::DROP_MALFORMED, len);
+            };
+            let Some(inner) = read::<[u8; 8]>(ctx, l4 + 8) else {
+                return drop(stat::DROP_MALFORMED, len);
             };
             let iproto = inner[6];
             if inner[0] >> 4 != 6 || (iproto != 6 && iproto != 17) {
-                return Parsed::Pass;
+                return pass(len);
             }
             let Some(p) = read::<[u8; 4]>(ctx, l4 + 48) else {
-                return Parsed::Drop(stat::DROP_MALFORMED);
+                return drop(stat::DROP_MALFORMED, len);
             };
-            Parsed::Vip(Pkt {
+            lb::dispatch::<L2>(ctx, &Pkt {
                 l2len,
                 v6: true,
                 df: true,
@@ -261,8 +266,8 @@ fn parse_v6<const L2: usize>(ctx: &XdpContext) -> Parsed {
                 },
                 tcp_flags: 0,
                 icmp: true,
-            })
+            }, len)
         }
-        _ => Parsed::Pass,
+        _ => pass(len),
     }
 }
