@@ -267,9 +267,9 @@ fn ipv6_session_carries_both_families() {
     });
 }
 
-/// Routes BIRD holds from us, summed over its tables (from `show route count`).
+/// Routes BIRD holds from us, summed over its tables (from `show route count protocol padis`).
 fn bird_count(bird: &Bird) -> usize {
-    bird.cmd("show route count")
+    bird.cmd("show route count protocol padis")
         .lines()
         .filter(|l| l.contains("routes for"))
         .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
