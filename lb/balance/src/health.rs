@@ -74,6 +74,12 @@ pub struct HealthRegistry {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for HealthRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthRegistry").field("targets", &self.lock().targets.len()).finish()
+    }
+}
+
 struct Inner {
     state: Arc<Mutex<State>>,
     metrics: Metrics,
