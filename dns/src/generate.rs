@@ -9,7 +9,6 @@ use hickory_proto::rr::{Name, RData};
 use padis_model::{l4::Vip, Service};
 
 use crate::names::{label, labels};
-use crate::wire::wire_of;
 use crate::zone::FastMap;
 
 /// One generated record (the zone's generated TTL applies).
@@ -98,8 +97,6 @@ pub struct GenCache {
 pub struct Generated {
     /// Records by zone index.
     pub by_zone: FastMap<usize, Vec<Arc<Vec<GenRecord>>>>,
-    /// Name collisions (two sources publishing addresses at one name).
-    pub collisions: Vec<String>,
     /// Services that could not be placed.
     pub errors: Vec<String>,
 }
@@ -132,15 +129,16 @@ impl GenCache {
                 },
             };
             let key = (zone.0, s.name.clone());
-            let recs = match self.services.remove(&key) {
-                Some((old, recs)) if old == *s => recs,
-                _ => Arc::new(service_records(s, &zone.1)),
-            };
             if fresh.contains_key(&key) {
                 g.errors.push(format!("service {}: defined twice in zone {}", s.name, zone.1));
+                continue;
             }
+            let (svc, recs) = match self.services.remove(&key) {
+                Some((old, recs)) if old == *s => (old, recs),
+                _ => (s.clone(), Arc::new(service_records(s, &zone.1))),
+            };
             g.by_zone.entry(zone.0).or_default().push(recs.clone());
-            fresh.insert(key, (s.clone(), recs));
+            fresh.insert(key, (svc, recs));
         }
         self.services = fresh;
         for (zi, zname, generated) in zones {
@@ -152,28 +150,6 @@ impl GenCache {
                 g.by_zone.entry(*zi).or_default().push(Arc::new(recs));
             }
         }
-        // Collisions: address records at one name from different sources.
-        for sets in g.by_zone.values() {
-            let mut owners: FastMap<crate::wire::WireName, Arc<str>> = FastMap::default();
-            for set in sets {
-                for r in set.iter() {
-                    if !matches!(r.rdata, RData::A(_) | RData::AAAA(_)) {
-                        continue;
-                    }
-                    match owners.get(&wire_of(&r.name)) {
-                        Some(o) if **o != *r.origin => {
-                            g.collisions.push(format!("{}: published by {} and {}", r.name, o, r.origin));
-                        }
-                        Some(_) => {}
-                        None => {
-                            owners.insert(wire_of(&r.name), r.origin.clone());
-                        }
-                    }
-                }
-            }
-        }
-        g.collisions.sort();
-        g.collisions.dedup();
         g
     }
 }
@@ -206,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn collisions_are_reported() {
+    fn colliding_names_are_kept_with_their_origins() {
         let mk = |n: &str, ip: &str| Service {
             name: n.into(),
             zone: None,
@@ -216,7 +192,8 @@ mod tests {
         };
         let z = Name::from_ascii("z.").unwrap();
         let g = GenCache::default().generate(&[mk("a_b", "10.0.0.1"), mk("a-b", "10.0.0.2")], &[], &[(0, z, true)]);
-        assert!(!g.collisions.is_empty());
         assert_eq!(g.by_zone[&0].len(), 2, "both kept");
+        assert_eq!(g.by_zone[&0][0][0].name, g.by_zone[&0][1][0].name, "same mapped name");
+        assert_ne!(g.by_zone[&0][0][0].origin, g.by_zone[&0][1][0].origin);
     }
 }

@@ -17,6 +17,7 @@ mod render;
 mod report;
 mod resolve;
 mod rrl;
+mod sharded;
 mod source;
 mod tsig;
 mod update;

@@ -144,9 +144,6 @@ impl Manager {
         }
         let zones: Vec<_> = self.sources.iter().enumerate().map(|(i, s)| (i, s.origin.clone(), s.cfg.generated)).collect();
         self.generated = self.gen_cache.generate(&snap.state.services, &snap.state.vips, &zones);
-        for c in &self.generated.collisions {
-            tracing::warn!(collision = %c, "DNS name collision");
-        }
         self.build_all(force);
     }
 
@@ -216,7 +213,11 @@ impl Manager {
         self.report.store(Arc::new(DnsReport {
             listen: self.listen.clone(),
             zones,
-            collisions: self.generated.collisions.clone(),
+            collisions: {
+                let mut c: Vec<String> = self.sources.iter().flat_map(|s| s.collisions.values().cloned()).collect();
+                c.sort();
+                c
+            },
             errors,
         }));
         self.handler.zones.store(Arc::new(set));

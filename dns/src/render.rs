@@ -11,7 +11,8 @@ use rand::seq::SliceRandom;
 
 use crate::resolve::{resolve, Answer};
 use crate::wire::{in_zone, parent, WireName};
-use crate::zone::{FastEntry, FastMap, FastSet, Node, Rendered, ZoneData};
+use crate::sharded::Sharded;
+use crate::zone::{FastEntry, FastSet, Node, Rendered, ZoneData};
 
 /// Shuffle variants kept per answer with several A/AAAA/SRV records.
 const MAX_VARIANTS: usize = 8;
@@ -106,12 +107,11 @@ fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> FastEntry {
 
 /// Renders the fast-path entries of the `dirty` names of `zone` into `fast` (the previous version's map); all
 /// names when `dirty` is `None`. Names no longer in the zone are removed.
-pub fn update_fast(zone: &ZoneData, fast: &mut FastMap<WireName, Arc<FastEntry>>, dirty: Option<&FastSet<WireName>>) {
+pub fn update_fast(zone: &ZoneData, fast: &mut Sharded<Arc<FastEntry>>, dirty: Option<&FastSet<WireName>>) {
     match dirty {
         None => {
             fast.clear();
-            fast.reserve(zone.nodes.len());
-            for (wire, node) in &zone.nodes {
+            for (wire, node) in zone.nodes.iter() {
                 fast.insert(wire.clone(), Arc::new(entry(zone, wire, node)));
             }
         }

@@ -95,6 +95,8 @@ pub struct ZoneSource {
     applied_statics: StaticZone,
     statics_dirty: bool,
     hash: u64,
+    /// Names where several generated sources publish addresses.
+    pub collisions: FastMap<WireName, String>,
 }
 
 fn file_name(origin: &Name) -> String {
@@ -148,6 +150,7 @@ impl ZoneSource {
             applied_statics: StaticZone::default(),
             statics_dirty: true,
             hash: 0,
+            collisions: FastMap::default(),
         };
         z.reload_file(true)?;
         z.statics = z.file_records.clone();
@@ -365,7 +368,7 @@ impl ZoneSource {
                 for r in g.iter() {
                     let w = wire_of(&r.name);
                     let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(r.name.clone()));
-                    nd.contrib.push(Contrib { src: *id, ttl, rdata: r.rdata.clone() });
+                    nd.contrib.push(Contrib { src: *id, ttl, rdata: r.rdata.clone(), origin: Some(r.origin.clone()) });
                     touched.insert(w);
                 }
             }
@@ -386,7 +389,7 @@ impl ZoneSource {
                 let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(n.clone()));
                 for set in sets {
                     for d in &set.rdatas {
-                        nd.contrib.push(Contrib { src: STATIC, ttl: set.ttl, rdata: d.clone() });
+                        nd.contrib.push(Contrib { src: STATIC, ttl: set.ttl, rdata: d.clone(), origin: None });
                     }
                 }
                 touched.insert(w.clone());
@@ -439,6 +442,7 @@ impl ZoneSource {
             let old = nodes.get(w).cloned();
             if !exists {
                 self.index.remove(w);
+                self.collisions.remove(w);
                 if let Some(o) = old {
                     nodes.remove(w);
                     hash ^= o.hash;
@@ -448,6 +452,16 @@ impl ZoneSource {
                 continue;
             }
             let Some(nd) = self.index.get(w) else { continue };
+            match nd.collision() {
+                Some(c) => {
+                    if self.collisions.insert(w.clone(), c.clone()).is_none() {
+                        tracing::warn!(collision = %c, "DNS name collision");
+                    }
+                }
+                None => {
+                    self.collisions.remove(w);
+                }
+            }
             let mut sets = nd.rrsets();
             if is_apex {
                 sets.retain(|s| s.rtype != RecordType::SOA);
@@ -526,7 +540,7 @@ impl ZoneSource {
             }
             if let Some(n) = node {
                 for t in dependencies(n) {
-                    let v = rdeps.entry(wire_of(&t)).or_default();
+                    let v = rdeps.entry_or_insert_with(wire_of(&t), Vec::new);
                     if !v.contains(w) {
                         v.push(w.clone());
                     }
@@ -574,7 +588,7 @@ impl ZoneSource {
             cuts,
             wilds,
             rdeps,
-            fast: FastMap::default(),
+            fast: Default::default(),
             neg_tail: negative_tail(&neg),
             record_count,
             policy,
@@ -655,6 +669,7 @@ struct Contrib {
     src: usize,
     ttl: u32,
     rdata: RData,
+    origin: Option<Arc<str>>,
 }
 
 /// Everything contributed to one name, and how many names with data lie below it.
@@ -672,6 +687,21 @@ impl NameData {
     }
 
     /// The RRsets of the name (static records first, duplicates merged, one TTL per set).
+    /// A collision report when address records come from more than one generated source.
+    fn collision(&self) -> Option<String> {
+        let mut origins: Vec<&Arc<str>> = self
+            .contrib
+            .iter()
+            .filter(|c| matches!(c.rdata, RData::A(_) | RData::AAAA(_)))
+            .filter_map(|c| c.origin.as_ref())
+            .collect();
+        origins.sort();
+        origins.dedup();
+        (origins.len() > 1).then(|| {
+            format!("{}: addresses published by {}", self.name, origins.iter().map(|o| o.as_ref()).collect::<Vec<_>>().join(" and "))
+        })
+    }
+
     fn rrsets(&self) -> Vec<RrSet> {
         let mut sets: Vec<RrSet> = Vec::new();
         let ordered = self.contrib.iter().filter(|c| c.src == STATIC).chain(self.contrib.iter().filter(|c| c.src != STATIC));

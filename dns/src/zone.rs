@@ -9,6 +9,7 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
+use crate::sharded::Sharded;
 use crate::tsig::TsigKey;
 use crate::wire::WireName;
 
@@ -142,15 +143,15 @@ pub struct ZoneData {
     /// TTL of the SOA in negative answers (min of SOA TTL and MINIMUM).
     pub negative_ttl: u32,
     /// All names (with empty non-terminals), by lowercase wire name.
-    pub nodes: FastMap<WireName, Arc<Node>>,
+    pub nodes: Sharded<Arc<Node>>,
     /// Delegation points below the apex.
     pub cuts: FastSet<WireName>,
     /// Wildcard owner names.
     pub wilds: FastSet<WireName>,
     /// Names whose answers include records of a name (CNAME chains, SRV/MX/NS targets): target -> dependents.
-    pub rdeps: FastMap<WireName, Vec<WireName>>,
+    pub rdeps: Sharded<Vec<WireName>>,
     /// Fast-path entries by lowercase wire name.
-    pub fast: FastMap<WireName, Arc<FastEntry>>,
+    pub fast: Sharded<Arc<FastEntry>>,
     /// The zone has delegations below the apex.
     pub has_cuts: bool,
     /// The zone has wildcard names.
