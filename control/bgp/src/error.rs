@@ -52,6 +52,9 @@ pub enum SessionError {
     /// No message from the peer within the hold time; we sent Hold Timer Expired.
     #[error("hold timer expired")]
     HoldTimerExpired,
+    /// The peer did not read what we sent for too long (RFC 9687).
+    #[error("send hold timer expired: the peer stopped reading")]
+    SendHoldTimerExpired,
     /// A message could not be encoded (a bug or an impossible route set).
     #[error("encode: {0}")]
     Encode(#[from] rustbgpd_wire::EncodeError),

@@ -152,6 +152,8 @@ impl Session {
         let mut out = Writer {
             wr,
             status: self.status.clone(),
+            // RFC 9687 (send hold timer): a peer that stops reading must not wedge the session.
+            timeout: (self.cfg.hold_time * 2).max(Duration::from_secs(30)),
         };
         let (tx, mut rx) = mpsc::channel(16);
         let reader = tokio::spawn(async move {
@@ -277,8 +279,7 @@ impl Session {
                             if let Some((po, nh)) = &params {
                                 let draining = phase == Phase::Drain;
                                 let want: BTreeSet<IpNet> = self.routes.borrow().iter().map(|a| a.prefix).collect();
-                                // Re-announce everything with the new attributes.
-                                rib.out.clear();
+                                // Re-announces everything with the new attributes, withdraws what left.
                                 rib.sync(&mut out, want, po, nh, self.path(po, draining), draining).await?;
                                 if draining {
                                     info!(peer = %self.peer.address, routes = rib.out.len(), "BGP: GRACEFUL_SHUTDOWN announced");
@@ -397,12 +398,16 @@ impl Drop for AbortOnDrop {
 struct Writer {
     wr: OwnedWriteHalf,
     status: PeerStatus,
+    timeout: Duration,
 }
 
 impl Writer {
     async fn send(&mut self, m: &Message) -> Result<(), SessionError> {
         let b = wire::encode(m)?;
-        self.wr.write_all(&b).await?;
+        match timeout(self.timeout, self.wr.write_all(&b)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(SessionError::SendHoldTimerExpired),
+        }
         if matches!(m, Message::Update(_)) {
             self.status.sent_updates(1);
         }
@@ -442,7 +447,8 @@ struct Rib {
 }
 
 impl Rib {
-    /// Sends the UPDATEs that turn `out` into `want` (restricted to what the session can carry).
+    /// Sends the UPDATEs that turn `out` into `want` (restricted to what the session can carry); prefixes
+    /// announced with the other drain state are re-announced with the current attributes.
     async fn sync(
         &mut self,
         w: &mut Writer,
@@ -462,9 +468,10 @@ impl Rib {
             self.warned = true;
         }
         let want: BTreeSet<IpNet> = want.into_iter().filter(can).collect();
+        // New prefixes, and those announced with the other (draining or not) attributes.
         let add: Vec<IpNet> = want
             .iter()
-            .filter(|p| !self.out.contains_key(p))
+            .filter(|p| self.out.get(p) != Some(&draining))
             .copied()
             .collect();
         let del: Vec<IpNet> = self
