@@ -108,6 +108,15 @@ fn bird_learns_v4_and_v6_vips_and_withdraws() {
         learnt(&bird, V4, "IPv4 VIP announced again").await;
         gone(&bird, V6, "IPv6 VIP withdrawn").await;
         assert_eq!(h.report().peers[0].routes_announced, 1);
+        // `reload in` makes BIRD send ROUTE-REFRESH: we answer with our routes, the session stays up.
+        let sent = metric(&reg, "padis_bgp_updates_sent_total");
+        bird.cmd("reload in padis");
+        wait_for(LIMIT, "ROUTE-REFRESH answered", || async {
+            (metric(&reg, "padis_bgp_updates_sent_total") > sent).then_some(())
+        })
+        .await;
+        assert!(!bird.route(V4).is_empty());
+        assert_eq!(h.report().peers[0].flaps, 0);
         h.stop().await;
         gone(&bird, V4, "all withdrawn on stop").await;
     });
