@@ -5,7 +5,7 @@ use std::net::IpAddr;
 /// Why the announcer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BgpError {
-    /// A metric could not be registered (e.g. registered twice in one registry).
+    /// A metric could not be registered (e.g. a different metric of the same name exists).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// The listening socket for passive peers could not be opened.

@@ -211,11 +211,11 @@ impl Metrics {
             "padis_ospf_routes_installed",
             "VIP host routes or addresses in the kernel",
         )?;
-        r.register(Box::new(state.clone()))?;
-        r.register(Box::new(routes.clone()))?;
-        r.register(Box::new(flaps.clone()))?;
-        r.register(Box::new(updates.clone()))?;
-        r.register(Box::new(ospf_routes.clone()))?;
+        register(r, &state)?;
+        register(r, &routes)?;
+        register(r, &flaps)?;
+        register(r, &updates)?;
+        register(r, &ospf_routes)?;
         Ok(Self {
             state,
             routes,
@@ -223,5 +223,41 @@ impl Metrics {
             updates,
             ospf_routes,
         })
+    }
+}
+
+/// Registers `c`, replacing a collector of the same name from an earlier announcer (config reload re-spawns).
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: &C,
+) -> Result<(), BgpError> {
+    match r.register(Box::new(c.clone())) {
+        Err(prometheus::Error::AlreadyReg) => {
+            r.unregister(Box::new(c.clone()))?;
+            r.register(Box::new(c.clone()))?;
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_can_be_registered_again_after_a_reload() {
+        let r = Registry::new();
+        let a = Metrics::register(&r).unwrap();
+        a.ospf_routes.set(3);
+        let b = Metrics::register(&r).unwrap();
+        b.ospf_routes.set(5);
+        let v: Vec<f64> = r
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "padis_ospf_routes_installed")
+            .map(|f| f.get_metric()[0].get_gauge().value())
+            .collect();
+        assert_eq!(v, vec![5.0]);
     }
 }
