@@ -73,7 +73,7 @@ impl Announcer {
             for p in cfg.peers.iter() {
                 let status = PeerStatus::new(p.address, p.asn, m.clone());
                 let incoming = if p.passive {
-                    let (tx, rx) = mpsc::channel(2);
+                    let (tx, rx) = mpsc::channel(1);
                     passive.push((p.address, tx));
                     Some(rx)
                 } else {

@@ -84,7 +84,13 @@ impl Session {
             } else {
                 failures.saturating_add(1)
             };
-            let backoff = self.cfg.connect_retry * 2u32.pow(failures.min(3));
+            // A passive peer decides when to come back: only a short pause, so its next attempt is not left
+            // waiting in the accept queue.
+            let backoff = if self.incoming.is_some() {
+                Duration::from_millis(100)
+            } else {
+                self.cfg.connect_retry * 2u32.pow(failures.min(3))
+            };
             tokio::select! {
                 _ = sleep(backoff) => {}
                 _ = wait_stop(&mut self.phase) => break,
