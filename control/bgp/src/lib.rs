@@ -5,6 +5,8 @@
 //! that follows the set with UPDATE diffs, and, with `[ospf]`, a writer that mirrors it into a kernel table.
 //! [`AnnouncerHandle::drain_and_stop`] does the RFC 8326 graceful shutdown before withdrawing.
 
+#![warn(missing_docs)]
+
 mod error;
 mod kernel;
 mod listener;
@@ -180,5 +182,70 @@ impl Drop for AnnouncerHandle {
     fn drop(&mut self) {
         // Dropped without drain/stop: tasks see the phase and close their sessions with Cease.
         let _ = self.phase.send(Phase::Stop);
+    }
+}
+
+/// Builds the set to announce from the VIPs and whether each can be served now (data plane attached and a
+/// healthy backend): an address is announced as a host prefix when at least one of its VIPs (ports,
+/// protocols) can be served; the names of those VIPs are joined with `,`.
+pub fn announcements<'a>(
+    vips: impl IntoIterator<Item = (&'a padis_model::l4::Vip, bool)>,
+) -> BTreeSet<Announcement> {
+    let mut by_addr: std::collections::BTreeMap<std::net::IpAddr, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (v, up) in vips {
+        if up {
+            by_addr.entry(v.addr).or_default().push(v.name.as_str());
+        }
+    }
+    by_addr
+        .into_iter()
+        .map(|(addr, mut names)| {
+            names.sort_unstable();
+            names.dedup();
+            Announcement {
+                prefix: ipnet::IpNet::from(addr),
+                name: names.join(","),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parsed from config text, so that new fields of `Vip` do not break this test.
+    fn vip(name: &str, addr: &str, port: u16) -> padis_model::l4::Vip {
+        let text = format!("[[vip]]\nname = \"{name}\"\naddr = \"{addr}\"\nport = {port}\n");
+        let v = padis_model::parse_config(&text, "t.toml", std::path::Path::new("."))
+            .map_err(|e| e.to_string());
+        v.unwrap().state.vips.remove(0)
+    }
+
+    #[test]
+    fn an_address_is_announced_while_one_of_its_vips_can_be_served() {
+        let a = vip("web", "198.51.100.7", 80);
+        let b = vip("web-tls", "198.51.100.7", 443);
+        let c = vip("dns6", "2001:db8::53", 53);
+        let d = vip("down", "198.51.100.8", 80);
+        let set = announcements([(&a, false), (&b, true), (&c, true), (&d, false)]);
+        let got: Vec<(String, String)> = set
+            .iter()
+            .map(|x| (x.prefix.to_string(), x.name.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("198.51.100.7/32".to_string(), "web-tls".to_string()),
+                ("2001:db8::53/128".to_string(), "dns6".to_string())
+            ]
+        );
+        let both = announcements([(&a, true), (&b, true)]);
+        assert_eq!(
+            both.iter().next().map(|x| x.name.as_str()),
+            Some("web,web-tls")
+        );
+        assert!(announcements([(&d, false)]).is_empty());
     }
 }
