@@ -136,3 +136,44 @@ pub fn mac_of(ns: &Netns, iface: &str) -> Result<String, String> {
     let out = ns.run(&["cat", &format!("/sys/class/net/{iface}/address")])?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// Turns off TX checksum offload on `iface` in `ns` (ETHTOOL_STXCSUM, as `ethtool -K <iface> tx off`). Needed for
+/// traffic that crosses native XDP on a veth: a veth hands partial checksums along, and a frame re-transmitted by
+/// XDP (XDP_TX/redirect) leaves as a plain frame whose checksum was never filled in.
+pub fn disable_tx_checksum(ns: &Netns, iface: &str) -> Result<(), String> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    if iface.len() >= 16 {
+        return Err(format!("interface name too long: {iface}"));
+    }
+    ns.enter(|| {
+        let mut val = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+        let mut req = IfReq { name: [0; 16], data: &mut val, _pad: [0; 16] };
+        req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+        // SAFETY: a datagram socket for the ioctl, closed below; the request points at live locals.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            let r = libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                return Err(format!("ETHTOOL_STXCSUM {iface}: {err}"));
+            }
+        }
+        Ok(())
+    })?
+}
