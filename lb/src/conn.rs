@@ -118,7 +118,8 @@ async fn serve_http<I>(
 {
     let state = Arc::new(ConnState::new());
     let io = TimedIo::new(io, state.clone(), limits.header_read_timeout, mode == Mode::H2);
-    let ctx = Arc::new(ConnCtx { plane, listener, peer, local_port: local.port(), https, state: state.clone() });
+    let id = crate::headers::ClientId::new(peer, local.port(), https);
+    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id });
     let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -28,9 +28,10 @@ pub(crate) struct ConnCtx {
     pub plane: Arc<PlaneShared>,
     pub listener: Arc<str>,
     pub peer: SocketAddr,
-    pub local_port: u16,
     pub https: bool,
     pub state: Arc<ConnState>,
+    /// Forwarding-header values of this client.
+    pub id: headers::ClientId,
 }
 
 fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Response<RespBody> {
@@ -152,7 +153,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
             }
         }
     }
-    headers::add_forwarded(&mut parts.headers, ctx.peer, ctx.local_port, ctx.https, &done.host);
+    headers::add_forwarded(&mut parts.headers, &ctx.id, &done.host);
 
     // The body: empty or small idempotent ones are kept for retries, others are streamed once.
     let idempotent = is_idempotent(&parts.method);
@@ -187,7 +188,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         };
         let addr = pick.backend.addr;
         let label = rt.backend_labels.get(&addr).cloned().unwrap_or_else(|| addr.to_string().into());
-        done.backend = Some((addr, label));
+        done.backend = Some((addr, label.clone()));
         let in_flight = pick.backend.begin();
         let last = buffered.is_none() || attempt >= upstream.retries;
         let body: UpstreamBody = match (&buffered, streamed.take()) {
@@ -195,7 +196,12 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
             (None, Some(s)) => Either::Right(s),
             (None, None) => return local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done),
         };
-        let uri = match Uri::try_from(format!("{scheme}://{addr}{pq}")) {
+        let mut target = String::with_capacity(scheme.len() + 3 + label.len() + pq.len());
+        target.push_str(scheme);
+        target.push_str("://");
+        target.push_str(&label);
+        target.push_str(pq);
+        let uri = match Uri::try_from(target) {
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "bad request: invalid target\n", done),
         };

@@ -1,7 +1,6 @@
 //! Header rewriting: hop-by-hop headers removed in both directions (RFC 9110 §7.6.1), forwarding headers added
 //! (`X-Forwarded-For`/`-Proto`/`-Port`, RFC 7239 `Forwarded`).
 
-use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -52,41 +51,56 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds the forwarding headers for a request from `client` received on local port `port`.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, port: u16, https: bool, host: &str) {
-    let ip = client.ip().to_canonical();
-    let proto = if https { "https" } else { "http" };
-    let mut buf = String::with_capacity(64);
-    // X-Forwarded-For: append to the last value (one header line).
-    let _ = write!(buf, "{ip}");
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {buf}"),
-        None => buf.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+/// What the forwarding headers say about one client connection, formatted once per connection.
+pub(crate) struct ClientId {
+    /// `X-Forwarded-For` element (the client IP).
+    xff: Box<str>,
+    /// `Forwarded` element without host (`for=...;proto=...`).
+    forwarded: Box<str>,
+    /// Local port.
+    port: HeaderValue,
+    https: bool,
+}
+
+impl ClientId {
+    /// Formats the identity of a client connected from `client` to local port `port`.
+    pub fn new(client: SocketAddr, port: u16, https: bool) -> ClientId {
+        let ip = client.ip().to_canonical();
+        let proto = if https { "https" } else { "http" };
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        ClientId { xff: ip.to_string().into(), forwarded: forwarded.into(), port: HeaderValue::from(port), https }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(port));
-    buf.clear();
-    match ip {
-        IpAddr::V4(v4) => {
-            let _ = write!(buf, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(buf, "for=\"[{v6}]\"");
-        }
+}
+
+fn append_value(headers: &mut HeaderMap, name: &HeaderName, parts: &[&str]) {
+    let prev = headers.get(name).and_then(|v| v.to_str().ok());
+    let len = prev.map(|p| p.len() + 2).unwrap_or(0) + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut buf = String::with_capacity(len);
+    if let Some(p) = prev {
+        buf.push_str(p);
+        buf.push_str(", ");
     }
-    let _ = write!(buf, ";proto={proto}");
-    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')) {
-        let _ = write!(buf, ";host={host}");
+    for p in parts {
+        buf.push_str(p);
     }
-    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {buf}"),
-        None => buf,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert(header::FORWARDED, v);
+    if let Ok(v) = HeaderValue::try_from(buf) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// Adds the forwarding headers (`X-Forwarded-For` and `Forwarded` appended, `X-Forwarded-Proto`/`-Port` set).
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, id: &ClientId, host: &str) {
+    append_value(headers, &X_FORWARDED_FOR, &[&id.xff]);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if id.https { "https" } else { "http" }));
+    headers.insert(X_FORWARDED_PORT.clone(), id.port.clone());
+    let with_host = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if with_host {
+        append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=", host]);
+    } else {
+        append_value(headers, &header::FORWARDED, &[&id.forwarded]);
     }
 }
 
@@ -106,7 +120,7 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none());
         assert!(h.get(header::UPGRADE).is_none() && h.get(header::CONNECTION).is_none());
-        add_forwarded(&mut h, "[::1]:5000".parse().unwrap(), 8443, true, "a.example");
+        add_forwarded(&mut h, &ClientId::new("[::1]:5000".parse().unwrap(), 8443, true), "a.example");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=a.example");
         assert_eq!(h["x-forwarded-port"], "8443");
