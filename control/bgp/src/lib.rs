@@ -11,6 +11,7 @@ mod error;
 mod kernel;
 mod listener;
 pub mod ospf;
+mod rib;
 mod session;
 mod status;
 pub mod wire;
