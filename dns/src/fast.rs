@@ -113,8 +113,8 @@ pub fn answer(set: &ZoneSet, req: &[u8], out: &mut Vec<u8>, tcp: bool, server_pa
     let mut lower = [0u8; 256];
     let q = parse(req, &mut lower)?;
     let name = &lower[..q.name_len];
-    let (zone, apex_off) = set.find(name)?;
-    let zi = *set.by_origin.get(&zone.origin_wire[..])?;
+    let (zi, apex_off) = set.locate(name)?;
+    let zone = set.zones.get(zi)?;
     out.clear();
     // Header: ID, flags (QR, AA, RD and CD copied), counts filled below.
     let rd = req[2] & 0x01;

@@ -114,8 +114,7 @@ impl Handler {
         let started = Instant::now();
         let set = self.zones.load();
         if let Some(o) = fast::answer(&set, req, out, tcp, set.edns_payload, &mut w.rotate) {
-            let name = set.zones.get(o.zone).map(|z| z.origin.to_ascii()).unwrap_or_default();
-            w.counters.count(set.generation, (o.zone, &name), o.qtype, u16::from(o.rcode));
+            w.counters.count(&set, Some(o.zone), o.qtype, u16::from(o.rcode));
             if o.truncated {
                 self.metrics.truncated.inc();
             }
@@ -166,7 +165,7 @@ impl Handler {
             Some(m) => m,
             None => {
                 header_only(req, 1, out);
-                w.counters.count(set.generation, (usize::MAX, ""), 0, 1);
+                w.counters.count(set, None, 0, 1);
                 return Outcome::Reply;
             }
         };
@@ -234,9 +233,8 @@ impl Handler {
     ) -> Outcome {
         let qtype = resp.queries.first().map_or(0, |q| u16::from(q.query_type()));
         let rcode = u16::from(resp.metadata.response_code);
-        let zone = resp.queries.first().and_then(|q| set.find(&wire_of(q.name())).map(|(z, _)| z.origin.to_ascii()));
-        let zi = zone.as_ref().and_then(|z| set.zones.iter().position(|d| d.origin.to_ascii() == *z)).unwrap_or(usize::MAX);
-        w.counters.count(set.generation, (zi, zone.as_deref().unwrap_or("")), qtype, rcode);
+        let zi = resp.queries.first().and_then(|q| set.find_index(&wire_of(q.name())));
+        w.counters.count(set, zi, qtype, rcode);
         let mut bytes = match resp.to_vec() {
             Ok(b) => b,
             Err(_) => {
@@ -356,7 +354,7 @@ impl Handler {
         self.metrics.transfers.with_label_values(&[&zname, what]).inc();
         tracing::info!(%src, zone = %zname, kind = what, serial = zone.serial, "zone transfer");
         let qtype = u16::from(msg.queries[0].query_type());
-        w.counters.count(set.generation, (usize::MAX - 1, &zname), qtype, 0);
+        w.counters.count(set, set.by_origin.get(&zone.origin_wire[..]).copied(), qtype, 0);
         Outcome::Stream(xfr::messages(&msg, records, signer))
     }
 

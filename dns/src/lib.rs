@@ -10,6 +10,7 @@ mod generate;
 mod handler;
 mod manager;
 mod metrics;
+mod mmsg;
 mod names;
 mod net;
 mod notify;

@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::zone::FastMap;
+use crate::zone::{FastMap, ZoneSet};
 
 /// The DNS plane's metrics.
 #[derive(Clone)]
@@ -123,18 +123,19 @@ impl QueryCounters {
         QueryCounters { metrics, generation: u64::MAX, cache: FastMap::default() }
     }
 
-    /// Counts one answered query. `zone`: index in the zone set of `generation` (`usize::MAX`: no zone) and name.
-    pub fn count(&mut self, generation: u64, zone: (usize, &str), qtype: u16, rcode: u16) {
-        if generation != self.generation {
+    /// Counts one answered query for the zone at `zone` in `set` (`None`: outside our zones).
+    pub fn count(&mut self, set: &ZoneSet, zone: Option<usize>, qtype: u16, rcode: u16) {
+        if set.generation != self.generation {
             self.cache.clear();
-            self.generation = generation;
+            self.generation = set.generation;
         }
         let qtype_key = if qtype_label(qtype) == "other" { 0 } else { qtype };
-        let key = (zone.0, qtype_key, rcode);
+        let key = (zone.unwrap_or(usize::MAX), qtype_key, rcode);
         match self.cache.get(&key) {
             Some(c) => c.inc(),
             None => {
-                let c = self.metrics.queries.with_label_values(&[zone.1, qtype_label(qtype), rcode_label(rcode)]);
+                let name = zone.and_then(|i| set.zones.get(i)).map(|z| z.origin.to_ascii()).unwrap_or_default();
+                let c = self.metrics.queries.with_label_values(&[&name, qtype_label(qtype), rcode_label(rcode)]);
                 c.inc();
                 self.cache.insert(key, c);
             }

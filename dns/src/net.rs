@@ -73,14 +73,15 @@ pub fn bind(addr: SocketAddr, count: usize) -> Result<Bound, DnsError> {
     Err(DnsError::Bind { addr, source: last.unwrap_or_else(|| std::io::Error::other("no free port")) })
 }
 
-/// Runs a UDP worker until `stop` is set.
+/// Runs a UDP worker until `stop` is set: receives a batch, answers each datagram, sends the answers as a batch.
 pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 65535];
+    let mut batch = crate::mmsg::RecvBatch::new();
     let mut out = Vec::with_capacity(4096);
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::mmsg::BATCH);
     let mut w = Worker::new(&handler.metrics);
     while !stop.load(Ordering::Relaxed) {
-        let (n, src) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
+        match batch.recv(&sock) {
+            Ok(_) => {}
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 w.flush();
                 continue;
@@ -89,18 +90,24 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
-        };
-        match handler.handle(&buf[..n], src, false, &mut out, &mut w) {
-            Outcome::Reply => {
-                let _ = sock.send_to(&out, src);
-            }
-            Outcome::Update(job, pending, rx) => {
-                let rcode = if handler.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
-                if let Outcome::Reply = handler.finish_update(pending, rcode, false, &mut out, &mut w) {
-                    let _ = sock.send_to(&out, src);
+        }
+        let mut i = 0;
+        while let Some((req, src)) = batch.get(i) {
+            i += 1;
+            match handler.handle(req, src, false, &mut out, &mut w) {
+                Outcome::Reply => replies.push((out.clone(), src)),
+                Outcome::Update(job, pending, rx) => {
+                    let rcode = if handler.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
+                    if let Outcome::Reply = handler.finish_update(pending, rcode, false, &mut out, &mut w) {
+                        replies.push((out.clone(), src));
+                    }
                 }
+                Outcome::Stream(_) | Outcome::Drop => {}
             }
-            Outcome::Stream(_) | Outcome::Drop => {}
+        }
+        if !replies.is_empty() {
+            crate::mmsg::send_all(&sock, &replies);
+            replies.clear();
         }
     }
     w.flush();

@@ -213,11 +213,21 @@ pub struct ZoneSet {
 impl ZoneSet {
     /// The zone `wire` falls in (longest match), with the apex offset inside `wire`.
     pub fn find(&self, wire: &[u8]) -> Option<(&Arc<ZoneData>, usize)> {
+        self.locate(wire).and_then(|(i, pos)| self.zones.get(i).map(|z| (z, pos)))
+    }
+
+    /// Index of the zone `wire` falls in.
+    pub fn find_index(&self, wire: &[u8]) -> Option<usize> {
+        self.locate(wire).map(|(i, _)| i)
+    }
+
+    /// Index of the zone `wire` falls in and the apex offset inside `wire`.
+    pub fn locate(&self, wire: &[u8]) -> Option<(usize, usize)> {
         let mut pos = 0usize;
         loop {
             let w = wire.get(pos..)?;
             if let Some(i) = self.by_origin.get(w) {
-                return self.zones.get(*i).map(|z| (z, pos));
+                return Some((*i, pos));
             }
             let len = *w.first()? as usize;
             if len == 0 {
