@@ -40,7 +40,7 @@ protocol kernel padis_vips {
   scan time 1;
 }
 protocol ospf v2 ospf_site {
-  ipv4 { table padis4; import none; export all; };
+  ipv4 { table padis4; import none; export filter { ospf_metric2 = krt_metric; accept; }; };
   area 0 { interface "lo" { stub; }; };
 }
 "#;
@@ -66,12 +66,38 @@ fn route_mode_writes_the_table_bird_redistributes() {
         })
         .await;
         // BIRD's kernel protocol learns it and the OSPF protocol exports it.
-        wait_for(LIMIT, "BIRD learns the VIP", || async {
-            Some(bird.cmd("show route table padis4 export ospf_site"))
-                .filter(|r| r.contains("198.51.100.20/32"))
+        // BIRD's kernel protocol learns it and OSPF originates an external LSA for it.
+        wait_for(LIMIT, "OSPF external LSA for the VIP", || async {
+            Some(bird.cmd("show ospf state all"))
+                .filter(|r| r.contains("external 198.51.100.20/32 metric2 100"))
         })
         .await;
         assert_eq!(h.report().ospf.expect("ospf report").routes_installed, 2);
+        assert!(t4.contains("metric 100"), "{t4}");
+        // Draining raises the metric (make before break: never without a route), undrain lowers it again.
+        h.set_draining(true);
+        wait_for(LIMIT, "drain metric", || async {
+            let t = ns.try_ip(&["-4", "route", "show", "table", "100"]);
+            (t.contains("198.51.100.20 dev lo proto 237 scope link metric 65000")
+                && !t.contains("metric 100"))
+            .then_some(())
+        })
+        .await;
+        wait_for(
+            LIMIT,
+            "OSPF external LSA carries the drain metric",
+            || async {
+                Some(bird.cmd("show ospf state all"))
+                    .filter(|r| r.contains("external 198.51.100.20/32 metric2 65000"))
+            },
+        )
+        .await;
+        h.set_draining(false);
+        wait_for(LIMIT, "normal metric again", || async {
+            let t = ns.try_ip(&["-4", "route", "show", "table", "100"]);
+            (t.contains("metric 100") && !t.contains("metric 65000")).then_some(())
+        })
+        .await;
 
         tx.send_replace(routes(&["2001:db8:20::1/128"]));
         wait_for(LIMIT, "IPv4 route removed", || async {
@@ -80,11 +106,12 @@ fn route_mode_writes_the_table_bird_redistributes() {
             .then_some(())
         })
         .await;
-        wait_for(LIMIT, "BIRD forgets the VIP", || async {
-            (!bird
+        wait_for(LIMIT, "BIRD and OSPF forget the VIP", || async {
+            let gone = !bird
                 .cmd("show route table padis4")
-                .contains("198.51.100.20"))
-            .then_some(())
+                .contains("198.51.100.20")
+                && !bird.cmd("show ospf state all").contains("198.51.100.20");
+            gone.then_some(())
         })
         .await;
         h.stop().await;

@@ -36,6 +36,17 @@ pub enum KernelError {
     NoInterface(String),
 }
 
+/// Where a host route goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteSpec {
+    /// Output interface.
+    pub ifindex: u32,
+    /// Kernel table.
+    pub table: u32,
+    /// Route metric (priority); raised while draining.
+    pub metric: u32,
+}
+
 /// A netlink connection in the namespace of the task that opened it.
 pub(crate) struct Kernel {
     handle: Handle,
@@ -83,27 +94,24 @@ impl Kernel {
         }
     }
 
-    fn route(p: &IpNet, ifindex: u32, table: u32) -> RouteMessage {
+    fn route(p: &IpNet, r: RouteSpec) -> RouteMessage {
         let b = RouteMessageBuilder::<IpAddr>::new();
         // The prefix comes from an IpNet: address and length always agree.
         let b = b
             .destination_prefix(p.addr(), p.prefix_len())
             .unwrap_or_else(|_| RouteMessageBuilder::<IpAddr>::new());
-        b.output_interface(ifindex)
-            .table_id(table)
+        b.output_interface(r.ifindex)
+            .table_id(r.table)
+            .priority(r.metric)
             .protocol(RouteProtocol::Other(ROUTE_PROTO))
             .scope(RouteScope::Link)
             .build()
     }
 
-    /// `ip route replace <p> dev <ifindex> table <table> proto 237`.
-    pub(crate) async fn add_route(
-        &self,
-        p: &IpNet,
-        ifindex: u32,
-        table: u32,
-    ) -> Result<(), KernelError> {
-        let m = Self::route(p, ifindex, table);
+    /// `ip route replace <p> dev <ifindex> table <table> proto 237 metric <metric>`.
+    pub(crate) async fn add_route(&self, p: &IpNet, r: RouteSpec) -> Result<(), KernelError> {
+        let table = r.table;
+        let m = Self::route(p, r);
         self.handle
             .route()
             .add(m)
@@ -117,19 +125,9 @@ impl Kernel {
     }
 
     /// Removes our route; a route already gone is not an error.
-    pub(crate) async fn del_route(
-        &self,
-        p: &IpNet,
-        ifindex: u32,
-        table: u32,
-    ) -> Result<(), KernelError> {
-        match self
-            .handle
-            .route()
-            .del(Self::route(p, ifindex, table))
-            .execute()
-            .await
-        {
+    pub(crate) async fn del_route(&self, p: &IpNet, r: RouteSpec) -> Result<(), KernelError> {
+        let table = r.table;
+        match self.handle.route().del(Self::route(p, r)).execute().await {
             Err(e) if !is_gone(&e) => Err(KernelError::Request {
                 what: format!("delete route {p} table {table}"),
                 source: e,

@@ -121,14 +121,16 @@ impl Announcer {
 }
 
 impl AnnouncerHandle {
-    /// Graceful: GRACEFUL_SHUTDOWN community (65535:0) + lowered LOCAL_PREF/MED re-announce, wait `drain_wait`
-    /// (config), withdraw everything, NOTIFICATION Cease/Administrative Shutdown, close.
+    /// Graceful: GRACEFUL_SHUTDOWN community (65535:0) + lowered LOCAL_PREF/MED re-announce (OSPF route mode:
+    /// route metric raised), wait `drain_wait` (config), withdraw everything, NOTIFICATION Cease/Administrative
+    /// Shutdown, close.
     pub async fn drain_and_stop(mut self) {
         let _ = self.phase.send(Phase::Drain);
         let any_up = self
             .peers
             .iter()
-            .any(|p| p.report().state == SessionState::Established);
+            .any(|p| p.report().state == SessionState::Established)
+            || self.report().ospf.is_some_and(|o| o.routes_installed > 0);
         if any_up && !self.drain_wait.is_zero() {
             info!(wait = ?self.drain_wait, "BGP drain: GRACEFUL_SHUTDOWN announced, waiting before withdraw");
             tokio::time::sleep(self.drain_wait).await;

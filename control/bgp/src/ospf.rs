@@ -2,7 +2,7 @@
 //! configured interface) that a local BIRD or FRR redistributes. Routes are written over rtnetlink, tagged
 //! with our own route protocol number ([`ROUTE_PROTO`]) so leftovers of a crash are flushed at start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,12 +11,17 @@ use padis_model::bgp::{OspfConfig, OspfMode};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, RouteSpec};
 pub use crate::kernel::{KernelError, ROUTE_PROTO};
 use crate::session::Phase;
 use crate::status::{Metrics, OspfReport};
 use crate::Announcement;
 
+/// Metric of VIP routes in normal operation.
+pub const METRIC: u32 = 100;
+/// Metric while draining (route mode): the local OSPF daemon can carry it into the external metric, so routers
+/// prefer other nodes before this one withdraws.
+pub const DRAIN_METRIC: u32 = 65_000;
 /// Delay before retrying after the kernel refused something (e.g. the interface does not exist yet).
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -52,7 +57,8 @@ impl KernelRoutes {
                 }
             }
         }
-        let mut installed: BTreeSet<IpNet> = BTreeSet::new();
+        // Installed prefix -> its metric.
+        let mut installed: BTreeMap<IpNet, u32> = BTreeMap::new();
         loop {
             let want: BTreeSet<IpNet> = self
                 .routes
@@ -60,25 +66,33 @@ impl KernelRoutes {
                 .iter()
                 .map(|a| a.prefix)
                 .collect();
-            let ok = self.sync(&kernel, &mut installed, &want).await;
+            let metric = if *self.phase.borrow_and_update() == Phase::Drain {
+                DRAIN_METRIC
+            } else {
+                METRIC
+            };
+            let ok = self.sync(&kernel, &mut installed, &want, metric).await;
             tokio::select! {
                 r = self.routes.changed() => if r.is_err() { break },
                 r = self.phase.changed() => {
-                    if r.is_err() || *self.phase.borrow_and_update() == Phase::Stop { break }
+                    if r.is_err() || *self.phase.borrow() == Phase::Stop { break }
                 }
                 _ = tokio::time::sleep(RETRY), if !ok => {}
             }
         }
-        self.sync(&kernel, &mut installed, &BTreeSet::new()).await;
+        self.sync(&kernel, &mut installed, &BTreeSet::new(), METRIC)
+            .await;
         info!("OSPF: kernel routes removed");
     }
 
-    /// Adds and removes so that `installed` becomes `want`; false if something failed (retried later).
+    /// Adds and removes so that `installed` becomes `want` (with `metric` in route mode); false if something
+    /// failed (retried later).
     async fn sync(
         &self,
         k: &Kernel,
-        installed: &mut BTreeSet<IpNet>,
+        installed: &mut BTreeMap<IpNet, u32>,
         want: &BTreeSet<IpNet>,
+        metric: u32,
     ) -> bool {
         let ifindex = match k.ifindex(&self.cfg.interface).await {
             Ok(i) => i,
@@ -87,13 +101,29 @@ impl KernelRoutes {
                 return false;
             }
         };
+        let spec = |metric| RouteSpec {
+            ifindex,
+            table: self.cfg.table,
+            metric,
+        };
+        let route = self.cfg.mode == OspfMode::Route;
+        let metric = if route { metric } else { 0 };
         let mut ok = true;
-        let del: Vec<IpNet> = installed.difference(want).copied().collect();
-        let add: Vec<IpNet> = want.difference(installed).copied().collect();
-        for p in del {
-            let r = match self.cfg.mode {
-                OspfMode::Route => k.del_route(&p, ifindex, self.cfg.table).await,
-                OspfMode::Address => k.del_addr(&p, ifindex).await,
+        let del: Vec<(IpNet, u32)> = installed
+            .iter()
+            .filter(|(p, _)| !want.contains(p))
+            .map(|(p, m)| (*p, *m))
+            .collect();
+        let add: Vec<IpNet> = want
+            .iter()
+            .filter(|p| installed.get(p) != Some(&metric))
+            .copied()
+            .collect();
+        for (p, m) in del {
+            let r = if route {
+                k.del_route(&p, spec(m)).await
+            } else {
+                k.del_addr(&p, ifindex).await
             };
             match r {
                 Ok(()) => {
@@ -103,13 +133,22 @@ impl KernelRoutes {
             }
         }
         for p in add {
-            let r = match self.cfg.mode {
-                OspfMode::Route => k.add_route(&p, ifindex, self.cfg.table).await,
-                OspfMode::Address => k.add_addr(&p, ifindex).await,
+            let r = if route {
+                k.add_route(&p, spec(metric)).await
+            } else {
+                k.add_addr(&p, ifindex).await
             };
             match r {
                 Ok(()) => {
-                    installed.insert(p);
+                    // Make before break: the route with the old metric goes once the new one is in.
+                    if let Some(old) = installed
+                        .insert(p, metric)
+                        .filter(|m| *m != metric && route)
+                    {
+                        if let Err(e) = k.del_route(&p, spec(old)).await {
+                            ok = self.failed(&e);
+                        }
+                    }
                 }
                 Err(e) => ok = self.failed(&e),
             }
