@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use padis_model::{load_config, parse_config, ConfigErrors, Valid};
+use padis_model::{parse_config, ConfigErrors, Valid};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,10 @@ impl ConfigOrigin {
     /// Reads and validates the config.
     pub fn load(&self) -> Result<Valid, ConfigErrors> {
         match self {
-            ConfigOrigin::File(p) => load_config(p),
+            ConfigOrigin::File(p) => {
+                let text = read_stable(p)?;
+                parse_config(&text, &p.display().to_string(), &self.base_dir())
+            }
             ConfigOrigin::Embedded => parse_config(EMBEDDED_CONFIG, "<embedded examples/default.toml>", Path::new(".")),
         }
     }
@@ -41,6 +44,27 @@ impl ConfigOrigin {
             ConfigOrigin::Embedded => PathBuf::from("."),
         }
     }
+}
+
+/// Reads the config file, refusing content that is still being written: the file is read twice a moment
+/// apart and must not change in between, and an empty file (a writer that truncated and has not written yet)
+/// is an error, never "serve nothing".
+fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
+    let origin = path.display().to_string();
+    let read = || std::fs::read_to_string(path).map_err(|e| ConfigErrors::single(&origin, format!("cannot read: {e}")));
+    let mut text = read()?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(25));
+        let again = read()?;
+        if again == text {
+            break;
+        }
+        text = again;
+    }
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::single(&origin, "the config file is empty (being written?); not applied"));
+    }
+    Ok(text)
 }
 
 /// Loads the config once more and hands it to the reconciler. Returns whether it was accepted.
@@ -108,8 +132,17 @@ fn file_watcher(path: &Path, tx: mpsc::Sender<&'static str>) -> Option<notify::R
     let name = path.file_name()?.to_os_string();
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
+            use notify::event::{AccessKind, AccessMode, ModifyKind};
+            use notify::EventKind;
             let relevant = ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
-            let kind_ok = !matches!(ev.kind, notify::EventKind::Access(_));
+            // A finished write (close after writing) or a file moved/created into place; not every partial
+            // write, which would read a half-written file.
+            let kind_ok = matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Create(_)
+                    | EventKind::Modify(ModifyKind::Name(_))
+            );
             if relevant && kind_ok {
                 let _ = tx.try_send("file changed");
             }

@@ -93,6 +93,14 @@ fn reloads_on_file_change_and_sighup_and_keeps_running_config_on_errors() {
     assert!(p.metrics().contains("padis_config_reloads_total{result=\"failure\"} 1"), "{}", p.metrics());
     assert!(p.metrics().contains("padis_config_generation 2"));
 
+    // A truncated (empty) file is never taken as "serve nothing".
+    std::fs::write(&path, "").unwrap();
+    p.signal(libc::SIGHUP);
+    let s = p.wait_state(Duration::from_secs(10), |s| {
+        s["last_reload"]["errors"][0].as_str().is_some_and(|e| e.contains("empty"))
+    });
+    assert_eq!(s["generation"], 2);
+
     // SIGHUP reloads too (the watcher would also see this write; either way generation 3 follows).
     std::fs::write(&path, config(admin, web, "")).unwrap();
     p.signal(libc::SIGHUP);
