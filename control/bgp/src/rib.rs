@@ -8,8 +8,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use padis_model::bgp::BgpPeer;
 use rustbgpd_wire::Message;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::timeout;
 use tracing::warn;
 
@@ -19,7 +19,7 @@ use crate::wire::{self, PathParams, PeerOpen};
 
 /// The write half, counting UPDATEs.
 pub(crate) struct Writer {
-    pub(crate) wr: OwnedWriteHalf,
+    pub(crate) wr: Box<dyn AsyncWrite + Unpin + Send>,
     pub(crate) status: PeerStatus,
     pub(crate) timeout: Duration,
 }
@@ -136,4 +136,222 @@ fn split(v: &[IpNet]) -> (Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>) {
         }
     }
     (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::status::Metrics;
+
+    fn peer_open(ipv6: bool) -> PeerOpen {
+        PeerOpen {
+            asn: 65000,
+            hold_secs: 9,
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            four_octet: true,
+            ipv4: true,
+            ipv6,
+        }
+    }
+
+    fn path(draining: bool) -> PathParams {
+        PathParams {
+            local_asn: 4_200_000_001,
+            ebgp: true,
+            four_octet: true,
+            med: None,
+            local_pref: None,
+            communities: if draining {
+                vec![wire::GRACEFUL_SHUTDOWN]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    /// Runs `sync` and returns the UPDATEs it wrote (announced / withdrawn prefix counts per message).
+    async fn sync(
+        rib: &mut Rib,
+        w: &mut Writer,
+        rd: &mut tokio::io::DuplexStream,
+        want: &[&str],
+        draining: bool,
+        v6: bool,
+    ) -> Vec<(usize, usize)> {
+        let nh = Nexthops {
+            v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            v6: Some("2001:db8::1".parse().unwrap()),
+        };
+        rib.sync(w, nets(want), &peer_open(v6), &nh, path(draining), draining)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = tokio::time::timeout(Duration::from_millis(50), rd.read(&mut buf)).await;
+            let Ok(Ok(n)) = n else { break };
+            out.extend_from_slice(&buf[..n]);
+        }
+        let mut r = &out[..];
+        let mut msgs = Vec::new();
+        while !r.is_empty() {
+            let Message::Update(u) = wire::read_message(&mut r).await.unwrap() else {
+                panic!("not an UPDATE")
+            };
+            let p = u.parse(true, false, &[]).unwrap();
+            let mp_a: usize = p
+                .attributes
+                .iter()
+                .map(|a| match a {
+                    rustbgpd_wire::attribute::PathAttribute::MpReachNlri(m) => m.announced.len(),
+                    _ => 0,
+                })
+                .sum();
+            let mp_w: usize = p
+                .attributes
+                .iter()
+                .map(|a| match a {
+                    rustbgpd_wire::attribute::PathAttribute::MpUnreachNlri(m) => m.withdrawn.len(),
+                    _ => 0,
+                })
+                .sum();
+            msgs.push((p.announced.len() + mp_a, p.withdrawn.len() + mp_w));
+        }
+        msgs
+    }
+
+    #[tokio::test]
+    async fn only_differences_are_sent() {
+        let (a, mut rd) = tokio::io::duplex(1 << 20);
+        let status = PeerStatus::new(
+            "10.0.0.2".parse().unwrap(),
+            65000,
+            Metrics::register(&prometheus::Registry::new()).unwrap(),
+        );
+        let mut w = Writer {
+            wr: Box::new(a),
+            status,
+            timeout: Duration::from_secs(5),
+        };
+        let mut rib = Rib::default();
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.1/32", "198.51.100.2/32"],
+                false,
+                true
+            )
+            .await,
+            vec![(2, 0)]
+        );
+        // Same set: nothing on the wire.
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.1/32", "198.51.100.2/32"],
+                false,
+                true
+            )
+            .await,
+            vec![]
+        );
+        // One out, one in: one withdraw, one announce.
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.2/32", "198.51.100.3/32"],
+                false,
+                true
+            )
+            .await,
+            vec![(0, 1), (1, 0)]
+        );
+        // IPv6 goes by MP_REACH.
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
+                false,
+                true
+            )
+            .await,
+            vec![(1, 0)]
+        );
+        // Drain: everything re-announced once with the other attributes, then nothing more.
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
+                true,
+                true
+            )
+            .await,
+            vec![(2, 0), (1, 0)]
+        );
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
+                true,
+                true
+            )
+            .await,
+            vec![]
+        );
+        // Everything away (stop).
+        assert_eq!(
+            sync(&mut rib, &mut w, &mut rd, &[], true, true).await,
+            vec![(0, 2), (0, 1)]
+        );
+        assert!(rib.out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn families_the_peer_did_not_negotiate_are_not_sent() {
+        let (a, mut rd) = tokio::io::duplex(1 << 20);
+        let status = PeerStatus::new(
+            "10.0.0.2".parse().unwrap(),
+            65000,
+            Metrics::register(&prometheus::Registry::new()).unwrap(),
+        );
+        let mut w = Writer {
+            wr: Box::new(a),
+            status,
+            timeout: Duration::from_secs(5),
+        };
+        let mut rib = Rib::default();
+        assert_eq!(
+            sync(
+                &mut rib,
+                &mut w,
+                &mut rd,
+                &["198.51.100.1/32", "2001:db8::7/128"],
+                false,
+                false
+            )
+            .await,
+            vec![(1, 0)]
+        );
+        assert_eq!(rib.out.len(), 1);
+    }
 }

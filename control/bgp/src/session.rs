@@ -156,7 +156,7 @@ impl Session {
         let local = stream.local_addr()?.ip();
         let (mut rd, wr) = stream.into_split();
         let mut out = Writer {
-            wr,
+            wr: Box::new(wr),
             status: self.status.clone(),
             // RFC 9687 (send hold timer): a peer that stops reading must not wedge the session.
             timeout: (self.cfg.hold_time * 2).max(Duration::from_secs(30)),
