@@ -111,6 +111,12 @@ async fn malformed_open_gets_notification_and_the_speaker_survives() {
     short[16..18].copy_from_slice(&20u16.to_be_bytes());
     short.truncate(20);
     assert_eq!(notification_for(&l, &short).await.0, 2, "truncated OPEN");
+    let keepalive_first = wire::encode(&Message::Keepalive).expect("ka");
+    assert_eq!(
+        notification_for(&l, &keepalive_first).await,
+        (5, 1),
+        "FSM error: KEEPALIVE in OpenSent"
+    );
 
     // Still alive: a correct peer gets a session and the route.
     let mut s = accept_open(&l).await;
@@ -303,4 +309,35 @@ async fn next_update(s: &mut TcpStream) -> rustbgpd_wire::UpdateMessage {
             m => panic!("unexpected {m:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn hold_time_zero_means_no_keepalives_and_no_hold_timer() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (_tx, rx) = watch::channel(vip());
+    let h = Announcer::spawn(Some(bgp(port, 3)), None, rx, &prometheus::Registry::new())
+        .expect("spawn");
+    let mut s = accept_open(&l).await;
+    s.write_all(&peer_open(0)).await.expect("write");
+    s.write_all(&wire::encode(&Message::Keepalive).expect("ka"))
+        .await
+        .expect("write");
+    // The KEEPALIVE that confirms the OPEN, then the route; after that silence, even past our 3 s hold time.
+    let mut keepalives = 0;
+    let mut updates = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        match timeout(Duration::from_millis(500), read_message(&mut s)).await {
+            Err(_) => {}
+            Ok(Ok(Message::Keepalive)) => keepalives += 1,
+            Ok(Ok(Message::Update(_))) => updates += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((keepalives, updates), (1, 1));
+    let rep = h.report();
+    assert_eq!(rep.peers[0].state, SessionState::Established);
+    assert_eq!(rep.peers[0].hold_time_secs, Some(0));
+    h.stop().await;
 }
