@@ -241,6 +241,47 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(
     }
 }
 
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionState::Idle => "idle",
+            SessionState::Connect => "connect",
+            SessionState::Active => "active",
+            SessionState::OpenSent => "opensent",
+            SessionState::OpenConfirm => "openconfirm",
+            SessionState::Established => "established",
+        })
+    }
+}
+
+/// One line per peer (and one for OSPF), for `padis status`.
+impl std::fmt::Display for BgpReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.peers {
+            write!(f, "bgp peer {} AS{} {}", p.address, p.asn, p.state)?;
+            if let Some(up) = p.uptime_secs {
+                write!(f, " up {}h{:02}m{:02}s", up / 3600, up / 60 % 60, up % 60)?;
+            }
+            write!(f, " routes {} flaps {}", p.routes_announced, p.flaps)?;
+            if p.draining {
+                f.write_str(" draining")?;
+            }
+            if let Some(e) = &p.last_error {
+                write!(f, " (last error: {e})")?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(o) = &self.ospf {
+            write!(f, "ospf kernel routes {}", o.routes_installed)?;
+            if let Some(e) = &o.last_error {
+                write!(f, " (last error: {e})")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +300,24 @@ mod tests {
             .map(|f| f.get_metric()[0].get_gauge().value())
             .collect();
         assert_eq!(v, vec![5.0]);
+    }
+
+    #[test]
+    fn report_prints_one_line_per_peer() {
+        let m = Metrics::register(&Registry::new()).unwrap();
+        let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m);
+        p.set_state(SessionState::Established);
+        p.set_routes(3, true);
+        let r = BgpReport {
+            peers: vec![p.report()],
+            ospf: Some(OspfReport {
+                routes_installed: 2,
+                last_error: None,
+            }),
+        };
+        assert_eq!(
+            r.to_string(),
+            "bgp peer 192.0.2.1 AS65000 established up 0h00m00s routes 3 flaps 0 draining\nospf kernel routes 2\n"
+        );
     }
 }
