@@ -2,6 +2,11 @@
 //! Usage: `l7-proxy <config.toml>`; `PADIS_WORKERS` (default 1) worker threads; stops on SIGTERM/SIGINT.
 
 use padis_balance::HealthRegistry;
+
+/// mimalloc: fewer cycles per request than glibc malloc for the proxy's many small short-lived buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use padis_lb::L7Plane;
 use padis_model::{Snapshot, SnapshotStore};
 use tokio::signal::unix::{signal, SignalKind};
