@@ -137,6 +137,9 @@ async fn tls_and_h2_to_backends() {
     let tls_backend = Backend::start_with("tlsb", Some(pki.server_config("backend"))).await;
     let h2_backend = Backend::start("h2b").await;
     let ca = pki.ca_pem.display();
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = Pki::new(&other_dir);
     let cfg = format!(
         "[[listener]]
 name = \"web\"
@@ -157,6 +160,25 @@ group = \"badname\"
 name = \"h2c\"
 path = \"/h2c\"
 group = \"h2c\"
+[[route]]
+name = \"insecure\"
+path = \"/insecure\"
+group = \"insecure\"
+[[route]]
+name = \"untrusted\"
+path = \"/untrusted\"
+group = \"untrusted\"
+[[group]]
+name = \"insecure\"
+tls = {{ insecure_skip_verify = true }}
+[[group.backend]]
+addr = \"{t}\"
+[[group]]
+name = \"untrusted\"
+retries = 0
+tls = {{ ca = \"{other_ca}\", server_name = \"backend.internal\" }}
+[[group.backend]]
+addr = \"{t}\"
 [[group]]
 name = \"tls\"
 tls = {{ ca = \"{ca}\", server_name = \"backend.internal\" }}
@@ -181,7 +203,8 @@ protocol = \"h2\"
 addr = \"{h}\"
 ",
         t = tls_backend.addr,
-        h = h2_backend.addr
+        h = h2_backend.addr,
+        other_ca = other.ca_pem.display(),
     );
     let p = Proxy::start(&cfg, dir.path()).await;
     let web = p.addr("web");
@@ -193,6 +216,10 @@ addr = \"{h}\"
     assert!(a.body.contains("version=HTTP/2.0"), "{}", a.body);
     let a = padis_tests::l7::get(web, "x", "/badname").await;
     assert_eq!(a.status, 502, "certificate not valid for server_name");
+    let a = padis_tests::l7::get(web, "x", "/insecure").await;
+    assert_eq!((a.status, a.backend().as_str()), (200, "tlsb"), "insecure_skip_verify accepts any certificate");
+    let a = padis_tests::l7::get(web, "x", "/untrusted").await;
+    assert_eq!(a.status, 502, "a certificate from another CA is not trusted");
     let a = padis_tests::l7::get(web, "x", "/h2c").await;
     assert_eq!(a.status, 200);
     assert!(a.body.contains("version=HTTP/2.0"), "{}", a.body);
