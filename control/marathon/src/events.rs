@@ -75,15 +75,23 @@ pub struct StatusUpdate {
     pub ip_addresses: Option<Vec<TaskIp>>,
 }
 
+/// `health_status_changed_event` (Marathon 1.x: appId, taskId and/or instanceId, alive) and
+/// `instance_health_changed_event` (runSpecId, instanceId, healthy).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HealthPayload {
-    #[serde(alias = "runSpecId")]
-    app_id: String,
-    #[serde(alias = "instanceId")]
-    task_id: String,
-    #[serde(default, alias = "healthy")]
+    #[serde(default)]
+    app_id: Option<String>,
+    #[serde(default)]
+    run_spec_id: Option<String>,
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    instance_id: Option<String>,
+    #[serde(default)]
     alive: Option<bool>,
+    #[serde(default)]
+    healthy: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -120,7 +128,9 @@ pub fn decode(event: &str, data: &str) -> Result<Event, EventError> {
         "status_update_event" => Event::StatusUpdate(serde_json::from_str(data).map_err(err)?),
         "health_status_changed_event" | "instance_health_changed_event" => {
             let h: HealthPayload = serde_json::from_str(data).map_err(err)?;
-            Event::Health { app_id: h.app_id, id: h.task_id, alive: h.alive }
+            let app_id = h.app_id.or(h.run_spec_id).ok_or_else(|| err(serde::de::Error::missing_field("appId")))?;
+            let id = h.task_id.or(h.instance_id).ok_or_else(|| err(serde::de::Error::missing_field("taskId")))?;
+            Event::Health { app_id, id, alive: h.alive.or(h.healthy) }
         }
         "unhealthy_instance_kill_event" => {
             let k: KillPayload = serde_json::from_str(data).map_err(err)?;
@@ -260,6 +270,15 @@ mod tests {
         assert!(apply(&mut apps, &up("a.1", "TASK_KILLED")));
         assert!(apps.apps[0].tasks.is_empty());
         assert!(decode("status_update_event", "{not json").is_err());
+        // Marathon 1.4+ sends both taskId and instanceId.
+        let h = decode(
+            "health_status_changed_event",
+            r#"{"appId":"/a","taskId":"a.1","instanceId":"a.marathon-1","alive":false,"eventType":"health_status_changed_event"}"#,
+        )
+        .unwrap();
+        assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.1".into(), alive: Some(false) });
+        let h = decode("instance_health_changed_event", r#"{"runSpecId":"/a","instanceId":"a.marathon-1","healthy":true}"#).unwrap();
+        assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.marathon-1".into(), alive: Some(true) });
         assert!(matches!(decode("some_new_event", "{}").unwrap(), Event::Other(_)));
     }
 }

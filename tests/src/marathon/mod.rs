@@ -36,7 +36,7 @@ pub enum AppsOverride {
     Body(Bytes),
     /// This status with an error message.
     Status(u16),
-    /// The real state, after this delay.
+    /// The state as of the request, answered after this delay.
     Delay(Duration),
 }
 
@@ -120,7 +120,8 @@ impl MarathonDouble {
 
     /// Base URLs of all instances.
     pub fn urls(&self) -> Vec<String> {
-        (0..lock(&self.inner.members).len()).map(|i| self.url(i)).collect()
+        let addrs: Vec<SocketAddr> = lock(&self.inner.members).iter().map(|m| m.addr).collect();
+        addrs.into_iter().map(|a| format!("http://{a}")).collect()
     }
 
     /// Runs `f` on the cluster state and broadcasts the events it returns.

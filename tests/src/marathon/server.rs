@@ -86,7 +86,8 @@ async fn handle(
 ) -> Response<Body> {
     let auth = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     lock(&inner.auth_seen).push(auth.clone());
-    if let Some(want) = lock(&inner.auth).clone() {
+    let want = lock(&inner.auth).clone();
+    if let Some(want) = want {
         if auth.as_deref() != Some(want.as_str()) {
             return message(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
@@ -95,7 +96,8 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     if index != leader && path != "/ping" {
-        match *lock(&inner.non_leader) {
+        let mode = *lock(&inner.non_leader);
+        match mode {
             NonLeader::Proxy => {}
             NonLeader::Unavailable => return message(StatusCode::SERVICE_UNAVAILABLE, "Could not determine the current leader"),
             NonLeader::Redirect => {
@@ -121,17 +123,23 @@ async fn handle(
         "/v2/apps" => {
             inner.apps_requests.fetch_add(1, Ordering::SeqCst);
             let o = lock(&inner.apps_override).clone();
-            match o {
-                Some(AppsOverride::Body(b)) => return full(StatusCode::OK, "application/json", b),
-                Some(AppsOverride::Status(s)) => {
-                    return message(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "scripted error")
-                }
-                Some(AppsOverride::Delay(d)) => tokio::time::sleep(d).await,
-                None => {}
-            }
             let with_tasks = query.split('&').any(|kv| kv == "embed=apps.tasks" || kv == "embed=app.tasks");
-            let body = lock(&inner.world).render(with_tasks);
-            full(StatusCode::OK, "application/json", body)
+            match o {
+                Some(AppsOverride::Body(b)) => full(StatusCode::OK, "application/json", b),
+                Some(AppsOverride::Status(s)) => {
+                    message(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "scripted error")
+                }
+                Some(AppsOverride::Delay(d)) => {
+                    // State as of the request, answered late: changes made meanwhile are not in it.
+                    let body = lock(&inner.world).render(with_tasks);
+                    tokio::time::sleep(d).await;
+                    full(StatusCode::OK, "application/json", body)
+                }
+                None => {
+                    let body = lock(&inner.world).render(with_tasks);
+                    full(StatusCode::OK, "application/json", body)
+                }
+            }
         }
         "/v2/events" => events(inner, &query, conns),
         _ => message(StatusCode::NOT_FOUND, "Not found"),
