@@ -198,3 +198,35 @@ fn shipped_example_configs_are_valid() {
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// The README's first command runs `padis demo`: the embedded config with demo backends serves HTTP and DNS.
+#[test]
+fn demo_serves_http_and_dns_on_the_embedded_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let child = Command::new(padis_bin())
+        .arg("demo")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Padis { child, admin: "127.0.0.1:9901".parse().unwrap(), log };
+    p.wait_ready();
+    let web: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (code, body) = http(web, "GET", "/", None, &[]).unwrap();
+        assert_eq!(code, 200, "{body}");
+        seen.insert(body.split(':').next().unwrap().to_string());
+    }
+    assert!(seen.contains("hello from demo backend 1 (v1)") && seen.contains("hello from demo backend 2 (v1)"), "{seen:?}");
+    let (code, body) = http(web, "GET", "/", None, &[("Host", "v2.localhost")]).unwrap();
+    assert_eq!(code, 200);
+    assert!(body.starts_with("hello from demo backend 3 (v2)"), "{body}");
+    let out = Command::new("kdig").args(["@127.0.0.1", "-p", "5353", "+short", "_http._tcp.demo.padis.test", "SRV"]).output().unwrap();
+    let srv = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(srv.lines().count(), 3, "{srv}");
+    assert!(srv.contains("9101 demo-1.demo.padis.test."), "{srv}");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(Duration::from_secs(15)).expect("exits").success());
+}
