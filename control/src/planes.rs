@@ -180,25 +180,19 @@ async fn follow_marathon(mut rx: watch::Receiver<Option<MarathonState>>, reconci
     }
 }
 
-/// VIPs this node can serve: the XDP program is attached and at least one backend takes new flows
-/// (by its active check when it has one).
+/// What to announce: VIP addresses with at least one VIP this node can serve — the XDP program is attached and
+/// a backend takes new flows (by its active check when it has one).
 pub fn servable(snap: &Snapshot, health: &HealthRegistry, l4_attached: bool) -> BTreeSet<Announcement> {
-    if !l4_attached {
-        return BTreeSet::new();
-    }
     let report = health.report();
-    snap.state
-        .vips
-        .iter()
-        .filter(|v| {
-            let checked: Vec<_> = report.iter().filter(|h| h.group == v.name && h.owners.iter().any(|o| o == "l4")).collect();
-            v.backends.iter().any(|b| {
-                b.weight > 0
-                    && (checked.is_empty() || checked.iter().any(|h| h.backend.ip() == b.addr && h.usable))
-            })
-        })
-        .map(|v| Announcement { prefix: ipnet::IpNet::from(v.addr), name: v.name.clone() })
-        .collect()
+    padis_bgp::announcements(snap.state.vips.iter().map(|v| {
+        let checked: Vec<_> =
+            report.iter().filter(|h| h.group == v.name && h.owners.iter().any(|o| o == "l4")).collect();
+        let up = l4_attached
+            && v.backends.iter().any(|b| {
+                b.weight > 0 && (checked.is_empty() || checked.iter().any(|h| h.backend.ip() == b.addr && h.usable))
+            });
+        (v, up)
+    }))
 }
 
 async fn follow_announcements(
