@@ -223,6 +223,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                 if switching {
                     if let Some(client) = client_upgrade {
+                        ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
                         let upstream_up = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client, upstream_up));
                     }

@@ -26,6 +26,8 @@ pub(crate) struct ConnState {
     pub last_activity_ms: AtomicU64,
     /// When the connection was accepted.
     pub started: Instant,
+    /// The connection was upgraded (WebSocket...): no more request heads, no head deadline.
+    pub upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -35,6 +37,7 @@ impl ConnState {
             heads: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             started: Instant::now(),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -62,7 +65,8 @@ impl ConnState {
 
 /// Wraps a client stream. While no request is in flight, the first byte of a request head starts a
 /// `header_timeout` deadline (also started at accept); if the head is not complete by then, the next read writes a
-/// 408 and fails, which ends the connection. Disabled for HTTP/2 (ALPN h2 or the h2c preface).
+/// 408 and fails, which ends the connection. Disabled for HTTP/2 (ALPN h2 or the h2c preface) and once the
+/// connection is upgraded.
 pub(crate) struct TimedIo<I> {
     inner: I,
     state: Arc<ConnState>,
@@ -102,6 +106,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                     return Poll::Pending;
                 }
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head read timeout")));
+            }
+            if !this.h2 && this.state.upgraded.load(Ordering::Relaxed) {
+                this.h2 = true;
+                this.deadline = None;
             }
             if !this.h2 {
                 let heads = this.state.heads.load(Ordering::Relaxed);

@@ -151,7 +151,9 @@ async fn draining_backend_finishes_in_flight_request() {
 async fn websocket_upgrade_echo() {
     let dir = temp_dir();
     let b = Backend::start("ws").await;
-    let p = Proxy::start(&cfg("", &[(b.addr.to_string(), 1)]), dir.path()).await;
+    // A short header timeout must not cut an upgraded connection that stays quiet longer than it.
+    let config = format!("[limits]\nheader_read_timeout = \"300ms\"\n{}", cfg("", &[(b.addr.to_string(), 1)]));
+    let p = Proxy::start(&config, dir.path()).await;
     let web = p.addr("web");
     let mut s = TcpStream::connect(web).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
@@ -166,6 +168,7 @@ async fn websocket_upgrade_echo() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo") && head.contains("connection: upgrade"), "{head}");
     for msg in [&b"hello"[..], b"second message", &[0u8, 1, 2, 255]] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
         s.write_all(msg).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
