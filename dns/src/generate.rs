@@ -86,10 +86,18 @@ pub fn vip_records(v: &Vip, zone: &Name) -> Vec<GenRecord> {
         .unwrap_or_default()
 }
 
-/// Cache of generated records per service, so an unchanged service costs a comparison, not a rebuild.
+/// Cache of generated records per service, so an unchanged service costs a lookup and a comparison.
 #[derive(Default)]
 pub struct GenCache {
-    services: FastMap<(usize, String), (Service, Arc<Vec<GenRecord>>)>,
+    services: FastMap<String, CacheEntry>,
+    pass: u64,
+}
+
+struct CacheEntry {
+    zone: usize,
+    service: Service,
+    records: Arc<Vec<GenRecord>>,
+    pass: u64,
 }
 
 /// Generated records of every zone, with problems found.
@@ -106,12 +114,15 @@ impl GenCache {
     pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> Generated {
         let mut g = Generated::default();
         let first = zones.iter().find(|z| z.2);
-        let mut fresh: FastMap<(usize, String), (Service, Arc<Vec<GenRecord>>)> = FastMap::default();
+        let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
+        self.pass += 1;
+        let pass = self.pass;
+        let mut seen = 0usize;
         for s in services {
             let zone = match &s.zone {
                 Some(zn) => {
-                    let want = zn.trim_end_matches('.').to_ascii_lowercase();
-                    match zones.iter().find(|z| z.1.to_ascii().trim_end_matches('.').eq_ignore_ascii_case(&want)) {
+                    let want = zn.trim_end_matches('.');
+                    match zones.iter().zip(&names).find(|(_, n)| n.eq_ignore_ascii_case(want)).map(|(z, _)| z) {
                         Some(z) if z.2 => z,
                         Some(_) => {
                             g.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
@@ -128,19 +139,31 @@ impl GenCache {
                     None => continue,
                 },
             };
-            let key = (zone.0, s.name.clone());
-            if fresh.contains_key(&key) {
-                g.errors.push(format!("service {}: defined twice in zone {}", s.name, zone.1));
-                continue;
-            }
-            let (svc, recs) = match self.services.remove(&key) {
-                Some((old, recs)) if old == *s => (old, recs),
-                _ => (s.clone(), Arc::new(service_records(s, &zone.1))),
+            let recs = match self.services.get_mut(s.name.as_str()) {
+                Some(e) if e.pass == pass => {
+                    g.errors.push(format!("service {}: defined twice", s.name));
+                    continue;
+                }
+                Some(e) if e.zone == zone.0 && e.service == *s => {
+                    e.pass = pass;
+                    e.records.clone()
+                }
+                Some(e) => {
+                    *e = CacheEntry { zone: zone.0, service: s.clone(), records: Arc::new(service_records(s, &zone.1)), pass };
+                    e.records.clone()
+                }
+                None => {
+                    let records = Arc::new(service_records(s, &zone.1));
+                    self.services.insert(s.name.clone(), CacheEntry { zone: zone.0, service: s.clone(), records: records.clone(), pass });
+                    records
+                }
             };
-            g.by_zone.entry(zone.0).or_default().push(recs.clone());
-            fresh.insert(key, (svc, recs));
+            seen += 1;
+            g.by_zone.entry(zone.0).or_default().push(recs);
         }
-        self.services = fresh;
+        if seen != self.services.len() {
+            self.services.retain(|_, e| e.pass == pass);
+        }
         for (zi, zname, generated) in zones {
             if !generated {
                 continue;

@@ -5,7 +5,7 @@
 //! - `dns-bench serve <dir> <port> <services> [churn]`: runs the Padis DNS plane on 127.0.0.1:<port> (one UDP
 //!   worker) for a generated zone of `<services>` services (3 instances, one SRV port each); with `churn`, publishes
 //!   a new snapshot every 100 ms moving 5 instances to new addresses (10 A records: 100 record changes per second).
-//!   Prints `READY` when serving and, on stdin EOF, the server-side latency p99 and the number of snapshots.
+//!   Prints `READY` when serving and, on SIGTERM, the server-side latency p99 and the number of snapshots.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -126,19 +126,26 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
         }
     };
     println!("READY {}", handle.local_addrs()[0]);
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let mut s = String::new();
-        while std::io::stdin().read_line(&mut s).map(|n| n > 0).unwrap_or(false) {}
-    });
-    let mut generation = 1u64;
-    let mut moved: Vec<(usize, u8)> = Vec::new();
-    let mut rng = Lcg(7);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tokio::pin!(stdin_closed);
-    loop {
-        tokio::select! {
-            _ = &mut stdin_closed => break,
-            _ = tick.tick(), if churn => {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dns-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    // The control side (building and publishing snapshots) runs on its own thread, `bench-control`, so the
+    // suite can leave its CPU time out of the DNS plane's.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = churn.then(|| {
+        let (stop, dir) = (stop.clone(), dir.clone());
+        std::thread::Builder::new().name("bench-control".into()).spawn(move || {
+            let mut generation = 1u64;
+            let mut moved: Vec<(usize, u8)> = Vec::new();
+            let mut rng = Lcg(7);
+            let mut next = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                next += Duration::from_millis(100);
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
                 generation += 1;
                 for _ in 0..5 {
                     let inst = rng.next() % (n * 3);
@@ -150,11 +157,20 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
                 for (inst, epoch) in &moved {
                     svcs[inst / 3].instances[inst % 3].addr = addr(inst / 3, inst % 3, *epoch);
                 }
-                let snap = snapshot(&dir, port, svcs, generation);
-                store.publish(snap);
+                store.publish(snapshot(&dir, port, svcs, generation));
             }
-        }
-    }
+            (generation, store)
+        })
+    });
+    let _ = tokio::select! {
+        _ = term.recv() => (),
+        _ = tokio::signal::ctrl_c() => (),
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let generation = match control {
+        Some(Ok(t)) => t.join().map(|(g, _store)| g).unwrap_or(0),
+        _ => 1,
+    };
     // Server-side p99 from the latency histogram (text exposition: independent of prometheus features).
     let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default();
     let mut buckets = Vec::new();
