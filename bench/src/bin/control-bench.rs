@@ -132,15 +132,15 @@ async fn main() {
     let mut timeouts = 0;
     let mut rng = fastrand::Rng::with_seed(7);
     for k in 0..changes {
-        // Background: other apps scale up or down by one (not measured, keeps the stream busy).
+        // Background: apps of the other half scale up or down by one (not measured, keeps the stream busy).
         for _ in 0..background {
-            let j = rng.usize(0..apps);
+            let j = apps / 2 + rng.usize(0..apps - apps / 2);
             let id = app_id(j);
             let n = double.task_ids(&id).len() as u32;
             let target = if n > per_app as u32 { n - 1 } else { n + 1 };
             double.scale(&id, target);
         }
-        let i = rng.usize(0..apps);
+        let i = rng.usize(0..(apps / 2).max(1));
         let id = app_id(i);
         let before = rx.borrow().as_ref().map(|s| backends(s, &id)).unwrap_or((0, 0));
         let t0 = Instant::now();

@@ -231,6 +231,7 @@ struct Follower {
     resync_at: Option<Instant>,
     periodic_at: Instant,
     sync: Option<JoinHandle<Result<Apps, MarathonError>>>,
+    sync_started: Instant,
     journal: Vec<Event>,
     sync_backoff: Backoff,
     resolved: Resolved,
@@ -262,6 +263,7 @@ impl Follower {
             publish_at: None,
             resync_at: Some(now),
             sync: None,
+            sync_started: now,
             journal: Vec::new(),
             resolved: Arc::new(Mutex::new(HashMap::new())),
             last_ok: None,
@@ -350,6 +352,7 @@ impl Follower {
         if self.sync.is_none() && self.resync_at.is_some_and(|t| t <= now) {
             self.resync_at = None;
             self.journal.clear();
+            self.sync_started = now;
             let client = self.client.clone();
             let cache = self.resolved.clone();
             self.sync = Some(tokio::spawn(async move {
@@ -372,6 +375,7 @@ impl Follower {
                 }
                 fill_resolved(&mut apps, &self.resolved);
                 self.m.syncs.with_label_values(&["ok"]).inc();
+                self.m.sync_seconds.observe(self.sync_started.elapsed().as_secs_f64());
                 self.m.apps.set(apps.apps.len() as i64);
                 self.m.tasks.set(apps.task_count() as i64);
                 self.m.last_sync_timestamp.set((unix_ms() / 1000) as i64);
