@@ -17,6 +17,22 @@ pub fn padis_xdp(ctx: XdpContext) -> u32 {
     parse::process(&ctx)
 }
 
+/// Benchmark floor: swaps the MAC addresses and sends the frame back (the least an XDP forwarder does).
+#[xdp]
+pub fn padis_floor(ctx: XdpContext) -> u32 {
+    let Some(eth) = parse::read::<[u8; 12]>(&ctx, 0) else {
+        return verdict::PASS;
+    };
+    let swapped = [
+        eth[6], eth[7], eth[8], eth[9], eth[10], eth[11], eth[0], eth[1], eth[2], eth[3], eth[4], eth[5],
+    ];
+    if parse::write(&ctx, 0, swapped) {
+        verdict::TX
+    } else {
+        verdict::PASS
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

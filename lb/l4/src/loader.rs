@@ -16,6 +16,8 @@ use crate::L4Error;
 
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "padis_xdp";
+/// Name of the benchmark floor program (swap MACs, XDP_TX).
+pub const FLOOR_NAME: &str = "padis_floor";
 
 /// Sizes and persistence of one loaded balancer.
 #[derive(Debug, Clone)]
@@ -156,6 +158,42 @@ impl Balancer {
 
     fn program(&self) -> Result<&Xdp, L4Error> {
         Ok(self.ebpf.program(PROGRAM_NAME).ok_or(L4Error::MissingMap("program padis_xdp"))?.try_into()?)
+    }
+
+    /// Loads the benchmark floor program of the same object (swap MACs, XDP_TX) next to the balancer.
+    pub fn load_floor(&mut self) -> Result<(), L4Error> {
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+        prog.load()?;
+        Ok(())
+    }
+
+    /// Runs the floor program once on `input` (see [`Balancer::load_floor`]): verdict and kernel-measured ns.
+    pub fn test_run_floor(&self, input: &[u8]) -> Result<(u32, f64), L4Error> {
+        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+        let mut out = vec![0u8; input.len() + 512];
+        let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat: 1, ..Default::default() })?;
+        Ok((r.return_value, r.duration.as_nanos() as f64))
+    }
+
+    /// Runs the floor program `repeat` times on `input`: mean kernel-measured ns per run.
+    pub fn test_run_floor_repeat(&self, input: &[u8], repeat: u32) -> Result<f64, L4Error> {
+        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+        let mut out = vec![0u8; input.len() + 512];
+        let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() })?;
+        Ok(r.duration.as_nanos() as f64)
+    }
+
+    /// Runs the balancer once on `input`: verdict and kernel-measured ns.
+    pub fn test_run_timed(&self, input: &[u8]) -> Result<(u32, f64), L4Error> {
+        let mut out = vec![0u8; input.len() + 512];
+        let r = self.program()?.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        Ok((r.return_value, r.duration.as_nanos() as f64))
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, L4Error> {

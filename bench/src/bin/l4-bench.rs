@@ -1,0 +1,237 @@
+//! L4 micro-benchmark: ns/packet of the XDP balancer through BPF_PROG_TEST_RUN (new TCP flow, established flow,
+//! UDP, IPv6, non-VIP pass) against a floor program in the same object that only swaps MACs and returns XDP_TX.
+//! Paths whose rewrite is idempotent (DSR, pass, floor) run with `repeat`; new flows need a fresh 5-tuple per run,
+//! so they run with repeat = 1 over distinct flows and are compared with the floor measured the same way.
+//! Prints `key=value` pairs for bench/suites/l4. Needs root.
+
+use std::path::Path;
+
+use padis_l4::desired;
+use padis_l4::programmer::Programmer;
+use padis_l4::{Balancer, LoadOptions};
+
+const CONFIG: &str = r#"
+[l4]
+max_new_flows_per_sec = 0
+[l4.neighbors]
+"10.0.0.10" = "02:00:00:00:00:10"
+"10.0.0.11" = "02:00:00:00:00:11"
+"10.0.0.12" = "02:00:00:00:00:12"
+"10.0.0.13" = "02:00:00:00:00:13"
+"10.0.0.14" = "02:00:00:00:00:14"
+"10.0.0.15" = "02:00:00:00:00:15"
+"10.0.0.16" = "02:00:00:00:00:16"
+"10.0.0.17" = "02:00:00:00:00:17"
+"10.0.0.18" = "02:00:00:00:00:18"
+"10.0.0.19" = "02:00:00:00:00:19"
+"fd00::10" = "02:00:00:00:01:10"
+"fd00::11" = "02:00:00:00:01:11"
+
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+backend = [
+  { addr = "10.0.0.10" }, { addr = "10.0.0.11" }, { addr = "10.0.0.12" }, { addr = "10.0.0.13" }, { addr = "10.0.0.14" },
+  { addr = "10.0.0.15" }, { addr = "10.0.0.16" }, { addr = "10.0.0.17" }, { addr = "10.0.0.18" }, { addr = "10.0.0.19" },
+]
+
+[[vip]]
+name = "dns"
+addr = "192.0.2.1"
+port = 53
+protocol = "udp"
+backend = [{ addr = "10.0.0.10" }, { addr = "10.0.0.11" }, { addr = "10.0.0.12" }]
+
+[[vip]]
+name = "web6"
+addr = "2001:db8::1"
+port = 443
+backend = [{ addr = "fd00::10" }, { addr = "fd00::11" }]
+"#;
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn eth(t: u16) -> Vec<u8> {
+    let mut v = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    v.extend_from_slice(&t.to_be_bytes());
+    v
+}
+
+/// IPv4 frame: TCP (flags) or UDP, 64-byte payload.
+fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let l4len = if proto == 6 { 20 } else { 8 };
+    let payload = 64;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4len + payload) as u16).to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut v = eth(0x0800);
+    v.extend_from_slice(&ip);
+    v.extend_from_slice(&sport.to_be_bytes());
+    v.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        v.extend_from_slice(&[0, (8 + payload) as u8, 0, 0]);
+    }
+    v.extend(std::iter::repeat_n(0x61, payload));
+    v
+}
+
+fn v6_tcp(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut v = eth(0x86dd);
+    v.extend_from_slice(&[0x60, 0, 0, 0, 0, 84, 6, 64]);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&sport.to_be_bytes());
+    v.extend_from_slice(&dport.to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    v.extend(std::iter::repeat_n(0x61, 64));
+    v
+}
+
+fn fail(msg: String) -> ! {
+    eprintln!("l4-bench: {msg}");
+    std::process::exit(1)
+}
+
+/// Mean kernel ns over `pkts` run once each.
+fn once(b: &Balancer, pkts: &[Vec<u8>], want: u32, floor: bool) -> f64 {
+    let mut total = 0.0;
+    for p in pkts {
+        let (v, ns) = if floor { b.test_run_floor(p) } else { b.test_run_timed(p) }.unwrap_or_else(|e| fail(e.to_string()));
+        if v != want {
+            fail(format!("unexpected verdict {v} (want {want})"));
+        }
+        total += ns;
+    }
+    total / pkts.len() as f64
+}
+
+/// Kernel ns per run of `pkt` repeated `repeat` times (median of 5 rounds).
+fn repeated(b: &Balancer, pkt: &[u8], repeat: u32, want: u32) -> f64 {
+    let mut v: Vec<f64> = (0..5)
+        .map(|_| {
+            let (verdict, ns) = b.test_run_repeat(pkt, repeat).unwrap_or_else(|e| fail(e.to_string()));
+            if verdict != want {
+                fail(format!("unexpected verdict {verdict} (want {want})"));
+            }
+            ns
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("micro") | None => micro(),
+        Some("serve") => serve(args.get(2).map(String::as_str).unwrap_or_else(|| fail("serve <config.toml>".into()))),
+        Some("pass") => pass(args.get(2).map(String::as_str).unwrap_or_else(|| fail("pass <iface>".into()))),
+        Some(other) => fail(format!("unknown mode {other} (micro, serve <config>, pass <iface>)")),
+    }
+}
+
+/// `serve <config>`: programs the balancer from a config file (MACs from the neighbour table), attaches it in
+/// native mode to `[l4].interfaces`, prints `ready`, and runs until stdin closes.
+fn serve(path: &str) {
+    let valid = padis_model::load_config(Path::new(path)).unwrap_or_else(|e| fail(e.to_string()));
+    let l4 = &valid.state.l4;
+    let opts = LoadOptions::private(l4.max_vips, l4.max_backends, l4.max_flows);
+    let mut bal = Balancer::load(opts.clone()).unwrap_or_else(|e| fail(e.to_string()));
+    let mut prog = Programmer::new(opts.max_vips, opts.max_rings(), opts.max_backends);
+    for _ in 0..50 {
+        let table = padis_l4::neigh::table();
+        let d = desired::compute(l4, &valid.state.vips, &|_, _| true, &mut |a| {
+            let m = table.get(&a).copied();
+            if m.is_none() {
+                padis_l4::neigh::solicit(a);
+            }
+            m
+        });
+        prog.apply(&mut bal.maps, &d).unwrap_or_else(|e| fail(e.to_string()));
+        if d.macs.len() == valid.state.vips.iter().flat_map(|v| v.backends.iter()).count() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut links = Vec::new();
+    for i in &l4.interfaces {
+        links.push(bal.attach(i, false, false, None).unwrap_or_else(|e| fail(e.to_string())));
+    }
+    println!("ready");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    let forwarded = padis_l4::stats::global_one(&bal.maps, padis_ebpf_common::stat::FORWARDED).map(|c| c.packets).unwrap_or(0);
+    eprintln!("l4-bench serve: forwarded {forwarded} packets");
+    for l in links {
+        l.release(false);
+    }
+}
+
+/// `pass <iface>`: attaches the program with no VIPs (passes everything) so a veth peer delivers XDP_TX frames.
+fn pass(iface: &str) {
+    let mut bal = Balancer::load(LoadOptions::private(1, 1, 16)).unwrap_or_else(|e| fail(e.to_string()));
+    let link = bal.attach(iface, false, false, None).unwrap_or_else(|e| fail(e.to_string()));
+    println!("ready");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    link.release(false);
+}
+
+fn micro() {
+    let flows: usize = std::env::var("L4_BENCH_FLOWS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let repeat: u32 = std::env::var("L4_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let opts = LoadOptions::private(8, 64, (flows as u32 * 2).max(1 << 16));
+    let mut bal = Balancer::load(opts.clone()).unwrap_or_else(|e| fail(e.to_string()));
+    bal.load_floor().unwrap_or_else(|e| fail(e.to_string()));
+    let valid = padis_model::parse_config(CONFIG, "l4-bench", Path::new(".")).unwrap_or_else(|e| fail(e.to_string()));
+    let d = desired::compute(&valid.state.l4, &valid.state.vips, &|_, _| true, &mut |_| None);
+    let mut prog = Programmer::new(opts.max_vips, opts.max_rings(), opts.max_backends);
+    prog.apply(&mut bal.maps, &d).unwrap_or_else(|e| fail(e.to_string()));
+
+    const TX: u32 = 3;
+    const PASS: u32 = 2;
+    let vip = [192, 0, 2, 1];
+    let syns: Vec<Vec<u8>> = (0..flows)
+        .map(|i| v4([10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8], vip, 6, 1024 + (i % 50_000) as u16, 80, 0x02))
+        .collect();
+    let syn_ns = once(&bal, &syns, TX, false);
+    let acks: Vec<Vec<u8>> = (0..flows)
+        .map(|i| v4([10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8], vip, 6, 1024 + (i % 50_000) as u16, 80, 0x10))
+        .collect();
+    let est1_ns = once(&bal, &acks, TX, false);
+    let floor1_ns = once(&bal, &acks, TX, true);
+    let est_ns = repeated(&bal, &acks[7], repeat, TX);
+    let mut fl: Vec<f64> = (0..5).map(|_| floor_repeat(&bal, &acks[7], repeat)).collect();
+    fl.sort_by(|a, b| a.total_cmp(b));
+    let floor_ns = fl[2];
+    let udp = v4([10, 9, 9, 9], vip, 17, 5353, 53, 0);
+    let udp_ns = repeated(&bal, &udp, repeat, TX);
+    let mut c6 = [0u8; 16];
+    c6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    c6[15] = 7;
+    let mut vip6 = [0u8; 16];
+    vip6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    vip6[15] = 1;
+    let v6_ns = repeated(&bal, &v6_tcp(c6, vip6, 4000, 443, 0x10), repeat, TX);
+    let pass_ns = repeated(&bal, &v4([10, 9, 9, 9], [192, 0, 2, 99], 6, 4000, 22, 0x10), repeat, PASS);
+    println!(
+        "syn_ns={syn_ns:.1} est_ns={est_ns:.1} floor_ns={floor_ns:.1} est_vs_floor={:.2} syn_vs_floor={:.2} \
+         est1_ns={est1_ns:.1} floor1_ns={floor1_ns:.1} udp_ns={udp_ns:.1} v6_ns={v6_ns:.1} pass_ns={pass_ns:.1}",
+        est_ns / floor_ns,
+        syn_ns / floor1_ns,
+    );
+}
+
+fn floor_repeat(b: &Balancer, pkt: &[u8], repeat: u32) -> f64 {
+    b.test_run_floor_repeat(pkt, repeat).unwrap_or_else(|e| fail(e.to_string()))
+}
