@@ -1,6 +1,9 @@
 //! Prometheus metrics of the L7 plane. Labels are config names (listeners, routes, groups, backends,
 //! certificates) and status codes, so cardinality is bounded by the config.
 
+use std::collections::{HashMap, HashSet};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -62,5 +65,29 @@ impl Metrics {
         registry.register(Box::new(m.handshake_errors.clone()))?;
         registry.register(Box::new(m.cert_expiry.clone()))?;
         Ok(m)
+    }
+}
+
+/// Removes the series of `vec` whose `label` value is not empty and not in `keep`.
+fn drop_stale<T: MetricVecBuilder>(vec: &MetricVec<T>, label: &str, keep: &HashSet<String>) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if labels.get(label).is_some_and(|v| !v.is_empty() && !keep.contains(*v)) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// Forgets series of routes, groups and backends no longer configured, so label sets stay bounded by the
+    /// config in force even as backends come and go (Marathon tasks).
+    pub fn retain(&self, routes: &HashSet<String>, groups: &HashSet<String>, backends: &HashSet<String>) {
+        drop_stale(&self.requests, "route", routes);
+        drop_stale(&self.requests, "backend", backends);
+        drop_stale(&self.duration, "route", routes);
+        drop_stale(&self.connect_errors, "group", groups);
+        drop_stale(&self.connect_errors, "backend", backends);
     }
 }

@@ -105,6 +105,12 @@ impl Runtime {
                 backend_labels.entry(b.addr).or_insert_with(|| Arc::<str>::from(b.addr.to_string()));
             }
         }
+        if prev.is_some() {
+            let routes = state.routes.iter().map(|r| r.name.clone()).collect();
+            let groups = state.groups.iter().map(|g| g.name.clone()).collect();
+            let backends = backend_labels.values().map(|l| l.to_string()).collect();
+            metrics.retain(&routes, &groups, &backends);
+        }
         Runtime {
             limits: state.limits.clone(),
             listeners,

@@ -122,6 +122,11 @@ async fn retries_and_passive_ejection() {
     // (A fresh dead backend: the first one stays ejected, health is kept across snapshots.)
     let backends = vec![(dead_addr(), 1), (alive.addr.to_string(), 1)];
     p.publish_settled(&cfg(extra, &backends)).await;
+    assert_eq!(
+        p.metric("padis_upstream_connect_errors_total", &[("backend", dead.as_str())]),
+        0.0,
+        "series of a backend no longer configured are dropped (bounded cardinality)"
+    );
     let mut h = H1Conn::connect(web).await;
     let mut codes = HashMap::new();
     for _ in 0..10 {
