@@ -138,7 +138,8 @@ fn main() {
         Some("micro") | None => micro(),
         Some("serve") => serve(args.get(2).map(String::as_str).unwrap_or_else(|| fail("serve <config.toml>".into()))),
         Some("pass") => pass(args.get(2).map(String::as_str).unwrap_or_else(|| fail("pass <iface>".into()))),
-        Some(other) => fail(format!("unknown mode {other} (micro, serve <config>, pass <iface>)")),
+        Some("gen") => gen(&args[2..]),
+        Some(other) => fail(format!("unknown mode {other} (micro, serve <config>, pass <iface>, gen ...)")),
     }
 }
 
@@ -185,6 +186,43 @@ fn pass(iface: &str) {
     println!("ready");
     let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
     link.release(false);
+}
+
+/// `gen <iface> <dst-mac> <src-mac> <src-ip> <vip> <port> <seconds>`: sends 64-byte UDP datagrams out of
+/// `iface` as fast as the kernel can (XDP live frames), prints `sent=<packets>`.
+fn gen(a: &[String]) {
+    if a.len() != 7 {
+        fail("gen <iface> <dst-mac> <src-mac> <src-ip> <vip> <port> <seconds>".into());
+    }
+    let mac = |s: &str| padis_model::l4::parse_mac(s).unwrap_or_else(|| fail(format!("bad MAC {s}")));
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap_or_else(|e| fail(format!("{s}: {e}"))).octets();
+    let port: u16 = a[5].parse().unwrap_or_else(|e| fail(format!("port: {e}")));
+    let secs: f64 = a[6].parse().unwrap_or_else(|e| fail(format!("seconds: {e}")));
+    let c = std::ffi::CString::new(a[0].as_str()).unwrap_or_else(|e| fail(e.to_string()));
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc_if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        fail(format!("no interface {}", a[0]));
+    }
+    let mut frame = v4(ip(&a[3]), ip(&a[4]), 17, 40000, port, 0);
+    // The floor program swaps the MACs: build the frame the other way round.
+    frame[..6].copy_from_slice(&mac(&a[2]));
+    frame[6..12].copy_from_slice(&mac(&a[1]));
+    let mut bal = Balancer::load(LoadOptions::private(1, 1, 16)).unwrap_or_else(|e| fail(e.to_string()));
+    bal.load_floor().unwrap_or_else(|e| fail(e.to_string()));
+    let start = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    let batch = 1 << 16;
+    while start.elapsed().as_secs_f64() < secs {
+        bal.generate_live(&frame, ifindex, batch).unwrap_or_else(|e| fail(e.to_string()));
+        sent += u64::from(batch);
+    }
+    println!("sent={sent}");
+}
+
+extern "C" {
+    #[link_name = "if_nametoindex"]
+    fn libc_if_nametoindex(name: *const std::ffi::c_char) -> u32;
 }
 
 fn micro() {
