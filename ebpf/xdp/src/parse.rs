@@ -119,8 +119,12 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
         return pass(len);
     };
     let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    // Fast path: a plain TCP/UDP packet goes straight to the VIP lookup (lb::handle passes it if it is not for a
+    // VIP); only unusual packets pay for the VIP-address check that decides whether they are ours to judge.
+    let plain = ip[0] == 0x45 && frag & 0x3fff == 0 && (ip[9] == 6 || ip[9] == 17);
     // SAFETY: read-only lookup of a plain value.
-    if unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
+    if !plain && unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
         return pass(len);
     }
     if ip[0] >> 4 != 4 {
@@ -129,7 +133,6 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     if ip[0] & 0xf != 5 {
         return drop(stat::DROP_IP_OPTIONS, len);
     }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
     if frag & 0x3fff != 0 {
         return drop(stat::DROP_FRAGMENT, len);
     }
@@ -200,8 +203,9 @@ fn parse_v6<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     let Some(ip) = read::<[u8; 8]>(ctx, l2len) else {
         return pass(len);
     };
+    let plain = ip[0] >> 4 == 6 && (ip[6] == 6 || ip[6] == 17);
     // SAFETY: read-only lookup of a plain value.
-    if unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
+    if !plain && unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
         return pass(len);
     }
     if ip[0] >> 4 != 6 {
