@@ -225,7 +225,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                     if let Some(client) = client_upgrade {
                         ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
                         let upstream_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client, upstream_up));
+                        ctx.plane.tasks.spawn(tunnel(client, upstream_up, ctx.plane.hard.clone()));
                     }
                 }
                 headers::strip_hop_by_hop(resp.headers_mut(), switching);
@@ -263,16 +263,27 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     }
 }
 
-/// Copies bytes both ways between an upgraded client connection and the upgraded backend connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+/// Copies bytes both ways between an upgraded client connection and the upgraded backend connection, until
+/// either side closes or the shutdown grace is over (`hard`).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    hard: tokio_util::sync::CancellationToken,
+) {
+    let run = async {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = hard.cancelled() => tracing::debug!("upgraded connection closed at the end of the shutdown grace"),
     }
 }

@@ -25,6 +25,10 @@ pub(crate) struct PlaneShared {
     pub runtime: ArcSwap<Runtime>,
     /// Metric families.
     pub metrics: Arc<Metrics>,
+    /// Every task serving clients (listeners, connections, upgraded tunnels): shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the shutdown grace is over: remaining connections and tunnels are closed.
+    pub hard: CancellationToken,
 }
 
 /// The L7 reverse proxy data plane.
@@ -67,16 +71,23 @@ impl L7Plane {
         reader.mark_seen();
         let snap = reader.load();
         let rt = Runtime::build(&snap, None, &health, &metrics, &resumption);
-        let shared = Arc::new(PlaneShared { runtime: ArcSwap::from_pointee(rt), metrics });
+        let tracker = TaskTracker::new();
+        let hard = CancellationToken::new();
+        let shared = Arc::new(PlaneShared {
+            runtime: ArcSwap::from_pointee(rt),
+            metrics,
+            tasks: tracker.clone(),
+            hard: hard.clone(),
+        });
         let mut f = Follower {
             shared,
             health,
             resumption,
             listeners: HashMap::new(),
             addrs: Arc::new(Mutex::new(HashMap::new())),
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown: shutdown.clone(),
-            hard: CancellationToken::new(),
+            hard,
         };
         for l in &snap.state.listeners {
             let tcp = match listener::bind(&l.name, l.bind) {

@@ -179,5 +179,6 @@ async fn websocket_upgrade_echo() {
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
         assert_eq!(&buf, msg);
     }
+    drop(s); // the open tunnel would otherwise hold shutdown for the grace period
     p.stop().await;
 }

@@ -142,3 +142,39 @@ async fn graceful_shutdown_finishes_in_flight() {
     tokio::time::timeout(Duration::from_secs(5), handle.wait()).await.expect("plane stops after in-flight requests");
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_tunnels_until_grace() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir();
+    let b = Backend::start("ws").await;
+    let cfg = format!(
+        "[limits]\nshutdown_grace = \"700ms\"\n{}[[route]]\nname = \"r\"\ngroup = \"g\"\n{}",
+        listener("web", "127.0.0.1"),
+        group("g", &[&b])
+    );
+    let mut p = Proxy::start(&cfg, dir.path()).await;
+    let web = p.addr("web");
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let handle = p.take_handle().unwrap();
+    let start = Instant::now();
+    p.shutdown_token().cancel();
+    // The tunnel still works during the grace period.
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    tokio::time::timeout(Duration::from_secs(5), handle.wait()).await.expect("plane stops at the end of the grace");
+    assert!(start.elapsed() >= Duration::from_millis(600), "waited for the tunnel: {:?}", start.elapsed());
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the tunnel is closed after the grace");
+}
