@@ -322,3 +322,49 @@ impl L4Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn check(toml: &str) -> Result<crate::Valid, String> {
+        crate::parse_config(toml, "l4.toml", Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    const VIP: &str = "[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n[[vip.backend]]\naddr = \"10.0.0.1\"\n";
+
+    #[test]
+    fn valid_policy_and_neighbors() {
+        let v = check(&format!(
+            "[l4]\ninterfaces = [\"eth0\"]\nnext_hop_mac = \"02:00:00:00:00:01\"\n[l4.neighbors]\n\"10.0.0.1\" = \"02:00:00:00:00:02\"\n[l4.vip.web]\nforwarding = \"ipip\"\nhash = \"source\"\nallow = [\"10.0.0.0/8\"]\ntable_size = 101\n{VIP}"
+        ))
+        .unwrap();
+        let p = &v.state.l4.vip["web"];
+        assert_eq!((p.forwarding, p.hash, p.effective_table_size()), (super::Forwarding::Ipip, super::VipHash::Source, 101));
+        assert_eq!(v.state.l4.neighbors.len(), 1);
+    }
+
+    #[test]
+    fn errors_point_at_the_field() {
+        let e = check(&format!("[l4.vip.web]\nforwarding = \"ipip\"\n{VIP}")).unwrap_err();
+        assert!(e.contains("l4.toml:") && e.contains("next_hop_mac"), "{e}");
+        let e = check(&format!("[l4.vip.web]\ntable_size = 100\n{VIP}")).unwrap_err();
+        assert!(e.contains("must be a prime"), "{e}");
+        let e = check(&format!("[l4.vip.nope]\nhash = \"source\"\n{VIP}")).unwrap_err();
+        assert!(e.contains("no [[vip]] named `nope`"), "{e}");
+        let e = check(&format!("[l4.vip.web]\nallow = [\"10.0.0.1/8\"]\n{VIP}")).unwrap_err();
+        assert!(e.contains("host bits"), "{e}");
+        let e = check(&format!("[l4]\nmtu = 1000\n{VIP}")).unwrap_err();
+        assert!(e.contains("at least 1280"), "{e}");
+        let e = check(&VIP.replace("addr = \"10.0.0.1\"", "addr = \"fd00::1\"")).unwrap_err();
+        assert!(e.contains("address family"), "{e}");
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(super::parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(super::parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(super::parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(super::parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+}
