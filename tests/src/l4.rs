@@ -320,6 +320,7 @@ mod e2e {
     enum Cmd {
         Publish(String, mpsc::Sender<Result<(), String>>),
         Report(mpsc::Sender<L4Report>),
+        Metrics(mpsc::Sender<String>),
         Stop,
     }
 
@@ -381,6 +382,11 @@ mod e2e {
                             Cmd::Report(tx) => {
                                 let _ = tx.send(handle.report());
                             }
+                            Cmd::Metrics(tx) => {
+                                let mut out = String::new();
+                                let _ = prometheus::TextEncoder::new().encode_utf8(&metrics.gather(), &mut out);
+                                let _ = tx.send(out);
+                            }
                             Cmd::Stop => break,
                         }
                     }
@@ -406,6 +412,13 @@ mod e2e {
         pub fn report(&self) -> Result<L4Report, String> {
             let (tx, rx) = mpsc::channel();
             self.tx.send(Cmd::Report(tx)).map_err(|_| "plane gone".to_string())?;
+            rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())
+        }
+
+        /// The Prometheus text exposition of the plane's registry.
+        pub fn metrics(&self) -> Result<String, String> {
+            let (tx, rx) = mpsc::channel();
+            self.tx.send(Cmd::Metrics(tx)).map_err(|_| "plane gone".to_string())?;
             rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())
         }
 

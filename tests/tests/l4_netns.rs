@@ -129,6 +129,16 @@ fn l4_e2e_spread_churn_and_health() {
     assert!(r.vips[0].packets > 100, "VIP counters: {:?}", r.vips[0]);
     assert!(r.stats["forwarded"].packets > 100 && r.stats["ct_hit"].packets > 0, "{:?}", r.stats);
     assert!(!r.vips[0].backends.iter().find(|b| b.addr.to_string() == backend_addr(1)).unwrap().usable);
+    // The same counters as Prometheus metrics.
+    let m = padis.metrics().unwrap();
+    let vip_packets: f64 = m
+        .lines()
+        .find(|l| l.starts_with("padis_l4_vip_packets_total{vip=\"web\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no padis_l4_vip_packets_total in\n{m}"));
+    assert!(vip_packets > 100.0);
+    assert!(m.contains("padis_l4_packets_total{event=\"forwarded\"}"));
+    assert!(m.contains("padis_l4_vip_backends_in_table{vip=\"web\"} 7"), "{m}");
 }
 
 #[test]
