@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use padis_marathon::{MarathonSource, MarathonState};
 use padis_model::marathon::{MarathonAuth, MarathonConfig};
+use padis_tests::l7::Pki;
 use padis_tests::marathon::{AppSpec, AppsOverride, MarathonDouble, NonLeader};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -376,4 +377,35 @@ async fn events_during_a_slow_sync_are_not_lost() {
     }
     assert!(r.metric("padis_marathon_syncs_total") > n0, "no sync completed meanwhile");
     assert_eq!(min, 4, "a stale full sync took a task away");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_configured_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path());
+    pki.leaf("marathon", &["127.0.0.1"]);
+    let m = MarathonDouble::start_tls(pki.server_config("marathon")).await;
+    m.add_app(web("/a", "a.test"), 2);
+    let mut cfg = config(m.urls());
+    assert!(cfg.urls[0].starts_with("https://"));
+    cfg.ca = Some(pki.ca_pem.clone());
+    let mut r = run(cfg);
+    r.until("over TLS", |s| serving(s, "/a") == 2).await;
+    m.scale("/a", 3);
+    r.until("events over TLS", |s| serving(s, "/a") == 3).await;
+
+    // A CA that did not sign Marathon's certificate: refused, nothing published.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = Pki::new(other_dir.path());
+    let mut cfg = config(m.urls());
+    cfg.ca = Some(other.ca_pem.clone());
+    let r2 = run(cfg);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(r2.rx.borrow().is_none());
+    assert!(r2.metric("padis_marathon_syncs_total") >= 1.0);
+    // A missing CA file is a config error at spawn.
+    let mut cfg = config(m.urls());
+    cfg.ca = Some(dir.path().join("missing.pem"));
+    let (tx, _rx) = watch::channel(None);
+    assert!(MarathonSource::spawn(cfg, tx, &prometheus::Registry::new(), CancellationToken::new()).is_err());
 }

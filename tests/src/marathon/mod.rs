@@ -59,6 +59,7 @@ pub(crate) struct Inner {
     stream_connections: AtomicU64,
     apps_requests: AtomicU64,
     auth_seen: Mutex<Vec<Option<String>>>,
+    tls: Mutex<Option<Arc<rustls::ServerConfig>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +88,15 @@ impl MarathonDouble {
 
     /// `n` instances; instance 0 leads.
     pub async fn cluster(n: usize) -> MarathonDouble {
+        Self::cluster_with(n, None).await
+    }
+
+    /// One instance serving HTTPS with `tls` (URLs are then `https://`).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> MarathonDouble {
+        Self::cluster_with(1, Some(tls)).await
+    }
+
+    async fn cluster_with(n: usize, tls: Option<Arc<rustls::ServerConfig>>) -> MarathonDouble {
         let (bus, _) = broadcast::channel(1 << 16);
         let inner = Arc::new(Inner {
             world: Mutex::new(World::default()),
@@ -100,6 +110,7 @@ impl MarathonDouble {
             stream_connections: AtomicU64::new(0),
             apps_requests: AtomicU64::new(0),
             auth_seen: Mutex::new(Vec::new()),
+            tls: Mutex::new(tls),
         });
         for i in 0..n {
             let m = server::Member::start(inner.clone(), i, "127.0.0.1:0".parse().expect("addr")).await;
@@ -113,15 +124,24 @@ impl MarathonDouble {
         lock(&self.inner.members)[i].addr
     }
 
-    /// Base URL of instance `i` (`http://127.0.0.1:port`).
+    fn scheme(&self) -> &'static str {
+        if lock(&self.inner.tls).is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Base URL of instance `i` (`http://127.0.0.1:port`, or `https://` with TLS).
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.addr(i))
+        format!("{}://{}", self.scheme(), self.addr(i))
     }
 
     /// Base URLs of all instances.
     pub fn urls(&self) -> Vec<String> {
         let addrs: Vec<SocketAddr> = lock(&self.inner.members).iter().map(|m| m.addr).collect();
-        addrs.into_iter().map(|a| format!("http://{a}")).collect()
+        let scheme = self.scheme();
+        addrs.into_iter().map(|a| format!("{scheme}://{a}")).collect()
     }
 
     /// Runs `f` on the cluster state and broadcasts the events it returns.

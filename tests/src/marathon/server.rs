@@ -36,18 +36,22 @@ impl Member {
         let addr = listener.local_addr().expect("local addr");
         let tasks: Arc<std::sync::Mutex<Vec<AbortHandle>>> = Arc::default();
         let conns = tasks.clone();
+        let tls = lock(&inner.tls).clone().map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let inner = inner.clone();
                 let conns2 = conns.clone();
+                let tls = tls.clone();
                 let h = tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let inner = inner.clone();
-                        let conns = conns2.clone();
-                        async move { Ok::<_, Infallible>(handle(inner, index, req, conns).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => serve(stream, inner, index, conns2).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve(s, inner, index, conns2).await;
+                            }
+                        }
+                    }
                 });
                 let mut c = lock(&conns);
                 c.retain(|t| !t.is_finished());
@@ -64,6 +68,18 @@ impl Member {
             t.abort();
         }
     }
+}
+
+async fn serve<S>(io: S, inner: Arc<Inner>, index: usize, conns: Arc<std::sync::Mutex<Vec<AbortHandle>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let inner = inner.clone();
+        let conns = conns.clone();
+        async move { Ok::<_, Infallible>(handle(inner, index, req, conns).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
 }
 
 fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -106,7 +122,7 @@ async fn handle(
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or(path.clone());
                 return Response::builder()
                     .status(StatusCode::TEMPORARY_REDIRECT)
-                    .header(LOCATION, format!("http://{addr}{pq}"))
+                    .header(LOCATION, format!("{}://{addr}{pq}", if lock(&inner.tls).is_some() { "https" } else { "http" }))
                     .body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed())
                     .expect("response");
             }

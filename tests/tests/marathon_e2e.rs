@@ -1,0 +1,198 @@
+//! The daemon following Marathon: an app scales 10 -> 20 -> 5 instances in the Marathon double while keep-alive
+//! clients send requests through the L7 listener and DNS is queried with kdig. Zero failed requests (the tasks
+//! killed by the scale-down really stop answering shortly after); `/v1/state` and DNS SRV answers converge to
+//! Marathon's state.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use padis_tests::l7::{Backend, H1Conn};
+use padis_tests::marathon::{AppSpec, MarathonDouble};
+use padis_tests::process::{free_port, Padis};
+
+const APP: &str = "/web";
+const GROUP: &str = "marathon:/web:0";
+
+fn config(admin: SocketAddr, web: u16, dns: u16, marathon: &str, state_dir: &std::path::Path) -> String {
+    format!(
+        r#"[admin]
+listen = "{admin}"
+
+[log]
+level = "info"
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{web}"
+
+[dns]
+listen = ["127.0.0.1:{dns}"]
+state_dir = "{state}"
+
+[[dns.zone]]
+name = "apps.test"
+generated = true
+ttl = "1s"
+ns = [{{ name = "ns1.apps.test", addrs = ["127.0.0.1"] }}]
+
+[marathon]
+urls = ["{marathon}"]
+group = "external"
+zone = "apps.test"
+drain_time = "1s"
+backoff_min = "50ms"
+backoff_max = "500ms"
+"#,
+        state = state_dir.display()
+    )
+}
+
+/// (serving, draining) backends of the app's group in `/v1/state`.
+fn backends(state: &serde_json::Value) -> (usize, usize) {
+    let groups = state["snapshot"]["state"]["groups"].as_array().cloned().unwrap_or_default();
+    let Some(g) = groups.iter().find(|g| g["name"] == GROUP) else { return (0, 0) };
+    let all = g["backend"].as_array().or_else(|| g["backends"].as_array()).cloned().unwrap_or_default();
+    let draining = all.iter().filter(|b| b["draining"] == true).count();
+    (all.len() - draining, draining)
+}
+
+/// SRV records of `_http._tcp.web.apps.test` (one per serving task), by kdig.
+async fn srv_count(dns: u16) -> usize {
+    let out = tokio::process::Command::new("kdig")
+        .args(["@127.0.0.1", "-p", &dns.to_string(), "+short", "+timeout=2", "+retry=1", "SRV", "_http._tcp.web.apps.test"])
+        .output()
+        .await
+        .expect("kdig runs (tests/setup installs knot-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+async fn wait_srv(dns: u16, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        last = srv_count(dns).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("DNS never converged to {want} SRV records (last {last})");
+}
+
+async fn wait_backends(padis: &Padis, want: (usize, usize)) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let admin = padis.admin;
+        let s = tokio::task::spawn_blocking(move || padis_tests::process::http(admin, "GET", "/v1/state", None, &[]))
+            .await
+            .expect("join")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .unwrap_or_default();
+        if backends(&s) == want {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "backends never became {want:?}: {:?}\nlog:\n{}", backends(&s), padis.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_10_20_5_under_load_with_dns_following() {
+    let mut pool = Vec::new();
+    for i in 0..20 {
+        pool.push(Backend::start(&format!("task{i}")).await);
+    }
+    let ports: Vec<u32> = pool.iter().map(|b| u32::from(b.addr.port())).collect();
+    let m = MarathonDouble::start().await;
+    // Task n (1-based) runs on backend n-1: scale-up adds tasks 11..20, the scale-down kills 20..6 (youngest).
+    let spec = AppSpec::new(APP, &[("PADIS_GROUP", "external"), ("PADIS_0_VHOST", "web.test")])
+        .with_health_check()
+        .placed(move |seq| ("127.0.0.1".to_string(), vec![ports[((seq - 1) % 20) as usize]]));
+    m.add_app(spec, 10);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("padis.toml");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let (web, dns) = (free_port(), free_port());
+    std::fs::create_dir_all(dir.path().join("dns")).expect("dns dir");
+    std::fs::write(&path, config(admin, web, dns, &m.url(0), &dir.path().join("dns"))).expect("config");
+    let padis = tokio::task::spawn_blocking(move || {
+        let mut p = Padis::start(&path, admin);
+        p.wait_ready();
+        p
+    })
+    .await
+    .expect("padis starts");
+    wait_backends(&padis, (10, 0)).await;
+    wait_srv(dns, 10).await;
+
+    // Bounded load: 4 keep-alive clients, at most 60 s / 50,000 requests each.
+    let proxy: SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            let mut conn = H1Conn::connect(proxy).await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 50_000 {
+                n += 1;
+                match conn.get("web.test", &format!("/c{c}/{n}")).await {
+                    Ok(a) if a.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
+                    Err(e) => {
+                        failures.lock().expect("lock").push(format!("client {c}: {e}"));
+                        conn = H1Conn::connect(proxy).await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 10 -> 20: the new tasks take traffic, DNS lists them.
+    m.scale(APP, 20);
+    wait_backends(&padis, (20, 0)).await;
+    wait_srv(dns, 20).await;
+    let hits: Vec<usize> = pool[10..].iter().map(Backend::hits).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let fresh = pool[10..].iter().zip(&hits).filter(|(b, h)| b.hits() > **h).count();
+    assert!(fresh >= 8, "new tasks get no traffic: {fresh} of 10");
+
+    // 20 -> 5: killed tasks drain, then really stop answering (their process exits) 300 ms later.
+    m.scale(APP, 5);
+    let t0 = Instant::now();
+    wait_backends(&padis, (5, 15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for b in &pool[5..] {
+        b.kill();
+    }
+    wait_srv(dns, 5).await;
+    wait_backends(&padis, (5, 0)).await;
+    assert!(t0.elapsed() >= Duration::from_millis(900), "drained tasks left before drain_time");
+    let before: Vec<usize> = pool[..5].iter().map(Backend::hits).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(pool[..5].iter().zip(&before).all(|(b, h)| b.hits() > *h), "remaining tasks must serve");
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(ok.load(Ordering::Relaxed) > 500, "too little load: {}", ok.load(Ordering::Relaxed));
+
+    // /v1/state reports the source as fresh, without problems.
+    let s = padis.state();
+    assert_eq!(s["sources"]["marathon"]["status"]["ok"], true, "{:#}", s["sources"]);
+    assert_eq!(s["sources"]["marathon"]["problems"], serde_json::json!([]));
+}
