@@ -1,5 +1,5 @@
 //! Batched UDP I/O with `recvmmsg`/`sendmmsg` (Linux): one system call moves up to [`BATCH`] datagrams, which is
-//! where most of the per-query cost of a small authoritative answer goes.
+//! where most of the per-query cost of a small authoritative answer goes. All buffers are allocated once.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -13,54 +13,49 @@ pub const BATCH: usize = 32;
 /// Largest datagram received.
 const MAX_DGRAM: usize = 65535;
 
-/// Receive buffers and their addresses.
+/// Receive buffers, their addresses and the kernel's message headers (which point into them).
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<libc::sockaddr_storage>,
-    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
     count: usize,
 }
 
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams.
     pub fn new() -> RecvBatch {
-        RecvBatch {
-            bufs: (0..BATCH).map(|_| vec![0u8; MAX_DGRAM]).collect(),
-            // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
-            addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            lens: vec![0; BATCH],
-            count: 0,
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DGRAM]).collect();
+        // SAFETY: sockaddr_storage and mmsghdr are plain data; all-zero is a valid value.
+        let mut addrs: Vec<libc::sockaddr_storage> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        let mut iovs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
         }
+        RecvBatch { bufs, addrs, iovs, hdrs, count: 0 }
     }
 
     /// Waits (up to the socket's read timeout) for at least one datagram and takes all that are queued.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
-            .collect();
-        // SAFETY: mmsghdr is plain data; every pointer set below points into `iovs`/`self.addrs`, which outlive
-        // the call and are not moved during it.
-        let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        for (i, h) in hdrs.iter_mut().enumerate() {
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+        for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_flags = 0;
         }
-        // SAFETY: `hdrs` holds BATCH initialised headers whose buffers are valid for writes of their lengths.
+        debug_assert_eq!(self.iovs.len(), BATCH);
+        // SAFETY: `hdrs` holds BATCH headers whose name and iovec pointers refer to live buffers owned by self
+        // (heap allocations that never move), valid for writes of the lengths given.
         let n = unsafe {
-            libc::recvmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
         if n < 0 {
             self.count = 0;
             return Err(io::Error::last_os_error());
         }
         self.count = n as usize;
-        for (i, h) in hdrs.iter().take(self.count).enumerate() {
-            self.lens[i] = h.msg_len as usize;
-        }
         Ok(self.count)
     }
 
@@ -69,8 +64,9 @@ impl RecvBatch {
         if i >= self.count {
             return None;
         }
+        let len = (self.hdrs[i].msg_len as usize).min(MAX_DGRAM);
         let src = to_socket_addr(&self.addrs[i])?;
-        Some((&self.bufs[i][..self.lens[i]], src))
+        Some((&self.bufs[i][..len], src))
     }
 }
 
@@ -92,32 +88,68 @@ fn to_socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Sends `msgs` (payload, destination) with as few system calls as possible. Errors on single datagrams (e.g. an
-/// unreachable client) are skipped.
-pub fn send_all(sock: &UdpSocket, msgs: &[(Vec<u8>, SocketAddr)]) {
-    let addrs: Vec<SockAddr> = msgs.iter().map(|(_, a)| SockAddr::from(*a)).collect();
-    let mut iovs: Vec<libc::iovec> =
-        msgs.iter().map(|(b, _)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
-    // SAFETY: plain data; pointers below refer to `addrs`/`iovs`/`msgs`, alive and unmoved during the calls.
-    let mut hdrs: Vec<libc::mmsghdr> = (0..msgs.len()).map(|_| unsafe { zeroed() }).collect();
-    for (i, h) in hdrs.iter_mut().enumerate() {
-        h.msg_hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
-        h.msg_hdr.msg_namelen = addrs[i].len();
-        h.msg_hdr.msg_iov = &mut iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
-    }
-    let mut off = 0;
-    while off < hdrs.len() {
-        // SAFETY: hdrs[off..] are initialised headers pointing at live buffers (the kernel only reads them).
-        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs[off..].as_mut_ptr(), (hdrs.len() - off) as libc::c_uint, 0) };
-        if n <= 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            off += 1; // skip the datagram that failed
-        } else {
-            off += n as usize;
+/// Outgoing datagrams of one batch, with reusable buffers.
+pub struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    dests: Vec<SockAddr>,
+    len: usize,
+}
+
+impl SendBatch {
+    /// Room for [`BATCH`] answers.
+    pub fn new() -> SendBatch {
+        SendBatch {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(4096)).collect(),
+            dests: Vec::with_capacity(BATCH),
+            len: 0,
         }
+    }
+
+    /// The buffer for the next answer (commit it with [`SendBatch::push`]).
+    pub fn next_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.bufs[self.len.min(BATCH - 1)]
+    }
+
+    /// Queues the buffer last returned by `next_buf` for `dest`.
+    pub fn push(&mut self, dest: SocketAddr) {
+        if self.len < BATCH {
+            self.dests.push(SockAddr::from(dest));
+            self.len += 1;
+        }
+    }
+
+    /// Sends everything queued (errors on single datagrams, e.g. an unreachable client, are skipped).
+    pub fn flush(&mut self, sock: &UdpSocket) {
+        if self.len == 0 {
+            return;
+        }
+        let mut iovs: [libc::iovec; BATCH] =
+            // SAFETY: iovec is plain data; all-zero is valid.
+            unsafe { zeroed() };
+        // SAFETY: as above for mmsghdr.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for i in 0..self.len {
+            iovs[i] = libc::iovec { iov_base: self.bufs[i].as_ptr() as *mut libc::c_void, iov_len: self.bufs[i].len() };
+        }
+        for i in 0..self.len {
+            hdrs[i].msg_hdr.msg_name = self.dests[i].as_ptr() as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_namelen = self.dests[i].len();
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut off = 0;
+        while off < self.len {
+            // SAFETY: hdrs[off..len] are initialised headers pointing at live buffers (the kernel only reads them).
+            let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs[off..].as_mut_ptr(), (self.len - off) as libc::c_uint, 0) };
+            if n <= 0 {
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    off += 1; // skip the datagram that failed
+                }
+            } else {
+                off += n as usize;
+            }
+        }
+        self.len = 0;
+        self.dests.clear();
     }
 }

@@ -76,8 +76,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> Result<Bound, DnsError> {
 /// Runs a UDP worker until `stop` is set: receives a batch, answers each datagram, sends the answers as a batch.
 pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
     let mut batch = crate::mmsg::RecvBatch::new();
-    let mut out = Vec::with_capacity(4096);
-    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::mmsg::BATCH);
+    let mut replies = crate::mmsg::SendBatch::new();
     let mut w = Worker::new(&handler.metrics);
     while !stop.load(Ordering::Relaxed) {
         match batch.recv(&sock) {
@@ -94,21 +93,20 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
         let mut i = 0;
         while let Some((req, src)) = batch.get(i) {
             i += 1;
-            match handler.handle(req, src, false, &mut out, &mut w) {
-                Outcome::Reply => replies.push((out.clone(), src)),
+            let out = replies.next_buf();
+            match handler.handle(req, src, false, out, &mut w) {
+                Outcome::Reply => replies.push(src),
                 Outcome::Update(job, pending, rx) => {
                     let rcode = if handler.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
-                    if let Outcome::Reply = handler.finish_update(pending, rcode, false, &mut out, &mut w) {
-                        replies.push((out.clone(), src));
+                    let out = replies.next_buf();
+                    if let Outcome::Reply = handler.finish_update(pending, rcode, false, out, &mut w) {
+                        replies.push(src);
                     }
                 }
                 Outcome::Stream(_) | Outcome::Drop => {}
             }
         }
-        if !replies.is_empty() {
-            crate::mmsg::send_all(&sock, &replies);
-            replies.clear();
-        }
+        replies.flush(&sock);
     }
     w.flush();
 }
