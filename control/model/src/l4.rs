@@ -229,7 +229,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 impl L4Config {
