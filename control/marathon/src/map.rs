@@ -102,9 +102,18 @@ struct Taken {
 
 /// Maps apps (the `/v2/apps?embed=apps.tasks` body) to the desired state Marathon contributes.
 pub fn map_apps(apps: &Apps, cfg: &MarathonConfig) -> MarathonState {
-    let mut state = MarathonState { problems: apps.rejected.clone(), ..MarathonState::default() };
+    map_app_list(apps.apps.iter(), &apps.rejected, cfg)
+}
+
+/// [`map_apps`] over any list of apps (the source maps its cached apps plus draining tasks without copying).
+pub(crate) fn map_app_list<'a>(
+    apps: impl Iterator<Item = &'a App>,
+    rejected: &[AppProblem],
+    cfg: &MarathonConfig,
+) -> MarathonState {
+    let mut state = MarathonState { problems: rejected.to_vec(), ..MarathonState::default() };
     let mut taken = Taken::default();
-    let mut order: Vec<&App> = apps.apps.iter().collect();
+    let mut order: Vec<&App> = apps.collect();
     // The app whose config is older keeps what it serves when a newer one clashes with it.
     let changed = |a: &App| a.version_info.as_ref().and_then(|v| v.last_config_change_at.clone()).unwrap_or_default();
     order.sort_by_cached_key(|a| (changed(a), a.id.clone()));

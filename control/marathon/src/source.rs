@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::drain::Drainer;
 use crate::events::{self, Event};
-use crate::map::map_apps;
+use crate::map::map_app_list;
 use crate::metrics::Metrics;
 use crate::sse::SseParser;
 use crate::{MarathonError, MarathonState};
@@ -225,7 +225,6 @@ struct Follower {
     apps: Option<Apps>,
     drainer: Drainer,
     status: SourceStatus,
-    last: Option<MarathonState>,
     last_pub_at: Instant,
     publish_at: Option<Instant>,
     resync_at: Option<Instant>,
@@ -258,7 +257,6 @@ impl Follower {
             shutdown,
             apps: None,
             status: MarathonState::default().status,
-            last: None,
             last_pub_at: now,
             publish_at: None,
             resync_at: Some(now),
@@ -411,35 +409,34 @@ impl Follower {
     /// Maps the cached apps (with draining tasks) and publishes when the state differs from the last one.
     fn publish(&mut self) {
         let Some(apps) = &self.apps else { return };
-        let augmented = self.drainer.process(apps, Instant::now());
-        let mut state = map_apps(&augmented, &self.cfg);
+        let list = self.drainer.process(apps, Instant::now());
+        let mut state = map_app_list(list.iter().map(|a| a.as_ref()), &apps.rejected, &self.cfg);
+        drop(list);
         state.status = self.status.clone();
-        let changed = match &self.last {
-            None => true,
-            Some(last) => {
-                !last.same_content(&state)
-                    || last.status.ok != state.status.ok
-                    || last.status.last_error != state.status.last_error
-                    || self.last_pub_at.elapsed() >= STATUS_REFRESH
+        let refresh = self.last_pub_at.elapsed() >= STATUS_REFRESH;
+        let (changed, new_problems): (bool, Vec<String>) = {
+            let last = self.tx.borrow();
+            match last.as_ref() {
+                None => (true, state.problems.iter().map(ToString::to_string).collect()),
+                Some(last) => (
+                    !last.same_content(&state)
+                        || last.status.ok != state.status.ok
+                        || last.status.last_error != state.status.last_error
+                        || refresh,
+                    state.problems.iter().filter(|p| !last.problems.contains(p)).map(ToString::to_string).collect(),
+                ),
             }
         };
         if !changed {
             return;
         }
-        if let Some(last) = &self.last {
-            for p in state.problems.iter().filter(|p| !last.problems.contains(p)) {
-                warn!(problem = %p, "marathon app skipped");
-            }
-        } else {
-            for p in &state.problems {
-                warn!(problem = %p, "marathon app skipped");
-            }
+        for p in new_problems {
+            warn!(problem = %p, "marathon app skipped");
         }
         self.m.problems.set(state.problems.len() as i64);
         self.m.backends.set(state.backend_count() as i64);
         self.m.publishes.inc();
         self.last_pub_at = Instant::now();
-        self.last = Some(state.clone());
         self.tx.send_replace(Some(state));
     }
 }
