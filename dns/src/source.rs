@@ -719,3 +719,95 @@ impl NameData {
         sets
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::GenCache;
+    use crate::zone::FastEntry;
+    use padis_model::{Instance, Service, ServicePort};
+
+    fn zone_cfg(name: &str) -> DnsZone {
+        let text = format!("[dns]\n[[dns.zone]]\nname = \"{name}\"\ngenerated = true\n");
+        padis_model::parse_config(&text, "t.toml", Path::new(".")).unwrap().state.dns.zones[0].clone()
+    }
+
+    fn svc(name: &str, ips: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            zone: None,
+            ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
+            instances: ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| Instance {
+                    id: format!("{name}-{i}"),
+                    addr: ip.parse().unwrap(),
+                    ports: vec![8000 + i as u16],
+                    weight: 1,
+                    healthy: true,
+                    draining: false,
+                })
+                .collect(),
+            origin: None,
+        }
+    }
+
+    fn entries(z: &ZoneData) -> Vec<(Vec<u8>, Vec<(u16, Vec<Vec<u8>>)>)> {
+        let mut out: Vec<_> = z
+            .fast
+            .iter()
+            .filter(|(w, _)| w[..] != z.origin_wire[..])
+            .map(|(w, e)| {
+                let types = match &**e {
+                    FastEntry::Slow => Vec::new(),
+                    FastEntry::Data { types, .. } => {
+                        let mut t: Vec<_> = types
+                            .iter()
+                            .map(|(t, r)| {
+                                let mut v: Vec<Vec<u8>> = r.variants.iter().map(|b| b.to_vec()).collect();
+                                v.sort();
+                                (*t, v)
+                            })
+                            .collect();
+                        t.sort();
+                        t
+                    }
+                };
+                (w.to_vec(), types)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// An incremental build (only changed names re-rendered) serves exactly what a build from scratch serves.
+    #[test]
+    fn incremental_build_matches_full_build() {
+        let dir = std::env::temp_dir().join(format!("padis-dns-inc-{}", std::process::id()));
+        let cfg = zone_cfg("z.test");
+        let zones = [(0usize, Name::from_ascii("z.test.").unwrap(), true)];
+        let v1 = vec![svc("a", &["10.0.0.1", "10.0.0.2"]), svc("b", &["10.0.1.1"]), svc("c", &["10.0.2.1"])];
+        let v2 = vec![svc("a", &["10.0.0.1", "10.0.0.3"]), svc("c", &["10.0.2.1"]), svc("d", &["10.0.3.1"])];
+
+        let mut inc = ZoneSource::load(&cfg, Path::new("."), &dir.join("inc"), 8).unwrap();
+        let mut cache = GenCache::default();
+        let g = cache.generate(&v1, &[], &zones);
+        inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
+        let g = cache.generate(&v2, &[], &zones);
+        let z_inc = inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
+
+        let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), 8).unwrap();
+        let g = GenCache::default().generate(&v2, &[], &zones);
+        let z_full = full.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
+
+        assert_eq!(entries(&z_inc), entries(&z_full));
+        assert_eq!(z_inc.record_count, z_full.record_count);
+        assert_eq!(z_inc.nodes.len(), z_full.nodes.len());
+        assert!(z_inc.nodes.get(&wire_of(&Name::from_ascii("b.z.test.").unwrap())).is_none(), "removed service gone");
+        let diff = z_inc.ixfr.last().unwrap();
+        assert!(diff.added.iter().any(|r| r.to_string().contains("10.0.0.3")));
+        assert!(diff.removed.iter().any(|r| r.to_string().contains("10.0.1.1")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
