@@ -223,6 +223,28 @@ impl ZoneSet {
 
     /// Index of the zone `wire` falls in and the apex offset inside `wire`.
     pub fn locate(&self, wire: &[u8]) -> Option<(usize, usize)> {
+        if self.zones.len() <= 8 {
+            // Few zones: compare suffixes directly instead of hashing every suffix of the name.
+            let mut best: Option<(usize, usize)> = None;
+            for (i, z) in self.zones.iter().enumerate() {
+                let o = &z.origin_wire[..];
+                if o.len() > wire.len() || wire[wire.len() - o.len()..] != *o {
+                    continue;
+                }
+                let at = wire.len() - o.len();
+                if best.is_some_and(|(_, b)| b <= at) {
+                    continue; // a longer (more specific) origin already matched
+                }
+                let mut pos = 0usize;
+                while pos < at {
+                    pos += 1 + wire[pos] as usize;
+                }
+                if pos == at {
+                    best = Some((i, at));
+                }
+            }
+            return best;
+        }
         let mut pos = 0usize;
         loop {
             let w = wire.get(pos..)?;
