@@ -149,6 +149,15 @@ async fn generated_records_follow_services() {
     // IPv6 listener and TCP.
     let d = kdig(s.addrs[1], &["+tcp", "web.svc.test", "A"]);
     assert_eq!(d.data("A").len(), 3, "{}", d.raw);
+
+    // Two services mapping to one name: both published, the collision reported (not silently dropped).
+    assert!(s.handle.as_ref().unwrap().report().collisions.is_empty());
+    let clash = config(&insts) + "\n[[service]]\nname = \"WEB\"\n[[service.instance]]\nid = \"x\"\naddr = \"10.0.0.99\"\n";
+    s.publish(&clash);
+    eventually("collision published", Duration::from_secs(5), || kdig(a, &["web.svc.test", "A"]).data("A").len() == 4).await;
+    let report = s.handle.as_ref().unwrap().report();
+    assert!(report.collisions.iter().any(|c| c.contains("web.svc.test.") && c.contains("WEB")), "{:?}", report.collisions);
+    assert!(report.zones.iter().any(|z| z.name == "svc.test." && z.records > 0), "{report:?}");
     s.stop().await;
 }
 
