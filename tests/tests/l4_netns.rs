@@ -139,6 +139,13 @@ fn l4_e2e_spread_churn_and_health() {
     assert!(vip_packets > 100.0);
     assert!(m.contains("padis_l4_packets_total{event=\"forwarded\"}"));
     assert!(m.contains("padis_l4_vip_backends_in_table{vip=\"web\"} 7"), "{m}");
+
+    // Shutdown without keep_attached detaches the program from the interface.
+    padis.stop();
+    let link = lan.padis.run(&["ip", "link", "show", "eth0"]).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("prog/xdp"), "still attached after shutdown: {link}");
+    assert!(lan.ask_once().is_err(), "VIP still served after Padis stopped and detached");
 }
 
 #[test]
