@@ -18,7 +18,9 @@ pub static RINGS: Array<u32> = Array::with_max_entries(defaults::MAX_RINGS * RIN
 #[map]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 0);
+/// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): a flow stays on one CPU (RSS), and insertion takes no
+/// global lock.
+pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 2);
 #[map]
 pub static ACL: LpmTrie<AclData, u32> = LpmTrie::with_max_entries(defaults::MAX_ACL, 0);
 #[map]
