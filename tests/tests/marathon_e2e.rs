@@ -52,7 +52,9 @@ backoff_max = "500ms"
 
 /// (serving, draining) backends of the app's group in `/v1/state`.
 fn backends(state: &serde_json::Value) -> (usize, usize) {
-    let groups = state["snapshot"]["state"]["groups"].as_array().cloned().unwrap_or_default();
+    // DesiredState serializes as the config file spells it: `group`, `backend`.
+    let st = &state["snapshot"]["state"];
+    let groups = st["group"].as_array().or_else(|| st["groups"].as_array()).cloned().unwrap_or_default();
     let Some(g) = groups.iter().find(|g| g["name"] == GROUP) else { return (0, 0) };
     let all = g["backend"].as_array().or_else(|| g["backends"].as_array()).cloned().unwrap_or_default();
     let draining = all.iter().filter(|b| b["draining"] == true).count();
@@ -95,7 +97,14 @@ async fn wait_backends(padis: &Padis, want: (usize, usize)) -> serde_json::Value
         if backends(&s) == want {
             return s;
         }
-        assert!(Instant::now() < deadline, "backends never became {want:?}: {:?}\nlog:\n{}", backends(&s), padis.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "backends never became {want:?}: {:?}\ngroups: {:#}\nsources: {:#}\nlog:\n{}",
+            backends(&s),
+            s["snapshot"]["state"]["group"],
+            s["sources"],
+            padis.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
