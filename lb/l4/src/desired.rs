@@ -134,3 +134,60 @@ pub fn compute(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    use padis_ebpf_common::vip_flags;
+
+    #[test]
+    fn compute_flags_keys_health_and_macs() {
+        let toml = r#"
+[l4]
+next_hop_mac = "02:00:00:00:00:fe"
+[l4.neighbors]
+"10.0.0.1" = "02:00:00:00:00:01"
+[l4.vip.dns]
+hash = "source"
+allow = ["10.0.0.0/8"]
+forwarding = "ipip"
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+backend = [{ addr = "10.0.0.1" }, { addr = "10.0.0.2", weight = 0 }]
+[[vip]]
+name = "dns"
+addr = "192.0.2.1"
+port = 53
+protocol = "udp"
+backend = [{ addr = "10.0.0.3" }]
+"#;
+        let v = padis_model::parse_config(toml, "t.toml", Path::new(".")).unwrap();
+        let mut asked = Vec::new();
+        let usable = |vip: &str, a: std::net::SocketAddr| !(vip == "web" && a.ip().to_string() == "10.0.0.2");
+        let d = super::compute(&v.state.l4, &v.state.vips, &usable, &mut |a| {
+            asked.push(a);
+            (a.to_string() == "10.0.0.2").then_some([2, 0, 0, 0, 0, 2])
+        });
+        let web = &d.vips[0];
+        assert_eq!(web.key.port, 80u16.to_be());
+        assert_eq!(web.key.proto, 6);
+        assert_eq!(web.key.addr[10..], [0xff, 0xff, 192, 0, 2, 1]);
+        assert_eq!(web.flags, 0);
+        assert_eq!(web.table_size, 65537);
+        assert!(web.backends[0].usable && !web.backends[1].usable);
+        let dns = &d.vips[1];
+        assert_eq!(dns.flags, vip_flags::HASH_SRC_ONLY | vip_flags::ACL | vip_flags::IPIP);
+        // Static neighbour wins; only DSR backends without one are resolved; IPIP backends need no MAC.
+        let a1: IpAddr = "10.0.0.1".parse().unwrap();
+        let a2: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(asked, vec![a2]);
+        assert_eq!(d.macs.get(&a1), Some(&[2, 0, 0, 0, 0, 1]));
+        assert_eq!(d.macs.get(&a2), Some(&[2, 0, 0, 0, 0, 2]));
+        assert_eq!(d.global.next_hop_mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(d.global.encap_src_v4, [172, 16, 0, 0]);
+    }
+}
