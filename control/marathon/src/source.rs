@@ -331,6 +331,11 @@ impl Follower {
                     self.journal.push(ev.clone());
                 }
                 if let Some(apps) = &mut self.apps {
+                    if let Event::AppTerminated { app_id } = &ev {
+                        if let Some(a) = apps.apps.iter().find(|a| &a.id == app_id) {
+                            self.drainer.app_gone(a);
+                        }
+                    }
                     if events::apply(apps, &ev) {
                         fill_resolved(apps, &self.resolved);
                         self.schedule_publish(self.cfg.coalesce);
@@ -386,6 +391,12 @@ impl Follower {
                 self.status.last_error = None;
                 self.last_ok = Some(Instant::now());
                 self.sync_backoff.reset();
+                if let Some(old) = &self.apps {
+                    let ids: std::collections::HashSet<&str> = apps.apps.iter().map(|a| a.id.as_str()).collect();
+                    for a in old.apps.iter().filter(|a| !ids.contains(a.id.as_str())) {
+                        self.drainer.app_gone(a);
+                    }
+                }
                 self.apps = Some(apps);
                 self.publish_at = None;
                 self.publish();
