@@ -30,10 +30,17 @@ pub fn main(origin: ConfigOrigin, demo: bool) -> ExitCode {
         }
     };
     let log = crate::logging::init(&valid.state.log);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if valid.state.runtime.worker_threads > 0 {
-        rt.worker_threads(valid.state.runtime.worker_threads);
-    }
+    // One worker: a current-thread runtime (no work-stealing overhead); otherwise a multi-thread one.
+    let mut rt = match valid.state.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = match rt.enable_all().thread_name("padis").build() {
         Ok(rt) => rt,
         Err(e) => {
