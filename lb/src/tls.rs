@@ -6,13 +6,10 @@ use std::sync::Arc;
 
 use padis_model::tls::CertMaterial;
 use padis_model::{ListenerTls, UpstreamTls};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::ServerConfig;
 
 use crate::error::L7Error;
 
@@ -104,63 +101,8 @@ pub(crate) fn server_config(
 }
 
 /// The client config towards a group's TLS backends (ALPN is set by the connector from the group protocol).
+/// Relative CA paths were made absolute by validation.
 pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L7Error> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| L7Error::Tls(e.to_string()))?;
-    let cfg = if tls.insecure_skip_verify {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &tls.ca {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?;
-            for c in certs {
-                roots.add(c).map_err(|e| L7Error::Tls(format!("{}: {e}", ca.display())))?;
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(cfg)
+    padis_balance::client_tls_config(tls, std::path::Path::new("")).map_err(|e| L7Error::Tls(e.to_string()))
 }
 
-/// Accepts any backend certificate (`insecure_skip_verify`), still checking handshake signatures.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}

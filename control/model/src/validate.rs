@@ -86,13 +86,19 @@ pub fn validate_state(
 }
 
 fn check(
-    state: DesiredState,
+    mut state: DesiredState,
     origin: &str,
     base: &Path,
     text: Option<(&str, Option<&Document<String>>)>,
     preloaded: Option<Vec<Arc<CertMaterial>>>,
 ) -> Result<Valid, ConfigErrors> {
     let mut cx = Validator::default();
+    // Data planes get absolute paths: they never need to know where the config file was.
+    for g in &mut state.groups {
+        if let Some(ca) = g.tls.as_mut().and_then(|t| t.ca.as_mut()) {
+            *ca = base.join(&*ca);
+        }
+    }
     let certificates = check_l7(&state, base, &mut cx, preloaded);
     for (i, s) in state.services.iter().enumerate() {
         s.validate(&format!("service[{i}]"), &mut cx);

@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 
 pub use backend::BackendHealth;
 pub use probe::{probe, probe_with, ProbeError};
-pub use transport::{CheckTls, CheckTransport, TransportError};
+pub use transport::{client_tls_config, CheckTls, CheckTransport, TransportError};
 
 use metrics::{CheckCounters, Metrics};
 

@@ -23,7 +23,8 @@ pub use balancers::{
 };
 pub use group::{BackendEntry, GroupBalancer, InFlight, Pick, DEFAULT_STICKY_COOKIE};
 pub use health::{
-    BackendHealth, CheckTls, CheckTransport, HealthRegistry, HealthReport, HealthTarget, TargetKey,
+    client_tls_config, BackendHealth, CheckTls, CheckTransport, HealthRegistry, HealthReport, HealthTarget,
+    TargetKey,
 };
 pub use maglev::{next_prime_at_least, Maglev, MaglevError, DEFAULT_TABLE_SIZE};
 pub use select::{SelectCtx, Selector};

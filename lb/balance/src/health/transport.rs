@@ -67,26 +67,29 @@ impl TlsSetup {
     }
 }
 
+/// The rustls client config towards a group's backends (no ALPN: callers set it from the group's protocol):
+/// TLS 1.2 and 1.3, the group's CA (a relative path resolved against `base`), or no verification with
+/// `insecure_skip_verify`. Used by the health checks and the L7 proxy alike.
+pub fn client_tls_config(tls: &UpstreamTls, base: &Path) -> Result<rustls::ClientConfig, TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    Ok(if tls.insecure_skip_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &tls.ca {
+            for cert in read_pem(&base.join(ca))? {
+                roots.add(cert)?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    })
+}
+
 impl CheckTls {
     /// Builds the connector (reads the CA file).
     pub(crate) fn setup(&self, protocol: UpstreamProtocol) -> Result<TlsSetup, TransportError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?;
-        let mut config = if self.config.insecure_skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth()
-        } else {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(ca) = &self.config.ca {
-                for cert in read_pem(&self.base.join(ca))? {
-                    roots.add(cert)?;
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        };
+        let mut config = client_tls_config(&self.config, &self.base)?;
         config.alpn_protocols = match protocol {
             UpstreamProtocol::H2 => vec![b"h2".to_vec()],
             UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
