@@ -68,6 +68,23 @@ impl Running {
         }
     }
 
+    /// Waits until the event stream is attached and the full sync its attachment triggers has finished; returns
+    /// the double's count of `/v2/apps` requests then.
+    async fn settled_syncs(&self, m: &MarathonDouble) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        while self.metric("padis_marathon_stream_up") < 1.0 {
+            assert!(Instant::now() < deadline, "event stream never attached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The attach schedules a sync at once; give it time to start, then wait for it to end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while self.metric("padis_marathon_syncs_total") < m.apps_requests() as f64 {
+            assert!(Instant::now() < deadline, "full sync never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        m.apps_requests()
+    }
+
     fn metric(&self, name: &str) -> f64 {
         self.registry
             .gather()
@@ -110,7 +127,7 @@ async fn follows_deploy_scale_health_and_drains_killed_tasks() {
     assert_eq!(s.routes[0].host.as_deref(), Some("shop.test"));
     let svc = s.services.iter().find(|x| x.name == "shop").expect("DNS service");
     assert_eq!(svc.instances.len(), 3);
-    let syncs = m.apps_requests();
+    let syncs = r.settled_syncs(&m).await;
 
     // Events alone (no full sync: resync_delay is 30 s) carry scale-up, health and kills.
     m.scale("/shop", 5);

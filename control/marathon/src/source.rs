@@ -63,6 +63,9 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// How long the first full sync waits for the event stream to attach.
+const STREAM_WAIT: Duration = Duration::from_secs(1);
+
 /// Reads the event stream, reconnecting with jittered back-off; a stream silent for `stream_idle_timeout` is
 /// reopened.
 async fn stream_loop(
@@ -246,6 +249,7 @@ impl Follower {
         shutdown: CancellationToken,
     ) -> Follower {
         let now = Instant::now();
+        let first_sync = now + STREAM_WAIT.min(cfg.request_timeout);
         Follower {
             drainer: Drainer::new(cfg.drain_time),
             sync_backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
@@ -259,7 +263,9 @@ impl Follower {
             status: MarathonState::default().status,
             last_pub_at: now,
             publish_at: None,
-            resync_at: Some(now),
+            // The first full sync waits for the event stream (up to STREAM_WAIT) so that one sync, taken after
+            // the stream is attached, misses no event; a stream that fails or is slow does not hold it longer.
+            resync_at: Some(first_sync),
             sync: None,
             sync_started: now,
             journal: Vec::new(),
@@ -321,7 +327,13 @@ impl Follower {
                 // Events may have been missed while the stream was down: full sync now.
                 self.schedule_resync(Duration::ZERO);
             }
-            StreamMsg::Down(reason) => debug!(%reason, "marathon event stream down"),
+            StreamMsg::Down(reason) => {
+                debug!(%reason, "marathon event stream down");
+                if self.apps.is_none() {
+                    // Never synced yet: do not wait for the stream any longer.
+                    self.schedule_resync(Duration::ZERO);
+                }
+            }
             StreamMsg::Event(ev) => {
                 // `event_stream_attached` is broadcast for every subscriber attaching: nothing to sync.
                 if ev == Event::Attached {
