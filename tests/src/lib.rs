@@ -3,6 +3,7 @@
 
 pub mod bgp;
 pub mod dns;
+pub mod ecmp;
 pub mod l4;
 pub mod l7;
 pub mod marathon;
