@@ -25,11 +25,29 @@
 //! weight = 1                     # 0 = draining: no new flows, established ones stay
 //! ```
 //!
+//! Connection-table sync among Padis nodes (see the README, "L4: connection-table sync"), and the benchmark
+//! control case:
+//!
+//! ```toml
+//! [l4]
+//! scheduler = "maglev"           # or "naive": per-node random tables, no sync (benchmark control case only)
+//! node_id = "gw1"                # default: the host name
+//!
+//! [l4.sync]                      # read at start (restart to change)
+//! listen = "10.0.0.2:7400"
+//! peers = ["10.0.0.2:7400", "10.0.0.3:7400"]   # may list this node itself (ignored)
+//! key_file = "/etc/padis/sync.key"              # shared secret (HMAC-SHA256), >= 16 bytes, absolute path
+//! batch_interval = "10ms"
+//! dump_rate = 50000              # records/s of a bulk dump to a (re)starting peer
+//! ```
+//!
 //! Per-VIP policy lives in `[l4.vip.<name>]` rather than in `[[vip]]` so that sources producing VIPs (Marathon)
 //! keep a small, stable `Vip` type.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -74,6 +92,104 @@ pub struct L4Config {
     pub neighbors: BTreeMap<IpAddr, String>,
     /// Per-VIP policy, by VIP name.
     pub vip: BTreeMap<String, VipPolicy>,
+    /// How VIP lookup tables are filled.
+    pub scheduler: Scheduler,
+    /// This node's name (seeds the `naive` scheduler, names the node in sync messages); default: the host name.
+    pub node_id: Option<String>,
+    /// Connection-table sync among Padis nodes (none: off).
+    pub sync: Option<SyncConfig>,
+}
+
+/// How each VIP's lookup table is filled.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// Maglev, from the sorted backend set: every node builds the same table; churn moves few entries.
+    #[default]
+    Maglev,
+    /// Benchmark control case (LVS without sync): a per-node random permutation of the backends, seeded from
+    /// `node_id`; tables differ between nodes and are reshuffled on every change. Not for production.
+    Naive,
+}
+
+/// `[l4.sync]`: connection-table synchronisation among Padis nodes (LVS sync daemon style). Read at start.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// UDP address to receive peers' messages on (and to send from).
+    pub listen: SocketAddr,
+    /// Peers' `listen` addresses (this node's own may be listed: it is skipped).
+    pub peers: Vec<SocketAddr>,
+    /// File holding the shared HMAC-SHA256 key (absolute path; at least 16 bytes; surrounding whitespace ignored).
+    pub key_file: PathBuf,
+    /// Longest a new flow waits before it is sent (records are also sent as soon as a datagram is full).
+    #[serde(default = "default_batch_interval", with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Records per second of a bulk dump sent to a peer that (re)starts.
+    #[serde(default = "default_dump_rate")]
+    pub dump_rate: u32,
+}
+
+fn default_batch_interval() -> Duration {
+    Duration::from_millis(10)
+}
+
+fn default_dump_rate() -> u32 {
+    50_000
+}
+
+/// Smallest accepted sync key (bytes).
+pub const MIN_SYNC_KEY: usize = 16;
+
+/// Reads a sync key file: its content without surrounding whitespace.
+pub fn read_sync_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = raw.trim_ascii().to_vec();
+    if key.len() < MIN_SYNC_KEY {
+        return Err(format!("{}: key of {} bytes, need at least {MIN_SYNC_KEY}", path.display(), key.len()));
+    }
+    Ok(key)
+}
+
+impl SyncConfig {
+    fn validate(&self, l4: &L4Config, cx: &mut Validator) {
+        if l4.scheduler == Scheduler::Naive {
+            cx.error("l4.sync", "the naive scheduler is the no-sync control case: remove [l4.sync] or use maglev");
+        }
+        if self.listen.port() == 0 {
+            cx.error("l4.sync.listen", "needs a fixed port (peers send to it)");
+        }
+        if self.listen.ip().is_unspecified() {
+            cx.error("l4.sync.listen", format!("`{}`: use this node's address (peers recognise it)", self.listen));
+        }
+        let mut seen = HashSet::new();
+        let others = self.peers.iter().filter(|p| **p != self.listen).count();
+        if others == 0 {
+            cx.error("l4.sync.peers", "needs at least one peer other than `listen`");
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if !seen.insert(*p) {
+                cx.error(format!("l4.sync.peers[{i}]"), format!("duplicate peer {p}"));
+            }
+            if p.port() == 0 || p.ip().is_unspecified() {
+                cx.error(format!("l4.sync.peers[{i}]"), format!("`{p}`: expected a peer's address and port"));
+            }
+            if p.is_ipv4() != self.listen.is_ipv4() {
+                cx.error(format!("l4.sync.peers[{i}]"), format!("`{p}`: not of the address family of `listen`"));
+            }
+        }
+        if !self.key_file.is_absolute() {
+            cx.error("l4.sync.key_file", format!("{}: must be an absolute path", self.key_file.display()));
+        } else if let Err(e) = read_sync_key(&self.key_file) {
+            cx.error("l4.sync.key_file", e);
+        }
+        if self.batch_interval < Duration::from_millis(1) || self.batch_interval > Duration::from_secs(1) {
+            cx.error("l4.sync.batch_interval", format!("{:?}: must be between 1ms and 1s", self.batch_interval));
+        }
+        if self.dump_rate < 100 {
+            cx.error("l4.sync.dump_rate", format!("{}: at least 100 records/s", self.dump_rate));
+        }
+    }
 }
 
 impl Default for L4Config {
@@ -93,6 +209,9 @@ impl Default for L4Config {
             encap_source_v6: Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
             neighbors: BTreeMap::new(),
             vip: BTreeMap::new(),
+            scheduler: Scheduler::Maglev,
+            node_id: None,
+            sync: None,
         }
     }
 }
@@ -253,6 +372,14 @@ impl L4Config {
         if vips.len() > self.max_vips as usize {
             cx.error("vip", format!("{} VIPs but l4.max_vips = {}", vips.len(), self.max_vips));
         }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                cx.error("l4.node_id", format!("`{id}`: 1 to 64 printable characters without spaces"));
+            }
+        }
+        if let Some(s) = &self.sync {
+            s.validate(self, cx);
+        }
         for (a, m) in &self.neighbors {
             if parse_mac(m).is_none() {
                 cx.error(format!("l4.neighbors.{a}"), format!("`{m}`: expected a MAC address"));
@@ -358,6 +485,50 @@ mod tests {
         assert!(e.contains("at least 1280"), "{e}");
         let e = check(&VIP.replace("addr = \"10.0.0.1\"", "addr = \"fd00::1\"")).unwrap_err();
         assert!(e.contains("address family"), "{e}");
+    }
+
+    fn sync_toml(key: &std::path::Path, extra: &str) -> String {
+        format!(
+            "[l4]\n{extra}\n[l4.sync]\nlisten = \"10.0.0.2:7400\"\npeers = [\"10.0.0.2:7400\", \"10.0.0.3:7400\"]\nkey_file = \"{}\"\nbatch_interval = \"20ms\"\n{VIP}",
+            key.display()
+        )
+    }
+
+    #[test]
+    fn sync_config() {
+        let dir = std::env::temp_dir().join(format!("padis-l4-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("sync.key");
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        let v = check(&sync_toml(&key, "node_id = \"gw1\"")).unwrap();
+        let s = v.state.l4.sync.as_ref().unwrap();
+        assert_eq!(s.batch_interval, std::time::Duration::from_millis(20));
+        assert_eq!(s.dump_rate, 50_000);
+        assert_eq!(super::read_sync_key(&key).unwrap(), b"0123456789abcdef0123");
+        assert_eq!(v.state.l4.scheduler, super::Scheduler::Maglev);
+
+        let e = check(&sync_toml(&key, "scheduler = \"naive\"")).unwrap_err();
+        assert!(e.contains("l4.toml:") && e.contains("naive scheduler is the no-sync control case"), "{e}");
+        let e = check(&sync_toml(&key, "").replace("20ms", "5s")).unwrap_err();
+        assert!(e.contains("l4.sync.batch_interval") && e.contains("between 1ms and 1s"), "{e}");
+        let e = check(&sync_toml(&key, "").replace("\"10.0.0.3:7400\"", "\"10.0.0.2:7400\"")).unwrap_err();
+        assert!(e.contains("duplicate peer") && e.contains("at least one peer"), "{e}");
+        let e = check(&sync_toml(&key, "").replace("listen = \"10.0.0.2:7400\"", "listen = \"[::1]:7400\"")).unwrap_err();
+        assert!(e.contains("address family"), "{e}");
+        let e = check(&sync_toml(&dir.join("none"), "")).unwrap_err();
+        assert!(e.contains("l4.sync.key_file") && e.contains("No such file"), "{e}");
+        std::fs::write(&key, "short\n").unwrap();
+        let e = check(&sync_toml(&key, "")).unwrap_err();
+        assert!(e.contains("need at least 16"), "{e}");
+        let e = check(&sync_toml(std::path::Path::new("rel.key"), "")).unwrap_err();
+        assert!(e.contains("absolute path"), "{e}");
+        let e = check(&sync_toml(&key, "").replace("batch_interval", "batch_intervall")).unwrap_err();
+        assert!(e.contains("batch_intervall"), "{e}");
+        let e = check(&format!("[l4]\nnode_id = \"a b\"\n{VIP}")).unwrap_err();
+        assert!(e.contains("l4.node_id"), "{e}");
+        let v = check(&format!("[l4]\nscheduler = \"naive\"\n{VIP}")).unwrap();
+        assert_eq!(v.state.l4.scheduler, super::Scheduler::Naive);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

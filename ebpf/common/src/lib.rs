@@ -30,9 +30,13 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     /// `PerCpuArray<RateState>` with one entry: new-flow insertion budget.
     pub const FLOW_RATE: &str = "FLOW_RATE";
+    /// `RingBuf` of [`SyncRecord`](super::SyncRecord)s: new connection-table entries, for peer sync.
+    pub const SYNC_RING: &str = "SYNC_RING";
     /// All of them (the maps `padis-l4` pins).
-    pub const ALL: [&str; 11] =
-        [VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, ACL, CONFIG, VIP_STATS, BACKEND_STATS, STATS, FLOW_RATE];
+    pub const ALL: [&str; 12] = [
+        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, ACL, CONFIG, VIP_STATS, BACKEND_STATS, STATS, FLOW_RATE,
+        SYNC_RING,
+    ];
 }
 
 /// Entries reserved per Maglev ring slot in `RINGS` (the largest table size, a prime).
@@ -49,6 +53,8 @@ pub mod defaults {
     pub const MAX_FLOWS: u32 = 1 << 20;
     /// ACL prefixes over all VIPs.
     pub const MAX_ACL: u32 = 16384;
+    /// Bytes of the `SYNC_RING` ring buffer (a power of two): ~18k records.
+    pub const SYNC_RING_BYTES: u32 = 1 << 20;
 }
 
 /// Per-VIP flags (`VipMeta::flags`).
@@ -97,8 +103,10 @@ pub mod stat {
     pub const FORWARDED: u32 = 11;
     /// Packets passed to the kernel stack (not for a VIP).
     pub const PASSED: u32 = 12;
+    /// New connection-table entry not announced for peer sync: `SYNC_RING` was full.
+    pub const SYNC_RING_FULL: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Names, in index order (used for metrics labels).
     pub const NAMES: [&str; COUNT as usize] = [
         "ct_hit",
@@ -114,6 +122,7 @@ pub mod stat {
         "icmp_forwarded",
         "forwarded",
         "passed",
+        "sync_ring_full",
     ];
 }
 
@@ -216,8 +225,25 @@ pub struct GlobalConfig {
     pub mtu: u16,
     /// New connection-table entries allowed per CPU per second (0 = unlimited).
     pub max_new_flows_per_sec: u32,
-    /// Zero.
-    pub pad: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+}
+
+/// Global flags (`GlobalConfig::flags`).
+pub mod config_flags {
+    /// Connection-table sync among Padis nodes is on: new entries are announced in `SYNC_RING`.
+    pub const SYNC: u32 = 1;
+}
+
+/// A new connection-table entry, as the program announces it in `SYNC_RING` (node-local ids: userspace
+/// translates them to identities before sending them to peers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncRecord {
+    /// The flow (connection-table key).
+    pub key: FlowKey,
+    /// Its entry.
+    pub state: FlowState,
 }
 
 /// A packets + bytes counter.
@@ -252,6 +278,7 @@ mod pod {
     unsafe impl aya::Pod for super::GlobalConfig {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::SyncRecord {}
 }
 
 #[inline(always)]

@@ -125,7 +125,10 @@ fn pick(flow: &FlowKey, meta: &VipMeta, insert: bool) -> Option<(u32, BackendInf
     let b = backend(idx)?;
     if insert {
         if budget() {
-            let _ = maps::CONNTRACK.insert(flow, &FlowState { backend: idx, vip: meta.id }, 0);
+            let st = FlowState { backend: idx, vip: meta.id };
+            if maps::CONNTRACK.insert(flow, &st, 0).is_ok() {
+                maps::announce(flow, &st);
+            }
         } else {
             maps::stat(stat::CT_INSERT_SKIPPED, 0);
         }

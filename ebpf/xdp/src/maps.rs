@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use padis_ebpf_common::{
-    defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState, VipKey, VipMeta,
-    RING_STRIDE,
+    config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState, SyncRecord,
+    VipKey, VipMeta, RING_STRIDE,
 };
 
 #[map]
@@ -33,6 +33,8 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(padis_ebpf_common::stat::COUNT, 0);
 #[map]
 pub static FLOW_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SYNC_RING: RingBuf = RingBuf::with_byte_size(defaults::SYNC_RING_BYTES, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<Counters>, idx: u32, bytes: u64) {
@@ -74,5 +76,18 @@ pub fn config() -> GlobalConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
         None => GlobalConfig::default(),
+    }
+}
+
+/// Announces a new connection-table entry to the sync daemon when sync is on; a full ring is counted, never waited
+/// for.
+#[inline(always)]
+pub fn announce(flow: &FlowKey, st: &FlowState) {
+    let on = match CONFIG.get(0) {
+        Some(c) => c.flags & config_flags::SYNC != 0,
+        None => false,
+    };
+    if on && SYNC_RING.output::<SyncRecord>(SyncRecord { key: *flow, state: *st }, 0).is_err() {
+        stat(padis_ebpf_common::stat::SYNC_RING_FULL, 0);
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use padis_ebpf_common::{vip_flags, GlobalConfig, VipKey};
-use padis_model::l4::{parse_mac, Forwarding, L4Config, Vip, VipHash, VipPolicy};
+use padis_ebpf_common::{config_flags, vip_flags, GlobalConfig, VipKey};
+use padis_model::l4::{parse_mac, Forwarding, L4Config, Scheduler, Vip, VipHash, VipPolicy};
 
 /// Maps an address to its 16-byte form (IPv4-mapped for IPv4).
 pub fn addr16(a: IpAddr) -> [u8; 16] {
@@ -53,6 +53,8 @@ pub struct Desired {
     pub global: GlobalConfig,
     /// MAC of each backend that DSR needs and that is known.
     pub macs: BTreeMap<IpAddr, [u8; 6]>,
+    /// `scheduler = "naive"` (benchmark control case): this node's seed. `None`: Maglev.
+    pub naive_seed: Option<u64>,
 }
 
 /// The policy of `vip` (defaults when `[l4.vip.<name>]` is absent).
@@ -77,7 +79,7 @@ pub fn global(l4: &L4Config) -> GlobalConfig {
         next_hop_mac: l4.next_hop_mac.as_deref().and_then(parse_mac).unwrap_or_default(),
         mtu: l4.mtu,
         max_new_flows_per_sec: l4.max_new_flows_per_sec,
-        pad: 0,
+        flags: if l4.sync.is_some() { config_flags::SYNC } else { 0 },
     }
 }
 
@@ -89,7 +91,8 @@ pub fn compute(
     usable: &dyn Fn(&str, SocketAddr) -> bool,
     mac: &mut dyn FnMut(IpAddr) -> Option<[u8; 6]>,
 ) -> Desired {
-    let mut out = Desired { global: global(l4), ..Default::default() };
+    let naive_seed = (l4.scheduler == Scheduler::Naive).then(|| crate::naive::node_seed(&crate::sync::node_name(l4)));
+    let mut out = Desired { global: global(l4), naive_seed, ..Default::default() };
     for v in vips {
         let p = policy(l4, v);
         let mut flags = 0;

@@ -49,6 +49,9 @@ pub enum L4Error {
     /// Out of VIP ids, ring slots or backend slots.
     #[error("capacity exhausted: {0}")]
     Capacity(&'static str),
+    /// The connection-table sync daemon could not start.
+    #[error("L4 sync: {0}")]
+    Sync(#[from] crate::sync::SyncError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

@@ -1,17 +1,20 @@
 //! Padis L4 userspace: loads the XDP balancer (ebpf/xdp) with aya, attaches it to the configured interfaces,
 //! programs its maps from control snapshots as diffs (VIPs, backends, deterministic Maglev tables swapped
 //! atomically, ACLs), keeps state in pinned maps across restarts, and reads its per-CPU statistics into
-//! Prometheus metrics and the L4 report.
+//! Prometheus metrics and the L4 report. With `[l4.sync]` it also synchronises the connection table with the
+//! other Padis nodes (`sync`).
 
 pub mod bpffs;
 pub mod desired;
 mod error;
 pub mod loader;
 mod metrics;
+pub mod naive;
 pub mod neigh;
 mod plane;
 pub mod programmer;
 pub mod stats;
+pub mod sync;
 
 pub use error::L4Error;
 pub use loader::{Balancer, LoadOptions};

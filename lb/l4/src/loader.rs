@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -66,6 +66,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Counters>,
     /// Global counters.
     pub stats: PerCpuArray<MapData, Counters>,
+    /// New connection-table entries for peer sync (taken by the sync daemon when sync is on).
+    pub sync_ring: Option<RingBuf<MapData>>,
 }
 
 /// One attachment of the program to an interface, held through a pinned bpf link.
@@ -152,6 +154,7 @@ impl Balancer {
             vip_stats: take(&mut ebpf, n::VIP_STATS)?,
             backend_stats: take(&mut ebpf, n::BACKEND_STATS)?,
             stats: take(&mut ebpf, n::STATS)?,
+            sync_ring: Some(take(&mut ebpf, n::SYNC_RING)?),
         };
         Ok(Balancer { ebpf, maps, options, reused_pins })
     }

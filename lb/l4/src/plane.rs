@@ -15,6 +15,7 @@ use crate::desired::{self, Desired};
 use crate::loader::{Attachment, Balancer, LoadOptions};
 use crate::programmer::{ApplyReport, Programmer};
 use crate::stats::{self, Count};
+use crate::sync::{SyncHandle, SyncIndex, SyncMaps};
 use crate::{bpffs, neigh, L4Error};
 
 /// Health owner name of L4 targets in the registry.
@@ -26,6 +27,7 @@ pub struct L4Plane;
 /// A running L4 plane.
 pub struct L4Handle {
     task: Option<tokio::task::JoinHandle<()>>,
+    sync: Option<SyncHandle>,
     inner: Option<Arc<Mutex<Inner>>>,
 }
 
@@ -103,6 +105,8 @@ pub struct Inner {
     last_error: Option<String>,
     applies_ok: u64,
     applies_failed: u64,
+    /// Where the sync daemon learns local ids (sync on only).
+    sync_index: Option<tokio::sync::watch::Sender<Arc<SyncIndex>>>,
 }
 
 impl Inner {
@@ -191,6 +195,9 @@ impl Inner {
                 self.last_apply = rep;
                 self.last_error = None;
                 self.applies_ok += 1;
+                if let Some(tx) = &self.sync_index {
+                    tx.send_replace(Arc::new(SyncIndex::build(&self.programmer, &d)));
+                }
             }
             Err(e) => {
                 tracing::error!(generation = snap.generation, error = %e, "L4 programming failed");
@@ -237,7 +244,7 @@ impl L4Plane {
         reader.mark_seen();
         let l4 = snap.state.l4.clone();
         if l4.interfaces.is_empty() {
-            return Ok(L4Handle { task: None, inner: None });
+            return Ok(L4Handle { task: None, sync: None, inner: None });
         }
         let dir = bpffs::pin_dir(&l4.instance)?;
         let opts = LoadOptions {
@@ -263,7 +270,13 @@ impl L4Plane {
             last_error: None,
             applies_ok: 0,
             applies_failed: 0,
+            sync_index: None,
         };
+        let index_rx = l4.sync.as_ref().map(|_| {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(SyncIndex::default()));
+            inner.sync_index = Some(tx);
+            rx
+        });
         inner.program(snap, &health);
         if let Some(e) = &inner.last_error {
             tracing::warn!(error = %e, "starting L4 with a partial programming");
@@ -281,6 +294,18 @@ impl L4Plane {
                 }
             }
         }
+        let sync = match (&l4.sync, index_rx) {
+            (Some(cfg), Some(rx)) => match start_sync(&mut inner, cfg, &l4, rx, metrics, shutdown.clone()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    for a in inner.attachments.drain(..) {
+                        a.release(false);
+                    }
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let inner = Arc::new(Mutex::new(inner));
         metrics.register(Box::new(crate::metrics::L4Collector::new(inner.clone())))?;
         let shared = inner.clone();
@@ -303,8 +328,28 @@ impl L4Plane {
             }
             tracing::info!(keep_attached = keep, "L4 plane stopped");
         });
-        Ok(L4Handle { task: Some(task), inner: Some(inner) })
+        Ok(L4Handle { task: Some(task), sync, inner: Some(inner) })
     }
+}
+
+/// Starts the sync daemon on handles of its own (the ring, the connection table, the counters).
+fn start_sync(
+    inner: &mut Inner,
+    cfg: &padis_model::l4::SyncConfig,
+    l4: &padis_model::l4::L4Config,
+    index: tokio::sync::watch::Receiver<Arc<SyncIndex>>,
+    metrics: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> Result<SyncHandle, L4Error> {
+    let maps = &mut inner.balancer.maps;
+    let ring = maps.sync_ring.take().ok_or(crate::sync::SyncError::NoRing)?;
+    let stats = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(crate::sync::dup(
+        aya::maps::IterableMap::map(&maps.stats),
+    )?))
+    .map_err(crate::sync::SyncError::from)?;
+    let sync_maps =
+        SyncMaps { ring, conntrack: crate::sync::conntrack_handle(&maps.conntrack)?, stats, max_flows: l4.max_flows };
+    Ok(SyncHandle::spawn(cfg, &crate::sync::node_name(l4), sync_maps, index, metrics, shutdown)?)
 }
 
 impl L4Handle {
@@ -312,6 +357,9 @@ impl L4Handle {
     pub async fn wait(self) {
         if let Some(t) = self.task {
             let _ = t.await;
+        }
+        if let Some(s) = self.sync {
+            s.wait().await;
         }
     }
 

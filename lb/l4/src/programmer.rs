@@ -40,7 +40,8 @@ pub struct ApplyReport {
 }
 
 /// Sorted (identity, weight) list a table is built from, with its size.
-type TableInputs = (u32, Vec<([u8; 16], u32)>);
+/// (The third part is the `naive` scheduler's seed; `None`: Maglev.)
+type TableInputs = (u32, Vec<([u8; 16], u32)>, Option<u64>);
 
 #[derive(Debug, Clone)]
 struct Installed {
@@ -155,6 +156,11 @@ impl Programmer {
         self.backends.get(&addr).map(|s| s.idx)
     }
 
+    /// Id of the installed VIP `key`.
+    pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
+        self.vips.get(key).map(|v| v.meta.id)
+    }
+
     /// Installed VIPs (for reports and stats), by key.
     pub fn installed(&self) -> Vec<(VipKey, InstalledVip)> {
         self.vips
@@ -215,7 +221,7 @@ impl Programmer {
         let mut keep = BTreeSet::new();
         for v in &d.vips {
             keep.insert(v.key);
-            self.apply_vip(maps, v, &mut rep)?;
+            self.apply_vip(maps, v, d.naive_seed, &mut rep)?;
         }
         // 3. VIPs gone.
         let gone: Vec<VipKey> = self.vips.keys().filter(|k| !keep.contains(*k)).copied().collect();
@@ -258,7 +264,13 @@ impl Programmer {
         Ok(rep)
     }
 
-    fn apply_vip(&mut self, maps: &mut Maps, v: &DesiredVip, rep: &mut ApplyReport) -> Result<(), L4Error> {
+    fn apply_vip(
+        &mut self,
+        maps: &mut Maps,
+        v: &DesiredVip,
+        d_naive: Option<u64>,
+        rep: &mut ApplyReport,
+    ) -> Result<(), L4Error> {
         let ipip = v.flags & vip_flags::IPIP != 0;
         let mut members: Vec<([u8; 16], u32, IpAddr)> = v
             .backends
@@ -270,7 +282,7 @@ impl Programmer {
             })
             .collect();
         members.sort();
-        let inputs: TableInputs = (v.table_size, members.iter().map(|(a, w, _)| (*a, *w)).collect());
+        let inputs: TableInputs = (v.table_size, members.iter().map(|(a, w, _)| (*a, *w)).collect(), d_naive);
         let prev = self.vips.get(&v.key).cloned();
         let id = match &prev {
             Some(p) => p.meta.id,
@@ -306,16 +318,21 @@ impl Programmer {
                     meta.ring = self.free_rings.pop_front().ok_or(L4Error::Capacity("ring slots"))?;
                 }
             } else {
-                let table = Maglev::new(&inputs.1, v.table_size as usize)
-                    .map_err(|source| L4Error::Maglev { vip: v.name.clone(), source })?;
+                let table = match inputs.2 {
+                    None => Maglev::new(&inputs.1, v.table_size as usize)
+                        .map_err(|source| L4Error::Maglev { vip: v.name.clone(), source })?
+                        .table()
+                        .to_vec(),
+                    Some(seed) => crate::naive::table(&inputs.1, v.table_size as usize, seed),
+                };
                 let ring = self.free_rings.pop_front().ok_or(L4Error::Capacity("ring slots"))?;
                 let base = ring * RING_STRIDE;
-                for (i, m) in table.table().iter().enumerate() {
+                for (i, m) in table.iter().enumerate() {
                     let Some(&(_, _, addr)) = members.get(*m as usize) else { continue };
                     let Some(slot) = self.backends.get(&addr) else { continue };
                     maps.rings.set(base + i as u32, slot.idx, 0).map_err(map_err(n::RINGS))?;
                 }
-                rep.ring_entries_written += table.table().len();
+                rep.ring_entries_written += table.len();
                 meta.ring = ring;
                 meta.table_size = v.table_size;
             }

@@ -1,0 +1,254 @@
+//! Wire format of sync messages (UDP datagrams), authenticated with HMAC-SHA256 over everything before the tag.
+//!
+//! ```text
+//! "PDS1" | kind u8 | 0 u8 | count u16 | node u64 | incarnation u64 | records (count x 53 bytes) | HMAC-SHA256 (32)
+//! record = src [16] | dst [16] | sport [2] | dport [2] | proto u8 | backend address [16]
+//! ```
+//! Integers are big endian; ports are copied as the connection table holds them (network order). Addresses are
+//! 16 bytes (IPv4-mapped for IPv4). The VIP is the flow's (dst, dport, proto); the backend travels as its address
+//! because backend indexes are per node.
+
+use padis_ebpf_common::FlowKey;
+use ring::hmac;
+
+const MAGIC: &[u8; 4] = b"PDS1";
+/// Bytes before the records.
+pub const HEADER_LEN: usize = 24;
+/// Bytes of one record.
+pub const RECORD_LEN: usize = 53;
+/// Bytes of the authentication tag.
+pub const TAG_LEN: usize = 32;
+/// Largest datagram we send (fits a 1500-byte MTU with IPv6 + UDP headers).
+pub const MAX_DATAGRAM: usize = 1400;
+/// Records per datagram.
+pub const MAX_RECORDS: usize = (MAX_DATAGRAM - HEADER_LEN - TAG_LEN) / RECORD_LEN;
+
+const KIND_HELLO: u8 = 1;
+const KIND_FLOWS: u8 = 2;
+
+/// One synchronised flow: the connection-table key and the backend's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireFlow {
+    /// The connection-table key (VIP = dst, dport, proto).
+    pub key: FlowKey,
+    /// Backend address (16 bytes, IPv4-mapped for IPv4).
+    pub backend: [u8; 16],
+}
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// "I am alive" (sent every second); a new incarnation asks the receiver for a bulk dump.
+    Hello,
+    /// New flows (live, or part of a bulk dump).
+    Flows(Vec<WireFlow>),
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Sender's node id.
+    pub node: u64,
+    /// Sender's incarnation (changes at every start).
+    pub incarnation: u64,
+    /// Content.
+    pub body: Body,
+}
+
+/// Why a datagram was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Shorter than a header and a tag, or the record count does not match the length.
+    #[error("truncated or mis-sized message ({0} bytes)")]
+    Length(usize),
+    /// Not a Padis sync message (or another version).
+    #[error("bad magic")]
+    Magic,
+    /// The HMAC does not match: wrong key, or altered in transit.
+    #[error("authentication failed")]
+    Auth,
+    /// Unknown message kind.
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    /// More records than one datagram holds.
+    #[error("{0} records exceed {MAX_RECORDS} per message")]
+    TooMany(usize),
+}
+
+/// The shared key.
+pub struct SyncKey(hmac::Key);
+
+impl SyncKey {
+    /// A key from the shared secret's bytes.
+    pub fn new(secret: &[u8]) -> SyncKey {
+        SyncKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+}
+
+/// Encodes `msg` (at most [`MAX_RECORDS`] flows) into one authenticated datagram.
+pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
+    let (kind, flows): (u8, &[WireFlow]) = match &msg.body {
+        Body::Hello => (KIND_HELLO, &[]),
+        Body::Flows(f) => (KIND_FLOWS, f),
+    };
+    if flows.len() > MAX_RECORDS {
+        return Err(CodecError::TooMany(flows.len()));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + flows.len() * RECORD_LEN + TAG_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(kind);
+    out.push(0);
+    out.extend_from_slice(&(flows.len() as u16).to_be_bytes());
+    out.extend_from_slice(&msg.node.to_be_bytes());
+    out.extend_from_slice(&msg.incarnation.to_be_bytes());
+    for f in flows {
+        out.extend_from_slice(&f.key.src);
+        out.extend_from_slice(&f.key.dst);
+        out.extend_from_slice(&f.key.sport.to_ne_bytes());
+        out.extend_from_slice(&f.key.dport.to_ne_bytes());
+        out.push(f.key.proto);
+        out.extend_from_slice(&f.backend);
+    }
+    let tag = hmac::sign(&key.0, &out);
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Encodes flows into as many datagrams as needed.
+pub fn encode_flows(node: u64, incarnation: u64, flows: &[WireFlow], key: &SyncKey) -> Vec<Vec<u8>> {
+    flows
+        .chunks(MAX_RECORDS)
+        .filter_map(|c| encode(&Message { node, incarnation, body: Body::Flows(c.to_vec()) }, key).ok())
+        .collect()
+}
+
+fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+
+/// Checks the tag, then decodes a datagram.
+pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
+    if data.len() < HEADER_LEN + TAG_LEN {
+        return Err(CodecError::Length(data.len()));
+    }
+    if &data[..4] != MAGIC {
+        return Err(CodecError::Magic);
+    }
+    let (body, tag) = data.split_at(data.len() - TAG_LEN);
+    hmac::verify(&key.0, body, tag).map_err(|_| CodecError::Auth)?;
+    let count = u16::from_be_bytes(arr(body, 6)) as usize;
+    if body.len() != HEADER_LEN + count * RECORD_LEN {
+        return Err(CodecError::Length(data.len()));
+    }
+    let node = u64::from_be_bytes(arr(body, 8));
+    let incarnation = u64::from_be_bytes(arr(body, 16));
+    let body = match body[4] {
+        KIND_HELLO if count == 0 => Body::Hello,
+        KIND_HELLO => return Err(CodecError::Length(data.len())),
+        KIND_FLOWS => Body::Flows(
+            body[HEADER_LEN..]
+                .chunks_exact(RECORD_LEN)
+                .map(|r| WireFlow {
+                    key: FlowKey {
+                        src: arr(r, 0),
+                        dst: arr(r, 16),
+                        sport: u16::from_ne_bytes(arr(r, 32)),
+                        dport: u16::from_ne_bytes(arr(r, 34)),
+                        proto: r[36],
+                        pad: [0; 3],
+                    },
+                    backend: arr(r, 37),
+                })
+                .collect(),
+        ),
+        k => return Err(CodecError::Kind(k)),
+    };
+    Ok(Message { node, incarnation, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use padis_ebpf_common::v4_mapped;
+
+    fn flow(i: u8) -> WireFlow {
+        WireFlow {
+            key: FlowKey {
+                src: v4_mapped([10, 0, 0, i]),
+                dst: v4_mapped([192, 0, 2, 1]),
+                sport: (40000u16 + i as u16).to_be(),
+                dport: 80u16.to_be(),
+                proto: 6,
+                pad: [0; 3],
+            },
+            backend: v4_mapped([10, 1, 0, i]),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = SyncKey::new(b"0123456789abcdef");
+        let flows: Vec<WireFlow> = (0..MAX_RECORDS as u8).map(flow).collect();
+        let msg = Message { node: 7, incarnation: 99, body: Body::Flows(flows.clone()) };
+        let wire = encode(&msg, &key).unwrap();
+        assert!(wire.len() <= MAX_DATAGRAM);
+        assert_eq!(decode(&wire, &key).unwrap(), msg);
+        let hello = Message { node: 1, incarnation: 2, body: Body::Hello };
+        assert_eq!(decode(&encode(&hello, &key).unwrap(), &key).unwrap(), hello);
+        // Splitting into datagrams keeps every record, in order.
+        let many: Vec<WireFlow> = (0..60).map(flow).collect();
+        let out = encode_flows(3, 4, &many, &key);
+        assert_eq!(out.len(), 60usize.div_ceil(MAX_RECORDS));
+        let back: Vec<WireFlow> = out
+            .iter()
+            .flat_map(|d| match decode(d, &key).unwrap().body {
+                Body::Flows(f) => f,
+                Body::Hello => Vec::new(),
+            })
+            .collect();
+        assert_eq!(back, many);
+        assert_eq!(encode(&Message { node: 0, incarnation: 0, body: Body::Flows(many) }, &key), Err(CodecError::TooMany(60)));
+    }
+
+    #[test]
+    fn truncated_and_garbage() {
+        let key = SyncKey::new(b"0123456789abcdef");
+        let wire = encode(&Message { node: 7, incarnation: 1, body: Body::Flows(vec![flow(1), flow(2)]) }, &key).unwrap();
+        for cut in [0, 3, HEADER_LEN, HEADER_LEN + TAG_LEN - 1] {
+            assert_eq!(decode(&wire[..cut], &key), Err(CodecError::Length(cut)));
+        }
+        // Cut inside the records: the tag no longer matches.
+        assert_eq!(decode(&wire[..wire.len() - 10], &key), Err(CodecError::Auth));
+        let mut bad = wire.clone();
+        bad[0] = b'X';
+        assert_eq!(decode(&bad, &key), Err(CodecError::Magic));
+        // A correctly signed message whose count lies about its length.
+        let mut lie = wire[..wire.len() - TAG_LEN].to_vec();
+        lie[7] = 3;
+        let tag = hmac::sign(&key.0, &lie);
+        lie.extend_from_slice(tag.as_ref());
+        assert_eq!(decode(&lie, &key), Err(CodecError::Length(lie.len())));
+        // A correctly signed message of an unknown kind.
+        let mut odd = wire[..wire.len() - TAG_LEN].to_vec();
+        odd[4] = 9;
+        let tag = hmac::sign(&key.0, &odd);
+        odd.extend_from_slice(tag.as_ref());
+        assert_eq!(decode(&odd, &key), Err(CodecError::Kind(9)));
+    }
+
+    #[test]
+    fn bad_hmac() {
+        let key = SyncKey::new(b"0123456789abcdef");
+        let other = SyncKey::new(b"0123456789abcdeX");
+        let wire = encode(&Message { node: 7, incarnation: 1, body: Body::Flows(vec![flow(1)]) }, &key).unwrap();
+        assert_eq!(decode(&wire, &other), Err(CodecError::Auth));
+        // Any flipped bit (header, record or tag) fails authentication.
+        for i in [5, 9, HEADER_LEN + 3, HEADER_LEN + 40, wire.len() - 1] {
+            let mut w = wire.clone();
+            w[i] ^= 0x10;
+            assert_eq!(decode(&w, &key), Err(CodecError::Auth), "byte {i}");
+        }
+    }
+}

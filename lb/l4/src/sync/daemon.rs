@@ -1,0 +1,302 @@
+//! The sync daemon's event loop: drain the XDP ring into batches, send them, receive and insert peers' flows,
+//! say hello every second, start bulk dumps for (re)starting peers.
+
+use std::collections::HashMap as StdHashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use padis_ebpf_common::{stat, Counters, FlowKey, FlowState, SyncRecord};
+use padis_model::l4::SyncConfig;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, Body, CodecError, Message, SyncKey, WireFlow, MAX_RECORDS};
+use super::dump::{self, DumpJob};
+use super::index::{SyncIndex, Unknown};
+use super::{SyncError, SyncMaps, SyncMetrics};
+
+/// `BPF_NOEXIST`: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
+/// Period of hello messages.
+const HELLO_EVERY: Duration = Duration::from_secs(1);
+/// A peer not heard from for this long no longer counts as seen.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most ring records drained per wake-up (the loop comes back at once if more are waiting).
+const DRAIN_MAX: usize = 16 * 1024;
+
+struct Peer {
+    incarnation: u64,
+    last: Instant,
+}
+
+pub(super) struct Daemon {
+    node: u64,
+    incarnation: u64,
+    key: Arc<SyncKey>,
+    listen: SocketAddr,
+    peers: Vec<SocketAddr>,
+    batch_interval: Duration,
+    dump_rate: u32,
+    sock: UdpSocket,
+    ring: Option<RingBuf<MapData>>,
+    conntrack: HashMap<MapData, FlowKey, FlowState>,
+    stats: PerCpuArray<MapData, Counters>,
+    max_flows: u32,
+    index: watch::Receiver<Arc<SyncIndex>>,
+    metrics: SyncMetrics,
+    seen: StdHashMap<u64, Peer>,
+    dumps: StdHashMap<SocketAddr, CancellationToken>,
+    pending: Vec<WireFlow>,
+    ring_drops: u64,
+}
+
+fn incarnation() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+impl Daemon {
+    pub(super) fn new(
+        cfg: &SyncConfig,
+        node: u64,
+        key: SyncKey,
+        maps: SyncMaps,
+        index: watch::Receiver<Arc<SyncIndex>>,
+        metrics: SyncMetrics,
+    ) -> Result<Daemon, SyncError> {
+        let std_sock = std::net::UdpSocket::bind(cfg.listen)
+            .and_then(|s| s.set_nonblocking(true).map(|_| s))
+            .map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
+        let sock = UdpSocket::from_std(std_sock).map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
+        Ok(Daemon {
+            node,
+            incarnation: incarnation(),
+            key: Arc::new(key),
+            listen: cfg.listen,
+            peers: cfg.peers.iter().copied().filter(|p| *p != cfg.listen).collect(),
+            batch_interval: cfg.batch_interval,
+            dump_rate: cfg.dump_rate,
+            sock,
+            ring: Some(maps.ring),
+            conntrack: maps.conntrack,
+            stats: maps.stats,
+            max_flows: maps.max_flows,
+            index,
+            metrics,
+            seen: StdHashMap::new(),
+            dumps: StdHashMap::new(),
+            pending: Vec::new(),
+            ring_drops: 0,
+        })
+    }
+
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        let Some(ring) = self.ring.take() else { return };
+        // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
+        let mut ring = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "sync: cannot poll the ring buffer; sync stopped");
+                return;
+            }
+        };
+        let mut hello = tokio::time::interval(HELLO_EVERY);
+        hello.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flush_at: Option<Instant> = None;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                g = ring.readable_mut() => {
+                    let mut g = match g {
+                        Ok(g) => g,
+                        Err(e) => {
+                            tracing::error!(error = %e, "sync: ring buffer poll failed; sync stopped");
+                            break;
+                        }
+                    };
+                    if self.drain(g.get_inner_mut()) {
+                        g.clear_ready();
+                    }
+                    if self.pending.len() >= MAX_RECORDS {
+                        self.flush(false).await;
+                    }
+                    if self.pending.is_empty() {
+                        flush_at = None;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + self.batch_interval);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
+                    self.flush(true).await;
+                    flush_at = None;
+                }
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.receive(&buf[..n], from),
+                    Err(e) => tracing::debug!(error = %e, "sync: receive failed"),
+                },
+                _ = hello.tick() => self.tick().await,
+            }
+        }
+        for (_, t) in self.dumps.drain() {
+            t.cancel();
+        }
+        tracing::info!("L4 connection-table sync stopped");
+    }
+
+    /// Moves ring records into `pending` as identities; true when the ring is empty.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+        let index = self.index.borrow().clone();
+        for _ in 0..DRAIN_MAX {
+            let Some(item) = ring.next() else { return true };
+            if item.len() < std::mem::size_of::<SyncRecord>() {
+                continue;
+            }
+            // SAFETY: the program writes whole `SyncRecord`s (plain integers); the length was checked.
+            let rec: SyncRecord = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SyncRecord) };
+            match index.backend_addr(rec.state.backend) {
+                Some(backend) => self.pending.push(WireFlow { key: rec.key, backend }),
+                None => self.metrics.skipped.with_label_values(&["stale_backend"]).inc(),
+            }
+        }
+        false
+    }
+
+    /// Sends full datagrams of `pending` (and the remainder too when `all`).
+    async fn flush(&mut self, all: bool) {
+        let keep = if all { 0 } else { self.pending.len() % MAX_RECORDS };
+        let send: Vec<WireFlow> = self.pending.drain(..self.pending.len() - keep).collect();
+        if send.is_empty() {
+            return;
+        }
+        for d in codec::encode_flows(self.node, self.incarnation, &send, &self.key) {
+            self.send_all(&d).await;
+        }
+        self.metrics.sent.inc_by(send.len() as u64);
+    }
+
+    async fn send_all(&self, datagram: &[u8]) {
+        for p in &self.peers {
+            if let Err(e) = self.sock.send_to(datagram, p).await {
+                self.metrics.send_errors.inc();
+                tracing::debug!(peer = %p, error = %e, "sync: send failed");
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        match codec::encode(&Message { node: self.node, incarnation: self.incarnation, body: Body::Hello }, &self.key) {
+            Ok(d) => self.send_all(&d).await,
+            Err(e) => tracing::warn!(error = %e, "sync: hello not encoded"),
+        }
+        let now = Instant::now();
+        self.seen.retain(|_, p| now.duration_since(p.last) < PEER_TIMEOUT * 10);
+        self.metrics.peers_seen.set(self.seen.values().filter(|p| now.duration_since(p.last) < PEER_TIMEOUT).count() as i64);
+        self.dumps.retain(|_, t| !t.is_cancelled());
+        if let Ok(v) = self.stats.get(&stat::SYNC_RING_FULL, 0) {
+            let total: u64 = v.iter().map(|c| c.packets).sum();
+            if total > self.ring_drops {
+                self.metrics.ring_drops.inc_by(total - self.ring_drops);
+                tracing::warn!(dropped = total - self.ring_drops, "sync: XDP ring buffer full, new flows not announced");
+            }
+            self.ring_drops = self.ring_drops.max(total);
+        }
+    }
+
+    fn receive(&mut self, data: &[u8], from: SocketAddr) {
+        let msg = match codec::decode(data, &self.key) {
+            Ok(m) => m,
+            Err(CodecError::Auth) => {
+                self.metrics.auth_failures.inc();
+                tracing::debug!(%from, "sync: datagram with a wrong HMAC refused");
+                return;
+            }
+            Err(e) => {
+                self.metrics.malformed.inc();
+                tracing::debug!(%from, error = %e, "sync: malformed datagram refused");
+                return;
+            }
+        };
+        if msg.node == self.node {
+            return;
+        }
+        match msg.body {
+            Body::Hello => self.hello(msg.node, msg.incarnation, from),
+            Body::Flows(flows) => self.insert(&flows),
+        }
+    }
+
+    fn hello(&mut self, node: u64, incarnation: u64, from: SocketAddr) {
+        let now = Instant::now();
+        let new = self.seen.get(&node).is_none_or(|p| p.incarnation != incarnation);
+        self.seen.insert(node, Peer { incarnation, last: now });
+        if !new {
+            return;
+        }
+        if !self.peers.contains(&from) {
+            tracing::warn!(%from, "sync: hello from an address that is not a configured peer: no dump sent");
+            return;
+        }
+        tracing::info!(peer = %from, "sync: peer (re)started, sending it our connection table");
+        if let Some(old) = self.dumps.remove(&from) {
+            old.cancel();
+        }
+        let stop = CancellationToken::new();
+        let job = DumpJob {
+            conntrack: match super::conntrack_handle(&self.conntrack) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "sync: no dump (map handle)");
+                    return;
+                }
+            },
+            index: self.index.clone(),
+            from: SocketAddr::new(self.listen.ip(), 0),
+            to: from,
+            key: self.key.clone(),
+            node: self.node,
+            incarnation: self.incarnation,
+            rate: self.dump_rate,
+            max: self.max_flows,
+            metrics: self.metrics.clone(),
+            stop: stop.clone(),
+        };
+        self.dumps.insert(from, stop);
+        self.metrics.dumps.inc();
+        tokio::task::spawn_blocking(move || dump::run(job));
+    }
+
+    fn insert(&mut self, flows: &[WireFlow]) {
+        let index = self.index.borrow().clone();
+        self.metrics.received.inc_by(flows.len() as u64);
+        for f in flows {
+            let (vip, backend) = match index.local(&f.key, &f.backend) {
+                Ok(l) => l,
+                Err(Unknown::Vip) => {
+                    self.metrics.skipped.with_label_values(&["unknown_vip"]).inc();
+                    continue;
+                }
+                Err(Unknown::Backend) => {
+                    self.metrics.skipped.with_label_values(&["unknown_backend"]).inc();
+                    continue;
+                }
+            };
+            match self.conntrack.insert(f.key, FlowState { backend, vip }, BPF_NOEXIST) {
+                Ok(()) => self.metrics.inserted.inc(),
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                    self.metrics.skipped.with_label_values(&["exists"]).inc()
+                }
+                Err(e) => {
+                    self.metrics.skipped.with_label_values(&["map_error"]).inc();
+                    tracing::warn!(error = %e, "sync: connection-table insert failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Bulk dump of the connection table to one peer, at a bounded rate, on a blocking thread (map iteration is one
+//! syscall per entry).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData};
+use padis_ebpf_common::{FlowKey, FlowState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, SyncKey, WireFlow, MAX_RECORDS};
+use super::index::SyncIndex;
+use super::SyncMetrics;
+
+/// One dump to do.
+pub(super) struct DumpJob {
+    pub conntrack: HashMap<MapData, FlowKey, FlowState>,
+    pub index: watch::Receiver<Arc<SyncIndex>>,
+    /// Local address to send from (port 0: any).
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub key: Arc<SyncKey>,
+    pub node: u64,
+    pub incarnation: u64,
+    /// Records per second.
+    pub rate: u32,
+    /// Most entries visited (the table's size: iteration restarts if entries vanish under it).
+    pub max: u32,
+    pub metrics: SyncMetrics,
+    pub stop: CancellationToken,
+}
+
+/// Sends the whole table to `job.to`; returns the number of records sent.
+pub(super) fn run(job: DumpJob) -> u64 {
+    let sock = match UdpSocket::bind(job.from) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "sync dump: no socket");
+            job.stop.cancel();
+            return 0;
+        }
+    };
+    let index = job.index.borrow().clone();
+    let per_datagram = Duration::from_secs_f64(MAX_RECORDS as f64 / job.rate.max(1) as f64);
+    let mut next = Instant::now();
+    let mut batch = Vec::with_capacity(MAX_RECORDS);
+    let mut sent = 0u64;
+    let mut send = |batch: &mut Vec<WireFlow>| {
+        for d in codec::encode_flows(job.node, job.incarnation, batch, &job.key) {
+            if sock.send_to(&d, job.to).is_err() {
+                job.metrics.send_errors.inc();
+            }
+        }
+        job.metrics.sent.inc_by(batch.len() as u64);
+        sent += batch.len() as u64;
+        batch.clear();
+        next += per_datagram;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    };
+    for k in job.conntrack.keys().take(job.max as usize) {
+        if job.stop.is_cancelled() {
+            break;
+        }
+        let Ok(k) = k else { break };
+        let Ok(st) = job.conntrack.get(&k, 0) else { continue };
+        match index.backend_addr(st.backend) {
+            Some(backend) => batch.push(WireFlow { key: k, backend }),
+            None => job.metrics.skipped.with_label_values(&["stale_backend"]).inc(),
+        }
+        if batch.len() == MAX_RECORDS {
+            send(&mut batch);
+        }
+    }
+    if !batch.is_empty() && !job.stop.is_cancelled() {
+        send(&mut batch);
+    }
+    tracing::info!(peer = %job.to, records = sent, "sync: connection table dump sent");
+    job.stop.cancel();
+    sent
+}
