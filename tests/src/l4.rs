@@ -93,6 +93,11 @@ mod e2e {
     /// Padis' address on the segment.
     pub const PADIS: &str = "10.77.0.2";
 
+    /// Address of extra Padis node `i` (0-based, see [`Lan::add_node`]): 10.77.0.3 and up.
+    pub fn node_addr(i: usize) -> String {
+        format!("10.77.0.{}", 3 + i)
+    }
+
     /// Address of backend `i` (0-based).
     pub fn backend_addr(i: usize) -> String {
         format!("10.77.0.{}", 10 + i)
@@ -180,6 +185,9 @@ mod e2e {
         pub padis_mac: String,
         peer_pass: Option<(Balancer, padis_l4::loader::Attachment)>,
         port: u16,
+        /// Extra Padis node namespaces (see [`Lan::add_node`]).
+        pub nodes: Vec<Netns>,
+        nodes_pass: Vec<(Balancer, padis_l4::loader::Attachment)>,
     }
 
     impl Lan {
@@ -200,6 +208,8 @@ mod e2e {
                 padis_mac: String::new(),
                 peer_pass: None,
                 port,
+                nodes: Vec::new(),
+                nodes_pass: Vec::new(),
             };
             let p = unique_name("p");
             veth("eth0", &me.client, &p, &me.lan).or_else(|_| {
@@ -258,6 +268,33 @@ mod e2e {
             Ok(i)
         }
 
+        /// Adds one more Padis node namespace (`eth0` at [`node_addr`]`(i)` on the segment, ready for an XDP plane);
+        /// returns its index in `nodes`.
+        pub fn add_node(&mut self) -> Result<usize, String> {
+            let i = self.nodes.len();
+            let ns = Netns::new("l4nd")?;
+            let p = unique_name("p");
+            veth("eth0", &ns, &p, &self.lan)?;
+            let br = self.bridge_name()?;
+            bridge_port(&self.lan, &br, &p)?;
+            ns.run(&["ip", "addr", "add", &format!("{}/24", node_addr(i)), "dev", "eth0"])?;
+            // As for the first node: XDP_TX frames need a program on the bridge-side peer.
+            let pass = self.lan.enter(|| -> Result<_, String> {
+                let mut b = Balancer::load(LoadOptions::private(1, 1, 16)).map_err(|e| e.to_string())?;
+                let a = b.attach(&p, false, false, None).map_err(|e| e.to_string())?;
+                Ok((b, a))
+            })??;
+            self.nodes_pass.push(pass);
+            self.nodes.push(ns);
+            Ok(i)
+        }
+
+        /// Steers the client's VIP traffic (established connections included) to the Padis node at `addr` (its
+        /// next hop), as an ECMP change would.
+        pub fn steer(&self, addr: &str) -> Result<(), String> {
+            self.client.run(&["ip", "route", "replace", &format!("{VIP}/32"), "via", addr]).map(|_| ())
+        }
+
         fn bridge_name(&self) -> Result<String, String> {
             let out = self.lan.run(&["ip", "-o", "link", "show", "type", "bridge"])?;
             let s = String::from_utf8_lossy(&out.stdout);
@@ -292,6 +329,9 @@ mod e2e {
                 s.stop();
             }
             if let Some((_b, a)) = self.peer_pass.take() {
+                a.release(false);
+            }
+            for (_b, a) in self.nodes_pass.drain(..) {
                 a.release(false);
             }
             let _ = cmd(&["true"]);
