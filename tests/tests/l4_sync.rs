@@ -191,3 +191,96 @@ fn l4_sync_wrong_key_inserts_nothing_and_flows_break() {
     // Maglev 4 -> 8 moves about half the flows: without B knowing them, those connections break.
     assert!(n > 0 && n < 32, "{n}/32 connections broke without sync");
 }
+
+mod ring {
+    //! The XDP side through BPF_PROG_TEST_RUN: what the program announces in `SYNC_RING`.
+
+    use etherparse::PacketBuilder;
+    use padis_ebpf_common::{stat, v4_mapped, SyncRecord};
+    use padis_tests::l4::{verdict, Fixture};
+
+    const VIP: [u8; 4] = [192, 0, 2, 1];
+
+    fn toml(sync: Option<&std::path::Path>) -> String {
+        let mut s = String::from(
+            "[l4]\n[l4.neighbors]\n\"10.0.0.11\" = \"02:00:00:00:00:11\"\n\"10.0.0.12\" = \"02:00:00:00:00:12\"\n",
+        );
+        if let Some(k) = sync {
+            s.push_str(&format!(
+                "[l4.sync]\nlisten = \"10.0.0.2:7400\"\npeers = [\"10.0.0.3:7400\"]\nkey_file = \"{}\"\n",
+                k.display()
+            ));
+        }
+        s.push_str("[l4.vip.web]\ntable_size = 1009\n[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n");
+        s.push_str("[[vip.backend]]\naddr = \"10.0.0.11\"\n[[vip.backend]]\naddr = \"10.0.0.12\"\n");
+        s
+    }
+
+    fn packet(sport: u16, syn: bool, rst: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4([198, 51, 100, (sport % 200) as u8], VIP, 64)
+            .tcp(sport, 80, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        let b = if rst { b.rst() } else { b };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("build packet");
+        v
+    }
+
+    fn drain(f: &mut Fixture) -> Vec<SyncRecord> {
+        let ring = f.bal.maps.sync_ring.as_mut().expect("sync ring");
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<SyncRecord>());
+            // SAFETY: the program writes whole SyncRecords; the length was checked.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SyncRecord) });
+        }
+        out
+    }
+
+    #[test]
+    fn l4_sync_ring_announces_new_entries_only_when_on() {
+        // Sync off: new flows are forwarded and remembered, nothing is announced.
+        let mut f = Fixture::new(&toml(None));
+        assert_eq!(f.run(&packet(40000, true, false)).0, verdict::TX);
+        assert_eq!(f.flows(), 1);
+        assert!(drain(&mut f).is_empty());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("k");
+        std::fs::write(&key, "0123456789abcdef").expect("key");
+        let mut f = Fixture::new(&toml(Some(&key)));
+        // A SYN creates an entry and announces it once: key as in the table, local VIP id and backend index.
+        assert_eq!(f.run(&packet(40001, true, false)).0, verdict::TX);
+        assert_eq!(f.run(&packet(40001, false, false)).0, verdict::TX);
+        let recs = drain(&mut f);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        let r = recs[0];
+        assert_eq!((r.key.src, r.key.dst), (v4_mapped([198, 51, 100, 1]), v4_mapped(VIP)));
+        assert_eq!((u16::from_be(r.key.sport), u16::from_be(r.key.dport), r.key.proto), (40001, 80, 6));
+        let entry = f.bal.maps.conntrack.get(&r.key, 0).expect("entry in the connection table");
+        assert_eq!(entry, r.state);
+        let slots = f.prog.backend_slots();
+        assert!(slots.iter().any(|(_, i)| *i == r.state.backend), "{slots:?} vs {r:?}");
+        // A RST creates no entry, so announces nothing.
+        assert_eq!(f.run(&packet(40002, false, true)).0, verdict::TX);
+        assert!(drain(&mut f).is_empty());
+
+        // A full ring is counted and never stops forwarding (1 MiB ring, 56 bytes a record: ~18.7k records).
+        let mut tx = 0;
+        for i in 0..20_000u32 {
+            let mut p = packet(1024 + (i % 60_000) as u16, true, false);
+            // Distinct flows: vary the client address too.
+            p[14 + 12 + 2] = (i >> 8) as u8;
+            p[14 + 12 + 3] = i as u8;
+            if f.run(&p).0 == verdict::TX {
+                tx += 1;
+            }
+        }
+        assert_eq!(tx, 20_000);
+        let full = f.stat(stat::SYNC_RING_FULL);
+        assert!(full > 0, "no ring-full drops counted");
+        let got = drain(&mut f).len() as u64;
+        assert_eq!(got + full, 20_000, "every new entry is either announced or counted");
+    }
+}
