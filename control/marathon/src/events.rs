@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::apps::{Apps, HealthCheckResult, Task, TaskIp};
+use crate::apps::{App, Apps, HealthCheckResult, Task, TaskIp};
 
 /// The event types subscribed to (`GET /v2/events?event_type=…`).
 pub const SUBSCRIBED: &[&str] = &[
@@ -45,6 +45,10 @@ pub enum Event {
         /// Task or instance id.
         id: String,
     },
+    /// `api_post_event`: an app was created or changed through the API; Marathon sends the resulting definition.
+    /// A new app is added at once (its tasks follow as status updates); changes to known apps wait for the full
+    /// sync the event schedules.
+    AppPosted(Box<App>),
     /// `app_terminated_event`: the app is gone.
     AppTerminated {
         /// App id.
@@ -110,6 +114,13 @@ struct AppPayload {
     app_id: String,
 }
 
+/// `api_post_event` payload.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiPostPayload {
+    app_definition: App,
+}
+
 /// Why an event could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{event}: {source}")]
@@ -136,6 +147,10 @@ pub fn decode(event: &str, data: &str) -> Result<Event, EventError> {
             let k: KillPayload = serde_json::from_str(data).map_err(err)?;
             let id = k.task_id.or(k.instance_id).unwrap_or_default();
             Event::Killing { app_id: k.app_id, id }
+        }
+        "api_post_event" => {
+            let p: ApiPostPayload = serde_json::from_str(data).map_err(err)?;
+            Event::AppPosted(Box::new(p.app_definition))
         }
         "app_terminated_event" => {
             let a: AppPayload = serde_json::from_str(data).map_err(err)?;
@@ -239,6 +254,15 @@ pub fn apply(apps: &mut Apps, event: &Event) -> bool {
             }
             changed
         }
+        Event::AppPosted(def) => {
+            if def.id.is_empty() || apps.app_mut(&def.id).is_some() {
+                return false;
+            }
+            let mut app = (**def).clone();
+            app.tasks.clear();
+            apps.apps.push(app);
+            true
+        }
         Event::AppTerminated { app_id } => {
             let before = apps.apps.len();
             apps.apps.retain(|a| &a.id != app_id);
@@ -280,5 +304,21 @@ mod tests {
         let h = decode("instance_health_changed_event", r#"{"runSpecId":"/a","instanceId":"a.marathon-1","healthy":true}"#).unwrap();
         assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.marathon-1".into(), alive: Some(true) });
         assert!(matches!(decode("some_new_event", "{}").unwrap(), Event::Other(_)));
+    }
+
+    #[test]
+    fn a_posted_new_app_is_added_with_its_labels_and_then_gets_tasks() {
+        let mut apps = Apps::from_json(br#"{"apps":[{"id":"/a","labels":{"PADIS_GROUP":"x"},"tasks":[]}]}"#).unwrap();
+        let post = |def: &str| decode("api_post_event", &format!(r#"{{"clientIp":"10.0.0.9","uri":"/v2/apps","appDefinition":{def},"eventType":"api_post_event"}}"#)).unwrap();
+        assert!(apply(&mut apps, &post(r#"{"id":"/b","instances":2,"labels":{"PADIS_GROUP":"external"},"tasks":[{"id":"b.0","appId":"/b"}]}"#)));
+        assert_eq!(apps.apps[1].labels["PADIS_GROUP"], "external");
+        assert!(apps.apps[1].tasks.is_empty(), "tasks come from status updates, not the definition");
+        // A known app is left to the full sync (a partial definition must not wipe its labels).
+        assert!(!apply(&mut apps, &post(r#"{"id":"/a","instances":3}"#)));
+        assert_eq!(apps.apps[0].labels["PADIS_GROUP"], "x");
+        let up = decode("status_update_event", r#"{"taskId":"b.1","taskStatus":"TASK_RUNNING","appId":"/b","host":"10.0.0.2","ports":[31001]}"#).unwrap();
+        assert!(apply(&mut apps, &up));
+        assert_eq!(apps.apps[1].tasks.len(), 1);
+        assert!(decode("api_post_event", r#"{"appDefinition":7}"#).is_err());
     }
 }

@@ -185,15 +185,19 @@ impl World {
     /// Creates an app with `instances` running (and, with a health check, healthy) tasks.
     pub fn add_app(&mut self, spec: AppSpec, instances: u32) -> Vec<Emitted> {
         let id = spec.id.clone();
+        let mut sim = AppSim { spec, instances, tasks: Vec::new(), version: iso_now(), cache: None };
+        // Marathon's api_post_event carries the resulting app definition.
+        let definition: Value = serde_json::from_str(&render_app(&sim).0).unwrap_or_else(|_| json!({ "id": id }));
+        sim.instances = 0;
         let mut out = vec![(
             "api_post_event".to_string(),
             patch(fixtures::event("api_post_event"), json!({
                 "uri": format!("/v2/apps{id}"),
-                "appDefinition": { "id": id, "instances": instances },
+                "appDefinition": definition,
                 "timestamp": iso_now(),
             })),
         )];
-        self.apps.insert(id.clone(), AppSim { spec, instances: 0, tasks: Vec::new(), version: iso_now(), cache: None });
+        self.apps.insert(id.clone(), sim);
         out.extend(self.scale(&id, instances));
         out
     }
