@@ -428,7 +428,7 @@ fn drive(lab: &mut Lab<'_>) -> Result<RunReport, EcmpError> {
     lab.topo
         .wait_nexthops(&lab.running(), ROUTE_LIMIT)
         .map_err(|e| EcmpError::Setup(format!("{e}; BIRD log:\n{}", lab.topo.bird_log())))?;
-    let fleet = Fleet::open(&lab.rt, &lab.topo.client, plan.conns, plan.stream)?;
+    let mut fleet = Fleet::open(&lab.rt, &lab.topo.client, plan.conns, plan.stream)?;
     let settle = plan.stream.stall + Duration::from_secs(30);
     fleet.wait_progress(&fleet.rounds(), 2, settle)?;
     let setup_breaks = fleet.broken_in(0);
@@ -437,9 +437,13 @@ fn drive(lab: &mut Lab<'_>) -> Result<RunReport, EcmpError> {
     }
     let forwarded = lab.running().into_iter().map(|i| lab.forwarded(i)).collect();
     let mut report =
-        RunReport { mode: lab.mode, conns: fleet.len(), spread: fleet.per_backend(), forwarded, steps: Vec::new() };
+        RunReport { mode: lab.mode, conns: plan.conns, spread: fleet.per_backend(), forwarded, steps: Vec::new() };
     for (k, &step) in plan.steps.iter().enumerate() {
         let id = k + 1;
+        // Clients come and go: a third of the connections are renewed (and broken ones replaced) on the
+        // backend set of the moment, so every step starts with `conns` streaming connections.
+        fleet.renew(&lab.rt, &lab.topo.client, plan.conns / 3, plan.conns)?;
+        fleet.wait_progress(&fleet.rounds(), 2, settle)?;
         fleet.set_step(id);
         let before = fleet.alive();
         let (removed, converge) = lab.step(step)?;

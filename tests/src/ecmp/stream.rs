@@ -3,12 +3,15 @@
 //! back. A connection is broken on RST, EOF, an echo that does not come back within `stall`, or an echo with
 //! other data than sent. Broken connections are not reopened; each break records the step it happened in.
 //!
+//! Like real clients, the fleet renews itself between steps ([`Fleet::renew`]): some connections end cleanly
+//! (not counted) and new ones open on the backend set of the moment.
+//!
 //! Sockets are created inside their namespace (client or backend) and then driven by one shared tokio
 //! runtime: a socket stays in the namespace it was created in.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,6 +129,9 @@ struct Slot {
     backend: AtomicU32,
     rounds: AtomicU64,
     broken: Mutex<Option<Break>>,
+    /// Ended cleanly by the client (renewal): neither alive nor broken.
+    retired: AtomicBool,
+    cancel: CancellationToken,
 }
 
 /// Long-lived client connections to the VIP from the client namespace.
@@ -133,38 +139,58 @@ pub struct Fleet {
     slots: Vec<Arc<Slot>>,
     step: Arc<AtomicUsize>,
     cancel: CancellationToken,
+    cfg: StreamConfig,
 }
 
 impl Fleet {
     /// Opens `n` connections from `client` (each on its own source port) and starts streaming on `rt`. Fails if
     /// any connection cannot be opened or does not get its greeting.
     pub fn open(rt: &Handle, client: &Netns, n: usize, cfg: StreamConfig) -> Result<Fleet, EcmpError> {
+        let mut fleet = Fleet {
+            slots: Vec::new(),
+            step: Arc::new(AtomicUsize::new(0)),
+            cancel: CancellationToken::new(),
+            cfg,
+        };
+        fleet.add(rt, client, n)?;
+        Ok(fleet)
+    }
+
+    /// Renewal, as real clients do: ends the `retire` oldest unbroken connections cleanly (not counted as
+    /// breaks), then opens new ones until `target` are unbroken.
+    pub fn renew(&mut self, rt: &Handle, client: &Netns, retire: usize, target: usize) -> Result<(), EcmpError> {
+        for (i, _) in self.alive().into_iter().take(retire) {
+            self.slots[i].retired.store(true, Ordering::SeqCst);
+            self.slots[i].cancel.cancel();
+        }
+        let missing = target.saturating_sub(self.alive().len());
+        self.add(rt, client, missing)
+    }
+
+    fn add(&mut self, rt: &Handle, client: &Netns, n: usize) -> Result<(), EcmpError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = self.cfg;
         let addr: SocketAddr = format!("{VIP}:{PORT}").parse().map_err(|e| EcmpError::Setup(format!("{e}")))?;
         let sockets = client.enter(|| (0..n).map(|_| TcpSocket::new_v4()).collect::<Result<Vec<_>, _>>())?;
         let sockets = sockets.map_err(|e| EcmpError::io("client socket", e))?;
-        let fleet = Fleet {
-            slots: (0..n)
-                .map(|_| {
-                    Arc::new(Slot {
-                        backend: AtomicU32::new(NO_BACKEND),
-                        rounds: AtomicU64::new(0),
-                        broken: Mutex::new(None),
-                    })
-                })
-                .collect(),
-            step: Arc::new(AtomicUsize::new(0)),
-            cancel: CancellationToken::new(),
-        };
         let gate = Arc::new(tokio::sync::Semaphore::new(cfg.open_parallel.max(1)));
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        for (i, sock) in sockets.into_iter().enumerate() {
-            let slot = fleet.slots[i].clone();
-            let step = fleet.step.clone();
-            let cancel = fleet.cancel.clone();
+        for (k, sock) in sockets.into_iter().enumerate() {
+            let slot = Arc::new(Slot {
+                backend: AtomicU32::new(NO_BACKEND),
+                rounds: AtomicU64::new(0),
+                broken: Mutex::new(None),
+                retired: AtomicBool::new(false),
+                cancel: self.cancel.child_token(),
+            });
+            self.slots.push(slot.clone());
+            let step = self.step.clone();
             let gate = gate.clone();
             let done = done_tx.clone();
             // Spread the connections' rhythm over the interval.
-            let phase = cfg.interval.mul_f64(i as f64 / n.max(1) as f64);
+            let phase = cfg.interval.mul_f64(k as f64 / n as f64);
             rt.spawn(async move {
                 let opened = {
                     let _permit = gate.acquire().await;
@@ -173,7 +199,7 @@ impl Fleet {
                 match opened {
                     Ok(stream) => {
                         let _ = done.send(Ok(()));
-                        stream_loop(stream, &slot, &step, cfg, phase, cancel).await;
+                        stream_loop(stream, &slot, &step, cfg, phase).await;
                     }
                     Err(e) => {
                         let _ = done.send(Err(e));
@@ -192,10 +218,10 @@ impl Fleet {
                 Err(_) => return Err(EcmpError::Timeout { what: format!("{n} client connections"), limit }),
             }
         }
-        Ok(fleet)
+        Ok(())
     }
 
-    /// Number of connections (opened; broken ones included).
+    /// Number of connections ever opened (broken and retired ones included).
     pub fn len(&self) -> usize {
         self.slots.len()
     }
@@ -214,10 +240,14 @@ impl Fleet {
         *self.slots[i].broken.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Unbroken connections: (index, backend id).
+    fn is_alive(&self, i: usize) -> bool {
+        !self.slots[i].retired.load(Ordering::SeqCst) && self.broken(i).is_none()
+    }
+
+    /// Unbroken (and not retired) connections, oldest first: (index, backend id).
     pub fn alive(&self) -> Vec<(usize, u32)> {
         (0..self.slots.len())
-            .filter(|&i| self.broken(i).is_none())
+            .filter(|&i| self.is_alive(i))
             .map(|i| (i, self.slots[i].backend.load(Ordering::SeqCst)))
             .collect()
     }
@@ -250,7 +280,7 @@ impl Fleet {
         loop {
             let lagging = (0..self.slots.len())
                 .filter(|&i| {
-                    self.broken(i).is_none() && self.slots[i].rounds.load(Ordering::SeqCst) < since[i] + extra
+                    self.is_alive(i) && self.slots[i].rounds.load(Ordering::SeqCst) < since[i] + extra
                 })
                 .count();
             if lagging == 0 {
@@ -299,8 +329,8 @@ async fn stream_loop(
     step: &AtomicUsize,
     cfg: StreamConfig,
     phase: Duration,
-    cancel: CancellationToken,
 ) {
+    let cancel = &slot.cancel;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
