@@ -17,8 +17,8 @@ use crate::io::ConnState;
 use crate::metrics::Metrics;
 use crate::routes::CompiledRoute;
 
-/// Request body towards a backend.
-pub(crate) type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+/// Request body towards a backend: the client's, streamed, with the body size limit.
+pub(crate) type UpstreamBody = Limited<Incoming>;
 
 /// Everything recorded when a response completes.
 pub(crate) struct Completion {

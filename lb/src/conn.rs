@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::forward::{self, ConnCtx};
 use crate::io::{ConnState, TimedIo};
 use crate::plane::PlaneShared;
+use crate::upstream::LocalConns;
 
 /// Which HTTP versions a connection may speak.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,8 @@ async fn serve_http<I>(
     let state = Arc::new(ConnState::new());
     let io = TimedIo::new(io, state.clone(), limits.header_read_timeout, mode == Mode::H2);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
-    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id });
+    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default() });
+    let backends = ctx.clone();
     let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -159,6 +161,7 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = hard.cancelled() => break,
+            _ = std::future::poll_fn(|cx| backends.local.poll_drive(cx)) => {}
             _ = tokio::time::sleep(wait), if !closing => {
                 if state.in_flight.load(Ordering::Acquire) == 0 && state.idle_for() >= idle {
                     closing = true;
@@ -167,4 +170,5 @@ async fn serve_http<I>(
             }
         }
     }
+    backends.local.release();
 }

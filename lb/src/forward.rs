@@ -9,19 +9,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use padis_balance::SelectCtx;
 
-use crate::body::{Completion, RespBody, UpstreamBody};
+use crate::body::{Completion, RespBody};
 use crate::headers;
 use crate::io::ConnState;
 use crate::plane::PlaneShared;
 use crate::routes::normalise_host;
-
-/// Bodies up to this size of idempotent requests are buffered so the request can be retried.
-const RETRY_BUFFER: u64 = 64 * 1024;
+use crate::upstream::LocalConns;
 
 /// Per-connection context of the request handler.
 pub(crate) struct ConnCtx {
@@ -32,6 +30,8 @@ pub(crate) struct ConnCtx {
     pub state: Arc<ConnState>,
     /// Forwarding-header values of this client.
     pub id: headers::ClientId,
+    /// The backend connections this client connection drives.
+    pub local: LocalConns,
 }
 
 fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Response<RespBody> {
@@ -130,8 +130,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         0 => u64::MAX,
         n => n,
     };
-    let content_length = req.body().size_hint().exact();
-    if content_length.is_some_and(|n| n > max_body) {
+    if req.body().size_hint().exact().is_some_and(|n| n > max_body) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done);
     }
     let Some(group) = route.pick_group() else {
@@ -154,31 +153,12 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         }
     }
     headers::add_forwarded(&mut parts.headers, &ctx.id, &done.host);
+    let retryable = is_idempotent(&parts.method);
 
-    // The body: empty or small idempotent ones are kept for retries, others are streamed once.
-    let idempotent = is_idempotent(&parts.method);
-    let mut streamed: Option<Limited<Incoming>> = None;
-    let buffered: Option<Bytes> = if body.is_end_stream() {
-        Some(Bytes::new())
-    } else if idempotent && !upgrade && content_length.is_some_and(|n| n <= RETRY_BUFFER) {
-        match Limited::new(body, max_body as usize).collect().await {
-            Ok(b) => Some(b.to_bytes()),
-            Err(e) if body_too_large(&*e) => {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done)
-            }
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request: body read failed\n", done),
-        }
-    } else {
-        streamed = Some(Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)));
-        None
-    };
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let scheme = if upstream.https { "https" } else { "http" };
-
+    // A connection first, then the request: a connect failure leaves the request untouched for the next backend.
     let select = SelectCtx { client_ip: ctx.peer.ip().to_canonical(), headers: &parts.headers };
     let mut exclude: Vec<SocketAddr> = Vec::new();
-    let mut attempt = 0u32;
-    loop {
+    let (pick, conn) = loop {
         let Some(pick) = balancer.select(&select, &exclude) else {
             return if exclude.is_empty() {
                 local(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n", done)
@@ -188,78 +168,90 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         };
         let addr = pick.backend.addr;
         let label = rt.backend_labels.get(&addr).cloned().unwrap_or_else(|| addr.to_string().into());
-        done.backend = Some((addr, label.clone()));
-        let in_flight = pick.backend.begin();
-        let last = buffered.is_none() || attempt >= upstream.retries;
-        let body: UpstreamBody = match (&buffered, streamed.take()) {
-            (Some(b), _) => Either::Left(Full::new(b.clone())),
-            (None, Some(s)) => Either::Right(s),
-            (None, None) => return local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done),
-        };
-        let mut target = String::with_capacity(scheme.len() + 3 + label.len() + pq.len());
-        target.push_str(scheme);
-        target.push_str("://");
-        target.push_str(&label);
-        target.push_str(pq);
-        let uri = match Uri::try_from(target) {
-            Ok(u) => u,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request: invalid target\n", done),
-        };
-        let mut out = Request::new(body);
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.version_mut() = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        *out.headers_mut() = parts.headers.clone();
-        match tokio::time::timeout(upstream.request_timeout, upstream.client.request(out)).await {
-            Ok(Ok(mut resp)) => {
-                if resp.status().is_server_error() {
-                    pick.backend.health.report_failure();
-                } else {
-                    pick.backend.health.report_success();
-                }
-                let status = resp.status();
-                done.status = status;
-                done.in_flight = Some(in_flight);
-                let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-                if switching {
-                    if let Some(client) = client_upgrade {
-                        ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let upstream_up = hyper::upgrade::on(&mut resp);
-                        ctx.plane.tasks.spawn(tunnel(client, upstream_up, ctx.plane.hard.clone()));
-                    }
-                }
-                headers::strip_hop_by_hop(resp.headers_mut(), switching);
-                if let Some(cookie) = pick.set_cookie {
-                    resp.headers_mut().append(header::SET_COOKIE, cookie);
-                }
-                *resp.version_mut() = client_version;
-                let (p, b) = resp.into_parts();
-                return Response::from_parts(p, RespBody::upstream(b, done));
-            }
-            Ok(Err(e)) => {
-                if body_too_large(&e) {
-                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done);
-                }
+        done.backend = Some((addr, label));
+        match upstream.acquire(&ctx.local, addr, upgrade).await {
+            Ok(c) => break (pick, c),
+            Err(e) => {
                 pick.backend.health.report_failure();
-                if e.is_connect() {
-                    let backend = done.backend.as_ref().map(|b| &*b.1).unwrap_or("");
-                    ctx.plane.metrics.connect_errors.with_label_values(&[&*upstream.group, backend]).inc();
-                    tracing::debug!(backend = %addr, error = %e, "backend connect failed");
-                    if !last {
-                        exclude.push(addr);
-                        attempt += 1;
-                        continue;
-                    }
-                } else {
-                    tracing::debug!(backend = %addr, error = %e, "backend request failed");
+                let backend = done.backend.as_ref().map(|b| &*b.1).unwrap_or("");
+                ctx.plane.metrics.connect_errors.with_label_values(&[&*upstream.group, backend]).inc();
+                tracing::debug!(backend = %addr, error = %e, "backend connect failed");
+                if !retryable || exclude.len() >= upstream.retries as usize {
+                    return local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done);
                 }
-                return local(StatusCode::BAD_GATEWAY, "bad gateway\n", done);
-            }
-            Err(_) => {
-                pick.backend.health.report_failure();
-                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", done);
+                exclude.push(addr);
             }
         }
+    };
+    let addr = pick.backend.addr;
+    let in_flight = pick.backend.begin();
+    let h2_authority = if upstream.h2 { done.backend.as_ref().map(|b| &*b.1) } else { None };
+    let uri = match target_uri(&parts.uri, h2_authority, upstream.https) {
+        Some(u) => u,
+        None => return local(StatusCode::BAD_REQUEST, "bad request: invalid target\n", done),
+    };
+    parts.uri = uri;
+    parts.version = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    let out = Request::from_parts(parts, Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)));
+    match tokio::time::timeout(upstream.request_timeout, conn.send(&ctx.local, addr, out)).await {
+        Ok(Ok(mut resp)) => {
+            if resp.status().is_server_error() {
+                pick.backend.health.report_failure();
+            } else {
+                pick.backend.health.report_success();
+            }
+            let status = resp.status();
+            done.status = status;
+            done.in_flight = Some(in_flight);
+            let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
+                if let Some(client) = client_upgrade {
+                    ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let upstream_up = hyper::upgrade::on(&mut resp);
+                    ctx.plane.tasks.spawn(tunnel(client, upstream_up, ctx.plane.hard.clone()));
+                }
+            }
+            headers::strip_hop_by_hop(resp.headers_mut(), switching);
+            if let Some(cookie) = pick.set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            *resp.version_mut() = client_version;
+            let (p, b) = resp.into_parts();
+            Response::from_parts(p, RespBody::upstream(b, done))
+        }
+        Ok(Err(e)) => {
+            if body_too_large(&e) {
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done);
+            }
+            pick.backend.health.report_failure();
+            tracing::debug!(backend = %addr, error = %e, "backend request failed");
+            local(StatusCode::BAD_GATEWAY, "bad gateway\n", done)
+        }
+        Err(_) => {
+            pick.backend.health.report_failure();
+            local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", done)
+        }
+    }
+}
+
+/// The request target towards the backend: origin-form for HTTP/1.1 (the client's own URI when it already is),
+/// absolute-form `scheme://backend/path?query` for HTTP/2 (`h2_authority`).
+fn target_uri(uri: &Uri, h2_authority: Option<&str>, https: bool) -> Option<Uri> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match h2_authority {
+        Some(authority) => {
+            let scheme = if https { "https" } else { "http" };
+            let mut target = String::with_capacity(scheme.len() + 3 + authority.len() + pq.len());
+            target.push_str(scheme);
+            target.push_str("://");
+            target.push_str(authority);
+            target.push_str(pq);
+            Uri::try_from(target).ok()
+        }
+        None if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() => {
+            Some(uri.clone())
+        }
+        None => Uri::try_from(pq).ok(),
     }
 }
 

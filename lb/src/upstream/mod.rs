@@ -1,25 +1,35 @@
-//! Connections to backends: one pooled hyper client per group transport (protocol, TLS, timeouts), reused across
-//! snapshots while the group's transport settings do not change, so keep-alive connections survive reloads.
+//! Connections to backends, per group transport (protocol, TLS, timeouts), kept across snapshots while the
+//! group's transport settings do not change so keep-alive connections survive reloads.
+//!
+//! HTTP/1.1 connections are driven by the task of the client connection that uses them ([`LocalConns`]) and
+//! parked in the group's shared pool between clients; HTTP/2 connections are shared and driven by their own
+//! task. A request first gets a connection, then is built and sent: a connect failure leaves the request
+//! untouched, so it can go to another backend without copying it.
+
+mod connect;
+mod h1;
+mod h2;
+mod local;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use padis_model::{BackendGroup, UpstreamProtocol, UpstreamTls};
-use rustls_pki_types::ServerName;
+
+pub(crate) use connect::ConnectError;
+pub(crate) use local::LocalConns;
 
 use crate::body::UpstreamBody;
-use crate::error::L7Error;
-use crate::tls;
+use connect::Connector;
+use h1::{H1Pool, H1Sender};
+use h2::{H2Pool, H2Sender};
+use local::Lease;
 
-/// The pooled client type.
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
-
-/// What decides whether a group's client can be kept across snapshots.
+/// What decides whether a group's connections can be kept across snapshots.
 #[derive(Clone, PartialEq)]
 struct TransportKey {
     protocol: UpstreamProtocol,
@@ -28,21 +38,160 @@ struct TransportKey {
     idle_timeout: Duration,
 }
 
+/// A group's connection pools.
+#[derive(Clone)]
+enum Transport {
+    H1(Arc<H1Pool>),
+    H2(Arc<H2Pool>),
+}
+
+impl Transport {
+    fn build(g: &BackendGroup) -> Result<Transport, crate::L7Error> {
+        let connector = Connector::new(g)?;
+        let t = match g.protocol {
+            UpstreamProtocol::Http1 => Transport::H1(Arc::new(H1Pool::new(connector, g.idle_timeout))),
+            UpstreamProtocol::H2 => Transport::H2(Arc::new(H2Pool::new(connector, g.idle_timeout))),
+        };
+        t.spawn_pruner(g.idle_timeout);
+        Ok(t)
+    }
+
+    /// Closes idle connections past the idle timeout, until the pools are dropped.
+    fn spawn_pruner(&self, idle_timeout: Duration) {
+        enum Pool {
+            H1(Weak<H1Pool>),
+            H2(Weak<H2Pool>),
+        }
+        let pool = match self {
+            Transport::H1(p) => Pool::H1(Arc::downgrade(p)),
+            Transport::H2(p) => Pool::H2(Arc::downgrade(p)),
+        };
+        let every = (idle_timeout / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match &pool {
+                    Pool::H1(w) => match w.upgrade() {
+                        Some(p) => p.prune(),
+                        None => break,
+                    },
+                    Pool::H2(w) => match w.upgrade() {
+                        Some(p) => p.prune(),
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+}
+
 /// A group's transport and request policy.
 pub(crate) struct Upstream {
     key: TransportKey,
-    /// The pooled client.
-    pub client: UpstreamClient,
+    transport: Transport,
     /// `https` or `http`.
     pub https: bool,
     /// HTTP/2 to backends.
     pub h2: bool,
-    /// Time until the response head.
+    /// Time from sending the request to the response head.
     pub request_timeout: Duration,
     /// Retries after connect failures.
     pub retries: u32,
     /// Group name (metrics).
     pub group: Arc<str>,
+}
+
+/// A backend connection picked for one request.
+pub(crate) enum Conn<'a> {
+    /// HTTP/1.1, driven by the client connection's task.
+    H1 { pool: &'a Arc<H1Pool>, lease: Lease },
+    /// HTTP/1.1 for a protocol upgrade, driven by a task of its own (it outlives the client request).
+    Upgrade(H1Sender),
+    /// HTTP/2, shared.
+    H2(H2Sender),
+}
+
+/// Why a request got no response head from the backend.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The connection closed before the request could be sent, and no new one could be opened.
+    #[error("reconnect: {0}")]
+    Connect(#[from] ConnectError),
+    /// The exchange failed (backend closed or reset, bad response, request body error).
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl Upstream {
+    /// A connection to backend `addr` for one request of client connection `local` (`upgrade`: a connection
+    /// of its own that can be handed to a tunnel).
+    pub async fn acquire<'a>(
+        &'a self,
+        local: &LocalConns,
+        addr: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Conn<'a>, ConnectError> {
+        match &self.transport {
+            Transport::H1(pool) if upgrade => {
+                let (sender, conn) = pool.connect(addr).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(backend = %addr, error = %e, "backend upgrade connection ended with an error");
+                    }
+                });
+                Ok(Conn::Upgrade(sender))
+            }
+            Transport::H1(pool) => {
+                if let Some(lease) = local.checkout(pool, addr) {
+                    return Ok(Conn::H1 { pool, lease });
+                }
+                let (sender, driver) = match pool.take(addr) {
+                    Some(parked) => parked,
+                    None => {
+                        let (sender, conn) = pool.connect(addr).await?;
+                        (sender, Box::pin(conn))
+                    }
+                };
+                Ok(Conn::H1 { pool, lease: local.adopt(pool, addr, sender, driver) })
+            }
+            Transport::H2(pool) => Ok(Conn::H2(pool.sender(addr).await?)),
+        }
+    }
+}
+
+impl Conn<'_> {
+    /// Sends `req` to backend `addr` and waits for the response head. An HTTP/1.1 connection that closed while
+    /// idle (the request was not sent) is replaced by a new one once.
+    pub async fn send(
+        self,
+        local: &LocalConns,
+        addr: SocketAddr,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match self {
+            Conn::H1 { pool, mut lease } => match lease.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    local.checkin(pool, addr, lease);
+                    Ok(resp)
+                }
+                Err(mut e) => {
+                    let Some(req) = e.take_message() else { return Err(SendError::Http(e.into_error())) };
+                    drop(lease);
+                    tracing::debug!(backend = %addr, "idle backend connection closed; sending on a new one");
+                    let (sender, conn) = pool.connect(addr).await?;
+                    let mut lease = local.adopt(pool, addr, sender, Box::pin(conn));
+                    let resp = lease.sender.send_request(req).await?;
+                    local.checkin(pool, addr, lease);
+                    Ok(resp)
+                }
+            },
+            Conn::Upgrade(mut sender) => Ok(sender.send_request(req).await?),
+            Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
+        }
+    }
 }
 
 fn key_of(g: &BackendGroup) -> TransportKey {
@@ -54,38 +203,7 @@ fn key_of(g: &BackendGroup) -> TransportKey {
     }
 }
 
-fn build_client(g: &BackendGroup) -> Result<UpstreamClient, L7Error> {
-    let h2 = g.protocol == UpstreamProtocol::H2;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(g.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let tls_cfg = match &g.tls {
-        Some(t) => tls::client_config(t)?,
-        None => tls::client_config(&UpstreamTls { insecure_skip_verify: true, ..Default::default() })?,
-    };
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_cfg).https_or_http();
-    let builder = match g.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
-        Some(name) => {
-            let sn = ServerName::try_from(name.to_string())
-                .map_err(|e| L7Error::Tls(format!("group `{}`: server_name `{name}`: {e}", g.name)))?;
-            builder.with_server_name_resolver(FixedServerNameResolver::new(sn))
-        }
-        None => builder,
-    };
-    let connector = if h2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_http1().wrap_connector(http) };
-    let mut cb = Client::builder(TokioExecutor::new());
-    cb.pool_idle_timeout(g.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_max_idle_per_host(1024)
-        .set_host(true)
-        .http2_only(h2);
-    Ok(cb.build(connector))
-}
-
-/// Builds the upstreams of every group, reusing `previous` clients whose transport did not change. A group
+/// Builds the upstreams of every group, reusing `previous` pools whose transport did not change. A group
 /// whose TLS settings cannot be loaded is left out (its requests get 503) and logged.
 pub(crate) fn build_all(
     groups: &[BackendGroup],
@@ -95,10 +213,10 @@ pub(crate) fn build_all(
     for g in groups {
         let key = key_of(g);
         let prev = previous.and_then(|p| p.get(g.name.as_str())).filter(|u| u.key == key);
-        let client = match prev {
-            Some(u) => u.client.clone(),
-            None => match build_client(g) {
-                Ok(c) => c,
+        let transport = match prev {
+            Some(u) => u.transport.clone(),
+            None => match Transport::build(g) {
+                Ok(t) => t,
                 Err(e) => {
                     tracing::error!(group = %g.name, error = %e, "backend group transport not usable");
                     continue;
@@ -110,7 +228,7 @@ pub(crate) fn build_all(
             name.clone(),
             Arc::new(Upstream {
                 key,
-                client,
+                transport,
                 https: g.tls.is_some(),
                 h2: g.protocol == UpstreamProtocol::H2,
                 request_timeout: g.request_timeout,
