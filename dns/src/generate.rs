@@ -86,18 +86,23 @@ pub fn vip_records(v: &Vip, zone: &Name) -> Vec<GenRecord> {
         .unwrap_or_default()
 }
 
-/// Cache of generated records per service, so an unchanged service costs a lookup and a comparison.
+/// Cache of generated records per service, so an unchanged service costs a comparison. Services usually come in
+/// the same order snapshot after snapshot: then each is compared with the entry at its position (no hashing);
+/// when names shift, the cache is matched by name instead.
 #[derive(Default)]
 pub struct GenCache {
-    services: FastMap<String, CacheEntry>,
-    pass: u64,
+    /// The services of the last call that were placed in a zone, in their order.
+    entries: Vec<CacheEntry>,
+    /// `entries[i]` is `services[i]` of the last call (every service was placed, none was an error).
+    aligned: bool,
+    /// The zones of the last call.
+    zones: Vec<(usize, Name, bool)>,
 }
 
 struct CacheEntry {
     zone: usize,
     service: Service,
     records: Arc<Vec<GenRecord>>,
-    pass: u64,
 }
 
 /// Generated records of every zone, with problems found.
@@ -113,57 +118,12 @@ impl GenCache {
     /// Generates the records of `services` and `vips` into the generated zones (`zones`: index, apex, generated).
     pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> Generated {
         let mut g = Generated::default();
-        let first = zones.iter().find(|z| z.2);
-        let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
-        self.pass += 1;
-        let pass = self.pass;
-        let mut seen = 0usize;
-        for s in services {
-            let zone = match &s.zone {
-                Some(zn) => {
-                    let want = zn.trim_end_matches('.');
-                    match zones.iter().zip(&names).find(|(_, n)| n.eq_ignore_ascii_case(want)).map(|(z, _)| z) {
-                        Some(z) if z.2 => z,
-                        Some(_) => {
-                            g.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
-                            continue;
-                        }
-                        None => {
-                            g.errors.push(format!("service {}: no zone {zn}", s.name));
-                            continue;
-                        }
-                    }
-                }
-                None => match first {
-                    Some(z) => z,
-                    None => continue,
-                },
-            };
-            let recs = match self.services.get_mut(s.name.as_str()) {
-                Some(e) if e.pass == pass => {
-                    g.errors.push(format!("service {}: defined twice", s.name));
-                    continue;
-                }
-                Some(e) if e.zone == zone.0 && e.service == *s => {
-                    e.pass = pass;
-                    e.records.clone()
-                }
-                Some(e) => {
-                    *e = CacheEntry { zone: zone.0, service: s.clone(), records: Arc::new(service_records(s, &zone.1)), pass };
-                    e.records.clone()
-                }
-                None => {
-                    let records = Arc::new(service_records(s, &zone.1));
-                    self.services.insert(s.name.clone(), CacheEntry { zone: zone.0, service: s.clone(), records: records.clone(), pass });
-                    records
-                }
-            };
-            seen += 1;
-            g.by_zone.entry(zone.0).or_default().push(recs);
+        let positional = self.aligned && self.entries.len() == services.len() && self.zones == zones;
+        if !(positional && self.in_place(services, &mut g)) {
+            g = Generated::default();
+            self.by_name(services, zones, &mut g);
         }
-        if seen != self.services.len() {
-            self.services.retain(|_, e| e.pass == pass);
-        }
+        self.zones = zones.to_vec();
         for (zi, zname, generated) in zones {
             if !generated {
                 continue;
@@ -174,6 +134,72 @@ impl GenCache {
             }
         }
         g
+    }
+
+    /// Compares each service with the entry at its position. Returns false (the cache still valid, partly
+    /// updated) as soon as a position holds another service.
+    fn in_place(&mut self, services: &[Service], g: &mut Generated) -> bool {
+        for (e, s) in self.entries.iter_mut().zip(services) {
+            if e.service != *s {
+                if e.service.name != s.name || e.service.zone != s.zone {
+                    return false;
+                }
+                let Some((_, zone, _)) = self.zones.iter().find(|z| z.0 == e.zone) else { return false };
+                e.records = Arc::new(service_records(s, zone));
+                e.service.clone_from(s);
+            }
+            g.by_zone.entry(e.zone).or_insert_with(|| Vec::with_capacity(services.len())).push(e.records.clone());
+        }
+        true
+    }
+
+    /// Places every service (errors reported) and reuses the cached records of unchanged services by name.
+    fn by_name(&mut self, services: &[Service], zones: &[(usize, Name, bool)], g: &mut Generated) {
+        let first = zones.iter().find(|z| z.2);
+        let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
+        let mut old: FastMap<String, CacheEntry> =
+            std::mem::take(&mut self.entries).into_iter().map(|e| (e.service.name.clone(), e)).collect();
+        let mut seen: FastMap<&str, ()> = FastMap::default();
+        let mut aligned = true;
+        for s in services {
+            let zone = match &s.zone {
+                Some(zn) => {
+                    let want = zn.trim_end_matches('.');
+                    match zones.iter().zip(&names).find(|(_, n)| n.eq_ignore_ascii_case(want)).map(|(z, _)| z) {
+                        Some(z) if z.2 => z,
+                        Some(_) => {
+                            g.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
+                            aligned = false;
+                            continue;
+                        }
+                        None => {
+                            g.errors.push(format!("service {}: no zone {zn}", s.name));
+                            aligned = false;
+                            continue;
+                        }
+                    }
+                }
+                None => match first {
+                    Some(z) => z,
+                    None => {
+                        aligned = false;
+                        continue;
+                    }
+                },
+            };
+            if seen.insert(s.name.as_str(), ()).is_some() {
+                g.errors.push(format!("service {}: defined twice", s.name));
+                aligned = false;
+                continue;
+            }
+            let entry = match old.remove(s.name.as_str()) {
+                Some(e) if e.zone == zone.0 && e.service == *s => e,
+                _ => CacheEntry { zone: zone.0, service: s.clone(), records: Arc::new(service_records(s, &zone.1)) },
+            };
+            g.by_zone.entry(zone.0).or_default().push(entry.records.clone());
+            self.entries.push(entry);
+        }
+        self.aligned = aligned;
     }
 }
 

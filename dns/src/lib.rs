@@ -8,6 +8,7 @@
 mod fast;
 mod generate;
 mod handler;
+mod journal;
 mod manager;
 mod metrics;
 mod mmsg;

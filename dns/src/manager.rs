@@ -16,7 +16,7 @@ use crate::generate::{GenCache, Generated};
 use crate::handler::{Handler, UpdateJob};
 use crate::notify::notify_all;
 use crate::report::{DnsReport, ZoneReport};
-use crate::source::ZoneSource;
+use crate::source::{HistoryBounds, ZoneSource};
 use crate::tsig::TsigKey;
 use crate::wire::wire_of;
 use crate::zone::{ZonePolicy, ZoneSet};
@@ -41,6 +41,10 @@ fn base_of(snap: &Snapshot) -> PathBuf {
     snap.config_path.as_deref().and_then(|p| Path::new(p).parent()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
+fn bounds(cfg: &DnsConfig) -> HistoryBounds {
+    HistoryBounds { changes: cfg.ixfr_journal, bytes: cfg.ixfr_journal_bytes }
+}
+
 fn load_keys(cfg: &DnsConfig) -> Result<HashMap<String, Arc<TsigKey>>, DnsError> {
     let mut keys = HashMap::new();
     for k in &cfg.tsig_keys {
@@ -63,7 +67,7 @@ impl Manager {
         let keys = load_keys(&cfg)?;
         let mut sources = Vec::new();
         for z in &cfg.zones {
-            sources.push(ZoneSource::load(z, &base, &cfg.state_dir, cfg.ixfr_journal)?);
+            sources.push(ZoneSource::load(z, &base, &cfg.state_dir, bounds(&cfg))?);
         }
         let mut m = Manager {
             cfg,
@@ -113,8 +117,11 @@ impl Manager {
             let pos = old.iter().position(|s| s.cfg.name.eq_ignore_ascii_case(&z.name));
             let prev = pos.map(|p| old.swap_remove(p));
             match prev {
-                Some(p) if p.cfg == *z => self.sources.push(p),
-                prev => match ZoneSource::load(z, &base, &cfg.state_dir, cfg.ixfr_journal) {
+                Some(mut p) if p.cfg == *z => {
+                    p.set_bounds(bounds(cfg));
+                    self.sources.push(p)
+                }
+                prev => match ZoneSource::load(z, &base, &cfg.state_dir, bounds(&cfg)) {
                     Ok(s) => self.sources.push(s), // the serial continues from the state dir
                     Err(e) => {
                         tracing::error!(error = %e, "zone not loaded; keeping its previous version");
@@ -152,10 +159,10 @@ impl Manager {
         let mut any = false;
         for i in 0..self.sources.len() {
             let policy = self.policy(&self.sources[i].cfg);
-            let gen = self.generated.by_zone.get(&i).cloned().unwrap_or_default();
+            let gen = self.generated.by_zone.get(&i).map_or(&[][..], Vec::as_slice);
             let s = &mut self.sources[i];
             let before = s.current.as_ref().map(|z| z.serial);
-            if let Some(z) = s.build(&gen, policy) {
+            if let Some(z) = s.build(gen, policy) {
                 any = true;
                 if before != Some(z.serial) {
                     changed.push(z.clone());

@@ -3,17 +3,16 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::{NS, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
-use padis_model::dns::DnsZone;
+use padis_model::dns::{DnsZone, SerialPolicy};
 
 use crate::generate::GenRecord;
+use crate::journal::{change_size, Entry, Journal, JournalError};
 use crate::render::{negative_tail, update_fast};
 use crate::resolve::dependencies;
 use crate::update::{self, StaticZone};
@@ -59,11 +58,35 @@ pub struct Diff {
     pub removed: Vec<Record>,
     /// Records added.
     pub added: Vec<Record>,
+    /// Wire size of the change as journaled (counts against `dns.ixfr_journal_bytes`).
+    pub size: usize,
+}
+
+/// How long the IXFR history of a zone may get.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryBounds {
+    /// Most changes kept.
+    pub changes: usize,
+    /// Most bytes of changes kept.
+    pub bytes: u64,
 }
 
 /// RFC 1982: whether `a` is greater than `b`.
 pub fn serial_gt(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < (1 << 31)
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
+}
+
+/// The serial after `serial` under `policy` (always greater in RFC 1982 arithmetic).
+pub fn next_serial(policy: SerialPolicy, serial: u32) -> u32 {
+    let inc = serial.wrapping_add(1);
+    match policy {
+        SerialPolicy::Unixtime if serial_gt(unix_now(), inc) => unix_now(),
+        _ => inc,
+    }
 }
 
 /// The inputs and state of one zone, owned by the zone manager.
@@ -79,19 +102,22 @@ pub struct ZoneSource {
     file_soa: Option<(SOA, u32)>,
     /// Master file plus accepted updates.
     pub statics: StaticZone,
-    journal_path: PathBuf,
+    journal: Journal,
     serial_path: PathBuf,
     /// Current serial.
     pub serial: u32,
+    serial_policy: SerialPolicy,
     persisted_hash: Option<u64>,
     ixfr: VecDeque<Arc<Diff>>,
-    ixfr_cap: usize,
+    ixfr_bytes: u64,
+    bounds: HistoryBounds,
     /// Last published build.
     pub current: Option<Arc<ZoneData>>,
     /// Last load error (the previous content stays served).
     pub error: Option<String>,
     index: FastMap<WireName, NameData>,
-    groups: FastMap<usize, Arc<Vec<GenRecord>>>,
+    /// The generated groups of the last build, in the order they came.
+    groups: Vec<Arc<Vec<GenRecord>>>,
     applied_statics: StaticZone,
     statics_dirty: bool,
     hash: u64,
@@ -122,8 +148,9 @@ fn add_record(map: &mut StaticZone, name: &Name, ttl: u32, rdata: RData) {
 }
 
 impl ZoneSource {
-    /// Loads a zone: its master file, then the journal of updates accepted before a restart, and its last serial.
-    pub fn load(cfg: &DnsZone, base: &Path, state_dir: &Path, ixfr_cap: usize) -> Result<ZoneSource, ZoneError> {
+    /// Loads a zone: its master file, then the journal (updates accepted before a restart and the recent changes),
+    /// and its last serial.
+    pub fn load(cfg: &DnsZone, base: &Path, state_dir: &Path, bounds: HistoryBounds) -> Result<ZoneSource, ZoneError> {
         let mut origin = Name::from_ascii(&cfg.name).map_err(|e| ZoneError::Name(cfg.name.clone(), e.to_string()))?;
         origin.set_fqdn(true);
         let origin = origin.to_lowercase();
@@ -137,24 +164,31 @@ impl ZoneSource {
             file_records: StaticZone::default(),
             file_soa: None,
             statics: StaticZone::default(),
-            journal_path: state_dir.join(format!("{fname}.journal")),
+            journal: Journal::new(state_dir.join(format!("{fname}.journal"))),
             serial_path: state_dir.join(format!("{fname}.serial")),
             serial: 0,
+            serial_policy: SerialPolicy::Increment,
             persisted_hash: None,
             ixfr: VecDeque::new(),
-            ixfr_cap,
+            ixfr_bytes: 0,
+            bounds,
             current: None,
             error: None,
             index: FastMap::default(),
-            groups: FastMap::default(),
+            groups: Vec::new(),
             applied_statics: StaticZone::default(),
             statics_dirty: true,
             hash: 0,
             collisions: FastMap::default(),
         };
         z.reload_file(true)?;
+        z.serial_policy = cfg.serial_policy.unwrap_or(if z.file_soa.is_some() {
+            SerialPolicy::Increment
+        } else {
+            SerialPolicy::Unixtime
+        });
         z.statics = z.file_records.clone();
-        z.replay_journal()?;
+        let changes = z.replay_journal()?;
         if let Ok(text) = fs::read_to_string(&z.serial_path) {
             let mut it = text.split_whitespace();
             if let (Some(Ok(s)), Some(Ok(h))) = (it.next().map(str::parse), it.next().map(str::parse)) {
@@ -162,14 +196,95 @@ impl ZoneSource {
                 z.persisted_hash = Some(h);
             }
         }
-        if let Some((soa, _)) = &z.file_soa {
-            if serial_gt(soa.serial, z.serial) || z.persisted_hash.is_none() {
+        match &z.file_soa {
+            Some((soa, _)) if serial_gt(soa.serial, z.serial) || z.persisted_hash.is_none() => {
                 // The file's own serial already stands for this content.
                 z.serial = soa.serial;
                 z.persisted_hash = None;
             }
+            None if z.persisted_hash.is_none() => {
+                // A new zone: its first serial (a state directory that was wiped starts from the clock again).
+                z.serial = match z.serial_policy {
+                    SerialPolicy::Unixtime => unix_now(),
+                    SerialPolicy::Increment => 1,
+                };
+            }
+            _ => {}
         }
+        // Keep the changes that lead, without a gap, to the serial the zone resumes from.
+        let mut tail = Vec::new();
+        let mut want = z.serial;
+        for d in changes.into_iter().rev() {
+            if soa_serial(&d.to) != Some(want) {
+                break;
+            }
+            want = soa_serial(&d.from).unwrap_or(want);
+            tail.push(d);
+        }
+        for d in tail.into_iter().rev() {
+            z.push_change(Arc::new(d));
+        }
+        tracing::debug!(zone = %z.origin, serial = z.serial, changes = z.ixfr.len(), "zone loaded");
         Ok(z)
+    }
+
+    /// Adds a change to the IXFR history, dropping the oldest beyond the bounds. Returns whether it was kept.
+    fn push_change(&mut self, d: Arc<Diff>) -> bool {
+        self.ixfr_bytes += d.size as u64;
+        self.ixfr.push_back(d);
+        while self.ixfr.len() > self.bounds.changes || self.ixfr_bytes > self.bounds.bytes {
+            match self.ixfr.pop_front() {
+                Some(old) => self.ixfr_bytes -= old.size as u64,
+                None => break,
+            }
+        }
+        !self.ixfr.is_empty()
+    }
+
+    /// Replaces the kept groups by `generated`; returns the groups that went away and those that came.
+    /// Groups usually come in the same order (one per service), so a positional pointer comparison finds the few
+    /// that changed without hashing or touching the others; any shift falls back to a set comparison.
+    fn regroup(&mut self, generated: &[Arc<Vec<GenRecord>>]) -> (Vec<Arc<Vec<GenRecord>>>, Vec<Arc<Vec<GenRecord>>>) {
+        if self.groups.len() == generated.len() {
+            let differ = self.groups.iter().zip(generated).filter(|(o, n)| !Arc::ptr_eq(o, n)).count();
+            // Few differ in place: a group that only moved is then both gone and came (removed, added back).
+            // Many differ (e.g. a service inserted early shifts the rest): compare as sets instead.
+            if differ <= generated.len() / 4 + 8 {
+                let (mut gone, mut came) = (Vec::with_capacity(differ), Vec::with_capacity(differ));
+                for (old, new) in self.groups.iter_mut().zip(generated) {
+                    if !Arc::ptr_eq(old, new) {
+                        gone.push(std::mem::replace(old, new.clone()));
+                        came.push(new.clone());
+                    }
+                }
+                return (gone, came);
+            }
+        }
+        let before: FastSet<usize> = self.groups.iter().map(group_id).collect();
+        let after: FastSet<usize> = generated.iter().map(group_id).collect();
+        let old = std::mem::replace(&mut self.groups, generated.to_vec());
+        let gone = old.into_iter().filter(|g| !after.contains(&group_id(g))).collect();
+        let came = generated.iter().filter(|g| !before.contains(&group_id(g))).cloned().collect();
+        (gone, came)
+    }
+
+    /// Changes how much IXFR history is kept (applies from the next change).
+    pub fn set_bounds(&mut self, bounds: HistoryBounds) {
+        self.bounds = bounds;
+    }
+
+    /// Forgets the IXFR history (the content changed in a way no change describes).
+    fn clear_history(&mut self) {
+        self.ixfr.clear();
+        self.ixfr_bytes = 0;
+        self.compact_journal();
+    }
+
+    fn compact_journal(&mut self) {
+        let res = self.journal.compact(&self.origin, &self.file_records, &self.statics, self.ixfr.iter().map(|d| &**d));
+        if let Err(e) = res {
+            tracing::warn!(zone = %self.origin, error = %e, "journal not compacted");
+        }
     }
 
     /// Re-reads the master file if it changed on disk. On error the previous records stay.
@@ -219,49 +334,28 @@ impl ZoneSource {
         Ok(true)
     }
 
-    fn journal_err(&self, msg: impl ToString) -> ZoneError {
-        ZoneError::Journal {
-            zone: self.cfg.name.clone(),
-            path: self.journal_path.display().to_string(),
-            msg: msg.to_string(),
-        }
+    fn journal_err(&self, e: JournalError) -> ZoneError {
+        ZoneError::Journal { zone: self.cfg.name.clone(), path: e.path, msg: e.msg }
     }
 
-    fn replay_journal(&mut self) -> Result<(), ZoneError> {
-        let mut f = match fs::File::open(&self.journal_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.journal_err(e)),
-        };
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| self.journal_err(e))?;
-        let mut pos = 0;
-        while pos + 4 <= buf.len() {
-            let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
-            let Some(bytes) = buf.get(pos + 4..pos + 4 + len) else {
-                tracing::warn!(zone = %self.origin, "journal ends with a partial entry (ignored)");
-                break;
-            };
-            let msg = Message::from_vec(bytes).map_err(|e| self.journal_err(e))?;
-            update::apply(&mut self.statics, &self.origin_wire, &msg.authorities);
-            pos += 4 + len;
+    /// Replays the journal's updates over the static records; returns its changes, oldest first.
+    fn replay_journal(&mut self) -> Result<Vec<Diff>, ZoneError> {
+        let entries = self.journal.read().map_err(|e| self.journal_err(e))?;
+        let mut changes = Vec::new();
+        for e in entries {
+            match e {
+                Entry::Update(u) => {
+                    update::apply(&mut self.statics, &self.origin_wire, &u);
+                }
+                Entry::Change(d) => changes.push(d),
+            }
         }
-        Ok(())
+        Ok(changes)
     }
 
     /// Persists an accepted update (fsync'ed before the client gets NOERROR).
-    pub fn append_journal(&self, updates: &[Record]) -> Result<(), ZoneError> {
-        let mut msg = Message::new(0, MessageType::Query, OpCode::Update);
-        msg.add_query(Query::query(self.origin.clone(), RecordType::SOA));
-        msg.authorities = updates.to_vec();
-        let bytes = msg.to_vec().map_err(|e| self.journal_err(e))?;
-        if let Some(dir) = self.journal_path.parent() {
-            fs::create_dir_all(dir).map_err(|e| self.journal_err(e))?;
-        }
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.journal_path).map_err(|e| self.journal_err(e))?;
-        let mut entry = (bytes.len() as u32).to_be_bytes().to_vec();
-        entry.extend_from_slice(&bytes);
-        f.write_all(&entry).and_then(|_| f.sync_data()).map_err(|e| self.journal_err(e))
+    pub fn append_journal(&mut self, updates: &[Record]) -> Result<(), ZoneError> {
+        self.journal.append_update(&self.origin, updates).map_err(|e| self.journal_err(e))
     }
 
     fn soa(&self, serial: u32) -> (SOA, u32) {
@@ -346,35 +440,27 @@ impl ZoneSource {
         let mut touched: FastSet<WireName> = FastSet::default();
 
         // Generated groups that appeared or disappeared.
-        let mut new_groups: FastMap<usize, Arc<Vec<GenRecord>>> =
-            FastMap::with_capacity_and_hasher(generated.len(), Default::default());
-        for g in generated {
-            new_groups.insert(Arc::as_ptr(g) as *const () as usize, g.clone());
-        }
-        let old_groups = std::mem::take(&mut self.groups);
-        for (id, g) in &old_groups {
-            if !new_groups.contains_key(id) {
-                for r in g.iter() {
-                    let w = wire_of(&r.name);
-                    if let Some(nd) = self.index.get_mut(&w) {
-                        nd.contrib.retain(|c| c.src != *id);
-                    }
-                    touched.insert(w);
+        let (gone, came) = self.regroup(generated);
+        for g in &gone {
+            let id = group_id(g);
+            for r in g.iter() {
+                let w = wire_of(&r.name);
+                if let Some(nd) = self.index.get_mut(&w) {
+                    nd.contrib.retain(|c| c.src != id);
                 }
+                touched.insert(w);
             }
         }
-        for (id, g) in &new_groups {
-            if !old_groups.contains_key(id) {
-                for r in g.iter() {
-                    let w = wire_of(&r.name);
-                    let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(r.name.clone()));
-                    nd.contrib.push(Contrib { src: *id, ttl, rdata: r.rdata.clone(), origin: Some(r.origin.clone()) });
-                    touched.insert(w);
-                }
+        for g in &came {
+            let id = group_id(g);
+            for r in g.iter() {
+                let w = wire_of(&r.name);
+                let nd = self.index.entry(w.clone()).or_insert_with(|| NameData::new(r.name.clone()));
+                nd.contrib.push(Contrib { src: id, ttl, rdata: r.rdata.clone(), origin: Some(r.origin.clone()) });
+                touched.insert(w);
             }
         }
-        drop(old_groups);
-        self.groups = new_groups;
+        drop(gone);
 
         // Static records (file, updates, config NS) when they changed.
         if self.statics_dirty {
@@ -489,7 +575,7 @@ impl ZoneSource {
             if first && self.persisted_hash.is_none() {
                 self.persist_serial(hash);
             } else if !first || self.persisted_hash != Some(hash) {
-                let next = self.serial.wrapping_add(1);
+                let next = next_serial(self.serial_policy, self.serial);
                 let from = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(old_soa.clone()));
                 self.serial = next;
                 let (new_soa, _) = self.soa(next);
@@ -505,10 +591,20 @@ impl ZoneSource {
                 }
                 removed.retain(|r: &Record| r.record_type() != RecordType::SOA);
                 added.retain(|r: &Record| r.record_type() != RecordType::SOA);
-                if !first {
-                    self.ixfr.push_back(Arc::new(Diff { from, to, removed, added }));
-                    while self.ixfr.len() > self.ixfr_cap {
-                        self.ixfr.pop_front();
+                if first {
+                    // Restarted on content that differs from the last serial's: no change describes the step.
+                    self.clear_history();
+                } else {
+                    let mut diff = Diff { from, to, removed, added, size: 0 };
+                    diff.size = change_size(&diff);
+                    let diff = Arc::new(diff);
+                    if self.push_change(diff.clone()) {
+                        if let Err(e) = self.journal.append_change(&diff) {
+                            tracing::warn!(zone = %self.origin, error = %e, "change not journaled");
+                        }
+                    }
+                    if self.journal.oversized(self.bounds.changes, self.bounds.bytes) {
+                        self.compact_journal();
                     }
                 }
                 self.persist_serial(hash);
@@ -615,6 +711,18 @@ impl ZoneSource {
         if let Err(e) = res {
             tracing::warn!(zone = %self.origin, error = %e, "cannot persist the serial");
         }
+    }
+}
+
+/// Identity of a generated group (its allocation), used as the source id of its records.
+fn group_id(g: &Arc<Vec<GenRecord>>) -> usize {
+    Arc::as_ptr(g) as *const () as usize
+}
+
+fn soa_serial(r: &Record) -> Option<u32> {
+    match &r.data {
+        RData::SOA(s) => Some(s.serial),
+        _ => None,
     }
 }
 
@@ -790,14 +898,14 @@ mod tests {
         let v1 = vec![svc("a", &["10.0.0.1", "10.0.0.2"]), svc("b", &["10.0.1.1"]), svc("c", &["10.0.2.1"])];
         let v2 = vec![svc("a", &["10.0.0.1", "10.0.0.3"]), svc("c", &["10.0.2.1"]), svc("d", &["10.0.3.1"])];
 
-        let mut inc = ZoneSource::load(&cfg, Path::new("."), &dir.join("inc"), 8).unwrap();
+        let mut inc = ZoneSource::load(&cfg, Path::new("."), &dir.join("inc"), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
         let mut cache = GenCache::default();
         let g = cache.generate(&v1, &[], &zones);
         inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
         let g = cache.generate(&v2, &[], &zones);
         let z_inc = inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
 
-        let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), 8).unwrap();
+        let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
         let g = GenCache::default().generate(&v2, &[], &zones);
         let z_full = full.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
 

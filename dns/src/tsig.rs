@@ -163,6 +163,29 @@ pub fn verify_request(msg: &[u8], found: &Found, key: &TsigKey) -> Result<Vec<u8
     Ok(theirs.clone())
 }
 
+/// Verifies a signed response to a request of ours whose MAC was `request_mac` (RFC 8945 5.3.1: the request
+/// MAC, the response without its TSIG, then the TSIG variables).
+pub fn verify_response(msg: &[u8], found: &Found, key: &TsigKey, request_mac: &[u8]) -> Result<(), TsigFailure> {
+    if found.key_name.to_lowercase() != key.name || found.tsig.algorithm != TsigAlgorithm::HmacSha256 {
+        return Err(TsigFailure::BadKey);
+    }
+    if found.tsig.error.is_some_and(|e| u16::from(e) != 0) || found.tsig.mac.is_empty() {
+        return Err(TsigFailure::BadSig);
+    }
+    let mut mac = key.mac();
+    mac.update(&(request_mac.len() as u16).to_be_bytes());
+    mac.update(request_mac);
+    mac.update(&unsigned(msg, found));
+    mac.update(&variables(&found.tsig, &found.key_name));
+    if found.tsig.mac.len() < 16 || mac.verify_truncated_left(&found.tsig.mac).is_err() {
+        return Err(TsigFailure::BadSig);
+    }
+    if now().abs_diff(found.tsig.time) > u64::from(found.tsig.fudge) {
+        return Err(TsigFailure::BadTime);
+    }
+    Ok(())
+}
+
 /// Signing state across the messages of one response (a zone transfer is several messages).
 #[derive(Debug)]
 pub struct Signer {
@@ -175,6 +198,11 @@ impl Signer {
     /// Signs the response(s) to a request whose MAC was `request_mac` (empty for a request of our own).
     pub fn new(key: TsigKey, request_mac: Vec<u8>) -> Signer {
         Signer { key, prior_mac: request_mac, first: true }
+    }
+
+    /// The MAC of the last message signed (a response to it is verified against it).
+    pub fn last_mac(&self) -> &[u8] {
+        &self.prior_mac
     }
 
     /// Name of the signing key.

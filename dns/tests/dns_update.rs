@@ -18,6 +18,7 @@ fn config() -> String {
 [dns]
 listen = ["127.0.0.1:0"]
 state_dir = "@DIR@/state"
+ixfr_journal = 2
 
 [[dns.tsig_key]]
 name = "upd"
@@ -83,11 +84,28 @@ async fn nsupdate_with_tsig_and_restart() {
     assert!(!ok && out.contains("NXRRSET"), "prerequisite: {out}");
     assert_eq!(kdig(a, &["x.dyn.test", "A"]).status, "NXDOMAIN");
     assert_eq!(kdig(a, &["y.dyn.test", "A"]).status, "NXDOMAIN");
-    let serial = s.serial("dyn.test");
-    assert_eq!(serial, 102, "refused updates change nothing");
+    assert_eq!(s.serial("dyn.test"), 102, "refused updates change nothing");
     let text = prometheus::TextEncoder::new().encode_to_string(&s.registry.gather()).unwrap();
     assert!(text.contains("padis_dns_updates_total{result=\"NOERROR\",zone=\"dyn.test.\"} 2"), "{text}");
     assert!(text.contains("result=\"REFUSED\""), "{text}");
+
+    // Enough updates for the journal (2 changes kept) to be compacted: none is lost.
+    for i in 1..=7 {
+        let (ok, out) = nsupdate(a, Some(&key), &format!("zone dyn.test\nupdate add n{i}.dyn.test. 30 A 192.0.2.{i}"));
+        assert!(ok, "{out}");
+    }
+    let entries = |bytes: &[u8]| {
+        let (mut pos, mut n) = (0usize, 0);
+        while pos + 4 <= bytes.len() {
+            pos += 4 + u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+            n += 1;
+        }
+        n
+    };
+    let journal = std::fs::read(dir.path().join("state/dyn.test.journal")).unwrap();
+    assert!(entries(&journal) < 18, "9 updates and their 9 changes compacted: {} entries", entries(&journal));
+    let serial = s.serial("dyn.test");
+    assert_eq!(serial, 109);
     s.stop().await;
 
     // Restart on the same state directory: accepted updates are still there, the serial does not go back.
@@ -96,6 +114,9 @@ async fn nsupdate_with_tsig_and_restart() {
     assert_eq!(kdig(a, &["new.dyn.test", "A"]).data("A"), ["192.0.2.200"]);
     assert_eq!(kdig(a, &["new.dyn.test", "TXT"]).data("TXT"), ["\"x\""]);
     assert_eq!(kdig(a, &["app.dyn.test", "A"]).status, "NXDOMAIN");
+    for i in 1..=7 {
+        assert_eq!(kdig(a, &[&format!("n{i}.dyn.test"), "A"]).data("A"), [format!("192.0.2.{i}")]);
+    }
     assert_eq!(s.serial("dyn.test"), serial, "same content, same serial after restart");
     s.stop().await;
 }

@@ -6,11 +6,15 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, free_port, kdig, spawn, Server};
+use common::{eventually, free_port, kdig, serial_gt, spawn, Server};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=";
 
 fn config(knot_port: u16, instances: &[(&str, &str)]) -> String {
+    config_with_secret(knot_port, instances, SECRET)
+}
+
+fn config_with_secret(knot_port: u16, instances: &[(&str, &str)], secret: &str) -> String {
     let mut c = format!(
         r#"
 [dns]
@@ -19,7 +23,7 @@ state_dir = "@DIR@/state"
 
 [[dns.tsig_key]]
 name = "xfr"
-secret = "{SECRET}"
+secret = "{secret}"
 
 [[dns.zone]]
 name = "svc.test"
@@ -62,7 +66,7 @@ async fn axfr_ixfr_tsig_and_acl() {
     // IXFR: one change -> incremental answer with the removed and added records.
     let old = s.serial("svc.test");
     s.publish(&config(9, &[("a", "10.0.0.1"), ("c", "10.0.0.3")]));
-    eventually("serial bump", Duration::from_secs(5), || s.serial("svc.test") == old.wrapping_add(1)).await;
+    eventually("serial bump", Duration::from_secs(5), || serial_gt(s.serial("svc.test"), old)).await;
     let d = kdig(a, &["-y", &key, &format!("IXFR={old}"), "svc.test"]);
     assert!(d.raw.contains("10.0.0.3") && d.raw.contains("10.0.0.2"), "{}", d.raw);
     assert!(!d.raw.contains("10.0.0.1"), "unchanged records are not in an IXFR\n{}", d.raw);
@@ -139,7 +143,8 @@ zone:
 
     // A service change: new serial, NOTIFY to knot, knot pulls an IXFR, and answers with the new records.
     s.publish(&config(knot_port, &[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
-    eventually("serial bump", Duration::from_secs(5), || s.serial("svc.test") == serial.wrapping_add(1)).await;
+    eventually("serial bump", Duration::from_secs(5), || serial_gt(s.serial("svc.test"), serial)).await;
+    let new_serial = s.serial("svc.test");
     eventually("knot follows", Duration::from_secs(15), || {
         let mut ips = kdig(knot, &["web.svc.test", "A"]).data("A");
         ips.sort();
@@ -147,9 +152,25 @@ zone:
     })
     .await;
     let d = kdig(knot, &["svc.test", "SOA"]);
-    assert!(d.data("SOA")[0].contains(&format!(" {} ", serial.wrapping_add(1))), "{}", d.raw);
+    assert!(d.data("SOA")[0].contains(&format!(" {new_serial} ")), "{}", d.raw);
     let text = prometheus::TextEncoder::new().encode_to_string(&s.registry.gather()).unwrap();
     assert!(text.contains("padis_dns_transfers_total{kind=\"ixfr\",zone=\"svc.test.\"} 1"), "knot used IXFR\n{text}");
     assert!(text.contains("padis_dns_notify_total{result=\"ok\",zone=\"svc.test.\"}"), "{text}");
+    assert!(!text.contains("result=\"refused\""), "{text}");
+
+    // Knot requires the key on NOTIFY: a primary signing with another secret is refused (and not retried),
+    // and Knot keeps the zone it has.
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = "b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI=";
+    let s2 = Server::start(dir2.path(), &config_with_secret(knot_port, &[("z", "10.9.9.9")], other)).await;
+    eventually("NOTIFY with a wrong key refused", Duration::from_secs(15), || {
+        let text = prometheus::TextEncoder::new().encode_to_string(&s2.registry.gather()).unwrap();
+        text.contains("padis_dns_notify_total{result=\"refused\",zone=\"svc.test.\"} 1")
+    })
+    .await;
+    let mut ips = kdig(knot, &["web.svc.test", "A"]).data("A");
+    ips.sort();
+    assert_eq!(ips, ["10.0.0.1", "10.0.0.2"], "knot ignored the refused NOTIFY");
+    s2.stop().await;
     s.stop().await;
 }

@@ -64,6 +64,7 @@ fn state(dir: &Path, port: u16, svcs: Vec<Service>) -> DesiredState {
             notify: Vec::new(),
             allow_update: Vec::new(),
             update_key: None,
+            serial_policy: None,
         }],
         ..DnsConfig::default()
     };

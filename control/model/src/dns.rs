@@ -27,8 +27,11 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Duration,
     /// Maximum concurrent TCP connections; more are refused.
     pub tcp_max_connections: usize,
-    /// Serial changes kept per zone for IXFR (older serials get AXFR).
+    /// Serial changes kept per zone for IXFR (older serials get AXFR), in memory and in the on-disk journal.
     pub ixfr_journal: usize,
+    /// Size bound of a zone's IXFR history (wire bytes of its changes); the oldest changes are dropped first.
+    /// The on-disk journal is compacted when it grows past twice this size.
+    pub ixfr_journal_bytes: u64,
     /// Authoritative zones.
     #[serde(rename = "zone")]
     pub zones: Vec<DnsZone>,
@@ -49,6 +52,7 @@ impl Default for DnsConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 512,
             ixfr_journal: 64,
+            ixfr_journal_bytes: 4 << 20,
             zones: Vec::new(),
             tsig_keys: Vec::new(),
             rrl: RrlConfig::default(),
@@ -95,6 +99,21 @@ pub struct DnsZone {
     /// TSIG key required for dynamic updates (no key = updates refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_key: Option<String>,
+    /// How the SOA serial moves on each change (default: `unixtime` for zones without a master-file SOA,
+    /// `increment` for zones whose file gives the SOA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_policy: Option<SerialPolicy>,
+}
+
+/// How a zone's SOA serial moves on a change; both are monotonic in RFC 1982 arithmetic.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialPolicy {
+    /// The current unix time, or the previous serial + 1 when that is not greater (Knot's `unixtime`);
+    /// a new zone starts at the current unix time.
+    Unixtime,
+    /// The previous serial + 1; a new zone starts at the file's serial, or 1.
+    Increment,
 }
 
 fn default_ttl() -> Duration {
@@ -283,6 +302,9 @@ impl DnsConfig {
             if !z.allow_update.is_empty() && z.update_key.is_none() {
                 cx.error(format!("{p}.update_key"), "dynamic updates need a TSIG key");
             }
+        }
+        if self.ixfr_journal_bytes < 4096 {
+            cx.error("dns.ixfr_journal_bytes", "must be at least 4096");
         }
         if self.rrl.responses_per_second > 0 && self.rrl.window == 0 {
             cx.error("dns.rrl.window", "must be at least 1");

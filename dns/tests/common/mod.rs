@@ -150,6 +150,16 @@ pub fn parse(text: &str) -> Dig {
     d
 }
 
+/// RFC 1982: whether serial `a` is greater than `b`.
+pub fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < (1 << 31)
+}
+
+/// The current unix time in seconds.
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32
+}
+
 /// Waits (bounded) until `f` returns true.
 pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,330 @@
+//! A zone's journal on disk (`<zone>.journal` in the state directory): the dynamic updates accepted since the
+//! master file (replayed over it at start) and the zone's recent changes (its IXFR history), so a restart loses
+//! no accepted update and secondaries can still follow incrementally. Entries are length-prefixed DNS messages:
+//! an update is an UPDATE message (its update section), a change is a response whose answer section is
+//! `old SOA, removed..., new SOA, added...` (the IXFR layout). The file is rewritten (compacted) to one update
+//! entry holding the net changes to the master file plus the changes still kept, when it outgrows its bounds.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+use crate::source::Diff;
+use crate::update::StaticZone;
+use crate::zone::RrSet;
+
+/// The journal of one zone cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {msg}")]
+pub struct JournalError {
+    /// File.
+    pub path: String,
+    /// What went wrong.
+    pub msg: String,
+}
+
+/// One entry read back from the journal.
+#[derive(Debug)]
+pub enum Entry {
+    /// An accepted dynamic update (its update section).
+    Update(Vec<Record>),
+    /// A change of the zone's content from one serial to the next.
+    Change(Diff),
+}
+
+/// The journal file of one zone, with its current size.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    entries: usize,
+    bytes: u64,
+}
+
+impl Journal {
+    /// The journal at `path` (not read yet).
+    pub fn new(path: PathBuf) -> Journal {
+        Journal { path, entries: 0, bytes: 0 }
+    }
+
+    fn err(&self, msg: impl ToString) -> JournalError {
+        JournalError { path: self.path.display().to_string(), msg: msg.to_string() }
+    }
+
+    /// Reads every entry (a missing file is an empty journal; a partial last entry, from a crash while
+    /// appending, is ignored).
+    pub fn read(&mut self) -> Result<Vec<Entry>, JournalError> {
+        let mut f = match fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos + 4 <= buf.len() {
+            let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            let Some(bytes) = buf.get(pos + 4..pos + 4 + len) else {
+                tracing::warn!(journal = %self.path.display(), "journal ends with a partial entry (ignored)");
+                break;
+            };
+            let msg = Message::from_vec(bytes).map_err(|e| self.err(e))?;
+            out.push(decode(msg, len).ok_or_else(|| self.err(format!("entry at byte {pos} is not an update or a change")))?);
+            pos += 4 + len;
+        }
+        self.entries = out.len();
+        self.bytes = pos as u64;
+        Ok(out)
+    }
+
+    /// Appends an accepted update and syncs it to disk (before the client is told NOERROR).
+    pub fn append_update(&mut self, origin: &Name, updates: &[Record]) -> Result<(), JournalError> {
+        let bytes = encode_update(origin, updates).map_err(|e| self.err(e))?;
+        self.append(&[bytes], true)
+    }
+
+    /// Appends a change (not synced: a change lost in a crash only costs secondaries an AXFR).
+    pub fn append_change(&mut self, diff: &Diff) -> Result<(), JournalError> {
+        let bytes = encode_change(diff).map_err(|e| self.err(e))?;
+        self.append(&[bytes], false)
+    }
+
+    fn append(&mut self, entries: &[Vec<u8>], sync: bool) -> Result<(), JournalError> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.err(e))?;
+        let mut buf = Vec::new();
+        for e in entries {
+            buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            buf.extend_from_slice(e);
+        }
+        f.write_all(&buf).map_err(|e| self.err(e))?;
+        if sync {
+            f.sync_data().map_err(|e| self.err(e))?;
+        }
+        self.entries += entries.len();
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the file holds more than the zone keeps (`max_changes` changes, `max_bytes` of history):
+    /// compaction is due when it is twice that.
+    pub fn oversized(&self, max_changes: usize, max_bytes: u64) -> bool {
+        self.entries > 2 * max_changes + 8 || self.bytes > 2 * max_bytes
+    }
+
+    /// Rewrites the journal as one update (`file` -> `statics`, if they differ) plus `changes`, atomically
+    /// (a new file synced, then renamed over the old one).
+    pub fn compact<'a>(
+        &mut self,
+        origin: &Name,
+        file: &StaticZone,
+        statics: &StaticZone,
+        changes: impl Iterator<Item = &'a Diff>,
+    ) -> Result<(), JournalError> {
+        let mut entries = Vec::new();
+        let base = net_update(file, statics);
+        if !base.is_empty() {
+            entries.push(encode_update(origin, &base).map_err(|e| self.err(e))?);
+        }
+        for d in changes {
+            entries.push(encode_change(d).map_err(|e| self.err(e))?);
+        }
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut buf = Vec::new();
+        for e in &entries {
+            buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            buf.extend_from_slice(e);
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| self.err(e))?;
+        tracing::debug!(journal = %self.path.display(), entries = entries.len(), bytes = buf.len(), "journal compacted");
+        self.entries = entries.len();
+        self.bytes = buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn encode_update(origin: &Name, updates: &[Record]) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut msg = Message::new(0, MessageType::Query, OpCode::Update);
+    msg.add_query(Query::query(origin.clone(), RecordType::SOA));
+    msg.authorities = updates.to_vec();
+    msg.to_vec()
+}
+
+/// The wire size of a change as the journal stores it.
+pub fn change_size(diff: &Diff) -> usize {
+    encode_change(diff).map_or(usize::MAX, |b| b.len())
+}
+
+fn encode_change(diff: &Diff) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
+    msg.answers.reserve(diff.removed.len() + diff.added.len() + 2);
+    msg.answers.push(diff.from.clone());
+    msg.answers.extend(diff.removed.iter().cloned());
+    msg.answers.push(diff.to.clone());
+    msg.answers.extend(diff.added.iter().cloned());
+    msg.to_vec()
+}
+
+fn decode(msg: Message, len: usize) -> Option<Entry> {
+    match (msg.metadata.message_type, msg.metadata.op_code) {
+        (MessageType::Query, OpCode::Update) => Some(Entry::Update(msg.authorities)),
+        (MessageType::Response, OpCode::Query) => {
+            let mut it = msg.answers.into_iter();
+            let from = it.next().filter(|r| r.record_type() == RecordType::SOA)?;
+            let mut removed = Vec::new();
+            let mut to = None;
+            for r in it.by_ref() {
+                if r.record_type() == RecordType::SOA {
+                    to = Some(r);
+                    break;
+                }
+                removed.push(r);
+            }
+            Some(Entry::Change(Diff { from, to: to?, removed, added: it.collect(), size: len }))
+        }
+        _ => None,
+    }
+}
+
+/// The update that turns `file` into `statics`: per name, deletions of what `statics` lacks, then additions of
+/// what `file` lacks (for the apex NS set additions first: its last record cannot be deleted).
+fn net_update(file: &StaticZone, statics: &StaticZone) -> Vec<Record> {
+    let mut out = Vec::new();
+    let empty: Vec<RrSet> = Vec::new();
+    let mut names: Vec<(&Name, &Vec<RrSet>, &Vec<RrSet>)> = Vec::new();
+    for (w, (n, sets)) in statics {
+        names.push((n, file.get(w).map_or(&empty, |(_, s)| s), sets));
+    }
+    for (w, (n, sets)) in file {
+        if !statics.contains_key(w) {
+            names.push((n, sets, &empty));
+        }
+    }
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, old, new) in names {
+        let mut dels = Vec::new();
+        let mut adds = Vec::new();
+        for o in old {
+            let n = new.iter().find(|s| s.rtype == o.rtype);
+            for d in o.rdatas.iter().filter(|d| !n.is_some_and(|n| n.rdatas.contains(d))) {
+                let mut r = Record::from_rdata(name.clone(), 0, d.clone());
+                r.dns_class = DNSClass::NONE;
+                dels.push(r);
+            }
+        }
+        for n in new {
+            let o = old.iter().find(|s| s.rtype == n.rtype);
+            let same_ttl = o.is_some_and(|o| o.ttl == n.ttl);
+            for d in n.rdatas.iter().filter(|d| !same_ttl || !o.is_some_and(|o| o.rdatas.contains(d))) {
+                let mut r = Record::from_rdata(name.clone(), n.ttl, d.clone());
+                r.dns_class = DNSClass::IN;
+                adds.push(r);
+            }
+        }
+        let ns_first = adds.iter().any(|r| matches!(r.data, RData::NS(_)));
+        if ns_first {
+            out.extend(adds);
+            out.extend(dels);
+        } else {
+            out.extend(dels);
+            out.extend(adds);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::wire_of;
+
+    fn zone(text: &str) -> StaticZone {
+        let origin = Name::from_ascii("j.test.").unwrap();
+        let (_, sets) = hickory_proto::serialize::txt::Parser::new(text, None, Some(origin)).parse().unwrap();
+        let mut z = StaticZone::default();
+        for (_, set) in sets {
+            for r in set.records_without_rrsigs() {
+                let (_, v) = z.entry(wire_of(&r.name)).or_insert_with(|| (r.name.clone(), Vec::new()));
+                match v.iter_mut().find(|s| s.rtype == r.record_type()) {
+                    Some(s) => s.rdatas.push(r.data.clone()),
+                    None => v.push(RrSet { rtype: r.record_type(), ttl: r.ttl, rdatas: vec![r.data.clone()] }),
+                }
+            }
+        }
+        z
+    }
+
+    /// The compacted journal replays to exactly the zone it was compacted from, and keeps the changes.
+    #[test]
+    fn compaction_replays_to_the_same_zone() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Name::from_ascii("j.test.").unwrap();
+        let file = zone("@ 60 IN NS ns1\nns1 60 IN A 192.0.2.1\na 60 IN A 192.0.2.2\na 60 IN A 192.0.2.3\nb 60 IN TXT \"x\"\n");
+        let statics = zone(
+            "@ 60 IN NS ns2\nns1 60 IN A 192.0.2.1\nns2 60 IN A 192.0.2.9\na 30 IN A 192.0.2.2\nb 60 IN CNAME a\nc 60 IN MX 10 a\n",
+        );
+        let soa = |s: u32| {
+            let d = RData::SOA(hickory_proto::rr::rdata::SOA::new(origin.clone(), origin.clone(), s, 1, 1, 1, 1));
+            Record::from_rdata(origin.clone(), 5, d)
+        };
+        let diff = Diff {
+            from: soa(1),
+            to: soa(2),
+            removed: vec![Record::from_rdata(Name::from_ascii("a.j.test.").unwrap(), 60, RData::A("192.0.2.3".parse().unwrap()))],
+            added: Vec::new(),
+            size: 0,
+        };
+        let mut j = Journal::new(dir.path().join("j.journal"));
+        j.compact(&origin, &file, &statics, std::iter::once(&diff)).unwrap();
+        let entries = Journal::new(dir.path().join("j.journal")).read().unwrap();
+        let mut replayed = file.clone();
+        let mut changes = 0;
+        for e in entries {
+            match e {
+                Entry::Update(u) => {
+                    crate::update::apply(&mut replayed, &wire_of(&origin), &u);
+                }
+                Entry::Change(d) => {
+                    changes += 1;
+                    assert_eq!((d.from, d.to, d.removed.len()), (soa(1), soa(2), 1));
+                }
+            }
+        }
+        let norm = |z: &StaticZone| {
+            let mut v: Vec<_> = z
+                .iter()
+                .map(|(w, (_, sets))| {
+                    let mut s: Vec<_> = sets
+                        .iter()
+                        .map(|s| {
+                            let mut d: Vec<String> = s.rdatas.iter().map(|d| d.to_string()).collect();
+                            d.sort();
+                            (u16::from(s.rtype), s.ttl, d)
+                        })
+                        .collect();
+                    s.sort();
+                    (w.to_vec(), s)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(norm(&replayed), norm(&statics));
+        assert_eq!(changes, 1);
+        assert!(!j.oversized(1, 1 << 20));
+    }
+}
