@@ -284,3 +284,52 @@ mod ring {
         assert_eq!(got + full, 20_000, "every new entry is either announced or counted");
     }
 }
+
+mod index {
+    //! Translation of peers' records to local ids.
+
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use padis_ebpf_common::{v4_mapped, FlowKey};
+    use padis_l4::desired;
+    use padis_l4::sync::index::Unknown;
+    use padis_l4::sync::SyncIndex;
+    use padis_tests::l4::Fixture;
+
+    const TOML: &str = "[l4]\n[l4.neighbors]\n\"10.0.0.11\" = \"02:00:00:00:00:11\"\n\
+        [[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n\
+        backend = [{ addr = \"10.0.0.11\" }, { addr = \"10.0.0.12\", weight = 0 }]\n\
+        [[vip]]\nname = \"dns\"\naddr = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\nbackend = [{ addr = \"10.0.0.13\" }]\n";
+
+    fn key(dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: v4_mapped([198, 51, 100, 1]),
+            dst: v4_mapped([192, 0, 2, 1]),
+            sport: 40000u16.to_be(),
+            dport: dport.to_be(),
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn l4_sync_index_maps_identities_to_local_ids() {
+        let f = Fixture::new(TOML);
+        let valid = padis_model::parse_config(TOML, "t.toml", Path::new(".")).expect("config");
+        let d = desired::compute(&valid.state.l4, &valid.state.vips, &|_: &str, _: SocketAddr| true, &mut |_| None);
+        let idx = SyncIndex::build(&f.prog, &d);
+        let slot = |a: &str| f.prog.backend_index(a.parse().expect("addr")).expect("slot");
+        let web = f.prog.installed().into_iter().find(|(_, v)| v.name == "web").expect("web").1.id;
+        // A known VIP and backend (a draining one too: it keeps established flows).
+        assert_eq!(idx.local(&key(80, 6), &v4_mapped([10, 0, 0, 11])), Ok((web, slot("10.0.0.11"))));
+        assert_eq!(idx.local(&key(80, 6), &v4_mapped([10, 0, 0, 12])), Ok((web, slot("10.0.0.12"))));
+        // A backend of another VIP, an unknown backend, an unknown VIP (other port, other protocol).
+        assert_eq!(idx.local(&key(80, 6), &v4_mapped([10, 0, 0, 13])), Err(Unknown::Backend));
+        assert_eq!(idx.local(&key(80, 6), &v4_mapped([10, 0, 0, 99])), Err(Unknown::Backend));
+        assert_eq!(idx.local(&key(8080, 6), &v4_mapped([10, 0, 0, 11])), Err(Unknown::Vip));
+        assert_eq!(idx.local(&key(80, 17), &v4_mapped([10, 0, 0, 11])), Err(Unknown::Vip));
+        // And back: local index -> address.
+        assert_eq!(idx.backend_addr(slot("10.0.0.13")), Some(v4_mapped([10, 0, 0, 13])));
+    }
+}
