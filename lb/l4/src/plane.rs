@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use padis_balance::{HealthRegistry, HealthTarget, TargetKey};
+use padis_ebpf_common::config_flags;
 use padis_model::{Snapshot, SnapshotReader};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,7 @@ pub struct Inner {
     applies_ok: u64,
     applies_failed: u64,
     /// Where the sync daemon learns local ids (sync on only).
-    sync_index: Option<tokio::sync::watch::Sender<Arc<SyncIndex>>>,
+    sync_index: Option<(tokio::sync::watch::Sender<Arc<SyncIndex>>, padis_model::l4::SyncConfig)>,
 }
 
 impl Inner {
@@ -182,7 +183,19 @@ impl Inner {
             }
             m
         };
-        let d = desired::compute(l4, &snap.state.vips, &usable, &mut mac);
+        let mut d = desired::compute(l4, &snap.state.vips, &usable, &mut mac);
+        // `[l4.sync]` is read at start: XDP announces new flows only while the daemon started then drains them.
+        if let Some((_, started)) = &self.sync_index {
+            d.global.flags |= config_flags::SYNC;
+            if l4.sync.as_ref() != Some(started) && snap.generation != self.generation {
+                tracing::warn!("[l4.sync] changed: the change takes effect at the next restart");
+            }
+        } else {
+            d.global.flags &= !config_flags::SYNC;
+            if l4.sync.is_some() && snap.generation != self.generation && self.applies_ok > 0 {
+                tracing::warn!("[l4.sync] added: sync starts at the next restart");
+            }
+        }
         let same = d == self.desired && snap.generation == self.generation && self.last_error.is_none();
         if same && self.applies_ok > 0 {
             return;
@@ -195,7 +208,7 @@ impl Inner {
                 self.last_apply = rep;
                 self.last_error = None;
                 self.applies_ok += 1;
-                if let Some(tx) = &self.sync_index {
+                if let Some((tx, _)) = &self.sync_index {
                     tx.send_replace(Arc::new(SyncIndex::build(&self.programmer, &d)));
                 }
             }
@@ -272,9 +285,9 @@ impl L4Plane {
             applies_failed: 0,
             sync_index: None,
         };
-        let index_rx = l4.sync.as_ref().map(|_| {
+        let index_rx = l4.sync.as_ref().map(|cfg| {
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(SyncIndex::default()));
-            inner.sync_index = Some(tx);
+            inner.sync_index = Some((tx, cfg.clone()));
             rx
         });
         inner.program(snap, &health);
