@@ -2,7 +2,7 @@
 //! one L2 segment with the client and the backends. Connections opened through node A; the backend set grows
 //! 4 -> 8 (Maglev moves about half the flows); then the client's route moves every flow to node B, as an ECMP
 //! change would. With sync every connection keeps its server socket; with a wrong key nothing is inserted (auth
-//! failures counted) and some connections break. Needs root.
+//! failures counted) and some connections break. A restarted node gets the table again by bulk dump. Needs root.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -154,6 +154,21 @@ fn l4_sync_flows_survive_churn_and_ecmp_move() {
         metric(&a, "padis_l4_sync_records_inserted_total") >= before + 8.0
     });
     assert_eq!(metric(&a, "padis_l4_sync_auth_failures_total") + metric(&b, "padis_l4_sync_auth_failures_total"), 0.0);
+
+    // B restarts with an empty table (fresh maps): its hello carries a new incarnation, A dumps its table again
+    // (its own flows and those it learnt from B), and every connection still works through B.
+    b.stop();
+    let ib2 = unique_name("syb");
+    let _pins2 = PinGuard(ib2.clone());
+    let dumps = metric(&a, "padis_l4_sync_dumps_sent_total");
+    let b = PadisL4::start(&lan.nodes[0], &config(&ib2, "b", &node_addr(0), &eight, &key)).expect("restart node B");
+    wait_in_table(&b, &eight);
+    wait_for("B to insert A's second dump", Duration::from_secs(30), || {
+        metric(&b, "padis_l4_sync_records_inserted_total") >= 40.0
+    });
+    assert!(metric(&a, "padis_l4_sync_dumps_sent_total") > dumps);
+    conns.extend(fresh);
+    assert_eq!(broken(&mut conns), 0, "connections broken after node B restarted");
 }
 
 #[test]
