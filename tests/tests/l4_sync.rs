@@ -348,3 +348,57 @@ mod index {
         assert_eq!(idx.backend_addr(slot("10.0.0.13")), Some(v4_mapped([10, 0, 0, 13])));
     }
 }
+
+mod naive {
+    //! `scheduler = "naive"`, the ECMP benchmark's control case: nodes disagree on new flows.
+
+    use etherparse::PacketBuilder;
+    use padis_tests::l4::{verdict, Fixture};
+
+    fn toml(scheduler: &str, node: &str) -> String {
+        format!(
+            "[l4]\nscheduler = \"{scheduler}\"\nnode_id = \"{node}\"\n[l4.neighbors]\n\
+             \"10.0.0.11\" = \"02:00:00:00:00:11\"\n\"10.0.0.12\" = \"02:00:00:00:00:12\"\n\
+             \"10.0.0.13\" = \"02:00:00:00:00:13\"\n\"10.0.0.14\" = \"02:00:00:00:00:14\"\n\
+             [l4.vip.web]\ntable_size = 1009\n[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n\
+             backend = [{{ addr = \"10.0.0.11\" }}, {{ addr = \"10.0.0.12\" }}, {{ addr = \"10.0.0.13\" }}, {{ addr = \"10.0.0.14\" }}]\n"
+        )
+    }
+
+    /// Destination MACs (= backends) chosen for 200 distinct SYNs.
+    fn choices(f: &Fixture) -> Vec<[u8; 6]> {
+        (0..200u16)
+            .map(|i| {
+                let mut p = Vec::new();
+                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                    .ipv4([198, 51, 100, 1], [192, 0, 2, 1], 64)
+                    .tcp(20000 + i, 80, 1, 64240)
+                    .syn()
+                    .write(&mut p, &[])
+                    .expect("packet");
+                let (v, out) = f.run(&p);
+                assert_eq!(v, verdict::TX);
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&out[..6]);
+                mac
+            })
+            .collect()
+    }
+
+    fn agree(a: &[[u8; 6]], b: &[[u8; 6]]) -> usize {
+        a.iter().zip(b).filter(|(x, y)| x == y).count()
+    }
+
+    #[test]
+    fn l4_naive_scheduler_differs_per_node_maglev_does_not() {
+        let (m1, m2) = (Fixture::new(&toml("maglev", "n1")), Fixture::new(&toml("maglev", "n2")));
+        assert_eq!(agree(&choices(&m1), &choices(&m2)), 200, "Maglev: every node picks the same backend");
+        let (n1, n2) = (Fixture::new(&toml("naive", "n1")), Fixture::new(&toml("naive", "n2")));
+        let (c1, c2) = (choices(&n1), choices(&n2));
+        // Four backends: two independent shuffles agree on about a quarter of the flows.
+        assert!(agree(&c1, &c2) < 100, "naive tables of two nodes agree on {}/200 flows", agree(&c1, &c2));
+        assert_eq!(c1, choices(&Fixture::new(&toml("naive", "n1"))), "naive is deterministic per node");
+        let spread: std::collections::HashSet<_> = c1.iter().collect();
+        assert_eq!(spread.len(), 4, "naive still balances over every backend");
+    }
+}
