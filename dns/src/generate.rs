@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{Name, RData};
-use padis_model::{l4::Vip, Service};
+use padis_model::{l4::Vip, Instance, Service, ServicePort};
 
 use crate::names::{label, labels};
 use crate::zone::FastMap;
@@ -97,12 +97,85 @@ pub struct GenCache {
     aligned: bool,
     /// The zones of the last call.
     zones: Vec<(usize, Name, bool)>,
+    /// Scratch buffer for [`flatten`].
+    scratch: Vec<u8>,
 }
 
 struct CacheEntry {
     zone: usize,
-    service: Service,
+    /// The service as [`flatten`] wrote it.
+    flat: Box<[u8]>,
     records: Arc<Vec<GenRecord>>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, o: &Option<String>) {
+    match o {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+/// Writes `s` into `out` as one byte string (lengths before every variable part, so equal strings mean equal
+/// services: an exact comparison, not a hash). Comparing a service with a cached one then reads one contiguous
+/// buffer instead of chasing every string and vector of a cached copy. Returns the length of the prefix that
+/// holds the name and the zone.
+fn flatten(s: &Service, out: &mut Vec<u8>) -> usize {
+    out.clear();
+    // Destructured so that a new field of the model cannot be left out of the comparison.
+    let Service { name, zone, ports, instances, origin } = s;
+    put_str(out, name);
+    put_opt(out, zone);
+    let key = out.len();
+    put_opt(out, origin);
+    out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
+    for p in ports {
+        let ServicePort { name, protocol } = p;
+        put_opt(out, name);
+        put_str(out, protocol);
+    }
+    out.extend_from_slice(&(instances.len() as u32).to_le_bytes());
+    for i in instances {
+        let Instance { id, addr, ports, weight, healthy, draining } = i;
+        put_str(out, id);
+        match addr {
+            IpAddr::V4(a) => {
+                out.push(4);
+                out.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                out.push(6);
+                out.extend_from_slice(&a.octets());
+            }
+        }
+        out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
+        for p in ports {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        out.extend_from_slice(&weight.to_le_bytes());
+        out.push(u8::from(*healthy) | u8::from(*draining) << 1);
+    }
+    key
+}
+
+/// The length of the name-and-zone prefix of a flattened service.
+fn key_len(flat: &[u8]) -> usize {
+    let str_end = |at: usize| {
+        let len = flat.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        at + 4 + len
+    };
+    let after_name = str_end(0);
+    match flat.get(after_name) {
+        Some(1) => str_end(after_name + 1),
+        _ => after_name + 1,
+    }
 }
 
 /// Generated records of every zone, with problems found.
@@ -140,13 +213,14 @@ impl GenCache {
     /// updated) as soon as a position holds another service.
     fn in_place(&mut self, services: &[Service], g: &mut Generated) -> bool {
         for (e, s) in self.entries.iter_mut().zip(services) {
-            if e.service != *s {
-                if e.service.name != s.name || e.service.zone != s.zone {
-                    return false;
+            let key = flatten(s, &mut self.scratch);
+            if *e.flat != *self.scratch {
+                if key_len(&e.flat) != key || e.flat[..key] != self.scratch[..key] {
+                    return false; // another service (name or zone) at this position
                 }
                 let Some((_, zone, _)) = self.zones.iter().find(|z| z.0 == e.zone) else { return false };
                 e.records = Arc::new(service_records(s, zone));
-                e.service.clone_from(s);
+                e.flat = self.scratch.as_slice().into();
             }
             g.by_zone.entry(e.zone).or_insert_with(|| Vec::with_capacity(services.len())).push(e.records.clone());
         }
@@ -157,8 +231,8 @@ impl GenCache {
     fn by_name(&mut self, services: &[Service], zones: &[(usize, Name, bool)], g: &mut Generated) {
         let first = zones.iter().find(|z| z.2);
         let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
-        let mut old: FastMap<String, CacheEntry> =
-            std::mem::take(&mut self.entries).into_iter().map(|e| (e.service.name.clone(), e)).collect();
+        let mut old: FastMap<Box<[u8]>, CacheEntry> =
+            std::mem::take(&mut self.entries).into_iter().map(|e| (e.flat[..key_len(&e.flat)].into(), e)).collect();
         let mut seen: FastMap<&str, ()> = FastMap::default();
         let mut aligned = true;
         for s in services {
@@ -192,9 +266,14 @@ impl GenCache {
                 aligned = false;
                 continue;
             }
-            let entry = match old.remove(s.name.as_str()) {
-                Some(e) if e.zone == zone.0 && e.service == *s => e,
-                _ => CacheEntry { zone: zone.0, service: s.clone(), records: Arc::new(service_records(s, &zone.1)) },
+            let key = flatten(s, &mut self.scratch);
+            let entry = match old.remove(&self.scratch[..key]) {
+                Some(e) if e.zone == zone.0 && *e.flat == *self.scratch => e,
+                _ => CacheEntry {
+                    zone: zone.0,
+                    flat: self.scratch.as_slice().into(),
+                    records: Arc::new(service_records(s, &zone.1)),
+                },
             };
             g.by_zone.entry(zone.0).or_default().push(entry.records.clone());
             self.entries.push(entry);
@@ -228,6 +307,50 @@ mod tests {
         assert!(text.contains(&"t-1.web-app.svc.example. 10.0.0.1".to_string()), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with("_http._tcp.web-app.svc.example. 0 2 8080 t-1.web-app")), "{text:?}");
         assert!(!text.iter().any(|t| t.contains("10.0.0.2")), "{text:?}");
+    }
+
+    /// Any field of a service makes its flattened form differ, so the cache never keeps stale records.
+    #[test]
+    fn cache_sees_every_field() {
+        let base = Service {
+            name: "web".into(),
+            zone: None,
+            ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
+            instances: vec![inst("a", "10.0.0.1", 80, true)],
+            origin: None,
+        };
+        let edits: Vec<fn(&mut Service)> = vec![
+            |s| s.name.push('x'),
+            |s| s.zone = Some("z".into()),
+            |s| s.origin = Some("marathon".into()),
+            |s| s.ports[0].name = None,
+            |s| s.ports[0].protocol = "udp".into(),
+            |s| s.instances[0].id.push('x'),
+            |s| s.instances[0].addr = "::1".parse().unwrap(),
+            |s| s.instances[0].ports = vec![80, 81],
+            |s| s.instances[0].weight = 9,
+            |s| s.instances[0].healthy = false,
+            |s| s.instances[0].draining = true,
+            |s| s.instances.push(s.instances[0].clone()),
+        ];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        flatten(&base, &mut a);
+        for (i, edit) in edits.iter().enumerate() {
+            let mut v = base.clone();
+            edit(&mut v);
+            flatten(&v, &mut b);
+            assert_ne!(a, b, "edit {i} not seen");
+        }
+        // In place: an unhealthy instance disappears on the next call, an unchanged service keeps its records.
+        let z = [(0, Name::from_ascii("z.").unwrap(), true)];
+        let other = Service { name: "db".into(), ..base.clone() };
+        let mut cache = GenCache::default();
+        let g1 = cache.generate(&[base.clone(), other.clone()], &[], &z);
+        let mut sick = base.clone();
+        sick.instances[0].healthy = false;
+        let g2 = cache.generate(&[sick, other], &[], &z);
+        assert!(g2.by_zone[&0][0].is_empty(), "unhealthy instance unpublished");
+        assert!(Arc::ptr_eq(&g1.by_zone[&0][1], &g2.by_zone[&0][1]), "unchanged service shares its records");
     }
 
     #[test]

@@ -86,10 +86,10 @@ impl Journal {
         self.append(&[bytes], true)
     }
 
-    /// Appends a change (not synced: a change lost in a crash only costs secondaries an AXFR).
-    pub fn append_change(&mut self, diff: &Diff) -> Result<(), JournalError> {
-        let bytes = encode_change(diff).map_err(|e| self.err(e))?;
-        self.append(&[bytes], false)
+    /// Appends a change encoded by [`encode_change`] (not synced: a change lost in a crash only costs
+    /// secondaries an AXFR).
+    pub fn append_change(&mut self, encoded: Vec<u8>) -> Result<(), JournalError> {
+        self.append(&[encoded], false)
     }
 
     fn append(&mut self, entries: &[Vec<u8>], sync: bool) -> Result<(), JournalError> {
@@ -164,12 +164,8 @@ fn encode_update(origin: &Name, updates: &[Record]) -> Result<Vec<u8>, hickory_p
     msg.to_vec()
 }
 
-/// The wire size of a change as the journal stores it.
-pub fn change_size(diff: &Diff) -> usize {
-    encode_change(diff).map_or(usize::MAX, |b| b.len())
-}
-
-fn encode_change(diff: &Diff) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+/// A change as the journal stores it (its length counts against the history's size bound).
+pub fn encode_change(diff: &Diff) -> Result<Vec<u8>, hickory_proto::ProtoError> {
     let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
     msg.answers.reserve(diff.removed.len() + diff.added.len() + 2);
     msg.answers.push(diff.from.clone());
