@@ -142,6 +142,7 @@ pub struct Backend {
     /// Its name.
     pub name: String,
     hits: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -162,14 +163,16 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (h, s, n) = (hits.clone(), stop.clone(), name.to_string());
+        let (h, s, n, c) = (hits.clone(), stop.clone(), name.to_string(), conns.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                     _ = s.cancelled() => break,
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (h, n, s2, tls) = (h.clone(), n.clone(), s.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| backend_answer(n.clone(), h.clone(), req));
@@ -188,12 +191,17 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, name: name.to_string(), hits, stop }
+        Backend { addr, name: name.to_string(), hits, conns, stop }
     }
 
     /// Requests it answered.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     /// Stops accepting and closes its connections.
@@ -326,7 +334,8 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
     H1Conn::connect(addr).await.get(host, path).await.expect("request")
 }
 
-/// An h2c (prior knowledge) client connection.
+/// An h2c (prior knowledge) client connection; clones send on the same connection.
+#[derive(Clone)]
 pub struct H2Conn {
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 }
