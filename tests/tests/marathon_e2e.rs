@@ -1,7 +1,8 @@
 //! The daemon following Marathon: an app scales 10 -> 20 -> 5 instances in the Marathon double while keep-alive
 //! clients send requests through the L7 listener and DNS is queried with kdig. Zero failed requests (the tasks
 //! killed by the scale-down really stop answering shortly after); `/v1/state` and DNS SRV answers converge to
-//! Marathon's state.
+//! Marathon's state. And Marathon down for a minute: the last good state keeps serving (L7 and DNS), staleness is
+//! reported, and Padis converges by itself when Marathon returns.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -109,6 +110,74 @@ async fn wait_backends(padis: &Padis, want: (usize, usize)) -> serde_json::Value
     }
 }
 
+/// Bounded keep-alive load through the L7 listener (Host `web.test`): each client sends at most 50,000 requests
+/// and stops after `limit` or when finished.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: SocketAddr, clients: usize, limit: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let clients = (0..clients)
+            .map(|c| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut conn = H1Conn::connect(proxy).await;
+                    let deadline = Instant::now() + limit;
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 50_000 {
+                        n += 1;
+                        match conn.get("web.test", &format!("/c{c}/{n}")).await {
+                            Ok(a) if a.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
+                            Err(e) => {
+                                failures.lock().expect("lock").push(format!("client {c}: {e}"));
+                                conn = H1Conn::connect(proxy).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failures, clients }
+    }
+
+    /// Stops the clients; requests answered 200 and the failures.
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.expect("client");
+        }
+        let failures = self.failures.lock().expect("lock").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// Starts `padis` on a fresh config following `m`; returns it with its (web, dns) ports.
+async fn start_padis(m: &MarathonDouble, dir: &std::path::Path) -> (Padis, u16, u16) {
+    let path = dir.join("padis.toml");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let (web, dns) = (free_port(), free_port());
+    std::fs::create_dir_all(dir.join("dns")).expect("dns dir");
+    std::fs::write(&path, config(admin, web, dns, &m.url(0), &dir.join("dns"))).expect("config");
+    let padis = tokio::task::spawn_blocking(move || {
+        let mut p = Padis::start(&path, admin);
+        p.wait_ready();
+        p
+    })
+    .await
+    .expect("padis starts");
+    (padis, web, dns)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_10_20_5_under_load_with_dns_following() {
     let mut pool = Vec::new();
@@ -124,48 +193,13 @@ async fn scale_10_20_5_under_load_with_dns_following() {
     m.add_app(spec, 10);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("padis.toml");
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let (web, dns) = (free_port(), free_port());
-    std::fs::create_dir_all(dir.path().join("dns")).expect("dns dir");
-    std::fs::write(&path, config(admin, web, dns, &m.url(0), &dir.path().join("dns"))).expect("config");
-    let padis = tokio::task::spawn_blocking(move || {
-        let mut p = Padis::start(&path, admin);
-        p.wait_ready();
-        p
-    })
-    .await
-    .expect("padis starts");
+    let (padis, web, dns) = start_padis(&m, dir.path()).await;
     wait_backends(&padis, (10, 0)).await;
     wait_srv(dns, 10).await;
 
     // Bounded load: 4 keep-alive clients, at most 60 s / 50,000 requests each.
     let proxy: SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for c in 0..4 {
-        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        clients.push(tokio::spawn(async move {
-            let mut conn = H1Conn::connect(proxy).await;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 50_000 {
-                n += 1;
-                match conn.get("web.test", &format!("/c{c}/{n}")).await {
-                    Ok(a) if a.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
-                    Err(e) => {
-                        failures.lock().expect("lock").push(format!("client {c}: {e}"));
-                        conn = H1Conn::connect(proxy).await;
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(proxy, 4, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 10 -> 20: the new tasks take traffic, DNS lists them.
@@ -192,16 +226,71 @@ async fn scale_10_20_5_under_load_with_dns_following() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(pool[..5].iter().zip(&before).all(|(b, h)| b.hits() > *h), "remaining tasks must serve");
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    let failures = failures.lock().expect("lock").clone();
+    let (ok, failures) = load.finish().await;
     assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
-    assert!(ok.load(Ordering::Relaxed) > 500, "too little load: {}", ok.load(Ordering::Relaxed));
+    assert!(ok > 500, "too little load: {ok}");
 
     // /v1/state reports the source as fresh, without problems.
     let s = padis.state();
     assert_eq!(s["sources"]["marathon"]["status"]["ok"], true, "{:#}", s["sources"]);
     assert_eq!(s["sources"]["marathon"]["problems"], serde_json::json!([]));
+}
+
+/// The metric's value in `/metrics` text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marathon_down_for_a_minute_keeps_serving_the_last_good_state() {
+    let mut pool = Vec::new();
+    for i in 0..3 {
+        pool.push(Backend::start(&format!("task{i}")).await);
+    }
+    let ports: Vec<u32> = pool.iter().map(|b| u32::from(b.addr.port())).collect();
+    let m = MarathonDouble::start().await;
+    let spec = AppSpec::new(APP, &[("PADIS_GROUP", "external"), ("PADIS_0_VHOST", "web.test")])
+        .with_health_check()
+        .placed(move |seq| ("127.0.0.1".to_string(), vec![ports[((seq - 1) % 3) as usize]]));
+    m.add_app(spec, 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (padis, web, dns) = start_padis(&m, dir.path()).await;
+    wait_backends(&padis, (3, 0)).await;
+    wait_srv(dns, 3).await;
+    let load = Load::start(format!("127.0.0.1:{web}").parse().expect("addr"), 2, Duration::from_secs(120));
+
+    // Marathon goes away (every instance, streams cut) for a minute.
+    m.down_all();
+    let t0 = Instant::now();
+    let mut checks = 0;
+    while t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = padis.state();
+        assert_eq!(backends(&s), (3, 0), "the last good state must stay in force");
+        assert_eq!(srv_count(dns).await, 3, "DNS must keep answering the last good state");
+        if t0.elapsed() > Duration::from_secs(15) {
+            assert_eq!(s["sources"]["marathon"]["status"]["ok"], false, "{:#}\nlog:\n{}", s["sources"], padis.log_text());
+        }
+        checks += 1;
+    }
+    assert!(checks >= 10);
+    let stale = metric(&padis.metrics(), "padis_marathon_stale_seconds");
+    assert!(stale >= 50.0, "staleness not reported: {stale}");
+
+    // It comes back with a changed world (nobody saw the scale-down happen): Padis converges on its own.
+    m.quietly(|w| {
+        w.scale(APP, 2);
+    });
+    m.up_all().await;
+    wait_srv(dns, 2).await;
+    wait_backends(&padis, (2, 0)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(ok > 200, "too little load: {ok}");
+    let s = padis.state();
+    assert_eq!(s["sources"]["marathon"]["status"]["ok"], true, "{:#}", s["sources"]);
+    assert!(metric(&padis.metrics(), "padis_marathon_stale_seconds") < 5.0);
 }

@@ -329,10 +329,9 @@ impl Follower {
             }
             StreamMsg::Down(reason) => {
                 debug!(%reason, "marathon event stream down");
-                if self.apps.is_none() {
-                    // Never synced yet: do not wait for the stream any longer.
-                    self.schedule_resync(Duration::ZERO);
-                }
+                // Without the stream, only a sync tells whether Marathon is still there (and what was missed):
+                // one now; if Marathon is gone it fails, the status says so, and retries back off.
+                self.schedule_resync(Duration::ZERO);
             }
             StreamMsg::Event(ev) => {
                 // `event_stream_attached` is broadcast for every subscriber attaching: nothing to sync.
