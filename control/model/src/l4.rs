@@ -36,9 +36,11 @@
 //! [l4.sync]                      # read at start (restart to change)
 //! listen = "10.0.0.2:7400"
 //! peers = ["10.0.0.2:7400", "10.0.0.3:7400"]   # may list this node itself (ignored)
-//! key_file = "/etc/padis/sync.key"              # shared secret (HMAC-SHA256), >= 16 bytes, absolute path
+//! key_file = "/etc/padis/sync.key"              # shared secret (HMAC-SHA256), >= 16 bytes, relative to this file
 //! batch_interval = "10ms"
 //! dump_rate = 50000              # records/s of a bulk dump to a (re)starting peer
+//! refresh_interval = "30s"       # anti-entropy: re-announce the whole table after this pause ("0s": off)
+//! refresh_rate = 5000            # records/s of a re-announcement pass
 //! ```
 //!
 //! Per-VIP policy lives in `[l4.vip.<name>]` rather than in `[[vip]]` so that sources producing VIPs (Marathon)
@@ -120,7 +122,8 @@ pub struct SyncConfig {
     pub listen: SocketAddr,
     /// Peers' `listen` addresses (this node's own may be listed: it is skipped).
     pub peers: Vec<SocketAddr>,
-    /// File holding the shared HMAC-SHA256 key (absolute path; at least 16 bytes; surrounding whitespace ignored).
+    /// File holding the shared HMAC-SHA256 key (relative to the config file's directory; at least 16 bytes;
+    /// surrounding whitespace ignored). Absolute after validation.
     pub key_file: PathBuf,
     /// Longest a new flow waits before it is sent (records are also sent as soon as a datagram is full).
     #[serde(default = "default_batch_interval", with = "humantime_serde")]
@@ -128,6 +131,21 @@ pub struct SyncConfig {
     /// Records per second of a bulk dump sent to a peer that (re)starts.
     #[serde(default = "default_dump_rate")]
     pub dump_rate: u32,
+    /// Anti-entropy: the whole connection table is re-announced to every peer this long after the previous pass
+    /// ended (a record lost on UDP or on a full ring is known at the next pass); `0s`: never.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Records per second of a re-announcement pass (bounds its cost; a pass over a large table takes longer).
+    #[serde(default = "default_refresh_rate")]
+    pub refresh_rate: u32,
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_refresh_rate() -> u32 {
+    5_000
 }
 
 fn default_batch_interval() -> Duration {
@@ -178,9 +196,7 @@ impl SyncConfig {
                 cx.error(format!("l4.sync.peers[{i}]"), format!("`{p}`: not of the address family of `listen`"));
             }
         }
-        if !self.key_file.is_absolute() {
-            cx.error("l4.sync.key_file", format!("{}: must be an absolute path", self.key_file.display()));
-        } else if let Err(e) = read_sync_key(&self.key_file) {
+        if let Err(e) = read_sync_key(&self.key_file) {
             cx.error("l4.sync.key_file", e);
         }
         if self.batch_interval < Duration::from_millis(1) || self.batch_interval > Duration::from_secs(1) {
@@ -188,6 +204,12 @@ impl SyncConfig {
         }
         if self.dump_rate < 100 {
             cx.error("l4.sync.dump_rate", format!("{}: at least 100 records/s", self.dump_rate));
+        }
+        if !self.refresh_interval.is_zero() && self.refresh_interval < Duration::from_secs(1) {
+            cx.error("l4.sync.refresh_interval", format!("{:?}: 0s (off) or at least 1s", self.refresh_interval));
+        }
+        if !(100..=1_000_000).contains(&self.refresh_rate) {
+            cx.error("l4.sync.refresh_rate", format!("{}: between 100 and 1000000 records/s", self.refresh_rate));
         }
     }
 }
@@ -520,8 +542,21 @@ mod tests {
         std::fs::write(&key, "short\n").unwrap();
         let e = check(&sync_toml(&key, "")).unwrap_err();
         assert!(e.contains("need at least 16"), "{e}");
-        let e = check(&sync_toml(std::path::Path::new("rel.key"), "")).unwrap_err();
-        assert!(e.contains("absolute path"), "{e}");
+        // A relative key file is resolved against the config file's directory (like group CA files).
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        let v = crate::parse_config(&sync_toml(std::path::Path::new("sync.key"), ""), "l4.toml", &dir).unwrap();
+        let s = v.state.l4.sync.as_ref().unwrap();
+        assert_eq!(s.key_file, key);
+        assert_eq!((s.refresh_interval, s.refresh_rate), (std::time::Duration::from_secs(30), 5_000));
+        let e = check(&sync_toml(std::path::Path::new("sync.key"), "")).unwrap_err();
+        assert!(e.contains("l4.sync.key_file") && e.contains("./sync.key") && e.contains("No such file"), "{e}");
+        let e = check(&sync_toml(&key, "").replace("batch_interval", "refresh_interval = \"500ms\"\nbatch_interval"))
+            .unwrap_err();
+        assert!(e.contains("l4.sync.refresh_interval") && e.contains("at least 1s"), "{e}");
+        let v = check(&sync_toml(&key, "").replace("batch_interval", "refresh_interval = \"0s\"\nbatch_interval")).unwrap();
+        assert!(v.state.l4.sync.as_ref().unwrap().refresh_interval.is_zero());
+        let e = check(&sync_toml(&key, "").replace("batch_interval", "refresh_rate = 10\nbatch_interval")).unwrap_err();
+        assert!(e.contains("l4.sync.refresh_rate"), "{e}");
         let e = check(&sync_toml(&key, "").replace("batch_interval", "batch_intervall")).unwrap_err();
         assert!(e.contains("batch_intervall"), "{e}");
         let e = check(&format!("[l4]\nnode_id = \"a b\"\n{VIP}")).unwrap_err();

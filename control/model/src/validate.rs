@@ -99,6 +99,9 @@ fn check(
             *ca = base.join(&*ca);
         }
     }
+    if let Some(s) = state.l4.sync.as_mut() {
+        s.key_file = base.join(&s.key_file);
+    }
     let certificates = check_l7(&state, base, &mut cx, preloaded);
     for (i, s) in state.services.iter().enumerate() {
         s.validate(&format!("service[{i}]"), &mut cx);
