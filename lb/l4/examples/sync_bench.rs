@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use padis_ebpf_common::{config_flags, v4_mapped, FlowKey, FlowState};
 use padis_l4::programmer::Programmer;
-use padis_l4::sync::{decode, encode_flows, SyncKey, WireFlow};
+use padis_l4::sync::{decode, encode_flows, Origin, SyncKey, WireFlow};
 use padis_l4::{desired, Balancer, LoadOptions};
 
 const CONFIG: &str = r#"
@@ -103,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let t = Instant::now();
-    let wire = encode_flows(1, 1, &flows, &key);
+    let wire = encode_flows(&Origin::new(1, 1), &flows, &key);
     let mut decoded = 0usize;
     for d in &wire {
         if let Ok(padis_l4::sync::Message { body: padis_l4::sync::Body::Flows(f), .. }) = decode(d, &key) {

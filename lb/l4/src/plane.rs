@@ -16,7 +16,7 @@ use crate::desired::{self, Desired};
 use crate::loader::{Attachment, Balancer, LoadOptions};
 use crate::programmer::{ApplyReport, Programmer};
 use crate::stats::{self, Count};
-use crate::sync::{SyncHandle, SyncIndex, SyncMaps};
+use crate::sync::{SyncHandle, SyncIndex, SyncMaps, SyncReport};
 use crate::{bpffs, neigh, L4Error};
 
 /// Health owner name of L4 targets in the registry.
@@ -89,6 +89,9 @@ pub struct L4Report {
     pub vips: Vec<VipReport>,
     /// Global counters by name.
     pub stats: BTreeMap<&'static str, Count>,
+    /// Connection-table sync (none: `[l4.sync]` off): peers with the age of their last hello, counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncReport>,
     /// Per backend counters.
     #[serde(skip)]
     pub backend_counters: Vec<(IpAddr, Count)>,
@@ -164,6 +167,7 @@ impl Inner {
             applies_failed: self.applies_failed,
             vips,
             stats: stats::global(maps).unwrap_or_default().into_iter().collect(),
+            sync: None,
             backend_counters: counters.into_iter().collect(),
         }
     }
@@ -376,11 +380,13 @@ impl L4Handle {
         }
     }
 
-    /// The L4 view: VIPs, backends, health, statistics.
+    /// The L4 view: VIPs, backends, health, statistics, sync.
     pub fn report(&self) -> L4Report {
-        match &self.inner {
+        let mut r = match &self.inner {
             Some(i) => i.lock().unwrap_or_else(|e| e.into_inner()).report(),
             None => L4Report::default(),
-        }
+        };
+        r.sync = self.sync.as_ref().map(SyncHandle::report);
+        r
     }
 }

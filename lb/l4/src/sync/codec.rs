@@ -1,19 +1,22 @@
 //! Wire format of sync messages (UDP datagrams), authenticated with HMAC-SHA256 over everything before the tag.
 //!
 //! ```text
-//! "PDS1" | kind u8 | 0 u8 | count u16 | node u64 | incarnation u64 | records (count x 53 bytes) | HMAC-SHA256 (32)
+//! "PDS2" | kind u8 | 0 u8 | count u16 | node u64 | incarnation u64 | seq u64 | records (count x 53) | HMAC-SHA256 (32)
 //! record = src [16] | dst [16] | sport [2] | dport [2] | proto u8 | backend address [16]
 //! ```
 //! Integers are big endian; ports are copied as the connection table holds them (network order). Addresses are
 //! 16 bytes (IPv4-mapped for IPv4). The VIP is the flow's (dst, dport, proto); the backend travels as its address
-//! because backend indexes are per node.
+//! because backend indexes are per node. `incarnation` is the sender's start time (Unix ns: it grows across
+//! restarts) and `seq` counts the sender's datagrams from 0 in each incarnation (hellos, live batches, dumps and
+//! re-announcements share it): both are signed, so a receiver can refuse replays (see `replay`).
 
 use padis_ebpf_common::FlowKey;
 use ring::hmac;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-const MAGIC: &[u8; 4] = b"PDS1";
+const MAGIC: &[u8; 4] = b"PDS2";
 /// Bytes before the records.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 32;
 /// Bytes of one record.
 pub const RECORD_LEN: usize = 53;
 /// Bytes of the authentication tag.
@@ -49,8 +52,10 @@ pub enum Body {
 pub struct Message {
     /// Sender's node id.
     pub node: u64,
-    /// Sender's incarnation (changes at every start).
+    /// Sender's incarnation (its start time in Unix ns: grows at every start).
     pub incarnation: u64,
+    /// Sender's datagram sequence number within the incarnation.
+    pub seq: u64,
     /// Content.
     pub body: Body,
 }
@@ -101,6 +106,7 @@ pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
     out.extend_from_slice(&(flows.len() as u16).to_be_bytes());
     out.extend_from_slice(&msg.node.to_be_bytes());
     out.extend_from_slice(&msg.incarnation.to_be_bytes());
+    out.extend_from_slice(&msg.seq.to_be_bytes());
     for f in flows {
         out.extend_from_slice(&f.key.src);
         out.extend_from_slice(&f.key.dst);
@@ -114,12 +120,31 @@ pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// Encodes flows into as many datagrams as needed.
-pub fn encode_flows(node: u64, incarnation: u64, flows: &[WireFlow], key: &SyncKey) -> Vec<Vec<u8>> {
-    flows
-        .chunks(MAX_RECORDS)
-        .filter_map(|c| encode(&Message { node, incarnation, body: Body::Flows(c.to_vec()) }, key).ok())
-        .collect()
+/// This node as a sender: its id, incarnation and datagram counter (shared by every task that sends).
+#[derive(Debug)]
+pub struct Origin {
+    /// Node id.
+    pub node: u64,
+    /// Incarnation (start time, Unix ns).
+    pub incarnation: u64,
+    seq: AtomicU64,
+}
+
+impl Origin {
+    /// A sender whose next datagram is number 0.
+    pub fn new(node: u64, incarnation: u64) -> Origin {
+        Origin { node, incarnation, seq: AtomicU64::new(0) }
+    }
+
+    /// A message with the next sequence number.
+    pub fn message(&self, body: Body) -> Message {
+        Message { node: self.node, incarnation: self.incarnation, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }
+    }
+}
+
+/// Encodes flows into as many datagrams as needed, each with its own sequence number.
+pub fn encode_flows(origin: &Origin, flows: &[WireFlow], key: &SyncKey) -> Vec<Vec<u8>> {
+    flows.chunks(MAX_RECORDS).filter_map(|c| encode(&origin.message(Body::Flows(c.to_vec())), key).ok()).collect()
 }
 
 fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
@@ -144,6 +169,7 @@ pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
     }
     let node = u64::from_be_bytes(arr(body, 8));
     let incarnation = u64::from_be_bytes(arr(body, 16));
+    let seq = u64::from_be_bytes(arr(body, 24));
     let body = match body[4] {
         KIND_HELLO if count == 0 => Body::Hello,
         KIND_HELLO => return Err(CodecError::Length(data.len())),
@@ -165,7 +191,7 @@ pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
         ),
         k => return Err(CodecError::Kind(k)),
     };
-    Ok(Message { node, incarnation, body })
+    Ok(Message { node, incarnation, seq, body })
 }
 
 #[cfg(test)]
@@ -191,16 +217,21 @@ mod tests {
     fn round_trip() {
         let key = SyncKey::new(b"0123456789abcdef");
         let flows: Vec<WireFlow> = (0..MAX_RECORDS as u8).map(flow).collect();
-        let msg = Message { node: 7, incarnation: 99, body: Body::Flows(flows.clone()) };
+        let msg = Message { node: 7, incarnation: 99, seq: 5, body: Body::Flows(flows.clone()) };
         let wire = encode(&msg, &key).unwrap();
         assert!(wire.len() <= MAX_DATAGRAM);
         assert_eq!(decode(&wire, &key).unwrap(), msg);
-        let hello = Message { node: 1, incarnation: 2, body: Body::Hello };
+        let hello = Message { node: 1, incarnation: 2, seq: u64::MAX, body: Body::Hello };
         assert_eq!(decode(&encode(&hello, &key).unwrap(), &key).unwrap(), hello);
         // Splitting into datagrams keeps every record, in order.
         let many: Vec<WireFlow> = (0..60).map(flow).collect();
-        let out = encode_flows(3, 4, &many, &key);
+        let origin = Origin::new(3, 4);
+        let out = encode_flows(&origin, &many, &key);
         assert_eq!(out.len(), 60usize.div_ceil(MAX_RECORDS));
+        // Every datagram has its own sequence number, in order, and the counter goes on after them.
+        let seqs: Vec<u64> = out.iter().map(|d| decode(d, &key).unwrap().seq).collect();
+        assert_eq!(seqs, (0..out.len() as u64).collect::<Vec<_>>());
+        assert_eq!(origin.message(Body::Hello).seq, out.len() as u64);
         let back: Vec<WireFlow> = out
             .iter()
             .flat_map(|d| match decode(d, &key).unwrap().body {
@@ -209,13 +240,13 @@ mod tests {
             })
             .collect();
         assert_eq!(back, many);
-        assert_eq!(encode(&Message { node: 0, incarnation: 0, body: Body::Flows(many) }, &key), Err(CodecError::TooMany(60)));
+        assert_eq!(encode(&Message { node: 0, incarnation: 0, seq: 0, body: Body::Flows(many) }, &key), Err(CodecError::TooMany(60)));
     }
 
     #[test]
     fn truncated_and_garbage() {
         let key = SyncKey::new(b"0123456789abcdef");
-        let wire = encode(&Message { node: 7, incarnation: 1, body: Body::Flows(vec![flow(1), flow(2)]) }, &key).unwrap();
+        let wire = encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1), flow(2)]) }, &key).unwrap();
         for cut in [0, 3, HEADER_LEN, HEADER_LEN + TAG_LEN - 1] {
             assert_eq!(decode(&wire[..cut], &key), Err(CodecError::Length(cut)));
         }
@@ -242,10 +273,11 @@ mod tests {
     fn bad_hmac() {
         let key = SyncKey::new(b"0123456789abcdef");
         let other = SyncKey::new(b"0123456789abcdeX");
-        let wire = encode(&Message { node: 7, incarnation: 1, body: Body::Flows(vec![flow(1)]) }, &key).unwrap();
+        let wire = encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1)]) }, &key).unwrap();
         assert_eq!(decode(&wire, &other), Err(CodecError::Auth));
         // Any flipped bit (header, record or tag) fails authentication.
-        for i in [5, 9, HEADER_LEN + 3, HEADER_LEN + 40, wire.len() - 1] {
+        // Byte 31 is in the sequence number: a replayed datagram cannot be renumbered.
+        for i in [5, 9, 31, HEADER_LEN + 3, HEADER_LEN + 40, wire.len() - 1] {
             let mut w = wire.clone();
             w[i] ^= 0x10;
             assert_eq!(decode(&w, &key), Err(CodecError::Auth), "byte {i}");

@@ -1,5 +1,6 @@
 //! The sync daemon's event loop: drain the XDP ring into batches, send them, receive and insert peers' flows,
-//! say hello every second, start bulk dumps for (re)starting peers.
+//! say hello every second, start bulk dumps for (re)starting peers and periodic re-announcements to all peers.
+//! Authenticated datagrams pass the replay window before anything else.
 
 use std::collections::HashMap as StdHashMap;
 use std::net::SocketAddr;
@@ -15,9 +16,11 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, Body, CodecError, Message, SyncKey, WireFlow, MAX_RECORDS};
-use super::dump::{self, DumpJob};
+use super::codec::{self, Body, CodecError, Origin, SyncKey, WireFlow, MAX_RECORDS};
+use super::dump::{self, DumpJob, Purpose};
 use super::index::{SyncIndex, Unknown};
+use super::replay::ReplayGuard;
+use super::status::{self, SyncStatus};
 use super::{SyncError, SyncMaps, SyncMetrics};
 
 /// `BPF_NOEXIST`: insert only if absent.
@@ -25,7 +28,7 @@ const BPF_NOEXIST: u64 = 1;
 /// Period of hello messages.
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 /// A peer not heard from for this long no longer counts as seen.
-const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+const PEER_TIMEOUT: Duration = status::PEER_UP;
 /// Most ring records drained per wake-up (the loop comes back at once if more are waiting).
 const DRAIN_MAX: usize = 16 * 1024;
 
@@ -35,13 +38,19 @@ struct Peer {
 }
 
 pub(super) struct Daemon {
-    node: u64,
-    incarnation: u64,
+    origin: Arc<Origin>,
     key: Arc<SyncKey>,
     listen: SocketAddr,
     peers: Vec<SocketAddr>,
     batch_interval: Duration,
     dump_rate: u32,
+    refresh_interval: Duration,
+    refresh_rate: u32,
+    /// The running re-announcement pass (its token is cancelled when it ends).
+    refresh: Option<CancellationToken>,
+    next_refresh: Instant,
+    replay: ReplayGuard,
+    status: Arc<SyncStatus>,
     sock: UdpSocket,
     ring: Option<RingBuf<MapData>>,
     conntrack: HashMap<MapData, FlowKey, FlowState>,
@@ -55,9 +64,11 @@ pub(super) struct Daemon {
     ring_drops: u64,
 }
 
+/// This start's incarnation: the time in Unix ns, so that it grows across restarts (the replay window refuses
+/// older incarnations).
 fn incarnation() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+    t.as_nanos() as u64
 }
 
 impl Daemon {
@@ -73,14 +84,29 @@ impl Daemon {
             .and_then(|s| s.set_nonblocking(true).map(|_| s))
             .map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
         let sock = UdpSocket::from_std(std_sock).map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
-        Ok(Daemon {
+        let origin = Arc::new(Origin::new(node, incarnation()));
+        let peers: Vec<SocketAddr> = cfg.peers.iter().copied().filter(|p| *p != cfg.listen).collect();
+        let status = Arc::new(SyncStatus {
             node,
-            incarnation: incarnation(),
+            incarnation: origin.incarnation,
+            listen: cfg.listen,
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            hellos: Default::default(),
+        });
+        Ok(Daemon {
+            origin,
             key: Arc::new(key),
             listen: cfg.listen,
-            peers: cfg.peers.iter().copied().filter(|p| *p != cfg.listen).collect(),
+            peers,
             batch_interval: cfg.batch_interval,
             dump_rate: cfg.dump_rate,
+            refresh_interval: cfg.refresh_interval,
+            refresh_rate: cfg.refresh_rate,
+            refresh: None,
+            next_refresh: Instant::now() + cfg.refresh_interval,
+            replay: ReplayGuard::default(),
+            status,
             sock,
             ring: Some(maps.ring),
             conntrack: maps.conntrack,
@@ -93,6 +119,11 @@ impl Daemon {
             pending: Vec::new(),
             ring_drops: 0,
         })
+    }
+
+    /// The state shown in the L4 report.
+    pub(super) fn status(&self) -> Arc<SyncStatus> {
+        self.status.clone()
     }
 
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
@@ -147,6 +178,9 @@ impl Daemon {
         for (_, t) in self.dumps.drain() {
             t.cancel();
         }
+        if let Some(t) = self.refresh.take() {
+            t.cancel();
+        }
         tracing::info!("L4 connection-table sync stopped");
     }
 
@@ -175,7 +209,7 @@ impl Daemon {
         if send.is_empty() {
             return;
         }
-        for d in codec::encode_flows(self.node, self.incarnation, &send, &self.key) {
+        for d in codec::encode_flows(&self.origin, &send, &self.key) {
             self.send_all(&d).await;
         }
         self.metrics.sent.inc_by(send.len() as u64);
@@ -191,7 +225,7 @@ impl Daemon {
     }
 
     async fn tick(&mut self) {
-        match codec::encode(&Message { node: self.node, incarnation: self.incarnation, body: Body::Hello }, &self.key) {
+        match codec::encode(&self.origin.message(Body::Hello), &self.key) {
             Ok(d) => self.send_all(&d).await,
             Err(e) => tracing::warn!(error = %e, "sync: hello not encoded"),
         }
@@ -199,6 +233,7 @@ impl Daemon {
         self.seen.retain(|_, p| now.duration_since(p.last) < PEER_TIMEOUT * 10);
         self.metrics.peers_seen.set(self.seen.values().filter(|p| now.duration_since(p.last) < PEER_TIMEOUT).count() as i64);
         self.dumps.retain(|_, t| !t.is_cancelled());
+        self.schedule_refresh(now);
         if let Ok(v) = self.stats.get(&stat::SYNC_RING_FULL, 0) {
             let total: u64 = v.iter().map(|c| c.packets).sum();
             if total > self.ring_drops {
@@ -223,7 +258,12 @@ impl Daemon {
                 return;
             }
         };
-        if msg.node == self.node {
+        if msg.node == self.origin.node {
+            return;
+        }
+        if let Err(r) = self.replay.check(msg.node, msg.incarnation, msg.seq, Instant::now().into_std()) {
+            self.metrics.replays.with_label_values(&[r.label()]).inc();
+            tracing::debug!(%from, node = msg.node, seq = msg.seq, reason = %r, "sync: replayed datagram refused");
             return;
         }
         match msg.body {
@@ -236,6 +276,7 @@ impl Daemon {
         let now = Instant::now();
         let new = self.seen.get(&node).is_none_or(|p| p.incarnation != incarnation);
         self.seen.insert(node, Peer { incarnation, last: now });
+        self.status.hello(from, status::Hello { node, incarnation, at: now.into_std() });
         if !new {
             return;
         }
@@ -247,29 +288,59 @@ impl Daemon {
         if let Some(old) = self.dumps.remove(&from) {
             old.cancel();
         }
+        if let Some(stop) = self.spawn_dump(Purpose::Dump, vec![from], self.dump_rate) {
+            self.dumps.insert(from, stop);
+            self.metrics.dumps.inc();
+        }
+    }
+
+    /// Starts the next re-announcement pass to every peer once the previous one has ended and
+    /// `refresh_interval` has passed since.
+    fn schedule_refresh(&mut self, now: Instant) {
+        if self.refresh_interval.is_zero() || self.peers.is_empty() {
+            return;
+        }
+        if let Some(t) = &self.refresh {
+            if !t.is_cancelled() {
+                return;
+            }
+            self.refresh = None;
+            self.next_refresh = now + self.refresh_interval;
+        }
+        if now >= self.next_refresh {
+            self.refresh = self.spawn_dump(Purpose::Refresh, self.peers.clone(), self.refresh_rate);
+            if self.refresh.is_none() {
+                self.next_refresh = now + self.refresh_interval;
+            }
+        }
+    }
+
+    /// Sends the connection table to `to` at `rate` records/s on a blocking thread; the token stops it (and is
+    /// cancelled by the job when it ends).
+    fn spawn_dump(&self, purpose: Purpose, to: Vec<SocketAddr>, rate: u32) -> Option<CancellationToken> {
+        let conntrack = match super::conntrack_handle(&self.conntrack) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, ?purpose, "sync: no dump (map handle)");
+                return None;
+            }
+        };
         let stop = CancellationToken::new();
         let job = DumpJob {
-            conntrack: match super::conntrack_handle(&self.conntrack) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "sync: no dump (map handle)");
-                    return;
-                }
-            },
+            purpose,
+            conntrack,
             index: self.index.clone(),
             from: SocketAddr::new(self.listen.ip(), 0),
-            to: from,
+            to,
             key: self.key.clone(),
-            node: self.node,
-            incarnation: self.incarnation,
-            rate: self.dump_rate,
+            origin: self.origin.clone(),
+            rate,
             max: self.max_flows,
             metrics: self.metrics.clone(),
             stop: stop.clone(),
         };
-        self.dumps.insert(from, stop);
-        self.metrics.dumps.inc();
         tokio::task::spawn_blocking(move || dump::run(job));
+        Some(stop)
     }
 
     fn insert(&mut self, flows: &[WireFlow]) {

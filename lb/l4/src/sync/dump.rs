@@ -1,5 +1,5 @@
-//! Bulk dump of the connection table to one peer, at a bounded rate, on a blocking thread (map iteration is one
-//! syscall per entry).
+//! Bulk dump of the connection table, at a bounded rate, on a blocking thread (map iteration is one syscall per
+//! entry): to one peer that (re)starts, or to every peer as a periodic re-announcement (anti-entropy).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -10,20 +10,29 @@ use padis_ebpf_common::{FlowKey, FlowState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, SyncKey, WireFlow, MAX_RECORDS};
+use super::codec::{self, Origin, SyncKey, WireFlow, MAX_RECORDS};
 use super::index::SyncIndex;
 use super::SyncMetrics;
 
+/// Why a dump is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// A peer (re)started: it gets the whole table.
+    Dump,
+    /// Periodic re-announcement to every peer (records lost on UDP or on a full ring).
+    Refresh,
+}
+
 /// One dump to do.
 pub(super) struct DumpJob {
+    pub purpose: Purpose,
     pub conntrack: HashMap<MapData, FlowKey, FlowState>,
     pub index: watch::Receiver<Arc<SyncIndex>>,
     /// Local address to send from (port 0: any).
     pub from: SocketAddr,
-    pub to: SocketAddr,
+    pub to: Vec<SocketAddr>,
     pub key: Arc<SyncKey>,
-    pub node: u64,
-    pub incarnation: u64,
+    pub origin: Arc<Origin>,
     /// Records per second.
     pub rate: u32,
     /// Most entries visited (the table's size: iteration restarts if entries vanish under it).
@@ -32,7 +41,7 @@ pub(super) struct DumpJob {
     pub stop: CancellationToken,
 }
 
-/// Sends the whole table to `job.to`; returns the number of records sent.
+/// Sends the whole table to every address of `job.to`; returns the number of records sent.
 pub(super) fn run(job: DumpJob) -> u64 {
     let sock = match UdpSocket::bind(job.from) {
         Ok(s) => s,
@@ -48,9 +57,11 @@ pub(super) fn run(job: DumpJob) -> u64 {
     let mut batch = Vec::with_capacity(MAX_RECORDS);
     let mut sent = 0u64;
     let mut send = |batch: &mut Vec<WireFlow>| {
-        for d in codec::encode_flows(job.node, job.incarnation, batch, &job.key) {
-            if sock.send_to(&d, job.to).is_err() {
-                job.metrics.send_errors.inc();
+        for d in codec::encode_flows(&job.origin, batch, &job.key) {
+            for to in &job.to {
+                if sock.send_to(&d, to).is_err() {
+                    job.metrics.send_errors.inc();
+                }
             }
         }
         job.metrics.sent.inc_by(batch.len() as u64);
@@ -78,7 +89,15 @@ pub(super) fn run(job: DumpJob) -> u64 {
     if !batch.is_empty() && !job.stop.is_cancelled() {
         send(&mut batch);
     }
-    tracing::info!(peer = %job.to, records = sent, "sync: connection table dump sent");
+    match job.purpose {
+        Purpose::Dump => tracing::info!(peers = ?job.to, records = sent, "sync: connection table dump sent"),
+        Purpose::Refresh => {
+            if !job.stop.is_cancelled() {
+                job.metrics.refresh_passes.inc();
+            }
+            tracing::debug!(peers = ?job.to, records = sent, "sync: connection table re-announced");
+        }
+    }
     job.stop.cancel();
     sent
 }

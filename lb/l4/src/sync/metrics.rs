@@ -5,7 +5,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 /// The sync daemon's counters (cheap to clone: shared).
 #[derive(Clone)]
 pub struct SyncMetrics {
-    /// Records sent to peers (live and dumps; once per record, whatever the number of peers).
+    /// Records sent to peers (live, dumps and re-announcements; once per record, whatever the number of peers).
     pub sent: IntCounter,
     /// Authenticated records received from peers.
     pub received: IntCounter,
@@ -18,6 +18,10 @@ pub struct SyncMetrics {
     pub auth_failures: IntCounter,
     /// Datagrams refused: malformed (length, magic, kind).
     pub malformed: IntCounter,
+    /// Authenticated datagrams refused as replays, by reason (`duplicate`, `too_old`, `old_incarnation`).
+    pub replays: IntCounterVec,
+    /// Anti-entropy passes (whole table re-announced to every peer) completed.
+    pub refresh_passes: IntCounter,
     /// New flows the XDP program could not announce (ring buffer full).
     pub ring_drops: IntCounter,
     /// Peers heard from (authenticated hello) in the last 3 s.
@@ -42,6 +46,11 @@ impl SyncMetrics {
             )?,
             auth_failures: c("padis_l4_sync_auth_failures_total", "Sync datagrams with a wrong HMAC")?,
             malformed: c("padis_l4_sync_malformed_total", "Malformed sync datagrams")?,
+            replays: IntCounterVec::new(
+                Opts::new("padis_l4_sync_replays_total", "Authenticated sync datagrams refused as replays, by reason"),
+                &["reason"],
+            )?,
+            refresh_passes: c("padis_l4_sync_refresh_passes_total", "Whole-table re-announcements to every peer")?,
             ring_drops: c("padis_l4_sync_ring_drops_total", "New flows not announced: XDP sync ring full")?,
             peers_seen: IntGauge::new("padis_l4_sync_peers_seen", "Peers heard from in the last 3 s")?,
             dumps: c("padis_l4_sync_dumps_sent_total", "Bulk connection-table dumps sent to peers")?,
@@ -53,6 +62,8 @@ impl SyncMetrics {
         registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.malformed.clone()))?;
+        registry.register(Box::new(m.replays.clone()))?;
+        registry.register(Box::new(m.refresh_passes.clone()))?;
         registry.register(Box::new(m.ring_drops.clone()))?;
         registry.register(Box::new(m.peers_seen.clone()))?;
         registry.register(Box::new(m.dumps.clone()))?;

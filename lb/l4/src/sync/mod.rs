@@ -3,13 +3,17 @@
 //! address), batches it and sends it by UDP to the peers, authenticated with HMAC-SHA256. Peers' records are
 //! translated back to local indexes and inserted only where the flow is unknown (local knowledge wins). A node
 //! that (re)starts says hello and gets a rate-bounded bulk dump of each peer's table, so a node that joins the
-//! ECMP set already knows the existing flows.
+//! ECMP set already knows the existing flows; every `refresh_interval` the whole table is re-announced to every
+//! peer at `refresh_rate` (anti-entropy: records lost on UDP or on a full ring are eventually known). Datagrams
+//! carry a signed incarnation and sequence number; a window per sender refuses replays.
 
 mod codec;
 mod daemon;
 mod dump;
 pub mod index;
 mod metrics;
+pub mod replay;
+mod status;
 
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
@@ -21,9 +25,10 @@ use padis_model::l4::SyncConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use codec::{decode, encode, encode_flows, Body, CodecError, Message, SyncKey, WireFlow, MAX_RECORDS};
+pub use codec::{decode, encode, encode_flows, Body, CodecError, Message, Origin, SyncKey, WireFlow, MAX_RECORDS};
 pub use index::SyncIndex;
 pub use metrics::SyncMetrics;
+pub use status::{PeerReport, SyncReport};
 
 /// Why the sync daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,7 @@ pub fn node_id(name: &str, cfg: &SyncConfig) -> u64 {
 /// A running sync daemon.
 pub struct SyncHandle {
     task: tokio::task::JoinHandle<()>,
+    status: Arc<status::SyncStatus>,
 }
 
 impl SyncHandle {
@@ -113,7 +119,13 @@ impl SyncHandle {
         let metrics = SyncMetrics::new(registry)?;
         let d = daemon::Daemon::new(cfg, node_id(node_name, cfg), SyncKey::new(&secret), maps, index, metrics)?;
         tracing::info!(listen = %cfg.listen, peers = cfg.peers.len(), node = node_name, "L4 connection-table sync started");
-        Ok(SyncHandle { task: tokio::spawn(d.run(shutdown)) })
+        let status = d.status();
+        Ok(SyncHandle { task: tokio::spawn(d.run(shutdown)), status })
+    }
+
+    /// Peers (with the age of their last hello) and counters, for the L4 report.
+    pub fn report(&self) -> SyncReport {
+        self.status.report(std::time::Instant::now())
     }
 
     /// Waits until the daemon has stopped.
