@@ -131,7 +131,9 @@ async fn h2_max_concurrent_streams_is_enforced() {
     let p = Proxy::start(&cfg("[limits]\nh2_max_concurrent_streams = 2", &b.addr.to_string()), dir.path()).await;
     let web = p.addr("web");
     assert_eq!(advertised_max_streams(web).await, Some(2), "the proxy's SETTINGS allow two streams");
-    let h2 = H2Conn::connect(web).await;
+    let mut h2 = H2Conn::connect(web).await;
+    // One exchange first, so the client has the proxy's SETTINGS (streams opened before them may be refused).
+    assert_eq!(h2.get("x", "/first").await.expect("h2 request").status, 200);
     // Six requests of 400 ms at once: with two streams at a time they take three rounds.
     let started = Instant::now();
     let reqs: Vec<_> = (0..6)
