@@ -35,6 +35,8 @@ pub struct Manager {
     report: Arc<ArcSwap<DnsReport>>,
     listen: Vec<std::net::SocketAddr>,
     config_errors: Vec<String>,
+    /// Generation of the snapshot the zones were last built from.
+    snapshot_generation: u64,
 }
 
 fn base_of(snap: &Snapshot) -> PathBuf {
@@ -81,6 +83,7 @@ impl Manager {
             report,
             listen,
             config_errors: Vec::new(),
+            snapshot_generation: snap.generation,
         };
         m.rebuild(snap, true);
         Ok(m)
@@ -139,6 +142,7 @@ impl Manager {
 
     /// Rebuilds every zone from `snap` and publishes the zone set if anything changed.
     fn rebuild(&mut self, snap: &Snapshot, force: bool) {
+        self.snapshot_generation = snap.generation;
         self.reconfigure(snap);
         for s in &mut self.sources {
             match s.reload_file(false) {
@@ -262,6 +266,12 @@ impl Manager {
     /// Follows snapshots and applies updates until `shutdown`.
     pub async fn run(mut self, mut reader: SnapshotReader, mut updates: mpsc::Receiver<UpdateJob>, shutdown: CancellationToken) {
         reader.mark_seen();
+        // A snapshot published between our first build and `mark_seen` would otherwise never be built.
+        let snap = reader.load();
+        if snap.generation != self.snapshot_generation {
+            crate::blocking(|| self.rebuild(&snap, false));
+        }
+        drop(snap);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

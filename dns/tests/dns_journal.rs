@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, kdig, serial_gt, unix_now, Server};
+use common::{kdig, serial_gt, unix_now, Server};
 
 const SECRET: &str = "am91cm5hbC1qb3VybmFsLWpvdXJuYWwtam91cm5hbC0x";
 
@@ -46,8 +46,16 @@ fn instances(step: u32) -> Vec<String> {
 /// Publishes `step` and waits for the serial to move past `prev`; returns the new serial.
 async fn change(s: &mut Server, step: u32, prev: u32) -> u32 {
     s.publish(&config(&instances(step)));
-    eventually("serial bump", Duration::from_secs(10), || serial_gt(s.serial("svc.test"), prev)).await;
-    s.serial("svc.test")
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = s.serial("svc.test");
+        if serial_gt(now, prev) {
+            return now;
+        }
+        let d = kdig(s.addr(), &["web.svc.test", "A"]);
+        assert!(std::time::Instant::now() < deadline, "step {step}: serial still {now} (was {prev})\n{}", d.raw);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn ixfr(s: &Server, from: u32) -> String {
