@@ -2,7 +2,8 @@
 //! one L2 segment with the client and the backends. Connections opened through node A; the backend set grows
 //! 4 -> 8 (Maglev moves about half the flows); then the client's route moves every flow to node B, as an ECMP
 //! change would. With sync every connection keeps its server socket; with a wrong key nothing is inserted (auth
-//! failures counted) and some connections break. A restarted node gets the table again by bulk dump. Needs root.
+//! failures counted) and some connections break. A restarted node gets the table again by bulk dump; records
+//! lost in transit reach the peer at the next re-announcement. The L4 report shows the sync status. Needs root.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,6 +103,11 @@ fn broken(conns: &mut [(Conn, String)]) -> usize {
     n
 }
 
+/// The sync part of the plane's report.
+fn sync_report(p: &PadisL4) -> padis_l4::sync::SyncReport {
+    p.report().expect("report").sync.expect("sync status in the L4 report")
+}
+
 fn key_file(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, secret).expect("write key");
@@ -136,6 +142,18 @@ fn l4_sync_flows_survive_churn_and_ecmp_move() {
     wait_for("peers to see each other", Duration::from_secs(10), || {
         metric(&a, "padis_l4_sync_peers_seen") == 1.0 && metric(&b, "padis_l4_sync_peers_seen") == 1.0
     });
+    // The plane's report (what /v1/state and `padis status` show) carries the sync status.
+    let (ra, rb) = (sync_report(&a), sync_report(&b));
+    assert_eq!(rb.peers.len(), 1, "{rb:?}");
+    let pa = &rb.peers[0];
+    assert_eq!(pa.addr.to_string(), format!("{PADIS}:{SYNC_PORT}"));
+    assert!(pa.up && pa.last_hello_ms.is_some_and(|ms| ms < 3000), "{pa:?}");
+    assert_eq!(pa.node.as_deref(), Some(ra.node.as_str()));
+    assert_eq!(pa.incarnation, Some(ra.incarnation));
+    assert!(rb.records_received >= 32 && rb.records_inserted >= 32, "{rb:?}");
+    assert_eq!(rb.records_inserted as f64, metric(&b, "padis_l4_sync_records_inserted_total"));
+    assert!(ra.records_sent >= 32 && ra.dumps_sent >= 1, "{ra:?}");
+    assert_eq!((ra.auth_failures, rb.auth_failures, ra.replays.len(), rb.replays.len()), (0, 0, 0, 0));
 
     // The backend set doubles on both nodes, then ECMP moves every flow to B.
     a.publish(&config(&ia, "a", PADIS, &eight, &key)).unwrap();
@@ -196,6 +214,9 @@ fn l4_sync_wrong_key_inserts_nothing_and_flows_break() {
     assert_eq!(metric(&b, "padis_l4_sync_records_received_total"), 0.0);
     assert_eq!(metric(&b, "padis_l4_sync_records_inserted_total"), 0.0);
     assert_eq!(metric(&b, "padis_l4_sync_peers_seen"), 0.0);
+    let rb = sync_report(&b);
+    assert!(rb.auth_failures >= 4 && rb.records_received == 0, "{rb:?}");
+    assert!(!rb.peers[0].up && rb.peers[0].last_hello_ms.is_none(), "A's hellos are not authentic: {rb:?}");
 
     a.publish(&config(&ia, "a", PADIS, &eight, &key_a)).unwrap();
     b.publish(&config(&ib, "b", &node_addr(0), &eight, &key_b)).unwrap();
@@ -205,6 +226,75 @@ fn l4_sync_wrong_key_inserts_nothing_and_flows_break() {
     let n = broken(&mut conns);
     // Maglev 4 -> 8 moves about half the flows: without B knowing them, those connections break.
     assert!(n > 0 && n < 32, "{n}/32 connections broke without sync");
+}
+
+/// Drops sync datagrams from node A at node B (nftables in B's namespace) while alive.
+struct DropFromA<'a>(&'a padis_tests::netns::Netns);
+
+impl<'a> DropFromA<'a> {
+    fn new(ns: &'a padis_tests::netns::Netns) -> DropFromA<'a> {
+        ns.run(&["nft", "add", "table", "inet", "padis_sync_test"]).expect("nft table");
+        ns.run(&["nft", "add chain inet padis_sync_test input { type filter hook input priority 0 ; }"])
+            .expect("nft chain");
+        let port = SYNC_PORT.to_string();
+        ns.run(&["nft", "add", "rule", "inet", "padis_sync_test", "input", "ip", "saddr", PADIS, "udp", "dport", &port, "drop"])
+            .expect("nft rule");
+        DropFromA(ns)
+    }
+}
+
+impl Drop for DropFromA<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["nft", "delete", "table", "inet", "padis_sync_test"]);
+    }
+}
+
+#[test]
+fn l4_sync_lost_records_known_at_next_reannouncement() {
+    let mut lan = Lan::new(8, PORT).expect("topology");
+    lan.add_node().expect("second Padis node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path(), "sync.key", "a shared secret of 32 bytes!!!!!\n");
+    let (ia, ib) = (unique_name("sya"), unique_name("syb"));
+    let _pins = (PinGuard(ia.clone()), PinGuard(ib.clone()));
+    let four: Vec<usize> = (0..4).collect();
+    let eight: Vec<usize> = (0..8).collect();
+    let refresh = |c: String| c.replace("dump_rate = 2000", "dump_rate = 2000\nrefresh_interval = \"2s\"");
+
+    let a = PadisL4::start(&lan.padis, &refresh(config(&ia, "a", PADIS, &four, &key))).expect("start node A");
+    let b = PadisL4::start(&lan.nodes[0], &refresh(config(&ib, "b", &node_addr(0), &four, &key))).expect("start B");
+    wait_in_table(&a, &four);
+    wait_in_table(&b, &four);
+    wait_for("peers to see each other", Duration::from_secs(10), || {
+        sync_report(&a).peers[0].up && sync_report(&b).peers[0].up
+    });
+    let dumps = sync_report(&a).dumps_sent;
+
+    // Everything A sends is lost on the way to B (both nodes keep running): the live records of new flows, the
+    // hellos and any re-announcement.
+    let lost = DropFromA::new(&lan.nodes[0]);
+    wait_for("B to notice A's silence", Duration::from_secs(20), || !sync_report(&b).peers[0].up);
+    let mut conns = open(&lan, 16);
+    wait_for("A to send the new flows' records", Duration::from_secs(30), || sync_report(&a).records_sent >= 16);
+    let passes = sync_report(&a).refresh_passes;
+    wait_for("a re-announcement pass lost too", Duration::from_secs(30), || sync_report(&a).refresh_passes > passes);
+    assert_eq!(sync_report(&b).records_received, 0, "the drop rule let records through");
+
+    // The path heals: no node restarted (no dump), the next re-announcement brings the flows to B.
+    drop(lost);
+    wait_for("B to learn the lost flows", Duration::from_secs(30), || sync_report(&b).records_inserted >= 16);
+    let (ra, rb) = (sync_report(&a), sync_report(&b));
+    assert_eq!(ra.dumps_sent, dumps, "a bulk dump, not a re-announcement, brought the flows: {ra:?}");
+    assert!(rb.peers[0].up, "{rb:?}");
+    assert!(rb.replays.is_empty() && rb.auth_failures == 0, "{rb:?}");
+
+    // And the flows survive a backend change plus the move to B.
+    a.publish(&refresh(config(&ia, "a", PADIS, &eight, &key))).unwrap();
+    b.publish(&refresh(config(&ib, "b", &node_addr(0), &eight, &key))).unwrap();
+    wait_in_table(&a, &eight);
+    wait_in_table(&b, &eight);
+    lan.steer(&node_addr(0)).expect("route to node B");
+    assert_eq!(broken(&mut conns), 0, "connections broken after the move to node B");
 }
 
 mod ring {
