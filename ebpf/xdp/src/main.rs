@@ -5,6 +5,7 @@
 
 mod csum;
 mod fwd;
+mod key;
 mod lb;
 mod maps;
 mod parse;

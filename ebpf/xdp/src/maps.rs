@@ -70,15 +70,6 @@ pub fn config_mtu() -> u16 {
     }
 }
 
-/// The global settings (all zero if userspace has not written them yet).
-#[inline(always)]
-pub fn config() -> GlobalConfig {
-    match CONFIG.get(0) {
-        Some(c) => *c,
-        None => GlobalConfig::default(),
-    }
-}
-
 /// Announces a new connection-table entry to the sync daemon when sync is on; a full ring is counted, never waited
 /// for.
 #[inline(always)]

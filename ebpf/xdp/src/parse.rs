@@ -4,9 +4,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use padis_ebpf_common::{stat, v4_mapped, FlowKey};
+use padis_ebpf_common::stat;
 
-use crate::{lb, maps, verdict};
+use crate::{
+    key::{Addr, Flow},
+    lb, maps, verdict,
+};
 
 /// Pointer to a `T` at `off` bytes into the packet, if the packet is long enough.
 #[inline(always)]
@@ -39,22 +42,15 @@ pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> bool {
     }
 }
 
-#[inline(always)]
-fn wire_u16(a: u8, b: u8) -> u16 {
-    u16::from_ne_bytes([a, b])
-}
-
 /// A packet addressed to a VIP address, as far as balancing needs it.
 #[derive(Clone, Copy)]
 pub struct Pkt {
-    /// Ethernet header length (14, or 18 with a VLAN tag).
-    pub l2len: usize,
     /// IPv6 (else IPv4) outer header.
     pub v6: bool,
     /// IPv4 "don't fragment".
     pub df: bool,
     /// The flow, client -> VIP (for an ICMP error: the quoted flow, reversed).
-    pub flow: FlowKey,
+    pub flow: Flow,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
     /// This is an ICMP error about `flow`, not a packet of it.
@@ -79,13 +75,13 @@ fn drop(reason: u32, len: u64) -> u32 {
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let Some(eth) = read::<[u8; 14]>(ctx, 0) else {
+    let Some(eth) = bytes::<14>(ctx, 0) else {
         return verdict::PASS;
     };
     let mut et = u16::from_be_bytes([eth[12], eth[13]]);
     let mut l2len = 14;
     if et == 0x8100 || et == 0x88a8 {
-        let Some(tag) = read::<[u8; 4]>(ctx, 14) else {
+        let Some(tag) = bytes::<4>(ctx, 14) else {
             return verdict::PASS;
         };
         et = u16::from_be_bytes([tag[2], tag[3]]);
@@ -100,31 +96,44 @@ pub fn process(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// TCP/UDP ports (wire order) and TCP flags at `off`; None if truncated.
+/// The `N` packet bytes at `off`, in place (no copy), if the packet is long enough.
 #[inline(always)]
-fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<&[u8; N]> {
+    // SAFETY: ptr_at checked the bounds; packet memory outlives the program run and `[u8; N]` has alignment 1.
+    ptr_at::<[u8; N]>(ctx, off).map(|p| unsafe { &*p })
+}
+
+/// Bytes `i..i + 4` of `b` as a word in memory order (addresses and port pairs are keyed as they are on the wire).
+#[inline(always)]
+fn word<const N: usize>(b: &[u8; N], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// TCP/UDP source + destination ports (one word, wire order) and TCP flags at `off`; None if truncated.
+#[inline(always)]
+fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Option<(u32, u8)> {
     if proto == 6 {
-        let h = read::<[u8; 20]>(ctx, off)?;
-        Some((wire_u16(h[0], h[1]), wire_u16(h[2], h[3]), h[13]))
+        let h = bytes::<20>(ctx, off)?;
+        Some((word(h, 0), h[13]))
     } else {
-        let h = read::<[u8; 8]>(ctx, off)?;
-        Some((wire_u16(h[0], h[1]), wire_u16(h[2], h[3]), 0))
+        let h = bytes::<8>(ctx, off)?;
+        Some((word(h, 0), 0))
     }
 }
 
 #[inline(always)]
 fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     let l2len = L2;
-    let Some(ip) = read::<[u8; 20]>(ctx, l2len) else {
+    let Some(ip) = bytes::<20>(ctx, l2len) else {
         return pass(len);
     };
-    let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+    let dst = word(ip, 16);
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     // Fast path: a plain TCP/UDP packet goes straight to the VIP lookup (lb::handle passes it if it is not for a
     // VIP); only unusual packets pay for the VIP-address check that decides whether they are ours to judge.
     let plain = ip[0] == 0x45 && frag & 0x3fff == 0 && (ip[9] == 6 || ip[9] == 17);
     // SAFETY: read-only lookup of a plain value.
-    if !plain && unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
+    if !plain && unsafe { maps::VIP_ADDRS.get(Addr::v4(dst).bytes()) }.is_none() {
         return pass(len);
     }
     if ip[0] >> 4 != 4 {
@@ -138,24 +147,17 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     }
     let df = frag & 0x4000 != 0;
     let proto = ip[9];
-    let src = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
+    let src = word(ip, 12);
     let l4 = l2len + 20;
     match proto {
         6 | 17 => {
-            let Some((sport, dport, tcp_flags)) = ports(ctx, l4, proto) else {
+            let Some((ports, tcp_flags)) = ports(ctx, l4, proto) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
-            lb::dispatch::<L2>(ctx, &Pkt {
-                l2len,
-                v6: false,
-                df,
-                flow: FlowKey { src, dst, sport, dport, proto, pad: [0; 3] },
-                tcp_flags,
-                icmp: false,
-            }, len)
+            lb::dispatch::<L2>(ctx, &Pkt { v6: false, df, flow: Flow::v4(src, dst, ports, proto), tcp_flags, icmp: false }, len)
         }
         1 => {
-            let Some(icmp) = read::<[u8; 8]>(ctx, l4) else {
+            let Some(icmp) = bytes::<8>(ctx, l4) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
             // Destination unreachable (incl. fragmentation needed) and time exceeded quote a packet the backend
@@ -163,114 +165,77 @@ fn parse_v4<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
             if icmp[0] != 3 && icmp[0] != 11 {
                 return pass(len);
             }
-            let Some(inner) = read::<[u8; 20]>(ctx, l4 + 8) else {
+            let Some(inner) = bytes::<20>(ctx, l4 + 8) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
             let iproto = inner[9];
             if inner[0] != 0x45 || (iproto != 6 && iproto != 17) {
                 return pass(len);
             }
-            let Some(p) = read::<[u8; 4]>(ctx, l4 + 28) else {
+            let Some(p) = bytes::<4>(ctx, l4 + 28) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
-            lb::dispatch::<L2>(ctx, &Pkt {
-                l2len,
-                v6: false,
-                df,
-                flow: FlowKey {
-                    src: v4_mapped([inner[16], inner[17], inner[18], inner[19]]),
-                    dst: v4_mapped([inner[12], inner[13], inner[14], inner[15]]),
-                    sport: wire_u16(p[2], p[3]),
-                    dport: wire_u16(p[0], p[1]),
-                    proto: iproto,
-                    pad: [0; 3],
-                },
-                tcp_flags: 0,
-                icmp: true,
-            }, len)
+            // The quoted packet went VIP -> client: the flow is its reverse.
+            let flow = Flow::v4(word(inner, 16), word(inner, 12), u32::from_ne_bytes([p[2], p[3], p[0], p[1]]), iproto);
+            lb::dispatch::<L2>(ctx, &Pkt { v6: false, df, flow, tcp_flags: 0, icmp: true }, len)
         }
         _ => pass(len),
     }
 }
 
+/// The 16-byte address at `i` of `b` as four words.
+#[inline(always)]
+fn addr6<const N: usize>(b: &[u8; N], i: usize) -> [u32; 4] {
+    [word(b, i), word(b, i + 4), word(b, i + 8), word(b, i + 12)]
+}
+
 #[inline(always)]
 fn parse_v6<const L2: usize>(ctx: &XdpContext, len: u64) -> u32 {
     let l2len = L2;
-    // Sequential reads, largest extent first (see fwd.rs).
-    let Some(dst) = read::<[u8; 16]>(ctx, l2len + 24) else {
+    let Some(ip) = bytes::<40>(ctx, l2len) else {
         return pass(len);
     };
-    let Some(ip) = read::<[u8; 8]>(ctx, l2len) else {
-        return pass(len);
-    };
-    let plain = ip[0] >> 4 == 6 && (ip[6] == 6 || ip[6] == 17);
+    let nh = ip[6];
+    let plain = ip[0] >> 4 == 6 && (nh == 6 || nh == 17);
+    let dst = addr6(ip, 24);
     // SAFETY: read-only lookup of a plain value.
-    if !plain && unsafe { maps::VIP_ADDRS.get(&dst) }.is_none() {
+    if !plain && unsafe { maps::VIP_ADDRS.get(Addr { w: dst }.bytes()) }.is_none() {
         return pass(len);
     }
     if ip[0] >> 4 != 6 {
         return drop(stat::DROP_MALFORMED, len);
     }
-    let nh = ip[6];
-    let Some(src) = read::<[u8; 16]>(ctx, l2len + 8) else {
-        return pass(len);
-    };
     let l4 = l2len + 40;
     match nh {
         44 => drop(stat::DROP_FRAGMENT, len),
         0 | 43 | 60 => drop(stat::DROP_IP_OPTIONS, len),
         6 | 17 => {
-            let Some((sport, dport, tcp_flags)) = ports(ctx, l4, nh) else {
+            let Some((ports, tcp_flags)) = ports(ctx, l4, nh) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
-            lb::dispatch::<L2>(ctx, &Pkt {
-                l2len,
-                v6: true,
-                df: true,
-                flow: FlowKey { src, dst, sport, dport, proto: nh, pad: [0; 3] },
-                tcp_flags,
-                icmp: false,
-            }, len)
+            let flow = Flow::v6(addr6(ip, 8), dst, ports, nh);
+            lb::dispatch::<L2>(ctx, &Pkt { v6: true, df: true, flow, tcp_flags, icmp: false }, len)
         }
         58 => {
-            let Some(icmp) = read::<[u8; 8]>(ctx, l4) else {
+            let Some(icmp) = bytes::<8>(ctx, l4) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
             // Destination unreachable, packet too big, time exceeded: quote a packet sent from the VIP.
             if icmp[0] < 1 || icmp[0] > 3 {
                 return pass(len);
             }
-            let Some(idst) = read::<[u8; 16]>(ctx, l4 + 32) else {
-                return drop(stat::DROP_MALFORMED, len);
-            };
-            let Some(isrc) = read::<[u8; 16]>(ctx, l4 + 16) else {
-                return drop(stat::DROP_MALFORMED, len);
-            };
-            let Some(inner) = read::<[u8; 8]>(ctx, l4 + 8) else {
+            let Some(inner) = bytes::<40>(ctx, l4 + 8) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
             let iproto = inner[6];
             if inner[0] >> 4 != 6 || (iproto != 6 && iproto != 17) {
                 return pass(len);
             }
-            let Some(p) = read::<[u8; 4]>(ctx, l4 + 48) else {
+            let Some(p) = bytes::<4>(ctx, l4 + 48) else {
                 return drop(stat::DROP_MALFORMED, len);
             };
-            lb::dispatch::<L2>(ctx, &Pkt {
-                l2len,
-                v6: true,
-                df: true,
-                flow: FlowKey {
-                    src: idst,
-                    dst: isrc,
-                    sport: wire_u16(p[2], p[3]),
-                    dport: wire_u16(p[0], p[1]),
-                    proto: iproto,
-                    pad: [0; 3],
-                },
-                tcp_flags: 0,
-                icmp: true,
-            }, len)
+            let flow = Flow::v6(addr6(inner, 24), addr6(inner, 8), u32::from_ne_bytes([p[2], p[3], p[0], p[1]]), iproto);
+            lb::dispatch::<L2>(ctx, &Pkt { v6: true, df: true, flow, tcp_flags: 0, icmp: true }, len)
         }
         _ => pass(len),
     }

@@ -1,0 +1,111 @@
+//! Map keys built word by word on an 8-byte boundary. `FlowKey` and `VipKey` are made of byte arrays (alignment
+//! 1 or 2), so LLVM would build, copy and hash them byte by byte (and zero the IPv4-mapped prefix with a `memset`
+//! call); in these unions the same bytes are written and read as aligned 32/64-bit words. Every word is made with
+//! `from_ne_bytes` of the bytes in memory order, so the layout is the one `padis_ebpf_common` defines.
+
+use padis_ebpf_common::{FlowKey, VipKey};
+
+/// The `::ffff:0:0/96` word of an IPv4-mapped address (bytes 8..12).
+const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// A [`FlowKey`] (the connection-table key and flow-hash input), 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub union Flow {
+    /// The key.
+    pub key: FlowKey,
+    /// Its ten 32-bit words.
+    pub w: [u32; 10],
+}
+
+impl Flow {
+    /// An IPv4 flow: addresses as loaded from the packet (memory order), `ports` = source port then destination
+    /// port as on the wire.
+    #[inline(always)]
+    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8) -> Flow {
+        Flow { w: [0, 0, MAPPED, src, 0, 0, MAPPED, dst, ports, u32::from_ne_bytes([proto, 0, 0, 0])] }
+    }
+
+    /// An IPv6 flow (addresses as four words each in memory order).
+    #[inline(always)]
+    pub fn v6(src: [u32; 4], dst: [u32; 4], ports: u32, proto: u8) -> Flow {
+        Flow {
+            w: [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], ports, u32::from_ne_bytes([proto, 0, 0, 0])],
+        }
+    }
+
+    /// The key.
+    #[inline(always)]
+    pub fn key(&self) -> &FlowKey {
+        // SAFETY: both views are plain data of the same size; every byte is initialised by the constructors.
+        unsafe { &self.key }
+    }
+
+    /// The words.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 10] {
+        // SAFETY: as above.
+        unsafe { &self.w }
+    }
+
+    /// Zeroes the source port (VIPs hashed on the source address only).
+    #[inline(always)]
+    pub fn clear_sport(&mut self) {
+        let p = self.words()[8].to_ne_bytes();
+        // SAFETY: plain data; writes one word of the key.
+        unsafe { self.w[8] = u32::from_ne_bytes([0, 0, p[2], p[3]]) };
+    }
+
+    /// The `VIPS` key of the flow's destination.
+    #[inline(always)]
+    pub fn vip_key(&self) -> VipKeyWords {
+        let w = self.words();
+        let p = w[8].to_ne_bytes();
+        let proto = w[9].to_ne_bytes()[0];
+        VipKeyWords { w: [w[4], w[5], w[6], w[7], u32::from_ne_bytes([p[2], p[3], proto, 0])] }
+    }
+}
+
+/// A 16-byte address, 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub union Addr {
+    /// The bytes.
+    pub b: [u8; 16],
+    /// The words.
+    pub w: [u32; 4],
+}
+
+impl Addr {
+    /// The IPv4-mapped form of an IPv4 address loaded from the packet (memory order).
+    #[inline(always)]
+    pub fn v4(a: u32) -> Addr {
+        Addr { w: [0, 0, MAPPED, a] }
+    }
+
+    /// The bytes.
+    #[inline(always)]
+    pub fn bytes(&self) -> &[u8; 16] {
+        // SAFETY: plain data, fully initialised.
+        unsafe { &self.b }
+    }
+}
+
+/// A [`VipKey`], 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub union VipKeyWords {
+    /// The key.
+    pub key: VipKey,
+    /// Its five words.
+    pub w: [u32; 5],
+}
+
+impl VipKeyWords {
+    /// The key.
+    #[inline(always)]
+    pub fn key(&self) -> &VipKey {
+        // SAFETY: plain data, fully initialised.
+        unsafe { &self.key }
+    }
+}
