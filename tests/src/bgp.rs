@@ -1,7 +1,7 @@
 //! Test helpers for the BGP/OSPF announcer: a two-namespace lab joined by a veth pair (speaker side and router
-//! side), running code inside a namespace, a BIRD 2 instance as the real peer, and bounded polling.
+//! side), running code inside a namespace, a BIRD 2 or FRR instance as the real peer, and bounded polling.
 //!
-//! Everything is removed on drop (also on panic): BIRD is killed, the namespaces are deleted.
+//! Everything is removed on drop (also on panic): BIRD and FRR are killed, the namespaces are deleted.
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -332,5 +332,132 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// FRR daemons (zebra first, then bgpd/ospfd/...) in one namespace with their own config files, pid files,
+/// vty sockets and zebra socket in a private directory; all killed on drop (also on panic).
+///
+/// The daemons run as the `frr` user (created by the Debian package, member of `frrvty`), as FRR requires the
+/// vty group for its sockets; they keep the capabilities they need to program the namespace's kernel tables.
+pub struct Frr {
+    children: Vec<(String, Child)>,
+    /// Holds configs, pid files, vty sockets (`<daemon>.vty`), `zserv.api` and `<daemon>.log`.
+    dir: tempfile::TempDir,
+}
+
+impl Frr {
+    /// Starts `daemons` (name under /usr/lib/frr, config text) in this order inside namespace `ns`, each in
+    /// the foreground, waiting for each one's vty socket. The first must be `zebra`.
+    pub fn start(ns: &str, daemons: &[(&str, &str)]) -> Self {
+        assert_eq!(
+            daemons.first().map(|d| d.0),
+            Some("zebra"),
+            "zebra starts first"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("padis-frr-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let mut frr = Frr {
+            children: Vec::new(),
+            dir,
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod frr dir");
+        }
+        for (name, config) in daemons {
+            std::fs::write(path.join(format!("{name}.conf")), config).expect("write frr config");
+        }
+        run("chown", &["-R", "frr:frr", &path.to_string_lossy()]);
+        for (name, _) in daemons {
+            frr.spawn(ns, name);
+        }
+        frr
+    }
+
+    fn spawn(&mut self, ns: &str, name: &str) {
+        let dir = self.dir.path();
+        let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+        let vty = file("vty");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(format!("/usr/lib/frr/{name}"))
+            .args(["-u", "frr", "-g", "frr", "-P", "0", "--vty_socket"])
+            .arg(dir)
+            .arg("-z")
+            .arg(dir.join("zserv.api"))
+            .arg("-i")
+            .arg(file("pid"))
+            .arg("-f")
+            .arg(file("conf"))
+            .arg("--log")
+            .arg(format!("file:{}", file("log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(file("stderr")).expect("frr stderr file"))
+            .spawn()
+            .expect("start FRR (frr installed by tests/setup)");
+        self.children.push((name.to_string(), child));
+        let t = Instant::now();
+        while !vty.exists() {
+            if let Some((_, c)) = self.children.last_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("{name} exited ({st}): {}", self.logs());
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{name} did not create its vty socket: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `vtysh -c <command>` against these daemons; its stdout ("" if vtysh failed).
+    pub fn vtysh(&self, command: &str) -> String {
+        Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(self.dir.path())
+            .args(["-c", command])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `vtysh -c <command>` parsed as JSON (`Null` when the output is not JSON, e.g. while starting).
+    pub fn json(&self, command: &str) -> serde_json::Value {
+        serde_json::from_str(&self.vtysh(command)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The daemons' log files and stderr, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            for ext in ["log", "stderr"] {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                for l in tail.iter().rev() {
+                    out.push_str(&format!("\n{name}: {l}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        // Protocol daemons before zebra, like FRR's own stop order.
+        while let Some((_, mut c)) = self.children.pop() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
