@@ -87,25 +87,43 @@ pub fn vip_records(v: &Vip, zone: &Name) -> Vec<GenRecord> {
 }
 
 /// Cache of generated records per service, so an unchanged service costs a comparison. Services usually come in
-/// the same order snapshot after snapshot: then each is compared with the entry at its position (no hashing);
-/// when names shift, the cache is matched by name instead.
+/// the same order snapshot after snapshot: then each is compared with the entry at its position (no hashing),
+/// in one contiguous buffer of flattened services read front to back, and the output lists are updated in
+/// place (only a changed service's slot is touched). When names shift, the cache is matched by name instead.
 #[derive(Default)]
 pub struct GenCache {
     /// The services of the last call that were placed in a zone, in their order.
     entries: Vec<CacheEntry>,
+    /// The flattened services of `entries`, one after the other.
+    arena: Vec<u8>,
     /// `entries[i]` is `services[i]` of the last call (every service was placed, none was an error).
     aligned: bool,
     /// The zones of the last call.
     zones: Vec<(usize, Name, bool)>,
-    /// Scratch buffer for [`flatten`].
-    scratch: Vec<u8>,
+    /// The VIPs of the last call.
+    vips: Vec<Vip>,
+    /// The output: record groups by zone (the services' groups, then the VIPs' group).
+    out: Generated,
+    /// Number of service groups at the front of each zone's list in `out`.
+    service_groups: FastMap<usize, usize>,
 }
 
 struct CacheEntry {
     zone: usize,
-    /// The service as [`flatten`] wrote it.
-    flat: Box<[u8]>,
-    records: Arc<Vec<GenRecord>>,
+    /// Where the service, as [`flatten`] wrote it, lies in the arena.
+    at: usize,
+    len: usize,
+    /// Index of its records in its zone's list.
+    slot: usize,
+}
+
+/// Generated records of every zone, with problems found.
+#[derive(Default)]
+pub struct Generated {
+    /// Records by zone index.
+    pub by_zone: FastMap<usize, Vec<Arc<Vec<GenRecord>>>>,
+    /// Services that could not be placed.
+    pub errors: Vec<String>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -126,14 +144,14 @@ fn put_opt(out: &mut Vec<u8>, o: &Option<String>) {
 /// Writes `s` into `out` as one byte string (lengths before every variable part, so equal strings mean equal
 /// services: an exact comparison, not a hash). Comparing a service with a cached one then reads one contiguous
 /// buffer instead of chasing every string and vector of a cached copy. Returns the length of the prefix that
-/// holds the name and the zone.
+/// holds the name and the zone. Appends to `out`.
 fn flatten(s: &Service, out: &mut Vec<u8>) -> usize {
-    out.clear();
+    let start = out.len();
     // Destructured so that a new field of the model cannot be left out of the comparison.
     let Service { name, zone, ports, instances, origin } = s;
     put_str(out, name);
     put_opt(out, zone);
-    let key = out.len();
+    let key = out.len() - start;
     put_opt(out, origin);
     out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
     for p in ports {
@@ -178,61 +196,88 @@ fn key_len(flat: &[u8]) -> usize {
     }
 }
 
-/// Generated records of every zone, with problems found.
-#[derive(Default)]
-pub struct Generated {
-    /// Records by zone index.
-    pub by_zone: FastMap<usize, Vec<Arc<Vec<GenRecord>>>>,
-    /// Services that could not be placed.
-    pub errors: Vec<String>,
-}
-
 impl GenCache {
     /// Generates the records of `services` and `vips` into the generated zones (`zones`: index, apex, generated).
-    pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> Generated {
-        let mut g = Generated::default();
+    pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> &Generated {
         let positional = self.aligned && self.entries.len() == services.len() && self.zones == zones;
-        if !(positional && self.in_place(services, &mut g)) {
-            g = Generated::default();
-            self.by_name(services, zones, &mut g);
+        if !(positional && self.in_place(services)) {
+            self.by_name(services, zones);
         }
         self.zones = zones.to_vec();
+        let same_vips = self.vips == vips;
         for (zi, zname, generated) in zones {
             if !generated {
                 continue;
             }
+            let list = self.out.by_zone.entry(*zi).or_default();
+            let n = self.service_groups.get(zi).copied().unwrap_or(0);
+            if same_vips && list.len() == n + 1 {
+                continue; // the VIPs' group of the last call stands
+            }
+            list.truncate(n);
             let recs: Vec<GenRecord> = vips.iter().flat_map(|v| vip_records(v, zname)).collect();
             if !recs.is_empty() {
-                g.by_zone.entry(*zi).or_default().push(Arc::new(recs));
+                list.push(Arc::new(recs));
             }
         }
-        g
+        if !same_vips {
+            self.vips = vips.to_vec();
+        }
+        &self.out
     }
 
-    /// Compares each service with the entry at its position. Returns false (the cache still valid, partly
+    /// The output of the last call.
+    pub fn output(&self) -> &Generated {
+        &self.out
+    }
+
+    /// Compares each service with the entry at its position. Returns false (the cache left consistent, partly
     /// updated) as soon as a position holds another service.
-    fn in_place(&mut self, services: &[Service], g: &mut Generated) -> bool {
-        for (e, s) in self.entries.iter_mut().zip(services) {
-            let key = flatten(s, &mut self.scratch);
-            if *e.flat != *self.scratch {
-                if key_len(&e.flat) != key || e.flat[..key] != self.scratch[..key] {
-                    return false; // another service (name or zone) at this position
-                }
-                let Some((_, zone, _)) = self.zones.iter().find(|z| z.0 == e.zone) else { return false };
-                e.records = Arc::new(service_records(s, zone));
-                e.flat = self.scratch.as_slice().into();
+    fn in_place(&mut self, services: &[Service]) -> bool {
+        let old = std::mem::take(&mut self.arena);
+        let mut arena = Vec::with_capacity(old.len() + 256);
+        for (i, s) in services.iter().enumerate() {
+            let e = &mut self.entries[i];
+            let start = arena.len();
+            let key = flatten(s, &mut arena);
+            let (was, now) = (&old[e.at..e.at + e.len], &arena[start..]);
+            if was != now {
+                let zone = self.zones.iter().find(|z| z.0 == e.zone).map(|z| &z.1);
+                let list = self.out.by_zone.get_mut(&e.zone).and_then(|l| l.get_mut(e.slot));
+                let (Some(zone), Some(slot), true) = (zone, list, key_len(was) == key && was[..key] == now[..key]) else {
+                    // Another service (name or zone) at this position: keep the rest as it was, match by name.
+                    arena.truncate(start);
+                    for e in &mut self.entries[i..] {
+                        let at = arena.len();
+                        arena.extend_from_slice(&old[e.at..e.at + e.len]);
+                        e.at = at;
+                    }
+                    self.arena = arena;
+                    return false;
+                };
+                *slot = Arc::new(service_records(s, zone));
             }
-            g.by_zone.entry(e.zone).or_insert_with(|| Vec::with_capacity(services.len())).push(e.records.clone());
+            e.at = start;
+            e.len = arena.len() - start;
         }
+        self.arena = arena;
         true
     }
 
     /// Places every service (errors reported) and reuses the cached records of unchanged services by name.
-    fn by_name(&mut self, services: &[Service], zones: &[(usize, Name, bool)], g: &mut Generated) {
+    fn by_name(&mut self, services: &[Service], zones: &[(usize, Name, bool)]) {
         let first = zones.iter().find(|z| z.2);
         let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
-        let mut old: FastMap<Box<[u8]>, CacheEntry> =
-            std::mem::take(&mut self.entries).into_iter().map(|e| (e.flat[..key_len(&e.flat)].into(), e)).collect();
+        let old_arena = std::mem::take(&mut self.arena);
+        let mut old_out = std::mem::take(&mut self.out);
+        let mut old: FastMap<&[u8], (usize, &[u8], Arc<Vec<GenRecord>>)> = FastMap::default();
+        for e in std::mem::take(&mut self.entries) {
+            let flat = &old_arena[e.at..e.at + e.len];
+            let Some(records) = old_out.by_zone.get_mut(&e.zone).and_then(|l| l.get(e.slot)).cloned() else { continue };
+            old.insert(&flat[..key_len(flat)], (e.zone, flat, records));
+        }
+        drop(old_out);
+        self.service_groups.clear();
         let mut seen: FastMap<&str, ()> = FastMap::default();
         let mut aligned = true;
         for s in services {
@@ -242,12 +287,12 @@ impl GenCache {
                     match zones.iter().zip(&names).find(|(_, n)| n.eq_ignore_ascii_case(want)).map(|(z, _)| z) {
                         Some(z) if z.2 => z,
                         Some(_) => {
-                            g.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
+                            self.out.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
                             aligned = false;
                             continue;
                         }
                         None => {
-                            g.errors.push(format!("service {}: no zone {zn}", s.name));
+                            self.out.errors.push(format!("service {}: no zone {zn}", s.name));
                             aligned = false;
                             continue;
                         }
@@ -262,22 +307,23 @@ impl GenCache {
                 },
             };
             if seen.insert(s.name.as_str(), ()).is_some() {
-                g.errors.push(format!("service {}: defined twice", s.name));
+                self.out.errors.push(format!("service {}: defined twice", s.name));
                 aligned = false;
                 continue;
             }
-            let key = flatten(s, &mut self.scratch);
-            let entry = match old.remove(&self.scratch[..key]) {
-                Some(e) if e.zone == zone.0 && *e.flat == *self.scratch => e,
-                _ => CacheEntry {
-                    zone: zone.0,
-                    flat: self.scratch.as_slice().into(),
-                    records: Arc::new(service_records(s, &zone.1)),
-                },
+            let at = self.arena.len();
+            let key = flatten(s, &mut self.arena);
+            let flat = &self.arena[at..];
+            let records = match old.remove(&flat[..key]) {
+                Some((z, was, records)) if z == zone.0 && was == flat => records,
+                _ => Arc::new(service_records(s, &zone.1)),
             };
-            g.by_zone.entry(zone.0).or_default().push(entry.records.clone());
-            self.entries.push(entry);
+            let list = self.out.by_zone.entry(zone.0).or_default();
+            self.entries.push(CacheEntry { zone: zone.0, at, len: self.arena.len() - at, slot: list.len() });
+            list.push(records);
+            *self.service_groups.entry(zone.0).or_default() += 1;
         }
+        self.vips.clear(); // the VIPs' groups were dropped with the old output
         self.aligned = aligned;
     }
 }
@@ -345,12 +391,12 @@ mod tests {
         let z = [(0, Name::from_ascii("z.").unwrap(), true)];
         let other = Service { name: "db".into(), ..base.clone() };
         let mut cache = GenCache::default();
-        let g1 = cache.generate(&[base.clone(), other.clone()], &[], &z);
+        let kept = cache.generate(&[base.clone(), other.clone()], &[], &z).by_zone[&0][1].clone();
         let mut sick = base.clone();
         sick.instances[0].healthy = false;
         let g2 = cache.generate(&[sick, other], &[], &z);
         assert!(g2.by_zone[&0][0].is_empty(), "unhealthy instance unpublished");
-        assert!(Arc::ptr_eq(&g1.by_zone[&0][1], &g2.by_zone[&0][1]), "unchanged service shares its records");
+        assert!(Arc::ptr_eq(&kept, &g2.by_zone[&0][1]), "unchanged service shares its records");
     }
 
     #[test]
@@ -363,7 +409,8 @@ mod tests {
             origin: None,
         };
         let z = Name::from_ascii("z.").unwrap();
-        let g = GenCache::default().generate(&[mk("a_b", "10.0.0.1"), mk("a-b", "10.0.0.2")], &[], &[(0, z, true)]);
+        let mut cache = GenCache::default();
+        let g = cache.generate(&[mk("a_b", "10.0.0.1"), mk("a-b", "10.0.0.2")], &[], &[(0, z, true)]);
         assert_eq!(g.by_zone[&0].len(), 2, "both kept");
         assert_eq!(g.by_zone[&0][0][0].name, g.by_zone[&0][1][0].name, "same mapped name");
         assert_ne!(g.by_zone[&0][0][0].origin, g.by_zone[&0][1][0].origin);

@@ -12,7 +12,7 @@ use padis_model::{Snapshot, SnapshotReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::generate::{GenCache, Generated};
+use crate::generate::GenCache;
 use crate::handler::{Handler, UpdateJob};
 use crate::notify::notify_all;
 use crate::report::{DnsReport, ZoneReport};
@@ -29,7 +29,6 @@ pub struct Manager {
     sources: Vec<ZoneSource>,
     keys: HashMap<String, Arc<TsigKey>>,
     gen_cache: GenCache,
-    generated: Generated,
     handler: Arc<Handler>,
     generation: u64,
     report: Arc<ArcSwap<DnsReport>>,
@@ -77,7 +76,6 @@ impl Manager {
             sources,
             keys,
             gen_cache: GenCache::default(),
-            generated: Generated::default(),
             handler,
             generation: 0,
             report,
@@ -154,7 +152,7 @@ impl Manager {
             }
         }
         let zones: Vec<_> = self.sources.iter().enumerate().map(|(i, s)| (i, s.origin.clone(), s.cfg.generated)).collect();
-        self.generated = self.gen_cache.generate(&snap.state.services, &snap.state.vips, &zones);
+        self.gen_cache.generate(&snap.state.services, &snap.state.vips, &zones);
         self.build_all(force);
     }
 
@@ -163,7 +161,7 @@ impl Manager {
         let mut any = false;
         for i in 0..self.sources.len() {
             let policy = self.policy(&self.sources[i].cfg);
-            let gen = self.generated.by_zone.get(&i).map_or(&[][..], Vec::as_slice);
+            let gen = self.gen_cache.output().by_zone.get(&i).map_or(&[][..], Vec::as_slice);
             let s = &mut self.sources[i];
             let before = s.current.as_ref().map(|z| z.serial);
             if let Some(z) = s.build(gen, policy) {
@@ -220,7 +218,7 @@ impl Manager {
             });
         }
         let mut errors = self.config_errors.clone();
-        errors.extend(self.generated.errors.iter().cloned());
+        errors.extend(self.gen_cache.output().errors.iter().cloned());
         self.report.store(Arc::new(DnsReport {
             listen: self.listen.clone(),
             zones,

@@ -911,7 +911,8 @@ mod tests {
         }
         let z_inc = last.unwrap();
         let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.path().join("full"), bounds).unwrap();
-        let g = GenCache::default().generate(steps.last().unwrap(), &[], &zones);
+        let mut fresh = GenCache::default();
+        let g = fresh.generate(steps.last().unwrap(), &[], &zones);
         let z_full = full.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
         assert_eq!(entries(&z_inc), entries(&z_full));
         assert_eq!((z_inc.record_count, z_inc.nodes.len()), (z_full.record_count, z_full.nodes.len()));
@@ -955,7 +956,8 @@ mod tests {
         let z_inc = inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
 
         let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
-        let g = GenCache::default().generate(&v2, &[], &zones);
+        let mut fresh = GenCache::default();
+        let g = fresh.generate(&v2, &[], &zones);
         let z_full = full.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
 
         assert_eq!(entries(&z_inc), entries(&z_full));
