@@ -276,7 +276,9 @@ impl Daemon {
         let now = Instant::now();
         let new = self.seen.get(&node).is_none_or(|p| p.incarnation != incarnation);
         self.seen.insert(node, Peer { incarnation, last: now });
-        self.status.hello(from, status::Hello { node, incarnation, at: now.into_std() });
+        if self.peers.contains(&from) {
+            self.status.hello(from, status::Hello { node, incarnation, at: now.into_std() });
+        }
         if !new {
             return;
         }
