@@ -586,3 +586,63 @@ fn random_and_truncated_packets_never_misforward() {
         }
     }
 }
+
+/// WARN events logged on this thread while `f` runs (rendered `field=value` lists), and `f`'s result.
+fn warnings_during<T>(f: impl FnOnce() -> T) -> (Vec<String>, T) {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Render(String);
+    impl tracing::field::Visit for Render {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={:?} ", field.name(), value));
+        }
+    }
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut r = Render(String::new());
+                event.record(&mut r);
+                self.0.lock().unwrap().push(r.0);
+            }
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = tracing::subscriber::with_default(tracing_subscriber::registry().with(Warnings(seen.clone())), f);
+    let v = seen.lock().unwrap().clone();
+    (v, out)
+}
+
+#[test]
+fn native_attach_failure_falls_back_to_generic_with_a_warning() {
+    // A bridge has no native XDP support: native attach fails there.
+    let ns = padis_tests::netns::Netns::new("l4fb").expect("netns");
+    ns.run(&["ip", "link", "add", "br0", "type", "bridge"]).expect("bridge interface");
+    ns.run(&["ip", "link", "set", "br0", "up"]).expect("bridge up");
+    let xdp_mode = || {
+        let out = ns.run(&["ip", "-d", "link", "show", "br0"]).expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("xdpgeneric") {
+            "generic"
+        } else if text.contains("xdp") {
+            "other"
+        } else {
+            "none"
+        }
+    };
+    let mut f = Fixture::new(&one_backend_web());
+    let strict = ns.enter(|| f.bal.attach("br0", false, false, None)).expect("enter netns");
+    assert!(strict.is_err(), "native attach to a bridge should fail");
+    assert_eq!(xdp_mode(), "none");
+    let (warnings, att) = warnings_during(|| ns.enter(|| f.bal.attach("br0", false, true, None)).expect("enter netns"));
+    let att = att.expect("attach with fallback");
+    assert_eq!(att.mode, "generic");
+    assert!(
+        warnings.iter().any(|w| w.contains("falling back to generic") && w.contains("br0")),
+        "no fallback warning in {warnings:?}"
+    );
+    assert_eq!(xdp_mode(), "generic", "the program is attached in generic (SKB) mode");
+    att.release(false);
+    assert_eq!(xdp_mode(), "none", "release detaches");
+}
