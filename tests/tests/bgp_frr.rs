@@ -1,8 +1,8 @@
 //! The README's FRR configurations against real FRR 8.4 daemons in network namespaces:
 //! - FRR as the BGP router: two Padis speakers (4-octet ASN, IPv4 + IPv6 VIPs by MP-BGP) peer with the README's
-//!   `router bgp` config; FRR installs ECMP routes (`maximum-paths`) in its kernel, the PADIS-IN route-map
-//!   lowers LOCAL_PREF of GRACEFUL_SHUTDOWN routes so a draining node leaves the multipath set, and a drained
-//!   node's routes are withdrawn.
+//!   `router bgp` config; FRR keeps host routes only, installs ECMP routes (`maximum-paths`) in its kernel,
+//!   sets LOCAL_PREF 0 on GRACEFUL_SHUTDOWN routes of an eBGP peer by itself so a draining node leaves the
+//!   multipath set, and a drained node's routes are withdrawn.
 //! - FRR on an OSPF site: Padis keeps VIPs in kernel table 100 (`mode = "route"`) or as addresses on `lo`
 //!   (`mode = "address"`); a local FRR redistributes them as the README shows and an FRR neighbour in another
 //!   namespace learns the VIP /32 into its kernel.
@@ -21,6 +21,7 @@ const OUR_ASN: u32 = 4_200_000_001;
 const LIMIT: Duration = Duration::from_secs(30);
 const VIP4: &str = "198.51.100.7";
 const VIP6: &str = "2001:db8:7::7";
+const NOT_HOST: &str = "198.51.100.0/24";
 
 /// The README's FRR BGP router config with the lab's addresses and short test timers.
 const FRR_BGP: &str = r#"
@@ -33,22 +34,23 @@ router bgp 65000
  neighbor 10.96.1.1 peer-group PADIS
  neighbor 10.96.2.1 peer-group PADIS
  address-family ipv4 unicast
-  neighbor PADIS route-map PADIS-IN in
+  neighbor PADIS route-map PADIS-IN4 in
   neighbor PADIS route-map DENY-ALL out
   maximum-paths 16
  exit-address-family
  address-family ipv6 unicast
   neighbor PADIS activate
-  neighbor PADIS route-map PADIS-IN in
+  neighbor PADIS route-map PADIS-IN6 in
   neighbor PADIS route-map DENY-ALL out
   maximum-paths 16
  exit-address-family
 !
-bgp community-list standard GSHUT permit graceful-shutdown
-route-map PADIS-IN permit 10
- match community GSHUT
- set local-preference 0
-route-map PADIS-IN permit 20
+ip prefix-list HOST4 seq 5 permit 0.0.0.0/0 ge 32
+ipv6 prefix-list HOST6 seq 5 permit ::/0 ge 128
+route-map PADIS-IN4 permit 10
+ match ip address prefix-list HOST4
+route-map PADIS-IN6 permit 10
+ match ipv6 address prefix-list HOST6
 route-map DENY-ALL deny 10
 "#;
 
@@ -98,14 +100,19 @@ fn node_config(i: usize) -> BgpConfig {
     v.state.bgp.expect("bgp section")
 }
 
+/// The VIPs, plus a /24 that the router's host-route filter must refuse.
 fn vips() -> BTreeSet<Announcement> {
-    [format!("{VIP4}/32"), format!("{VIP6}/128")]
-        .iter()
-        .map(|p| Announcement {
-            prefix: p.parse().expect("prefix"),
-            name: "web".into(),
-        })
-        .collect()
+    [
+        format!("{VIP4}/32"),
+        format!("{VIP6}/128"),
+        NOT_HOST.to_string(),
+    ]
+    .iter()
+    .map(|p| Announcement {
+        prefix: p.parse().expect("prefix"),
+        name: "web".into(),
+    })
+    .collect()
 }
 
 /// Next hops of a kernel route in `ns` (`-4` or `-6`), sorted; empty when there is no route.
@@ -212,7 +219,13 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 }
             }
 
-            // GRACEFUL_SHUTDOWN from node 1: PADIS-IN sets LOCAL_PREF 0, node 1 leaves the ECMP set.
+            assert!(
+                bgp_paths(&frr, "ipv4", NOT_HOST).is_empty(),
+                "PADIS-IN4 refuses what is not a host route"
+            );
+            assert!(nexthops(&r, "-4", NOT_HOST).is_empty());
+
+            // GRACEFUL_SHUTDOWN from node 1: FRR sets LOCAL_PREF 0 (RFC 8326 on eBGP), node 1 leaves the ECMP set.
             cmd1.send(Cmd::Drain).expect("node 1");
             wait_for(
                 LIMIT,
