@@ -109,7 +109,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The CI size: a few hundred connections, 2 -> 3 nodes, 10 -> 20 backends, the combined step only.
+    /// The CI size: a few hundred connections, 2 -> 3 nodes, 10 -> 20 backends; a node joins, drains, then joins
+    /// again while the backends grow.
     pub fn ci() -> Plan {
         Plan {
             conns: 300,
@@ -117,7 +118,7 @@ impl Plan {
             max_nodes: 3,
             small: 10,
             large: 20,
-            steps: vec![Step::AddNodeAndGrow],
+            steps: vec![Step::AddNode, Step::DrainNode, Step::AddNodeAndGrow],
             stream: StreamConfig {
                 interval: Duration::from_millis(200),
                 stall: Duration::from_secs(20),
