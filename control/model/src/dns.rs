@@ -334,6 +334,19 @@ mod tests {
         .unwrap();
         assert_eq!(v.state.dns.zones[0].ttl.as_secs(), 5);
         assert_eq!(v.state.dns.edns_payload, 1232);
+        assert_eq!(v.state.dns.zones[0].serial_policy, None);
+        let v = parse_config(
+            "[dns]\nixfr_journal_bytes = 65536\n[[dns.zone]]\nname = \"s\"\ngenerated = true\nserial_policy = \"increment\"\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(v.state.dns.zones[0].serial_policy, Some(super::SerialPolicy::Increment));
+        assert_eq!(v.state.dns.ixfr_journal_bytes, 65536);
+        let e = parse_config("[dns]\nixfr_journal_bytes = 10\n", "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("dns.ixfr_journal_bytes"), "{e}");
+        let e = parse_config("[dns]\n[[dns.zone]]\nname = \"s\"\ngenerated = true\nserial_policy = \"date\"\n", "t.toml", Path::new("."));
+        assert!(e.is_err());
     }
 
     #[test]
