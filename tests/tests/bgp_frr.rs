@@ -435,3 +435,59 @@ fn frr_redistributes_address_mode_vips_to_an_ospf_neighbour() {
         neighbour_route(&nb, &nb_frr, "198.51.100.21", false).await;
     });
 }
+
+/// Documents the limitation the README states for FRR in route mode: Padis changes a VIP's metric make-before-
+/// break (drain: 100 -> 65000, undrain: back), and FRR 8.4's `ip import-table` drops the imported route when
+/// the old one is deleted although the new one is in table 100. If FRR fixes this, this test fails: update
+/// the README's FRR route-mode note.
+#[test]
+fn frr_route_mode_loses_the_vip_when_padis_changes_its_metric() {
+    let (node, nb) = ospf_topology();
+    let (node_frr, nb_frr) = ospf_routers(&node, &nb, FRR_ROUTE_ZEBRA, FRR_ROUTE_OSPFD);
+    let vip = "198.51.100.24";
+    in_netns(&node.name, || async {
+        let (tx, rx) = watch::channel(host_routes(&["198.51.100.24/32"]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(None, Some(ospf_config("route")), rx, &reg).expect("spawn");
+        neighbour_route(&nb, &nb_frr, vip, true).await;
+        let table = |metric: &'static str| {
+            let node = &node;
+            move || async move {
+                let t = node.try_ip(&["-4", "route", "show", "table", "100"]);
+                (t.lines().count() == 1
+                    && t.contains(&format!(
+                        "{vip} dev lo proto 237 scope link metric {metric}"
+                    )))
+                .then_some(())
+            }
+        };
+        h.set_draining(true);
+        wait_for(LIMIT, "drain metric in table 100", table("65000")).await;
+        // Zebra still sees the route in table 100, but no longer imports it: OSPF withdraws the VIP.
+        let t100 = node_frr.vtysh("show ip route table 100");
+        assert!(t100.contains(&format!("{vip}/32")), "{t100}");
+        neighbour_route(&nb, &nb_frr, vip, false).await;
+        h.set_draining(false);
+        wait_for(LIMIT, "normal metric in table 100", table("100")).await;
+        // Undrained, the VIP stays out of OSPF (absence checked for a while: OSPF relearns within ~1 s).
+        for _ in 0..30 {
+            assert!(
+                nb.try_ip(&["-4", "route", "show", vip]).trim().is_empty(),
+                "FRR re-imported the VIP after undrain: update the README's FRR route-mode note"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A change of the VIP's route (here: withdrawn and announced again) brings it back.
+        tx.send_replace(BTreeSet::new());
+        wait_for(LIMIT, "route removed from table 100", || async {
+            node.try_ip(&["-4", "route", "show", "table", "100"])
+                .trim()
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+        tx.send_replace(host_routes(&["198.51.100.24/32"]));
+        neighbour_route(&nb, &nb_frr, vip, true).await;
+        h.stop().await;
+    });
+}
