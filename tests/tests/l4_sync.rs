@@ -297,6 +297,69 @@ fn l4_sync_lost_records_known_at_next_reannouncement() {
     assert_eq!(broken(&mut conns), 0, "connections broken after the move to node B");
 }
 
+#[test]
+fn l4_sync_replayed_datagrams_refused() {
+    use padis_ebpf_common::{v4_mapped, FlowKey};
+    use padis_l4::sync::{encode, Body, Message, SyncKey, WireFlow};
+
+    let mut lan = Lan::new(2, PORT).expect("topology");
+    lan.add_node().expect("second Padis node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "a shared secret of 32 bytes!!!!!";
+    let key = key_file(dir.path(), "sync.key", secret);
+    let ib = unique_name("syb");
+    let _pins = PinGuard(ib.clone());
+    let b = PadisL4::start(&lan.nodes[0], &config(&ib, "b", &node_addr(0), &[0, 1], &key)).expect("start node B");
+    wait_in_table(&b, &[0, 1]);
+
+    // Authentic datagrams of a node "A" (signed with the shared key), sent from A's address; each is sent twice.
+    let key = SyncKey::new(secret.as_bytes());
+    let flow = |port: u16| WireFlow {
+        key: FlowKey {
+            src: v4_mapped([198, 51, 100, 7]),
+            dst: v4_mapped(VIP.parse::<std::net::Ipv4Addr>().expect("VIP").octets()),
+            sport: port.to_be(),
+            dport: PORT.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        },
+        backend: v4_mapped(backend_addr(0).parse::<std::net::Ipv4Addr>().expect("backend").octets()),
+    };
+    let msg = |incarnation: u64, seq: u64, port: u16| {
+        encode(&Message { node: 42, incarnation, seq, body: Body::Flows(vec![flow(port)]) }, &key).expect("encode")
+    };
+    let to = format!("{}:{SYNC_PORT}", node_addr(0));
+    let send = |datagrams: &[Vec<u8>]| {
+        lan.padis
+            .enter(|| {
+                let sock = std::net::UdpSocket::bind(format!("{PADIS}:0")).expect("bind in A's namespace");
+                for d in datagrams {
+                    sock.send_to(d, &to).expect("send");
+                }
+            })
+            .expect("enter A's namespace")
+    };
+    let (first, second) = (msg(1000, 5, 40001), msg(1000, 6, 40002));
+    send(&[first.clone(), first.clone(), second.clone()]);
+    wait_for("B to take the two fresh datagrams", Duration::from_secs(20), || sync_report(&b).records_inserted == 2);
+    wait_for("B to refuse the duplicate", Duration::from_secs(20), || {
+        sync_report(&b).replays.get("duplicate") == Some(&1)
+    });
+    // Replayed later, and datagrams of an older incarnation: refused, nothing received.
+    send(&[second, first, msg(999, 7, 40003)]);
+    wait_for("B to refuse the replays", Duration::from_secs(20), || {
+        let r = sync_report(&b);
+        r.replays.get("duplicate") == Some(&3) && r.replays.get("old_incarnation") == Some(&1)
+    });
+    // A restarted sender (newer incarnation) starts a new window: its datagram number 0 is taken.
+    send(&[msg(2000, 0, 40004)]);
+    wait_for("B to take the restarted sender's record", Duration::from_secs(20), || {
+        sync_report(&b).records_inserted == 3
+    });
+    let r = sync_report(&b);
+    assert_eq!((r.records_received, r.auth_failures, r.malformed), (3, 0, 0), "{r:?}");
+}
+
 mod ring {
     //! The XDP side through BPF_PROG_TEST_RUN: what the program announces in `SYNC_RING`.
 
