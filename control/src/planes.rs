@@ -207,7 +207,12 @@ async fn follow_announcements(
     loop {
         let snap = reader.load();
         let r = l4.report();
-        let attached = r.enabled && !r.interfaces.is_empty() && r.last_error.is_none();
+        // With connection-table sync, a (re)started node waits for its peers' tables before it is announced:
+        // flows ECMP moves to it then keep their backends.
+        let attached = r.enabled
+            && !r.interfaces.is_empty()
+            && r.last_error.is_none()
+            && r.sync.as_ref().is_none_or(|s| s.ready);
         let want = servable(&snap, &health, attached);
         tx.send_if_modified(|cur| {
             if *cur != want {

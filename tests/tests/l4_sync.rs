@@ -127,11 +127,16 @@ fn l4_sync_flows_survive_churn_and_ecmp_move() {
 
     let a = PadisL4::start(&lan.padis, &config(&ia, "a", PADIS, &four, &key)).expect("start node A");
     wait_in_table(&a, &four);
-    // Flows opened before node B exists: B learns them from A's bulk dump when it says hello.
+    // Alone (its peer is not running), A is ready to be announced after the grace period.
+    wait_for("A alone to be ready", Duration::from_secs(20), || sync_report(&a).ready);
+    // Flows opened before node B exists: B learns them from A's bulk dump when it says hello, and is ready (to be
+    // announced) only once the dump is complete.
     let mut conns = open(&lan, 16);
     let b = PadisL4::start(&lan.nodes[0], &config(&ib, "b", &node_addr(0), &four, &key)).expect("start node B");
     wait_in_table(&b, &four);
-    wait_for("B to insert A's dump", Duration::from_secs(30), || metric(&b, "padis_l4_sync_records_inserted_total") >= 16.0);
+    wait_for("B to be ready", Duration::from_secs(30), || sync_report(&b).ready);
+    let inserted = metric(&b, "padis_l4_sync_records_inserted_total");
+    assert!(inserted >= 16.0, "B ready before A's dump was in ({inserted} records)");
     assert!(metric(&a, "padis_l4_sync_dumps_sent_total") >= 1.0);
     // Flows opened while both run: streamed in batches.
     conns.extend(open(&lan, 16));
@@ -181,9 +186,10 @@ fn l4_sync_flows_survive_churn_and_ecmp_move() {
     let dumps = metric(&a, "padis_l4_sync_dumps_sent_total");
     let b = PadisL4::start(&lan.nodes[0], &config(&ib2, "b", &node_addr(0), &eight, &key)).expect("restart node B");
     wait_in_table(&b, &eight);
-    wait_for("B to insert A's second dump", Duration::from_secs(30), || {
-        metric(&b, "padis_l4_sync_records_inserted_total") >= 40.0
-    });
+    wait_for("restarted B to be ready", Duration::from_secs(30), || sync_report(&b).ready);
+    let inserted = metric(&b, "padis_l4_sync_records_inserted_total");
+    assert!(inserted >= 40.0, "restarted B ready before A's second dump was in ({inserted} records)");
+    assert!(sync_report(&a).ready, "a peer's restart does not make A unready");
     assert!(metric(&a, "padis_l4_sync_dumps_sent_total") > dumps);
     conns.extend(fresh);
     assert_eq!(broken(&mut conns), 0, "connections broken after node B restarted");

@@ -28,6 +28,7 @@ pub const MAX_RECORDS: usize = (MAX_DATAGRAM - HEADER_LEN - TAG_LEN) / RECORD_LE
 
 const KIND_HELLO: u8 = 1;
 const KIND_FLOWS: u8 = 2;
+const KIND_DUMP_DONE: u8 = 3;
 
 /// One synchronised flow: the connection-table key and the backend's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub enum Body {
     Hello,
     /// New flows (live, or part of a bulk dump).
     Flows(Vec<WireFlow>),
+    /// The bulk dump to this receiver is complete (it now knows every flow the sender had).
+    DumpDone,
 }
 
 /// A decoded message.
@@ -95,6 +98,7 @@ pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
     let (kind, flows): (u8, &[WireFlow]) = match &msg.body {
         Body::Hello => (KIND_HELLO, &[]),
         Body::Flows(f) => (KIND_FLOWS, f),
+        Body::DumpDone => (KIND_DUMP_DONE, &[]),
     };
     if flows.len() > MAX_RECORDS {
         return Err(CodecError::TooMany(flows.len()));
@@ -172,7 +176,8 @@ pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
     let seq = u64::from_be_bytes(arr(body, 24));
     let body = match body[4] {
         KIND_HELLO if count == 0 => Body::Hello,
-        KIND_HELLO => return Err(CodecError::Length(data.len())),
+        KIND_DUMP_DONE if count == 0 => Body::DumpDone,
+        KIND_HELLO | KIND_DUMP_DONE => return Err(CodecError::Length(data.len())),
         KIND_FLOWS => Body::Flows(
             body[HEADER_LEN..]
                 .chunks_exact(RECORD_LEN)
@@ -221,6 +226,8 @@ mod tests {
         let wire = encode(&msg, &key).unwrap();
         assert!(wire.len() <= MAX_DATAGRAM);
         assert_eq!(decode(&wire, &key).unwrap(), msg);
+        let done = Message { node: 1, incarnation: 2, seq: 3, body: Body::DumpDone };
+        assert_eq!(decode(&encode(&done, &key).unwrap(), &key).unwrap(), done);
         let hello = Message { node: 1, incarnation: 2, seq: u64::MAX, body: Body::Hello };
         assert_eq!(decode(&encode(&hello, &key).unwrap(), &key).unwrap(), hello);
         // Splitting into datagrams keeps every record, in order.
@@ -236,7 +243,7 @@ mod tests {
             .iter()
             .flat_map(|d| match decode(d, &key).unwrap().body {
                 Body::Flows(f) => f,
-                Body::Hello => Vec::new(),
+                Body::Hello | Body::DumpDone => Vec::new(),
             })
             .collect();
         assert_eq!(back, many);

@@ -93,6 +93,9 @@ impl Daemon {
             peers: peers.clone(),
             metrics: metrics.clone(),
             hellos: Default::default(),
+            started: Instant::now().into_std(),
+            dumps_done: Default::default(),
+            ready: Default::default(),
         });
         Ok(Daemon {
             origin,
@@ -269,6 +272,12 @@ impl Daemon {
         match msg.body {
             Body::Hello => self.hello(msg.node, msg.incarnation, from),
             Body::Flows(flows) => self.insert(&flows),
+            Body::DumpDone => {
+                if self.peers.contains(&from) {
+                    tracing::debug!(peer = %from, "sync: peer's connection table received");
+                    self.status.dump_done(from, msg.incarnation);
+                }
+            }
         }
     }
 

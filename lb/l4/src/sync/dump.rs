@@ -90,7 +90,22 @@ pub(super) fn run(job: DumpJob) -> u64 {
         send(&mut batch);
     }
     match job.purpose {
-        Purpose::Dump => tracing::info!(peers = ?job.to, records = sent, "sync: connection table dump sent"),
+        Purpose::Dump => {
+            if !job.stop.is_cancelled() {
+                // Tells the receiver it now knows our whole table (it may be waiting for that to be announced).
+                match codec::encode(&job.origin.message(codec::Body::DumpDone), &job.key) {
+                    Ok(d) => {
+                        for to in &job.to {
+                            if sock.send_to(&d, to).is_err() {
+                                job.metrics.send_errors.inc();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "sync: dump end not encoded"),
+                }
+            }
+            tracing::info!(peers = ?job.to, records = sent, "sync: connection table dump sent")
+        }
         Purpose::Refresh => {
             if !job.stop.is_cancelled() {
                 job.metrics.refresh_passes.inc();

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -12,6 +13,10 @@ use super::metrics::SyncMetrics;
 
 /// A peer is "up" when its last hello is younger than this.
 pub const PEER_UP: std::time::Duration = std::time::Duration::from_secs(3);
+/// After a start, how long to listen for peers' hellos before deciding that no peer is up.
+pub const READY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest wait for the peers' dumps after a start: a node is ready to be announced then, complete or not.
+pub const READY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reasons of `padis_l4_sync_records_skipped_total`.
 const SKIP_REASONS: [&str; 5] = ["exists", "unknown_vip", "unknown_backend", "map_error", "stale_backend"];
@@ -34,6 +39,12 @@ pub(super) struct SyncStatus {
     pub peers: Vec<SocketAddr>,
     pub metrics: SyncMetrics,
     pub hellos: Mutex<HashMap<SocketAddr, Hello>>,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Peers whose bulk dump to us is complete, with the incarnation that sent it.
+    pub dumps_done: Mutex<HashMap<SocketAddr, u64>>,
+    /// Latched once ready: a peer restarting later does not make this node unready.
+    pub ready: AtomicBool,
 }
 
 /// One configured peer in the report.
@@ -54,6 +65,9 @@ pub struct PeerReport {
 /// The sync part of the L4 report.
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// The peers' connection tables are known (see `SyncStatus::ready`): until then the node's VIPs are not
+    /// announced, so ECMP sends it no flow it could break.
+    pub ready: bool,
     /// This node's id (hex).
     pub node: String,
     /// This node's incarnation (start time, Unix ns).
@@ -87,6 +101,35 @@ pub struct SyncReport {
 }
 
 impl SyncStatus {
+    /// Records that `from` (incarnation `incarnation`) finished its bulk dump to us.
+    pub fn dump_done(&self, from: SocketAddr, incarnation: u64) {
+        self.dumps_done.lock().unwrap_or_else(|e| e.into_inner()).insert(from, incarnation);
+    }
+
+    /// Whether this node knows the peers' connections well enough to take flows that ECMP moves to it: every
+    /// peer heard within [`PEER_UP`] has completed its dump to us (after [`READY_GRACE`] to hear them), or
+    /// [`READY_MAX`] has passed since the start. Latched.
+    pub fn ready(&self, now: Instant) -> bool {
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let since = now.saturating_duration_since(self.started);
+        let ready = since >= READY_MAX
+            || (since >= READY_GRACE && {
+                let hellos = self.hellos.lock().unwrap_or_else(|e| e.into_inner());
+                let done = self.dumps_done.lock().unwrap_or_else(|e| e.into_inner());
+                hellos
+                    .iter()
+                    .filter(|(_, h)| now.saturating_duration_since(h.at) < PEER_UP)
+                    .all(|(addr, h)| done.get(addr) == Some(&h.incarnation))
+            });
+        if ready {
+            self.ready.store(true, Ordering::Relaxed);
+            tracing::info!(after_ms = since.as_millis() as u64, "sync: peers' connection tables received, ready to be announced");
+        }
+        ready
+    }
+
     /// Records an authenticated, fresh hello.
     pub fn hello(&self, from: SocketAddr, hello: Hello) {
         self.hellos.lock().unwrap_or_else(|e| e.into_inner()).insert(from, hello);
@@ -104,6 +147,7 @@ impl SyncStatus {
                 .collect::<BTreeMap<_, _>>()
         };
         SyncReport {
+            ready: self.ready(now),
             node: format!("{:016x}", self.node),
             incarnation: self.incarnation,
             listen: Some(self.listen),
