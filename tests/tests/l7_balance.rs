@@ -1,5 +1,6 @@
 //! L7 proxy with `padis-balance`: every algorithm's distribution through the proxy, retries on a dead backend,
-//! passive ejection, draining while a slow request finishes, WebSocket-style upgrade echo.
+//! passive ejection, draining while a slow request finishes, Upgrade echo (raw bytes; real WebSocket framing is in
+//! l7_websocket.rs).
 
 use std::collections::HashMap;
 use std::time::Duration;
