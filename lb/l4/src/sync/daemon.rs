@@ -273,10 +273,9 @@ impl Daemon {
             Body::Hello => self.hello(msg.node, msg.incarnation, from),
             Body::Flows(flows) => self.insert(&flows),
             Body::DumpDone => {
-                if self.peers.contains(&from) {
-                    tracing::debug!(peer = %from, "sync: peer's connection table received");
-                    self.status.dump_done(from, msg.incarnation);
-                }
+                // Authenticated; sent from the dump's own socket, so known by node id, not address.
+                tracing::debug!(%from, node = msg.node, "sync: peer's connection table received");
+                self.status.dump_done(msg.node, msg.incarnation);
             }
         }
     }

@@ -41,8 +41,9 @@ pub(super) struct SyncStatus {
     pub hellos: Mutex<HashMap<SocketAddr, Hello>>,
     /// When the daemon started.
     pub started: Instant,
-    /// Peers whose bulk dump to us is complete, with the incarnation that sent it.
-    pub dumps_done: Mutex<HashMap<SocketAddr, u64>>,
+    /// Nodes whose bulk dump to us is complete, with the incarnation that sent it (by node id: a dump comes
+    /// from an ephemeral port, not the peer's sync address).
+    pub dumps_done: Mutex<HashMap<u64, u64>>,
     /// Latched once ready: a peer restarting later does not make this node unready.
     pub ready: AtomicBool,
 }
@@ -101,9 +102,9 @@ pub struct SyncReport {
 }
 
 impl SyncStatus {
-    /// Records that `from` (incarnation `incarnation`) finished its bulk dump to us.
-    pub fn dump_done(&self, from: SocketAddr, incarnation: u64) {
-        self.dumps_done.lock().unwrap_or_else(|e| e.into_inner()).insert(from, incarnation);
+    /// Records that node `node` (incarnation `incarnation`) finished its bulk dump to us.
+    pub fn dump_done(&self, node: u64, incarnation: u64) {
+        self.dumps_done.lock().unwrap_or_else(|e| e.into_inner()).insert(node, incarnation);
     }
 
     /// Whether this node knows the peers' connections well enough to take flows that ECMP moves to it: every
@@ -121,7 +122,7 @@ impl SyncStatus {
                 hellos
                     .iter()
                     .filter(|(_, h)| now.saturating_duration_since(h.at) < PEER_UP)
-                    .all(|(addr, h)| done.get(addr) == Some(&h.incarnation))
+                    .all(|(_, h)| done.get(&h.node) == Some(&h.incarnation))
             });
         if ready {
             self.ready.store(true, Ordering::Relaxed);
