@@ -11,6 +11,11 @@
 //! address = "192.0.2.1"
 //! asn = 65000
 //! next_hop6 = "2001:db8::10"  # next hop of IPv6 VIPs on this IPv4 session
+//! bfd = true                  # single-hop BFD with this router
+//!
+//! [bgp.bfd]
+//! interval = "300ms"          # Desired Min TX / Required Min RX once Up
+//! multiplier = 3              # Detect Mult
 //!
 //! [ospf]
 //! table = 100                 # kernel table a local BIRD/FRR redistributes
@@ -54,6 +59,30 @@ pub struct BgpConfig {
     /// The routers we peer with.
     #[serde(default, rename = "peer")]
     pub peers: Vec<BgpPeer>,
+    /// `[bgp.bfd]`: timers of the BFD sessions (RFC 5880/5881) of peers with `bfd = true`.
+    #[serde(default)]
+    pub bfd: BfdTimers,
+}
+
+/// `[bgp.bfd]`: single-hop BFD timers shared by every peer with `bfd = true`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BfdTimers {
+    /// Desired Min TX and Required Min RX once the session is Up (1 s at least while it is not).
+    #[serde(default = "default_bfd_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Detect Mult: packets the router may miss before it declares us down.
+    #[serde(default = "default_bfd_multiplier")]
+    pub multiplier: u8,
+}
+
+impl Default for BfdTimers {
+    fn default() -> Self {
+        Self {
+            interval: default_bfd_interval(),
+            multiplier: default_bfd_multiplier(),
+        }
+    }
 }
 
 /// `[[bgp.peer]]`: one router.
@@ -79,6 +108,10 @@ pub struct BgpPeer {
     /// TTL of our packets for a multihop session (default: 1 for eBGP, 64 for iBGP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multihop: Option<u8>,
+    /// Run a single-hop BFD session with the router (timers in `[bgp.bfd]`); its failure tears the BGP
+    /// session down at once.
+    #[serde(default)]
+    pub bfd: bool,
 }
 
 fn default_hold() -> Duration {
@@ -92,6 +125,12 @@ fn default_drain() -> Duration {
 }
 fn default_port() -> u16 {
     179
+}
+fn default_bfd_interval() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_bfd_multiplier() -> u8 {
+    3
 }
 
 impl BgpPeer {
@@ -132,6 +171,12 @@ impl BgpConfig {
         if self.peers.is_empty() {
             cx.error("bgp", "at least one [[bgp.peer]] is needed");
         }
+        if self.bfd.interval < Duration::from_millis(10) || self.bfd.interval > Duration::from_secs(60) {
+            cx.error("bgp.bfd.interval", "must be between 10ms and 60s");
+        }
+        if self.bfd.multiplier == 0 {
+            cx.error("bgp.bfd.multiplier", "must be 1..255");
+        }
         let mut seen = HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             let at = |f: &str| format!("bgp.peer[{i}].{f}");
@@ -167,6 +212,9 @@ impl BgpConfig {
             }
             if p.multihop == Some(0) {
                 cx.error(at("multihop"), "TTL must be 1..255");
+            }
+            if p.bfd && p.multihop.is_some_and(|t| t > 1) {
+                cx.error(at("bfd"), "BFD is single-hop (RFC 5881): not with multihop > 1");
             }
         }
     }
@@ -250,6 +298,8 @@ mod tests {
         let b = v.state.bgp.unwrap();
         assert_eq!(b.hold_time.as_secs(), 90);
         assert_eq!(b.peers[0].port, 179);
+        assert!(!b.peers[0].bfd);
+        assert_eq!((b.bfd.interval.as_millis(), b.bfd.multiplier), (300, 3));
         let o = v.state.ospf.unwrap();
         assert_eq!(
             (o.table, o.mode, o.interface.as_str()),
@@ -267,6 +317,13 @@ mod tests {
         assert!(e.contains("bgp.peer[0].asn"), "{e}");
         let e = errors("[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n");
         assert!(e.contains("at least one"), "{e}");
+        let e = errors(
+            "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[bgp.bfd]\ninterval = \"1ms\"\nmultiplier = 0\n\
+             [[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\nmultihop = 3\nbfd = true\n",
+        );
+        assert!(e.contains("t.toml:5") && e.contains("bgp.bfd.interval"), "{e}");
+        assert!(e.contains("t.toml:6") && e.contains("bgp.bfd.multiplier"), "{e}");
+        assert!(e.contains("bgp.peer[0].bfd") && e.contains("single-hop"), "{e}");
         let e = errors("[ospf]\ntable = 255\n");
         assert!(e.contains("t.toml:2") && e.contains("reserved"), "{e}");
         let e = errors("[ospf]\ntable = 10\nmode = \"tunnel\"\n");
