@@ -16,6 +16,9 @@ pub enum BgpError {
         /// The cause.
         source: std::io::Error,
     },
+    /// BFD sockets could not be opened.
+    #[error("bfd: {0}")]
+    Bfd(#[from] crate::bfd::BfdError),
     /// Must be called inside a tokio runtime.
     #[error("Announcer::spawn must run inside a tokio runtime")]
     NoRuntime,
@@ -58,6 +61,9 @@ pub enum SessionError {
     /// A message could not be encoded (a bug or an impossible route set).
     #[error("encode: {0}")]
     Encode(#[from] rustbgpd_wire::EncodeError),
+    /// The BFD session with the peer failed; we sent Cease / BFD Down (RFC 9384) and closed.
+    #[error("BFD session down")]
+    BfdDown,
     /// The session was stopped by us (drain/stop).
     #[error("stopped")]
     Stopped,

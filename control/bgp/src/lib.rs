@@ -3,10 +3,12 @@
 //! The daemon computes the set of VIP host prefixes this node can serve and publishes it on a `watch` channel;
 //! [`Announcer::spawn`] runs one BGP session per `[[bgp.peer]]` (RFC 4271 FSM, 4-octet AS, MP-BGP for IPv6)
 //! that follows the set with UPDATE diffs, and, with `[ospf]`, a writer that mirrors it into a kernel table.
-//! [`AnnouncerHandle::drain_and_stop`] does the RFC 8326 graceful shutdown before withdrawing.
+//! [`AnnouncerHandle::drain_and_stop`] does the RFC 8326 graceful shutdown before withdrawing. Peers with
+//! `bfd = true` get a single-hop BFD session ([`bfd`]) whose failure tears their BGP session down at once.
 
 #![warn(missing_docs)]
 
+pub mod bfd;
 mod error;
 mod kernel;
 mod listener;
@@ -73,8 +75,24 @@ impl Announcer {
             drain_wait = cfg.drain_wait;
             let cfg = Arc::new(cfg);
             let mut passive = Vec::new();
+            let bfd_peers: Vec<std::net::IpAddr> =
+                cfg.peers.iter().filter(|p| p.bfd).map(|p| p.address).collect();
+            let mut links = if bfd_peers.is_empty() {
+                Vec::new()
+            } else {
+                let timers = bfd::Timers {
+                    interval: cfg.bfd.interval,
+                    multiplier: cfg.bfd.multiplier,
+                };
+                let (speaker, links) =
+                    bfd::Speaker::new(timers, &bfd_peers, cfg.local_address, phase_rx.clone(), m.clone())?;
+                tasks.push(rt.spawn(speaker.run()));
+                links
+            }
+            .into_iter();
             for p in cfg.peers.iter() {
-                let status = PeerStatus::new(p.address, p.asn, m.clone());
+                let bfd = if p.bfd { links.next() } else { None };
+                let status = PeerStatus::new(p.address, p.asn, m.clone(), bfd.clone());
                 let incoming = if p.passive {
                     let (tx, rx) = mpsc::channel(1);
                     passive.push((p.address, tx));
@@ -89,6 +107,7 @@ impl Announcer {
                     phase: phase_rx.clone(),
                     status: status.clone(),
                     incoming,
+                    bfd,
                 };
                 peers.push(status);
                 tasks.push(rt.spawn(s.run()));
@@ -223,7 +242,9 @@ mod tests {
         let text = format!("[[vip]]\nname = \"{name}\"\naddr = \"{addr}\"\nport = {port}\n");
         let v = padis_model::parse_config(&text, "t.toml", std::path::Path::new("."))
             .map_err(|e| e.to_string());
-        v.unwrap().state.vips.remove(0)
+        let v = v.unwrap().state.vips.remove(0);
+        // `Borrow` whether the model holds `Vip` or a shared `Arc<Vip>`.
+        std::borrow::Borrow::<padis_model::l4::Vip>::borrow(&v).clone()
     }
 
     #[test]

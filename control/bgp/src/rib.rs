@@ -235,6 +235,7 @@ mod tests {
             "10.0.0.2".parse().unwrap(),
             65000,
             Metrics::register(&prometheus::Registry::new()).unwrap(),
+            None,
         );
         let mut w = Writer {
             wr: Box::new(a),
@@ -333,6 +334,7 @@ mod tests {
             "10.0.0.2".parse().unwrap(),
             65000,
             Metrics::register(&prometheus::Registry::new()).unwrap(),
+            None,
         );
         let mut w = Writer {
             wr: Box::new(a),

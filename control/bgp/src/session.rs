@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::bfd::{self, BfdLink};
 use crate::error::SessionError;
 use crate::rib::{Nexthops, Rib, Writer};
 use crate::status::{PeerStatus, SessionState};
@@ -35,6 +36,8 @@ pub(crate) enum Phase {
 
 /// Hold time while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// Cease subcode "BFD Down" (RFC 9384).
+const CEASE_BFD_DOWN: u8 = 10;
 /// LOCAL_PREF / MED used while draining (RFC 8326: lowest preference).
 const DRAIN_LOCAL_PREF: u32 = 0;
 const DRAIN_MED: u32 = u32::MAX;
@@ -48,6 +51,8 @@ pub(crate) struct Session {
     pub status: PeerStatus,
     /// Connections accepted for a passive peer.
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
+    /// The peer's BFD session (`bfd = true`).
+    pub bfd: Option<BfdLink>,
 }
 
 impl Session {
@@ -184,6 +189,9 @@ impl Session {
         let mut rib = Rib::default();
         let mut params: Option<(PeerOpen, Nexthops)> = None;
         let mut stop_rx = self.phase.clone();
+        // BFD is not waited for, but once it has been Up, its next failure ends this session (RFC 5882).
+        let mut bfd_rx = self.bfd.as_ref().map(BfdLink::watch);
+        let bfd_seen = bfd_rx.as_ref().map(|r| r.borrow().failures).unwrap_or(0);
 
         loop {
             tokio::select! {
@@ -294,7 +302,16 @@ impl Session {
                         }
                     }
                 }
+                _ = bfd::failed_after(bfd_rx.as_mut(), bfd_seen) => {
+                    warn!(peer = %self.peer.address, state = state_name(state), "BFD session failed: closing the BGP session");
+                    let _ = out.send(&wire::notification(NotificationCode::Cease.as_u8(), CEASE_BFD_DOWN, Bytes::new())).await;
+                    let _ = out.wr.shutdown().await;
+                    return Err(SessionError::BfdDown);
+                }
                 _ = wait_stop(&mut stop_rx), if state != SessionState::Established => {
+                    if let Some(b) = &self.bfd {
+                        b.admin_down().await;
+                    }
                     let _ = out.send(&cease()).await;
                     return Err(SessionError::Stopped);
                 }
@@ -332,6 +349,10 @@ impl Session {
         if let Some((po, nh)) = params {
             rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true)
                 .await?;
+        }
+        // AdminDown first, so that the router does not count the session's end as a failure.
+        if let Some(b) = &self.bfd {
+            b.admin_down().await;
         }
         out.send(&cease()).await?;
         let _ = out.wr.shutdown().await;

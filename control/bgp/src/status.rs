@@ -7,6 +7,7 @@ use std::time::Instant;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
+use crate::bfd::{BfdLink, BfdReport};
 use crate::BgpError;
 
 /// RFC 4271 session states (numbered 0..5 in the `padis_bgp_session_state` metric).
@@ -48,6 +49,9 @@ pub struct PeerReport {
     pub draining: bool,
     /// Why the session last went down or failed.
     pub last_error: Option<String>,
+    /// The BFD session, for peers with `bfd = true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdReport>,
 }
 
 /// The kernel-route writer in a [`BgpReport`].
@@ -80,10 +84,11 @@ pub(crate) struct PeerStatus {
     inner: Arc<Mutex<Inner>>,
     m: Metrics,
     label: String,
+    bfd: Option<BfdLink>,
 }
 
 impl PeerStatus {
-    pub(crate) fn new(address: IpAddr, asn: u32, m: Metrics) -> Self {
+    pub(crate) fn new(address: IpAddr, asn: u32, m: Metrics, bfd: Option<BfdLink>) -> Self {
         let report = PeerReport {
             address,
             asn,
@@ -94,6 +99,7 @@ impl PeerStatus {
             hold_time_secs: None,
             draining: false,
             last_error: None,
+            bfd: None,
         };
         let label = address.to_string();
         m.state.with_label_values(&[&label]).set(0);
@@ -106,6 +112,7 @@ impl PeerStatus {
             })),
             m,
             label,
+            bfd,
         }
     }
 
@@ -166,6 +173,7 @@ impl PeerStatus {
         let i = self.lock();
         let mut r = i.report.clone();
         r.uptime_secs = i.since.map(|t| t.elapsed().as_secs());
+        r.bfd = self.bfd.as_ref().map(BfdLink::report);
         r
     }
 }
@@ -178,6 +186,12 @@ pub(crate) struct Metrics {
     flaps: IntCounterVec,
     updates: IntCounterVec,
     pub(crate) ospf_routes: IntGauge,
+    /// 1 while a peer's BFD session is Up.
+    pub(crate) bfd_up: IntGaugeVec,
+    /// BFD state changes per peer and new state.
+    pub(crate) bfd_transitions: IntCounterVec,
+    /// Received BFD datagrams dropped, by reason.
+    pub(crate) bfd_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -211,6 +225,27 @@ impl Metrics {
             "padis_ospf_routes_installed",
             "VIP host routes or addresses in the kernel",
         )?;
+        let bfd_up = IntGaugeVec::new(
+            Opts::new("padis_bfd_session_up", "1 while the peer's BFD session is Up"),
+            &["peer"],
+        )?;
+        let bfd_transitions = IntCounterVec::new(
+            Opts::new(
+                "padis_bfd_transitions_total",
+                "BFD session state changes per peer, by new state (admindown, down, init, up)",
+            ),
+            &["peer", "to"],
+        )?;
+        let bfd_dropped = IntCounterVec::new(
+            Opts::new(
+                "padis_bfd_packets_dropped_total",
+                "Received BFD packets dropped: ttl (not 255), malformed, discriminator (unknown Your Discriminator), unknown_peer",
+            ),
+            &["reason"],
+        )?;
+        register(r, &bfd_up)?;
+        register(r, &bfd_transitions)?;
+        register(r, &bfd_dropped)?;
         register(r, &state)?;
         register(r, &routes)?;
         register(r, &flaps)?;
@@ -222,6 +257,9 @@ impl Metrics {
             flaps,
             updates,
             ospf_routes,
+            bfd_up,
+            bfd_transitions,
+            bfd_dropped,
         })
     }
 }
@@ -266,6 +304,13 @@ impl std::fmt::Display for BgpReport {
             if p.draining {
                 f.write_str(" draining")?;
             }
+            if let Some(b) = &p.bfd {
+                write!(f, " bfd {}", b.state)?;
+                if b.state != crate::bfd::State::Up {
+                    write!(f, " ({:?})", b.diag)?;
+                }
+                write!(f, " failures {}", b.failures)?;
+            }
             if let Some(e) = &p.last_error {
                 write!(f, " (last error: {e})")?;
             }
@@ -305,7 +350,7 @@ mod tests {
     #[test]
     fn report_prints_one_line_per_peer() {
         let m = Metrics::register(&Registry::new()).unwrap();
-        let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m);
+        let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m, None);
         p.set_state(SessionState::Established);
         p.set_routes(3, true);
         let r = BgpReport {
