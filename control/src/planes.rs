@@ -191,7 +191,7 @@ pub fn servable(snap: &Snapshot, health: &HealthRegistry, l4_attached: bool) -> 
             && v.backends.iter().any(|b| {
                 b.weight > 0 && (checked.is_empty() || checked.iter().any(|h| h.backend.ip() == b.addr && h.usable))
             });
-        (v, up)
+        (&**v, up)
     }))
 }
 

@@ -1,8 +1,13 @@
 //! Marathon's REST shapes: the `GET /v2/apps?embed=apps.tasks` body, read leniently (unknown fields ignored,
 //! `null` taken as absent) and app by app, so one malformed app is reported without hiding the others.
+//!
+//! Apps are shared (`Arc<App>`): an app whose JSON text is the same as in the previous body is not parsed again
+//! ([`ParseCache`]), and an app that did not change keeps its allocation, so later stages recognise it by pointer.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -13,7 +18,7 @@ use crate::AppProblem;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Apps {
     /// Apps that parsed, in Marathon's order.
-    pub apps: Vec<App>,
+    pub apps: Vec<Arc<App>>,
     /// Apps whose JSON did not have Marathon's shape (skipped).
     pub rejected: Vec<AppProblem>,
 }
@@ -247,15 +252,68 @@ struct IdOnly {
     id: Option<serde_json::Value>,
 }
 
+/// The apps of the previous `/v2/apps` body by a keyed hash of their JSON text, so that an app whose text did
+/// not change is not parsed again (and keeps its allocation).
+#[derive(Default)]
+pub struct ParseCache {
+    hasher: foldhash::quality::RandomState,
+    by_text: HashMap<(u64, usize), Arc<App>>,
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+impl ParseCache {
+    /// Number of apps remembered.
+    pub fn len(&self) -> usize {
+        self.by_text.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.by_text.is_empty()
+    }
+
+    /// Remembers, for each app equal to the one parsed from its text, the allocation in `apps` instead, so
+    /// that one copy is alive (apps changed by events since were copied; once equal again they are shared).
+    pub fn share_with(&mut self, apps: &[Arc<App>]) {
+        let by_id: HashMap<&str, &Arc<App>> = apps.iter().map(|a| (a.id.as_str(), a)).collect();
+        for parsed in self.by_text.values_mut() {
+            if let Some(a) = by_id.get(parsed.id.as_str()) {
+                if !Arc::ptr_eq(parsed, a) && **parsed == ***a {
+                    *parsed = Arc::clone(a);
+                }
+            }
+        }
+    }
+}
+
 impl Apps {
     /// Parses a `/v2/apps` body. The envelope must be `{"apps": [...]}`; an app that does not parse goes to
     /// `rejected` and the others are kept.
     pub fn from_json(body: &[u8]) -> Result<Apps, serde_json::Error> {
+        Apps::from_json_reusing(body, &mut ParseCache::default())
+    }
+
+    /// [`Apps::from_json`], taking apps whose JSON text is unchanged since the previous body from `cache`
+    /// (a 64-bit keyed hash plus the length); `cache` then holds this body's apps.
+    pub fn from_json_reusing(body: &[u8], cache: &mut ParseCache) -> Result<Apps, serde_json::Error> {
         let raw: RawApps = serde_json::from_slice(body)?;
         let mut out = Apps { apps: Vec::with_capacity(raw.apps.len()), rejected: Vec::new() };
+        let mut seen = HashMap::with_capacity_and_hasher(raw.apps.len(), Default::default());
         for (i, r) in raw.apps.into_iter().enumerate() {
-            match serde_json::from_str::<App>(r.get()) {
-                Ok(app) if !app.id.is_empty() => out.apps.push(app),
+            let text = r.get();
+            let key = (cache.hasher.hash_one(text.as_bytes()), text.len());
+            if let Some(app) = cache.by_text.get(&key) {
+                out.apps.push(app.clone());
+                seen.insert(key, app.clone());
+                continue;
+            }
+            match serde_json::from_str::<App>(text) {
+                Ok(app) if !app.id.is_empty() => {
+                    let app = Arc::new(app);
+                    seen.insert(key, app.clone());
+                    out.apps.push(app);
+                }
                 Ok(_) => out.rejected.push(AppProblem::new(format!("apps[{i}]"), None, "app without an id")),
                 Err(e) => {
                     let id = serde_json::from_str::<IdOnly>(r.get())
@@ -267,12 +325,13 @@ impl Apps {
                 }
             }
         }
+        cache.by_text = seen;
         Ok(out)
     }
 
-    /// The app with this id.
+    /// The app with this id, to change (copied first if it is shared).
     pub fn app_mut(&mut self, id: &str) -> Option<&mut App> {
-        self.apps.iter_mut().find(|a| a.id == id)
+        self.apps.iter_mut().find(|a| a.id == id).map(Arc::make_mut)
     }
 
     /// Number of tasks over all apps.

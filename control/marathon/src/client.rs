@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tracing::{debug, warn};
 
-use crate::apps::Apps;
+use crate::apps::{Apps, ParseCache};
 use crate::MarathonError;
 
 /// Most redirects followed for one request.
@@ -238,7 +238,8 @@ impl Client {
     }
 
     /// `GET /v2/apps?embed=apps.tasks`, parsed (on a blocking thread: 10,000 tasks are several megabytes).
-    pub async fn apps(&self) -> Result<Apps, MarathonError> {
+    /// `cache` holds the apps of the previous body: unchanged apps are not parsed again.
+    pub async fn apps(&self, cache: Arc<Mutex<ParseCache>>) -> Result<Apps, MarathonError> {
         let path = "/v2/apps?embed=apps.tasks";
         let resp = self.get(path, "application/json").await?;
         let url = format!("{}{path}", self.current().unwrap_or_default());
@@ -254,7 +255,10 @@ impl Client {
                 }
             })?
             .to_bytes();
-        let parsed = tokio::task::spawn_blocking(move || Apps::from_json(&body))
+        let parsed = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            Apps::from_json_reusing(&body, &mut cache)
+        })
             .await
             .map_err(|e| MarathonError::Unreachable { url: url.clone(), message: format!("parser task: {e}") })?;
         parsed.map_err(|source| MarathonError::Json { url, source })

@@ -1,12 +1,12 @@
 //! Draining: a task that served and is now being killed (or vanished) stays a backend with `draining = true`
 //! for `drain_time`, so in-flight requests and flows finish, then disappears.
 //!
-//! Runs on every publication, so it avoids copying and hashing: apps it does not change are borrowed, served
-//! tasks are marked with a pass number instead of being collected, and app definitions are only kept for apps
-//! that vanished (handed over by the follower when it drops them).
+//! Runs on every publication, so it avoids copying and hashing: apps it does not change are shared (the same
+//! `Arc`), served tasks are marked with a pass number instead of being collected, and app definitions are only
+//! kept for apps that vanished (handed over by the follower when it drops them).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apps::{App, Apps, Task};
@@ -65,8 +65,8 @@ impl Drainer {
     }
 
     /// The apps to map: `apps` with draining tasks put back (as `TASK_KILLING`) and expired or never-serving
-    /// killing tasks removed. Unchanged apps are borrowed.
-    pub fn process<'a>(&mut self, apps: &'a Apps, now: Instant) -> Vec<Cow<'a, App>> {
+    /// killing tasks removed. Unchanged apps are shared.
+    pub fn process(&mut self, apps: &Apps, now: Instant) -> Vec<Arc<App>> {
         let drain_time = self.drain_time;
         self.pass += 1;
         let pass = self.pass;
@@ -130,10 +130,10 @@ impl Drainer {
             let drops = dropping
                 && app.tasks.iter().any(|t| t.state == "TASK_KILLING" && self.tracked.get(&t.id).is_none_or(|tr| tr.expired));
             if extra.is_none() && !drops {
-                out.push(Cow::Borrowed(app));
+                out.push(app.clone());
                 continue;
             }
-            let mut a = app.clone();
+            let mut a = (**app).clone();
             if drops {
                 a.tasks.retain(|t| {
                     role(app, t) != Role::Draining || self.tracked.get(&t.id).is_some_and(|tr| !tr.expired)
@@ -143,7 +143,7 @@ impl Drainer {
                 extra.sort_by(|x, y| x.id.cmp(&y.id));
                 a.tasks.extend(extra);
             }
-            out.push(Cow::Owned(a));
+            out.push(Arc::new(a));
         }
         // Apps that vanished with tasks still draining.
         let mut gone: Vec<(String, Vec<Task>)> = missing.into_iter().collect();
@@ -153,7 +153,7 @@ impl Drainer {
                 tasks.sort_by(|x, y| x.id.cmp(&y.id));
                 let mut a = def.clone();
                 a.tasks = tasks;
-                out.push(Cow::Owned(a));
+                out.push(Arc::new(a));
             }
         }
         if !self.defs.is_empty() {

@@ -260,7 +260,7 @@ pub fn apply(apps: &mut Apps, event: &Event) -> bool {
             }
             let mut app = (**def).clone();
             app.tasks.clear();
-            apps.apps.push(app);
+            apps.apps.push(std::sync::Arc::new(app));
             true
         }
         Event::AppTerminated { app_id } => {

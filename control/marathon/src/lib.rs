@@ -18,27 +18,32 @@ mod metrics;
 pub mod sse;
 mod source;
 
+use std::sync::Arc;
+
 use padis_model::l4::Vip;
-use padis_model::{BackendGroup, Route, Service, SourceStatus};
+use padis_model::{same_items, BackendGroup, Route, Service, SourceStatus};
 use serde::Serialize;
 
-pub use apps::{App, Apps, Task};
+pub use apps::{App, Apps, ParseCache, Task};
 pub use error::MarathonError;
 pub use map::{default_dns_name, map_apps, role, Role};
 pub use source::MarathonSource;
 
 /// What Marathon contributes to the desired state; merged by control into the config file's state, then
-/// validated as a whole (`padis_model::validate_state`) and published.
+/// validated with it (`padis_model::validate_update`) and published.
+///
+/// Items are shared: the items of an app that did not change are the same `Arc`s as in the previous state, so a
+/// clone is cheap and later stages skip them by pointer.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MarathonState {
     /// One backend group per (app, port index) served over HTTP, named `marathon:/app:0`.
-    pub groups: Vec<BackendGroup>,
+    pub groups: Vec<Arc<BackendGroup>>,
     /// Routes from `VHOST` / `PATH` labels; `origin = Some("marathon:/app")`.
-    pub routes: Vec<Route>,
+    pub routes: Vec<Arc<Route>>,
     /// DNS services (A/AAAA + SRV by port name).
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// L4 VIPs from `VIP` labels.
-    pub vips: Vec<Vip>,
+    pub vips: Vec<Arc<Vip>>,
     /// Invalid apps or labels, skipped.
     pub problems: Vec<AppProblem>,
     /// Freshness: last good sync, last error.
@@ -61,10 +66,10 @@ impl Default for MarathonState {
 impl MarathonState {
     /// Whether the mapped content (everything but `status`) equals `other`'s.
     pub fn same_content(&self, other: &MarathonState) -> bool {
-        self.groups == other.groups
-            && self.routes == other.routes
-            && self.services == other.services
-            && self.vips == other.vips
+        same_items(&self.groups, &other.groups)
+            && same_items(&self.routes, &other.routes)
+            && same_items(&self.services, &other.services)
+            && same_items(&self.vips, &other.vips)
             && self.problems == other.problems
     }
 

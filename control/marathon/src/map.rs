@@ -3,10 +3,14 @@
 //! An app is served when its `GROUP` label names one of this node's groups. Everything an app produces is
 //! checked before any of it is kept: an app with a bad label, or one that clashes with an app mapped before it
 //! (same host + path, same VIP, same DNS name), goes to `problems` whole and the other apps still map.
+//!
+//! [`Mapper`] keeps each app's result between publications: an app that did not change (same allocation, or
+//! equal) is not mapped again and contributes the same `Arc`s, and a changed app reuses the allocations of its
+//! items that stayed equal. Only the clash check runs over all apps, on borrowed keys.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use padis_model::l4::{Vip, VipBackend};
 use padis_model::marathon::MarathonConfig;
@@ -92,81 +96,167 @@ struct AppOutput {
     vips: Vec<Vip>,
 }
 
+/// An accepted app's items, shared, with the keys it claims against other apps.
+struct Shared {
+    groups: Vec<Arc<BackendGroup>>,
+    routes: Vec<Arc<Route>>,
+    services: Vec<Arc<Service>>,
+    vips: Vec<Arc<Vip>>,
+    route_keys: Vec<(Option<String>, String)>,
+    vip_keys: Vec<(IpAddr, u16, String)>,
+    service_keys: Vec<String>,
+}
+
+/// Each new item that equals the previous one at its position keeps the previous allocation.
+fn reuse<T: PartialEq>(new: Vec<T>, old: &[Arc<T>]) -> Vec<Arc<T>> {
+    new.into_iter()
+        .enumerate()
+        .map(|(i, x)| match old.get(i) {
+            Some(o) if **o == x => o.clone(),
+            _ => Arc::new(x),
+        })
+        .collect()
+}
+
+impl Shared {
+    fn new(out: AppOutput, previous: Option<&Shared>) -> Shared {
+        let route_keys = out.routes.iter().map(|r| (r.host.clone(), r.path.trim_end_matches('/').to_string())).collect();
+        let vip_keys = out.vips.iter().map(|v| (v.addr, v.port, v.protocol.clone())).collect();
+        let service_keys =
+            out.services.iter().map(|s| format!("{}.{}", s.name, s.zone.as_deref().unwrap_or(""))).collect();
+        Shared {
+            groups: reuse(out.groups, previous.map_or(&[], |p| &p.groups)),
+            routes: reuse(out.routes, previous.map_or(&[], |p| &p.routes)),
+            services: reuse(out.services, previous.map_or(&[], |p| &p.services)),
+            vips: reuse(out.vips, previous.map_or(&[], |p| &p.vips)),
+            route_keys,
+            vip_keys,
+            service_keys,
+        }
+    }
+}
+
+/// What one app maps to on its own.
+enum Outcome {
+    /// Its group label names no group of this node.
+    NotServed,
+    /// Bad labels or values: reported, the app skipped.
+    Problems(Vec<AppProblem>),
+    /// Its items, still to be checked against other apps.
+    Mapped(Shared),
+}
+
+/// An app and what it mapped to.
+struct Entry {
+    app: Arc<App>,
+    outcome: Outcome,
+}
+
+/// Maps apps to the desired state Marathon contributes, remembering each app's outcome (see the module docs).
+#[derive(Default)]
+pub(crate) struct Mapper {
+    by_id: HashMap<String, Entry, foldhash::fast::RandomState>,
+}
+
 /// Names and keys already taken by earlier apps.
 #[derive(Default)]
-struct Taken {
-    routes: HashSet<(Option<String>, String)>,
-    vips: HashSet<(IpAddr, u16, String)>,
-    services: HashSet<String>,
+struct Taken<'a> {
+    routes: HashSet<(Option<&'a str>, &'a str), foldhash::fast::RandomState>,
+    vips: HashSet<(IpAddr, u16, &'a str), foldhash::fast::RandomState>,
+    services: HashSet<&'a str, foldhash::fast::RandomState>,
 }
 
 /// Maps apps (the `/v2/apps?embed=apps.tasks` body) to the desired state Marathon contributes.
 pub fn map_apps(apps: &Apps, cfg: &MarathonConfig) -> MarathonState {
-    map_app_list(apps.apps.iter(), &apps.rejected, cfg)
+    Mapper::default().map(&apps.apps, &apps.rejected, cfg)
 }
 
-/// [`map_apps`] over any list of apps (the source maps its cached apps plus draining tasks without copying).
-pub(crate) fn map_app_list<'a>(
-    apps: impl Iterator<Item = &'a App>,
-    rejected: &[AppProblem],
-    cfg: &MarathonConfig,
-) -> MarathonState {
+impl Mapper {
+    /// Maps `apps` (the source's cached apps plus draining tasks); apps unchanged since the last call are not
+    /// mapped again.
+    pub(crate) fn map(&mut self, apps: &[Arc<App>], rejected: &[AppProblem], cfg: &MarathonConfig) -> MarathonState {
+        let mut entries: Vec<(String, Entry)> = Vec::with_capacity(apps.len());
+        for app in apps {
+            let entry = match self.by_id.remove_entry(app.id.as_str()) {
+                Some((id, e)) if Arc::ptr_eq(&e.app, app) => (id, e),
+                Some((id, e)) if *e.app == **app => (id, Entry { app: app.clone(), outcome: e.outcome }),
+                Some((id, e)) => (id, Entry { app: app.clone(), outcome: map_one(app, cfg, Some(&e.outcome)) }),
+                None => (app.id.clone(), Entry { app: app.clone(), outcome: map_one(app, cfg, None) }),
+            };
+            entries.push(entry);
+        }
+        let state = accept(&entries, rejected);
+        self.by_id.clear();
+        self.by_id.extend(entries);
+        state
+    }
+}
+
+/// Maps one app alone (labels, tasks); `previous` is its last outcome, whose equal items are reused.
+fn map_one(app: &App, cfg: &MarathonConfig, previous: Option<&Outcome>) -> Outcome {
+    let (labels, errors) = labels::parse(&app.labels, &cfg.label_prefixes);
+    let served = match &labels.group {
+        Some(g) => cfg.serves_group(g),
+        None => cfg.group.iter().any(|g| g == "*"),
+    };
+    if !served {
+        return Outcome::NotServed;
+    }
+    if !errors.is_empty() {
+        return Outcome::Problems(errors.into_iter().map(|e| AppProblem::new(&app.id, Some(e.label), e.message)).collect());
+    }
+    let previous = match previous {
+        Some(Outcome::Mapped(s)) => Some(s),
+        _ => None,
+    };
+    match map_app(app, &labels, cfg) {
+        Ok(out) => Outcome::Mapped(Shared::new(out, previous)),
+        Err(problems) => Outcome::Problems(problems),
+    }
+}
+
+/// Puts the apps' outcomes together: the app whose config is older keeps what it serves when a newer one
+/// clashes with it (same host + path, VIP or DNS name).
+fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState {
     let mut state = MarathonState { problems: rejected.to_vec(), ..MarathonState::default() };
+    let mut order: Vec<&Entry> = entries.iter().map(|(_, e)| e).collect();
+    fn changed(a: &App) -> &str {
+        a.version_info.as_ref().and_then(|v| v.last_config_change_at.as_deref()).unwrap_or_default()
+    }
+    order.sort_by(|a, b| (changed(&a.app), a.app.id.as_str()).cmp(&(changed(&b.app), b.app.id.as_str())));
     let mut taken = Taken::default();
-    let mut order: Vec<&App> = apps.collect();
-    // The app whose config is older keeps what it serves when a newer one clashes with it.
-    let changed = |a: &App| a.version_info.as_ref().and_then(|v| v.last_config_change_at.clone()).unwrap_or_default();
-    order.sort_by_cached_key(|a| (changed(a), a.id.clone()));
-    for app in order {
-        let (labels, errors) = labels::parse(&app.labels, &cfg.label_prefixes);
-        let served = match &labels.group {
-            Some(g) => cfg.serves_group(g),
-            None => cfg.group.iter().any(|g| g == "*"),
-        };
-        if !served {
-            continue;
-        }
-        if !errors.is_empty() {
-            for e in errors {
-                state.problems.push(AppProblem::new(&app.id, Some(e.label), e.message));
-            }
-            continue;
-        }
-        match map_app(app, &labels, cfg) {
-            Ok(out) => match claim(&out, &mut taken) {
+    for e in order {
+        match &e.outcome {
+            Outcome::NotServed => {}
+            Outcome::Problems(p) => state.problems.extend(p.iter().cloned()),
+            Outcome::Mapped(out) => match claim(out, &mut taken) {
                 Ok(()) => {
-                    state.groups.extend(out.groups);
-                    state.routes.extend(out.routes);
-                    state.services.extend(out.services);
-                    state.vips.extend(out.vips);
+                    state.groups.extend(out.groups.iter().cloned());
+                    state.routes.extend(out.routes.iter().cloned());
+                    state.services.extend(out.services.iter().cloned());
+                    state.vips.extend(out.vips.iter().cloned());
                 }
-                Err(p) => state.problems.push(AppProblem::new(&app.id, None, p)),
+                Err(p) => state.problems.push(AppProblem::new(&e.app.id, None, p)),
             },
-            Err(problems) => state.problems.extend(problems),
         }
     }
     state
 }
 
 /// Checks the app's keys against earlier apps, and takes them.
-fn claim(out: &AppOutput, taken: &mut Taken) -> Result<(), String> {
-    let routes: Vec<_> =
-        out.routes.iter().map(|r| (r.host.clone(), r.path.trim_end_matches('/').to_string())).collect();
-    let vips: Vec<_> = out.vips.iter().map(|v| (v.addr, v.port, v.protocol.clone())).collect();
-    let services: Vec<_> =
-        out.services.iter().map(|s| format!("{}.{}", s.name, s.zone.as_deref().unwrap_or(""))).collect();
-    if let Some((h, p)) = routes.iter().find(|k| taken.routes.contains(*k)) {
+fn claim<'a>(out: &'a Shared, taken: &mut Taken<'a>) -> Result<(), String> {
+    if let Some((h, p)) = out.route_keys.iter().find(|(h, p)| taken.routes.contains(&(h.as_deref(), p.as_str()))) {
         return Err(format!("host `{}` path `{p}` is already served by another app", h.as_deref().unwrap_or("*")));
     }
-    if let Some((a, p, proto)) = vips.iter().find(|k| taken.vips.contains(*k)) {
+    if let Some((a, p, proto)) = out.vip_keys.iter().find(|(a, p, proto)| taken.vips.contains(&(*a, *p, proto.as_str()))) {
         return Err(format!("VIP {a}:{p}/{proto} is already used by another app"));
     }
-    if let Some(s) = services.iter().find(|k| taken.services.contains(*k)) {
+    if let Some(s) = out.service_keys.iter().find(|k| taken.services.contains(k.as_str())) {
         return Err(format!("DNS name `{}` is already used by another app", s.trim_end_matches('.')));
     }
-    taken.routes.extend(routes);
-    taken.vips.extend(vips);
-    taken.services.extend(services);
+    taken.routes.extend(out.route_keys.iter().map(|(h, p)| (h.as_deref(), p.as_str())));
+    taken.vips.extend(out.vip_keys.iter().map(|(a, p, proto)| (*a, *p, proto.as_str())));
+    taken.services.extend(out.service_keys.iter().map(String::as_str));
     Ok(())
 }
 
@@ -426,5 +516,91 @@ fn services(
         Ok(out)
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(apps: usize, tasks_of_first: usize) -> String {
+        let list: Vec<String> = (0..apps)
+            .map(|i| {
+                let n = if i == 0 { tasks_of_first } else { 2 };
+                let tasks: Vec<String> = (0..n)
+                    .map(|t| {
+                        format!(
+                            r#"{{"id":"a{i}.{t}","host":"10.0.{i}.{}","ports":[31000],"state":"TASK_RUNNING"}}"#,
+                            t + 1
+                        )
+                    })
+                    .collect();
+                format!(
+                    r#"{{"id":"/a{i}","labels":{{"PADIS_GROUP":"external","PADIS_0_VHOST":"a{i}.test"}},
+                        "portDefinitions":[{{"port":0,"protocol":"tcp","name":"http"}}],"tasks":[{}]}}"#,
+                    tasks.join(",")
+                )
+            })
+            .collect();
+        format!(r#"{{"apps":[{}]}}"#, list.join(","))
+    }
+
+    fn cfg() -> MarathonConfig {
+        MarathonConfig { urls: vec!["http://127.0.0.1:1".into()], zone: Some("test".into()), ..Default::default() }
+    }
+
+    /// A change to one app leaves every other app's items the same allocations; the changed app keeps the
+    /// allocations of its items that stayed equal (its route), and only its group and service are new.
+    #[test]
+    fn one_changed_app_leaves_the_others_shared() {
+        let mut cache = crate::apps::ParseCache::default();
+        let apps = Apps::from_json_reusing(body(20, 2).as_bytes(), &mut cache).unwrap();
+        let mut mapper = Mapper::default();
+        let s1 = mapper.map(&apps.apps, &apps.rejected, &cfg());
+        assert_eq!((s1.groups.len(), s1.routes.len(), s1.services.len()), (20, 20, 20), "{:?}", s1.problems);
+
+        // The next full sync: app 0 gained a task; the other apps' JSON is unchanged and is not parsed again.
+        let apps2 = Apps::from_json_reusing(body(20, 3).as_bytes(), &mut cache).unwrap();
+        assert!(!Arc::ptr_eq(&apps.apps[0], &apps2.apps[0]));
+        assert!(apps.apps[1..].iter().zip(&apps2.apps[1..]).all(|(a, b)| Arc::ptr_eq(a, b)), "unchanged apps reused");
+        let s2 = mapper.map(&apps2.apps, &apps2.rejected, &cfg());
+        assert_eq!(s2.groups[0].backends.len(), 3);
+        assert!(!Arc::ptr_eq(&s1.groups[0], &s2.groups[0]));
+        assert!(!Arc::ptr_eq(&s1.services[0], &s2.services[0]));
+        assert!(Arc::ptr_eq(&s1.routes[0], &s2.routes[0]), "an equal item keeps its allocation");
+        for i in 1..20 {
+            assert!(Arc::ptr_eq(&s1.groups[i], &s2.groups[i]), "group {i}");
+            assert!(Arc::ptr_eq(&s1.routes[i], &s2.routes[i]), "route {i}");
+            assert!(Arc::ptr_eq(&s1.services[i], &s2.services[i]), "service {i}");
+        }
+        // The same result as mapping from scratch.
+        assert_eq!(s2, map_apps(&Apps::from_json(body(20, 3).as_bytes()).unwrap(), &cfg()));
+    }
+
+    /// An app that changes into a bad one, or into a clash with an older app, is reported with the messages a
+    /// mapping from scratch gives, and the other apps stay shared.
+    #[test]
+    fn a_changed_app_with_problems_is_reported_as_from_scratch() {
+        let apps = Apps::from_json(body(5, 2).as_bytes()).unwrap();
+        let mut mapper = Mapper::default();
+        let s1 = mapper.map(&apps.apps, &apps.rejected, &cfg());
+        let mut changed = apps.clone();
+        Arc::make_mut(&mut changed.apps[3]).labels.insert("PADIS_0_VHOST".into(), "Bad Host!".into());
+        Arc::make_mut(&mut changed.apps[4]).labels.insert("PADIS_0_VHOST".into(), "a1.test".into());
+        let s2 = mapper.map(&changed.apps, &changed.rejected, &cfg());
+        let scratch = map_apps(&changed, &cfg());
+        assert_eq!(s2, scratch);
+        let problems: Vec<String> = s2.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            vec![
+                "/a3: PADIS_0_VHOST: `bad host!`: not a host name or `*.suffix`".to_string(),
+                "/a4: host `a1.test` path `` is already served by another app".to_string(),
+            ]
+        );
+        assert_eq!(s2.groups.len(), 3);
+        for i in 0..3 {
+            assert!(Arc::ptr_eq(&s1.groups[i], &s2.groups[i]));
+        }
     }
 }

@@ -14,12 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::apps::Apps;
+use crate::apps::{App, Apps, ParseCache};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::drain::Drainer;
 use crate::events::{self, Event};
-use crate::map::map_app_list;
+use crate::map::Mapper;
 use crate::metrics::Metrics;
 use crate::sse::SseParser;
 use crate::{MarathonError, MarathonState};
@@ -203,15 +203,32 @@ async fn resolve_hosts(apps: &mut Apps, cache: &Resolved) {
     fill_resolved(apps, cache);
 }
 
-/// Fills `resolved_host` from the cache.
+/// Fills `resolved_host` from the cache (apps are copied only when one of their tasks changes).
 fn fill_resolved(apps: &mut Apps, cache: &Resolved) {
     let Ok(c) = cache.lock() else { return };
     if c.is_empty() {
         return;
     }
-    for t in apps.apps.iter_mut().flat_map(|a| a.tasks.iter_mut()) {
-        if t.resolved_host.is_none() {
-            t.resolved_host = c.get(&t.host).map(|e| e.0);
+    let missing = |t: &crate::apps::Task| t.resolved_host.is_none() && c.contains_key(&t.host);
+    for a in apps.apps.iter_mut().filter(|a| a.tasks.iter().any(missing)) {
+        for t in Arc::make_mut(a).tasks.iter_mut() {
+            if t.resolved_host.is_none() {
+                t.resolved_host = c.get(&t.host).map(|e| e.0);
+            }
+        }
+    }
+}
+
+/// After a full sync: apps equal to the ones already held keep the held allocation (so unchanged apps stay
+/// recognisable by pointer, and only one copy of each is alive).
+fn keep_unchanged(apps: &mut Apps, old: &Apps) {
+    let by_id: HashMap<&str, &Arc<App>, foldhash::fast::RandomState> =
+        old.apps.iter().map(|a| (a.id.as_str(), a)).collect();
+    for a in &mut apps.apps {
+        if let Some(o) = by_id.get(a.id.as_str()) {
+            if !Arc::ptr_eq(o, a) && ***o == **a {
+                *a = Arc::clone(o);
+            }
         }
     }
 }
@@ -238,6 +255,10 @@ struct Follower {
     sync_backoff: Backoff,
     resolved: Resolved,
     last_ok: Option<Instant>,
+    /// Apps of the last `/v2/apps` body, so that unchanged ones are not parsed again.
+    parsed: Arc<Mutex<ParseCache>>,
+    /// Per-app mapping results, so that unchanged apps are not mapped again.
+    mapper: Mapper,
 }
 
 impl Follower {
@@ -271,6 +292,8 @@ impl Follower {
             journal: Vec::new(),
             resolved: Arc::new(Mutex::new(HashMap::new())),
             last_ok: None,
+            parsed: Arc::new(Mutex::new(ParseCache::default())),
+            mapper: Mapper::default(),
         }
     }
 
@@ -369,8 +392,9 @@ impl Follower {
             self.sync_started = now;
             let client = self.client.clone();
             let cache = self.resolved.clone();
+            let parsed = self.parsed.clone();
             self.sync = Some(tokio::spawn(async move {
-                let mut apps = client.apps().await?;
+                let mut apps = client.apps(parsed).await?;
                 resolve_hosts(&mut apps, &cache).await;
                 Ok(apps)
             }));
@@ -407,6 +431,8 @@ impl Follower {
                     for a in old.apps.iter().filter(|a| !ids.contains(a.id.as_str())) {
                         self.drainer.app_gone(a);
                     }
+                    keep_unchanged(&mut apps, old);
+                    self.parsed.lock().unwrap_or_else(|p| p.into_inner()).share_with(&apps.apps);
                 }
                 self.apps = Some(apps);
                 self.publish_at = None;
@@ -432,7 +458,7 @@ impl Follower {
     fn publish(&mut self) {
         let Some(apps) = &self.apps else { return };
         let list = self.drainer.process(apps, Instant::now());
-        let mut state = map_app_list(list.iter().map(|a| a.as_ref()), &apps.rejected, &self.cfg);
+        let mut state = self.mapper.map(&list, &apps.rejected, &self.cfg);
         drop(list);
         state.status = self.status.clone();
         let refresh = self.last_pub_at.elapsed() >= STATUS_REFRESH;

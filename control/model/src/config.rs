@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::{bgp, dns, l4, marathon, service::Service};
 
 /// Everything Padis should serve: the whole config file, plus what dynamic sources merge in.
+///
+/// Routes, groups, services and VIPs are shared (`Arc`) between successive states: an item that did not change
+/// is the same allocation in the next snapshot, so the reconciler, validation and the data planes can skip it
+/// with a pointer comparison ([`DesiredState::same_as`], [`same_items`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
@@ -34,19 +39,19 @@ pub struct DesiredState {
     pub certificates: Vec<CertificateConfig>,
     /// L7 routes (host + path prefix -> backend groups).
     #[serde(default, rename = "route")]
-    pub routes: Vec<Route>,
+    pub routes: Vec<Arc<Route>>,
     /// Backend groups.
     #[serde(default, rename = "group")]
-    pub groups: Vec<BackendGroup>,
+    pub groups: Vec<Arc<BackendGroup>>,
     /// Named services with instances (published in DNS).
     #[serde(default, rename = "service")]
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// L4 (XDP) settings.
     #[serde(default)]
     pub l4: l4::L4Config,
     /// L4 virtual IPs.
     #[serde(default, rename = "vip")]
-    pub vips: Vec<l4::Vip>,
+    pub vips: Vec<Arc<l4::Vip>>,
     /// Authoritative DNS.
     #[serde(default)]
     pub dns: dns::DnsConfig,
@@ -59,6 +64,51 @@ pub struct DesiredState {
     /// Kernel host routes for a local OSPF daemon to redistribute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ospf: Option<bgp::OspfConfig>,
+}
+
+/// Whether two lists of shared items hold equal items in the same order; items that are the same allocation are
+/// not compared field by field.
+pub fn same_items<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || **x == **y)
+}
+
+impl DesiredState {
+    /// Equality that compares shared items by pointer first ([`same_items`]); the same result as `==`.
+    pub fn same_as(&self, other: &DesiredState) -> bool {
+        // Destructured so that a new field cannot be left out of the comparison.
+        let DesiredState {
+            admin,
+            log,
+            runtime,
+            limits,
+            listeners,
+            certificates,
+            routes,
+            groups,
+            services,
+            l4,
+            vips,
+            dns,
+            marathon,
+            bgp,
+            ospf,
+        } = self;
+        same_items(routes, &other.routes)
+            && same_items(groups, &other.groups)
+            && same_items(services, &other.services)
+            && same_items(vips, &other.vips)
+            && *admin == other.admin
+            && *log == other.log
+            && *runtime == other.runtime
+            && *limits == other.limits
+            && *listeners == other.listeners
+            && *certificates == other.certificates
+            && *l4 == other.l4
+            && *dns == other.dns
+            && *marathon == other.marathon
+            && *bgp == other.bgp
+            && *ospf == other.ospf
+    }
 }
 
 /// The admin HTTP listener (`/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`).

@@ -375,7 +375,7 @@ fn is_prime(n: u32) -> bool {
 
 impl L4Config {
     /// Validates `[l4]` and the VIPs.
-    pub fn validate(&self, vips: &[Vip], cx: &mut Validator) {
+    pub fn validate(&self, vips: &[std::sync::Arc<Vip>], cx: &mut Validator) {
         if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             cx.error("l4.instance", format!("`{}`: expected letters, digits, - or _", self.instance));

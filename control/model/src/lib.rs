@@ -23,4 +23,4 @@ pub use error::{ConfigError, ConfigErrors};
 pub use service::{Instance, Service, ServicePort};
 pub use snapshot::{Snapshot, SourceStatus};
 pub use store::{SnapshotReader, SnapshotStore};
-pub use validate::{load_config, parse_config, validate_state, Valid, Validator};
+pub use validate::{load_config, parse_config, validate_state, validate_update, Valid, Validator};

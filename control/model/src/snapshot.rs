@@ -66,7 +66,7 @@ impl Snapshot {
 
     /// The backend group with this name.
     pub fn group(&self, name: &str) -> Option<&crate::BackendGroup> {
-        self.state.groups.iter().find(|g| g.name == name)
+        self.state.groups.iter().find(|g| g.name == name).map(|g| &**g)
     }
 
     /// The loaded certificate with this name.

@@ -1,5 +1,6 @@
 //! Validation: a config is checked completely before it can become a [`Snapshot`](crate::Snapshot).
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ pub fn parse_config(text: &str, origin: &str, base: &Path) -> Result<Valid, Conf
         }])
     })?;
     let doc = Document::parse(text.to_string()).ok();
-    let mut valid = check(state, origin, base, Some((text, doc.as_ref())), None)?;
+    let mut valid = check(state, origin, base, Some((text, doc.as_ref())), None, None)?;
     valid.origin = Some(origin.to_string());
     Ok(valid)
 }
@@ -82,7 +83,49 @@ pub fn validate_state(
     base: &Path,
     certificates: Option<Vec<Arc<CertMaterial>>>,
 ) -> Result<Valid, ConfigErrors> {
-    check(state, origin, base, None, certificates)
+    check(state, origin, base, None, certificates, None)
+}
+
+/// [`validate_state`] for a new version of a state that passed it: routes, groups, services and VIPs that are
+/// the same allocation as in `previous` are not checked again on their own (their checks do not depend on other
+/// items); checks across items (unique names, references, route and VIP clashes) run on the whole state, without
+/// allocating per item. The errors are the ones [`validate_state`] reports.
+///
+/// `previous` must have passed [`validate_state`] (or this function) with the same `base`.
+pub fn validate_update(
+    state: DesiredState,
+    origin: &str,
+    base: &Path,
+    certificates: Option<Vec<Arc<CertMaterial>>>,
+    previous: &DesiredState,
+) -> Result<Valid, ConfigErrors> {
+    check(state, origin, base, None, certificates, Some(previous))
+}
+
+/// Items of a previously validated list, recognised by allocation: at the same position (the common case),
+/// else through a pointer set built on first need.
+struct Known<'a, T> {
+    previous: &'a [Arc<T>],
+    set: OnceCell<HashSet<usize>>,
+}
+
+impl<'a, T> Known<'a, T> {
+    fn new(previous: Option<&'a [Arc<T>]>) -> Known<'a, T> {
+        Known { previous: previous.unwrap_or(&[]), set: OnceCell::new() }
+    }
+
+    /// Whether `item` (at position `i`) was validated before. The previous list keeps its items alive, so an
+    /// address seen there cannot belong to a new item.
+    fn contains(&self, i: usize, item: &Arc<T>) -> bool {
+        if self.previous.is_empty() {
+            return false;
+        }
+        if self.previous.get(i).is_some_and(|p| Arc::ptr_eq(p, item)) {
+            return true;
+        }
+        let set = self.set.get_or_init(|| self.previous.iter().map(|p| Arc::as_ptr(p) as usize).collect());
+        set.contains(&(Arc::as_ptr(item) as usize))
+    }
 }
 
 fn check(
@@ -91,20 +134,27 @@ fn check(
     base: &Path,
     text: Option<(&str, Option<&Document<String>>)>,
     preloaded: Option<Vec<Arc<CertMaterial>>>,
+    previous: Option<&DesiredState>,
 ) -> Result<Valid, ConfigErrors> {
     let mut cx = Validator::default();
-    // Data planes get absolute paths: they never need to know where the config file was.
+    // Data planes get absolute paths: they never need to know where the config file was. (Joining an absolute
+    // path changes nothing, so groups already made absolute are not copied.)
     for g in &mut state.groups {
-        if let Some(ca) = g.tls.as_mut().and_then(|t| t.ca.as_mut()) {
-            *ca = base.join(&*ca);
+        if g.tls.as_ref().and_then(|t| t.ca.as_ref()).is_some_and(|ca| ca.is_relative()) {
+            if let Some(ca) = Arc::make_mut(g).tls.as_mut().and_then(|t| t.ca.as_mut()) {
+                *ca = base.join(&*ca);
+            }
         }
     }
     if let Some(s) = state.l4.sync.as_mut() {
         s.key_file = base.join(&s.key_file);
     }
-    let certificates = check_l7(&state, base, &mut cx, preloaded);
+    let certificates = check_l7(&state, base, &mut cx, preloaded, previous);
+    let known = Known::new(previous.map(|p| &p.services[..]));
     for (i, s) in state.services.iter().enumerate() {
-        s.validate(&format!("service[{i}]"), &mut cx);
+        if !known.contains(i, s) {
+            s.validate(&format!("service[{i}]"), &mut cx);
+        }
     }
     state.l4.validate(&state.vips, &mut cx);
     state.dns.validate(&mut cx);
@@ -161,6 +211,7 @@ fn check_l7(
     base: &Path,
     cx: &mut Validator,
     preloaded: Option<Vec<Arc<CertMaterial>>>,
+    previous: Option<&DesiredState>,
 ) -> Vec<Arc<CertMaterial>> {
     if !s.admin.listen.ip().is_loopback() && s.admin.token.as_deref().unwrap_or("").is_empty() {
         cx.error("admin.listen", "a non-loopback admin address needs a bearer `token` in [admin]");
@@ -235,7 +286,11 @@ fn check_l7(
 
     // Groups.
     unique(cx, "group", s.groups.iter().map(|g| g.name.as_str()));
+    let known = Known::new(previous.map(|p| &p.groups[..]));
     for (i, g) in s.groups.iter().enumerate() {
+        if known.contains(i, g) {
+            continue;
+        }
         let p = format!("group[{i}]");
         let mut addrs = HashSet::new();
         for (j, b) in g.backends.iter().enumerate() {
@@ -301,47 +356,57 @@ fn check_l7(
     }
     let group_names: HashSet<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
 
-    // Routes.
+    // Routes. Checks of a route alone are skipped for a known one; references and clashes are always checked,
+    // and the field path is only formatted for an error.
     unique(cx, "route", s.routes.iter().map(|r| r.name.as_str()));
-    let mut keys: HashMap<(Option<&str>, &str, Vec<&str>), usize> = HashMap::new();
+    let known = Known::new(previous.map(|p| &p.routes[..]));
+    let mut keys: HashMap<(Option<&str>, &str, Vec<&str>), usize> = HashMap::with_capacity(s.routes.len());
     for (i, r) in s.routes.iter().enumerate() {
-        let p = format!("route[{i}]");
+        let p = || format!("route[{i}]");
+        let alone = !known.contains(i, r);
         for (j, l) in r.listeners.iter().enumerate() {
             if !listener_names.contains(l.as_str()) {
-                cx.error(format!("{p}.listeners[{j}]"), format!("no listener named `{l}`"));
+                cx.error(format!("{}.listeners[{j}]", p()), format!("no listener named `{l}`"));
             }
         }
-        if let Some(h) = &r.host {
-            if !host_ok(h) {
-                cx.error(format!("{p}.host"), format!("`{h}`: expected a lowercase host name or `*.suffix`"));
+        if alone {
+            if let Some(h) = &r.host {
+                if !host_ok(h) {
+                    cx.error(format!("{}.host", p()), format!("`{h}`: expected a lowercase host name or `*.suffix`"));
+                }
             }
-        }
-        if !r.path.starts_with('/') {
-            cx.error(format!("{p}.path"), "must start with `/`");
-        }
-        match (&r.group, r.split.is_empty()) {
-            (Some(_), false) => cx.error(format!("{p}.split"), "use either `group` or `split`, not both"),
-            (None, true) if !r.redirect_https => cx.error(format!("{p}.group"), "a route needs `group` or `split`"),
-            _ => {}
+            if !r.path.starts_with('/') {
+                cx.error(format!("{}.path", p()), "must start with `/`");
+            }
+            match (&r.group, r.split.is_empty()) {
+                (Some(_), false) => cx.error(format!("{}.split", p()), "use either `group` or `split`, not both"),
+                (None, true) if !r.redirect_https => {
+                    cx.error(format!("{}.group", p()), "a route needs `group` or `split`")
+                }
+                _ => {}
+            }
         }
         if let Some(g) = &r.group {
             if !group_names.contains(g.as_str()) {
-                cx.error(format!("{p}.group"), format!("no group named `{g}`"));
+                cx.error(format!("{}.group", p()), format!("no group named `{g}`"));
             }
         }
         for (j, w) in r.split.iter().enumerate() {
             if !group_names.contains(w.group.as_str()) {
-                cx.error(format!("{p}.split[{j}].group"), format!("no group named `{}`", w.group));
+                cx.error(format!("{}.split[{j}].group", p()), format!("no group named `{}`", w.group));
             }
         }
-        if !r.split.is_empty() && r.split.iter().all(|w| w.weight == 0) {
-            cx.error(format!("{p}.split"), "at least one weight must be greater than 0");
+        if alone && !r.split.is_empty() && r.split.iter().all(|w| w.weight == 0) {
+            cx.error(format!("{}.split", p()), "at least one weight must be greater than 0");
         }
         let mut ls: Vec<&str> = r.listeners.iter().map(String::as_str).collect();
         ls.sort_unstable();
         let path = r.path.trim_end_matches('/');
         if let Some(first) = keys.insert((r.host.as_deref(), path, ls), i) {
-            cx.error(format!("{p}.path"), format!("same host, path and listeners as route `{}`", s.routes[first].name));
+            cx.error(
+                format!("{}.path", p()),
+                format!("same host, path and listeners as route `{}`", s.routes[first].name),
+            );
         }
     }
     certificates
@@ -437,4 +502,72 @@ split = [{ group = "nope", weight = 0 }]
             assert!(s.contains(needle), "missing {needle} in\n{s}");
         }
     }
+
+    const SHARED: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[group]]
+name = "a"
+[[group]]
+name = "b"
+
+[[route]]
+name = "ra"
+host = "a.example"
+group = "a"
+[[route]]
+name = "rb"
+host = "b.example"
+group = "b"
+
+[[service]]
+name = "s"
+"#;
+
+    /// Items that are the same allocation as in the previous state are not checked alone again (an item
+    /// smuggled into `previous` with a local error passes), cross-item checks still see them, and a changed
+    /// item gets the errors a whole validation gives.
+    #[test]
+    fn update_validation_checks_only_changed_items_alone() {
+        let v = parse(SHARED).unwrap();
+        let prev = v.state.clone();
+        let same = validate_update(prev.clone(), "m", Path::new("."), None, &prev).unwrap();
+        assert!(same.state.same_as(&prev));
+        assert!(same.state.groups.iter().zip(&prev.groups).all(|(a, b)| Arc::ptr_eq(a, b)), "nothing copied");
+
+        // A known route with a bad path: skipped alone (it passed before), caught by a whole validation.
+        let mut odd = prev.clone();
+        let mut r = (*odd.routes[1]).clone();
+        r.path = "no-slash".into();
+        odd.routes[1] = Arc::new(r);
+        assert!(validate_update(odd.clone(), "m", Path::new("."), None, &odd).is_ok());
+        assert!(validate_state(odd.clone(), "m", Path::new("."), None).is_err());
+
+        // Changed items: errors alone, references to a removed group and a clash with a known route.
+        let mut next = prev.clone();
+        let mut r = (*next.routes[1]).clone();
+        r.host = Some("Bad Host".into());
+        next.routes[1] = Arc::new(r);
+        let mut clash = (*next.routes[0]).clone();
+        clash.name = "rc".into();
+        next.routes.push(Arc::new(clash));
+        let mut g = (*next.groups[1]).clone();
+        g.name = "c".into();
+        g.request_timeout = std::time::Duration::ZERO;
+        next.groups[1] = Arc::new(g);
+        let incremental = validate_update(next.clone(), "m", Path::new("."), None, &prev).unwrap_err().to_string();
+        let full = validate_state(next, "m", Path::new("."), None).unwrap_err().to_string();
+        assert_eq!(incremental, full);
+        for needle in [
+            "group[1].request_timeout: must be greater than 0",
+            "route[1].host: `Bad Host`",
+            "route[1].group: no group named `b`",
+            "route[2].path: same host, path and listeners as route `ra`",
+        ] {
+            assert!(incremental.contains(needle), "missing {needle} in\n{incremental}");
+        }
+    }
 }
+

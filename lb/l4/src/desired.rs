@@ -87,7 +87,7 @@ pub fn global(l4: &L4Config) -> GlobalConfig {
 /// `mac(addr)` resolves a DSR backend's MAC (static `[l4.neighbors]` entries win).
 pub fn compute(
     l4: &L4Config,
-    vips: &[Vip],
+    vips: &[std::sync::Arc<Vip>],
     usable: &dyn Fn(&str, SocketAddr) -> bool,
     mac: &mut dyn FnMut(IpAddr) -> Option<[u8; 6]>,
 ) -> Desired {
