@@ -182,6 +182,35 @@ where
     })
 }
 
+/// Like [`in_netns`], but on a multi-threaded runtime (2 workers, which inherit the namespace): spawned tasks
+/// (an announcer, its BFD timers) keep running while the test's own future blocks (e.g. on `birdc`).
+pub fn in_netns_threaded<F, Fut, T>(ns: &str, make: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(make())
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
+}
+
 /// A BIRD 2 daemon in a namespace, killed on drop.
 pub struct Bird {
     child: Option<Child>,
@@ -314,6 +343,17 @@ protocol bgp padis {{
 }}
 "#
     )
+}
+
+/// `config` (from [`bird_config`] / [`bird_config_on`]) with BFD: `bfd on` in the BGP protocol and a BFD
+/// protocol on the lab's link with `interval_ms` (min rx / min tx) and `multiplier`.
+pub fn with_bfd(config: &str, interval_ms: u32, multiplier: u32) -> String {
+    let mut s = config.replacen("  keepalive time 1;\n", "  keepalive time 1;\n  bfd on;\n", 1);
+    s.push_str(&format!(
+        "protocol bfd {{\n  debug {{ states, events }};\n  interface \"vr\" {{ min rx interval {interval_ms} ms; \
+         min tx interval {interval_ms} ms; idle tx interval 1 s; multiplier {multiplier}; }};\n}}\n"
+    ));
+    s
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, at most `limit`; panics naming `what` on timeout.

@@ -85,14 +85,14 @@ impl Announcer {
                     multiplier: cfg.bfd.multiplier,
                 };
                 let (speaker, links) =
-                    bfd::Speaker::new(timers, &bfd_peers, cfg.local_address, phase_rx.clone(), m.clone())?;
+                    bfd::Speaker::new(timers, &bfd_peers, cfg.local_address, m.clone())?;
                 tasks.push(rt.spawn(speaker.run()));
                 links
             }
             .into_iter();
             for p in cfg.peers.iter() {
                 let bfd = if p.bfd { links.next() } else { None };
-                let status = PeerStatus::new(p.address, p.asn, m.clone(), bfd.clone());
+                let status = PeerStatus::new(p.address, p.asn, m.clone(), bfd.as_ref().map(bfd::BfdLink::watch));
                 let incoming = if p.passive {
                     let (tx, rx) = mpsc::channel(1);
                     passive.push((p.address, tx));

@@ -42,6 +42,9 @@ const CEASE_BFD_DOWN: u8 = 10;
 const DRAIN_LOCAL_PREF: u32 = 0;
 const DRAIN_MED: u32 = u32::MAX;
 
+/// Messages (or the read error that ended them) from the connection's reader task.
+type Incoming = mpsc::Receiver<Result<Message, SessionError>>;
+
 /// A peer's session task.
 pub(crate) struct Session {
     pub cfg: Arc<BgpConfig>,
@@ -277,7 +280,7 @@ impl Session {
                 }
                 r = self.routes.changed(), if state == SessionState::Established => {
                     if r.is_err() {
-                        return self.stop(&mut out, &mut rib, &params).await;
+                        return self.stop(&mut out, &mut rx, &mut rib, &params).await;
                     }
                     let want: BTreeSet<IpNet> = self.routes.borrow_and_update().iter().map(|a| a.prefix).collect();
                     if let Some((po, nh)) = &params {
@@ -288,7 +291,7 @@ impl Session {
                 r = self.phase.changed(), if state == SessionState::Established => {
                     let phase = if r.is_err() { Phase::Stop } else { *self.phase.borrow_and_update() };
                     match phase {
-                        Phase::Stop => return self.stop(&mut out, &mut rib, &params).await,
+                        Phase::Stop => return self.stop(&mut out, &mut rx, &mut rib, &params).await,
                         Phase::Drain | Phase::Run => {
                             if let Some((po, nh)) = &params {
                                 let draining = phase == Phase::Drain;
@@ -309,10 +312,8 @@ impl Session {
                     return Err(SessionError::BfdDown);
                 }
                 _ = wait_stop(&mut stop_rx), if state != SessionState::Established => {
-                    if let Some(b) = &self.bfd {
-                        b.admin_down().await;
-                    }
                     let _ = out.send(&cease()).await;
+                    self.close_then_admin_down(&mut out, &mut rx).await;
                     return Err(SessionError::Stopped);
                 }
             }
@@ -343,6 +344,7 @@ impl Session {
     async fn stop(
         &self,
         out: &mut Writer,
+        rx: &mut Incoming,
         rib: &mut Rib,
         params: &Option<(PeerOpen, Nexthops)>,
     ) -> Result<(), SessionError> {
@@ -350,14 +352,24 @@ impl Session {
             rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true)
                 .await?;
         }
-        // AdminDown first, so that the router does not count the session's end as a failure.
-        if let Some(b) = &self.bfd {
-            b.admin_down().await;
-        }
         out.send(&cease()).await?;
-        let _ = out.wr.shutdown().await;
+        self.close_then_admin_down(out, rx).await;
         info!(peer = %self.peer.address, "BGP session closed (administrative shutdown)");
         Err(SessionError::Stopped)
+    }
+
+    /// After our Cease: closes our side, waits (1 s at most) until the router closes its side, i.e. has taken
+    /// the Cease, and only then puts BFD AdminDown. Routers that follow RFC 5882 ignore the order, but BIRD 2.0
+    /// tears BGP down on any BFD Down, AdminDown included, and would log the graceful stop as "BFD session
+    /// down" if the AdminDown came first.
+    async fn close_then_admin_down(&self, out: &mut Writer, rx: &mut Incoming) {
+        let _ = out.wr.shutdown().await;
+        let Some(b) = &self.bfd else { return };
+        let _ = timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = rx.recv().await {}
+        })
+        .await;
+        b.admin_down().await;
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::bfd::{BfdLink, BfdReport};
+use crate::bfd::BfdReport;
 use crate::BgpError;
 
 /// RFC 4271 session states (numbered 0..5 in the `padis_bgp_session_state` metric).
@@ -84,11 +84,16 @@ pub(crate) struct PeerStatus {
     inner: Arc<Mutex<Inner>>,
     m: Metrics,
     label: String,
-    bfd: Option<BfdLink>,
+    bfd: Option<tokio::sync::watch::Receiver<BfdReport>>,
 }
 
 impl PeerStatus {
-    pub(crate) fn new(address: IpAddr, asn: u32, m: Metrics, bfd: Option<BfdLink>) -> Self {
+    pub(crate) fn new(
+        address: IpAddr,
+        asn: u32,
+        m: Metrics,
+        bfd: Option<tokio::sync::watch::Receiver<BfdReport>>,
+    ) -> Self {
         let report = PeerReport {
             address,
             asn,
@@ -173,7 +178,7 @@ impl PeerStatus {
         let i = self.lock();
         let mut r = i.report.clone();
         r.uptime_secs = i.since.map(|t| t.elapsed().as_secs());
-        r.bfd = self.bfd.as_ref().map(BfdLink::report);
+        r.bfd = self.bfd.as_ref().map(|b| b.borrow().clone());
         r
     }
 }

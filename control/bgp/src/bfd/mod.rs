@@ -4,7 +4,7 @@
 //! 3784, source ports 49152-65535, TTL 255 sent and required), `speaker` the task that runs every session.
 //! A BGP session holds a [`BfdLink`]: when its BFD session fails (an Up session goes Down for any reason other
 //! than the router's AdminDown, RFC 5882), the BGP session is torn down at once; when Padis stops, the BFD
-//! session is put AdminDown before BGP's Cease so the router does not count a failure.
+//! session is put AdminDown once the router has taken BGP's Cease, so the router does not count a failure.
 
 pub mod packet;
 mod session;
@@ -86,18 +86,12 @@ pub(crate) struct BfdLink {
 }
 
 impl BfdLink {
-    /// The current report.
-    pub(crate) fn report(&self) -> BfdReport {
-        self.status.borrow().clone()
-    }
-
-    /// A watcher of the session's report (for [`failed_after`]).
+    /// A watcher of the session's report (for [`failed_after`] and the peer's status).
     pub(crate) fn watch(&self) -> watch::Receiver<BfdReport> {
         self.status.clone()
     }
 
-    /// Puts the session AdminDown (diag 7) and waits until that was sent (at most 1 s; at once if the BFD task
-    /// already ended, having sent AdminDown itself).
+    /// Puts the session AdminDown (diag 7) and waits until that was sent (at most 1 s).
     pub(crate) async fn admin_down(&self) {
         let (done, wait) = oneshot::channel();
         let cmd = Command::AdminDown {

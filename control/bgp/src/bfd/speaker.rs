@@ -14,7 +14,6 @@ use super::packet::{ControlPacket, State};
 use super::session::{Machine, Timers, Transition};
 use super::socket::{self, Received, GTSM_TTL};
 use super::{BfdError, BfdLink, BfdReport, Command};
-use crate::session::Phase;
 use crate::status::Metrics;
 
 /// AdminDown packets sent when Padis stops (the router needs to hear one).
@@ -34,7 +33,6 @@ pub(crate) struct Speaker {
     rx4: Option<UdpSocket>,
     rx6: Option<UdpSocket>,
     cmds: mpsc::Receiver<Command>,
-    phase: watch::Receiver<Phase>,
     metrics: Metrics,
 }
 
@@ -45,7 +43,6 @@ impl Speaker {
         timers: Timers,
         peers: &[IpAddr],
         local: Option<IpAddr>,
-        phase: watch::Receiver<Phase>,
         metrics: Metrics,
     ) -> Result<(Speaker, Vec<BfdLink>), BfdError> {
         let rx4 = peers
@@ -96,13 +93,13 @@ impl Speaker {
             rx4,
             rx6,
             cmds,
-            phase,
             metrics,
         };
         Ok((s, links))
     }
 
-    /// Runs until the announcer stops; then puts every session AdminDown.
+    /// Runs until every BGP session has ended (dropping its [`BfdLink`]); then puts every BFD session still
+    /// running AdminDown (a BGP session does so itself after its Cease).
     pub(crate) async fn run(mut self) {
         let mut buf4 = [0u8; 512];
         let mut buf6 = [0u8; 512];
@@ -116,13 +113,13 @@ impl Speaker {
                         self.service(i);
                     }
                 }
-                Some(c) = self.cmds.recv() => match c {
-                    Command::AdminDown { peer, done } => {
+                c = self.cmds.recv() => match c {
+                    Some(Command::AdminDown { peer, done }) => {
                         self.admin_down(peer);
                         let _ = done.send(());
                     }
+                    None => break,
                 },
-                _ = stopped(&mut self.phase) => break,
             }
         }
         for i in 0..self.peers.len() {
@@ -258,16 +255,5 @@ async fn recv(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<Recei
     match sock {
         Some(s) => socket::recv(s, buf).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn stopped(phase: &mut watch::Receiver<Phase>) {
-    loop {
-        if *phase.borrow_and_update() == Phase::Stop {
-            return;
-        }
-        if phase.changed().await.is_err() {
-            return;
-        }
     }
 }
