@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{Name, RData};
-use padis_model::{l4::Vip, Instance, Service, ServicePort};
+use padis_model::{l4::Vip, Service};
 
 use crate::names::{label, labels};
 use crate::zone::FastMap;
@@ -86,22 +86,22 @@ pub fn vip_records(v: &Vip, zone: &Name) -> Vec<GenRecord> {
         .unwrap_or_default()
 }
 
-/// Cache of generated records per service, so an unchanged service costs a comparison. Services usually come in
-/// the same order snapshot after snapshot: then each is compared with the entry at its position (no hashing),
-/// in one contiguous buffer of flattened services read front to back, and the output lists are updated in
-/// place (only a changed service's slot is touched). When names shift, the cache is matched by name instead.
+/// Cache of generated records per service, so an unchanged service costs a pointer comparison. Snapshots share
+/// unchanged services (the same `Arc` from one snapshot to the next) and usually list them in the same order:
+/// each service is then compared with the entry at its position by pointer, and only a service whose pointer
+/// differs is compared field by field (and regenerated if it changed); the output lists are updated in place
+/// (only a changed service's slot is touched). When names shift, the cache is matched by name instead. The cache
+/// holds the services it saw, so a pointer seen again is never a freed and reused allocation.
 #[derive(Default)]
 pub struct GenCache {
     /// The services of the last call that were placed in a zone, in their order.
     entries: Vec<CacheEntry>,
-    /// The flattened services of `entries`, one after the other.
-    arena: Vec<u8>,
     /// `entries[i]` is `services[i]` of the last call (every service was placed, none was an error).
     aligned: bool,
     /// The zones of the last call.
     zones: Vec<(usize, Name, bool)>,
     /// The VIPs of the last call.
-    vips: Vec<Vip>,
+    vips: Vec<Arc<Vip>>,
     /// The output: record groups by zone (the services' groups, then the VIPs' group).
     out: Generated,
     /// Number of service groups at the front of each zone's list in `out`.
@@ -109,10 +109,8 @@ pub struct GenCache {
 }
 
 struct CacheEntry {
+    service: Arc<Service>,
     zone: usize,
-    /// Where the service, as [`flatten`] wrote it, lies in the arena.
-    at: usize,
-    len: usize,
     /// Index of its records in its zone's list.
     slot: usize,
 }
@@ -126,85 +124,20 @@ pub struct Generated {
     pub errors: Vec<String>,
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_opt(out: &mut Vec<u8>, o: &Option<String>) {
-    match o {
-        None => out.push(0),
-        Some(s) => {
-            out.push(1);
-            put_str(out, s);
-        }
-    }
-}
-
-/// Writes `s` into `out` as one byte string (lengths before every variable part, so equal strings mean equal
-/// services: an exact comparison, not a hash). Comparing a service with a cached one then reads one contiguous
-/// buffer instead of chasing every string and vector of a cached copy. Returns the length of the prefix that
-/// holds the name and the zone. Appends to `out`.
-fn flatten(s: &Service, out: &mut Vec<u8>) -> usize {
-    let start = out.len();
-    // Destructured so that a new field of the model cannot be left out of the comparison.
-    let Service { name, zone, ports, instances, origin } = s;
-    put_str(out, name);
-    put_opt(out, zone);
-    let key = out.len() - start;
-    put_opt(out, origin);
-    out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
-    for p in ports {
-        let ServicePort { name, protocol } = p;
-        put_opt(out, name);
-        put_str(out, protocol);
-    }
-    out.extend_from_slice(&(instances.len() as u32).to_le_bytes());
-    for i in instances {
-        let Instance { id, addr, ports, weight, healthy, draining } = i;
-        put_str(out, id);
-        match addr {
-            IpAddr::V4(a) => {
-                out.push(4);
-                out.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                out.push(6);
-                out.extend_from_slice(&a.octets());
-            }
-        }
-        out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
-        for p in ports {
-            out.extend_from_slice(&p.to_le_bytes());
-        }
-        out.extend_from_slice(&weight.to_le_bytes());
-        out.push(u8::from(*healthy) | u8::from(*draining) << 1);
-    }
-    key
-}
-
-/// The length of the name-and-zone prefix of a flattened service.
-fn key_len(flat: &[u8]) -> usize {
-    let str_end = |at: usize| {
-        let len = flat.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-        at + 4 + len
-    };
-    let after_name = str_end(0);
-    match flat.get(after_name) {
-        Some(1) => str_end(after_name + 1),
-        _ => after_name + 1,
-    }
+/// Whether `a` and `b` are the same item: the same allocation, or equal.
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 impl GenCache {
     /// Generates the records of `services` and `vips` into the generated zones (`zones`: index, apex, generated).
-    pub fn generate(&mut self, services: &[Service], vips: &[Vip], zones: &[(usize, Name, bool)]) -> &Generated {
+    pub fn generate(&mut self, services: &[Arc<Service>], vips: &[Arc<Vip>], zones: &[(usize, Name, bool)]) -> &Generated {
         let positional = self.aligned && self.entries.len() == services.len() && self.zones == zones;
         if !(positional && self.in_place(services)) {
             self.by_name(services, zones);
         }
         self.zones = zones.to_vec();
-        let same_vips = self.vips == vips;
+        let same_vips = self.vips.len() == vips.len() && self.vips.iter().zip(vips).all(|(a, b)| same(a, b));
         for (zi, zname, generated) in zones {
             if !generated {
                 continue;
@@ -232,49 +165,35 @@ impl GenCache {
     }
 
     /// Compares each service with the entry at its position. Returns false (the cache left consistent, partly
-    /// updated) as soon as a position holds another service.
-    fn in_place(&mut self, services: &[Service]) -> bool {
-        let old = std::mem::take(&mut self.arena);
-        let mut arena = Vec::with_capacity(old.len() + 256);
-        for (i, s) in services.iter().enumerate() {
-            let e = &mut self.entries[i];
-            let start = arena.len();
-            let key = flatten(s, &mut arena);
-            let (was, now) = (&old[e.at..e.at + e.len], &arena[start..]);
-            if was != now {
+    /// updated) as soon as a position holds another service (name or zone).
+    fn in_place(&mut self, services: &[Arc<Service>]) -> bool {
+        for (e, s) in self.entries.iter_mut().zip(services) {
+            if Arc::ptr_eq(&e.service, s) {
+                continue;
+            }
+            if e.service.name != s.name || e.service.zone != s.zone {
+                return false;
+            }
+            if **s != *e.service {
                 let zone = self.zones.iter().find(|z| z.0 == e.zone).map(|z| &z.1);
-                let list = self.out.by_zone.get_mut(&e.zone).and_then(|l| l.get_mut(e.slot));
-                let (Some(zone), Some(slot), true) = (zone, list, key_len(was) == key && was[..key] == now[..key]) else {
-                    // Another service (name or zone) at this position: keep the rest as it was, match by name.
-                    arena.truncate(start);
-                    for e in &mut self.entries[i..] {
-                        let at = arena.len();
-                        arena.extend_from_slice(&old[e.at..e.at + e.len]);
-                        e.at = at;
-                    }
-                    self.arena = arena;
-                    return false;
-                };
+                let slot = self.out.by_zone.get_mut(&e.zone).and_then(|l| l.get_mut(e.slot));
+                let (Some(zone), Some(slot)) = (zone, slot) else { return false };
                 *slot = Arc::new(service_records(s, zone));
             }
-            e.at = start;
-            e.len = arena.len() - start;
+            e.service = s.clone();
         }
-        self.arena = arena;
         true
     }
 
     /// Places every service (errors reported) and reuses the cached records of unchanged services by name.
-    fn by_name(&mut self, services: &[Service], zones: &[(usize, Name, bool)]) {
+    fn by_name(&mut self, services: &[Arc<Service>], zones: &[(usize, Name, bool)]) {
         let first = zones.iter().find(|z| z.2);
         let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
-        let old_arena = std::mem::take(&mut self.arena);
         let mut old_out = std::mem::take(&mut self.out);
-        let mut old: FastMap<&[u8], (usize, &[u8], Arc<Vec<GenRecord>>)> = FastMap::default();
+        let mut old: FastMap<String, (usize, Arc<Service>, Arc<Vec<GenRecord>>)> = FastMap::default();
         for e in std::mem::take(&mut self.entries) {
-            let flat = &old_arena[e.at..e.at + e.len];
             let Some(records) = old_out.by_zone.get_mut(&e.zone).and_then(|l| l.get(e.slot)).cloned() else { continue };
-            old.insert(&flat[..key_len(flat)], (e.zone, flat, records));
+            old.insert(e.service.name.clone(), (e.zone, e.service, records));
         }
         drop(old_out);
         self.service_groups.clear();
@@ -311,15 +230,12 @@ impl GenCache {
                 aligned = false;
                 continue;
             }
-            let at = self.arena.len();
-            let key = flatten(s, &mut self.arena);
-            let flat = &self.arena[at..];
-            let records = match old.remove(&flat[..key]) {
-                Some((z, was, records)) if z == zone.0 && was == flat => records,
+            let records = match old.remove(&s.name) {
+                Some((z, was, records)) if z == zone.0 && same(&was, s) => records,
                 _ => Arc::new(service_records(s, &zone.1)),
             };
             let list = self.out.by_zone.entry(zone.0).or_default();
-            self.entries.push(CacheEntry { zone: zone.0, at, len: self.arena.len() - at, slot: list.len() });
+            self.entries.push(CacheEntry { service: s.clone(), zone: zone.0, slot: list.len() });
             list.push(records);
             *self.service_groups.entry(zone.0).or_default() += 1;
         }
@@ -355,58 +271,45 @@ mod tests {
         assert!(!text.iter().any(|t| t.contains("10.0.0.2")), "{text:?}");
     }
 
-    /// Any field of a service makes its flattened form differ, so the cache never keeps stale records.
+    /// A service that is the same `Arc` or equal keeps its records; a changed one (any field: the comparison is
+    /// the model's `PartialEq`) is regenerated, in place or after names shifted.
     #[test]
-    fn cache_sees_every_field() {
-        let base = Service {
+    fn cache_follows_changed_services_only() {
+        let base = Arc::new(Service {
             name: "web".into(),
             zone: None,
             ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
             instances: vec![inst("a", "10.0.0.1", 80, true)],
             origin: None,
-        };
-        let edits: Vec<fn(&mut Service)> = vec![
-            |s| s.name.push('x'),
-            |s| s.zone = Some("z".into()),
-            |s| s.origin = Some("marathon".into()),
-            |s| s.ports[0].name = None,
-            |s| s.ports[0].protocol = "udp".into(),
-            |s| s.instances[0].id.push('x'),
-            |s| s.instances[0].addr = "::1".parse().unwrap(),
-            |s| s.instances[0].ports = vec![80, 81],
-            |s| s.instances[0].weight = 9,
-            |s| s.instances[0].healthy = false,
-            |s| s.instances[0].draining = true,
-            |s| s.instances.push(s.instances[0].clone()),
-        ];
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        flatten(&base, &mut a);
-        for (i, edit) in edits.iter().enumerate() {
-            let mut v = base.clone();
-            edit(&mut v);
-            flatten(&v, &mut b);
-            assert_ne!(a, b, "edit {i} not seen");
-        }
-        // In place: an unhealthy instance disappears on the next call, an unchanged service keeps its records.
+        });
+        let other = Arc::new(Service { name: "db".into(), ..(*base).clone() });
         let z = [(0, Name::from_ascii("z.").unwrap(), true)];
-        let other = Service { name: "db".into(), ..base.clone() };
         let mut cache = GenCache::default();
-        let kept = cache.generate(&[base.clone(), other.clone()], &[], &z).by_zone[&0][1].clone();
-        let mut sick = base.clone();
+        let g1 = cache.generate(&[base.clone(), other.clone()], &[], &z).by_zone[&0].clone();
+        // An equal copy (another allocation) and the same Arc both keep their records.
+        let copy = Arc::new((*base).clone());
+        let g2 = cache.generate(&[copy.clone(), other.clone()], &[], &z).by_zone[&0].clone();
+        assert!(Arc::ptr_eq(&g1[0], &g2[0]) && Arc::ptr_eq(&g1[1], &g2[1]), "unchanged services share their records");
+        // In place: an unhealthy instance disappears on the next call; the other service is untouched.
+        let mut sick = (*base).clone();
         sick.instances[0].healthy = false;
-        let g2 = cache.generate(&[sick, other], &[], &z);
-        assert!(g2.by_zone[&0][0].is_empty(), "unhealthy instance unpublished");
-        assert!(Arc::ptr_eq(&kept, &g2.by_zone[&0][1]), "unchanged service shares its records");
+        let g3 = cache.generate(&[Arc::new(sick), other.clone()], &[], &z).by_zone[&0].clone();
+        assert!(g3[0].is_empty(), "unhealthy instance unpublished");
+        assert!(Arc::ptr_eq(&g1[1], &g3[1]), "unchanged service shares its records");
+        // Shifted by an insertion (matched by name): the moved instance is seen, the unchanged service reused.
+        let mut moved = (*base).clone();
+        moved.instances[0].addr = "10.0.0.9".parse().unwrap();
+        let new = Arc::new(Service { name: "new".into(), ..(*base).clone() });
+        let g4 = cache.generate(&[new, Arc::new(moved), other.clone()], &[], &z).by_zone[&0].clone();
+        assert_eq!(g4.len(), 3);
+        assert!(g4[1].iter().any(|r| r.rdata.to_string() == "10.0.0.9"), "{:?}", g4[1]);
+        assert!(Arc::ptr_eq(&g1[1], &g4[2]), "unchanged service shares its records after a shift");
     }
 
     #[test]
     fn colliding_names_are_kept_with_their_origins() {
-        let mk = |n: &str, ip: &str| Service {
-            name: n.into(),
-            zone: None,
-            ports: vec![],
-            instances: vec![inst("a", ip, 1, true)],
-            origin: None,
+        let mk = |n: &str, ip: &str| {
+            Arc::new(Service { name: n.into(), zone: None, ports: vec![], instances: vec![inst("a", ip, 1, true)], origin: None })
         };
         let z = Name::from_ascii("z.").unwrap();
         let mut cache = GenCache::default();

@@ -41,12 +41,14 @@ pub struct Journal {
     path: PathBuf,
     entries: usize,
     bytes: u64,
+    /// The file open for appending (kept open: a change is appended per serial, often several a second).
+    file: Option<fs::File>,
 }
 
 impl Journal {
     /// The journal at `path` (not read yet).
     pub fn new(path: PathBuf) -> Journal {
-        Journal { path, entries: 0, bytes: 0 }
+        Journal { path, entries: 0, bytes: 0, file: None }
     }
 
     fn err(&self, msg: impl ToString) -> JournalError {
@@ -93,22 +95,35 @@ impl Journal {
     }
 
     fn append(&mut self, entries: &[Vec<u8>], sync: bool) -> Result<(), JournalError> {
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(|e| self.err(e))?;
-        }
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.err(e))?;
         let mut buf = Vec::new();
         for e in entries {
             buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
             buf.extend_from_slice(e);
         }
-        f.write_all(&buf).map_err(|e| self.err(e))?;
-        if sync {
-            f.sync_data().map_err(|e| self.err(e))?;
+        let res = self.open().and_then(|mut f| {
+            f.write_all(&buf)?;
+            if sync {
+                f.sync_data()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            self.file = None; // reopened on the next append
+            return Err(self.err(e));
         }
         self.entries += entries.len();
         self.bytes += buf.len() as u64;
         Ok(())
+    }
+
+    fn open(&mut self) -> std::io::Result<&fs::File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            self.file = Some(fs::OpenOptions::new().create(true).append(true).open(&self.path)?);
+        }
+        self.file.as_ref().ok_or_else(|| std::io::Error::other("journal not open"))
     }
 
     /// Whether the file holds more than the zone keeps (`max_changes` changes, `max_bytes` of history):
@@ -149,6 +164,7 @@ impl Journal {
             f.sync_all()?;
             fs::rename(&tmp, &self.path)
         };
+        self.file = None; // the appends go to the new file from now on
         write().map_err(|e| self.err(e))?;
         tracing::debug!(journal = %self.path.display(), entries = entries.len(), bytes = buf.len(), "journal compacted");
         self.entries = entries.len();

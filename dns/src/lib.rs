@@ -19,6 +19,7 @@ mod render;
 mod report;
 mod resolve;
 mod rrl;
+mod serial_file;
 mod sharded;
 mod source;
 mod tsig;

@@ -36,6 +36,9 @@ pub struct Manager {
     config_errors: Vec<String>,
     /// Generation of the snapshot the zones were last built from.
     snapshot_generation: u64,
+    /// The zone set replaced by the last publication, kept until the next one so that it is freed here and not
+    /// by a query worker that still held it when it was replaced (freeing a version is the manager's work).
+    retired: Option<Arc<ZoneSet>>,
 }
 
 fn base_of(snap: &Snapshot) -> PathBuf {
@@ -82,6 +85,7 @@ impl Manager {
             listen,
             config_errors: Vec::new(),
             snapshot_generation: snap.generation,
+            retired: None,
         };
         m.rebuild(snap, true);
         Ok(m)
@@ -229,7 +233,9 @@ impl Manager {
             },
             errors,
         }));
-        self.handler.zones.store(Arc::new(set));
+        let replaced = self.handler.zones.swap(Arc::new(set));
+        // The version retired one publication ago is freed now: no worker still holds it.
+        self.retired = Some(replaced);
     }
 
     fn apply_update(&mut self, job: UpdateJob) {

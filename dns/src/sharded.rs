@@ -1,4 +1,4 @@
-//! A hash map split into shards behind `Arc`s: cloning it copies 256 pointers, and changing a few keys copies
+//! A hash map split into shards behind `Arc`s: cloning it copies 1024 pointers, and changing a few keys copies
 //! only their shards. Zone versions share everything that did not change.
 
 use std::hash::BuildHasher;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::wire::WireName;
 use crate::zone::FastMap;
 
-const SHARDS: usize = 256;
+const SHARDS: usize = 1024;
 
 /// A copy-on-write map from wire names to `V`.
 #[derive(Debug, Clone)]
@@ -18,12 +18,13 @@ pub struct Sharded<V: Clone> {
 
 impl<V: Clone> Default for Sharded<V> {
     fn default() -> Self {
-        Sharded { shards: (0..SHARDS).map(|_| Arc::new(FastMap::default())).collect(), len: 0 }
+        // One shared empty shard: a shard gets its own map on its first insert.
+        Sharded { shards: vec![Arc::new(FastMap::default()); SHARDS], len: 0 }
     }
 }
 
 fn shard(key: &[u8]) -> usize {
-    (foldhash::fast::FixedState::with_seed(0x5a4d).hash_one(key) >> 56) as usize % SHARDS
+    (foldhash::fast::FixedState::with_seed(0x5a4d).hash_one(key) >> 54) as usize % SHARDS
 }
 
 impl<V: Clone> Sharded<V> {

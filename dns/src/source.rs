@@ -14,6 +14,7 @@ use padis_model::dns::{DnsZone, SerialPolicy};
 use crate::generate::GenRecord;
 use crate::journal::{encode_change, Entry, Journal, JournalError};
 use crate::render::{negative_tail, update_fast};
+use crate::serial_file::SerialFile;
 use crate::resolve::dependencies;
 use crate::update::{self, StaticZone};
 use crate::wire::{in_zone, parent, wire_of, WireName};
@@ -103,7 +104,7 @@ pub struct ZoneSource {
     /// Master file plus accepted updates.
     pub statics: StaticZone,
     journal: Journal,
-    serial_path: PathBuf,
+    serial_file: SerialFile,
     /// Current serial.
     pub serial: u32,
     serial_policy: SerialPolicy,
@@ -165,7 +166,7 @@ impl ZoneSource {
             file_soa: None,
             statics: StaticZone::default(),
             journal: Journal::new(state_dir.join(format!("{fname}.journal"))),
-            serial_path: state_dir.join(format!("{fname}.serial")),
+            serial_file: SerialFile::new(state_dir.join(format!("{fname}.serial"))),
             serial: 0,
             serial_policy: SerialPolicy::Increment,
             persisted_hash: None,
@@ -189,12 +190,9 @@ impl ZoneSource {
         });
         z.statics = z.file_records.clone();
         let changes = z.replay_journal()?;
-        if let Ok(text) = fs::read_to_string(&z.serial_path) {
-            let mut it = text.split_whitespace();
-            if let (Some(Ok(s)), Some(Ok(h))) = (it.next().map(str::parse), it.next().map(str::parse)) {
-                z.serial = s;
-                z.persisted_hash = Some(h);
-            }
+        if let Some((s, h)) = z.serial_file.read() {
+            z.serial = s;
+            z.persisted_hash = Some(h);
         }
         match &z.file_soa {
             Some((soa, _)) if serial_gt(soa.serial, z.serial) || z.persisted_hash.is_none() => {
@@ -708,14 +706,7 @@ impl ZoneSource {
 
     fn persist_serial(&mut self, hash: u64) {
         self.persisted_hash = Some(hash);
-        let tmp = self.serial_path.with_extension("serial.tmp");
-        let res = self
-            .serial_path
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|_| fs::write(&tmp, format!("{} {hash}\n", self.serial)))
-            .and_then(|_| fs::rename(&tmp, &self.serial_path));
-        if let Err(e) = res {
+        if let Err(e) = self.serial_file.write(self.serial, hash) {
             tracing::warn!(zone = %self.origin, error = %e, "cannot persist the serial");
         }
     }
@@ -847,8 +838,8 @@ mod tests {
         padis_model::parse_config(&text, "t.toml", Path::new(".")).unwrap().state.dns.zones[0].clone()
     }
 
-    fn svc(name: &str, ips: &[&str]) -> Service {
-        Service {
+    fn svc(name: &str, ips: &[&str]) -> Arc<Service> {
+        Arc::new(Service {
             name: name.into(),
             zone: None,
             ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
@@ -865,7 +856,7 @@ mod tests {
                 })
                 .collect(),
             origin: None,
-        }
+        })
     }
 
     fn entries(z: &ZoneData) -> Vec<(Vec<u8>, Vec<(u16, Vec<Vec<u8>>)>)> {
@@ -897,7 +888,7 @@ mod tests {
     }
 
     /// Builds `steps` one after the other on one zone and checks the last against a build from scratch.
-    fn check_incremental(steps: &[Vec<Service>]) {
+    fn check_incremental(steps: &[Vec<Arc<Service>>]) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = zone_cfg("z.test");
         let zones = [(0usize, Name::from_ascii("z.test.").unwrap(), true)];
@@ -922,7 +913,7 @@ mod tests {
     /// reordered, and nearly all changed at once: the incremental build always equals the full one.
     #[test]
     fn incremental_build_follows_every_kind_of_change() {
-        let many = |n: usize, third: u8| -> Vec<Service> {
+        let many = |n: usize, third: u8| -> Vec<Arc<Service>> {
             (0..n).map(|i| svc(&format!("s{i}"), &[&format!("10.{third}.{}.1", i % 250), "10.9.9.9"])).collect()
         };
         let base = many(40, 0);
@@ -937,6 +928,52 @@ mod tests {
         check_incremental(&[base.clone(), inserted.clone(), base.clone()]);
         check_incremental(&[base.clone(), reordered, one]);
         check_incremental(&[base.clone(), many(40, 1), many(30, 2), base]);
+    }
+
+    /// Readable form of a wire name.
+    fn text(w: &[u8]) -> String {
+        let mut out = String::new();
+        let mut pos = 0;
+        while let Some(&len) = w.get(pos).filter(|l| **l > 0) {
+            out.push_str(&String::from_utf8_lossy(&w[pos + 1..pos + 1 + len as usize]));
+            out.push('.');
+            pos += 1 + len as usize;
+        }
+        out
+    }
+
+    /// A change costs only the names it touches: every other name keeps its node and its pre-rendered answers
+    /// (the very same allocations in the new version), the apex carries the new serial, and so do negative
+    /// answers.
+    #[test]
+    fn a_change_touches_only_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = zone_cfg("z.test");
+        let zones = [(0usize, Name::from_ascii("z.test.").unwrap(), true)];
+        let mut src = ZoneSource::load(&cfg, Path::new("."), dir.path(), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
+        let mut cache = GenCache::default();
+        let v1: Vec<Arc<Service>> =
+            (0..200).map(|i| svc(&format!("s{i}"), &[&format!("10.0.{i}.1"), &format!("10.0.{i}.2")])).collect();
+        let z1 = src.build(&cache.generate(&v1, &[], &zones).by_zone[&0], ZonePolicy::default()).unwrap();
+        let mut v2 = v1.clone();
+        v2[7] = svc("s7", &["10.0.7.1", "10.9.9.9"]); // instance s7-1 moves
+        let z2 = src.build(&cache.generate(&v2, &[], &zones).by_zone[&0], ZonePolicy::default()).unwrap();
+
+        let differ = |a: Vec<(&WireName, bool)>| {
+            let mut names: Vec<String> = a.into_iter().filter(|(_, same)| !same).map(|(w, _)| text(w)).collect();
+            names.sort();
+            names
+        };
+        let fast = differ(z2.fast.iter().map(|(w, e)| (w, z1.fast.get(w).is_some_and(|o| Arc::ptr_eq(o, e)))).collect());
+        // The service name (A), the moved instance's host name (A) and the SRV owner (its additional section
+        // holds the host's address) are re-rendered, and the apex (new SOA serial); nothing else.
+        assert_eq!(fast, ["_http._tcp.s7.z.test.", "s7-1.s7.z.test.", "s7.z.test.", "z.test."]);
+        let nodes = differ(z2.nodes.iter().map(|(w, n)| (w, z1.nodes.get(w).is_some_and(|o| Arc::ptr_eq(o, n)))).collect());
+        assert_eq!(nodes, ["s7-1.s7.z.test.", "s7.z.test.", "z.test."]);
+        assert_eq!((z1.fast.len(), z1.nodes.len()), (z2.fast.len(), z2.nodes.len()));
+        assert!(serial_gt(z2.serial, z1.serial));
+        let neg = |z: &ZoneData| z.neg_tail.windows(4).any(|w| w == z.serial.to_be_bytes());
+        assert!(neg(&z1) && neg(&z2), "negative answers carry the zone's serial");
     }
 
     /// An incremental build (only changed names re-rendered) serves exactly what a build from scratch serves.

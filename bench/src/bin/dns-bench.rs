@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use padis_model::dns::{DnsConfig, DnsZone, NsConfig, SoaConfig};
@@ -21,9 +22,10 @@ fn addr(i: usize, j: usize, epoch: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10 + epoch % 100, (i / 256) as u8, (i % 256) as u8, j as u8 + 1))
 }
 
-fn services(n: usize) -> Vec<Service> {
+fn services(n: usize) -> Vec<Arc<Service>> {
     (0..n)
-        .map(|i| Service {
+        .map(|i| {
+            Arc::new(Service {
             name: format!("svc{i}"),
             zone: None,
             ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
@@ -40,11 +42,12 @@ fn services(n: usize) -> Vec<Service> {
                 })
                 .collect(),
             origin: None,
+            })
         })
         .collect()
 }
 
-fn state(dir: &Path, port: u16, svcs: Vec<Service>) -> DesiredState {
+fn state(dir: &Path, port: u16, svcs: Vec<Arc<Service>>) -> DesiredState {
     let mut s = DesiredState::default();
     s.services = svcs;
     s.dns = DnsConfig {
@@ -71,7 +74,7 @@ fn state(dir: &Path, port: u16, svcs: Vec<Service>) -> DesiredState {
     s
 }
 
-fn snapshot(dir: &Path, port: u16, svcs: Vec<Service>, generation: u64) -> Snapshot {
+fn snapshot(dir: &Path, port: u16, svcs: Vec<Arc<Service>>, generation: u64) -> Snapshot {
     let valid = validate_state(state(dir, port, svcs), "dns-bench", dir, None).unwrap_or_else(|e| {
         eprintln!("dns-bench: invalid state: {e}");
         std::process::exit(1)
@@ -156,7 +159,7 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
                 }
                 let mut svcs = base.clone();
                 for (inst, epoch) in &moved {
-                    svcs[inst / 3].instances[inst % 3].addr = addr(inst / 3, inst % 3, *epoch);
+                    Arc::make_mut(&mut svcs[inst / 3]).instances[inst % 3].addr = addr(inst / 3, inst % 3, *epoch);
                 }
                 store.publish(snapshot(&dir, port, svcs, generation));
             }
