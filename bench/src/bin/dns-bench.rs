@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use padis_model::dns::{DnsConfig, DnsZone, NsConfig, SoaConfig};
-use padis_model::{validate_state, DesiredState, Instance, Service, ServicePort, Snapshot, SnapshotStore};
+use padis_model::{validate_state, validate_update, DesiredState, Instance, Service, ServicePort, Snapshot, SnapshotStore};
 
 const ZONE: &str = "bench.test";
 
@@ -74,8 +74,15 @@ fn state(dir: &Path, port: u16, svcs: Vec<Arc<Service>>) -> DesiredState {
     s
 }
 
-fn snapshot(dir: &Path, port: u16, svcs: Vec<Arc<Service>>, generation: u64) -> Snapshot {
-    let valid = validate_state(state(dir, port, svcs), "dns-bench", dir, None).unwrap_or_else(|e| {
+/// A snapshot of `svcs`; with `previous` (the state in force), validated the way the reconciler does: only
+/// services that are new allocations are checked on their own.
+fn snapshot(dir: &Path, port: u16, svcs: Vec<Arc<Service>>, generation: u64, previous: Option<&DesiredState>) -> Snapshot {
+    let st = state(dir, port, svcs);
+    let valid = match previous {
+        Some(p) => validate_update(st, "dns-bench", dir, None, p),
+        None => validate_state(st, "dns-bench", dir, None),
+    };
+    let valid = valid.unwrap_or_else(|e| {
         eprintln!("dns-bench: invalid state: {e}");
         std::process::exit(1)
     });
@@ -119,7 +126,7 @@ fn gen(dir: &Path, n: usize) -> std::io::Result<()> {
 
 async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
     let base = services(n);
-    let store = SnapshotStore::new(snapshot(&dir, port, base.clone(), 1));
+    let store = SnapshotStore::new(snapshot(&dir, port, base.clone(), 1, None));
     let registry = prometheus::Registry::new();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let handle = match padis_dns::DnsPlane::start(store.reader(), &registry, shutdown.clone()).await {
@@ -144,7 +151,9 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
         let (stop, dir) = (stop.clone(), dir.clone());
         std::thread::Builder::new().name("bench-control".into()).spawn(move || {
             let mut generation = 1u64;
-            let mut moved: Vec<(usize, u8)> = Vec::new();
+            // The current services, shared with the published snapshot: like the reconciler, a tick replaces
+            // only the services it changes (new allocations); the others stay the same `Arc`.
+            let mut svcs = base;
             let mut rng = Lcg(7);
             let mut next = std::time::Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -154,14 +163,10 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
                 for _ in 0..5 {
                     let inst = rng.next() % (n * 3);
                     let epoch = (generation % 50) as u8 + 1;
-                    moved.retain(|m| m.0 != inst);
-                    moved.push((inst, epoch));
+                    Arc::make_mut(&mut svcs[inst / 3]).instances[inst % 3].addr = addr(inst / 3, inst % 3, epoch);
                 }
-                let mut svcs = base.clone();
-                for (inst, epoch) in &moved {
-                    Arc::make_mut(&mut svcs[inst / 3]).instances[inst % 3].addr = addr(inst / 3, inst % 3, *epoch);
-                }
-                store.publish(snapshot(&dir, port, svcs, generation));
+                let previous = store.load();
+                store.publish(snapshot(&dir, port, svcs.clone(), generation, Some(&previous.state)));
             }
             (generation, store)
         })
