@@ -436,6 +436,12 @@ impl Frr {
             .arg(file("conf"))
             .arg("--log")
             .arg(format!("file:{}", file("log").display()))
+            // bfdd's control socket, private to this instance (bgpd reaches bfdd through zebra).
+            .args(if name == "bfdd" {
+                vec!["--bfdctl".into(), dir.join("bfdd.sock").into_os_string()]
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(file("stderr")).expect("frr stderr file"))

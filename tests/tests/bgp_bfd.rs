@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use padis_bgp::bfd::{ControlPacket, Diag, State};
 use padis_bgp::{Announcement, Announcer, SessionState};
 use padis_model::bgp::BgpConfig;
-use padis_tests::bgp::{bird_config, in_netns, in_netns_threaded, wait_for, with_bfd, Bird, Lab, ROUTER_V4, SPEAKER_V4};
+use padis_tests::bgp::{
+    bird_config, in_netns, in_netns_threaded, wait_for, with_bfd, Bird, Frr, Lab, ROUTER_V4, SPEAKER_V4,
+};
 use tokio::sync::watch;
 
 const OUR_ASN: u32 = 4_200_000_001;
@@ -374,5 +376,64 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         })
         .await;
         h.stop().await;
+    });
+}
+
+/// The README's FRR configuration: bfdd with a 100 ms x 3 profile, bgpd with `neighbor ... bfd`.
+const FRR_BFDD: &str = "bfd\n profile padis\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
+const FRR_BGPD: &str = "router bgp 65010\n bgp router-id 10.99.0.2\n neighbor 10.99.0.1 remote-as 4200000001\n \
+     neighbor 10.99.0.1 timers 1 3\n neighbor 10.99.0.1 timers connect 1\n neighbor 10.99.0.1 bfd\n \
+     neighbor 10.99.0.1 bfd profile padis\n address-family ipv4 unicast\n  neighbor 10.99.0.1 route-map ALL in\n \
+     exit-address-family\n!\nroute-map ALL permit 10\n!\n";
+
+/// FRR bfdd's view of our session (`show bfd peers json`), once `probe` accepts it.
+async fn frr_peer(frr: &Frr, what: &str, probe: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for(LIMIT, what, || async {
+        let v = frr.json("show bfd peers json");
+        v.as_array()
+            .and_then(|a| a.iter().find(|p| p["peer"] == SPEAKER_V4).cloned())
+            .filter(|p| probe(p))
+    })
+    .await
+}
+
+#[test]
+fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
+    let lab = Lab::new();
+    let frr = Frr::start(
+        &lab.router.name,
+        &[("zebra", "hostname router\n"), ("bfdd", FRR_BFDD), ("bgpd", FRR_BGPD)],
+    );
+    let kernel_route = || !lab.router.try_ip(&["route", "show", "198.51.100.7"]).trim().is_empty();
+    in_netns_threaded(&lab.speaker.name, || async {
+        let (_tx, rx) = watch::channel(routes());
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(true, "drain_wait = \"0s\"")), None, rx, &reg).expect("spawn");
+        wait_for(LIMIT, "VIP in FRR's kernel", || async { kernel_route().then_some(()) }).await;
+        let p = frr_peer(&frr, "FRR BFD peer up", |p| p["status"] == "up").await;
+        assert_eq!(p["remote-detect-multiplier"], 3, "{p}");
+        assert_eq!(p["remote-receive-interval"], 100, "{p}");
+        wait_for(LIMIT, "our BFD Up at 100 ms", || async {
+            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
+        })
+        .await;
+
+        // Dead node: FRR's BFD takes BGP down and zebra removes the route.
+        let cut = Silence::start(&lab.router.name, lab.dir.path(), SPEAKER_V4);
+        let t = Instant::now();
+        while kernel_route() {
+            assert!(t.elapsed() < LIMIT, "FRR kept the route for {LIMIT:?}: {}", frr.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(1), "FRR kept the route {took:?} with BFD 100 ms x 3");
+        drop(cut);
+        wait_for(LIMIT, "route back after the path heals", || async { kernel_route().then_some(()) }).await;
+        frr_peer(&frr, "FRR BFD peer up again", |p| p["status"] == "up").await;
+
+        // Graceful stop: FRR sees the AdminDown as such.
+        h.drain_and_stop().await;
+        let p = frr_peer(&frr, "FRR BFD peer down by AdminDown", |p| p["status"] == "down").await;
+        assert_eq!(p["remote-diagnostic"], "administratively down", "{p}");
     });
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::topo::{backend_addr, node_addr, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP};
+use super::topo::{
+    backend_addr, node_addr, BFD_INTERVAL_MS, BFD_MULTIPLIER, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP,
+};
 use super::EcmpError;
 use crate::netns::{unique_name, Netns};
 use crate::process::{http, padis_bin};
@@ -71,9 +73,14 @@ hold_time = "{HOLD_SECS}s"
 connect_retry = "300ms"
 drain_wait = "1s"
 
+[bgp.bfd]
+interval = "{BFD_INTERVAL_MS}ms"
+multiplier = {BFD_MULTIPLIER}
+
 [[bgp.peer]]
 address = "{ROUTER_LAN}"
 asn = {ROUTER_ASN}
+bfd = true
 
 [[vip]]
 name = "web"

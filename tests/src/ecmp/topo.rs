@@ -24,8 +24,12 @@ pub const ROUTER_LAN: &str = "10.88.1.254";
 pub const ROUTER_ASN: u32 = 65010;
 /// The Padis nodes' AS.
 pub const PADIS_ASN: u32 = 4_200_000_001;
-/// BGP hold time used in the scenario (the smallest RFC 4271 allows; BFD-less failure detection).
+/// BGP hold time used in the scenario (the smallest RFC 4271 allows; BFD detects failures first).
 pub const HOLD_SECS: u32 = 3;
+/// BFD interval (Desired Min TX / Required Min RX) on both sides of every node's session.
+pub const BFD_INTERVAL_MS: u32 = 100;
+/// BFD Detect Mult on both sides: a dead node is detected after `BFD_MULTIPLIER x BFD_INTERVAL_MS`.
+pub const BFD_MULTIPLIER: u32 = 3;
 
 /// Address of Padis node `i` (0-based) on the segment.
 pub fn node_addr(i: usize) -> String {
@@ -206,8 +210,9 @@ impl Drop for Topology {
     }
 }
 
-/// BIRD on the router: one eBGP session per node (short timers), GRACEFUL_SHUTDOWN lowers the preference, the
-/// kernel protocol merges the equal best paths into one multipath route.
+/// BIRD on the router: one eBGP session per node (short timers) with BFD (`bfd on`: a BFD failure takes the
+/// session down at once), GRACEFUL_SHUTDOWN lowers the preference, the kernel protocol merges the equal best paths
+/// into one multipath route.
 fn bird_config(nodes: usize) -> String {
     let mut s = format!(
         r#"log stderr {{ warning, error, fatal }};
@@ -228,7 +233,16 @@ template bgp padis {{
   keepalive time 1;
   connect retry time 1;
   error wait time 1, 2;
+  bfd on;
   ipv4 {{ import filter padis_in; export none; }};
+}}
+protocol bfd {{
+  interface "lan0" {{
+    min rx interval {BFD_INTERVAL_MS} ms;
+    min tx interval {BFD_INTERVAL_MS} ms;
+    idle tx interval 1 s;
+    multiplier {BFD_MULTIPLIER};
+  }};
 }}
 "#
     );
