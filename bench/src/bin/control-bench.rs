@@ -183,6 +183,21 @@ fn proc_usage(pid: u32) -> (f64, Duration) {
     (rss, Duration::from_millis(ticks * 10))
 }
 
+/// Where a process's resident memory is (MB), from `/proc/<pid>/smaps_rollup`: anonymous (heap), of which in
+/// transparent huge pages, and file-backed (binary, libraries).
+fn rss_breakdown(pid: u32) -> String {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    let (rss, anon, huge) = (field("Rss:"), field("Anonymous:"), field("AnonHugePages:"));
+    format!("anonymous {anon:.0} MB (in huge pages {huge:.0} MB), file-backed {:.0} MB", (rss - anon).max(0.0))
+}
+
 /// What the daemon phase measured.
 struct DataPlane {
     lat: Vec<f64>,
@@ -190,6 +205,7 @@ struct DataPlane {
     l7_lat: Vec<f64>,
     timeouts: usize,
     rss: f64,
+    rss_detail: String,
     cpu_pct: f64,
 }
 
@@ -287,11 +303,12 @@ fn data_plane_phase(double: Arc<MarathonDouble>, apps: usize, per_app: usize, ch
     }
     let phase = t_phase.elapsed();
     let (rss, cpu1) = proc_usage(pid);
+    let rss_detail = rss_breakdown(pid);
     let cpu_pct = cpu1.saturating_sub(cpu0).as_secs_f64() / phase.as_secs_f64() * 100.0;
     for v in [&mut lat, &mut dns_lat, &mut l7_lat] {
         v.sort_by(f64::total_cmp);
     }
-    DataPlane { lat, dns_lat, l7_lat, timeouts, rss, cpu_pct }
+    DataPlane { lat, dns_lat, l7_lat, timeouts, rss, rss_detail, cpu_pct }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +434,7 @@ async fn main() {
     eprintln!(
         "control (padis daemon): {} changes measured at the data planes ({} timed out): DNS SRV answer p50 {:.1} ms \
          p99 {:.1} ms ({} changes), L7 route of a new app p50 {:.1} ms p99 {:.1} ms ({} deploys); daemon CPU {:.0}% \
-         of one core, RSS {:.0} MB",
+         of one core, RSS {:.0} MB ({})",
         dp.lat.len(),
         dp.timeouts,
         percentile(&dp.dns_lat, 0.5),
@@ -428,6 +445,7 @@ async fn main() {
         dp.l7_lat.len(),
         dp.cpu_pct,
         dp.rss,
+        dp.rss_detail,
     );
     println!(
         "RESULT suite=control apps={apps} tasks={tasks} p50_ms={:.1} p99_ms={:.1} full_sync_ms={full_sync_ms:.1} rss_mb={:.0}",
