@@ -1,13 +1,14 @@
 //! One client connection: optional TLS handshake (bounded by the header timeout), then HTTP/1.1 or HTTP/2
 //! (ALPN, or h2c prior knowledge) with the client limits, the keep-alive idle timeout and graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use padis_model::Limits;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::forward::{self, ConnCtx};
 use crate::io::{ConnState, TimedIo};
 use crate::plane::PlaneShared;
+use crate::relay::Relay;
+use crate::streams::{LocalExec, LocalStreams};
 use crate::upstream::LocalConns;
 
 /// Which HTTP versions a connection may speak.
@@ -123,11 +126,16 @@ async fn serve_http<I>(
     let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default() });
     let backends = ctx.clone();
     let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 request streams run in this task too (see `streams`).
+    let exec = LocalExec::default();
+    let mut streams = LocalStreams::new(exec.clone());
+    let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // The head deadline is `TimedIo`'s (it answers 408); hyper's own would arm a timer for every request.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     builder
@@ -144,13 +152,27 @@ async fn serve_http<I>(
     tokio::pin!(conn);
     let idle = limits.client_idle_timeout.max(Duration::from_millis(100));
     let mut closing = false;
+    // The client connection and its backend connections are polled together (see `relay`).
+    let relay = Relay::new();
     loop {
         let mut wait = idle.saturating_sub(state.idle_for());
         if wait.is_zero() {
             wait = idle;
         }
+        relay.mark_all();
+        let both = std::future::poll_fn(|cx| {
+            relay.poll(
+                cx,
+                |cx| {
+                    streams.poll(cx);
+                    let _ = backends.local.poll_drive(cx);
+                },
+                |cx| conn.as_mut().poll(cx),
+            )
+        });
         tokio::select! {
-            r = conn.as_mut() => {
+            biased;
+            r = both => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
                 }
@@ -161,7 +183,6 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = hard.cancelled() => break,
-            _ = std::future::poll_fn(|cx| backends.local.poll_drive(cx)) => {}
             _ = tokio::time::sleep(wait), if !closing => {
                 if state.in_flight.load(Ordering::Acquire) == 0 && state.idle_for() >= idle {
                     closing = true;

@@ -67,11 +67,18 @@ impl ConnState {
 /// `header_timeout` deadline (also started at accept); if the head is not complete by then, the next read writes a
 /// 408 and fails, which ends the connection. Disabled for HTTP/2 (ALPN h2 or the h2c preface) and once the
 /// connection is upgraded.
+///
+/// The timer is coarse: it stays armed at the deadline it was set for, and when it fires before the deadline in
+/// force (a later head started since) it is moved then, so a keep-alive connection does not touch the timer wheel
+/// for every request head.
 pub(crate) struct TimedIo<I> {
     inner: I,
     state: Arc<ConnState>,
     header_timeout: Duration,
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the request head being read must be complete (none between requests).
+    deadline: Option<Instant>,
+    /// Wakes the connection at `deadline` or earlier.
+    timer: Option<Pin<Box<Sleep>>>,
     seen_heads: u64,
     h2: bool,
     first_read: bool,
@@ -80,8 +87,34 @@ pub(crate) struct TimedIo<I> {
 
 impl<I> TimedIo<I> {
     pub fn new(inner: I, state: Arc<ConnState>, header_timeout: Duration, h2: bool) -> TimedIo<I> {
-        let deadline = (!h2).then(|| Box::pin(tokio::time::sleep(header_timeout)));
-        TimedIo { inner, state, header_timeout, deadline, seen_heads: 0, h2, first_read: true, reply_off: None }
+        let deadline = (!h2).then(|| Instant::now() + header_timeout);
+        TimedIo {
+            inner,
+            state,
+            header_timeout,
+            deadline,
+            timer: None,
+            seen_heads: 0,
+            h2,
+            first_read: true,
+            reply_off: None,
+        }
+    }
+
+    /// Whether the head deadline passed; otherwise makes sure the timer wakes the task by then.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.deadline else { return false };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if Instant::now() >= at {
+            return true;
+        }
+        // An earlier deadline's timer fired: move it to this one.
+        timer.as_mut().reset(at.into());
+        let _ = timer.as_mut().poll(cx);
+        false
     }
 }
 
@@ -110,6 +143,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
             if !this.h2 && this.state.upgraded.load(Ordering::Relaxed) {
                 this.h2 = true;
                 this.deadline = None;
+                this.timer = None;
             }
             if !this.h2 {
                 let heads = this.state.heads.load(Ordering::Relaxed);
@@ -130,27 +164,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                             if got[..n] == H2_PREFACE[..n] {
                                 this.h2 = true;
                                 this.deadline = None;
+                                this.timer = None;
                             }
                         }
                         if !this.h2
                             && this.deadline.is_none()
                             && this.state.in_flight.load(Ordering::Acquire) == 0
                         {
-                            this.deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
+                            this.deadline = Some(Instant::now() + this.header_timeout);
                         }
                     }
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if let Some(d) = this.deadline.as_mut() {
-                        if !this.h2
-                            && d.as_mut().poll(cx).is_ready()
-                            && this.state.in_flight.load(Ordering::Acquire) == 0
-                        {
-                            this.reply_off = Some(0);
-                            continue;
-                        }
+                    if !this.h2
+                        && this.head_timed_out(cx)
+                        && this.state.in_flight.load(Ordering::Acquire) == 0
+                    {
+                        this.reply_off = Some(0);
+                        continue;
                     }
                     return Poll::Pending;
                 }

@@ -15,8 +15,10 @@ mod io;
 mod listener;
 mod metrics;
 mod plane;
+mod relay;
 mod routes;
 mod runtime;
+mod streams;
 mod tls;
 mod upstream;
 

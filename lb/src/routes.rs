@@ -80,9 +80,9 @@ fn normalise_prefix(path: &str) -> Box<str> {
 
 impl RouteTable {
     /// Compiles the routes that serve `listener` (in config order: on a duplicate host+path the first wins).
-    pub fn build(listener: &str, routes: &[Route], metrics: &Metrics) -> RouteTable {
+    pub fn build<R: std::borrow::Borrow<Route>>(listener: &str, routes: &[R], metrics: &Metrics) -> RouteTable {
         let mut t = RouteTable::default();
-        for r in routes {
+        for r in routes.iter().map(std::borrow::Borrow::borrow) {
             if !r.listeners.is_empty() && !r.listeners.iter().any(|l| l == listener) {
                 continue;
             }

@@ -1,5 +1,6 @@
 //! All backend groups of one snapshot, rebuilt per snapshot while keeping what did not change.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,13 +23,14 @@ pub struct Balancers {
 /// The health targets of L7 groups with the transport of their checks (the group's protocol and TLS): every
 /// backend (draining ones too, so their state survives a drain that is undone) with the group's active and
 /// passive settings. `base` resolves relative CA paths (the config file's directory).
-pub fn health_targets_with_transport(
-    groups: &[BackendGroup],
+pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
+    groups: &[G],
     base: &Path,
 ) -> Vec<(HealthTarget, CheckTransport)> {
     groups
         .iter()
-        .flat_map(|g| {
+        .map(Borrow::borrow)
+        .flat_map(|g: &BackendGroup| {
             let transport = CheckTransport {
                 protocol: g.protocol,
                 tls: g.tls.clone().map(|config| CheckTls {
@@ -64,10 +66,11 @@ pub fn config_base(snapshot: &Snapshot) -> PathBuf {
 /// The health targets of L7 groups for a plain [`HealthRegistry::sync`] (no transport): like
 /// [`health_targets_with_transport`], but HTTP checks of groups speaking TLS to their backends become TCP
 /// connect checks, since a plaintext check would fail against them.
-pub fn health_targets(groups: &[BackendGroup]) -> Vec<HealthTarget> {
+pub fn health_targets<G: Borrow<BackendGroup>>(groups: &[G]) -> Vec<HealthTarget> {
     groups
         .iter()
-        .flat_map(|g| {
+        .map(Borrow::borrow)
+        .flat_map(|g: &BackendGroup| {
             let mut check = g.health.clone();
             if let Some(c) = check.as_mut().filter(|c| g.tls.is_some() && c.kind == HealthKind::Http) {
                 tracing::debug!(group = %g.name, "TLS backends: HTTP health check done as TCP connect");

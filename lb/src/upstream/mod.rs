@@ -205,12 +205,12 @@ fn key_of(g: &BackendGroup) -> TransportKey {
 
 /// Builds the upstreams of every group, reusing `previous` pools whose transport did not change. A group
 /// whose TLS settings cannot be loaded is left out (its requests get 503) and logged.
-pub(crate) fn build_all(
-    groups: &[BackendGroup],
+pub(crate) fn build_all<G: std::borrow::Borrow<BackendGroup>>(
+    groups: &[G],
     previous: Option<&HashMap<Arc<str>, Arc<Upstream>>>,
 ) -> HashMap<Arc<str>, Arc<Upstream>> {
     let mut out = HashMap::with_capacity(groups.len());
-    for g in groups {
+    for g in groups.iter().map(std::borrow::Borrow::borrow) {
         let key = key_of(g);
         let prev = previous.and_then(|p| p.get(g.name.as_str())).filter(|u| u.key == key);
         let transport = match prev {
