@@ -348,7 +348,11 @@ protocol bgp padis {{
 /// `config` (from [`bird_config`] / [`bird_config_on`]) with BFD: `bfd on` in the BGP protocol and a BFD
 /// protocol on the lab's link with `interval_ms` (min rx / min tx) and `multiplier`.
 pub fn with_bfd(config: &str, interval_ms: u32, multiplier: u32) -> String {
-    let mut s = config.replacen("  keepalive time 1;\n", "  keepalive time 1;\n  bfd on;\n", 1);
+    let mut s = config.replacen(
+        "  keepalive time 1;\n",
+        "  keepalive time 1;\n  bfd on;\n",
+        1,
+    );
     s.push_str(&format!(
         "protocol bfd {{\n  debug {{ states, events }};\n  interface \"vr\" {{ min rx interval {interval_ms} ms; \
          min tx interval {interval_ms} ms; idle tx interval 1 s; multiplier {multiplier}; }};\n}}\n"

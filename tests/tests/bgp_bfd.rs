@@ -16,7 +16,8 @@ use padis_bgp::bfd::{ControlPacket, Diag, State};
 use padis_bgp::{Announcement, Announcer, SessionState};
 use padis_model::bgp::BgpConfig;
 use padis_tests::bgp::{
-    bird_config, in_netns, in_netns_threaded, wait_for, with_bfd, Bird, Frr, Lab, ROUTER_V4, SPEAKER_V4,
+    bird_config, in_netns, in_netns_threaded, wait_for, with_bfd, Bird, Frr, Lab, ROUTER_V4,
+    SPEAKER_V4,
 };
 use tokio::sync::watch;
 
@@ -63,7 +64,10 @@ fn metric(reg: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f6
 }
 
 async fn learnt(bird: &Bird, what: &str) {
-    wait_for(LIMIT, what, || async { (!bird.route(V4).is_empty()).then_some(()) }).await;
+    wait_for(LIMIT, what, || async {
+        (!bird.route(V4).is_empty()).then_some(())
+    })
+    .await;
 }
 
 /// BIRD's BFD session line for our address, once it says `state`.
@@ -90,7 +94,17 @@ impl Silence {
             format!("table inet padis_bfd_test {{\n chain input {{\n  type filter hook input priority 0;\n  ip saddr {from} drop\n }}\n}}\n"),
         )
         .expect("nft rules");
-        padis_tests::bgp::run("ip", &["netns", "exec", ns, "nft", "-f", rules.to_str().expect("path")]);
+        padis_tests::bgp::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "-f",
+                rules.to_str().expect("path"),
+            ],
+        );
         Silence { ns: ns.to_string() }
     }
 }
@@ -98,7 +112,16 @@ impl Silence {
 impl Drop for Silence {
     fn drop(&mut self) {
         let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet", "padis_bfd_test"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "padis_bfd_test",
+            ])
             .stderr(Stdio::null())
             .status();
     }
@@ -132,19 +155,42 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         // BIRD runs our negotiated timers: 100 ms interval, 300 ms timeout.
         assert!(line.contains("0.100") && line.contains("0.300"), "{line}");
         let r = wait_for(LIMIT, "our BFD session Up", || async {
-            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
+            h.report().peers[0]
+                .bfd
+                .clone()
+                .filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
         })
         .await;
-        assert_eq!((r.remote_state, r.detection_time_ms, r.failures), (State::Up, 300, 0), "{r:?}");
+        assert_eq!(
+            (r.remote_state, r.detection_time_ms, r.failures),
+            (State::Up, 300, 0),
+            "{r:?}"
+        );
         assert_ne!(r.remote_discriminator, 0);
-        assert_eq!(metric(&reg, "padis_bfd_session_up", &[("peer", ROUTER_V4)]), 1.0);
-        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("peer", ROUTER_V4), ("to", "up")]), 1.0);
+        assert_eq!(
+            metric(&reg, "padis_bfd_session_up", &[("peer", ROUTER_V4)]),
+            1.0
+        );
+        assert_eq!(
+            metric(
+                &reg,
+                "padis_bfd_transitions_total",
+                &[("peer", ROUTER_V4), ("to", "up")]
+            ),
+            1.0
+        );
         let shown = h.report().to_string();
-        assert!(shown.contains("established") && shown.contains("bfd up failures 0"), "{shown}");
+        assert!(
+            shown.contains("established") && shown.contains("bfd up failures 0"),
+            "{shown}"
+        );
 
         // The node dies silently: BIRD's BFD notices in 3 x 100 ms and takes BGP (and the route) down.
         let (took, cut) = time_until_route_gone(&bird, &lab.router.name, lab.dir.path());
-        assert!(took < Duration::from_secs(1), "route kept {took:?} with BFD 100 ms x 3");
+        assert!(
+            took < Duration::from_secs(1),
+            "route kept {took:?} with BFD 100 ms x 3"
+        );
         let p = bird.cmd("show protocols all padis");
         assert!(p.contains("BFD session down"), "{p}");
         // Our side hears BIRD's Down (its packets still reach us): a BFD failure here too.
@@ -161,7 +207,8 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         bird_bfd(&bird, "Up").await;
         wait_for(LIMIT, "BGP and BFD up again", || async {
             let p = h.report().peers[0].clone();
-            (p.state == SessionState::Established && p.bfd.is_some_and(|b| b.state == State::Up)).then_some(())
+            (p.state == SessionState::Established && p.bfd.is_some_and(|b| b.state == State::Up))
+                .then_some(())
         })
         .await;
 
@@ -176,8 +223,13 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         .await;
         let took = t.elapsed();
         assert_eq!(p.last_error.as_deref(), Some("BFD session down"), "{p:?}");
-        assert!(took < Duration::from_millis(1500), "BGP reset after {took:?}");
-        assert!(p.bfd.is_some_and(|b| b.failures >= 2 && b.diag == Diag::DetectionTimeExpired));
+        assert!(
+            took < Duration::from_millis(1500),
+            "BGP reset after {took:?}"
+        );
+        assert!(p
+            .bfd
+            .is_some_and(|b| b.failures >= 2 && b.diag == Diag::DetectionTimeExpired));
         drop(cut);
         learnt(&bird, "route back after the second cut").await;
         h.stop().await;
@@ -188,7 +240,11 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
 #[test]
 fn without_bfd_the_same_cut_takes_the_hold_time() {
     let lab = Lab::new();
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 3));
+    let bird = Bird::start(
+        &lab.router.name,
+        lab.dir.path(),
+        &bird_config(BIRD_ASN, OUR_ASN, 3),
+    );
     in_netns_threaded(&lab.speaker.name, || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
@@ -196,7 +252,10 @@ fn without_bfd_the_same_cut_takes_the_hold_time() {
         learnt(&bird, "VIP in BIRD").await;
         assert!(h.report().peers[0].bfd.is_none());
         let (took, _cut) = time_until_route_gone(&bird, &lab.router.name, lab.dir.path());
-        assert!(took > Duration::from_millis(1500), "route gone after {took:?} without BFD");
+        assert!(
+            took > Duration::from_millis(1500),
+            "route gone after {took:?} without BFD"
+        );
         h.stop().await;
     });
 }
@@ -259,7 +318,8 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
     in_netns_threaded(&lab.speaker.name, || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(true, "drain_wait = \"1s\"")), None, rx, &reg).expect("spawn");
+        let h = Announcer::spawn(Some(bgp(true, "drain_wait = \"1s\"")), None, rx, &reg)
+            .expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         bird_bfd(&bird, "Up").await;
         let cap = Capture::start(&lab.router.name);
@@ -274,16 +334,26 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
                 Err(_) => {}
             }
         }
-        assert!(seen.iter().any(|l| is_admin_down(l)), "no AdminDown packet: {seen:?}");
+        assert!(
+            seen.iter().any(|l| is_admin_down(l)),
+            "no AdminDown packet: {seen:?}"
+        );
         // BIRD did not count a BFD failure: the session ended by our Cease, not "BFD session down".
         let p = wait_for(LIMIT, "BIRD sees the administrative shutdown", || async {
-            Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Administrative shutdown"))
+            Some(bird.cmd("show protocols all padis"))
+                .filter(|p| p.contains("Administrative shutdown"))
         })
         .await;
         assert!(!p.contains("BFD session down"), "{p}");
         let log = std::fs::read_to_string(lab.dir.path().join("bird.stderr")).unwrap_or_default();
-        assert!(!log.contains("Timeout"), "BIRD's BFD timed out instead of seeing AdminDown: {log}");
-        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("to", "admindown")]), 1.0);
+        assert!(
+            !log.contains("Timeout"),
+            "BIRD's BFD timed out instead of seeing AdminDown: {log}"
+        );
+        assert_eq!(
+            metric(&reg, "padis_bfd_transitions_total", &[("to", "admindown")]),
+            1.0
+        );
     });
 }
 
@@ -303,7 +373,8 @@ fn forge(router_ns: &str, pkt: &[u8], ttl: u32) {
     in_netns(router_ns, || async move {
         let s = UdpSocket::bind((ROUTER_V4, 0)).expect("bind");
         s.set_ttl(ttl).expect("ttl");
-        s.send_to(&pkt, (SPEAKER_V4, padis_bgp::bfd::CONTROL_PORT)).expect("send");
+        s.send_to(&pkt, (SPEAKER_V4, padis_bgp::bfd::CONTROL_PORT))
+            .expect("send");
     });
 }
 
@@ -321,10 +392,19 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         let h = Announcer::spawn(Some(bgp(true, "")), None, rx, &reg).expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         let r = wait_for(LIMIT, "our BFD session Up", || async {
-            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up)
+            h.report().peers[0]
+                .bfd
+                .clone()
+                .filter(|b| b.state == State::Up)
         })
         .await;
-        let dropped = |reason: &str| metric(&reg, "padis_bfd_packets_dropped_total", &[("reason", reason)]);
+        let dropped = |reason: &str| {
+            metric(
+                &reg,
+                "padis_bfd_packets_dropped_total",
+                &[("reason", reason)],
+            )
+        };
         // A packet that would take the session down if accepted: the router's AdminDown, right discriminators.
         let kill = ControlPacket {
             diag: Diag::AdminDown,
@@ -342,7 +422,10 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         };
         // From two hops away (TTL 254): GTSM drops it.
         forge(&lab.router.name, &kill.encode(), 254);
-        wait_for(LIMIT, "TTL drop counted", || async { (dropped("ttl") == 1.0).then_some(()) }).await;
+        wait_for(LIMIT, "TTL drop counted", || async {
+            (dropped("ttl") == 1.0).then_some(())
+        })
+        .await;
         // Right TTL, wrong Your Discriminator.
         let wrong = ControlPacket {
             your_discr: r.local_discriminator.wrapping_add(1).max(1),
@@ -365,7 +448,10 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         // None of them touched the session, on either side.
         let now = h.report().peers[0].bfd.clone().expect("bfd report");
         assert_eq!((now.state, now.failures), (State::Up, 0), "{now:?}");
-        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]), 0.0);
+        assert_eq!(
+            metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]),
+            0.0
+        );
         assert_eq!(h.report().peers[0].state, SessionState::Established);
         bird_bfd(&bird, "Up").await;
 
@@ -387,7 +473,11 @@ const FRR_BGPD: &str = "router bgp 65010\n bgp router-id 10.99.0.2\n neighbor 10
      exit-address-family\n!\nroute-map ALL permit 10\n!\n";
 
 /// FRR bfdd's view of our session (`show bfd peers json`), once `probe` accepts it.
-async fn frr_peer(frr: &Frr, what: &str, probe: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+async fn frr_peer(
+    frr: &Frr,
+    what: &str,
+    probe: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     wait_for(LIMIT, what, || async {
         let v = frr.json("show bfd peers json");
         v.as_array()
@@ -402,19 +492,35 @@ fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
     let lab = Lab::new();
     let frr = Frr::start(
         &lab.router.name,
-        &[("zebra", "hostname router\n"), ("bfdd", FRR_BFDD), ("bgpd", FRR_BGPD)],
+        &[
+            ("zebra", "hostname router\n"),
+            ("bfdd", FRR_BFDD),
+            ("bgpd", FRR_BGPD),
+        ],
     );
-    let kernel_route = || !lab.router.try_ip(&["route", "show", "198.51.100.7"]).trim().is_empty();
+    let kernel_route = || {
+        !lab.router
+            .try_ip(&["route", "show", "198.51.100.7"])
+            .trim()
+            .is_empty()
+    };
     in_netns_threaded(&lab.speaker.name, || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(true, "drain_wait = \"0s\"")), None, rx, &reg).expect("spawn");
-        wait_for(LIMIT, "VIP in FRR's kernel", || async { kernel_route().then_some(()) }).await;
+        let h = Announcer::spawn(Some(bgp(true, "drain_wait = \"0s\"")), None, rx, &reg)
+            .expect("spawn");
+        wait_for(LIMIT, "VIP in FRR's kernel", || async {
+            kernel_route().then_some(())
+        })
+        .await;
         let p = frr_peer(&frr, "FRR BFD peer up", |p| p["status"] == "up").await;
         assert_eq!(p["remote-detect-multiplier"], 3, "{p}");
         assert_eq!(p["remote-receive-interval"], 100, "{p}");
         wait_for(LIMIT, "our BFD Up at 100 ms", || async {
-            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
+            h.report().peers[0]
+                .bfd
+                .clone()
+                .filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
         })
         .await;
 
@@ -422,18 +528,31 @@ fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
         let cut = Silence::start(&lab.router.name, lab.dir.path(), SPEAKER_V4);
         let t = Instant::now();
         while kernel_route() {
-            assert!(t.elapsed() < LIMIT, "FRR kept the route for {LIMIT:?}: {}", frr.logs());
+            assert!(
+                t.elapsed() < LIMIT,
+                "FRR kept the route for {LIMIT:?}: {}",
+                frr.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let took = t.elapsed();
-        assert!(took < Duration::from_secs(1), "FRR kept the route {took:?} with BFD 100 ms x 3");
+        assert!(
+            took < Duration::from_secs(1),
+            "FRR kept the route {took:?} with BFD 100 ms x 3"
+        );
         drop(cut);
-        wait_for(LIMIT, "route back after the path heals", || async { kernel_route().then_some(()) }).await;
+        wait_for(LIMIT, "route back after the path heals", || async {
+            kernel_route().then_some(())
+        })
+        .await;
         frr_peer(&frr, "FRR BFD peer up again", |p| p["status"] == "up").await;
 
         // Graceful stop: FRR sees the AdminDown as such.
         h.drain_and_stop().await;
-        let p = frr_peer(&frr, "FRR BFD peer down by AdminDown", |p| p["status"] == "down").await;
+        let p = frr_peer(&frr, "FRR BFD peer down by AdminDown", |p| {
+            p["status"] == "down"
+        })
+        .await;
         assert_eq!(p["remote-diagnostic"], "administratively down", "{p}");
     });
 }

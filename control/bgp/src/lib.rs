@@ -75,8 +75,12 @@ impl Announcer {
             drain_wait = cfg.drain_wait;
             let cfg = Arc::new(cfg);
             let mut passive = Vec::new();
-            let bfd_peers: Vec<std::net::IpAddr> =
-                cfg.peers.iter().filter(|p| p.bfd).map(|p| p.address).collect();
+            let bfd_peers: Vec<std::net::IpAddr> = cfg
+                .peers
+                .iter()
+                .filter(|p| p.bfd)
+                .map(|p| p.address)
+                .collect();
             let mut links = if bfd_peers.is_empty() {
                 Vec::new()
             } else {
@@ -92,7 +96,12 @@ impl Announcer {
             .into_iter();
             for p in cfg.peers.iter() {
                 let bfd = if p.bfd { links.next() } else { None };
-                let status = PeerStatus::new(p.address, p.asn, m.clone(), bfd.as_ref().map(bfd::BfdLink::watch));
+                let status = PeerStatus::new(
+                    p.address,
+                    p.asn,
+                    m.clone(),
+                    bfd.as_ref().map(bfd::BfdLink::watch),
+                );
                 let incoming = if p.passive {
                     let (tx, rx) = mpsc::channel(1);
                     passive.push((p.address, tx));

@@ -231,7 +231,10 @@ impl Metrics {
             "VIP host routes or addresses in the kernel",
         )?;
         let bfd_up = IntGaugeVec::new(
-            Opts::new("padis_bfd_session_up", "1 while the peer's BFD session is Up"),
+            Opts::new(
+                "padis_bfd_session_up",
+                "1 while the peer's BFD session is Up",
+            ),
             &["peer"],
         )?;
         let bfd_transitions = IntCounterVec::new(

@@ -171,7 +171,9 @@ impl BgpConfig {
         if self.peers.is_empty() {
             cx.error("bgp", "at least one [[bgp.peer]] is needed");
         }
-        if self.bfd.interval < Duration::from_millis(10) || self.bfd.interval > Duration::from_secs(60) {
+        if self.bfd.interval < Duration::from_millis(10)
+            || self.bfd.interval > Duration::from_secs(60)
+        {
             cx.error("bgp.bfd.interval", "must be between 10ms and 60s");
         }
         if self.bfd.multiplier == 0 {
@@ -214,7 +216,10 @@ impl BgpConfig {
                 cx.error(at("multihop"), "TTL must be 1..255");
             }
             if p.bfd && p.multihop.is_some_and(|t| t > 1) {
-                cx.error(at("bfd"), "BFD is single-hop (RFC 5881): not with multihop > 1");
+                cx.error(
+                    at("bfd"),
+                    "BFD is single-hop (RFC 5881): not with multihop > 1",
+                );
             }
         }
     }
@@ -321,9 +326,18 @@ mod tests {
             "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[bgp.bfd]\ninterval = \"1ms\"\nmultiplier = 0\n\
              [[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\nmultihop = 3\nbfd = true\n",
         );
-        assert!(e.contains("t.toml:5") && e.contains("bgp.bfd.interval"), "{e}");
-        assert!(e.contains("t.toml:6") && e.contains("bgp.bfd.multiplier"), "{e}");
-        assert!(e.contains("bgp.peer[0].bfd") && e.contains("single-hop"), "{e}");
+        assert!(
+            e.contains("t.toml:5") && e.contains("bgp.bfd.interval"),
+            "{e}"
+        );
+        assert!(
+            e.contains("t.toml:6") && e.contains("bgp.bfd.multiplier"),
+            "{e}"
+        );
+        assert!(
+            e.contains("bgp.peer[0].bfd") && e.contains("single-hop"),
+            "{e}"
+        );
         let e = errors("[ospf]\ntable = 255\n");
         assert!(e.contains("t.toml:2") && e.contains("reserved"), "{e}");
         let e = errors("[ospf]\ntable = 10\nmode = \"tunnel\"\n");

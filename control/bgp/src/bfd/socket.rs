@@ -29,7 +29,8 @@ pub(crate) fn bind_receiver(v6: bool, local: Option<IpAddr>) -> Result<UdpSocket
     });
     let addr = SocketAddr::new(ip, CONTROL_PORT);
     let err = |source| BfdError::Bind { addr, source };
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if v6 {
         s.set_only_v6(true).map_err(err)?;
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvHopLimit, &true)
@@ -52,7 +53,8 @@ pub(crate) fn bind_sender(peer: IpAddr, local: Option<IpAddr>) -> Result<UdpSock
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     });
     let err = |source| BfdError::Sender { peer, source };
-    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s =
+        Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if peer.is_ipv6() {
         s.set_unicast_hops_v6(GTSM_TTL.into()).map_err(err)?;
     } else {
@@ -91,7 +93,8 @@ pub(crate) struct Received {
 
 /// Receives one datagram with its TTL / hop limit.
 pub(crate) async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    sock.async_io(Interest::READABLE, || recv_now(sock, buf)).await
+    sock.async_io(Interest::READABLE, || recv_now(sock, buf))
+        .await
 }
 
 fn recv_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {

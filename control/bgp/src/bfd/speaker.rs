@@ -192,7 +192,12 @@ impl Speaker {
         }
     }
 
-    fn drop_packet(&self, reason: &str, from: std::net::SocketAddr, detail: &dyn std::fmt::Display) {
+    fn drop_packet(
+        &self,
+        reason: &str,
+        from: std::net::SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
         self.metrics.bfd_dropped.with_label_values(&[reason]).inc();
         debug!(%from, reason, %detail, "BFD packet dropped");
     }
@@ -206,8 +211,15 @@ impl Speaker {
             }
         };
         if r.ttl != Some(GTSM_TTL) {
-            let ttl = r.ttl.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into());
-            return self.drop_packet("ttl", r.from, &format_args!("TTL {ttl}, 255 required (GTSM)"));
+            let ttl = r
+                .ttl
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            return self.drop_packet(
+                "ttl",
+                r.from,
+                &format_args!("TTL {ttl}, 255 required (GTSM)"),
+            );
         }
         let pkt = match ControlPacket::decode(&buf[..r.len.min(buf.len())]) {
             Ok(p) => p,
@@ -223,7 +235,10 @@ impl Speaker {
         };
         let Some(i) = found else {
             let (reason, what) = if pkt.your_discr != 0 {
-                ("discriminator", format!("Your Discriminator {} is none of ours", pkt.your_discr))
+                (
+                    "discriminator",
+                    format!("Your Discriminator {} is none of ours", pkt.your_discr),
+                )
             } else {
                 ("unknown_peer", "not a BFD peer".to_string())
             };
