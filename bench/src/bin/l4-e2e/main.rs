@@ -120,8 +120,15 @@ fn own_mac(dev: &str) -> Result<[u8; 6], E2eError> {
     mac(s.trim()).map_err(E2eError::Parse)
 }
 
-/// Frames per test-run call: a fraction of a second at the rates seen here, so the time bound is kept closely.
-const CHUNK: u32 = 1 << 18;
+/// Frames of the first test-run call. Each call sets up and tears down its page pool, which stalls the output
+/// briefly, so later calls are sized from the measured rate to last about [`CALL_SECS`] (within the time left).
+const FIRST_CHUNK: u32 = 1 << 18;
+/// Target duration of one test-run call.
+const CALL_SECS: f64 = 0.5;
+/// Largest call.
+const MAX_CHUNK: u32 = 1 << 24;
+/// Smallest call (the end of the time budget).
+const MIN_CHUNK: u32 = 1 << 12;
 
 /// Attaches the sink to `dev`, generates for `seconds`, waits for the forwarded frames to drain (at most 2 s),
 /// and prints `offered=<frames> forwarded=<frames> seconds=<generation time> offered_pps=.. forwarded_pps=..
@@ -151,9 +158,14 @@ fn run(a: &RunArgs) -> Result<(), E2eError> {
     let before = total(&counters)?;
     let start = Instant::now();
     let mut offered: u64 = 0;
+    let mut chunk = FIRST_CHUNK;
     while start.elapsed().as_secs_f64() < a.seconds {
-        gen.run_live(&frame, idx, CHUNK, a.batch)?;
-        offered += u64::from(CHUNK);
+        let t = Instant::now();
+        gen.run_live(&frame, idx, chunk, a.batch)?;
+        offered += u64::from(chunk);
+        let rate = f64::from(chunk) / t.elapsed().as_secs_f64().max(1e-6);
+        let left = (a.seconds - start.elapsed().as_secs_f64()).max(0.0);
+        chunk = (rate * CALL_SECS.min(left)).clamp(f64::from(MIN_CHUNK), f64::from(MAX_CHUNK)) as u32;
     }
     let secs = start.elapsed().as_secs_f64();
     // Frames still in the forwarder's rings arrive within milliseconds: wait until the count settles.
