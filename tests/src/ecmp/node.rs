@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::topo::{
-    backend_addr, node_addr, BFD_INTERVAL_MS, BFD_MULTIPLIER, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP,
+    backend_addr, node_addr, BFD_MULTIPLIER, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP,
 };
 use super::EcmpError;
 use crate::netns::{unique_name, Netns};
@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub l4_extra: String,
     /// Extra top-level sections (e.g. `[l4.sync]`), appended as-is.
     pub sections: String,
+    /// BFD interval towards the router (Detect Mult [`BFD_MULTIPLIER`]).
+    pub bfd_interval_ms: u32,
 }
 
 impl NodeConfig {
@@ -74,7 +76,7 @@ connect_retry = "300ms"
 drain_wait = "1s"
 
 [bgp.bfd]
-interval = "{BFD_INTERVAL_MS}ms"
+interval = "{bfd}ms"
 multiplier = {BFD_MULTIPLIER}
 
 [[bgp.peer]]
@@ -87,7 +89,8 @@ name = "web"
 addr = "{VIP}"
 port = {PORT}
 "#,
-            addr = node_addr(self.index)
+            addr = node_addr(self.index),
+            bfd = self.bfd_interval_ms,
         ));
         for &b in &self.backends {
             s.push_str(&format!("[[vip.backend]]\naddr = \"{}\"\n", backend_addr(b)));

@@ -106,6 +106,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Traffic shape.
     pub stream: StreamConfig,
+    /// BFD interval on both sides of every node's BGP session (Detect Mult [`super::topo::BFD_MULTIPLIER`]).
+    pub bfd_interval_ms: u32,
 }
 
 impl Plan {
@@ -119,6 +121,8 @@ impl Plan {
             small: 10,
             large: 20,
             steps: vec![Step::AddNode, Step::DrainNode, Step::AddNodeAndGrow],
+            // No node dies in this plan: timers that a loaded CI machine cannot trip (0.9 s detection).
+            bfd_interval_ms: 300,
             stream: StreamConfig {
                 interval: Duration::from_millis(200),
                 stall: Duration::from_secs(20),
@@ -145,6 +149,8 @@ impl Plan {
                 stall: Duration::from_secs(20),
                 open_parallel: 128,
             },
+            // The kill step measures convergence: 0.3 s detection.
+            bfd_interval_ms: 100,
             ..Plan::ci()
         }
     }
@@ -273,6 +279,7 @@ impl Lab<'_> {
             backend_macs: self.topo.backend_macs.clone(),
             l4_extra: self.mode.l4_extra(index),
             sections: self.mode.sections(index, self.plan.max_nodes, &self.key_file),
+            bfd_interval_ms: self.plan.bfd_interval_ms,
         }
     }
 
@@ -394,7 +401,7 @@ pub fn run(mode: Mode, plan: &Plan) -> Result<RunReport, EcmpError> {
         .enable_all()
         .build()
         .map_err(|e| EcmpError::io("tokio runtime", e))?;
-    let topo = Topology::new(plan.max_nodes, plan.large)?;
+    let topo = Topology::new(plan.max_nodes, plan.large, plan.bfd_interval_ms)?;
     let key_file = topo.dir.path().join("sync.key");
     std::fs::write(&key_file, format!("ecmp-test-key-{}\n", crate::netns::unique_name("k")))
         .map_err(|e| EcmpError::io("write sync key", e))?;

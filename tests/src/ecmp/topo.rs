@@ -26,9 +26,7 @@ pub const ROUTER_ASN: u32 = 65010;
 pub const PADIS_ASN: u32 = 4_200_000_001;
 /// BGP hold time used in the scenario (the smallest RFC 4271 allows; BFD detects failures first).
 pub const HOLD_SECS: u32 = 3;
-/// BFD interval (Desired Min TX / Required Min RX) on both sides of every node's session.
-pub const BFD_INTERVAL_MS: u32 = 100;
-/// BFD Detect Mult on both sides: a dead node is detected after `BFD_MULTIPLIER x BFD_INTERVAL_MS`.
+/// BFD Detect Mult on both sides: a dead node is detected after `BFD_MULTIPLIER x` the plan's BFD interval.
 pub const BFD_MULTIPLIER: u32 = 3;
 
 /// Address of Padis node `i` (0-based) on the segment.
@@ -62,8 +60,9 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the lab for up to `nodes` Padis nodes and `backends` backends, and starts BIRD.
-    pub fn new(nodes: usize, backends: usize) -> Result<Topology, EcmpError> {
+    /// Builds the lab for up to `nodes` Padis nodes and `backends` backends, and starts BIRD (BFD at
+    /// `bfd_interval_ms` x [`BFD_MULTIPLIER`]).
+    pub fn new(nodes: usize, backends: usize, bfd_interval_ms: u32) -> Result<Topology, EcmpError> {
         if nodes == 0 || nodes > 50 || backends == 0 || backends > 150 {
             return Err(EcmpError::Setup(format!("unsupported size: {nodes} nodes, {backends} backends")));
         }
@@ -106,7 +105,7 @@ impl Topology {
         for i in 0..backends {
             t.add_backend(i)?;
         }
-        let conf = bird_config(nodes);
+        let conf = bird_config(nodes, bfd_interval_ms);
         t.bird = Some(Bird::start(t.router.name(), t.dir.path(), &conf));
         Ok(t)
     }
@@ -213,7 +212,7 @@ impl Drop for Topology {
 /// BIRD on the router: one eBGP session per node (short timers) with BFD (`bfd on`: a BFD failure takes the
 /// session down at once), GRACEFUL_SHUTDOWN lowers the preference, the kernel protocol merges the equal best paths
 /// into one multipath route.
-fn bird_config(nodes: usize) -> String {
+fn bird_config(nodes: usize, bfd_interval_ms: u32) -> String {
     let mut s = format!(
         r#"log stderr {{ warning, error, fatal }};
 router id {ROUTER_LAN};
@@ -238,8 +237,8 @@ template bgp padis {{
 }}
 protocol bfd {{
   interface "lan0" {{
-    min rx interval {BFD_INTERVAL_MS} ms;
-    min tx interval {BFD_INTERVAL_MS} ms;
+    min rx interval {bfd_interval_ms} ms;
+    min tx interval {bfd_interval_ms} ms;
     idle tx interval 1 s;
     multiplier {BFD_MULTIPLIER};
   }};
