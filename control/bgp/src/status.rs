@@ -373,4 +373,47 @@ mod tests {
             "bgp peer 192.0.2.1 AS65000 established up 0h00m00s routes 3 flaps 0 draining\nospf kernel routes 2\n"
         );
     }
+
+    #[test]
+    fn bfd_state_is_reported_per_peer() {
+        use crate::bfd::{Diag, State};
+        let m = Metrics::register(&Registry::new()).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(BfdReport {
+            state: State::Up,
+            remote_state: State::Up,
+            diag: Diag::None,
+            remote_diag: Diag::None,
+            local_discriminator: 7,
+            remote_discriminator: 9,
+            tx_interval_ms: 300,
+            detection_time_ms: 900,
+            failures: 1,
+        });
+        let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m, Some(rx));
+        p.set_state(SessionState::Established);
+        let report = |p: &PeerStatus| BgpReport {
+            peers: vec![p.report()],
+            ospf: None,
+        };
+        assert_eq!(
+            report(&p).to_string(),
+            "bgp peer 192.0.2.1 AS65000 established up 0h00m00s routes 0 flaps 0 bfd up failures 1\n"
+        );
+        let v = serde_json::to_value(report(&p)).unwrap();
+        let b = &v["peers"][0]["bfd"];
+        assert_eq!(
+            (b["state"].as_str(), b["diag"].as_str()),
+            (Some("up"), Some("none"))
+        );
+        assert_eq!(b["detection_time_ms"], 900);
+        tx.send_modify(|b| {
+            b.state = State::Down;
+            b.diag = Diag::DetectionTimeExpired;
+        });
+        assert!(report(&p)
+            .to_string()
+            .contains(" bfd down (DetectionTimeExpired) failures 1"));
+        let v = serde_json::to_value(report(&p)).unwrap();
+        assert_eq!(v["peers"][0]["bfd"]["diag"], "detection_time_expired");
+    }
 }
