@@ -646,3 +646,191 @@ fn native_attach_failure_falls_back_to_generic_with_a_warning() {
     att.release(false);
     assert_eq!(xdp_mode(), "none", "release detaches");
 }
+
+#[test]
+fn stale_entry_of_a_removed_vip_never_forwards_after_its_id_is_reused() {
+    let mut f = Fixture::new(&one_backend_web());
+    let syn = tcp4(CLIENT, 41000, VIP, 80, true, false, b"");
+    assert_eq!(f.run(&syn).0, verdict::TX);
+    assert_eq!(f.flows(), 1);
+    // The VIP goes away (its entry stays in the LRU table), then another VIP on the same port takes its id and
+    // uses the same backend: the old flow's entry must not forward traffic to an address that is no VIP.
+    f.program(BASE);
+    let other = config(
+        r#"
+[l4.vip.other]
+table_size = 101
+[[vip]]
+name = "other"
+addr = "192.0.2.2"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+"#,
+    );
+    f.program(&other);
+    assert_eq!(f.flows(), 1, "the stale entry is still in the table");
+    let ack = tcp4(CLIENT, 41000, VIP, 80, false, false, b"x");
+    let hits = f.stat(stat::CT_HIT);
+    assert_eq!(f.run(&ack), (verdict::PASS, ack.clone()), "stale entry forwarded a packet for a removed VIP");
+    assert_eq!(f.stat(stat::CT_HIT), hits);
+    // The new VIP works, and its established packets hit.
+    let syn2 = tcp4(CLIENT, 41001, [192, 0, 2, 2], 80, true, false, b"");
+    assert_eq!(f.run(&syn2), (verdict::TX, dsr(&syn2, B11)));
+    let ack2 = tcp4(CLIENT, 41001, [192, 0, 2, 2], 80, false, false, b"x");
+    assert_eq!(f.run(&ack2), (verdict::TX, dsr(&ack2, B11)));
+    assert_eq!(f.stat(stat::CT_HIT), hits + 1);
+}
+
+#[test]
+fn source_hashed_and_full_hashed_vips_share_a_port() {
+    // Two VIPs on port 80: one hashes the 5-tuple, one the source only (its connection key has no source port).
+    let mut f = Fixture::new(&three());
+    let both = format!(
+        "{}{}",
+        three(),
+        r#"
+[l4.vip.sticky]
+table_size = 1009
+hash = "source"
+[[vip]]
+name = "sticky"
+addr = "192.0.2.2"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+[[vip.backend]]
+addr = "10.0.0.12"
+[[vip.backend]]
+addr = "10.0.0.13"
+"#
+    );
+    f.program(&both);
+    let sticky = [192, 0, 2, 2];
+    let first = backend_of(&f.run(&tcp4(CLIENT, 1000, sticky, 80, true, false, b"")).1);
+    for p in 1001..1040u16 {
+        assert_eq!(backend_of(&f.run(&tcp4(CLIENT, p, sticky, 80, true, false, b"")).1), first, "client port {p} moved");
+    }
+    assert_eq!(f.flows(), 1, "one source-only entry for every client port");
+    let mut seen = std::collections::HashSet::new();
+    for p in 1000..1100u16 {
+        seen.insert(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1));
+    }
+    assert_eq!(seen.len(), 3, "the 5-tuple VIP on the same port still spreads client ports: {seen:?}");
+    // Established packets of both hit.
+    let hits = f.stat(stat::CT_HIT);
+    f.run(&tcp4(CLIENT, 1000, VIP, 80, false, false, b"x"));
+    f.run(&tcp4(CLIENT, 5555, sticky, 80, false, false, b"x"));
+    assert_eq!(f.stat(stat::CT_HIT), hits + 2);
+}
+
+/// A pin directory for one test, removed on drop.
+struct PinInstance(String);
+
+impl PinInstance {
+    fn new(tag: &str) -> PinInstance {
+        let name = format!("test-{tag}-{}", std::process::id());
+        padis_l4::bpffs::remove_instance(&name).expect("clean pin dir");
+        padis_l4::bpffs::pin_dir(&name).expect("pin dir");
+        PinInstance(name)
+    }
+
+    fn dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(padis_l4::bpffs::PIN_ROOT).join(&self.0)
+    }
+
+    fn load(&self) -> (padis_l4::Balancer, padis_l4::programmer::Programmer) {
+        let opts = padis_l4::LoadOptions { pin_dir: Some(self.dir()), ..padis_l4::LoadOptions::private(8, 64, 4096) };
+        let bal = padis_l4::Balancer::load(opts.clone()).expect("load with pins");
+        let prog = if bal.reused_pins {
+            padis_l4::programmer::Programmer::recover(&bal.maps, opts.max_vips, opts.max_rings(), opts.max_backends)
+                .expect("recover")
+        } else {
+            padis_l4::programmer::Programmer::new(opts.max_vips, opts.max_rings(), opts.max_backends)
+        };
+        (bal, prog)
+    }
+}
+
+impl Drop for PinInstance {
+    fn drop(&mut self) {
+        let _ = padis_l4::bpffs::remove_instance(&self.0);
+    }
+}
+
+fn program(bal: &mut padis_l4::Balancer, prog: &mut padis_l4::programmer::Programmer, toml: &str) {
+    let valid = padis_model::parse_config(toml, "fixture.toml", std::path::Path::new(".")).expect("config");
+    let d = padis_l4::desired::compute(&valid.state.l4, &valid.state.vips, &|_, _| true, &mut |_| None);
+    prog.apply(&mut bal.maps, &d).expect("program");
+}
+
+fn global(bal: &padis_l4::Balancer, idx: u32) -> u64 {
+    padis_l4::stats::global_one(&bal.maps, idx).expect("stats").packets
+}
+
+#[test]
+fn pinned_maps_of_the_previous_layout_are_upgraded_without_losing_flows() {
+    let inst = PinInstance::new("upgrade");
+    let key = FlowKey {
+        src: v4_mapped(CLIENT),
+        dst: v4_mapped(VIP),
+        sport: wire(42000),
+        dport: wire(80),
+        proto: 6,
+        pad: [0; 3],
+    };
+    {
+        let (mut bal, mut prog) = inst.load();
+        program(&mut bal, &mut prog, &three());
+        let syn = tcp4(CLIENT, 42000, VIP, 80, true, false, b"");
+        assert_eq!(bal.test_run(&syn).expect("run").0, verdict::TX);
+        // What the previous layout pinned: IPv4 flows in CONNTRACK (IPv4-mapped keys), and no CONNTRACK4,
+        // VIP_BY_ID or VIP_PORTS.
+        let st = bal.maps.conntrack.get(&key, 0).expect("entry");
+        bal.maps.conntrack.v6.insert(key, st, 0).expect("old-layout entry");
+        bal.maps.conntrack.v4.remove(&key.to_v4().expect("v4")).expect("remove");
+    }
+    for m in ["CONNTRACK4", "VIP_BY_ID", "VIP_PORTS"] {
+        std::fs::remove_file(inst.dir().join(m)).expect("unpin");
+    }
+    let (mut bal, mut prog) = inst.load();
+    assert!(bal.reused_pins);
+    assert!(bal.maps.conntrack.v6.get(&key, 0).is_err(), "the IPv4 entry left CONNTRACK");
+    let st = bal.maps.conntrack.v4.get(&key.to_v4().expect("v4"), 0).expect("the IPv4 entry moved to CONNTRACK4");
+    program(&mut bal, &mut prog, &three());
+    // The flow's packets hit its entry (no re-balancing), to the backend it had.
+    let ack = tcp4(CLIENT, 42000, VIP, 80, false, false, b"x");
+    let (v, out) = bal.test_run(&ack).expect("run");
+    assert_eq!(v, verdict::TX);
+    assert_eq!(out[5], 0x10 + st.backend as u8 + 1, "backend slot {} of .11/.12/.13", st.backend);
+    assert_eq!(global(&bal, stat::CT_HIT), 1);
+}
+
+#[test]
+fn pinned_maps_of_an_incompatible_layout_are_replaced_with_a_warning() {
+    let inst = PinInstance::new("incompat");
+    // An older build's STATS: 13 counters (this layout has more).
+    let path = inst.dir().join("STATS");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "percpu_array", "key", "4", "value", "16", "entries", "13", "name", "STATS"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    let (warnings, loaded) = warnings_during(|| inst.load());
+    let (mut bal, mut prog) = loaded;
+    assert!(
+        warnings.iter().any(|w| w.contains("incompatible layout") && w.contains("STATS")),
+        "no layout warning in {warnings:?}"
+    );
+    assert!(!bal.reused_pins, "an incompatible instance starts empty");
+    let show = std::process::Command::new("bpftool").args(["map", "show", "pinned"]).arg(&path).output().expect("bpftool");
+    let text = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(text.contains(&format!("max_entries {}", stat::COUNT)), "STATS not replaced: {text}");
+    // And it works.
+    program(&mut bal, &mut prog, &one_backend_web());
+    let syn = tcp4(CLIENT, 40000, VIP, 80, true, false, b"");
+    assert_eq!(bal.test_run(&syn).expect("run"), (verdict::TX, dsr(&syn, B11)));
+    assert_eq!(global(&bal, stat::FORWARDED), 1);
+}

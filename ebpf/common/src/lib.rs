@@ -16,8 +16,14 @@ pub mod map_names {
     pub const RINGS: &str = "RINGS";
     /// `Array<BackendInfo>`, indexed by backend index.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `LruHashMap<FlowKey, FlowState>`: the connection table.
+    /// `LruHashMap<FlowKey, FlowState>`: the connection table of IPv6 flows.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// `LruHashMap<FlowKey4, FlowState>`: the connection table of IPv4 flows (16-byte key: cheaper to hash).
+    pub const CONNTRACK4: &str = "CONNTRACK4";
+    /// `Array<VipSlot>`, indexed by VIP id: what a connection-table hit needs of its VIP (no `VIPS` lookup).
+    pub const VIP_BY_ID: &str = "VIP_BY_ID";
+    /// `Array<u32>` indexed by destination port (host order): `port_flags::*` of the VIPs on that port.
+    pub const VIP_PORTS: &str = "VIP_PORTS";
     /// `LpmTrie<AclData, u32>`: allowed source prefixes per VIP.
     pub const ACL: &str = "ACL";
     /// `Array<GlobalConfig>` with one entry.
@@ -33,9 +39,9 @@ pub mod map_names {
     /// `RingBuf` of [`SyncRecord`](super::SyncRecord)s: new connection-table entries, for peer sync.
     pub const SYNC_RING: &str = "SYNC_RING";
     /// All of them (the maps `padis-l4` pins).
-    pub const ALL: [&str; 12] = [
-        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, ACL, CONFIG, VIP_STATS, BACKEND_STATS, STATS, FLOW_RATE,
-        SYNC_RING,
+    pub const ALL: [&str; 15] = [
+        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, CONNTRACK4, VIP_BY_ID, VIP_PORTS, ACL, CONFIG, VIP_STATS,
+        BACKEND_STATS, STATS, FLOW_RATE, SYNC_RING,
     ];
 }
 
@@ -66,6 +72,30 @@ pub mod vip_flags {
     /// Forward by IP-in-IP encapsulation to the backend (else: DSR by MAC rewrite).
     pub const IPIP: u32 = 4;
 }
+
+/// Bits of a `VIP_PORTS` entry: which VIPs listen on the port. A packet whose port and protocol have no VIP is
+/// passed without any hash lookup; one whose VIPs all hash the full 5-tuple looks its connection entry up first.
+pub mod port_flags {
+    /// A TCP VIP uses the port.
+    pub const TCP: u32 = 1;
+    /// A UDP VIP uses the port.
+    pub const UDP: u32 = 2;
+    /// A TCP VIP on the port hashes on the source address only (its connection key depends on the VIP).
+    pub const TCP_SRC_ONLY: u32 = 4;
+    /// A UDP VIP on the port hashes on the source address only.
+    pub const UDP_SRC_ONLY: u32 = 8;
+    /// The bits of IP protocol `proto` (6 or 17): (uses the port, some VIP hashes on the source only).
+    pub const fn of(proto: u8) -> (u32, u32) {
+        if proto == 6 {
+            (TCP, TCP_SRC_ONLY)
+        } else {
+            (UDP, UDP_SRC_ONLY)
+        }
+    }
+}
+
+/// Number of `VIP_PORTS` entries (one per port).
+pub const VIP_PORTS_LEN: u32 = 65536;
 
 /// Backend flags (`BackendInfo::flags`).
 pub mod backend_flags {
@@ -154,6 +184,17 @@ pub struct VipMeta {
     pub table_size: u32,
 }
 
+/// Value of `VIP_BY_ID`: the VIP an id belongs to (checked against the packet on a connection-table hit, so an
+/// entry of a removed VIP whose id was reused never forwards) and its flags. All zero: no VIP has the id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipSlot {
+    /// The VIP (`pad` = 1 when the slot is in use).
+    pub key: VipKey,
+    /// `vip_flags::*`.
+    pub flags: u32,
+}
+
 /// Value of `BACKENDS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -184,6 +225,55 @@ pub struct FlowKey {
     pub proto: u8,
     /// Zero.
     pub pad: [u8; 3],
+}
+
+/// Key of `CONNTRACK4`: an IPv4 flow. The flow hash and the sync records still use the [`FlowKey`] form.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey4 {
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination (VIP) address.
+    pub dst: [u8; 4],
+    /// Source port, network byte order (0 for `HASH_SRC_ONLY` VIPs).
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The `CONNTRACK4` form of an IPv4 flow (both addresses IPv4-mapped), else None (an IPv6 flow).
+    pub fn to_v4(&self) -> Option<FlowKey4> {
+        let (src, dst) = (unmapped(&self.src)?, unmapped(&self.dst)?);
+        Some(FlowKey4 { src, dst, sport: self.sport, dport: self.dport, proto: self.proto, pad: [0; 3] })
+    }
+}
+
+impl FlowKey4 {
+    /// The [`FlowKey`] form (IPv4-mapped addresses).
+    pub fn to_flow_key(&self) -> FlowKey {
+        FlowKey {
+            src: v4_mapped(self.src),
+            dst: v4_mapped(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// The IPv4 address of an IPv4-mapped one.
+fn unmapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+    if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+        Some([a[12], a[13], a[14], a[15]])
+    } else {
+        None
+    }
 }
 
 /// Value of `CONNTRACK`.
@@ -273,6 +363,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipMeta {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::AclData {}
     unsafe impl aya::Pod for super::GlobalConfig {}

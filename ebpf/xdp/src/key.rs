@@ -3,7 +3,7 @@
 //! call); in these unions the same bytes are written and read as aligned 32/64-bit words. Every word is made with
 //! `from_ne_bytes` of the bytes in memory order, so the layout is the one `padis_ebpf_common` defines.
 
-use padis_ebpf_common::{FlowKey, VipKey};
+use padis_ebpf_common::{FlowKey, FlowKey4, VipKey, VipSlot};
 
 /// The `::ffff:0:0/96` word of an IPv4-mapped address (bytes 8..12).
 const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -59,10 +59,54 @@ impl Flow {
     /// The `VIPS` key of the flow's destination.
     #[inline(always)]
     pub fn vip_key(&self) -> VipKeyWords {
+        self.vip_key_pad(0)
+    }
+
+    /// The flow's destination as a `VIP_BY_ID` entry's key (`pad` = 1: slot in use).
+    #[inline(always)]
+    pub fn vip_slot_key(&self) -> VipKeyWords {
+        self.vip_key_pad(1)
+    }
+
+    #[inline(always)]
+    fn vip_key_pad(&self, pad: u8) -> VipKeyWords {
         let w = self.words();
         let p = w[8].to_ne_bytes();
         let proto = w[9].to_ne_bytes()[0];
-        VipKeyWords { w: [w[4], w[5], w[6], w[7], u32::from_ne_bytes([p[2], p[3], proto, 0])] }
+        VipKeyWords { w: [w[4], w[5], w[6], w[7], u32::from_ne_bytes([p[2], p[3], proto, pad])] }
+    }
+
+    /// Destination port, host order.
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        let p = self.words()[8].to_ne_bytes();
+        u16::from_be_bytes([p[2], p[3]])
+    }
+
+    /// The `CONNTRACK4` key of an IPv4 flow.
+    #[inline(always)]
+    pub fn v4_key(&self) -> Flow4 {
+        let w = self.words();
+        Flow4 { w: [w[3], w[7], w[8], w[9]] }
+    }
+}
+
+/// A [`FlowKey4`], 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub union Flow4 {
+    /// The key.
+    pub key: FlowKey4,
+    /// Its four words.
+    pub w: [u32; 4],
+}
+
+impl Flow4 {
+    /// The key.
+    #[inline(always)]
+    pub fn key(&self) -> &FlowKey4 {
+        // SAFETY: plain data, fully initialised.
+        unsafe { &self.key }
     }
 }
 
@@ -107,5 +151,16 @@ impl VipKeyWords {
     pub fn key(&self) -> &VipKey {
         // SAFETY: plain data, fully initialised.
         unsafe { &self.key }
+    }
+
+    /// Whether `slot` (a `VIP_BY_ID` value, in place) holds this key; compared word by word (a struct compare
+    /// would be a `memcmp` call).
+    #[inline(always)]
+    pub fn matches(&self, slot: &VipSlot) -> bool {
+        // SAFETY: `VipSlot` starts with the 20-byte key; map values are 8-byte aligned; plain data.
+        let s = unsafe { &*(slot as *const VipSlot as *const [u32; 5]) };
+        // SAFETY: plain data, fully initialised.
+        let w = unsafe { &self.w };
+        s[4] == w[4] && s[3] == w[3] && s[2] == w[2] && s[1] == w[1] && s[0] == w[0]
     }
 }

@@ -2,10 +2,10 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use padis_ebpf_common::{
-    acl_prefix_len, backend_flags, stat, vip_flags, AclData, FlowKey, FlowState, VipMeta, RING_STRIDE,
+    acl_prefix_len, backend_flags, port_flags, stat, vip_flags, AclData, FlowState, VipMeta, RING_STRIDE,
 };
 
-use crate::{fwd, maps, parse::Pkt, verdict};
+use crate::{fwd, key::Flow, maps, parse::Pkt, verdict};
 
 const TCP_RST: u8 = 0x04;
 
@@ -30,8 +30,71 @@ pub struct Fwd {
 /// Balances a packet addressed to a VIP address: a final verdict, or [`FORWARD`] with `out` filled.
 /// (Not inlined, and the forwarding is called by the caller: keeps every call chain within the BPF stack limit.)
 /// Map values are read in place (no copies); the keys are built as aligned words (see `key.rs`).
+///
+/// Plain TCP/UDP packets are first checked against `VIP_PORTS` (an array, no hashing): a port/protocol without
+/// VIP is passed. When no VIP on the port hashes on the source only, the connection key does not depend on the
+/// VIP, so the connection table is looked up first: a hit needs only its VIP's `VIP_BY_ID` slot (an array), i.e.
+/// one hash lookup per established packet. Misses, and the rest (ICMP errors, source-hashed VIPs), go through
+/// `VIPS` first.
 #[inline(never)]
 pub fn handle(p: &Pkt, len: u64, out: &mut Fwd) -> u32 {
+    if !p.icmp {
+        let proto = p.flow.key().proto;
+        let ports = match maps::VIP_PORTS.get(p.flow.dport() as u32) {
+            Some(f) => *f,
+            None => 0,
+        };
+        let (any, src_only) = port_flags::of(proto);
+        if ports & any == 0 {
+            maps::stat(stat::PASSED, len);
+            return verdict::PASS;
+        }
+        if ports & src_only == 0 {
+            if let Some(st) = ct_get(p.v6, &p.flow) {
+                if let Some(v) = established(p, st, len, out) {
+                    return v;
+                }
+            }
+            return by_vip(p, len, out, true);
+        }
+    }
+    by_vip(p, len, out, false)
+}
+
+/// A connection-table hit: forwards if the entry's VIP is still the packet's (ids are reused) and its backend is
+/// alive; None sends the packet through the VIP lookup.
+#[inline(always)]
+fn established(p: &Pkt, st: &FlowState, len: u64, out: &mut Fwd) -> Option<u32> {
+    let (idx, id) = (st.backend, st.vip);
+    let slot = maps::VIP_BY_ID.get(id)?;
+    if !p.flow.vip_slot_key().matches(slot) || !alive(idx) {
+        return None;
+    }
+    let flags = slot.flags;
+    if flags & vip_flags::ACL != 0 && !acl_allows(p, id) {
+        maps::stat(stat::DROP_ACL, len);
+        return Some(verdict::DROP);
+    }
+    maps::stat(stat::CT_HIT, 0);
+    out.idx = idx;
+    out.vip = id;
+    out.flags = flags;
+    if flags & vip_flags::IPIP != 0 {
+        out.hash = padis_ebpf_common::flow_hash(p.flow.key());
+    }
+    Some(FORWARD)
+}
+
+/// Whether VIP `id`'s ACL allows the packet's source.
+#[inline(always)]
+fn acl_allows(p: &Pkt, id: u32) -> bool {
+    let k = Key::new(acl_prefix_len(128), AclData { vip: id.to_be_bytes(), addr: p.flow.key().src });
+    maps::ACL.get(&k).is_some()
+}
+
+/// The VIP lookup path. `looked_up`: the connection table was already searched (and gave nothing usable).
+#[inline(always)]
+fn by_vip(p: &Pkt, len: u64, out: &mut Fwd, looked_up: bool) -> u32 {
     let vk = p.flow.vip_key();
     // SAFETY: read-only lookup; the value is only read during this run.
     let Some(meta) = (unsafe { maps::VIPS.get(vk.key()) }) else {
@@ -39,19 +102,16 @@ pub fn handle(p: &Pkt, len: u64, out: &mut Fwd) -> u32 {
         return verdict::PASS;
     };
     let (id, flags) = (meta.id, meta.flags);
-    if flags & vip_flags::ACL != 0 {
-        let k = Key::new(acl_prefix_len(128), AclData { vip: id.to_be_bytes(), addr: p.flow.key().src });
-        if maps::ACL.get(&k).is_none() {
-            maps::stat(stat::DROP_ACL, len);
-            return verdict::DROP;
-        }
+    if flags & vip_flags::ACL != 0 && !acl_allows(p, id) {
+        maps::stat(stat::DROP_ACL, len);
+        return verdict::DROP;
     }
     let mut flow = p.flow;
     if flags & vip_flags::HASH_SRC_ONLY != 0 {
         flow.clear_sport();
     }
     let rst = p.flow.key().proto == 6 && p.tcp_flags & TCP_RST != 0;
-    let Some(idx) = pick(flow.key(), meta, !p.icmp && !rst) else {
+    let Some(idx) = pick(p.v6, &flow, meta, !p.icmp && !rst, looked_up) else {
         maps::stat(stat::DROP_NO_BACKEND, len);
         return verdict::DROP;
     };
@@ -65,6 +125,27 @@ pub fn handle(p: &Pkt, len: u64, out: &mut Fwd) -> u32 {
         out.hash = padis_ebpf_common::flow_hash(flow.key());
     }
     FORWARD
+}
+
+/// The flow's connection entry (`CONNTRACK4` for IPv4, `CONNTRACK` for IPv6).
+#[inline(always)]
+fn ct_get(v6: bool, flow: &Flow) -> Option<&FlowState> {
+    // SAFETY (both): read-only lookups; the value is only read during this run.
+    if v6 {
+        unsafe { maps::CONNTRACK.get(flow.key()) }
+    } else {
+        unsafe { maps::CONNTRACK4.get(flow.v4_key().key()) }
+    }
+}
+
+/// Inserts (or replaces) the flow's connection entry.
+#[inline(always)]
+fn ct_insert(v6: bool, flow: &Flow, st: &FlowState) -> bool {
+    if v6 {
+        maps::CONNTRACK.insert(flow.key(), st, 0).is_ok()
+    } else {
+        maps::CONNTRACK4.insert(flow.v4_key().key(), st, 0).is_ok()
+    }
 }
 
 /// Forwards as `f` says (DSR or encapsulation; ICMP "too big" when needed) and counts it.
@@ -107,16 +188,18 @@ fn alive(idx: u32) -> bool {
     }
 }
 
-/// The flow's backend index: from the connection table if that backend still exists, else from the VIP's Maglev
-/// ring (and then remembered, if `insert` and the insertion budget allows).
+/// The flow's backend index: from the connection table if that backend still exists (unless `looked_up`: the
+/// caller already searched it), else from the VIP's Maglev ring (and then remembered, if `insert` and the
+/// insertion budget allows).
 #[inline(always)]
-fn pick(flow: &FlowKey, meta: &VipMeta, insert: bool) -> Option<u32> {
-    // SAFETY: read-only lookup; the value is only read during this run.
-    if let Some(st) = unsafe { maps::CONNTRACK.get(flow) } {
-        let idx = st.backend;
-        if alive(idx) {
-            maps::stat(stat::CT_HIT, 0);
-            return Some(idx);
+fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) -> Option<u32> {
+    if !looked_up {
+        if let Some(st) = ct_get(v6, flow) {
+            let idx = st.backend;
+            if alive(idx) {
+                maps::stat(stat::CT_HIT, 0);
+                return Some(idx);
+            }
         }
     }
     maps::stat(stat::CT_MISS, 0);
@@ -124,7 +207,7 @@ fn pick(flow: &FlowKey, meta: &VipMeta, insert: bool) -> Option<u32> {
     if size == 0 {
         return None;
     }
-    let h = padis_ebpf_common::flow_hash(flow);
+    let h = padis_ebpf_common::flow_hash(flow.key());
     let slot = ring.wrapping_mul(RING_STRIDE).wrapping_add(h % size);
     let idx = *maps::RINGS.get(slot)?;
     if !alive(idx) {
@@ -133,8 +216,8 @@ fn pick(flow: &FlowKey, meta: &VipMeta, insert: bool) -> Option<u32> {
     if insert {
         if budget() {
             let st = FlowState { backend: idx, vip: id };
-            if maps::CONNTRACK.insert(flow, &st, 0).is_ok() {
-                maps::announce(flow, &st);
+            if ct_insert(v6, flow, &st) {
+                maps::announce(flow.key(), &st);
             }
         } else {
             maps::stat(stat::CT_INSERT_SKIPPED, 0);

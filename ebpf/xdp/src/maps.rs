@@ -5,14 +5,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use padis_ebpf_common::{
-    config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState, SyncRecord,
-    VipKey, VipMeta, RING_STRIDE,
+    config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig, RateState,
+    SyncRecord, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
 };
 
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
 #[map]
 pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static VIP_BY_ID: Array<VipSlot> = Array::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static VIP_PORTS: Array<u32> = Array::with_max_entries(VIP_PORTS_LEN, 0);
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(defaults::MAX_RINGS * RING_STRIDE, 0);
 #[map]
@@ -21,6 +25,9 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(defaults::MAX_
 /// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): a flow stays on one CPU (RSS), and insertion takes no
 /// global lock.
 pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 2);
+#[map]
+/// The IPv4 flows (16-byte key), per-CPU LRU lists as above.
+pub static CONNTRACK4: LruHashMap<FlowKey4, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 2);
 #[map]
 pub static ACL: LpmTrie<AclData, u32> = LpmTrie::with_max_entries(defaults::MAX_ACL, 0);
 #[map]

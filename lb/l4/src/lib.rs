@@ -5,8 +5,10 @@
 //! other Padis nodes (`sync`).
 
 pub mod bpffs;
+pub mod conntrack;
 pub mod desired;
 mod error;
+pub mod layout;
 pub mod loader;
 mod metrics;
 pub mod naive;

@@ -8,8 +8,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use padis_ebpf_common::{
-    map_names as n, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, VipKey, VipMeta, RING_STRIDE,
+    map_names as n, AclData, BackendInfo, Counters, GlobalConfig, VipKey, VipMeta, VipSlot, RING_STRIDE,
 };
+
+use crate::conntrack::ConnTable;
 
 use crate::error::map_err;
 use crate::L4Error;
@@ -48,14 +50,18 @@ impl LoadOptions {
 pub struct Maps {
     /// VIP -> meta.
     pub vips: HashMap<MapData, VipKey, VipMeta>,
+    /// VIP id -> VIP key and flags (what a connection-table hit checks).
+    pub vip_by_id: Array<MapData, VipSlot>,
+    /// Destination port -> `port_flags::*`.
+    pub vip_ports: Array<MapData, u32>,
     /// Addresses carrying VIPs.
     pub vip_addrs: HashMap<MapData, [u8; 16], u32>,
     /// Maglev rings.
     pub rings: Array<MapData, u32>,
     /// Backends by index.
     pub backends: Array<MapData, BackendInfo>,
-    /// Connection table.
-    pub conntrack: HashMap<MapData, FlowKey, FlowState>,
+    /// Connection table (both halves).
+    pub conntrack: ConnTable,
     /// ACL prefixes.
     pub acl: LpmTrie<MapData, AclData, u32>,
     /// Global settings.
@@ -122,16 +128,22 @@ impl Balancer {
     /// Loads (and verifies) the program; maps are created, or reused from `pin_dir`.
     pub fn load(options: LoadOptions) -> Result<Balancer, L4Error> {
         let rings = options.max_rings().checked_mul(RING_STRIDE).ok_or(L4Error::Capacity("ring slots"))?;
+        let pins = match &options.pin_dir {
+            Some(d) => Some(crate::layout::check_pins(d)?),
+            None => None,
+        };
         let reused_pins = options.pin_dir.as_ref().is_some_and(|d| d.join(n::VIPS).exists());
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(n::VIPS, options.max_vips)
             .map_max_entries(n::VIP_ADDRS, options.max_vips)
+            .map_max_entries(n::VIP_BY_ID, options.max_vips)
             .map_max_entries(n::VIP_STATS, options.max_vips)
             .map_max_entries(n::RINGS, rings)
             .map_max_entries(n::BACKENDS, options.max_backends)
             .map_max_entries(n::BACKEND_STATS, options.max_backends)
-            .map_max_entries(n::CONNTRACK, options.max_flows);
+            .map_max_entries(n::CONNTRACK, options.max_flows)
+            .map_max_entries(n::CONNTRACK4, options.max_flows);
         if let Some(dir) = &options.pin_dir {
             for name in n::ALL {
                 loader.map_pin_path(name, dir.join(name));
@@ -145,10 +157,12 @@ impl Balancer {
         prog.load()?;
         let maps = Maps {
             vips: take(&mut ebpf, n::VIPS)?,
+            vip_by_id: take(&mut ebpf, n::VIP_BY_ID)?,
+            vip_ports: take(&mut ebpf, n::VIP_PORTS)?,
             vip_addrs: take(&mut ebpf, n::VIP_ADDRS)?,
             rings: take(&mut ebpf, n::RINGS)?,
             backends: take(&mut ebpf, n::BACKENDS)?,
-            conntrack: take(&mut ebpf, n::CONNTRACK)?,
+            conntrack: ConnTable { v4: take(&mut ebpf, n::CONNTRACK4)?, v6: take(&mut ebpf, n::CONNTRACK)? },
             acl: take(&mut ebpf, n::ACL)?,
             config: take(&mut ebpf, n::CONFIG)?,
             vip_stats: take(&mut ebpf, n::VIP_STATS)?,
@@ -156,7 +170,13 @@ impl Balancer {
             stats: take(&mut ebpf, n::STATS)?,
             sync_ring: Some(take(&mut ebpf, n::SYNC_RING)?),
         };
-        Ok(Balancer { ebpf, maps, options, reused_pins })
+        let mut bal = Balancer { ebpf, maps, options, reused_pins };
+        if reused_pins && pins.is_some_and(|c| c.missing.contains(&n::CONNTRACK4)) {
+            // Pinned by a layout that kept IPv4 flows in CONNTRACK: they move to their own map.
+            let moved = bal.maps.conntrack.move_v4_from_v6();
+            tracing::info!(moved, "L4 layout upgrade: IPv4 connection entries moved to CONNTRACK4");
+        }
+        Ok(bal)
     }
 
     fn program(&self) -> Result<&Xdp, L4Error> {

@@ -10,8 +10,8 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::PerCpuValues;
 use padis_balance::Maglev;
 use padis_ebpf_common::{
-    acl_prefix_len, backend_flags, map_names as n, vip_flags, AclData, BackendInfo, Counters, GlobalConfig, VipKey,
-    VipMeta, RING_STRIDE,
+    acl_prefix_len, backend_flags, map_names as n, port_flags, vip_flags, AclData, BackendInfo, Counters,
+    GlobalConfig, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
 };
 use serde::Serialize;
 
@@ -82,7 +82,20 @@ pub struct Programmer {
     backends: BTreeMap<IpAddr, Slot>,
     free_backends: VecDeque<u32>,
     vip_addrs: BTreeMap<[u8; 16], u32>,
+    /// `VIP_PORTS` entries as written (non-zero ones).
+    ports: BTreeMap<u16, u32>,
     global: Option<GlobalConfig>,
+}
+
+/// The `VIP_BY_ID` value of an installed VIP.
+fn vip_slot(key: &VipKey, flags: u32) -> VipSlot {
+    VipSlot { key: VipKey { pad: 1, ..*key }, flags }
+}
+
+/// The `VIP_PORTS` bits one VIP contributes to its port.
+fn port_bits(key: &VipKey, flags: u32) -> u32 {
+    let (any, src_only) = port_flags::of(key.proto);
+    any | if flags & vip_flags::HASH_SRC_ONLY != 0 { src_only } else { 0 }
 }
 
 fn ip_of(a: [u8; 16]) -> IpAddr {
@@ -110,6 +123,7 @@ impl Programmer {
             backends: BTreeMap::new(),
             free_backends: (0..max_backends).collect(),
             vip_addrs: BTreeMap::new(),
+            ports: BTreeMap::new(),
             global: None,
         }
     }
@@ -144,6 +158,12 @@ impl Programmer {
             if info.flags & backend_flags::ALIVE != 0 {
                 p.free_backends.retain(|i| *i != idx);
                 p.backends.insert(ip_of(info.addr), Slot { idx, info });
+            }
+        }
+        for port in 0..VIP_PORTS_LEN.min(maps.vip_ports.len()) {
+            let bits = maps.vip_ports.get(&port, 0).map_err(map_err(n::VIP_PORTS))?;
+            if bits != 0 {
+                p.ports.insert(port as u16, bits);
             }
         }
         p.global = maps.config.get(&0, 0).ok();
@@ -231,6 +251,8 @@ impl Programmer {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(n::VIPS)(e)),
             }
+            // Its connection entries no longer match the slot: they stop forwarding (and the id may be reused).
+            maps.vip_by_id.set(inst.meta.id, VipSlot::default(), 0).map_err(map_err(n::VIP_BY_ID))?;
             for (plen, addr) in &inst.acl {
                 let _ = maps.acl.remove(&Key::new(*plen, AclData { vip: inst.meta.id.to_be_bytes(), addr: *addr }));
             }
@@ -252,6 +274,21 @@ impl Programmer {
             let _ = maps.vip_addrs.remove(a);
         }
         self.vip_addrs = counts;
+        // 4b. Ports carrying VIPs (the program's array prefilter, and which ones need the VIP before the
+        // connection lookup).
+        let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
+        for (k, v) in &self.vips {
+            *ports.entry(u16::from_be(k.port)).or_default() |= port_bits(k, v.meta.flags);
+        }
+        for (port, bits) in &ports {
+            if self.ports.get(port) != Some(bits) {
+                maps.vip_ports.set(u32::from(*port), *bits, 0).map_err(map_err(n::VIP_PORTS))?;
+            }
+        }
+        for port in self.ports.keys().filter(|p| !ports.contains_key(*p)) {
+            maps.vip_ports.set(u32::from(*port), 0, 0).map_err(map_err(n::VIP_PORTS))?;
+        }
+        self.ports = ports;
         // 5. Backend slots no VIP wants: marked dead (established flows re-balance), recycled last-in-last-out.
         let dead: Vec<IpAddr> = self.backends.keys().filter(|a| !wanted.contains(*a)).copied().collect();
         for addr in dead {
@@ -338,6 +375,8 @@ impl Programmer {
             }
             meta.flags = v.flags;
             meta.id = id;
+            // What connection-table hits check (written before the VIP can create entries).
+            maps.vip_by_id.set(id, vip_slot(&v.key, v.flags), 0).map_err(map_err(n::VIP_BY_ID))?;
             // The switch: one update of the VIP's value.
             maps.vips.insert(v.key, meta, 0).map_err(map_err(n::VIPS))?;
             if let Some(old) = old_ring.filter(|r| *r != meta.ring && *r != u32::MAX) {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use padis_ebpf_common::{stat, Counters, FlowKey, FlowState, SyncRecord};
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use padis_ebpf_common::{stat, Counters, FlowState, SyncRecord};
 use padis_model::l4::SyncConfig;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
@@ -53,7 +53,7 @@ pub(super) struct Daemon {
     status: Arc<SyncStatus>,
     sock: UdpSocket,
     ring: Option<RingBuf<MapData>>,
-    conntrack: HashMap<MapData, FlowKey, FlowState>,
+    conntrack: crate::conntrack::ConnTable,
     stats: PerCpuArray<MapData, Counters>,
     max_flows: u32,
     index: watch::Receiver<Arc<SyncIndex>>,

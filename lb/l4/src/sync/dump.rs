@@ -5,8 +5,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData};
-use padis_ebpf_common::{FlowKey, FlowState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +24,7 @@ pub(super) enum Purpose {
 /// One dump to do.
 pub(super) struct DumpJob {
     pub purpose: Purpose,
-    pub conntrack: HashMap<MapData, FlowKey, FlowState>,
+    pub conntrack: crate::conntrack::ConnTable,
     pub index: watch::Receiver<Arc<SyncIndex>>,
     /// Local address to send from (port 0: any).
     pub from: SocketAddr,

@@ -19,8 +19,10 @@ use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{HashMap, IterableMap, Map, MapData, PerCpuArray, RingBuf};
-use padis_ebpf_common::{Counters, FlowKey, FlowState};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use padis_ebpf_common::Counters;
+
+use crate::conntrack::ConnTable;
 use padis_model::l4::SyncConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -65,18 +67,16 @@ pub(crate) fn dup(m: &MapData) -> Result<MapData, SyncError> {
 }
 
 /// A second handle on the connection table.
-pub(crate) fn conntrack_handle(
-    ct: &HashMap<MapData, FlowKey, FlowState>,
-) -> Result<HashMap<MapData, FlowKey, FlowState>, SyncError> {
-    Ok(HashMap::try_from(Map::LruHashMap(dup(ct.map())?))?)
+pub(crate) fn conntrack_handle(ct: &ConnTable) -> Result<ConnTable, SyncError> {
+    Ok(ct.dup()?)
 }
 
 /// The maps the daemon uses: the ring it drains, and its own handles on the connection table and the counters.
 pub struct SyncMaps {
     /// `SYNC_RING`.
     pub ring: RingBuf<MapData>,
-    /// `CONNTRACK`.
-    pub conntrack: HashMap<MapData, FlowKey, FlowState>,
+    /// `CONNTRACK4` + `CONNTRACK`.
+    pub conntrack: ConnTable,
     /// `STATS` (for the ring-full counter).
     pub stats: PerCpuArray<MapData, Counters>,
     /// `max_entries` of the connection table (bounds a dump).
