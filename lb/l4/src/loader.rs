@@ -207,25 +207,6 @@ impl Balancer {
         Ok(r.duration.as_nanos() as f64)
     }
 
-    /// Packet generator: the floor program (swap MACs, XDP_TX) run on `frame` in live-frames mode
-    /// (BPF_F_TEST_XDP_LIVE_FRAMES) as if received on `ifindex`, so `repeat` copies leave through that interface.
-    /// Build `frame` with its MACs swapped.
-    pub fn generate_live(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(), L4Error> {
-        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat,
-            attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(64),
-            ..Default::default()
-        })?;
-        Ok(())
-    }
-
     /// Runs the balancer once on `input`: verdict and kernel-measured ns.
     pub fn test_run_timed(&self, input: &[u8]) -> Result<(u32, f64), L4Error> {
         let mut out = vec![0u8; input.len() + 512];
