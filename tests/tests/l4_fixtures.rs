@@ -2,8 +2,8 @@
 //! frame byte for byte; checksums of generated headers verified with etherparse. Needs root (BPF).
 
 use etherparse::{
-    Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6Header,
-    PacketBuilder, SlicedPacket, TransportSlice,
+    Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv4HeaderSlice,
+    Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use padis_ebpf_common::{flow_hash, stat, v4_mapped, FlowKey};
 use padis_tests::l4::{verdict, Fixture};
@@ -289,7 +289,7 @@ fn ipip_encapsulation_v4_byte_for_byte() {
 }
 
 #[test]
-fn ipip_encapsulation_v6_backend_and_oversize_drop() {
+fn ipip_encapsulation_v6_backend() {
     let f = Fixture::new(&config(
         r#"
 [l4.vip.web6]
@@ -328,18 +328,6 @@ addr = "fd00::11"
     outer.write(&mut expected).unwrap();
     expected.extend_from_slice(&pkt[14..]);
     assert_eq!(out, expected);
-
-    // A full-size packet cannot take 40 more bytes and XDP cannot fragment: dropped and counted (ICMPv6
-    // "packet too big" generation is not implemented yet, see docs).
-    let mut big = Vec::new();
-    PacketBuilder::ethernet2(ROUTER, NODE)
-        .ipv6(CLIENT6, VIP6, 64)
-        .tcp(5555, 443, 7, 100)
-        .ack(1)
-        .write(&mut big, &[0xab; 1500 - 40 - 20])
-        .unwrap();
-    assert_eq!(f.run(&big).0, verdict::DROP);
-    assert_eq!(f.stat(stat::DROP_ENCAP), 1);
 }
 
 #[test]
@@ -386,6 +374,175 @@ fn ipip_too_big_v4_sends_fragmentation_needed() {
         .unwrap();
     assert_eq!(f.run(&nodf).0, verdict::DROP);
     assert_eq!(f.stat(stat::DROP_ENCAP), 1);
+}
+
+/// Two IPv6 IPIP VIPs: TCP 443 to an IPv6 backend (outer header 40 bytes), UDP 53 to an IPv4 one (20 bytes).
+const IPIP6: &str = r#"
+[l4.vip.web6]
+table_size = 101
+forwarding = "ipip"
+[[vip]]
+name = "web6"
+addr = "2001:db8::1"
+port = 443
+[[vip.backend]]
+addr = "fd00::11"
+[l4.vip.dns6]
+table_size = 101
+forwarding = "ipip"
+[[vip]]
+name = "dns6"
+addr = "2001:db8::1"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+addr = "10.0.0.12"
+"#;
+
+/// An IPv6 frame client -> VIP of `ip_len` bytes from the IPv6 header on (TCP ACK to 443, or UDP to 53),
+/// optionally with an 802.1Q tag.
+fn big6(tcp: bool, vlan: bool, ip_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(ROUTER, NODE);
+    let mut v = Vec::new();
+    let fill = |n: usize| (0..n).map(|i| i as u8).collect::<Vec<u8>>();
+    match (tcp, vlan) {
+        (true, false) => b.ipv6(CLIENT6, VIP6, 64).tcp(5555, 443, 7, 100).ack(1).write(&mut v, &fill(ip_len - 60)),
+        (true, true) => b
+            .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+            .ipv6(CLIENT6, VIP6, 64)
+            .tcp(5555, 443, 7, 100)
+            .ack(1)
+            .write(&mut v, &fill(ip_len - 60)),
+        (false, false) => b.ipv6(CLIENT6, VIP6, 64).udp(5353, 53).write(&mut v, &fill(ip_len - 48)),
+        (false, true) => b
+            .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+            .ipv6(CLIENT6, VIP6, 64)
+            .udp(5353, 53)
+            .write(&mut v, &fill(ip_len - 48)),
+    }
+    .unwrap();
+    v
+}
+
+/// The ICMPv6 "packet too big" the program must send for `input` (L2 header of `l2` bytes): MACs swapped, tag
+/// kept, VIP -> client, hop limit 64, the MTU, and the first 88 bytes of the client's packet; the checksum is
+/// etherparse's.
+fn ptb6_expected(input: &[u8], l2: usize, mtu: u32) -> Vec<u8> {
+    let quote = &input[l2..l2 + 88];
+    let icmp = Icmpv6Header::with_checksum(Icmpv6Type::PacketTooBig { mtu }, VIP6, CLIENT6, quote).unwrap();
+    let ip = Ipv6Header {
+        payload_length: (icmp.header_len() + quote.len()) as u16,
+        next_header: IpNumber::IPV6_ICMP,
+        hop_limit: 64,
+        source: VIP6,
+        destination: CLIENT6,
+        ..Default::default()
+    };
+    let mut v = Vec::new();
+    v.extend_from_slice(&input[6..12]);
+    v.extend_from_slice(&input[..6]);
+    v.extend_from_slice(&input[12..l2]);
+    ip.write(&mut v).unwrap();
+    icmp.write(&mut v).unwrap();
+    v.extend_from_slice(quote);
+    v
+}
+
+/// Parses each frame with scapy (an independent implementation) and returns one line per frame:
+/// `type code mtu hlim src dst checksum_ok quoted_src quoted_dst`.
+fn scapy_ptb6(frames: &[Vec<u8>]) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys
+from scapy.all import Ether, IPv6, ICMPv6PacketTooBig, IPerror6
+from scapy.layers.inet6 import in6_chksum
+for h in sys.argv[1:]:
+    p = Ether(bytes.fromhex(h))
+    ip = p[IPv6]
+    t = p[ICMPv6PacketTooBig]
+    raw = bytearray(bytes(ip.payload)[:ip.plen])
+    raw[2:4] = b"\0\0"
+    ok = in6_chksum(58, ip, bytes(raw)) == t.cksum
+    q = t[IPerror6]
+    print(t.type, t.code, t.mtu, ip.hlim, ip.src, ip.dst, ok, q.src, q.dst)
+"#;
+    let hex: Vec<String> = frames.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    // Debian's interpreter: python3-scapy is installed for it by tests/setup.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(&hex)
+        .output()
+        .expect("/usr/bin/python3 with scapy");
+    assert!(out.status.success(), "scapy: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn ipip_too_big_v6_sends_packet_too_big() {
+    let f = Fixture::new(&config(IPIP6));
+    let mut outs = Vec::new();
+    let mut sent = 0;
+    // (TCP to the IPv6 backend: MTU 1500 - 40; UDP to the IPv4 backend: 1500 - 20), with and without a tag.
+    for (tcp, mtu) in [(true, 1460u32), (false, 1480)] {
+        for vlan in [false, true] {
+            let l2 = if vlan { 18 } else { 14 };
+            let big = big6(tcp, vlan, 1500);
+            let (v, out) = f.run(&big);
+            assert_eq!(v, verdict::TX, "tcp {tcp} vlan {vlan}");
+            assert_eq!(out, ptb6_expected(&big, l2, mtu), "tcp {tcp} vlan {vlan}");
+            let p = SlicedPacket::from_ethernet(&out).unwrap();
+            let Some(TransportSlice::Icmpv6(icmp)) = p.transport else { panic!("not ICMPv6: {p:?}") };
+            assert!(icmp.is_checksum_valid(VIP6, CLIENT6), "etherparse: bad ICMPv6 checksum");
+            assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu });
+            sent += 1;
+            assert_eq!(f.stat(stat::ICMP_TOO_BIG_SENT), sent);
+            outs.push(out);
+        }
+    }
+    let client6 = std::net::Ipv6Addr::from(CLIENT6).to_string();
+    let vip6 = std::net::Ipv6Addr::from(VIP6).to_string();
+    let lines = scapy_ptb6(&outs);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (line, mtu) in lines.iter().zip([1460, 1460, 1480, 1480]) {
+        assert_eq!(line, &format!("2 0 {mtu} 64 {vip6} {client6} True {client6} {vip6}"));
+    }
+    assert_eq!(f.stat(stat::FORWARDED), 0);
+    assert_eq!(f.stat(stat::DROP_ENCAP), 0);
+    // An ICMPv6 error never answers an ICMPv6 error: an oversize one quoting a VIP flow is a counted drop.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(VIP6, CLIENT6, 60).tcp(443, 5555, 1, 100).ack(1).write(&mut quoted, &[0u8; 1400]).unwrap();
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE)
+        .ipv6(CLIENT6, VIP6, 64)
+        .icmpv6(Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Address))
+        .write(&mut err, &quoted[..1452])
+        .unwrap();
+    assert_eq!(f.run(&err).0, verdict::DROP);
+    assert_eq!(f.stat(stat::DROP_ENCAP), 1);
+    assert_eq!(f.stat(stat::ICMP_TOO_BIG_SENT), sent);
+}
+
+#[test]
+fn ipip_v6_packet_that_fits_exactly_is_forwarded() {
+    let f = Fixture::new(&config(IPIP6));
+    // Outer IPv6 (40) + 1460 = 1500: encapsulated; one more byte: too big. Same with the IPv4 outer header (20).
+    for (tcp, fits) in [(true, 1460), (false, 1480)] {
+        for vlan in [false, true] {
+            let l2 = if vlan { 18 } else { 14 };
+            let pkt = big6(tcp, vlan, fits);
+            let (v, out) = f.run(&pkt);
+            assert_eq!(v, verdict::TX, "tcp {tcp} vlan {vlan}");
+            assert_eq!(&out[..6], &NEXT_HOP, "encapsulated towards the next hop");
+            let olen = if tcp { 40 } else { 20 };
+            assert_eq!(out.len(), pkt.len() + olen);
+            assert_eq!(&out[l2 + olen..], &pkt[l2..], "inner packet intact");
+            let (v, out) = f.run(&big6(tcp, vlan, fits + 1));
+            assert_eq!(v, verdict::TX);
+            assert_eq!(&out[..6], &ROUTER, "one byte over: packet too big back to the client");
+        }
+    }
+    assert_eq!(f.stat(stat::FORWARDED), 4);
+    assert_eq!(f.stat(stat::ICMP_TOO_BIG_SENT), 4);
 }
 
 fn three() -> String {

@@ -16,6 +16,16 @@ use crate::{
 
 const TTL: u8 = 64;
 
+/// Bytes of the client's packet quoted in an ICMPv6 "packet too big": its IPv6 header and the first 48 bytes of
+/// its transport header (TCP ports + sequence number, which Linux checks against the connection's window; UDP
+/// header). RFC 4443 asks for "as much as fits" in 1280 bytes; a fixed prefix (as Katran's) keeps the checksum a
+/// fixed-size sum the verifier accepts, and is what path MTU discovery reads. An oversize packet is at least
+/// 1241 bytes (the MTU is validated >= 1280), so it always has them.
+pub const PTB6_QUOTE: usize = 88;
+/// Hop limit of the generated ICMPv6 error: 64, like the generated IPv4 errors and Linux's default (255 is only
+/// required of neighbour discovery, which checks it).
+const PTB6_HOP_LIMIT: u8 = 64;
+
 /// DSR: the frame goes to the backend's MAC, from ours (the frame's destination); IP is untouched.
 #[inline(always)]
 pub fn dsr(ctx: &XdpContext, b: &BackendInfo) -> u32 {
@@ -61,6 +71,8 @@ fn write_l2<const L2: usize>(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6], tag: 
 
 /// [`encap`] result: the packet needs an ICMP "fragmentation needed" reply ([`too_big_v4`]), sent by the caller.
 pub const TOO_BIG_V4: u32 = 0x101;
+/// [`encap`] result: the packet needs an ICMPv6 "packet too big" reply ([`too_big_v6`]), sent by the caller.
+pub const TOO_BIG_V6: u32 = 0x102;
 
 /// Outer header length towards `b`.
 #[inline(always)]
@@ -87,12 +99,7 @@ pub fn encap<const L2: usize>(ctx: &XdpContext, p: &Pkt, h: u32, b: &BackendInfo
             maps::stat(stat::DROP_ENCAP, len);
             return verdict::DROP;
         }
-        if p.v6 {
-            // ICMPv6 "packet too big" generation does not fit the BPF stack limit yet: counted drop.
-            maps::stat(stat::DROP_ENCAP, len);
-            return verdict::DROP;
-        }
-        return TOO_BIG_V4;
+        return if p.v6 { TOO_BIG_V6 } else { TOO_BIG_V4 };
     }
     // Sequential reads, largest extent first: a tuple of overlapping bounds checks lets LLVM drop checks the
     // verifier cannot prove redundant.
@@ -172,7 +179,7 @@ fn resize(ctx: &XdpContext, keep: usize, grow: i32) -> bool {
     }
 }
 
-/// Adds the 16-bit words of the `N` packet bytes at `off` (N even) to `sum`.
+/// Adds the 16-bit words of the `N` packet bytes at `off` (N even) to `sum` (copied to the stack: keep N small).
 #[inline(always)]
 fn sum_packet<const N: usize>(ctx: &XdpContext, off: usize, sum: u64) -> Option<u64> {
     let b = read::<[u8; N]>(ctx, off)?;
@@ -227,3 +234,57 @@ pub fn too_big_v4<const L2: usize>(ctx: &XdpContext, next_mtu: u16) -> u32 {
     }
 }
 
+
+/// Replies ICMPv6 "packet too big" (RFC 4443 §3.2: type 2, code 0, `mtu`) to the IPv6 client, from the VIP it
+/// wrote to, quoting the first [`PTB6_QUOTE`] bytes of its packet. MACs swapped, VLAN tag kept, hop limit 64.
+/// Layout after: L2 | IPv6 (40) | ICMPv6 (8) | original IPv6 header + 48 bytes (88, left in place).
+/// Nothing is copied packet to packet or through a large stack buffer: the addresses (32 bytes) and the L2 header
+/// are read before the resize, the quote is summed in place.
+#[inline(never)]
+pub fn too_big_v6<const L2: usize>(ctx: &XdpContext, mtu: u16) -> u32 {
+    if ctx.data_end() - ctx.data() < L2 + PTB6_QUOTE {
+        // Only with an unset or invalid MTU: a packet over a valid one is longer than the quote.
+        maps::stat(stat::DROP_ENCAP, 0);
+        return verdict::DROP;
+    }
+    // Source (the client) then destination (the VIP) address of the client's packet.
+    let Some([client, vip]) = read::<[[u8; 16]; 2]>(ctx, L2 + 8) else {
+        return verdict::DROP;
+    };
+    // RFC 4443 §2.4 (e): no error to a multicast or unspecified source.
+    if client[0] == 0xff || client.iter().fold(0, |a, &b| a | b) == 0 {
+        maps::stat(stat::DROP_ENCAP, 0);
+        return verdict::DROP;
+    }
+    let Some(l2) = read_l2::<L2>(ctx) else {
+        return verdict::DROP;
+    };
+    if !resize(ctx, L2 + PTB6_QUOTE, 48) {
+        maps::stat(stat::DROP_ENCAP, 0);
+        return verdict::DROP;
+    }
+    if !write_l2::<L2>(ctx, l2.src, l2.dst, l2.tag, 0x86dd) {
+        return verdict::DROP;
+    }
+    let plen = (8 + PTB6_QUOTE) as u16;
+    let pl = plen.to_be_bytes();
+    let m = (mtu as u32).to_be_bytes();
+    // Checksum: pseudo-header (both addresses, upper-layer length, next header 58), ICMPv6 header, quote.
+    let mut sum = csum::add(csum::add(0, &client), &vip) + plen as u64 + 58;
+    sum = csum::add(sum, &[2u8, 0, 0, 0, m[0], m[1], m[2], m[3]]);
+    let Some(quote) = crate::parse::bytes::<PTB6_QUOTE>(ctx, L2 + 48) else {
+        return verdict::DROP;
+    };
+    sum = csum::add(sum, quote);
+    let c = csum::fold(sum).to_be_bytes();
+    let ok = write(ctx, L2, [0x60u8, 0, 0, 0, pl[0], pl[1], 58, PTB6_HOP_LIMIT])
+        && write(ctx, L2 + 8, vip)
+        && write(ctx, L2 + 24, client)
+        && write(ctx, L2 + 40, [2u8, 0, c[0], c[1], m[0], m[1], m[2], m[3]]);
+    if ok {
+        maps::stat(stat::ICMP_TOO_BIG_SENT, 0);
+        verdict::TX
+    } else {
+        verdict::DROP
+    }
+}

@@ -158,6 +158,7 @@ pub fn forward<const L2: usize>(ctx: &XdpContext, p: &Pkt, f: &Fwd, len: u64) ->
     let v = if f.flags & vip_flags::IPIP != 0 {
         match fwd::encap::<L2>(ctx, p, f.hash, b, len) {
             fwd::TOO_BIG_V4 => return fwd::too_big_v4::<L2>(ctx, maps::config_mtu().saturating_sub(fwd::outer_len(b))),
+            fwd::TOO_BIG_V6 => return fwd::too_big_v6::<L2>(ctx, maps::config_mtu().saturating_sub(fwd::outer_len(b))),
             v => v,
         }
     } else {

@@ -98,7 +98,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 
 /// The `N` packet bytes at `off`, in place (no copy), if the packet is long enough.
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<&[u8; N]> {
+pub fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<&[u8; N]> {
     // SAFETY: ptr_at checked the bounds; packet memory outlives the program run and `[u8; N]` has alignment 1.
     ptr_at::<[u8; N]>(ctx, off).map(|p| unsafe { &*p })
 }
