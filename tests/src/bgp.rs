@@ -1,14 +1,15 @@
 //! Test helpers for the BGP/OSPF announcer: a two-namespace lab joined by a veth pair (speaker side and router
-//! side), running code inside a namespace, a BIRD 2 or FRR instance as the real peer, and bounded polling.
+//! side), a BIRD 2 or FRR instance as the real peer, and bounded polling. Namespaces themselves (and running code
+//! inside one) are [`crate::netns`]'s.
 //!
 //! Everything is removed on drop (also on panic): BIRD and FRR are killed, the namespaces are deleted.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::netns::{run, Netns};
 
 /// Speaker-side addresses in a [`Lab`].
 pub const SPEAKER_V4: &str = "10.99.0.1";
@@ -18,75 +19,6 @@ pub const ROUTER_V4: &str = "10.99.0.2";
 pub const SPEAKER_V6: &str = "fd00:99::1";
 /// Router-side IPv6 address in a [`Lab`].
 pub const ROUTER_V6: &str = "fd00:99::2";
-
-/// A unique name for this process and call (netns names, ...), at most 15 characters.
-pub fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut s = format!("pb{}{}{}", std::process::id() % 100_000, n, tag);
-    s.truncate(15);
-    s
-}
-
-/// Runs a command, panicking with its stderr if it fails.
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    /// Its name (`ip netns` name).
-    pub name: String,
-}
-
-impl Netns {
-    /// Creates a namespace with `lo` up.
-    pub fn new(tag: &str) -> Self {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `ip -n <ns> args...`.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["-n", self.name.as_str()];
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-
-    /// Runs `ip -n <ns> args...`; its stdout, or "" if it failed (e.g. a table that does not exist yet).
-    pub fn try_ip(&self, args: &[&str]) -> String {
-        Command::new("ip")
-            .args(["-n", self.name.as_str()])
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Two namespaces joined by a veth pair: `speaker` (10.99.0.1, fd00:99::1) and `router` (10.99.0.2,
 /// fd00:99::2), plus a temp dir for configs and sockets.
@@ -102,8 +34,8 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab.
     pub fn new() -> Self {
-        let speaker = Netns::new("s");
-        let router = Netns::new("r");
+        let speaker = Netns::new("s").expect("speaker netns");
+        let router = Netns::new("r").expect("router netns");
         speaker.ip(&[
             "link",
             "add",
@@ -114,7 +46,7 @@ impl Lab {
             "name",
             "vr",
             "netns",
-            &router.name,
+            router.name(),
         ]);
         speaker.ip(&["addr", "add", &format!("{SPEAKER_V4}/30"), "dev", "vs"]);
         speaker.ip(&[
@@ -152,63 +84,6 @@ impl Default for Lab {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Runs `make()`'s future on a fresh current-thread tokio runtime in a thread that has entered namespace `ns`:
-/// every socket it opens (and every child it starts) lives in that namespace. Panics propagate.
-pub fn in_netns<F, Fut, T>(ns: &str, make: F) -> T
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = T>,
-    T: Send,
-{
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(make())
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
-
-/// Like [`in_netns`], but on a multi-threaded runtime (2 workers, which inherit the namespace): spawned tasks
-/// (an announcer, its BFD timers) keep running while the test's own future blocks (e.g. on `birdc`).
-pub fn in_netns_threaded<F, Fut, T>(ns: &str, make: F) -> T
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = T>,
-    T: Send,
-{
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(make())
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
 }
 
 /// A BIRD 2 daemon in a namespace, killed on drop.

@@ -9,6 +9,7 @@
 //! ```
 
 use std::fs::File;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +36,14 @@ pub fn cmd(args: &[&str]) -> Result<Output, String> {
     Ok(out)
 }
 
+/// Runs `program args...`, panicking with its stderr if it fails; its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let mut full = vec![program];
+    full.extend_from_slice(args);
+    let out = cmd(&full).unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A network namespace, deleted on drop (which also destroys the interfaces inside it).
 pub struct Netns {
     name: String,
@@ -53,6 +62,20 @@ impl Netns {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Runs `ip -n <ns> args...`, panicking if it fails; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs `ip -n <ns> args...`; its stdout, or "" if it failed (e.g. a table that does not exist yet).
+    pub fn try_ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        cmd(&full).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
     /// Runs `args` inside the namespace (`ip netns exec`).
@@ -110,6 +133,63 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
+}
+
+/// Runs `make()`'s future on a fresh current-thread tokio runtime in a thread that has entered namespace `ns`:
+/// every socket it opens (and every child it starts) lives in that namespace. Panics propagate.
+pub fn in_netns<F, Fut, T>(ns: &str, make: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(make())
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
+}
+
+/// Like [`in_netns`], but on a multi-threaded runtime (2 workers, which inherit the namespace): spawned tasks
+/// (an announcer, its BFD timers) keep running while the test's own future blocks (e.g. on `birdc`).
+pub fn in_netns_threaded<F, Fut, T>(ns: &str, make: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(make())
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
 }
 
 /// Creates a veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up. Deleted with either namespace.

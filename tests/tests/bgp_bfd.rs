@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use padis_bgp::bfd::{ControlPacket, Diag, State};
 use padis_bgp::{Announcement, Announcer, SessionState};
 use padis_model::bgp::BgpConfig;
-use padis_tests::bgp::{
-    bird_config, in_netns, in_netns_threaded, wait_for, with_bfd, Bird, Frr, Lab, ROUTER_V4,
-    SPEAKER_V4,
-};
+use padis_tests::bgp::{bird_config, wait_for, with_bfd, Bird, Frr, Lab, ROUTER_V4, SPEAKER_V4};
+use padis_tests::netns::{in_netns, in_netns_threaded};
 use tokio::sync::watch;
 
 const OUR_ASN: u32 = 4_200_000_001;
@@ -99,7 +97,7 @@ impl Silence {
             format!("table inet padis_bfd_test {{\n chain input {{\n  type filter hook input priority 0;\n  ip saddr {from} drop\n }}\n}}\n"),
         )
         .expect("nft rules");
-        padis_tests::bgp::run(
+        padis_tests::netns::run(
             "ip",
             &[
                 "netns",
@@ -147,11 +145,11 @@ fn time_until_route_gone(bird: &Bird, ns: &str, dir: &Path) -> (Duration, Silenc
 fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), 100, 3),
     );
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(true, FAST, "")), None, rx, &reg).expect("spawn");
@@ -191,7 +189,7 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         );
 
         // The node dies silently: BIRD's BFD notices in 3 x 100 ms and takes BGP (and the route) down.
-        let (took, cut) = time_until_route_gone(&bird, &lab.router.name, lab.dir.path());
+        let (took, cut) = time_until_route_gone(&bird, lab.router.name(), lab.dir.path());
         assert!(
             took < Duration::from_secs(1),
             "route kept {took:?} with BFD 100 ms x 3"
@@ -220,7 +218,7 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         // One-way failure: we stop hearing BIRD. Our BFD detects it and closes the BGP session at once (Cease /
         // BFD Down), well before the 3 s hold time.
         let flaps = h.report().peers[0].flaps;
-        let cut = Silence::start(&lab.speaker.name, lab.dir.path(), ROUTER_V4);
+        let cut = Silence::start(lab.speaker.name(), lab.dir.path(), ROUTER_V4);
         let t = Instant::now();
         let p = wait_for(LIMIT, "our BGP session reset by BFD", || async {
             Some(h.report().peers[0].clone()).filter(|p| p.flaps > flaps)
@@ -245,7 +243,7 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
 fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
     let lab = Lab::new();
     let conf = padis_tests::bgp::bird_config_on(BIRD_ASN, OUR_ASN, 3, "fd00:99::2", "fd00:99::1");
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &with_bfd(&conf, 100, 3));
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &with_bfd(&conf, 100, 3));
     let text = format!(
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nhold_time = \"3s\"\nconnect_retry = \"300ms\"\n\
          [bgp.bfd]\ninterval = \"100ms\"\n\
@@ -255,7 +253,7 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
         .unwrap_or_else(|e| panic!("{e}"))
         .state
         .bgp;
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(cfg, None, rx, &reg).expect("spawn");
@@ -291,7 +289,7 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
             required_min_echo_rx: 0,
         };
         let pkt = kill.encode();
-        in_netns(&lab.router.name, || async move {
+        in_netns(lab.router.name(), || async move {
             use std::os::fd::AsRawFd;
             let s = UdpSocket::bind("[fd00:99::2]:0").expect("bind");
             let hops: libc::c_int = 254;
@@ -335,17 +333,17 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
 fn without_bfd_the_same_cut_takes_the_hold_time() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(BIRD_ASN, OUR_ASN, 3),
     );
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(false, FAST, "")), None, rx, &reg).expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         assert!(h.report().peers[0].bfd.is_none());
-        let (took, _cut) = time_until_route_gone(&bird, &lab.router.name, lab.dir.path());
+        let (took, _cut) = time_until_route_gone(&bird, lab.router.name(), lab.dir.path());
         assert!(
             took > Duration::from_millis(1500),
             "route gone after {took:?} without BFD"
@@ -405,11 +403,11 @@ impl Drop for Capture {
 fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), RELAXED.0, RELAXED.1),
     );
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(
@@ -421,7 +419,7 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
         .expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         bird_bfd(&bird, "Up").await;
-        let cap = Capture::start(&lab.router.name);
+        let cap = Capture::start(lab.router.name());
         h.drain_and_stop().await;
         // Our last packets say AdminDown (state 0) with diag 7 (Administratively Down).
         let mut seen = Vec::new();
@@ -481,11 +479,11 @@ fn forge(router_ns: &str, pkt: &[u8], ttl: u32) {
 fn forged_and_malformed_packets_are_dropped_and_counted() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), RELAXED.0, RELAXED.1),
     );
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(true, RELAXED, "")), None, rx, &reg).expect("spawn");
@@ -520,7 +518,7 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
             required_min_echo_rx: 0,
         };
         // From two hops away (TTL 254): GTSM drops it.
-        forge(&lab.router.name, &kill.encode(), 254);
+        forge(lab.router.name(), &kill.encode(), 254);
         wait_for(LIMIT, "TTL drop counted", || async {
             (dropped("ttl") == 1.0).then_some(())
         })
@@ -530,7 +528,7 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
             your_discr: r.local_discriminator.wrapping_add(1).max(1),
             ..kill
         };
-        forge(&lab.router.name, &wrong.encode(), 255);
+        forge(lab.router.name(), &wrong.encode(), 255);
         wait_for(LIMIT, "discriminator drop counted", || async {
             (dropped("discriminator") == 1.0).then_some(())
         })
@@ -538,8 +536,8 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         // Malformed: version 2, and a truncated packet.
         let mut v2 = kill.encode();
         v2[0] = (2 << 5) | 7;
-        forge(&lab.router.name, &v2, 255);
-        forge(&lab.router.name, &kill.encode()[..20], 255);
+        forge(lab.router.name(), &v2, 255);
+        forge(lab.router.name(), &kill.encode()[..20], 255);
         wait_for(LIMIT, "malformed drops counted", || async {
             (dropped("malformed") == 2.0).then_some(())
         })
@@ -555,7 +553,7 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         bird_bfd(&bird, "Up").await;
 
         // The control: the same AdminDown packet with TTL 255 and the right discriminators is obeyed.
-        forge(&lab.router.name, &kill.encode(), 255);
+        forge(lab.router.name(), &kill.encode(), 255);
         wait_for(LIMIT, "a genuine-looking AdminDown is obeyed", || async {
             (metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]) >= 1.0).then_some(())
         })
@@ -590,7 +588,7 @@ async fn frr_peer(
 fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
     let lab = Lab::new();
     let frr = Frr::start(
-        &lab.router.name,
+        lab.router.name(),
         &[
             ("zebra", "hostname router\n"),
             ("bfdd", FRR_BFDD),
@@ -603,7 +601,7 @@ fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
             .trim()
             .is_empty()
     };
-    in_netns_threaded(&lab.speaker.name, || async {
+    in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(true, FAST, "drain_wait = \"0s\"")), None, rx, &reg)
@@ -624,7 +622,7 @@ fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
         .await;
 
         // Dead node: FRR's BFD takes BGP down and zebra removes the route.
-        let cut = Silence::start(&lab.router.name, lab.dir.path(), SPEAKER_V4);
+        let cut = Silence::start(lab.router.name(), lab.dir.path(), SPEAKER_V4);
         let t = Instant::now();
         while kernel_route() {
             assert!(

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use padis_bgp::{Announcement, Announcer, SessionState};
 use padis_model::bgp::BgpConfig;
-use padis_tests::bgp::{bird_config, in_netns, wait_for, Bird, Lab, ROUTER_V4};
+use padis_tests::bgp::{bird_config, wait_for, Bird, Lab, ROUTER_V4};
+use padis_tests::netns::in_netns;
 use tokio::sync::watch;
 
 const OUR_ASN: u32 = 4_200_000_001;
@@ -66,11 +67,11 @@ fn metric(reg: &prometheus::Registry, name: &str) -> f64 {
 fn bird_learns_v4_and_v6_vips_and_withdraws() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(BIRD_ASN, OUR_ASN, 9),
     );
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let (tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
         let h =
@@ -127,11 +128,11 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
     let lab = Lab::new();
     // iBGP, so that LOCAL_PREF is sent (lowered to 0 on drain).
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(OUR_ASN, OUR_ASN, 9),
     );
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg)
@@ -175,11 +176,11 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
 fn reconnects_after_bird_restart() {
     let lab = Lab::new();
     let mut bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(BIRD_ASN, OUR_ASN, 9),
     );
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(BIRD_ASN, 9, "")), None, rx, &reg).expect("spawn");
@@ -199,7 +200,7 @@ fn reconnects_after_bird_restart() {
 fn hold_timer_expires_when_keepalives_stop_then_recovers() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(BIRD_ASN, OUR_ASN, 3),
     );
@@ -211,11 +212,11 @@ fn hold_timer_expires_when_keepalives_stop_then_recovers() {
     )
     .expect("nft rules");
     let nft = |args: &[&str]| {
-        let mut a = vec!["netns", "exec", lab.router.name.as_str(), "nft"];
+        let mut a = vec!["netns", "exec", lab.router.name(), "nft"];
         a.extend_from_slice(args);
-        padis_tests::bgp::run("ip", &a);
+        padis_tests::netns::run("ip", &a);
     };
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(Some(bgp(BIRD_ASN, 3, "")), None, rx, &reg).expect("spawn");
@@ -251,14 +252,14 @@ fn hold_timer_expires_when_keepalives_stop_then_recovers() {
 fn ipv6_session_carries_both_families() {
     let lab = Lab::new();
     let conf = padis_tests::bgp::bird_config_on(BIRD_ASN, OUR_ASN, 9, "fd00:99::2", "fd00:99::1");
-    let bird = Bird::start(&lab.router.name, lab.dir.path(), &conf);
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &conf);
     let text = format!(
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nconnect_retry = \"300ms\"\n\
          [[bgp.peer]]\naddress = \"fd00:99::2\"\nasn = {BIRD_ASN}\nnext_hop = \"10.99.0.1\"\n"
     );
     let cfg = padis_model::parse_config(&text, "test.toml", Path::new("."))
         .unwrap_or_else(|e| panic!("{e}"));
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let h =
             Announcer::spawn(cfg.state.bgp, None, rx, &prometheus::Registry::new()).expect("spawn");
@@ -294,7 +295,7 @@ fn bird_count(bird: &Bird) -> usize {
 fn bench_bird_learns_12k_vips() {
     let lab = Lab::new();
     let bird = Bird::start(
-        &lab.router.name,
+        lab.router.name(),
         lab.dir.path(),
         &bird_config(BIRD_ASN, OUR_ASN, 90),
     );
@@ -309,7 +310,7 @@ fn bench_bird_learns_12k_vips() {
             })
             .collect()
     };
-    in_netns(&lab.speaker.name, || async {
+    in_netns(lab.speaker.name(), || async {
         let limit = Duration::from_secs(120);
         let (tx, rx) = watch::channel(set(0..10_000, 0..2_000));
         let t = Instant::now();

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use padis_bgp::{Announcement, Announcer};
-use padis_tests::bgp::{in_netns, wait_for, Bird, Netns};
+use padis_tests::bgp::{wait_for, Bird};
+use padis_tests::netns::{in_netns, Netns};
 use tokio::sync::watch;
 
 const OUR_ASN: u32 = 4_200_000_001;
@@ -40,13 +41,13 @@ protocol bgp node2 from padis { neighbor 10.97.2.1 as 4200000001; }
 
 /// Router namespace `r` and two node namespaces linked to it: node i is 10.97.i.1, the router 10.97.i.2.
 fn topology() -> (Netns, Vec<Netns>) {
-    let r = Netns::new("er");
-    let nodes: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("e{i}"))).collect();
+    let r = Netns::new("er").expect("netns");
+    let nodes: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("e{i}")).expect("netns")).collect();
     for (i, n) in nodes.iter().enumerate() {
         let i = i + 1;
         let peer = format!("vr{i}");
         n.ip(&[
-            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", &r.name,
+            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name(),
         ]);
         n.ip(&["addr", "add", &format!("10.97.{i}.1/30"), "dev", "vs"]);
         n.ip(&["link", "set", "vs", "up"]);
@@ -84,7 +85,7 @@ fn nexthops(r: &Netns) -> Vec<String> {
 fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
     let (r, nodes) = topology();
     let dir = tempfile::tempdir().expect("dir");
-    let _bird = Bird::start(&r.name, dir.path(), BIRD_ECMP);
+    let _bird = Bird::start(r.name(), dir.path(), BIRD_ECMP);
     let vip: BTreeSet<Announcement> = [Announcement {
         prefix: format!("{VIP}/32").parse().expect("prefix"),
         name: "web".into(),
@@ -98,7 +99,7 @@ fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
         for (i, (node, rx)) in nodes.iter().zip([&mut rx1, &mut rx2]).enumerate() {
             let vip = vip.clone();
             s.spawn(move || {
-                in_netns(&node.name, || async move {
+                in_netns(node.name(), || async move {
                     let (_tx, routes) = watch::channel(vip);
                     let reg = prometheus::Registry::new();
                     let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg)

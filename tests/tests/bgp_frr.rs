@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use padis_bgp::{Announcement, Announcer};
 use padis_model::bgp::{BgpConfig, OspfConfig};
-use padis_tests::bgp::{in_netns, wait_for, Frr, Netns};
+use padis_tests::bgp::{wait_for, Frr};
+use padis_tests::netns::{in_netns, Netns};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -57,13 +58,13 @@ route-map DENY-ALL deny 10
 /// Router namespace and two node namespaces linked to it: node i is 10.96.i.1 / fd00:96:i::1, the router
 /// 10.96.i.2 / fd00:96:i::2.
 fn bgp_topology() -> (Netns, Vec<Netns>) {
-    let r = Netns::new("fr");
-    let nodes: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("f{i}"))).collect();
+    let r = Netns::new("fr").expect("netns");
+    let nodes: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("f{i}")).expect("netns")).collect();
     for (i, n) in nodes.iter().enumerate() {
         let i = i + 1;
         let peer = format!("vr{i}");
         n.ip(&[
-            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", &r.name,
+            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name(),
         ]);
         n.ip(&["addr", "add", &format!("10.96.{i}.1/30"), "dev", "vs"]);
         n.ip(&[
@@ -158,7 +159,7 @@ enum Cmd {
 fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_drain() {
     let (r, nodes) = bgp_topology();
     let frr = Frr::start(
-        &r.name,
+        r.name(),
         &[("zebra", "hostname router\n"), ("bgpd", FRR_BGP)],
     );
     let (cmd1, mut rx1) = mpsc::unbounded_channel::<Cmd>();
@@ -166,7 +167,7 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
     std::thread::scope(|s| {
         for (i, (node, rx)) in nodes.iter().zip([&mut rx1, &mut rx2]).enumerate() {
             s.spawn(move || {
-                in_netns(&node.name, || async move {
+                in_netns(node.name(), || async move {
                     let (_tx, routes) = watch::channel(vips());
                     let reg = prometheus::Registry::new();
                     let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg)
@@ -320,10 +321,10 @@ router ospf
 
 /// An OSPF site: the Padis node (10.95.0.1, interface `vo`) and a neighbour router (10.95.0.2, `vn`).
 fn ospf_topology() -> (Netns, Netns) {
-    let node = Netns::new("on");
-    let nb = Netns::new("ob");
+    let node = Netns::new("on").expect("netns");
+    let nb = Netns::new("ob").expect("netns");
     node.ip(&[
-        "link", "add", "vo", "type", "veth", "peer", "name", "vn", "netns", &nb.name,
+        "link", "add", "vo", "type", "veth", "peer", "name", "vn", "netns", nb.name(),
     ]);
     node.ip(&["addr", "add", "10.95.0.1/30", "dev", "vo"]);
     node.ip(&["link", "set", "vo", "up"]);
@@ -351,14 +352,14 @@ fn host_routes(list: &[&str]) -> BTreeSet<Announcement> {
 /// Starts the node's FRR (zebra + ospfd with `node_ospfd` and the link timers) and the neighbour's FRR.
 fn ospf_routers(node: &Netns, nb: &Netns, node_zebra: &str, node_ospfd: &str) -> (Frr, Frr) {
     let node_frr = Frr::start(
-        &node.name,
+        node.name(),
         &[
             ("zebra", node_zebra),
             ("ospfd", &format!("interface vo{OSPF_LINK}!{node_ospfd}")),
         ],
     );
     let nb_frr = Frr::start(
-        &nb.name,
+        nb.name(),
         &[
             ("zebra", "hostname neighbour\n"),
             (
@@ -396,7 +397,7 @@ async fn neighbour_route(nb: &Netns, frr: &Frr, vip: &str, present: bool) {
 fn frr_redistributes_route_mode_table_to_an_ospf_neighbour() {
     let (node, nb) = ospf_topology();
     let (node_frr, nb_frr) = ospf_routers(&node, &nb, FRR_ROUTE_ZEBRA, FRR_ROUTE_OSPFD);
-    in_netns(&node.name, || async {
+    in_netns(node.name(), || async {
         let (tx, rx) = watch::channel(host_routes(&["198.51.100.20/32", "198.51.100.23/32"]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(None, Some(ospf_config("route")), rx, &reg).expect("spawn");
@@ -418,7 +419,7 @@ fn frr_redistributes_route_mode_table_to_an_ospf_neighbour() {
 fn frr_redistributes_address_mode_vips_to_an_ospf_neighbour() {
     let (node, nb) = ospf_topology();
     let (node_frr, nb_frr) = ospf_routers(&node, &nb, "hostname node\n", FRR_ADDRESS_OSPFD);
-    in_netns(&node.name, || async {
+    in_netns(node.name(), || async {
         let (tx, rx) = watch::channel(host_routes(&["198.51.100.21/32"]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(None, Some(ospf_config("address")), rx, &reg).expect("spawn");
@@ -445,7 +446,7 @@ fn frr_route_mode_loses_the_vip_when_padis_changes_its_metric() {
     let (node, nb) = ospf_topology();
     let (node_frr, nb_frr) = ospf_routers(&node, &nb, FRR_ROUTE_ZEBRA, FRR_ROUTE_OSPFD);
     let vip = "198.51.100.24";
-    in_netns(&node.name, || async {
+    in_netns(node.name(), || async {
         let (tx, rx) = watch::channel(host_routes(&["198.51.100.24/32"]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(None, Some(ospf_config("route")), rx, &reg).expect("spawn");

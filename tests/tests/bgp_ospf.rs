@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use padis_bgp::{Announcement, Announcer};
 use padis_model::bgp::OspfConfig;
-use padis_tests::bgp::{in_netns, wait_for, Bird, Netns};
+use padis_tests::bgp::{wait_for, Bird};
+use padis_tests::netns::{in_netns, Netns};
 use tokio::sync::watch;
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -47,10 +48,10 @@ protocol ospf v2 ospf_site {
 
 #[test]
 fn route_mode_writes_the_table_bird_redistributes() {
-    let ns = Netns::new("o");
+    let ns = Netns::new("o").expect("netns");
     let dir = tempfile::tempdir().expect("dir");
-    let bird = Bird::start(&ns.name, dir.path(), BIRD_OSPF);
-    in_netns(&ns.name, || async {
+    let bird = Bird::start(ns.name(), dir.path(), BIRD_OSPF);
+    in_netns(ns.name(), || async {
         let (tx, rx) = watch::channel(routes(&["198.51.100.20/32", "2001:db8:20::1/128"]));
         let reg = prometheus::Registry::new();
         let h = Announcer::spawn(None, Some(ospf("mode = \"route\"")), rx, &reg).expect("spawn");
@@ -127,12 +128,12 @@ fn route_mode_writes_the_table_bird_redistributes() {
 #[test]
 fn address_mode_puts_vips_on_an_interface() {
     // A veth end stands for the dummy interface (this kernel has no dummy module); `lo` works the same way.
-    let ns = Netns::new("a");
+    let ns = Netns::new("a").expect("netns");
     ns.ip(&[
         "link", "add", "pvip0", "type", "veth", "peer", "name", "pvip1",
     ]);
     ns.ip(&["link", "set", "pvip0", "up"]);
-    in_netns(&ns.name, || async {
+    in_netns(ns.name(), || async {
         let (tx, rx) = watch::channel(routes(&["198.51.100.21/32", "2001:db8:21::1/128"]));
         let reg = prometheus::Registry::new();
         let cfg = ospf("mode = \"address\"\ninterface = \"pvip0\"");
@@ -155,7 +156,7 @@ fn address_mode_puts_vips_on_an_interface() {
 
 #[test]
 fn stale_routes_of_a_crashed_run_are_flushed() {
-    let ns = Netns::new("f");
+    let ns = Netns::new("f").expect("netns");
     ns.ip(&[
         "route",
         "add",
@@ -178,7 +179,7 @@ fn stale_routes_of_a_crashed_run_are_flushed() {
         "proto",
         "static",
     ]);
-    in_netns(&ns.name, || async {
+    in_netns(ns.name(), || async {
         let (_tx, rx) = watch::channel(routes(&["198.51.100.22/32"]));
         let h = Announcer::spawn(None, Some(ospf("")), rx, &prometheus::Registry::new())
             .expect("spawn");
