@@ -454,6 +454,51 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
     });
 }
 
+/// BFD runs on its own thread: a daemon runtime that is blocked for four detection times (a long reconcile, a
+/// burst of work on the one worker) delays BGP's keepalives but not BFD's packets, so the router sees no failure.
+#[test]
+fn a_blocked_runtime_does_not_make_bfd_fail() {
+    let lab = Lab::new();
+    let bird = Bird::start(
+        lab.router.name(),
+        lab.dir.path(),
+        &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), FAST.0, FAST.1),
+    );
+    // One current-thread runtime for the announcer and this test: blocking it blocks every task on it.
+    in_netns(lab.speaker.name(), || async {
+        let (_tx, rx) = watch::channel(routes());
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp(true, FAST, "")), None, rx, &reg).expect("spawn");
+        learnt(&bird, "VIP in BIRD").await;
+        bird_bfd(&bird, "Up").await;
+        let before = h.report().peers[0].bfd.clone().expect("bfd report");
+        let downs = metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]);
+        let log = lab.dir.path().join("bird.stderr");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default().len();
+
+        std::thread::sleep(Duration::from_millis(1200));
+        // Let the BGP session task run again (its keepalive is late, well within the 3 s hold time).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let after = h.report().peers[0].bfd.clone().expect("bfd report");
+        assert_eq!(after.state, State::Up, "{after:?}");
+        assert_eq!(after.failures, before.failures, "{before:?} -> {after:?}");
+        assert_eq!(
+            metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]),
+            downs
+        );
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let new = log.get(logged..).unwrap_or_default();
+        assert!(
+            !new.contains("Timeout") && !new.contains("Down"),
+            "BIRD's BFD saw a failure while our runtime was blocked: {new}"
+        );
+        assert!(!bird.route(V4).is_empty(), "route lost");
+        assert_eq!(h.report().peers[0].state, SessionState::Established);
+        h.stop().await;
+    });
+}
+
 fn is_admin_down(line: &str) -> bool {
     let f: Vec<&str> = line.split_whitespace().collect();
     let num = |s: &str| {

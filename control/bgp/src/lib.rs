@@ -88,9 +88,9 @@ impl Announcer {
                     interval: cfg.bfd.interval,
                     multiplier: cfg.bfd.multiplier,
                 };
-                let (speaker, links) =
-                    bfd::Speaker::new(timers, &bfd_peers, cfg.local_address, m.clone())?;
-                tasks.push(rt.spawn(speaker.run()));
+                let (ended, links) =
+                    bfd::start(timers, &bfd_peers, cfg.local_address, m.clone())?;
+                tasks.push(rt.spawn(ended));
                 links
             }
             .into_iter();

@@ -1,7 +1,8 @@
 //! Single-hop BFD (RFC 5880 asynchronous mode over RFC 5881 UDP) for the BGP peers with `bfd = true`.
 //!
 //! [`packet`] is the Control packet codec, `session` the per-peer state machine, `socket` the UDP sockets (port
-//! 3784, source ports 49152-65535, TTL 255 sent and required), `speaker` the task that runs every session.
+//! 3784, source ports 49152-65535, TTL 255 sent and required), `speaker` the task that runs every session, on a
+//! thread of its own (a busy or stalled daemon runtime must not delay a packet past the router's detection time).
 //! A BGP session holds a [`BfdLink`]: when its BFD session fails (an Up session goes Down for any reason other
 //! than the router's AdminDown, RFC 5882), the BGP session is torn down at once; when Padis stops, the BFD
 //! session is put AdminDown once the router has taken BGP's Cease, so the router does not count a failure.
@@ -21,7 +22,7 @@ pub use packet::{ControlPacket, Diag, PacketError, State};
 pub use socket::{CONTROL_PORT, GTSM_TTL};
 
 pub(crate) use session::Timers;
-pub(crate) use speaker::Speaker;
+pub(crate) use speaker::start;
 
 /// Why BFD could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,9 @@ pub enum BfdError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The BFD thread or its runtime could not be started.
+    #[error("cannot start the BFD thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The BFD session of one BGP peer, as shown by `padis status` and `/v1/state`.

@@ -1,6 +1,7 @@
 //! The BFD task: every peer's session, their timers and the sockets. Received packets are checked (TTL 255,
 //! codec checks), demultiplexed by Your Discriminator (or by source address while it is 0), and fed to the
-//! session; what is dropped is counted by reason.
+//! session; what is dropped is counted by reason. [`start`] runs it on its own thread with its own runtime
+//! (sockets and timers included), so that only the BGP sessions wait when the daemon's runtime is busy.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -16,6 +17,55 @@ use super::socket::{self, Received, GTSM_TTL};
 use super::{BfdError, BfdLink, BfdReport, Command};
 use crate::status::Metrics;
 
+/// Starts the BFD task on a thread of its own (`padis-bfd`, a current-thread runtime that owns the sockets and
+/// timers) and returns once its sockets are open: a future that resolves when the task has ended (every
+/// [`BfdLink`] dropped and the AdminDowns sent), and each peer's link (the order of `peers`).
+pub(crate) fn start(
+    timers: Timers,
+    peers: &[IpAddr],
+    local: Option<IpAddr>,
+    metrics: Metrics,
+) -> Result<(impl std::future::Future<Output = ()> + Send + 'static, Vec<BfdLink>), BfdError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let peers = peers.to_vec();
+    std::thread::Builder::new()
+        .name("padis-bfd".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(BfdError::Thread(e)));
+                    return;
+                }
+            };
+            // Sockets register with the reactor of the runtime they are created in: this one.
+            match rt.block_on(async { Speaker::new(timers, &peers, local, metrics) }) {
+                Ok((speaker, links)) => {
+                    let _ = ready_tx.send(Ok(links));
+                    rt.block_on(speaker.run());
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(BfdError::Thread)?;
+    let links = ready_rx.recv().map_err(|_| {
+        BfdError::Thread(std::io::Error::other("the BFD thread ended while starting"))
+    })??;
+    Ok((
+        async move {
+            let _ = done_rx.await;
+        },
+        links,
+    ))
+}
+
 /// AdminDown packets sent when Padis stops (the router needs to hear one).
 const ADMIN_DOWN_REPEAT: u32 = 3;
 
@@ -28,7 +78,7 @@ struct Peer {
 }
 
 /// The BFD task of an announcer.
-pub(crate) struct Speaker {
+struct Speaker {
     peers: Vec<Peer>,
     rx4: Option<UdpSocket>,
     rx6: Option<UdpSocket>,
@@ -39,7 +89,7 @@ pub(crate) struct Speaker {
 impl Speaker {
     /// Opens the sockets and creates one session per address in `peers`; returns the task and each peer's
     /// link (same order).
-    pub(crate) fn new(
+    fn new(
         timers: Timers,
         peers: &[IpAddr],
         local: Option<IpAddr>,
@@ -100,7 +150,7 @@ impl Speaker {
 
     /// Runs until every BGP session has ended (dropping its [`BfdLink`]); then puts every BFD session still
     /// running AdminDown (a BGP session does so itself after its Cease).
-    pub(crate) async fn run(mut self) {
+    async fn run(mut self) {
         let mut buf4 = [0u8; 512];
         let mut buf6 = [0u8; 512];
         loop {
