@@ -42,15 +42,18 @@ pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> bool {
     }
 }
 
-/// A packet addressed to a VIP address, as far as balancing needs it.
+/// A packet addressed to a VIP address, as far as balancing needs it. `repr(C)`, the flow first: the small fields
+/// share one aligned word after it, so LLVM's merged stores of them (word-wide with misaligned packet access on)
+/// stay aligned on the stack, as the verifier requires.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pkt {
+    /// The flow, client -> VIP (for an ICMP error: the quoted flow, reversed).
+    pub flow: Flow,
     /// IPv6 (else IPv4) outer header.
     pub v6: bool,
     /// IPv4 "don't fragment".
     pub df: bool,
-    /// The flow, client -> VIP (for an ICMP error: the quoted flow, reversed).
-    pub flow: Flow,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
     /// This is an ICMP error about `flow`, not a packet of it.
