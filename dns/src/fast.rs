@@ -1,7 +1,7 @@
 //! The hot path: answers plain queries from pre-rendered bytes. It parses only the header, the question and an
 //! optional OPT record; anything else (or any doubt) returns `None` and the general path answers.
 
-use crate::zone::{FastEntry, ZoneSet};
+use crate::zone::ZoneSet;
 
 /// What the fast path answered (for metrics).
 #[derive(Debug, Clone, Copy)]
@@ -122,15 +122,15 @@ pub fn answer(set: &ZoneSet, req: &[u8], out: &mut Vec<u8>, tcp: bool, server_pa
     out.extend_from_slice(&req[0..2]);
     out.extend_from_slice(&[0x84 | rd, cd, 0, 1, 0, 0, 0, 0, 0, 0]);
     out.extend_from_slice(&req[12..q.qend]);
-    let (rcode, aa, counts) = match zone.fast.get(name).map(|e| &**e) {
-        Some(FastEntry::Slow) => return None,
-        Some(FastEntry::Data { types, cname, .. }) => match types.iter().find(|(t, _)| *t == q.qtype) {
-            Some((_, r)) => {
+    let (rcode, aa, counts) = match zone.fast.get(name) {
+        Some(rec) if rec.is_slow() => return None,
+        Some(rec) => match rec.answer(q.qtype, *rotate) {
+            Some(a) => {
                 *rotate = rotate.wrapping_add(1);
-                out.extend_from_slice(&r.variants[*rotate % r.variants.len()]);
-                (r.rcode, r.aa, r.counts)
+                out.extend_from_slice(a.bytes);
+                (a.rcode, a.aa, a.counts)
             }
-            None if *cname => return None,
+            None if rec.has_cname() => return None,
             None => {
                 negative(out, zone, apex_off);
                 (0, true, [0, 1, 0])

@@ -88,13 +88,19 @@ impl Worker {
     fn observe(&mut self, started: Instant) {
         self.local_latency.observe(started.elapsed().as_secs_f64());
         self.pending += 1;
+    }
+
+    /// Publishes the query counts of the batch just answered, and the latency observations every 256 queries.
+    pub fn end_batch(&mut self) {
+        self.counters.flush();
         if self.pending >= 256 {
             self.flush();
         }
     }
 
-    /// Publishes locally accumulated observations.
+    /// Publishes everything accumulated locally.
     pub fn flush(&mut self) {
+        self.counters.flush();
         self.local_latency.flush();
         self.pending = 0;
     }
@@ -109,20 +115,21 @@ fn header_only(req: &[u8], rcode: u8, out: &mut Vec<u8>) {
 }
 
 impl Handler {
-    /// Handles one request from `src`. `tcp`: no size limit, transfers allowed.
-    pub fn handle(&self, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
-        let started = Instant::now();
-        let set = self.zones.load();
-        if let Some(o) = fast::answer(&set, req, out, tcp, set.edns_payload, &mut w.rotate) {
-            w.counters.count(&set, Some(o.zone), o.qtype, u16::from(o.rcode));
+    /// Handles one request from `src` against the zone set `set` (loaded once per received batch).
+    /// `tcp`: no size limit, transfers allowed. `received`: when the request (for UDP: its batch) was received,
+    /// the start of its latency observation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle(&self, set: &ZoneSet, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker, received: Instant) -> Outcome {
+        if let Some(o) = fast::answer(set, req, out, tcp, set.edns_payload, &mut w.rotate) {
+            w.counters.count(set, Some(o.zone), o.qtype, u16::from(o.rcode));
             if o.truncated {
                 self.metrics.truncated.inc();
             }
-            w.observe(started);
+            w.observe(received);
             return self.rate_limit(src, tcp, req, out);
         }
-        let outcome = self.general(&set, req, src, tcp, out, w);
-        w.observe(started);
+        let outcome = self.general(set, req, src, tcp, out, w);
+        w.observe(received);
         match outcome {
             Outcome::Reply => self.rate_limit(src, tcp, req, out),
             o => o,

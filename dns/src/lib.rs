@@ -6,6 +6,7 @@
 //! Secondaries follow by AXFR/IXFR + NOTIFY (TSIG); RFC 2136 updates are journaled so restarts lose nothing.
 
 mod fast;
+mod fasttable;
 mod generate;
 mod handler;
 mod journal;

@@ -2,13 +2,13 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::zone::{FastMap, ZoneSet};
+use crate::zone::ZoneSet;
 
 /// The DNS plane's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     queries: IntCounterVec,
-    /// Query handling time.
+    /// Time from a query's receipt (UDP: its receive batch) to its answer.
     pub latency: Histogram,
     /// Answers truncated (TC set).
     pub truncated: IntCounter,
@@ -26,45 +26,54 @@ pub struct Metrics {
     pub records: IntGaugeVec,
 }
 
-/// Label for a query type (bounded set).
-pub fn qtype_label(t: u16) -> &'static str {
-    match t {
-        1 => "A",
-        2 => "NS",
-        5 => "CNAME",
-        6 => "SOA",
-        12 => "PTR",
-        15 => "MX",
-        16 => "TXT",
-        28 => "AAAA",
-        33 => "SRV",
-        43 => "DS",
-        48 => "DNSKEY",
-        65 => "HTTPS",
-        251 => "IXFR",
-        252 => "AXFR",
-        255 => "ANY",
-        _ => "other",
-    }
+/// Query type labels (a bounded set; the last is `other`) and the types they stand for.
+const QTYPES: [(u16, &str); 16] = [
+    (1, "A"),
+    (2, "NS"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (12, "PTR"),
+    (15, "MX"),
+    (16, "TXT"),
+    (28, "AAAA"),
+    (33, "SRV"),
+    (43, "DS"),
+    (48, "DNSKEY"),
+    (65, "HTTPS"),
+    (251, "IXFR"),
+    (252, "AXFR"),
+    (255, "ANY"),
+    (0, "other"),
+];
+
+/// Response code labels (the last is `other`) and the codes they stand for.
+const RCODES: [(u16, &str); 13] = [
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (6, "YXDOMAIN"),
+    (7, "YXRRSET"),
+    (8, "NXRRSET"),
+    (9, "NOTAUTH"),
+    (10, "NOTZONE"),
+    (16, "BADVERS"),
+    (u16::MAX, "other"),
+];
+
+fn qtype_index(t: u16) -> usize {
+    QTYPES[..QTYPES.len() - 1].iter().position(|(v, _)| *v == t).unwrap_or(QTYPES.len() - 1)
+}
+
+fn rcode_index(r: u16) -> usize {
+    RCODES[..RCODES.len() - 1].iter().position(|(v, _)| *v == r).unwrap_or(RCODES.len() - 1)
 }
 
 /// Label for a response code.
 pub fn rcode_label(r: u16) -> &'static str {
-    match r {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        16 => "BADVERS",
-        _ => "other",
-    }
+    RCODES[rcode_index(r)].1
 }
 
 impl Metrics {
@@ -76,7 +85,7 @@ impl Metrics {
                 &["zone", "qtype", "rcode"],
             )?,
             latency: Histogram::with_opts(
-                HistogramOpts::new("padis_dns_query_duration_seconds", "Time to answer a DNS query").buckets(vec![
+                HistogramOpts::new("padis_dns_query_duration_seconds", "Time from receiving a DNS query (over UDP: the batch it came in) to its answer being ready").buckets(vec![
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
                 ]),
             )?,
@@ -110,35 +119,82 @@ impl Metrics {
     }
 }
 
-/// A worker's cache of labelled query counters (a labelled lookup takes a lock; a cached counter is one atomic).
+/// Counter slots per zone: one per (query type label, response code label).
+const PER_ZONE: usize = QTYPES.len() * RCODES.len();
+
+/// A worker's query counts, batched: counting a query adds one to a plain per-thread slot (indexed by zone,
+/// type label and rcode label: no hashing, no atomic); [`QueryCounters::flush`] adds the slots to the labelled
+/// Prometheus counters, once per received batch. Slots belong to one zone-set generation: a new one flushes
+/// the old counts under the old zone names first.
 pub struct QueryCounters {
     metrics: Metrics,
     generation: u64,
-    cache: FastMap<(usize, u16, u16), IntCounter>,
+    /// Zone origins of the current generation (slot 0 is "outside our zones").
+    zone_names: Vec<String>,
+    pending: Vec<u64>,
+    dirty: Vec<usize>,
+    counters: Vec<Option<IntCounter>>,
 }
 
 impl QueryCounters {
-    /// An empty cache.
+    /// Empty counts.
     pub fn new(metrics: Metrics) -> QueryCounters {
-        QueryCounters { metrics, generation: u64::MAX, cache: FastMap::default() }
+        QueryCounters { metrics, generation: u64::MAX, zone_names: Vec::new(), pending: Vec::new(), dirty: Vec::new(), counters: Vec::new() }
     }
 
     /// Counts one answered query for the zone at `zone` in `set` (`None`: outside our zones).
+    #[inline]
     pub fn count(&mut self, set: &ZoneSet, zone: Option<usize>, qtype: u16, rcode: u16) {
         if set.generation != self.generation {
-            self.cache.clear();
-            self.generation = set.generation;
+            self.reset(set);
         }
-        let qtype_key = if qtype_label(qtype) == "other" { 0 } else { qtype };
-        let key = (zone.unwrap_or(usize::MAX), qtype_key, rcode);
-        match self.cache.get(&key) {
-            Some(c) => c.inc(),
-            None => {
-                let name = zone.and_then(|i| set.zones.get(i)).map(|z| z.origin.to_ascii()).unwrap_or_default();
-                let c = self.metrics.queries.with_label_values(&[&name, qtype_label(qtype), rcode_label(rcode)]);
-                c.inc();
-                self.cache.insert(key, c);
-            }
+        let z = zone.filter(|i| *i < set.zones.len()).map_or(0, |i| i + 1);
+        let slot = z * PER_ZONE + qtype_index(qtype) * RCODES.len() + rcode_index(rcode);
+        let Some(p) = self.pending.get_mut(slot) else { return };
+        if *p == 0 {
+            self.dirty.push(slot);
         }
+        *p += 1;
+    }
+
+    fn reset(&mut self, set: &ZoneSet) {
+        self.flush();
+        self.generation = set.generation;
+        self.zone_names.clear();
+        self.zone_names.push(String::new());
+        self.zone_names.extend(set.zones.iter().map(|z| z.origin.to_ascii()));
+        let slots = self.zone_names.len() * PER_ZONE;
+        self.pending = vec![0; slots];
+        self.counters = vec![None; slots];
+    }
+
+    /// Adds the counts so far to the Prometheus counters.
+    pub fn flush(&mut self) {
+        for slot in self.dirty.drain(..) {
+            let (Some(n), Some(c)) = (self.pending.get_mut(slot), self.counters.get_mut(slot)) else { continue };
+            let counter = c.get_or_insert_with(|| {
+                let zone = self.zone_names.get(slot / PER_ZONE).map_or("", String::as_str);
+                let (q, r) = ((slot % PER_ZONE) / RCODES.len(), slot % RCODES.len());
+                self.metrics.queries.with_label_values(&[zone, QTYPES[q].1, RCODES[r].1])
+            });
+            counter.inc_by(*n);
+            *n = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(QTYPES[qtype_index(33)].1, "SRV");
+        assert_eq!(QTYPES[qtype_index(0)].1, "other");
+        assert_eq!(QTYPES[qtype_index(99)].1, "other");
+        assert_eq!(rcode_label(3), "NXDOMAIN");
+        assert_eq!(rcode_label(16), "BADVERS");
+        assert_eq!(rcode_label(23), "other");
+        assert_eq!(rcode_label(u16::MAX), "other");
     }
 }

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,11 +90,14 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
                 continue;
             }
         }
+        // One zone-set load and one clock read per batch; each answer's latency counts from the batch's receipt.
+        let mut set = handler.zones.load();
+        let received = Instant::now();
         let mut i = 0;
         while let Some((req, src)) = batch.get(i) {
             i += 1;
             let out = replies.next_buf();
-            match handler.handle(req, src, false, out, &mut w) {
+            match handler.handle(&set, req, src, false, out, &mut w, received) {
                 Outcome::Reply => replies.push(src),
                 Outcome::Update(job, pending, rx) => {
                     let rcode = if handler.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
@@ -102,11 +105,15 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
                     if let Outcome::Reply = handler.finish_update(pending, rcode, false, out, &mut w) {
                         replies.push(src);
                     }
+                    // The rest of the batch sees the update.
+                    set = handler.zones.load();
                 }
                 Outcome::Stream(_) | Outcome::Drop => {}
             }
         }
+        drop(set);
         replies.flush(&sock);
+        w.end_batch();
     }
     w.flush();
 }
@@ -175,7 +182,8 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handle
             Ok(Ok(_)) => {}
             _ => break,
         }
-        let replies = match handler.handle(&buf, peer, true, &mut out, &mut w) {
+        let set = handler.zones.load_full();
+        let replies = match handler.handle(&set, &buf, peer, true, &mut out, &mut w, Instant::now()) {
             Outcome::Reply => vec![std::mem::take(&mut out)],
             Outcome::Stream(msgs) => msgs,
             Outcome::Update(job, pending, rx) => {
@@ -197,6 +205,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handle
                 break;
             }
         }
+        w.end_batch();
         if !ok {
             break;
         }

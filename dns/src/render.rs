@@ -2,8 +2,6 @@
 //! built (reusing the previous version's bytes for names whose inputs did not change), so the query path only
 //! copies bytes and patches the ID.
 
-use std::sync::Arc;
-
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
@@ -11,8 +9,8 @@ use rand::seq::SliceRandom;
 
 use crate::resolve::{resolve, Answer};
 use crate::wire::{in_zone, parent, WireName};
-use crate::sharded::Sharded;
-use crate::zone::{FastEntry, FastSet, Node, Rendered, ZoneData};
+use crate::fasttable::{FastRecord, FastTable};
+use crate::zone::{FastSet, Node, Rendered, ZoneData};
 
 /// Shuffle variants kept per answer with several A/AAAA/SRV records.
 const MAX_VARIANTS: usize = 8;
@@ -84,10 +82,11 @@ fn under_cut(zone: &ZoneData, wire: &[u8]) -> bool {
     false
 }
 
-/// Renders the fast entry of one node.
-fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> FastEntry {
+/// Renders the fast record of one node (`None` only for a name too long to be one, which cannot be queried).
+fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> Option<FastRecord> {
+    let slow = || FastRecord::slow(wire).ok();
     if under_cut(zone, wire) || !in_zone(wire, &zone.origin_wire) {
-        return FastEntry::Slow;
+        return slow();
     }
     let cname = node.get(RecordType::CNAME).is_some();
     let mut qtypes: Vec<RecordType> = node.rrsets.iter().map(|r| r.rtype).collect();
@@ -99,31 +98,34 @@ fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> FastEntry {
     for t in qtypes {
         match render(zone, &node.name, t) {
             Some(r) => types.push((u16::from(t), r)),
-            None => return FastEntry::Slow,
+            None => return slow(),
         }
     }
-    FastEntry::Data { types, cname }
+    FastRecord::data(wire, cname, &types).or_else(|e| {
+        tracing::debug!(error = %e, "name answered by the general path");
+        FastRecord::slow(wire)
+    }).ok()
 }
 
-/// Renders the fast-path entries of the `dirty` names of `zone` into `fast` (the previous version's map); all
+/// Renders the fast-path records of the `dirty` names of `zone` into `fast` (the previous version's table); all
 /// names when `dirty` is `None`. Names no longer in the zone are removed.
-pub fn update_fast(zone: &ZoneData, fast: &mut Sharded<Arc<FastEntry>>, dirty: Option<&FastSet<WireName>>) {
+pub fn update_fast(zone: &ZoneData, fast: &mut FastTable, dirty: Option<&FastSet<WireName>>) {
+    let put = |fast: &mut FastTable, wire: &[u8], node: &Node| match entry(zone, wire, node) {
+        Some(r) => fast.insert(r),
+        None => fast.remove(wire),
+    };
     match dirty {
         None => {
             fast.clear();
             for (wire, node) in zone.nodes.iter() {
-                fast.insert(wire.clone(), Arc::new(entry(zone, wire, node)));
+                put(fast, wire, node);
             }
         }
         Some(d) => {
             for wire in d {
                 match zone.nodes.get(wire) {
-                    Some(node) => {
-                        fast.insert(wire.clone(), Arc::new(entry(zone, wire, node)));
-                    }
-                    None => {
-                        fast.remove(wire);
-                    }
+                    Some(node) => put(fast, wire, node),
+                    None => fast.remove(wire),
                 }
             }
         }

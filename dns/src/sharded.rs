@@ -94,11 +94,6 @@ impl<V: Clone> Sharded<V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }
-
-    /// Removes everything.
-    pub fn clear(&mut self) {
-        *self = Sharded::default();
-    }
 }
 
 #[cfg(test)]

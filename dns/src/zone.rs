@@ -9,6 +9,7 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
+use crate::fasttable::FastTable;
 use crate::sharded::Sharded;
 use crate::tsig::TsigKey;
 use crate::wire::WireName;
@@ -89,20 +90,6 @@ pub struct Rendered {
     pub variants: Box<[Box<[u8]>]>,
 }
 
-/// How the fast path answers queries for one existing name.
-#[derive(Debug)]
-pub enum FastEntry {
-    /// At or below a delegation, or otherwise special: always the general path.
-    Slow,
-    /// Pre-rendered answers by query type. Types not listed: NODATA, or the general path when `cname` is set.
-    Data {
-        /// Answers by query type.
-        types: Vec<(u16, Rendered)>,
-        /// The name holds a CNAME.
-        cname: bool,
-    },
-}
-
 /// Who may transfer and update a zone, and where NOTIFY goes.
 #[derive(Debug, Clone, Default)]
 pub struct ZonePolicy {
@@ -150,8 +137,8 @@ pub struct ZoneData {
     pub wilds: FastSet<WireName>,
     /// Names whose answers include records of a name (CNAME chains, SRV/MX/NS targets): target -> dependents.
     pub rdeps: Sharded<Vec<WireName>>,
-    /// Fast-path entries by lowercase wire name.
-    pub fast: Sharded<Arc<FastEntry>>,
+    /// Fast-path records by lowercase wire name.
+    pub fast: FastTable,
     /// The zone has delegations below the apex.
     pub has_cuts: bool,
     /// The zone has wildcard names.
