@@ -13,18 +13,69 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use padis_balance::InFlight;
 
-use crate::io::ConnState;
-use crate::metrics::Metrics;
+use crate::forward::ConnCtx;
 use crate::routes::CompiledRoute;
 
-/// Request body towards a backend: the client's, streamed, with the body size limit.
-pub(crate) type UpstreamBody = Limited<Incoming>;
+/// Request body towards a backend: none (the client sent none: the request can be copied and sent again), or the
+/// client's, streamed, with the body size limit.
+pub(crate) enum UpstreamBody {
+    /// No body.
+    Empty,
+    /// The client's body, streamed.
+    Streamed(Limited<Incoming>),
+}
+
+impl UpstreamBody {
+    /// The body of a request whose client body is `body`, limited to `max` bytes.
+    pub fn new(body: Incoming, max: usize) -> UpstreamBody {
+        if body.is_end_stream() {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Streamed(Limited::new(body, max))
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> UpstreamBody {
+        UpstreamBody::Empty
+    }
+
+    /// Whether there is no body at all.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, UpstreamBody::Empty)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Streamed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Streamed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Everything recorded when a response completes.
 pub(crate) struct Completion {
-    pub conn: Arc<ConnState>,
-    pub metrics: Arc<Metrics>,
-    pub listener: Arc<str>,
+    /// The client connection (its state, metrics, listener).
+    pub ctx: Arc<ConnCtx>,
     pub started: Instant,
     pub method: Method,
     pub uri: Uri,
@@ -39,18 +90,17 @@ pub(crate) struct Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let route = self.route.as_ref().map(|r| &*r.name).unwrap_or("");
-        let backend = self.backend.as_ref().map(|b| &*b.1).unwrap_or("");
-        self.metrics
-            .requests
-            .with_label_values(&[&*self.listener, route, backend, self.status.as_str()])
-            .inc();
+        let ctx = &*self.ctx;
+        let backend_label = self.backend.as_ref().map(|b| &b.1);
+        ctx.counters.inc(&ctx.plane.metrics, &ctx.listener, self.route.as_ref(), backend_label, self.status);
         if let Some(r) = &self.route {
             r.duration.observe(elapsed.as_secs_f64());
         }
+        let route = self.route.as_ref().map(|r| &*r.name).unwrap_or("");
+        let backend = backend_label.map(|b| &**b).unwrap_or("");
         tracing::info!(
             target: "padis::access",
-            listener = &*self.listener,
+            listener = &*ctx.listener,
             method = self.method.as_str(),
             host = self.host.as_str(),
             path = self.uri.path(),
@@ -61,7 +111,7 @@ impl Drop for Completion {
             bytes = self.bytes,
         );
         self.in_flight.take();
-        self.conn.request_finished();
+        ctx.state.request_finished();
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forward::{self, ConnCtx};
 use crate::io::{ConnState, TimedIo};
+use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
 use crate::relay::Relay;
 use crate::streams::{LocalExec, LocalStreams};
@@ -123,7 +124,7 @@ async fn serve_http<I>(
     let state = Arc::new(ConnState::new());
     let io = TimedIo::new(io, state.clone(), limits.header_read_timeout, mode == Mode::H2);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
-    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default() });
+    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default(), counters: RequestCounters::default() });
     let backends = ctx.clone();
     let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
     // HTTP/2 request streams run in this task too (see `streams`).

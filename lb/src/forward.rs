@@ -9,14 +9,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use padis_balance::SelectCtx;
 
-use crate::body::{Completion, RespBody};
+use crate::body::{Completion, RespBody, UpstreamBody};
 use crate::headers;
 use crate::io::ConnState;
+use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
 use crate::routes::normalise_host;
 use crate::upstream::LocalConns;
@@ -32,6 +33,8 @@ pub(crate) struct ConnCtx {
     pub id: headers::ClientId,
     /// The backend connections this client connection drives.
     pub local: LocalConns,
+    /// The request counters it used lately.
+    pub counters: RequestCounters,
 }
 
 fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Response<RespBody> {
@@ -61,9 +64,7 @@ fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
     ctx.state.request_started();
     let done = Box::new(Completion {
-        conn: ctx.state.clone(),
-        metrics: ctx.plane.metrics.clone(),
-        listener: ctx.listener.clone(),
+        ctx: ctx.clone(),
         started: Instant::now(),
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -192,8 +193,8 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     };
     parts.uri = uri;
     parts.version = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-    let out = Request::from_parts(parts, Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)));
-    match tokio::time::timeout(upstream.request_timeout, conn.send(&ctx.local, addr, out)).await {
+    let out = Request::from_parts(parts, UpstreamBody::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)));
+    match tokio::time::timeout(upstream.request_timeout, conn.send(&ctx.local, addr, out, retryable)).await {
         Ok(Ok(mut resp)) => {
             if resp.status().is_server_error() {
                 pick.backend.health.report_failure();

@@ -2,11 +2,15 @@
 //! certificates) and status codes, so cardinality is bounded by the config.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use http::StatusCode;
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
+
+use crate::routes::CompiledRoute;
 
 /// The L7 metric families.
 #[derive(Clone)]
@@ -89,5 +93,65 @@ impl Metrics {
         drop_stale(&self.duration, "route", routes);
         drop_stale(&self.connect_errors, "group", groups);
         drop_stale(&self.connect_errors, "backend", backends);
+    }
+}
+
+/// Series of `padis_http_requests_total` one client connection counted into lately.
+const COUNTER_CACHE: usize = 8;
+
+struct CachedCounter {
+    route: Option<Arc<CompiledRoute>>,
+    backend: Option<Arc<str>>,
+    code: StatusCode,
+    counter: IntCounter,
+}
+
+/// The request counters one client connection used lately, by route, backend and status: a request counts
+/// into its series with a few pointer comparisons instead of `with_label_values` (four label strings hashed
+/// under the family's lock). Keyed by the route and backend-label `Arc`s of the snapshot in force, so a new
+/// snapshot (whose series may have been retired by [`Metrics::retain`]) looks its series up again.
+#[derive(Default)]
+pub(crate) struct RequestCounters {
+    cached: Mutex<Vec<CachedCounter>>,
+}
+
+fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl RequestCounters {
+    /// Counts one answered request of `listener`.
+    pub fn inc(
+        &self,
+        metrics: &Metrics,
+        listener: &str,
+        route: Option<&Arc<CompiledRoute>>,
+        backend: Option<&Arc<str>>,
+        code: StatusCode,
+    ) {
+        // Plain data behind the lock: a panic elsewhere does not make it unusable.
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = cached
+            .iter()
+            .find(|c| c.code == code && same(c.route.as_ref(), route) && same(c.backend.as_ref(), backend));
+        if let Some(c) = hit {
+            c.counter.inc();
+            return;
+        }
+        let counter = metrics.requests.with_label_values(&[
+            listener,
+            route.map(|r| &*r.name).unwrap_or(""),
+            backend.map(|b| &**b).unwrap_or(""),
+            code.as_str(),
+        ]);
+        counter.inc();
+        if cached.len() >= COUNTER_CACHE {
+            cached.remove(0);
+        }
+        cached.push(CachedCounter { route: route.cloned(), backend: backend.cloned(), code, counter });
     }
 }

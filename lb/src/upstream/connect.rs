@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use padis_model::{BackendGroup, UpstreamProtocol};
 use rustls_pki_types::ServerName;
 use socket2::{SockRef, TcpKeepalive};
@@ -17,8 +16,8 @@ use tokio_util::either::Either;
 use crate::error::L7Error;
 use crate::tls;
 
-/// A connection to a backend, ready for hyper.
-pub(crate) type UpstreamIo = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
+/// A connection to a backend: TCP, or TLS over TCP.
+pub(crate) type UpstreamStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// Idle time before TCP keep-alive probes on backend connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -75,7 +74,7 @@ impl Connector {
     }
 
     /// Connects to `addr` (TCP, then TLS if configured) within the connect timeout.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, ConnectError> {
+    pub async fn connect(&self, addr: SocketAddr) -> Result<UpstreamStream, ConnectError> {
         let open = async {
             let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
             let _ = tcp.set_nodelay(true);
@@ -90,7 +89,7 @@ impl Connector {
             }
         };
         match tokio::time::timeout(self.timeout, open).await {
-            Ok(r) => r.map(TokioIo::new),
+            Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout(self.timeout)),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{ConnectError, Connector};
 use crate::body::UpstreamBody;
@@ -53,7 +53,7 @@ impl H2Pool {
         if let Some(s) = self.cached(addr) {
             return Ok(s);
         }
-        let io = self.connector.connect(addr).await?;
+        let io = TokioIo::new(self.connector.connect(addr).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

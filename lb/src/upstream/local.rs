@@ -1,37 +1,39 @@
-//! The HTTP/1.1 backend connections one client connection uses, driven by that client connection's task.
+//! The HTTP/1.1 backend connections in use by one client connection's requests, driven by that client
+//! connection's task.
 //!
 //! hyper's pooled client runs every backend connection in a task of its own, so each request and each response
-//! crosses between two tasks (and a third one returns the connection to the pool). Here the client connection's
-//! task polls its backend connections itself ([`LocalConns::poll_drive`], next to the client connection), and a
-//! connection goes back to this client connection's idle list as soon as the response head is in: the next
-//! request of the same client reuses it with no lock contention and no task hand-off. When the client
-//! connection ends, its idle backend connections are parked in the group's shared pool for other clients.
+//! crosses between two tasks (and a third one returns the connection to the pool). Here a request takes a
+//! connection from the group's shared cache ([`super::h1::H1Pool`]) and the client connection's task polls it
+//! ([`LocalConns::poll_drive`], next to the client connection) while the exchange lasts; once the response is
+//! over the connection goes back to the shared cache, for the next request of any client connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::h1::{H1Driver, H1Pool, H1Sender};
-
-/// Idle backend connections one client connection keeps for itself; older ones go to the shared pool.
-const MAX_LOCAL_IDLE: usize = 8;
+use super::counted::ReadCount;
+use super::h1::{H1Conn, H1Driver, H1Pool, H1Sender};
 
 /// A backend connection lent to one request.
 pub(crate) struct Lease {
     id: u64,
     /// Sends the request.
     pub sender: H1Sender,
+    /// Bytes read from the backend so far.
+    pub read: ReadCount,
+    /// Whether the connection carried a response before this request.
+    pub reused: bool,
 }
 
-struct Idle {
-    id: u64,
-    pool: Arc<H1Pool>,
-    addr: SocketAddr,
+/// Set on a connection whose response head arrived: park it in the shared cache once the response is over.
+struct HandBack {
     sender: H1Sender,
+    keep: Duration,
 }
 
 /// A backend connection's I/O, polled by the client connection's task.
@@ -40,8 +42,8 @@ struct Driven {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
     driver: Option<H1Driver>,
-    /// Set when the connection should move to the shared pool as soon as it is idle.
-    hand_back: Option<H1Sender>,
+    read: ReadCount,
+    hand_back: Option<HandBack>,
 }
 
 impl Future for Driven {
@@ -56,9 +58,10 @@ impl Future for Driven {
             }
             return Poll::Ready(());
         }
-        if this.hand_back.as_ref().is_some_and(|s| s.is_ready()) {
-            if let (Some(sender), Some(driver)) = (this.hand_back.take(), this.driver.take()) {
-                this.pool.put(this.addr, sender, driver);
+        if this.hand_back.as_ref().is_some_and(|h| h.sender.is_ready()) {
+            if let (Some(h), Some(driver)) = (this.hand_back.take(), this.driver.take()) {
+                let conn = H1Conn { sender: h.sender, driver, read: this.read.clone(), reused: true };
+                this.pool.put(this.addr, conn, h.keep);
             }
             return Poll::Ready(());
         }
@@ -68,7 +71,6 @@ impl Future for Driven {
 
 #[derive(Default)]
 struct Inner {
-    idle: Vec<Idle>,
     drivers: FuturesUnordered<Driven>,
     waker: Option<Waker>,
     next_id: u64,
@@ -82,7 +84,7 @@ impl Inner {
     }
 }
 
-/// The backend connections of one client connection.
+/// The backend connections one client connection's requests are using.
 #[derive(Default)]
 pub(crate) struct LocalConns {
     inner: Mutex<Inner>,
@@ -94,52 +96,29 @@ impl LocalConns {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection of this client connection to `addr` in `pool`, if one is ready.
-    pub fn checkout(&self, pool: &Arc<H1Pool>, addr: SocketAddr) -> Option<Lease> {
-        let mut inner = self.lock();
-        let mut i = inner.idle.len();
-        while i > 0 {
-            i -= 1;
-            let e = &inner.idle[i];
-            if e.addr != addr || !Arc::ptr_eq(&e.pool, pool) {
-                continue;
-            }
-            if e.sender.is_closed() {
-                inner.idle.swap_remove(i);
-            } else if e.sender.is_ready() {
-                let e = inner.idle.swap_remove(i);
-                return Some(Lease { id: e.id, sender: e.sender });
-            }
-        }
-        None
-    }
-
-    /// Starts driving a connection from `pool` to `addr` in this client connection's task; returns its lease.
-    pub fn adopt(&self, pool: &Arc<H1Pool>, addr: SocketAddr, sender: H1Sender, driver: H1Driver) -> Lease {
+    /// Starts driving `conn` (from `pool`, to `addr`) in this client connection's task; returns its lease.
+    pub fn adopt(&self, pool: &Arc<H1Pool>, addr: SocketAddr, conn: H1Conn) -> Lease {
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.drivers.push(Driven { id, pool: pool.clone(), addr, driver: Some(driver), hand_back: None });
+        let H1Conn { sender, driver, read, reused } = conn;
+        inner.drivers.push(Driven { id, pool: pool.clone(), addr, driver: Some(driver), read: read.clone(), hand_back: None });
         inner.wake();
-        Lease { id, sender }
+        Lease { id, sender, read, reused }
     }
 
-    /// Gives a lease back once its response head arrived; the connection is reused once the response is over.
-    /// Beyond [`MAX_LOCAL_IDLE`], the oldest idle connection moves to the shared pool.
-    pub fn checkin(&self, pool: &Arc<H1Pool>, addr: SocketAddr, lease: Lease) {
+    /// Gives a lease back once its response head arrived: the connection is parked in the shared cache, for
+    /// `keep` at most, as soon as the response is over.
+    pub fn give_back(&self, lease: Lease, keep: Duration) {
         let mut inner = self.lock();
-        inner.idle.push(Idle { id: lease.id, pool: pool.clone(), addr, sender: lease.sender });
-        if inner.idle.len() > MAX_LOCAL_IDLE {
-            let oldest = inner.idle.remove(0);
-            if let Some(d) = inner.drivers.iter_mut().find(|d| d.id == oldest.id) {
-                d.hand_back = Some(oldest.sender);
-            }
-            inner.wake();
+        if let Some(d) = inner.drivers.iter_mut().find(|d| d.id == lease.id) {
+            d.hand_back = Some(HandBack { sender: lease.sender, keep });
         }
+        inner.wake();
     }
 
-    /// Drives every backend connection of this client connection; never completes. Polled by the client
-    /// connection's task next to the client connection itself.
+    /// Drives every backend connection in use; never completes. Polled by the client connection's task next to
+    /// the client connection itself.
     pub fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.lock();
         if !inner.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -149,20 +128,20 @@ impl LocalConns {
         Poll::Pending
     }
 
-    /// Called when the client connection ends: idle backend connections are parked in their shared pools, the
-    /// others are closed.
+    /// Backend connections in use (not yet back in the shared cache or closed).
+    #[cfg(test)]
+    pub fn in_use(&self) -> usize {
+        self.lock().drivers.len()
+    }
+
+    /// Called when the client connection ends: connections whose response is over are parked in the shared
+    /// cache, the others (an exchange cut short) are closed.
     pub fn release(&self) {
-        let mut inner = self.lock();
-        let mut idle = std::mem::take(&mut inner.idle);
-        let drivers = std::mem::take(&mut inner.drivers);
-        drop(inner);
+        let drivers = std::mem::take(&mut self.lock().drivers);
         for mut d in drivers {
-            let sender = match d.hand_back.take() {
-                Some(s) => Some(s),
-                None => idle.iter().position(|e| e.id == d.id).map(|i| idle.swap_remove(i).sender),
-            };
-            if let (Some(sender), Some(driver)) = (sender, d.driver.take()) {
-                d.pool.put(d.addr, sender, driver);
+            if let (Some(h), Some(driver)) = (d.hand_back.take(), d.driver.take()) {
+                let conn = H1Conn { sender: h.sender, driver, read: d.read.clone(), reused: true };
+                d.pool.put(d.addr, conn, h.keep);
             }
         }
     }

@@ -1,21 +1,27 @@
 //! Connections to backends, per group transport (protocol, TLS, timeouts), kept across snapshots while the
 //! group's transport settings do not change so keep-alive connections survive reloads.
 //!
-//! HTTP/1.1 connections are driven by the task of the client connection that uses them ([`LocalConns`]) and
-//! parked in the group's shared pool between clients; HTTP/2 connections are shared and driven by their own
-//! task. A request first gets a connection, then is built and sent: a connect failure leaves the request
-//! untouched, so it can go to another backend without copying it.
+//! HTTP/1.1 connections come from the group's shared LIFO cache of idle connections, are driven by the task of
+//! the client connection whose request uses them ([`LocalConns`]) and go back to the cache when the response is
+//! over; HTTP/2 connections are shared and driven by their own task. A request first gets a connection, then is
+//! built and sent: a connect failure leaves the request untouched, so it can go to another backend without
+//! copying it. An idempotent request with no body sent on a reused connection that fails before any response
+//! byte (the backend closed it as the request went out) is sent again once, on a new connection.
 
 mod connect;
+mod counted;
 mod h1;
 mod h2;
 mod local;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use padis_model::{BackendGroup, UpstreamProtocol, UpstreamTls};
@@ -28,6 +34,10 @@ use connect::Connector;
 use h1::{H1Pool, H1Sender};
 use h2::{H2Pool, H2Sender};
 use local::Lease;
+
+/// Margin kept below a backend's advertised `Keep-Alive: timeout`, so a connection is not reused just as the
+/// backend closes it.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// What decides whether a group's connections can be kept across snapshots.
 #[derive(Clone, PartialEq)]
@@ -136,7 +146,7 @@ impl Upstream {
     ) -> Result<Conn<'a>, ConnectError> {
         match &self.transport {
             Transport::H1(pool) if upgrade => {
-                let (sender, conn) = pool.connect(addr).await?;
+                let (sender, conn, _) = pool.connect(addr).await?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(backend = %addr, error = %e, "backend upgrade connection ended with an error");
@@ -145,17 +155,11 @@ impl Upstream {
                 Ok(Conn::Upgrade(sender))
             }
             Transport::H1(pool) => {
-                if let Some(lease) = local.checkout(pool, addr) {
-                    return Ok(Conn::H1 { pool, lease });
-                }
-                let (sender, driver) = match pool.take(addr) {
-                    Some(parked) => parked,
-                    None => {
-                        let (sender, conn) = pool.connect(addr).await?;
-                        (sender, Box::pin(conn))
-                    }
+                let conn = match pool.take(addr) {
+                    Some(idle) => idle,
+                    None => pool.open(addr).await?,
                 };
-                Ok(Conn::H1 { pool, lease: local.adopt(pool, addr, sender, driver) })
+                Ok(Conn::H1 { pool, lease: local.adopt(pool, addr, conn) })
             }
             Transport::H2(pool) => Ok(Conn::H2(pool.sender(addr).await?)),
         }
@@ -164,34 +168,89 @@ impl Upstream {
 
 impl Conn<'_> {
     /// Sends `req` to backend `addr` and waits for the response head. An HTTP/1.1 connection that closed while
-    /// idle (the request was not sent) is replaced by a new one once.
+    /// idle (the request was not sent) is replaced once; an `idempotent` request with no body that failed on a
+    /// reused connection before any response byte is sent again once, on a new connection.
     pub async fn send(
         self,
         local: &LocalConns,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
+        idempotent: bool,
     ) -> Result<Response<Incoming>, SendError> {
         match self {
-            Conn::H1 { pool, mut lease } => match lease.sender.try_send_request(req).await {
-                Ok(resp) => {
-                    local.checkin(pool, addr, lease);
-                    Ok(resp)
-                }
-                Err(mut e) => {
-                    let Some(req) = e.take_message() else { return Err(SendError::Http(e.into_error())) };
-                    drop(lease);
-                    tracing::debug!(backend = %addr, "idle backend connection closed; sending on a new one");
-                    let (sender, conn) = pool.connect(addr).await?;
-                    let mut lease = local.adopt(pool, addr, sender, Box::pin(conn));
-                    let resp = lease.sender.send_request(req).await?;
-                    local.checkin(pool, addr, lease);
-                    Ok(resp)
-                }
-            },
+            Conn::H1 { pool, lease } => send_h1(pool, local, addr, lease, req, idempotent).await,
             Conn::Upgrade(mut sender) => Ok(sender.send_request(req).await?),
             Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
         }
     }
+}
+
+/// A copy of a request with no body, to send it again.
+fn replay_of(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    if !req.body().is_empty() {
+        return None;
+    }
+    let mut copy = Request::new(UpstreamBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+async fn send_h1(
+    pool: &Arc<H1Pool>,
+    local: &LocalConns,
+    addr: SocketAddr,
+    mut lease: Lease,
+    req: Request<UpstreamBody>,
+    idempotent: bool,
+) -> Result<Response<Incoming>, SendError> {
+    let replay = if idempotent && lease.reused { replay_of(&req) } else { None };
+    let read_before = lease.read.get();
+    let mut e = match lease.sender.try_send_request(req).await {
+        Ok(resp) => {
+            local.give_back(lease, keep_for(pool, resp.headers()));
+            return Ok(resp);
+        }
+        Err(e) => e,
+    };
+    let again = match (e.take_message(), replay) {
+        // Not sent: the connection was closing. A new one gets it, untouched.
+        (Some(req), _) => {
+            tracing::debug!(backend = %addr, "idle backend connection closed; sending on a new one");
+            req
+        }
+        // Sent, and the backend closed or reset the connection before answering anything.
+        (None, Some(copy)) if lease.read.get() == read_before => {
+            tracing::debug!(backend = %addr, error = %e.error(), "reused backend connection failed before any response byte; sending again on a new one");
+            copy
+        }
+        (None, _) => return Err(SendError::Http(e.into_error())),
+    };
+    drop(lease);
+    let mut lease = local.adopt(pool, addr, pool.open(addr).await?);
+    let resp = lease.sender.send_request(again).await?;
+    local.give_back(lease, keep_for(pool, resp.headers()));
+    Ok(resp)
+}
+
+/// How long a connection whose response carried `headers` may stay idle: the group's idle timeout, or less when
+/// the backend announces a shorter `Keep-Alive: timeout=N` (minus a margin).
+fn keep_for(pool: &H1Pool, headers: &HeaderMap) -> Duration {
+    let idle = pool.idle_timeout();
+    match headers.get("keep-alive").and_then(keep_alive_timeout) {
+        Some(t) => idle.min(t.saturating_sub(KEEP_ALIVE_MARGIN)),
+        None => idle,
+    }
+}
+
+/// The `timeout=N` parameter of a `Keep-Alive` header (RFC 2068 §19.7.1.1), in seconds.
+fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
+    v.to_str().ok()?.split(',').find_map(|p| {
+        let (k, n) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("timeout").then(|| n.trim().parse::<u64>().ok().map(Duration::from_secs))?
+    })
 }
 
 fn key_of(g: &BackendGroup) -> TransportKey {
@@ -223,6 +282,9 @@ pub(crate) fn build_all<G: std::borrow::Borrow<BackendGroup>>(
                 }
             },
         };
+        if let Transport::H1(pool) = &transport {
+            pool.set_backends(g.backends.iter().filter(|b| b.accepts_new()).map(|b| b.addr));
+        }
         let name: Arc<str> = g.name.as_str().into();
         out.insert(
             name.clone(),
