@@ -9,8 +9,6 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-
 use crate::zone::Rendered;
 
 const SHARDS: usize = 1024;
@@ -187,76 +185,116 @@ impl FastRecord {
     }
 }
 
+/// One slot of a shard: empty, or a record with its name's full hash (compared before the name).
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    hash: u64,
+    rec: Option<FastRecord>,
+}
+
 /// Copy-on-write map from lowercase wire names to their [`FastRecord`]s: cloning copies 1,024 pointers,
-/// changing a name copies only its shard.
+/// changing names rebuilds only their shards.
+///
+/// Each shard is one open-addressing array (linear probing, at most half full) of hash + record pointer, so a
+/// lookup touches the shard's slots and then the record -- no table header, control bytes or key allocation
+/// in between. Shards are small (a few dozen names each for 10,000 services) and immutable: a change builds
+/// the shard's array anew.
 #[derive(Debug, Clone)]
 pub struct FastTable {
     hasher: foldhash::fast::RandomState,
-    shards: Vec<Arc<HashTable<FastRecord>>>,
+    shards: Vec<Arc<[Slot]>>,
 }
 
 impl Default for FastTable {
     fn default() -> Self {
-        // One shared empty shard: a shard gets its own table on its first insert.
-        FastTable { hasher: Default::default(), shards: vec![Arc::new(HashTable::new()); SHARDS] }
+        // One shared empty shard: a shard gets its own array on its first insert.
+        let empty: Arc<[Slot]> = Arc::from(Vec::new());
+        FastTable { hasher: Default::default(), shards: vec![empty; SHARDS] }
     }
 }
 
-/// The shard of a hash: middle bits, independent of the low bits (bucket index) and the top 7 bits (control
-/// tag) the shard's table uses.
+/// The shard of a hash: bits independent of the low bits that pick the slot inside the shard.
 #[inline]
 fn shard_of(hash: u64) -> usize {
     (hash >> 32) as usize & (SHARDS - 1)
 }
 
-impl FastTable {
-    #[inline]
-    fn hash(&self, name: &[u8]) -> u64 {
-        self.hasher.hash_one(name)
+/// A shard array holding `entries` (unique names).
+fn build_shard(entries: Vec<(u64, FastRecord)>) -> Arc<[Slot]> {
+    if entries.is_empty() {
+        return Arc::from(Vec::new());
     }
+    let cap = (entries.len() * 2).next_power_of_two().max(4);
+    let mut slots = vec![Slot::default(); cap];
+    for (hash, rec) in entries {
+        let mut i = hash as usize & (cap - 1);
+        while slots[i].rec.is_some() {
+            i = (i + 1) & (cap - 1);
+        }
+        slots[i] = Slot { hash, rec: Some(rec) };
+    }
+    slots.into()
+}
 
+impl FastTable {
     /// The record of `name`.
     #[inline]
     pub fn get(&self, name: &[u8]) -> Option<&FastRecord> {
-        let h = self.hash(name);
-        self.shards[shard_of(h)].find(h, |r| r.name() == name)
-    }
-
-    /// Inserts `rec`, replacing the record of the same name.
-    pub fn insert(&mut self, rec: FastRecord) {
-        let h = self.hash(rec.name());
-        let hasher = self.hasher.clone();
-        let table = Arc::make_mut(&mut self.shards[shard_of(h)]);
-        match table.find_mut(h, |r| r.name() == rec.name()) {
-            Some(slot) => *slot = rec,
-            None => {
-                table.insert_unique(h, rec, |r| hasher.hash_one(r.name()));
+        let h = self.hasher.hash_one(name);
+        let slots = &self.shards[shard_of(h)];
+        let mask = slots.len().checked_sub(1)?;
+        let mut i = h as usize & mask;
+        // At most half the slots are used: the probe ends on an empty one.
+        loop {
+            let slot = &slots[i];
+            match &slot.rec {
+                None => return None,
+                Some(r) if slot.hash == h && r.name() == name => return Some(r),
+                Some(_) => i = (i + 1) & mask,
             }
         }
     }
 
-    /// Removes the record of `name`.
-    pub fn remove(&mut self, name: &[u8]) {
-        let h = self.hash(name);
-        let s = &mut self.shards[shard_of(h)];
-        if s.find(h, |r| r.name() == name).is_none() {
-            return;
+    /// Applies changes: each name gets its new record (`Some`) or is removed (`None`). Each shard touched is
+    /// rebuilt once (not at all when nothing in it changes).
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = (u64, Option<FastRecord>, Box<[u8]>)>) {
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<(u64, Option<FastRecord>, Box<[u8]>)>> = Default::default();
+        for c in changes {
+            by_shard.entry(shard_of(c.0)).or_default().push(c);
         }
-        if let Ok(e) = Arc::make_mut(s).find_entry(h, |r| r.name() == name) {
-            e.remove();
+        for (shard, changes) in by_shard {
+            let mut entries: Vec<(u64, FastRecord)> =
+                self.shards[shard].iter().filter_map(|s| s.rec.clone().map(|r| (s.hash, r))).collect();
+            let mut changed = false;
+            for (hash, rec, name) in changes {
+                let before = entries.len();
+                entries.retain(|(h, r)| *h != hash || r.name() != &name[..]);
+                changed |= entries.len() != before || rec.is_some();
+                if let Some(r) = rec {
+                    entries.push((hash, r));
+                }
+            }
+            if changed {
+                self.shards[shard] = build_shard(entries);
+            }
         }
+    }
+
+    /// The change that gives `name` the record `rec` (`None`: removes it), for [`FastTable::apply`].
+    pub fn change(&self, name: &[u8], rec: Option<FastRecord>) -> (u64, Option<FastRecord>, Box<[u8]>) {
+        (self.hasher.hash_one(name), rec, name.into())
     }
 
     /// Number of names.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.shards.iter().map(|s| s.iter().filter(|s| s.rec.is_some()).count()).sum()
     }
 
     /// All records.
     #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &FastRecord> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|s| s.iter().filter_map(|s| s.rec.as_ref()))
     }
 
     /// Removes everything.
@@ -300,18 +338,24 @@ mod tests {
             k
         };
         let mut a = FastTable::default();
-        for i in 0..5000u32 {
-            a.insert(FastRecord::slow(&key(i)).unwrap());
-        }
+        let all: Vec<_> = (0..5000u32).map(|i| a.change(&key(i), Some(FastRecord::slow(&key(i)).unwrap()))).collect();
+        a.apply(all);
         let b = a.clone();
-        a.insert(FastRecord::data(&key(5), true, &[]).unwrap());
-        a.remove(&key(7));
-        a.remove(&key(99_999));
+        let changes = [
+            a.change(&key(5), Some(FastRecord::data(&key(5), true, &[]).unwrap())),
+            a.change(&key(7), None),
+            a.change(&key(99_999), None),
+        ];
+        a.apply(changes);
         assert!(b.get(&key(5)).unwrap().is_slow() && a.get(&key(5)).unwrap().has_cname());
         assert_eq!((a.len(), b.len(), a.iter().count()), (4999, 5000, 4999));
         assert!(b.get(&key(7)).is_some() && a.get(&key(7)).is_none());
         assert!(a.get(&key(8)).unwrap().ptr_eq(b.get(&key(8)).unwrap()));
         // Shards are spread: no shard holds more than a small multiple of the mean.
-        assert!(a.shards.iter().all(|s| s.len() < 30), "{:?}", a.shards.iter().map(|s| s.len()).max());
+        let fullest = a.shards.iter().map(|s| s.iter().filter(|s| s.rec.is_some()).count()).max();
+        assert!(fullest < Some(30), "{fullest:?}");
+        // Shards not touched by a change stay shared.
+        let shared = a.shards.iter().zip(&b.shards).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        assert!(shared >= SHARDS - 2, "{shared}");
     }
 }

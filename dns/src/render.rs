@@ -2,6 +2,8 @@
 //! built (reusing the previous version's bytes for names whose inputs did not change), so the query path only
 //! copies bytes and patches the ID.
 
+use std::sync::Arc;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
@@ -110,24 +112,16 @@ fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> Option<FastRecord> {
 /// Renders the fast-path records of the `dirty` names of `zone` into `fast` (the previous version's table); all
 /// names when `dirty` is `None`. Names no longer in the zone are removed.
 pub fn update_fast(zone: &ZoneData, fast: &mut FastTable, dirty: Option<&FastSet<WireName>>) {
-    let put = |fast: &mut FastTable, wire: &[u8], node: &Node| match entry(zone, wire, node) {
-        Some(r) => fast.insert(r),
-        None => fast.remove(wire),
-    };
+    let put = |fast: &FastTable, wire: &[u8], node: Option<&Arc<Node>>| fast.change(wire, node.and_then(|n| entry(zone, wire, n)));
     match dirty {
         None => {
             fast.clear();
-            for (wire, node) in zone.nodes.iter() {
-                put(fast, wire, node);
-            }
+            let changes: Vec<_> = zone.nodes.iter().map(|(wire, node)| put(fast, wire, Some(node))).collect();
+            fast.apply(changes);
         }
         Some(d) => {
-            for wire in d {
-                match zone.nodes.get(wire) {
-                    Some(node) => put(fast, wire, node),
-                    None => fast.remove(wire),
-                }
-            }
+            let changes: Vec<_> = d.iter().map(|wire| put(fast, wire, zone.nodes.get(wire))).collect();
+            fast.apply(changes);
         }
     }
 }
