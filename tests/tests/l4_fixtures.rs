@@ -623,6 +623,47 @@ addr = "10.0.0.11"
 }
 
 #[test]
+fn a_syn_is_balanced_by_maglev_without_a_connection_lookup() {
+    // As Katran: a SYN opens a flow, so it skips the connection table, goes to the VIP's Maglev table and
+    // (re)writes its entry. A SYN retransmitted after the backend set changed may therefore move: its connection
+    // is not established yet. ACKs of established flows keep their backend.
+    let mut f = Fixture::new(&config(
+        r#"
+[l4.vip.web]
+table_size = 1009
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+"#,
+    ));
+    let ports: Vec<u16> = (21000..21200).collect();
+    for &p in &ports {
+        assert_eq!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1), B11);
+    }
+    f.program(&three());
+    let (hits, misses) = (f.stat(stat::CT_HIT), f.stat(stat::CT_MISS));
+    let mut moved = Vec::new();
+    for &p in &ports {
+        let b = backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1);
+        if b != B11 {
+            moved.push((p, b));
+        }
+    }
+    assert_eq!(f.stat(stat::CT_HIT), hits, "a SYN looked its connection entry up");
+    assert_eq!(f.stat(stat::CT_MISS), misses + ports.len() as u64);
+    assert!(moved.len() > 50, "retransmitted SYNs follow the new Maglev table: {} of {} moved", moved.len(), ports.len());
+    // Their entries were rewritten: the connections' next packets follow the retransmitted SYN.
+    for &(p, b) in &moved {
+        assert_eq!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"x")).1), b, "flow {p}");
+    }
+    assert_eq!(f.stat(stat::CT_HIT), hits + moved.len() as u64);
+    assert_eq!(f.flows(), ports.len(), "one entry per flow, rewritten in place");
+}
+
+#[test]
 fn rst_never_creates_entries_and_unhealthy_backends_leave_the_table() {
     let mut f = Fixture::new(&three());
     let (v, _) = f.run(&tcp4(CLIENT, 1111, VIP, 80, false, true, b""));

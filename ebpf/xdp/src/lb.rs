@@ -2,14 +2,16 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext};
 use padis_ebpf_common::{
-    acl_prefix_len, backend_flags, port_flags, stat, vip_flags, AclData, FlowState, VipMeta, RING_STRIDE,
+    acl_prefix_len, backend_flags, port_flags, stat, vip_flags, AclData, BackendInfo, FlowState, VipMeta, RING_STRIDE,
 };
 
 use crate::{fwd, key::Flow, maps, parse::Pkt, verdict};
 
 const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Verdict of [`handle`] meaning "forward as described in the `Fwd`".
 pub const FORWARD: u32 = 0x100;
@@ -19,6 +21,8 @@ pub const FORWARD: u32 = 0x100;
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Fwd {
+    /// The backend's `BACKENDS` slot, read in place when it was found alive (not looked up twice).
+    pub backend: &'static BackendInfo,
     /// Backend index (`BACKENDS`).
     pub idx: u32,
     /// VIP id.
@@ -52,6 +56,10 @@ pub fn handle(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>) -> u32 {
             return verdict::PASS;
         }
         if ports & src_only == 0 {
+            // A TCP SYN opens a flow: straight to the VIP and Maglev, its entry (re)written (as Katran does).
+            if proto == 6 && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                return by_vip(p, len, out, true);
+            }
             if let Some(st) = ct_get(p.v6, &p.flow) {
                 if let Some(v) = established(p, st, len, out) {
                     return v;
@@ -69,9 +77,10 @@ pub fn handle(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>) -> u32 {
 fn established(p: &Pkt, st: &FlowState, len: u64, out: &mut MaybeUninit<Fwd>) -> Option<u32> {
     let (idx, id) = (st.backend, st.vip);
     let slot = maps::VIP_BY_ID.get(id)?;
-    if !p.flow.vip_slot_key().matches(slot) || !alive(idx) {
+    if !p.flow.vip_slot_key().matches(slot) {
         return None;
     }
+    let backend = alive(idx)?;
     let flags = slot.flags;
     if flags & vip_flags::ACL != 0 && !acl_allows(p, id) {
         maps::stat(stat::DROP_ACL, len);
@@ -79,7 +88,7 @@ fn established(p: &Pkt, st: &FlowState, len: u64, out: &mut MaybeUninit<Fwd>) ->
     }
     maps::stat(stat::CT_HIT, 0);
     let hash = if flags & vip_flags::IPIP != 0 { padis_ebpf_common::flow_hash(p.flow.key()) } else { 0 };
-    out.write(Fwd { idx, vip: id, flags, hash });
+    out.write(Fwd { backend, idx, vip: id, flags, hash });
     Some(FORWARD)
 }
 
@@ -109,7 +118,7 @@ fn by_vip(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>, looked_up: bool) -> u32
         flow.clear_sport();
     }
     let rst = p.flow.key().proto == 6 && p.tcp_flags & TCP_RST != 0;
-    let Some(idx) = pick(p.v6, &flow, meta, !p.icmp && !rst, looked_up) else {
+    let Some((idx, backend)) = pick(p.v6, &flow, meta, !p.icmp && !rst, looked_up) else {
         maps::stat(stat::DROP_NO_BACKEND, len);
         return verdict::DROP;
     };
@@ -117,7 +126,7 @@ fn by_vip(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>, looked_up: bool) -> u32
         maps::stat(stat::ICMP_FORWARDED, len);
     }
     let hash = if flags & vip_flags::IPIP != 0 { padis_ebpf_common::flow_hash(flow.key()) } else { 0 };
-    out.write(Fwd { idx, vip: id, flags, hash });
+    out.write(Fwd { backend, idx, vip: id, flags, hash });
     FORWARD
 }
 
@@ -145,10 +154,7 @@ fn ct_insert(v6: bool, flow: &Flow, st: &FlowState) -> bool {
 /// Forwards as `f` says (DSR or encapsulation; ICMP "too big" when needed) and counts it.
 #[inline(always)]
 pub fn forward<const L2: usize>(ctx: &XdpContext, p: &Pkt, f: &Fwd, len: u64) -> u32 {
-    // The entry `handle` found alive: read in place rather than copied out of `handle`.
-    let Some(b) = maps::BACKENDS.get(f.idx) else {
-        return verdict::DROP;
-    };
+    let b = f.backend;
     let v = if f.flags & vip_flags::IPIP != 0 {
         match fwd::encap::<L2>(ctx, p, f.hash, b, len) {
             fwd::TOO_BIG_V4 => return fwd::too_big_v4::<L2>(ctx, maps::config_mtu().saturating_sub(fwd::outer_len(b))),
@@ -175,26 +181,23 @@ pub fn dispatch<const L2: usize>(ctx: &XdpContext, p: &Pkt, len: u64) -> u32 {
     }
 }
 
-/// Whether backend `idx` exists and is alive.
+/// Backend `idx`'s slot, if it exists and is alive.
 #[inline(always)]
-fn alive(idx: u32) -> bool {
-    match maps::BACKENDS.get(idx) {
-        Some(b) => b.flags & backend_flags::ALIVE != 0,
-        None => false,
-    }
+fn alive(idx: u32) -> Option<&'static BackendInfo> {
+    maps::BACKENDS.get(idx).filter(|b| b.flags & backend_flags::ALIVE != 0)
 }
 
 /// The flow's backend index: from the connection table if that backend still exists (unless `looked_up`: the
 /// caller already searched it), else from the VIP's Maglev ring (and then remembered, if `insert` and the
 /// insertion budget allows).
 #[inline(always)]
-fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) -> Option<u32> {
+fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) -> Option<(u32, &'static BackendInfo)> {
     if !looked_up {
         if let Some(st) = ct_get(v6, flow) {
             let idx = st.backend;
-            if alive(idx) {
+            if let Some(b) = alive(idx) {
                 maps::stat(stat::CT_HIT, 0);
-                return Some(idx);
+                return Some((idx, b));
             }
         }
     }
@@ -206,9 +209,7 @@ fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) ->
     let h = padis_ebpf_common::flow_hash(flow.key());
     let slot = ring.wrapping_mul(RING_STRIDE).wrapping_add(h % size);
     let idx = *maps::RINGS.get(slot)?;
-    if !alive(idx) {
-        return None;
-    }
+    let backend = alive(idx)?;
     if insert {
         if budget() {
             let st = FlowState { backend: idx, vip: id };
@@ -219,7 +220,7 @@ fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) ->
             maps::stat(stat::CT_INSERT_SKIPPED, 0);
         }
     }
-    Some(idx)
+    Some((idx, backend))
 }
 
 /// Bounded insertion: at most `max_new_flows_per_sec` new entries per CPU per second, so a flood of new flows
@@ -236,8 +237,9 @@ fn budget() -> bool {
     let Some(r) = maps::FLOW_RATE.get_ptr_mut(0) else {
         return true;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (the last tick's time, no clock-source read) is precise enough for a one-second window.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: per-CPU value from a successful lookup.
     unsafe {
         if now.wrapping_sub((*r).window_start_ns) > 1_000_000_000 {
