@@ -92,6 +92,28 @@ fn parse(req: &[u8], lower: &mut [u8; 256]) -> Option<Plain> {
     Some(Plain { qend, name_len: n, qtype, edns })
 }
 
+/// Which lines [`prefetch`] warms.
+#[derive(Debug, Clone, Copy)]
+pub enum Warm {
+    /// The table slot of the query name.
+    Slot,
+    /// The query name's record (the slot must be warm already, or this stalls on it).
+    Record,
+}
+
+/// Warms the cache lines the answer to `req` will read, if it is a plain query in one of our zones. A batch of
+/// queries is warmed slot-first, then record, then answered: the loads of all its queries overlap.
+pub fn prefetch(set: &ZoneSet, req: &[u8], what: Warm) {
+    let mut lower = [0u8; 256];
+    let Some(q) = parse(req, &mut lower) else { return };
+    let name = &lower[..q.name_len];
+    let Some(zone) = set.locate(name).and_then(|(zi, _)| set.zones.get(zi)) else { return };
+    match what {
+        Warm::Slot => zone.fast.prefetch_slot(name),
+        Warm::Record => zone.fast.prefetch_record(name),
+    }
+}
+
 /// The UDP size limit for a response.
 pub fn udp_limit(edns: Option<QueryEdns>, server_payload: u16) -> usize {
     match edns {

@@ -64,6 +64,12 @@ impl RecvBatch {
         Ok(self.count)
     }
 
+    /// The bytes of datagram `i` of the last receive.
+    pub fn payload(&self, i: usize) -> Option<&[u8]> {
+        let len = (self.hdrs[..self.count].get(i)?.msg_len as usize).min(MAX_DGRAM);
+        self.arena.get(i * STRIDE..i * STRIDE + len)
+    }
+
     /// Datagram `i` of the last receive and its source.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.count {

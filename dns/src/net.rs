@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::fast::{self, Warm};
 use crate::handler::{Handler, Outcome, Worker};
 use crate::DnsError;
 
@@ -93,6 +94,13 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
         // One zone-set load and one clock read per batch; each answer's latency counts from the batch's receipt.
         let mut set = handler.zones.load();
         let received = Instant::now();
+        for warm in [Warm::Slot, Warm::Record] {
+            let mut i = 0;
+            while let Some(req) = batch.payload(i) {
+                fast::prefetch(&set, req, warm);
+                i += 1;
+            }
+        }
         let mut i = 0;
         while let Some((req, src)) = batch.get(i) {
             i += 1;
