@@ -127,8 +127,7 @@ impl H1Pool {
             let list = idle.remove(&a).unwrap_or_default();
             next.insert(a, list);
         }
-        // What is left in `idle` is closed when the old map is dropped (outside the lock is not needed: dropping
-        // a connection only closes its socket).
+        // The connections left in the old map (backends no longer taking requests) are closed as it is dropped.
         *idle = next;
     }
 

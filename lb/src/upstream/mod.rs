@@ -198,6 +198,8 @@ fn replay_of(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     Some(copy)
 }
 
+/// [`Conn::send`] on an HTTP/1.1 connection of the shared cache: the connection goes back to the cache once the
+/// response is over (see [`LocalConns::give_back`]).
 async fn send_h1(
     pool: &Arc<H1Pool>,
     local: &LocalConns,
