@@ -185,6 +185,14 @@ impl FastRecord {
     }
 }
 
+/// A change for [`FastTable::apply`], made by [`FastTable::change`]: a name's new record, or its removal.
+#[derive(Debug)]
+pub struct Change {
+    hash: u64,
+    rec: Option<FastRecord>,
+    name: Box<[u8]>,
+}
+
 /// One slot of a shard: empty, or a record with its name's full hash (compared before the name).
 #[derive(Debug, Clone, Default)]
 struct Slot {
@@ -300,16 +308,16 @@ impl FastTable {
 
     /// Applies changes: each name gets its new record (`Some`) or is removed (`None`). Each shard touched is
     /// rebuilt once (not at all when nothing in it changes).
-    pub fn apply(&mut self, changes: impl IntoIterator<Item = (u64, Option<FastRecord>, Box<[u8]>)>) {
-        let mut by_shard: std::collections::BTreeMap<usize, Vec<(u64, Option<FastRecord>, Box<[u8]>)>> = Default::default();
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) {
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<Change>> = Default::default();
         for c in changes {
-            by_shard.entry(shard_of(c.0)).or_default().push(c);
+            by_shard.entry(shard_of(c.hash)).or_default().push(c);
         }
         for (shard, changes) in by_shard {
             let mut entries: Vec<(u64, FastRecord)> =
                 self.shards[shard].iter().filter_map(|s| s.rec.clone().map(|r| (s.hash, r))).collect();
             let mut changed = false;
-            for (hash, rec, name) in changes {
+            for Change { hash, rec, name } in changes {
                 let before = entries.len();
                 entries.retain(|(h, r)| *h != hash || r.name() != &name[..]);
                 changed |= entries.len() != before || rec.is_some();
@@ -324,8 +332,8 @@ impl FastTable {
     }
 
     /// The change that gives `name` the record `rec` (`None`: removes it), for [`FastTable::apply`].
-    pub fn change(&self, name: &[u8], rec: Option<FastRecord>) -> (u64, Option<FastRecord>, Box<[u8]>) {
-        (self.hasher.hash_one(name), rec, name.into())
+    pub fn change(&self, name: &[u8], rec: Option<FastRecord>) -> Change {
+        Change { hash: self.hasher.hash_one(name), rec, name: name.into() }
     }
 
     /// Number of names.
