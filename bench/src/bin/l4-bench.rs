@@ -185,15 +185,22 @@ fn main() {
 fn micro() {
     let flows: usize = std::env::var("L4_BENCH_FLOWS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
     let repeat: u32 = std::env::var("L4_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let opts = LoadOptions::private(8, 64, (flows as u32 * 2).max(1 << 16));
-    let mut bal = Balancer::load(opts.clone()).unwrap_or_else(|e| fail(e.to_string()));
-    bal.load_floor().unwrap_or_else(|e| fail(e.to_string()));
     // L4_BENCH_MAX_NEW_FLOWS overrides the new-flow budget (0 = off), to see what the budget costs a SYN.
     let config = match std::env::var("L4_BENCH_MAX_NEW_FLOWS") {
         Ok(n) => CONFIG.replacen("[l4.neighbors]", &format!("[l4]\nmax_new_flows_per_sec = {n}\n[l4.neighbors]"), 1),
         Err(_) => CONFIG.to_string(),
     };
     let valid = padis_model::parse_config(&config, "l4-bench", Path::new(".")).unwrap_or_else(|e| fail(e.to_string()));
+    // The connection table has the daemon's default size (`[l4] max_flows`, 1 Mi entries): a smaller table would
+    // keep a SYN's buckets and elements warmer than in production. L4_BENCH_MAX_FLOWS overrides it.
+    let max_flows = std::env::var("L4_BENCH_MAX_FLOWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(valid.state.l4.max_flows)
+        .max(flows as u32 * 2);
+    let opts = LoadOptions::private(8, 64, max_flows);
+    let mut bal = Balancer::load(opts.clone()).unwrap_or_else(|e| fail(e.to_string()));
+    bal.load_floor().unwrap_or_else(|e| fail(e.to_string()));
     let d = desired::compute(&valid.state.l4, &valid.state.vips, &|_, _| true, &mut |_| None);
     let mut prog = Programmer::new(opts.max_vips, opts.max_rings(), opts.max_backends);
     prog.apply(&mut bal.maps, &d).unwrap_or_else(|e| fail(e.to_string()));
