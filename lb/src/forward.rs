@@ -153,7 +153,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
             }
         }
     }
-    headers::add_forwarded(&mut parts.headers, &ctx.id, &done.host);
+    headers::add_forwarded(&mut parts.headers, &ctx.id);
     let retryable = is_idempotent(&parts.method);
 
     // A connection first, then the request: a connect failure leaves the request untouched for the next backend.

@@ -92,15 +92,22 @@ fn append_value(headers: &mut HeaderMap, name: &HeaderName, parts: &[&str]) {
 }
 
 /// Adds the forwarding headers (`X-Forwarded-For` and `Forwarded` appended, `X-Forwarded-Proto`/`-Port` set).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, id: &ClientId, host: &str) {
+/// `Forwarded`'s `host=` is the request's Host header as received, port included (RFC 7239 §5.3), quoted when
+/// it is not a token (a port's `:`, an IPv6 literal); left out when the Host is absent or not a plain authority.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, id: &ClientId) {
     append_value(headers, &X_FORWARDED_FOR, &[&id.xff]);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if id.https { "https" } else { "http" }));
     headers.insert(X_FORWARDED_PORT.clone(), id.port.clone());
-    let with_host = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
-    if with_host {
-        append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=", host]);
-    } else {
-        append_value(headers, &header::FORWARDED, &[&id.forwarded]);
+    let host = headers.get(header::HOST).cloned();
+    let host = host.as_ref().and_then(|v| v.to_str().ok()).filter(|h| {
+        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    });
+    match host {
+        Some(h) if h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) => {
+            append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=", h])
+        }
+        Some(h) => append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=\"", h, "\""]),
+        None => append_value(headers, &header::FORWARDED, &[&id.forwarded]),
     }
 }
 
@@ -120,9 +127,28 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none());
         assert!(h.get(header::UPGRADE).is_none() && h.get(header::CONNECTION).is_none());
-        add_forwarded(&mut h, &ClientId::new("[::1]:5000".parse().unwrap(), 8443, true), "a.example");
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        add_forwarded(&mut h, &ClientId::new("[::1]:5000".parse().unwrap(), 8443, true));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=a.example");
         assert_eq!(h["x-forwarded-port"], "8443");
+    }
+
+    #[test]
+    fn forwarded_host_keeps_the_port_quoted() {
+        let id = ClientId::new("192.0.2.7:5000".parse().unwrap(), 8443, true);
+        for (host, want) in [
+            ("a.example:8443", "for=192.0.2.7;proto=https;host=\"a.example:8443\""),
+            ("[2001:db8::1]:8443", "for=192.0.2.7;proto=https;host=\"[2001:db8::1]:8443\""),
+            ("bad\"host", "for=192.0.2.7;proto=https"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            add_forwarded(&mut h, &id);
+            assert_eq!(h["forwarded"], want, "{host}");
+        }
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &id);
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=https");
     }
 }

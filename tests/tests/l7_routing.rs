@@ -187,6 +187,19 @@ async fn forwarding_headers_and_hop_by_hop() {
     for h in ["x-private", "keep-alive", "proxy-authorization"] {
         assert!(a.seen_header(h).is_none(), "{h} forwarded: {}", a.body);
     }
+    // Forwarded's host= is the Host as received, port included (quoted: ':' is not a token character).
+    let authority = format!("app.example.com:{}", web.port());
+    let req = http::Request::builder()
+        .uri("/h")
+        .header("host", authority.as_str())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let a = c.send(req).await.expect("req with a port in Host");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.seen_header("forwarded").as_deref(),
+        Some(format!("for=127.0.0.1;proto=http;host=\"{authority}\"").as_str())
+    );
     p.stop().await;
 }
 
