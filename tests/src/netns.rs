@@ -143,24 +143,7 @@ where
     Fut: Future<Output = T>,
     T: Send,
 {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(make())
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
+    in_netns_on(ns, tokio::runtime::Builder::new_current_thread, make)
 }
 
 /// Like [`in_netns`], but on a multi-threaded runtime (2 workers, which inherit the namespace): spawned tasks
@@ -171,18 +154,26 @@ where
     Fut: Future<Output = T>,
     T: Send,
 {
+    let builder = || {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    in_netns_on(ns, builder, make)
+}
+
+fn in_netns_on<F, Fut, T>(ns: &str, builder: fn() -> tokio::runtime::Builder, make: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
     let path = format!("/var/run/netns/{ns}");
     std::thread::scope(|s| {
         let h = s.spawn(move || {
-            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let f = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            setns(&f).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let rt = builder().enable_all().build().expect("runtime");
             rt.block_on(make())
         });
         match h.join() {

@@ -545,6 +545,11 @@ fn ipip_v6_packet_that_fits_exactly_is_forwarded() {
     assert_eq!(f.stat(stat::ICMP_TOO_BIG_SENT), 4);
 }
 
+/// VIP "web" with the first of [`three`]'s backends only.
+fn one() -> String {
+    three().replace("[[vip.backend]]\naddr = \"10.0.0.12\"\n[[vip.backend]]\naddr = \"10.0.0.13\"\n", "")
+}
+
 fn three() -> String {
     config(
         r#"
@@ -570,18 +575,7 @@ fn backend_of(out: &[u8]) -> [u8; 6] {
 
 #[test]
 fn conntrack_keeps_flows_when_backends_change_and_drain() {
-    let mut f = Fixture::new(&config(
-        r#"
-[l4.vip.web]
-table_size = 1009
-[[vip]]
-name = "web"
-addr = "192.0.2.1"
-port = 80
-[[vip.backend]]
-addr = "10.0.0.11"
-"#,
-    ));
+    let mut f = Fixture::new(&one());
     let flows: Vec<u16> = (20000..20200).collect();
     for &p in &flows {
         let (v, out) = f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b""));
@@ -627,18 +621,7 @@ fn a_syn_is_balanced_by_maglev_without_a_connection_lookup() {
     // As Katran: a SYN opens a flow, so it skips the connection table, goes to the VIP's Maglev table and
     // (re)writes its entry. A SYN retransmitted after the backend set changed may therefore move: its connection
     // is not established yet. ACKs of established flows keep their backend.
-    let mut f = Fixture::new(&config(
-        r#"
-[l4.vip.web]
-table_size = 1009
-[[vip]]
-name = "web"
-addr = "192.0.2.1"
-port = 80
-[[vip.backend]]
-addr = "10.0.0.11"
-"#,
-    ));
+    let mut f = Fixture::new(&one());
     let ports: Vec<u16> = (21000..21200).collect();
     for &p in &ports {
         assert_eq!(backend_of(&f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).1), B11);
