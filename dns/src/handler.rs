@@ -71,6 +71,7 @@ pub struct Worker {
     rotate: usize,
     counters: QueryCounters,
     local_latency: prometheus::local::LocalHistogram,
+    local_batch: prometheus::local::LocalHistogram,
     pending: u32,
 }
 
@@ -81,6 +82,7 @@ impl Worker {
             rotate: rand::random::<u32>() as usize,
             counters: QueryCounters::new(metrics.clone()),
             local_latency: metrics.latency.local(),
+            local_batch: metrics.udp_batch.local(),
             pending: 0,
         }
     }
@@ -88,6 +90,11 @@ impl Worker {
     fn observe(&mut self, started: Instant) {
         self.local_latency.observe(started.elapsed().as_secs_f64());
         self.pending += 1;
+    }
+
+    /// Counts a UDP receive call that took `n` datagrams.
+    pub fn received(&mut self, n: usize) {
+        self.local_batch.observe(n as f64);
     }
 
     /// Publishes the query counts of the batch just answered, and the latency observations every 256 queries.
@@ -102,6 +109,7 @@ impl Worker {
     pub fn flush(&mut self) {
         self.counters.flush();
         self.local_latency.flush();
+        self.local_batch.flush();
         self.pending = 0;
     }
 }

@@ -10,6 +10,8 @@ pub struct Metrics {
     queries: IntCounterVec,
     /// Time from a query's receipt (UDP: its receive batch) to its answer.
     pub latency: Histogram,
+    /// Datagrams taken by each UDP receive call (the batching that coalescing under load aims at).
+    pub udp_batch: Histogram,
     /// Answers truncated (TC set).
     pub truncated: IntCounter,
     /// Zone transfers by zone and kind.
@@ -89,6 +91,13 @@ impl Metrics {
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
                 ]),
             )?,
+            udp_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "padis_dns_udp_batch_size",
+                    "Datagrams taken by one UDP receive call (up to 64); see dns.udp_batch_wait",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?,
             truncated: IntCounter::new("padis_dns_truncated_total", "Answers truncated (TC bit) for UDP")?,
             transfers: IntCounterVec::new(
                 Opts::new("padis_dns_transfers_total", "Zone transfers served, by zone and kind"),
@@ -108,6 +117,7 @@ impl Metrics {
         };
         reg.register(Box::new(m.queries.clone()))?;
         reg.register(Box::new(m.latency.clone()))?;
+        reg.register(Box::new(m.udp_batch.clone()))?;
         reg.register(Box::new(m.truncated.clone()))?;
         reg.register(Box::new(m.transfers.clone()))?;
         reg.register(Box::new(m.updates.clone()))?;

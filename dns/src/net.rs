@@ -74,14 +74,80 @@ pub fn bind(addr: SocketAddr, count: usize) -> Result<Bound, DnsError> {
     Err(DnsError::Bind { addr, source: last.unwrap_or_else(|| std::io::Error::other("no free port")) })
 }
 
-/// Runs a UDP worker until `stop` is set: receives a batch, answers each datagram, sends the answers as a batch.
-pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
+/// A receive that took fewer datagrams than this does not start a coalescing wait: the load is light and an
+/// answer's latency matters more than the CPU a system call and a wake-up cost.
+const COALESCE_MIN: usize = 4;
+/// The batch a coalescing wait aims at (half of [`crate::mmsg::BATCH`]: a full batch would leave no room for
+/// the queries that arrive while it is answered).
+const COALESCE_TARGET: usize = 32;
+/// Receives without a wait after a wait that did not bring a larger batch.
+const COALESCE_HOLDOFF: u32 = 64;
+
+/// Receive coalescing of a UDP worker, as NIC interrupt moderation: under load (the last receive found `n` >=
+/// [`COALESCE_MIN`] queries queued, fewer than [`COALESCE_TARGET`]) the worker lets its socket queue fill
+/// before the next receive, for the time the arrival rate seen since the previous receive needs to bring
+/// [`COALESCE_TARGET`] queries, at most `max`. Each system call, and each wake-up of the worker and of the
+/// clients it answers, then carries several times more queries. Light load (small batches) and a worker that is
+/// behind (large batches) never wait, and neither does one whose clients wait for their answers before asking
+/// again (a wait that did not bring a larger batch stops waits for the next [`COALESCE_HOLDOFF`] receives).
+pub struct Coalescer {
+    max: Duration,
+    last_receive: Option<Instant>,
+    /// The batch size that led to the last wait, while the receive after it is pending.
+    waited_after: Option<usize>,
+    holdoff: u32,
+}
+
+impl Coalescer {
+    /// Waits of at most `max` (zero: never).
+    pub fn new(max: Duration) -> Coalescer {
+        Coalescer { max, last_receive: None, waited_after: None, holdoff: 0 }
+    }
+
+    /// How long to wait before the next receive, given that the one at `at` took `n` datagrams.
+    pub fn after_receive(&mut self, n: usize, at: Instant) -> Duration {
+        let cycle = self.last_receive.map(|t| at.saturating_duration_since(t));
+        self.last_receive = Some(at);
+        if let Some(before) = self.waited_after.take() {
+            if n <= before {
+                self.holdoff = COALESCE_HOLDOFF;
+            }
+        }
+        if self.holdoff > 0 {
+            self.holdoff -= 1;
+            return Duration::ZERO;
+        }
+        let Some(cycle) = cycle else { return Duration::ZERO };
+        if self.max.is_zero() || !(COALESCE_MIN..COALESCE_TARGET).contains(&n) {
+            return Duration::ZERO;
+        }
+        let wait = (cycle * (COALESCE_TARGET - n) as u32 / n as u32).min(self.max);
+        if !wait.is_zero() {
+            self.waited_after = Some(n);
+        }
+        wait
+    }
+}
+
+/// Runs a UDP worker until `stop` is set: receives a batch, answers each datagram, sends the answers as a batch;
+/// under load, waits up to `batch_wait` before the next receive (see [`Coalescer`]).
+pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>, batch_wait: Duration) {
     let mut batch = crate::mmsg::RecvBatch::new();
     let mut replies = crate::mmsg::SendBatch::new();
     let mut w = Worker::new(&handler.metrics);
+    if !batch_wait.is_zero() {
+        // Sleeps of tens of microseconds: the default 50 us timer slack would more than double them.
+        let slack = (batch_wait.as_nanos() / 10).max(1_000) as libc::c_ulong;
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects the calling thread only.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    }
+    let mut coalescer = Coalescer::new(batch_wait);
     while !stop.load(Ordering::Relaxed) {
-        match batch.recv(&sock) {
-            Ok(_) => {}
+        let n = match batch.recv(&sock) {
+            Ok(n) => {
+                w.received(n);
+                n
+            }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 w.flush();
                 continue;
@@ -90,7 +156,7 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
-        }
+        };
         // One zone-set load and one clock read per batch; each answer's latency counts from the batch's receipt.
         let mut set = handler.zones.load();
         let received = Instant::now();
@@ -122,6 +188,10 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>)
         drop(set);
         replies.flush(&sock);
         w.end_batch();
+        let wait = coalescer.after_receive(n, received);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
     }
     w.flush();
 }
@@ -219,4 +289,62 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handle
         }
     }
     w.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_micros(100);
+    const US: Duration = Duration::from_micros(1);
+
+    /// Feeds receives of `sizes`, `gap` apart, and returns the waits decided after each.
+    fn waits(c: &mut Coalescer, t: &mut Instant, gap: Duration, sizes: &[usize]) -> Vec<Duration> {
+        sizes
+            .iter()
+            .map(|&n| {
+                *t += gap;
+                let w = c.after_receive(n, *t);
+                *t += w;
+                w
+            })
+            .collect()
+    }
+
+    #[test]
+    fn light_load_and_a_worker_behind_never_wait() {
+        let mut c = Coalescer::new(MAX);
+        let mut t = Instant::now();
+        let w = waits(&mut c, &mut t, 50 * US, &[1, 1, 2, 3, 1, 32, 40, 64, 64, 3]);
+        assert!(w.iter().all(|w| w.is_zero()), "{w:?}");
+    }
+
+    #[test]
+    fn under_load_the_wait_is_what_the_arrival_rate_needs_for_a_target_batch_capped() {
+        let mut c = Coalescer::new(MAX);
+        let mut t = Instant::now();
+        // The first receive has no rate to go by.
+        assert_eq!(waits(&mut c, &mut t, 20 * US, &[8]), [Duration::ZERO]);
+        // 8 queries over 20 us (one per 2.5 us): 24 more need 60 us.
+        assert_eq!(waits(&mut c, &mut t, 20 * US, &[8]), [60 * US]);
+        // The wait brought 24 over 60 + 40 us: 8 more need 33.3 us.
+        assert_eq!(waits(&mut c, &mut t, 40 * US, &[24]), [Duration::from_nanos(33_333)]);
+        // 4 over 200 us would need 1.4 ms: capped.
+        let mut c = Coalescer::new(MAX);
+        assert_eq!(waits(&mut c, &mut t, 200 * US, &[4, 4]), [Duration::ZERO, MAX]);
+        let mut off = Coalescer::new(Duration::ZERO);
+        assert_eq!(waits(&mut off, &mut t, 20 * US, &[8, 8, 8]), [Duration::ZERO; 3], "off");
+    }
+
+    #[test]
+    fn a_wait_that_brings_no_larger_batch_stops_waits_for_a_while() {
+        // A client that sends 8 queries and waits for their answers: waiting only delays it.
+        let mut c = Coalescer::new(MAX);
+        let mut t = Instant::now();
+        let w = waits(&mut c, &mut t, 30 * US, &[8; 200]);
+        // Receive 2 waits, receive 3 brings no more: 64 receives without, then one more try, and so on.
+        let waited: Vec<usize> = (0..w.len()).filter(|&i| !w[i].is_zero()).collect();
+        let period = COALESCE_HOLDOFF as usize + 1;
+        assert_eq!(waited, [1, 1 + period, 1 + 2 * period, 1 + 3 * period], "{w:?}");
+    }
 }

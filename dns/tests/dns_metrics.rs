@@ -1,6 +1,7 @@
 //! Query metrics are batched per worker (counted in plain per-thread slots, published once per received batch):
 //! bursts of queries that arrive together, from two clients over two workers, across a zone change, must still
-//! be counted one by one by zone, type and rcode, and each must be one latency observation.
+//! be counted one by one by zone, type and rcode, and each must be one latency observation and one datagram of the
+//! receive-batch histogram.
 
 mod common;
 
@@ -88,10 +89,12 @@ fn burst(sock: &UdpSocket, server: SocketAddr, n: usize, expect: &mut BTreeMap<(
     }
 }
 
-fn counts(server: &Server) -> (BTreeMap<(String, String, String), u64>, u64) {
+/// Queries counted by labels, latency observations, and datagrams counted by the UDP receive-batch histogram.
+fn counts(server: &Server) -> (BTreeMap<(String, String, String), u64>, u64, u64) {
     let text = prometheus::TextEncoder::new().encode_to_string(&server.registry.gather()).unwrap();
     let mut out = BTreeMap::new();
     let mut observed = 0;
+    let mut received = 0;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("padis_dns_queries_total{") {
             let (labels, value) = rest.split_once("} ").unwrap();
@@ -102,9 +105,11 @@ fn counts(server: &Server) -> (BTreeMap<(String, String, String), u64>, u64) {
             out.insert((get("zone"), get("qtype"), get("rcode")), value.trim().parse().unwrap());
         } else if let Some(v) = line.strip_prefix("padis_dns_query_duration_seconds_count ") {
             observed = v.trim().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("padis_dns_udp_batch_size_sum ") {
+            received = v.trim().parse::<f64>().unwrap() as u64;
         }
     }
-    (out, observed)
+    (out, observed, received)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,14 +140,19 @@ async fn batched_counts_match_every_query() {
     let total: u64 = expect.values().sum();
     let key = ("svc.test.".to_string(), "A".to_string(), "NOERROR".to_string());
     eventually("every query counted", Duration::from_secs(20), || {
-        let (got, observed) = counts(&s);
+        let (got, observed, received) = counts(&s);
         let probes = got.get(&key).copied().unwrap_or(0).saturating_sub(expect[&key]);
         let others_match = expect.iter().filter(|(k, _)| **k != key).all(|(k, v)| got.get(k) == Some(v));
         let no_extra = got.keys().all(|k| expect.contains_key(k));
-        others_match && no_extra && got.get(&key).is_some_and(|v| *v >= expect[&key]) && observed == total + probes
+        // Every datagram went through a receive batch (the UDP queries are all the queries here).
+        others_match
+            && no_extra
+            && got.get(&key).is_some_and(|v| *v >= expect[&key])
+            && observed == total + probes
+            && received == total + probes
     })
     .await;
-    let (got, _) = counts(&s);
+    let (got, _, _) = counts(&s);
     for (k, v) in &expect {
         assert!(got.get(k).is_some_and(|g| g >= v), "{k:?}: expected {v}, got {:?}", got.get(k));
     }

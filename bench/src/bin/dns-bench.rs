@@ -6,6 +6,7 @@
 //!   worker) for a generated zone of `<services>` services (3 instances, one SRV port each); with `churn`, publishes
 //!   a new snapshot every 100 ms moving 5 instances to new addresses (10 A records: 100 record changes per second).
 //!   Prints `READY` when serving and, on SIGTERM, the server-side latency p99 and the number of snapshots.
+//!   `DNS_BENCH_BATCH_WAIT_US` sets `dns.udp_batch_wait` in microseconds (receive coalescing under load; 0: off).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -69,9 +70,21 @@ fn state(dir: &Path, port: u16, svcs: Vec<Arc<Service>>) -> DesiredState {
             update_key: None,
             serial_policy: None,
         }],
+        udp_batch_wait: batch_wait(),
         ..DnsConfig::default()
     };
     s
+}
+
+/// `dns.udp_batch_wait`: the default, or `DNS_BENCH_BATCH_WAIT_US` microseconds (`0` for the A/B of coalescing).
+fn batch_wait() -> Duration {
+    match std::env::var("DNS_BENCH_BATCH_WAIT_US") {
+        Ok(v) => Duration::from_micros(v.parse().unwrap_or_else(|e| {
+            eprintln!("dns-bench: DNS_BENCH_BATCH_WAIT_US={v}: {e}");
+            std::process::exit(2)
+        })),
+        Err(_) => DnsConfig::default().udp_batch_wait,
+    }
 }
 
 /// A snapshot of `svcs`; with `previous` (the state in force), validated the way the reconciler does: only
