@@ -1,5 +1,5 @@
-//! The few `bpf(2)` commands the generator and the sink need, on raw file descriptors: a per-CPU array, an XDP
-//! program from raw instructions, an XDP link, and `BPF_PROG_TEST_RUN` in live-frames mode.
+//! The few `bpf(2)` commands the loop program needs, on raw file descriptors: a per-CPU array of counters, a
+//! one-word control array, an XDP program from raw instructions, an XDP link.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,14 +8,14 @@ use crate::E2eError;
 
 const MAP_CREATE: i64 = 0;
 const MAP_LOOKUP_ELEM: i64 = 1;
+const MAP_UPDATE_ELEM: i64 = 2;
 const PROG_LOAD: i64 = 5;
-const PROG_TEST_RUN: i64 = 10;
 const LINK_CREATE: i64 = 28;
+const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const PROG_TYPE_XDP: u32 = 6;
 const ATTACH_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-const F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// `union bpf_attr`, as bytes (128 is more than every command here uses; the kernel wants the rest zeroed).
 struct Attr([u8; 128]);
@@ -57,7 +57,12 @@ pub struct Counters {
 impl Counters {
     /// Creates an array of `entries` per-CPU `u64`s.
     pub fn new(entries: u32) -> Result<Counters, E2eError> {
-        let fd = Attr::new().u32(0, MAP_TYPE_PERCPU_ARRAY).u32(4, 4).u32(8, 8).u32(12, entries).call_fd(MAP_CREATE, "map create")?;
+        let fd = Attr::new()
+            .u32(0, MAP_TYPE_PERCPU_ARRAY)
+            .u32(4, 4)
+            .u32(8, 8)
+            .u32(12, entries)
+            .call_fd(MAP_CREATE, "map create")?;
         Ok(Counters { fd, cpus: possible_cpus()? })
     }
 
@@ -75,6 +80,37 @@ impl Counters {
             .u64(16, values.as_mut_ptr() as u64)
             .call(MAP_LOOKUP_ELEM, "map lookup")?;
         Ok(values.iter().sum())
+    }
+}
+
+/// An array of one `u32` that the program reads directly (`BPF_PSEUDO_MAP_VALUE`) and userspace sets.
+pub struct Control {
+    fd: OwnedFd,
+}
+
+impl Control {
+    /// Creates the array, its word set to `value`.
+    pub fn new(value: u32) -> Result<Control, E2eError> {
+        let fd = Attr::new().u32(0, MAP_TYPE_ARRAY).u32(4, 4).u32(8, 4).u32(12, 1).call_fd(MAP_CREATE, "map create")?;
+        let c = Control { fd };
+        c.set(value)?;
+        Ok(c)
+    }
+
+    /// The map's descriptor, for `ld_imm64` map value references.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Sets the word.
+    pub fn set(&self, value: u32) -> Result<(), E2eError> {
+        let key = 0u32;
+        Attr::new()
+            .u32(0, self.fd.as_raw_fd() as u32)
+            .u64(8, &key as *const u32 as u64)
+            .u64(16, &value as *const u32 as u64)
+            .call(MAP_UPDATE_ELEM, "map update")?;
+        Ok(())
     }
 }
 
@@ -132,25 +168,5 @@ impl Program {
             .u32(8, ATTACH_XDP)
             .u32(12, XDP_FLAGS_DRV_MODE)
             .call_fd(LINK_CREATE, "xdp link create")
-    }
-
-    /// Runs the program `repeat` times on `frame` in live-frames mode as if received on `ifindex`: every
-    /// `XDP_TX` verdict transmits a real frame out of that interface. Frames go out in batches of `batch`.
-    pub fn run_live(&self, frame: &[u8], ifindex: u32, repeat: u32, batch: u32) -> Result<(), E2eError> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let mut ctx = [0u32; 6];
-        ctx[1] = frame.len() as u32;
-        ctx[3] = ifindex;
-        Attr::new()
-            .u32(0, self.fd.as_raw_fd() as u32)
-            .u32(8, frame.len() as u32)
-            .u64(16, frame.as_ptr() as u64)
-            .u32(32, repeat)
-            .u32(40, std::mem::size_of_val(&ctx) as u32)
-            .u64(48, ctx.as_ptr() as u64)
-            .u32(64, F_TEST_XDP_LIVE_FRAMES)
-            .u32(72, batch)
-            .call(PROG_TEST_RUN, "live-frames test run")?;
-        Ok(())
     }
 }

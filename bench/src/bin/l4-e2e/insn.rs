@@ -1,5 +1,4 @@
-//! eBPF instruction encoding (`struct bpf_insn` as one little-endian `u64`), just the forms the generator and the
-//! sink use.
+//! eBPF instruction encoding (`struct bpf_insn` as one little-endian `u64`), just the forms the loop program uses.
 
 /// r0: helper results, program verdict.
 pub const R0: u8 = 0;
@@ -11,16 +10,18 @@ pub const R2: u8 = 2;
 pub const R3: u8 = 3;
 /// r4: fourth argument.
 pub const R4: u8 = 4;
+/// r5: fifth argument.
+pub const R5: u8 = 5;
 /// r7: callee-saved.
 pub const R7: u8 = 7;
+/// r8: callee-saved.
+pub const R8: u8 = 8;
 /// r10: frame pointer (read-only).
 pub const R10: u8 = 10;
 
 /// Memory access sizes.
 #[derive(Clone, Copy)]
 pub enum Size {
-    /// 1 byte.
-    B = 0x10,
     /// 2 bytes.
     H = 0x08,
     /// 4 bytes.
@@ -30,7 +31,11 @@ pub enum Size {
 }
 
 fn raw(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    u64::from(code) | u64::from(dst & 0xf) << 8 | u64::from(src & 0xf) << 12 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+    u64::from(code)
+        | u64::from(dst & 0xf) << 8
+        | u64::from(src & 0xf) << 12
+        | u64::from(off as u16) << 16
+        | u64::from(imm as u32) << 32
 }
 
 /// `dst = *(size *)(src + off)`
@@ -93,6 +98,16 @@ pub fn jeq_imm(dst: u8, imm: i32, off: i16) -> u64 {
     raw(0x15, dst, 0, off, imm)
 }
 
+/// `if (u32)dst != imm goto +off` (32-bit compare: `imm` is not sign-extended).
+pub fn jne32_imm(dst: u8, imm: u32, off: i16) -> u64 {
+    raw(0x56, dst, 0, off, imm as i32)
+}
+
+/// `goto +off`
+pub fn ja(off: i16) -> u64 {
+    raw(0x05, 0, 0, off, 0)
+}
+
 /// Helper call.
 pub fn call(helper: i32) -> u64 {
     raw(0x85, 0, 0, 0, helper)
@@ -106,4 +121,9 @@ pub fn exit() -> u64 {
 /// `dst = map` (two instruction slots; `src = BPF_PSEUDO_MAP_FD`).
 pub fn ld_map_fd(dst: u8, fd: i32) -> [u64; 2] {
     [raw(0x18, dst, 1, 0, fd), 0]
+}
+
+/// `dst = &map.value[0] + off` for a plain array map (two instruction slots; `src = BPF_PSEUDO_MAP_VALUE`).
+pub fn ld_map_value(dst: u8, fd: i32, off: i32) -> [u64; 2] {
+    [raw(0x18, dst, 2, 0, fd), raw(0, 0, 0, 0, off)]
 }

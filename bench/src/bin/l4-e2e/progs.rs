@@ -1,16 +1,19 @@
-//! The generator's frame and XDP program, and the backends' counting sink, as raw eBPF instructions.
+//! The request frame, and the XDP program on the generator's interface that closes the loop, as raw eBPF
+//! instructions.
 //!
-//! Generator: live-frames test runs re-use page-pool pages whose data a receiver may have rewritten (Padis swaps
-//! the MACs, nftables rewrites the destination and the TTL), so the program writes the whole 42-byte header on
-//! every run, then picks a flow: `f = prandom() & (flows - 1)`, source address low 16 bits = `f & 0xffff`,
+//! Loop program (on the generator's interface, where the forwarder's output arrives): every frame is counted by
+//! its destination MAC in a per-CPU array (entry `i` for backend `i`, the last entry for anything else: another
+//! MAC, or too short to be a request). A backend's frame is then, while the control word is 1, rewritten into a
+//! new request and sent back to the forwarder (see [`Resend`]): the whole 42-byte header is written from the
+//! template (destination MAC back to the forwarder's, destination address back to the VIP after DNAT, TTL back
+//! to 64), then a new flow is drawn: `f = prandom() & (flows - 1)`, source address low 16 bits = `f & 0xffff`,
 //! source port = `1024 + (f >> 16)`. The IPv4 identification is set to `0xffff - (f & 0xffff)`, which keeps the
 //! one's-complement sum of the header, so the precomputed header checksum stays right. UDP checksum 0 (none).
-//!
-//! Sink: counts every frame by the last byte of its destination MAC in a per-CPU array and drops it.
+//! Other frames, and every frame once the control word is 0 (the drain at the end), are dropped.
 
 use std::net::Ipv4Addr;
 
-use crate::insn::{self, Size, R0, R1, R2, R3, R4, R7, R10};
+use crate::insn::{self, Size, R0, R1, R10, R2, R3, R4, R5, R7, R8};
 
 /// Frame length: Ethernet + IPv4 + UDP headers (42 bytes) and 22 bytes of payload, the 64-byte minimum frame.
 pub const FRAME_LEN: usize = 64;
@@ -72,18 +75,10 @@ pub fn frame(spec: &FlowSpec) -> [u8; FRAME_LEN] {
     f
 }
 
-/// The generator program for `spec` (see the module docs); returns `XDP_TX`.
-pub fn generator(spec: &FlowSpec) -> Vec<u64> {
+/// Writes the template header over the frame at `R7` (bounds already checked) and draws a new flow (see the
+/// module docs). Clobbers r0-r5.
+fn rewrite(p: &mut Vec<u64>, spec: &FlowSpec) {
     let tmpl = frame(spec);
-    let mut p = vec![
-        insn::ldx(Size::W, R2, R1, 0), // data
-        insn::ldx(Size::W, R3, R1, 4), // data_end
-        insn::mov(R7, R2),
-        insn::mov(R4, R2),
-        insn::add_imm(R4, HDR_LEN as i32),
-    ];
-    let bounds_check = p.len();
-    p.push(0); // patched below: if data + 42 > data_end goto out
     for off in (0..HDR_LEN - 2).step_by(4) {
         let w = u32::from_le_bytes([tmpl[off], tmpl[off + 1], tmpl[off + 2], tmpl[off + 3]]);
         p.push(insn::st(Size::W, R7, off as i16, w as i32));
@@ -105,33 +100,87 @@ pub fn generator(spec: &FlowSpec) -> Vec<u64> {
         insn::add_imm(R0, i32::from(FIRST_PORT)),
         insn::be16(R0),
         insn::stx(Size::H, R7, 34, R0), // source port
-        insn::mov_imm(R0, 3),           // XDP_TX
-        insn::exit(),
     ]);
-    p[bounds_check] = insn::jgt(R4, R3, (p.len() - bounds_check - 1) as i16);
-    p.extend([insn::mov_imm(R0, 0), insn::exit()]); // XDP_ABORTED
-    p
 }
 
-/// The sink program: `counters[dst_mac[5]] += 1`, `XDP_DROP`. `counters` is a per-CPU array of 256 `u64`.
-pub fn sink(counters_fd: i32) -> Vec<u64> {
+/// How the loop program sends a request back out of its interface.
+#[derive(Clone, Copy)]
+pub enum Resend {
+    /// `XDP_TX`: the cheapest, but veth wakes the peer's NAPI after an `XDP_TX` only if the peer runs an XDP
+    /// program (use it when the forwarder is an XDP program).
+    XdpTx,
+    /// `bpf_redirect` to the interface itself (veth's `ndo_xdp_xmit`, which always wakes the peer's NAPI): for a
+    /// forwarder without XDP (the kernel stack). Holds the interface's index.
+    Redirect(u32),
+}
+
+/// The loop program (see the module docs). `counters` is a per-CPU array of `backends.len() + 1` `u64`s;
+/// `control` a plain array of one `u32`: 1 = send requests back, 0 = count and drop.
+pub fn loop_program(
+    spec: &FlowSpec,
+    resend: Resend,
+    backends: &[[u8; 6]],
+    counters_fd: i32,
+    control_fd: i32,
+) -> Vec<u64> {
+    let other = backends.len() as i32;
     let mut p = vec![
-        insn::ldx(Size::W, R2, R1, 0),
-        insn::ldx(Size::W, R3, R1, 4),
+        insn::ldx(Size::W, R2, R1, 0), // data
+        insn::ldx(Size::W, R3, R1, 4), // data_end
+        insn::mov(R7, R2),
+        insn::mov_imm(R8, other),
         insn::mov(R4, R2),
-        insn::add_imm(R4, 14),
+        insn::add_imm(R4, HDR_LEN as i32),
     ];
-    let bounds_check = p.len();
-    p.push(0);
-    p.extend([insn::ldx(Size::B, R4, R2, 5), insn::stx(Size::W, R10, -4, R4), insn::mov(R2, R10), insn::add_imm(R2, -4)]);
+    let mut to_count = vec![p.len()];
+    p.push(0); // if data + 42 > data_end goto count (as other)
+    p.extend([insn::ldx(Size::W, R4, R7, 0), insn::ldx(Size::H, R5, R7, 4)]);
+    for (i, m) in backends.iter().enumerate() {
+        let w = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+        let h = u32::from(u16::from_le_bytes([m[4], m[5]]));
+        p.extend([insn::jne32_imm(R4, w, 3), insn::jne32_imm(R5, h, 2), insn::mov_imm(R8, i as i32)]);
+        to_count.push(p.len());
+        p.push(0); // goto count
+    }
+    let count = p.len();
+    p[to_count[0]] = insn::jgt(R4, R3, (count - to_count[0] - 1) as i16);
+    for &j in &to_count[1..] {
+        p[j] = insn::ja((count - j - 1) as i16);
+    }
+    p.extend([insn::stx(Size::W, R10, -4, R8), insn::mov(R2, R10), insn::add_imm(R2, -4)]);
     p.extend(insn::ld_map_fd(R1, counters_fd));
     p.push(insn::call(1)); // bpf_map_lookup_elem
     p.push(insn::jeq_imm(R0, 0, 3));
     p.extend([insn::ldx(Size::Dw, R1, R0, 0), insn::add_imm(R1, 1), insn::stx(Size::Dw, R0, 0, R1)]);
+    let mut to_drop = vec![p.len()];
+    p.push(0); // if other goto drop
+    p.extend(insn::ld_map_value(R1, control_fd, 0));
+    p.push(insn::ldx(Size::W, R1, R1, 0));
+    to_drop.push(p.len());
+    p.push(0); // if control == 0 goto drop
+    rewrite(&mut p, spec);
+    match resend {
+        Resend::XdpTx => p.extend([insn::mov_imm(R0, 3), insn::exit()]), // XDP_TX
+        Resend::Redirect(ifindex) => {
+            // bpf_redirect(ifindex, 0): XDP_REDIRECT
+            p.extend([insn::mov_imm(R1, ifindex as i32), insn::mov_imm(R2, 0), insn::call(23), insn::exit()])
+        }
+    }
     let drop = p.len();
-    p[bounds_check] = insn::jgt(R4, R3, (drop - bounds_check - 1) as i16);
+    p[to_drop[0]] = insn::jeq_imm(R8, other, (drop - to_drop[0] - 1) as i16);
+    p[to_drop[1]] = insn::jeq_imm(R1, 0, (drop - to_drop[1] - 1) as i16);
     p.extend([insn::mov_imm(R0, 1), insn::exit()]); // XDP_DROP
     p
+}
+
+/// A request for flow `f` (see the module docs), as the loop program would write it.
+pub fn request(tmpl: &[u8; FRAME_LEN], f: u32) -> [u8; FRAME_LEN] {
+    let mut r = *tmpl;
+    let low = (f & 0xffff) as u16;
+    r[28..30].copy_from_slice(&low.to_be_bytes());
+    r[18..20].copy_from_slice(&(0xffff - low).to_be_bytes());
+    r[34..36].copy_from_slice(&(FIRST_PORT + (f >> 16) as u16).to_be_bytes());
+    r
 }
 
 #[cfg(test)]
@@ -150,12 +199,33 @@ mod tests {
     }
 
     #[test]
-    fn varied_fields_keep_the_header_checksum() {
-        let mut f = frame(&spec());
-        for v in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
-            f[28..30].copy_from_slice(&v.to_be_bytes());
-            f[18..20].copy_from_slice(&(0xffff - v).to_be_bytes());
-            assert_eq!(checksum(&f[14..34]), 0, "flow low bits {v:#x}");
+    fn requests_keep_the_header_checksum() {
+        let tmpl = frame(&spec());
+        assert_eq!(checksum(&tmpl[14..34]), 0);
+        for f in [0u32, 1, 0x1234, 0xfffe, 0xffff, 0x12_3456, MAX_FLOWS - 1] {
+            let r = request(&tmpl, f);
+            assert_eq!(checksum(&r[14..34]), 0, "flow {f:#x}");
+            assert_eq!(u16::from_be_bytes([r[28], r[29]]), (f & 0xffff) as u16);
+            assert_eq!(u16::from_be_bytes([r[34], r[35]]), FIRST_PORT + (f >> 16) as u16);
+        }
+    }
+
+    #[test]
+    fn loop_program_jumps_stay_inside() {
+        let backends = [[2, 0, 0, 0, 0, 0x10], [2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 0, 0x12]];
+        for resend in [Resend::XdpTx, Resend::Redirect(2)] {
+            let p = loop_program(&spec(), resend, &backends, 3, 4);
+            for (i, &ins) in p.iter().enumerate() {
+                let code = ins as u8;
+                if code & 0x07 == 0x05 || code & 0x07 == 0x06 {
+                    if code == 0x85 || code == 0x95 {
+                        continue;
+                    }
+                    let off = i64::from((ins >> 16) as u16 as i16);
+                    let target = i as i64 + 1 + off;
+                    assert!(target > i as i64 && (target as usize) < p.len(), "insn {i}: {ins:#x}");
+                }
+            }
         }
     }
 }
