@@ -31,10 +31,20 @@ enum Mode {
     H2,
 }
 
-/// Decrements the listener's connection count when the connection ends.
-struct ActiveGuard {
+/// Counts an open client connection (the listener's count for `max_connections` and the
+/// `padis_active_connections` gauge) until dropped.
+pub(crate) struct ActiveGuard {
     count: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
+}
+
+impl ActiveGuard {
+    /// Counts a connection of `listener`, whose count `count` the accept loop already raised.
+    pub fn new(plane: &PlaneShared, listener: &str, count: Arc<AtomicUsize>) -> ActiveGuard {
+        let gauge = plane.metrics.active_connections.with_label_values(&[listener]);
+        gauge.inc();
+        ActiveGuard { count, gauge }
+    }
 }
 
 impl Drop for ActiveGuard {
@@ -55,9 +65,7 @@ pub(crate) struct Accepted {
 
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
 pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: CancellationToken, hard: CancellationToken) {
-    let gauge = plane.metrics.active_connections.with_label_values(&[&*a.listener]);
-    gauge.inc();
-    let _guard = ActiveGuard { count: a.count.clone(), gauge };
+    let _guard = ActiveGuard::new(&plane, &a.listener, a.count.clone());
     let _ = a.stream.set_nodelay(true);
     let (limits, tls) = {
         let rt = plane.runtime.load();
@@ -104,6 +112,26 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
             serve_http(plane, stream, mode, true, a.peer, a.local, a.listener, limits, stop, hard).await
         }
     }
+}
+
+/// Serves a plaintext connection the fast path hands over, with the bytes it had read (`prefix`): the hyper path
+/// takes it from there, HTTP/1.1 or h2c, until it ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_handoff(
+    plane: Arc<PlaneShared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<str>,
+    guard: ActiveGuard,
+    prefix: Vec<u8>,
+    stop: CancellationToken,
+) {
+    let _guard = guard;
+    let limits = plane.runtime.load().limits.clone();
+    let hard = plane.hard.clone();
+    let io = crate::io::Rewind::new(prefix, stream);
+    serve_http(plane, io, Mode::Auto, false, peer, local, listener, limits, stop, hard).await
 }
 
 #[allow(clippy::too_many_arguments)]

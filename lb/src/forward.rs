@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::LengthLimitError;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
@@ -45,8 +45,9 @@ fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Re
     r
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+/// Whether a request with this method may be sent again (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -154,7 +155,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         }
     }
     headers::add_forwarded(&mut parts.headers, &ctx.id);
-    let retryable = is_idempotent(&parts.method);
+    let retryable = idempotent(parts.method.as_str());
 
     // A connection first, then the request: a connect failure leaves the request untouched for the next backend.
     let select = SelectCtx { client_ip: ctx.peer.ip().to_canonical(), headers: &parts.headers };

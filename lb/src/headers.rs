@@ -75,40 +75,80 @@ impl ClientId {
     }
 }
 
-fn append_value(headers: &mut HeaderMap, name: &HeaderName, parts: &[&str]) {
-    let prev = headers.get(name).and_then(|v| v.to_str().ok());
-    let len = prev.map(|p| p.len() + 2).unwrap_or(0) + parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut buf = String::with_capacity(len);
-    if let Some(p) = prev {
-        buf.push_str(p);
-        buf.push_str(", ");
+/// Whether a header value is what `HeaderValue::to_str` accepts (visible ASCII and tab): only such a previous
+/// `X-Forwarded-For`/`Forwarded` value is kept when the proxy appends its own element.
+fn visible(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (32..127).contains(&b))
+}
+
+/// How a Host header value goes into `Forwarded`'s `host=` (RFC 7239 §5.3): as received, port included, as a
+/// token (`false`) or quoted (`true`: a port's `:`, an IPv6 literal); `None` (left out) when it is empty or not a
+/// plain authority.
+pub(crate) fn forwarded_host(h: &str) -> Option<(&str, bool)> {
+    let authority = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']');
+    if h.is_empty() || !h.bytes().all(authority) {
+        return None;
     }
-    for p in parts {
-        buf.push_str(p);
-    }
-    if let Ok(v) = HeaderValue::try_from(buf) {
+    Some((h, !h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))))
+}
+
+/// Appends `, ` after a kept previous value.
+fn previous(prev: Option<&[u8]>) -> impl Iterator<Item = &[u8]> {
+    prev.filter(|p| visible(p)).into_iter().flat_map(|p| [p, b", ".as_slice()])
+}
+
+/// The `Forwarded` element of this client for a request whose Host is `host`, after the previous value.
+fn forwarded_parts<'a>(id: &'a ClientId, prev: Option<&'a [u8]>, host: Option<(&'a str, bool)>) -> impl Iterator<Item = &'a [u8]> {
+    let host: [&[u8]; 3] = match host {
+        Some((h, false)) => [b";host=", h.as_bytes(), b""],
+        Some((h, true)) => [b";host=\"", h.as_bytes(), b"\""],
+        None => [b"", b"", b""],
+    };
+    previous(prev).chain(std::iter::once(id.forwarded.as_bytes())).chain(host)
+}
+
+/// Writes the forwarding headers of a request sent over HTTP/1.1 into `out` (lowercase names, CRLF after each),
+/// with the same values [`add_forwarded`] gives: `prev_xff`/`prev_fwd` are the first `X-Forwarded-For` and
+/// `Forwarded` values the client sent, `host` the request's Host as [`forwarded_host`] reads it.
+pub(crate) fn write_forwarded(
+    out: &mut Vec<u8>,
+    id: &ClientId,
+    prev_xff: Option<&[u8]>,
+    prev_fwd: Option<&[u8]>,
+    host: Option<(&str, bool)>,
+) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    previous(prev_xff).for_each(|p| out.extend_from_slice(p));
+    out.extend_from_slice(id.xff.as_bytes());
+    out.extend_from_slice(if id.https { b"\r\nx-forwarded-proto: https\r\n" } else { b"\r\nx-forwarded-proto: http\r\n" });
+    out.extend_from_slice(b"x-forwarded-port: ");
+    out.extend_from_slice(id.port.as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: ");
+    forwarded_parts(id, prev_fwd, host).for_each(|p| out.extend_from_slice(p));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name`'s first value with this proxy's element appended, as a new single value.
+fn append_value<'a>(headers: &mut HeaderMap, name: &HeaderName, parts: impl Iterator<Item = &'a [u8]>) {
+    let value: Vec<u8> = parts.flat_map(|p| p.iter().copied()).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(name.clone(), v);
     }
 }
 
 /// Adds the forwarding headers (`X-Forwarded-For` and `Forwarded` appended, `X-Forwarded-Proto`/`-Port` set).
-/// `Forwarded`'s `host=` is the request's Host header as received, port included (RFC 7239 §5.3), quoted when
-/// it is not a token (a port's `:`, an IPv6 literal); left out when the Host is absent or not a plain authority.
+/// `Forwarded`'s `host=` is the request's Host header as received (see [`forwarded_host`]).
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, id: &ClientId) {
-    append_value(headers, &X_FORWARDED_FOR, &[&id.xff]);
+    // Values are cheap clones (shared bytes) taken before the map changes.
+    let prev_xff = headers.get(&X_FORWARDED_FOR).cloned();
+    append_value(headers, &X_FORWARDED_FOR, previous(prev_xff.as_ref().map(HeaderValue::as_bytes)).chain([id.xff.as_bytes()]));
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if id.https { "https" } else { "http" }));
     headers.insert(X_FORWARDED_PORT.clone(), id.port.clone());
     let host = headers.get(header::HOST).cloned();
-    let host = host.as_ref().and_then(|v| v.to_str().ok()).filter(|h| {
-        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
-    });
-    match host {
-        Some(h) if h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) => {
-            append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=", h])
-        }
-        Some(h) => append_value(headers, &header::FORWARDED, &[&id.forwarded, ";host=\"", h, "\""]),
-        None => append_value(headers, &header::FORWARDED, &[&id.forwarded]),
-    }
+    let prev_fwd = headers.get(header::FORWARDED).cloned();
+    let host = host.as_ref().and_then(|v| v.to_str().ok()).and_then(forwarded_host);
+    let parts = forwarded_parts(id, prev_fwd.as_ref().map(HeaderValue::as_bytes), host);
+    append_value(headers, &header::FORWARDED, parts);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod body;
 mod conn;
 mod error;
+mod fast;
 mod forward;
 mod headers;
 mod io;

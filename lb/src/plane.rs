@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::L7Error;
+use crate::fast::FastLoops;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -47,6 +48,8 @@ struct Running {
 
 struct Follower {
     shared: Arc<PlaneShared>,
+    /// The HTTP/1.1 fast path's loops (none if they could not start: the hyper path serves everything).
+    fast: Option<FastLoops>,
     health: HealthRegistry,
     resumption: Resumption,
     listeners: HashMap<String, Running>,
@@ -79,8 +82,12 @@ impl L7Plane {
             tasks: tracker.clone(),
             hard: hard.clone(),
         });
+        let fast = FastLoops::start(&shared, &shutdown)
+            .inspect_err(|e| tracing::error!(error = %e, "HTTP/1.1 fast path not started; the hyper path serves all"))
+            .ok();
         let mut f = Follower {
             shared,
+            fast,
             health,
             resumption,
             listeners: HashMap::new(),
@@ -136,6 +143,7 @@ impl Follower {
             stop.clone(),
             self.hard.clone(),
             self.tracker.clone(),
+            self.fast.clone(),
         ));
         self.listeners.insert(name.to_string(), Running { configured, stop });
     }

@@ -1,7 +1,7 @@
 //! What one snapshot compiles to for the hot path: per-listener route tables and TLS configs, the group
 //! balancers (from `padis-balance`) and backend clients. Built off the hot path, swapped atomically.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,6 +24,8 @@ pub(crate) struct ListenerRt {
     pub tls_required: bool,
     /// Its TLS config (absent if it could not be built: connections are then refused).
     pub tls: Option<Arc<ServerConfig>>,
+    /// Plaintext connections start on the HTTP/1.1 fast path.
+    pub fast_path: bool,
 }
 
 /// The compiled form of one snapshot.
@@ -38,6 +40,9 @@ pub(crate) struct Runtime {
     pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     /// Metric label of each backend address.
     pub backend_labels: HashMap<SocketAddr, Arc<str>>,
+    /// Backends some group still sends new requests to (weight > 0, not draining): idle connections to others
+    /// are closed.
+    pub accepting: HashSet<SocketAddr>,
     keys: HashMap<String, (Arc<CertMaterial>, Arc<CertifiedKey>)>,
 }
 
@@ -94,15 +99,20 @@ impl Runtime {
                     routes: RouteTable::build(&l.name, &state.routes, metrics),
                     tls_required: l.tls.is_some(),
                     tls,
+                    fast_path: l.tls.is_none() && l.fast_path,
                 },
             );
         }
         let balancers = Balancers::build(snap, health, prev.map(|p| &p.balancers));
         let upstreams = upstream::build_all(&state.groups, prev.map(|p| &p.upstreams));
         let mut backend_labels = HashMap::new();
+        let mut accepting = HashSet::new();
         for g in &state.groups {
             for b in &g.backends {
                 backend_labels.entry(b.addr).or_insert_with(|| Arc::<str>::from(b.addr.to_string()));
+                if b.accepts_new() {
+                    accepting.insert(b.addr);
+                }
             }
         }
         if prev.is_some() {
@@ -117,6 +127,7 @@ impl Runtime {
             balancers,
             upstreams,
             backend_labels,
+            accepting,
             keys,
         }
     }

@@ -29,7 +29,9 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Idle backend connections are cached per runtime worker (one fast-path loop each, as nginx keeps one
+/// keep-alive cache per worker process): on a one-worker runtime every client connection shares them.
+#[tokio::test(flavor = "current_thread")]
 async fn backend_connections_reused_within_and_across_clients() {
     let dir = temp_dir();
     let b = Backend::start("a").await;
@@ -50,6 +52,25 @@ async fn backend_connections_reused_within_and_across_clients() {
     }
     assert_eq!(b.connections(), 1, "the next client connection reuses the idle backend connection");
     assert_eq!(b.hits(), 40);
+    p.stop().await;
+}
+
+/// With two workers, client connections one after the other land on either loop: each loop reuses its own idle
+/// backend connection, so there are at most two however many clients come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_cached_per_worker() {
+    let dir = temp_dir();
+    let b = Backend::start("a").await;
+    let p = Proxy::start(&cfg("", &b.addr.to_string()), dir.path()).await;
+    let web = p.addr("web");
+    for _ in 0..6 {
+        let mut c = H1Conn::connect(web).await;
+        for _ in 0..5 {
+            assert_eq!(c.get("x", "/w").await.expect("request").status, 200);
+        }
+    }
+    assert!(b.connections() <= 2, "backend connections: {}", b.connections());
+    assert_eq!(b.hits(), 30);
     p.stop().await;
 }
 

@@ -222,7 +222,7 @@ pub fn dns_name_ok(name: &str) -> bool {
 fn base64_ok(s: &str) -> bool {
     let t = s.trim();
     !t.is_empty()
-        && t.len() % 4 == 0
+        && t.len().is_multiple_of(4)
         && t.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         && t.len() - t.trim_end_matches('=').len() <= 2
 }
