@@ -120,10 +120,10 @@ impl DnsPlane {
         let mut threads = Vec::new();
         for b in bound {
             for (i, sock) in b.udp.into_iter().enumerate() {
-                let (h, s) = (handler.clone(), stop.clone());
+                let (h, s, wait) = (handler.clone(), stop.clone(), cfg.udp_batch_wait);
                 let t = std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || net::udp_worker(sock, h, s))
+                    .spawn(move || net::udp_worker(sock, h, s, wait))
                     .map_err(|e| DnsError::Bind { addr: b.addr, source: e })?;
                 threads.push(t);
             }
