@@ -15,6 +15,7 @@
 //! (`conn::serve_handoff`), which answers as it answers every other connection. Routing, balancing, health
 //! reports, retries on connect failure, timeouts, limits, metrics and the access log are the same as there.
 
+mod batch;
 mod chunked;
 mod request;
 mod response;
@@ -22,7 +23,7 @@ mod response;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,6 +181,17 @@ struct Out {
 impl Out {
     fn pending(&self) -> usize {
         self.data.len() - self.pos
+    }
+
+    /// Takes the result of a send of the pending bytes (bytes sent, or a negative errno), writing on if it was
+    /// cut short; `Ok(true)` when everything went out.
+    fn sent(&mut self, result: i32, sock: &mut mio::net::TcpStream) -> io::Result<bool> {
+        match result {
+            n if n >= 0 => self.pos += n as usize,
+            e if -e == libc::EAGAIN || -e == libc::EINTR => return Ok(false),
+            e => return Err(io::Error::from_raw_os_error(-e)),
+        }
+        self.flush(sock)
     }
 
     /// Writes what it can; `Ok(true)` when everything went out.
@@ -374,6 +386,11 @@ struct Loop {
     /// The runtime the idle cache was last checked against (see `sweep`).
     runtime_seen: usize,
     no_headers: HeaderMap,
+    /// The turn's sends (see [`batch`]), and buffers reused for them.
+    sender: batch::Sender,
+    sends: Vec<Token>,
+    send_items: Vec<batch::Item>,
+    send_results: Vec<i32>,
 }
 
 impl Loop {
@@ -395,6 +412,10 @@ impl Loop {
             hard,
             runtime_seen: 0,
             no_headers: HeaderMap::new(),
+            sender: batch::Sender::new(),
+            sends: Vec::new(),
+            send_items: Vec::new(),
+            send_results: Vec::new(),
         })
     }
 
@@ -535,16 +556,39 @@ impl Loop {
         }
     }
 
-    /// Sends the buffered output of every connection that has some, and acts on what that unblocked.
+    /// Sends the buffered output of every connection that has some — one system call for all of them (see
+    /// [`batch`]) —, and acts on what that unblocked.
     fn flush(&mut self) {
         while !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
+            let mut sends = std::mem::take(&mut self.sends);
+            sends.clear();
+            let mut items = std::mem::take(&mut self.send_items);
+            items.clear();
             for t in dirty {
                 let (key, gen, backend) = untoken(t);
-                if backend {
+                let out = if backend {
                     let Some(b) = self.backends.get_mut(key).filter(|b| b.gen == gen) else { continue };
                     b.dirty = false;
-                    match b.out.flush(&mut b.sock) {
+                    (b.sock.as_raw_fd(), &b.out)
+                } else {
+                    let Some(c) = self.clients.get_mut(key).filter(|c| c.gen == gen) else { continue };
+                    c.dirty = false;
+                    (c.sock.as_raw_fd(), &c.out)
+                };
+                let (fd, out) = out;
+                let rest = &out.data[out.pos..];
+                items.push(batch::Item { fd, ptr: rest.as_ptr(), len: rest.len() });
+                sends.push(t);
+            }
+            let mut results = std::mem::take(&mut self.send_results);
+            // SAFETY: the buffers are the output `Vec`s of live connections, untouched until `send` returns.
+            unsafe { self.sender.send(&items, &mut results) };
+            for (&t, &r) in sends.iter().zip(&results) {
+                let (key, _, backend) = untoken(t);
+                if backend {
+                    let b = &mut self.backends[key];
+                    match b.out.sent(r, &mut b.sock) {
                         Ok(_) => {
                             if let Some(ck) = b.client {
                                 // Room again for the request body.
@@ -555,9 +599,8 @@ impl Loop {
                         Err(e) => self.backend_failed(key, &e),
                     }
                 } else {
-                    let Some(c) = self.clients.get_mut(key).filter(|c| c.gen == gen) else { continue };
-                    c.dirty = false;
-                    match c.out.flush(&mut c.sock) {
+                    let Some(c) = self.clients.get_mut(key) else { continue };
+                    match c.out.sent(r, &mut c.sock) {
                         Ok(all) => {
                             c.last_activity = Instant::now();
                             if all {
@@ -573,6 +616,10 @@ impl Loop {
                     }
                 }
             }
+            self.sends = sends;
+            items.clear();
+            self.send_items = items;
+            self.send_results = results;
         }
     }
 
