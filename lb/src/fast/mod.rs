@@ -147,8 +147,10 @@ impl Buf {
     }
 
     /// Reads from `sock` until it would block, the buffer is full (`max`) or the peer closed: whether it
-    /// closed (read 0), and whether the buffer filled up (more may be waiting).
-    fn fill(&mut self, sock: &mut mio::net::TcpStream, max: usize) -> io::Result<(bool, bool)> {
+    /// closed (read 0), and whether the buffer filled up (more may be waiting). A short read is taken as "nothing
+    /// more for now" (edge-triggered readiness reports what arrives later) unless `to_end`: the peer's close was
+    /// reported, and the read that sees it must be made (its edge is already consumed).
+    fn fill(&mut self, sock: &mut mio::net::TcpStream, max: usize, to_end: bool) -> io::Result<(bool, bool)> {
         loop {
             let space = self.space(max);
             let room = space.len();
@@ -159,7 +161,7 @@ impl Buf {
                 Ok(0) => return Ok((true, false)),
                 Ok(n) => {
                     self.end += n;
-                    if n < room {
+                    if n < room && !to_end {
                         return Ok((false, false));
                     }
                 }
@@ -274,6 +276,8 @@ struct Client {
     eof: bool,
     /// Reading stopped because the backend side is behind.
     read_paused: bool,
+    /// The client's close was reported: reads go on to the end.
+    peer_closed: bool,
     /// Close once the current response is out.
     close_after: bool,
     /// Hand over to the hyper path once the output is flushed.
@@ -310,6 +314,8 @@ struct Backend {
     read_paused: bool,
     /// The backend closed its side.
     eof: bool,
+    /// The backend's close was reported: reads go on to the end.
+    peer_closed: bool,
 }
 
 /// Token layout: bit 0 = backend, bits 1..32 = slab key, bits 32.. = generation.
@@ -332,6 +338,16 @@ fn local_reply(status: StatusCode, body: &str, close: bool, out: &mut Vec<u8>) {
     );
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(body.as_bytes());
+}
+
+/// What an epoll event reported.
+#[derive(Clone, Copy)]
+struct Ready {
+    readable: bool,
+    writable: bool,
+    error: bool,
+    /// The peer closed its side (the read that sees the end is still to be made).
+    closed: bool,
 }
 
 /// How starting an exchange went.
@@ -495,6 +511,7 @@ impl Loop {
             last_activity: now,
             eof: false,
             read_paused: false,
+            peer_closed: false,
             close_after: false,
             handoff: false,
             counters: RequestCounters::default(),
@@ -507,7 +524,7 @@ impl Loop {
 
     /// Takes every ready event, then sends the output they produced; again until nothing is ready.
     fn drain(&mut self) {
-        let mut ready: Vec<(Token, bool, bool, bool)> = Vec::new();
+        let mut ready: Vec<(Token, Ready)> = Vec::new();
         loop {
             if let Err(e) = self.poll.get_mut().poll(&mut self.events, Some(Duration::ZERO)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -521,17 +538,23 @@ impl Loop {
                 return;
             }
             ready.clear();
-            ready.extend(
-                self.events.iter().map(|e| (e.token(), e.is_readable() || e.is_read_closed(), e.is_writable(), e.is_error())),
-            );
-            for &(t, readable, writable, error) in &ready {
+            ready.extend(self.events.iter().map(|e| {
+                let ev = Ready {
+                    readable: e.is_readable() || e.is_read_closed(),
+                    writable: e.is_writable(),
+                    error: e.is_error(),
+                    closed: e.is_read_closed(),
+                };
+                (e.token(), ev)
+            }));
+            for &(t, ev) in &ready {
                 let (key, gen, backend) = untoken(t);
                 if backend {
                     if self.backends.get(key).is_some_and(|b| b.gen == gen) {
-                        self.backend_event(key, readable, writable, error);
+                        self.backend_event(key, ev);
                     }
                 } else if self.clients.get(key).is_some_and(|c| c.gen == gen) {
-                    self.client_event(key, readable, writable, error);
+                    self.client_event(key, ev);
                 }
             }
             self.flush();
@@ -638,15 +661,17 @@ impl Loop {
         }
     }
 
-    fn client_event(&mut self, k: usize, readable: bool, writable: bool, error: bool) {
-        if error {
+    fn client_event(&mut self, k: usize, ev: Ready) {
+        if ev.error {
             self.close_client(k);
             return;
         }
-        if writable {
+        let c = &mut self.clients[k];
+        c.peer_closed |= ev.closed;
+        if ev.writable {
             self.mark_client(k);
         }
-        if readable && !self.clients[k].read_paused {
+        if ev.readable && !self.clients[k].read_paused {
             self.client_ready(k);
         }
     }
@@ -660,7 +685,7 @@ impl Loop {
             if matches!(c.state, ClientState::Closing) || c.handoff {
                 return;
             }
-            match c.inb.fill(&mut c.sock, max) {
+            match c.inb.fill(&mut c.sock, max, c.peer_closed) {
                 Ok((eof, full)) => {
                     c.eof |= eof;
                     c.read_paused = full;
@@ -939,6 +964,7 @@ impl Loop {
             read_any: false,
             read_paused: false,
             eof: false,
+            peer_closed: false,
         });
         Ok(key)
     }
@@ -977,8 +1003,10 @@ impl Loop {
         }
     }
 
-    fn backend_event(&mut self, bk: usize, readable: bool, writable: bool, error: bool) {
+    fn backend_event(&mut self, bk: usize, ev: Ready) {
+        let Ready { readable, writable, error, closed } = ev;
         let b = &mut self.backends[bk];
+        b.peer_closed |= closed;
         match b.state {
             BackendState::Connecting { .. } => {
                 if !(writable || readable || error) {
@@ -1046,7 +1074,7 @@ impl Loop {
                 self.clients.get(ck).is_some_and(|c| matches!(&c.state, ClientState::Busy(ex) if ex.framing.is_none()))
             });
             let max = if head_pending { MAX_RESPONSE_HEAD + 1 } else { BACKEND_BUF };
-            let (eof, full) = match b.inb.fill(&mut b.sock, max) {
+            let (eof, full) = match b.inb.fill(&mut b.sock, max, b.peer_closed) {
                 Ok(r) => r,
                 Err(e) => {
                     self.backend_failed(bk, &e);

@@ -1,0 +1,236 @@
+//! The HTTP/1.1 fast path of plaintext listeners, through real sockets against a scripted backend: response
+//! framings passed through (chunked with trailers, close-delimited, HEAD, 204/304, 1xx before the final
+//! answer), request bodies streamed (large enough to fill socket buffers both ways), pipelined requests answered
+//! in order, a connection handed to the hyper path in the middle (a chunked request body after plain
+//! requests), and broken backends (a malformed head: 502; a body cut short: the client connection is closed, not
+//! left hanging). Every answer is read by hyper's client or checked byte for byte.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use padis_tests::l7::{raw_exchange, temp_dir, H1Conn, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Reads one request (head, then a Content-Length or chunked body) from `s`; None when the peer closed.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String, Vec<u8>)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let method = req.method.unwrap_or("").to_string();
+            let path = req.path.unwrap_or("").to_string();
+            let value = |name: &str| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).to_string())
+            };
+            let len: usize = value("content-length").map(|v| v.parse().unwrap()).unwrap_or(0);
+            let chunked = value("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+            buf.drain(..n);
+            let body = if chunked { read_chunked(s, buf).await? } else { read_exact(s, buf, len).await? };
+            return Some((method, path, body));
+        }
+        let mut tmp = [0u8; 65536];
+        match s.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+async fn read_exact(s: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<Vec<u8>> {
+    while buf.len() < len {
+        let mut tmp = [0u8; 65536];
+        match s.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    Some(buf.drain(..len).collect())
+}
+
+async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            let mut tmp = [0u8; 4096];
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap().trim(), 16).unwrap();
+        buf.drain(..line_end + 2);
+        let chunk = read_exact(s, buf, size + 2).await?;
+        body.extend_from_slice(&chunk[..size]);
+        if size == 0 {
+            return Some(body);
+        }
+    }
+}
+
+/// A backend whose answer depends on the request path (see the match below). Counts its connections.
+async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((method, path, body)) = read_request(&mut s, &mut buf).await {
+                    let out: Vec<u8> = match path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Backend: scripted\r\n\r\n\
+                                        5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                            .to_vec(),
+                        "/close" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: scripted\r\n\r\nuntil the end").await;
+                            return;
+                        }
+                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n".to_vec(),
+                        "/no-content" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                        "/hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                                      HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+                            .to_vec(),
+                        "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(),
+                        "/cut" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..").await;
+                            return;
+                        }
+                        _ => {
+                            // Echo: what the backend received.
+                            let b = format!("{method} {path} {} {:08x}", body.len(), checksum(&body));
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len()).into_bytes()
+                        }
+                    };
+                    if method == "HEAD" && path != "/head" {
+                        continue;
+                    }
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+fn checksum(b: &[u8]) -> u32 {
+    b.iter().fold(0u32, |h, &x| h.rotate_left(5) ^ x as u32)
+}
+
+async fn proxy(backend: SocketAddr) -> (Proxy, tempfile::TempDir) {
+    let dir = temp_dir();
+    let cfg = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\ngroup = \"g\"\n\
+         [[group]]\nname = \"g\"\nretries = 0\nrequest_timeout = \"5s\"\n[[group.backend]]\naddr = \"{backend}\"\n"
+    );
+    (Proxy::start(&cfg, dir.path()).await, dir)
+}
+
+fn req(method: Method, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::builder().method(method).uri(path).header("host", "fast.test").body(Full::new(Bytes::from(body))).unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn response_framings_pass_through_on_one_keep_alive_connection() {
+    let (b, conns) = scripted_backend().await;
+    let (p, _dir) = proxy(b).await;
+    let mut c = H1Conn::connect(p.addr("web")).await;
+    let a = c.get("fast.test", "/chunked").await.expect("chunked");
+    assert_eq!((a.status, a.body.as_str()), (200, "hello, world"));
+    let a = c.send(req(Method::HEAD, "/head", Vec::new())).await.expect("HEAD");
+    assert_eq!((a.status, a.body.as_str()), (200, ""));
+    let a = c.get("fast.test", "/no-content").await.expect("204");
+    assert_eq!((a.status, a.body.as_str()), (204, ""));
+    let a = c.get("fast.test", "/hints").await.expect("103 then 200");
+    assert_eq!((a.status, a.body.as_str()), (200, "final"));
+    let a = c.get("fast.test", "/echo").await.expect("echo");
+    assert_eq!(a.body, "GET /echo 0 00000000");
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one backend connection carried every exchange");
+    // A body that ends with the backend's close: the client gets all of it and the connection is closed.
+    let raw = raw_exchange(p.addr("web"), b"GET /close HTTP/1.1\r\nHost: fast.test\r\n\r\n", Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nuntil the end"), "{text}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_bodies_stream_both_ways_and_pipelined_requests_keep_their_order() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir) = proxy(b).await;
+    let mut c = H1Conn::connect(p.addr("web")).await;
+    // 4 MB: more than the socket buffers and the loop's high-water mark hold, so reads pause and resume.
+    let body: Vec<u8> = (0..4 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let a = c.send(req(Method::POST, "/upload", body.clone())).await.expect("POST");
+    assert_eq!(a.body, format!("POST /upload {} {:08x}", body.len(), checksum(&body)));
+    let a = c.send(req(Method::PUT, "/small", b"abc".to_vec())).await.expect("PUT");
+    assert_eq!(a.body, format!("PUT /small 3 {:08x}", checksum(b"abc")));
+    // Three requests in one write.
+    let mut pipelined = Vec::new();
+    for i in 0..3 {
+        pipelined.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: fast.test\r\n\r\n").as_bytes());
+    }
+    pipelined.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: fast.test\r\nConnection: close\r\n\r\n");
+    let raw = raw_exchange(p.addr("web"), &pipelined, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&raw);
+    let order: Vec<usize> = ["GET /p0 ", "GET /p1 ", "GET /p2 ", "GET /last "].iter().map(|s| text.find(s).expect(s)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_the_fast_path_does_not_serve_hands_the_connection_over_mid_stream() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir) = proxy(b).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.expect("connect");
+    // A plain request (fast path), then a chunked upload (hyper path) in the same write, then a plain one.
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: fast.test\r\n\r\n\
+          POST /chunked-up HTTP/1.1\r\nHost: fast.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /third HTTP/1.1\r\nHost: fast.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("GET /first 0 "), "{text}");
+    assert!(text.contains(&format!("POST /chunked-up 5 {:08x}", checksum(b"abcde"))), "{text}");
+    assert!(text.contains("GET /third 0 "), "{text}");
+    assert!(text.find("/first").unwrap() < text.find("/chunked-up").unwrap());
+    assert!(text.find("/chunked-up").unwrap() < text.find("/third").unwrap());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn broken_backends_get_a_502_or_a_closed_connection() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir) = proxy(b).await;
+    let mut c = H1Conn::connect(p.addr("web")).await;
+    let a = c.get("fast.test", "/bad").await.expect("502");
+    assert_eq!((a.status, a.body.as_str()), (502, "bad gateway\n"));
+    // The client connection carries on after a local answer.
+    assert_eq!(c.get("fast.test", "/after").await.expect("after").status, 200);
+    // A body cut short after its head went out: the connection must end (no hang), the body is incomplete.
+    let stream = TcpStream::connect(p.addr("web")).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req(Method::GET, "/cut", Vec::new())).await.expect("head");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.expect("no hang");
+    assert!(body.is_err(), "the client sees the body end early");
+    assert_eq!(p.metric("padis_http_requests_total", &[("code", "502")]), 1.0);
+    p.stop().await;
+}
