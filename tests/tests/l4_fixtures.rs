@@ -949,42 +949,72 @@ fn global(bal: &padis_l4::Balancer, idx: u32) -> u64 {
     padis_l4::stats::global_one(&bal.maps, idx).expect("stats").packets
 }
 
+/// Creates a pinned LRU hash `CONNTRACK4` as the previous layout had it (IPv4 flows, 16-byte keys) holding
+/// `key` -> `st`.
+fn pin_old_conntrack4(path: &std::path::Path, key: &padis_ebpf_common::FlowKey4, st: &padis_ebpf_common::FlowState) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    // SAFETY: both types are plain repr(C) data without padding.
+    let kb: [u8; 16] = unsafe { std::mem::transmute(*key) };
+    // SAFETY: as above.
+    let vb: [u8; 8] = unsafe { std::mem::transmute(*st) };
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new("bpftool").args(&args).output().expect("bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let p = path.display().to_string();
+    run(["map", "create", &p, "type", "lru_hash", "key", "16", "value", "8", "entries", "1024", "name", "CONNTRACK4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect());
+    let mut args: Vec<String> = ["map", "update", "pinned", &p, "key", "hex"].iter().map(|s| s.to_string()).collect();
+    args.extend(hex(&kb));
+    args.extend(["value", "hex"].iter().map(|s| s.to_string()));
+    args.extend(hex(&vb));
+    run(args);
+}
+
 #[test]
-fn pinned_maps_of_the_previous_layout_are_upgraded_without_losing_flows() {
+fn pinned_maps_of_older_layouts_are_upgraded_without_losing_flows() {
     let inst = PinInstance::new("upgrade");
-    let key = FlowKey {
+    let key = |port: u16| FlowKey {
         src: v4_mapped(CLIENT),
         dst: v4_mapped(VIP),
-        sport: wire(42000),
+        sport: wire(port),
         dport: wire(80),
         proto: 6,
         pad: [0; 3],
     };
-    {
+    let (a, b) = (key(42000), key(42001));
+    let (st_a, st_b) = {
         let (mut bal, mut prog) = inst.load();
         program(&mut bal, &mut prog, &three());
-        let syn = tcp4(CLIENT, 42000, VIP, 80, true, false, b"");
-        assert_eq!(bal.test_run(&syn).expect("run").0, verdict::TX);
-        // What the previous layout pinned: IPv4 flows in CONNTRACK (IPv4-mapped keys), and no CONNTRACK4,
-        // VIP_BY_ID or VIP_PORTS.
-        let st = bal.maps.conntrack.get(&key, 0).expect("entry");
-        bal.maps.conntrack.v6.insert(key, st, 0).expect("old-layout entry");
-        bal.maps.conntrack.v4.remove(&key.to_v4().expect("v4")).expect("remove");
-    }
-    for m in ["CONNTRACK4", "VIP_BY_ID", "VIP_PORTS"] {
+        for port in [42000, 42001] {
+            assert_eq!(bal.test_run(&tcp4(CLIENT, port, VIP, 80, true, false, b"")).expect("run").0, verdict::TX);
+        }
+        let (st_a, st_b) = (bal.maps.conntrack.get(&a).expect("entry a"), bal.maps.conntrack.get(&b).expect("entry b"));
+        // What older layouts pinned: flow a in the LRU CONNTRACK4 of the previous one, flow b in CONNTRACK
+        // (IPv4-mapped key) of the one before; neither had FLOWS4, VIP_BY_ID or VIP_PORTS.
+        bal.maps.conntrack.v6.insert(b, st_b, 0).expect("old-layout entry");
+        (st_a, st_b)
+    };
+    pin_old_conntrack4(&inst.dir().join("CONNTRACK4"), &a.to_v4().expect("v4"), &st_a);
+    for m in ["FLOWS4", "VIP_BY_ID", "VIP_PORTS"] {
         std::fs::remove_file(inst.dir().join(m)).expect("unpin");
     }
     let (mut bal, mut prog) = inst.load();
     assert!(bal.reused_pins);
-    assert!(bal.maps.conntrack.v6.get(&key, 0).is_err(), "the IPv4 entry left CONNTRACK");
-    let st = bal.maps.conntrack.v4.get(&key.to_v4().expect("v4"), 0).expect("the IPv4 entry moved to CONNTRACK4");
+    assert!(!inst.dir().join("CONNTRACK4").exists(), "the old table's pin is gone");
+    assert!(bal.maps.conntrack.v6.get(&b, 0).is_err(), "the IPv4 entry left CONNTRACK");
+    assert_eq!(bal.maps.conntrack.v4.get(&a.to_v4().expect("v4")), Some(st_a), "moved from CONNTRACK4");
+    assert_eq!(bal.maps.conntrack.v4.get(&b.to_v4().expect("v4")), Some(st_b), "moved from CONNTRACK");
     program(&mut bal, &mut prog, &three());
-    // The flow's packets hit its entry (no re-balancing), to the backend it had.
-    let ack = tcp4(CLIENT, 42000, VIP, 80, false, false, b"x");
-    let (v, out) = bal.test_run(&ack).expect("run");
-    assert_eq!(v, verdict::TX);
-    assert_eq!(out[5], 0x10 + st.backend as u8 + 1, "backend slot {} of .11/.12/.13", st.backend);
-    assert_eq!(global(&bal, stat::CT_HIT), 1);
+    // The flows' packets hit their entries (no re-balancing), to the backends they had.
+    for (port, st) in [(42000, st_a), (42001, st_b)] {
+        let (v, out) = bal.test_run(&tcp4(CLIENT, port, VIP, 80, false, false, b"x")).expect("run");
+        assert_eq!(v, verdict::TX);
+        assert_eq!(out[5], 0x10 + st.backend as u8 + 1, "backend slot {} of .11/.12/.13", st.backend);
+    }
+    assert_eq!(global(&bal, stat::CT_HIT), 2);
 }
 
 #[test]

@@ -435,7 +435,7 @@ mod ring {
         let r = recs[0];
         assert_eq!((r.key.src, r.key.dst), (v4_mapped([198, 51, 100, 1]), v4_mapped(VIP)));
         assert_eq!((u16::from_be(r.key.sport), u16::from_be(r.key.dport), r.key.proto), (40001, 80, 6));
-        let entry = f.bal.maps.conntrack.get(&r.key, 0).expect("entry in the connection table");
+        let entry = f.bal.maps.conntrack.get(&r.key).expect("entry in the connection table");
         assert_eq!(entry, r.state);
         let slots = f.prog.backend_slots();
         assert!(slots.iter().any(|(_, i)| *i == r.state.backend), "{slots:?} vs {r:?}");

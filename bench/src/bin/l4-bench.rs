@@ -213,6 +213,7 @@ fn micro() {
         .collect();
     let skipped = counter(&bal, stat::CT_INSERT_SKIPPED);
     let (syn_ns, floor1_ns) = expect(&bal, "SYN phase (misses)", stat::CT_MISS, flows as u64, || once_rounds(&bal, &syns, TX));
+    eprintln!("l4-bench: SYN {syn_ns:.1} ns, floor at repeat 1 {floor1_ns:.1} ns");
     if counter(&bal, stat::CT_INSERT_SKIPPED) != skipped {
         fail("SYN phase: some new flows were not inserted (budget); the phase would not measure inserts".into());
     }

@@ -391,6 +391,10 @@ impl L4Config {
         if self.max_vips == 0 || self.max_backends == 0 || self.max_flows == 0 {
             cx.error("l4", "max_vips, max_backends and max_flows must be positive");
         }
+        // VIP ids and backend indexes are 16 bits in the IPv4 connection table.
+        if self.max_vips > 65536 || self.max_backends > 65536 {
+            cx.error("l4", "max_vips and max_backends must be at most 65536");
+        }
         if vips.len() > self.max_vips as usize {
             cx.error("vip", format!("{} VIPs but l4.max_vips = {}", vips.len(), self.max_vips));
         }

@@ -18,7 +18,11 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     /// `LruHashMap<FlowKey, FlowState>`: the connection table of IPv6 flows.
     pub const CONNTRACK: &str = "CONNTRACK";
-    /// `LruHashMap<FlowKey4, FlowState>`: the connection table of IPv4 flows (16-byte key: cheaper to hash).
+    /// `Array<FlowBucket4>` (mmapable): the connection table of IPv4 flows, 4-way set-associative (see
+    /// [`flows4`](super::flows4)).
+    pub const FLOWS4: &str = "FLOWS4";
+    /// `LruHashMap<FlowKey4, FlowState>`: where IPv4 flows were kept before `FLOWS4` (pinned by an older Padis;
+    /// its entries move to `FLOWS4` at load).
     pub const CONNTRACK4: &str = "CONNTRACK4";
     /// `Array<VipSlot>`, indexed by VIP id: what a connection-table hit needs of its VIP (no `VIPS` lookup).
     pub const VIP_BY_ID: &str = "VIP_BY_ID";
@@ -40,7 +44,7 @@ pub mod map_names {
     pub const SYNC_RING: &str = "SYNC_RING";
     /// All of them (the maps `padis-l4` pins).
     pub const ALL: [&str; 15] = [
-        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, CONNTRACK4, VIP_BY_ID, VIP_PORTS, ACL, CONFIG, VIP_STATS,
+        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, FLOWS4, VIP_BY_ID, VIP_PORTS, ACL, CONFIG, VIP_STATS,
         BACKEND_STATS, STATS, FLOW_RATE, SYNC_RING,
     ];
 }
@@ -356,9 +360,111 @@ pub struct RateState {
     pub inserted: u64,
 }
 
+/// The IPv4 connection table (`FLOWS4`): an array of buckets of [`flows4::WAYS`] 16-byte entries, one cache line
+/// per bucket. The program and `padis-l4` (which maps the array into its memory) read and write entries as two
+/// 64-bit words with the same rules, so either side can add, find or drop an entry while the other runs.
+///
+/// A flow's bucket is picked by [`flows4::hash`] of its 16-byte key. Its entry holds word 0 = source address
+/// (32 bits, bytes as on the wire), source port (16, as on the wire), VIP id (16); word 1 = backend index (16),
+/// last use (16, in ~1.07 s units of the coarse clock), a tag of the destination (16: more bits of the hash,
+/// telling apart flows of one client address and port to different VIPs) and a check (16, never 0) over the
+/// rest, so a reader that meets an entry half rewritten by another CPU sees a miss, not another flow's backend.
+/// `word 1 == 0` is an empty slot. A new flow takes a free slot of its bucket or the one least recently used.
+///
+/// As with Katran's LRU, the table is a cache: a flow whose entry is pushed out keeps its backend through the
+/// Maglev table unless the backend set changed meanwhile. It has twice as many slots as `l4.max_flows`, so its
+/// buckets seldom overflow before the table is full.
+pub mod flows4 {
+    /// Entries per bucket.
+    pub const WAYS: usize = 4;
+    /// Mask of word 0's address and port (the part a lookup compares before the VIP is known).
+    pub const IDENT: u64 = 0xffff_ffff_ffff;
+    /// Most VIP ids and backend indexes an entry holds (16 bits each).
+    pub const MAX_ID: u32 = 0xffff;
+
+    /// A bucket.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct FlowBucket4 {
+        /// Entry `i` is words `2i` (key) and `2i + 1` (state).
+        pub w: [u64; 2 * WAYS],
+    }
+
+    /// The 64-bit hash of a [`FlowKey4`](super::FlowKey4) given as its four words in memory order: the low bits
+    /// pick the bucket, bits 40..56 are the destination tag.
+    #[inline(always)]
+    pub fn hash(k: &[u32; 4]) -> u64 {
+        let a = (k[0] as u64) | ((k[1] as u64) << 32);
+        let b = (k[2] as u64) | ((k[3] as u64) << 32);
+        let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0x1656_67B1_9E37_79F9);
+        h ^ (h >> 32)
+    }
+
+    /// Word 0 of a flow's entry without its VIP: source address and port.
+    #[inline(always)]
+    pub fn ident(k: &[u32; 4]) -> u64 {
+        (k[0] as u64) | (((k[2] & 0xffff) as u64) << 32)
+    }
+
+    /// The destination tag of a flow whose hash is `h`.
+    #[inline(always)]
+    pub fn tag(h: u64) -> u64 {
+        (h >> 40) & 0xffff
+    }
+
+    /// The check of an entry (never 0).
+    #[inline(always)]
+    pub fn check(w0: u64, backend: u64, tag: u64) -> u64 {
+        let x = (w0 ^ backend ^ (tag << 16)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (x >> 48) | 1
+    }
+
+    /// Word 0 of an entry.
+    #[inline(always)]
+    pub fn word0(ident: u64, vip: u32) -> u64 {
+        ident | ((vip as u64 & 0xffff) << 48)
+    }
+
+    /// Word 1 of an entry.
+    #[inline(always)]
+    pub fn word1(w0: u64, backend: u32, tag: u64, now: u64) -> u64 {
+        let b = backend as u64 & 0xffff;
+        b | ((now & 0xffff) << 16) | (tag << 32) | (check(w0, b, tag) << 48)
+    }
+
+    /// The (backend, VIP id) of an entry whose word 1 carries `tag`, or None when it does not or is not whole.
+    #[inline(always)]
+    pub fn state(w0: u64, w1: u64, tag: u64) -> Option<(u32, u32)> {
+        let backend = w1 & 0xffff;
+        if (w1 >> 32) & 0xffff != tag || w1 >> 48 != check(w0, backend, tag) {
+            return None;
+        }
+        Some((backend as u32, (w0 >> 48) as u32))
+    }
+
+    /// Time since an entry's last use (0..=0xffff units), `now` in the same units; a free slot is the oldest.
+    #[inline(always)]
+    pub fn age(w1: u64, now: u64) -> u64 {
+        if w1 == 0 {
+            1 << 20
+        } else {
+            now.wrapping_sub(w1 >> 16) & 0xffff
+        }
+    }
+
+    /// The current time in entry units (~1.07 s) from nanoseconds.
+    #[inline(always)]
+    pub fn units(ns: u64) -> u64 {
+        (ns >> 30) & 0xffff
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are repr(C), contain only integers and byte arrays, and have no implicit padding.
+    unsafe impl aya::Pod for super::flows4::FlowBucket4 {}
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipMeta {}
     unsafe impl aya::Pod for super::BackendInfo {}

@@ -83,7 +83,7 @@ impl Flow {
         u16::from_be_bytes([p[2], p[3]])
     }
 
-    /// The `CONNTRACK4` key of an IPv4 flow.
+    /// The `FLOWS4` key of an IPv4 flow.
     #[inline(always)]
     pub fn v4_key(&self) -> Flow4 {
         let w = self.words();
@@ -91,7 +91,7 @@ impl Flow {
     }
 }
 
-/// A [`FlowKey4`], 8-byte aligned.
+/// A [`FlowKey4`], 8-byte aligned (`FLOWS4` works on its words).
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub union Flow4 {
@@ -102,11 +102,11 @@ pub union Flow4 {
 }
 
 impl Flow4 {
-    /// The key.
+    /// The words.
     #[inline(always)]
-    pub fn key(&self) -> &FlowKey4 {
+    pub fn words(&self) -> &[u32; 4] {
         // SAFETY: plain data, fully initialised.
-        unsafe { &self.key }
+        unsafe { &self.w }
     }
 }
 

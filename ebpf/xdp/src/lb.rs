@@ -61,7 +61,7 @@ pub fn handle(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>) -> u32 {
                 return by_vip(p, len, out, true);
             }
             if let Some(st) = ct_get(p.v6, &p.flow) {
-                if let Some(v) = established(p, st, len, out) {
+                if let Some(v) = established(p, &st, len, out) {
                     return v;
                 }
             }
@@ -130,24 +130,24 @@ fn by_vip(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>, looked_up: bool) -> u32
     FORWARD
 }
 
-/// The flow's connection entry (`CONNTRACK4` for IPv4, `CONNTRACK` for IPv6).
+/// The flow's connection entry (`FLOWS4` for IPv4, `CONNTRACK` for IPv6).
 #[inline(always)]
-fn ct_get(v6: bool, flow: &Flow) -> Option<&FlowState> {
-    // SAFETY (both): read-only lookups; the value is only read during this run.
+fn ct_get(v6: bool, flow: &Flow) -> Option<FlowState> {
     if v6 {
-        unsafe { maps::CONNTRACK.get(flow.key()) }
+        // SAFETY: read-only lookup; the value is copied out at once.
+        unsafe { maps::CONNTRACK.get(flow.key()) }.copied()
     } else {
-        unsafe { maps::CONNTRACK4.get(flow.v4_key().key()) }
+        crate::flows::get(&flow.v4_key())
     }
 }
 
-/// Inserts (or replaces) the flow's connection entry.
+/// Inserts (or replaces) the flow's connection entry; `now_ns` is the coarse clock.
 #[inline(always)]
-fn ct_insert(v6: bool, flow: &Flow, st: &FlowState) -> bool {
+fn ct_insert(v6: bool, flow: &Flow, st: &FlowState, now_ns: u64) -> bool {
     if v6 {
         maps::CONNTRACK.insert(flow.key(), st, 0).is_ok()
     } else {
-        maps::CONNTRACK4.insert(flow.v4_key().key(), st, 0).is_ok()
+        crate::flows::insert(&flow.v4_key(), st, now_ns)
     }
 }
 
@@ -211,9 +211,12 @@ fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) ->
     let idx = *maps::RINGS.get(slot)?;
     let backend = alive(idx)?;
     if insert {
-        if budget() {
+        // The coarse clock (the last tick's time, no clock-source read), read once for the budget and the entry.
+        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        if budget(now) {
             let st = FlowState { backend: idx, vip: id };
-            if ct_insert(v6, flow, &st) {
+            if ct_insert(v6, flow, &st, now) {
                 maps::announce(flow.key(), &st);
             }
         } else {
@@ -224,9 +227,10 @@ fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) ->
 }
 
 /// Bounded insertion: at most `max_new_flows_per_sec` new entries per CPU per second, so a flood of new flows
-/// cannot push every established flow out of the LRU connection table.
+/// cannot push every established flow out of the connection table. `now`: the coarse clock (precise enough for a
+/// one-second window).
 #[inline(always)]
-fn budget() -> bool {
+fn budget(now: u64) -> bool {
     let max = match maps::CONFIG.get(0) {
         Some(c) => c.max_new_flows_per_sec as u64,
         None => 0,
@@ -237,9 +241,6 @@ fn budget() -> bool {
     let Some(r) = maps::FLOW_RATE.get_ptr_mut(0) else {
         return true;
     };
-    // The coarse clock (the last tick's time, no clock-source read) is precise enough for a one-second window.
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: per-CPU value from a successful lookup.
     unsafe {
         if now.wrapping_sub((*r).window_start_ns) > 1_000_000_000 {

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod csum;
+mod flows;
 mod fwd;
 mod key;
 mod lb;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use padis_ebpf_common::{
-    config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig, RateState,
+    config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState,
     SyncRecord, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
 };
 
@@ -25,9 +25,6 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(defaults::MAX_
 /// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): a flow stays on one CPU (RSS), and insertion takes no
 /// global lock.
 pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 2);
-#[map]
-/// The IPv4 flows (16-byte key), per-CPU LRU lists as above.
-pub static CONNTRACK4: LruHashMap<FlowKey4, FlowState> = LruHashMap::with_max_entries(defaults::MAX_FLOWS, 2);
 #[map]
 pub static ACL: LpmTrie<AclData, u32> = LpmTrie::with_max_entries(defaults::MAX_ACL, 0);
 #[map]

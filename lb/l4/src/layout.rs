@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aya::maps::{MapInfo, MapType};
 use padis_ebpf_common::{
-    defaults, map_names as n, stat, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig,
+    defaults, flows4::FlowBucket4, map_names as n, stat, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig,
     RateState, VipKey, VipMeta, VipSlot, VIP_PORTS_LEN,
 };
 
@@ -35,7 +35,7 @@ fn defs() -> [Def; 15] {
         d(n::RINGS, MapType::Array, 4, 4, None),
         d(n::BACKENDS, MapType::Array, 4, size_of::<BackendInfo>(), None),
         d(n::CONNTRACK, MapType::LruHash, size_of::<FlowKey>(), size_of::<FlowState>(), None),
-        d(n::CONNTRACK4, MapType::LruHash, size_of::<FlowKey4>(), size_of::<FlowState>(), None),
+        d(n::FLOWS4, MapType::Array, 4, size_of::<FlowBucket4>(), None),
         d(n::ACL, MapType::LpmTrie, 4 + size_of::<AclData>(), 4, Some(defaults::MAX_ACL)),
         d(n::CONFIG, MapType::Array, 4, size_of::<GlobalConfig>(), Some(1)),
         d(n::VIP_STATS, MapType::PerCpuArray, 4, size_of::<Counters>(), None),

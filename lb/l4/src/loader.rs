@@ -8,10 +8,11 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use padis_ebpf_common::{
-    map_names as n, AclData, BackendInfo, Counters, GlobalConfig, VipKey, VipMeta, VipSlot, RING_STRIDE,
+    flows4, map_names as n, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig, VipKey, VipMeta,
+    VipSlot, RING_STRIDE,
 };
 
-use crate::conntrack::ConnTable;
+use crate::conntrack::{ConnTable, FlowTable4};
 
 use crate::error::map_err;
 use crate::L4Error;
@@ -38,6 +39,12 @@ impl LoadOptions {
     /// Small private maps, for tests and benchmarks.
     pub fn private(max_vips: u32, max_backends: u32, max_flows: u32) -> LoadOptions {
         LoadOptions { pin_dir: None, max_flows, max_vips, max_backends }
+    }
+
+    /// Buckets of the IPv4 connection table: twice `max_flows` slots, rounded up to a power of two.
+    pub fn flow_buckets(&self) -> u32 {
+        let slots = (u64::from(self.max_flows) * 2).next_power_of_two().min(1 << 31);
+        (slots / flows4::WAYS as u64).max(1) as u32
     }
 
     /// Ring slots: one per VIP plus spares, so a freed table is not rewritten while packets may still read it.
@@ -116,6 +123,15 @@ pub struct Balancer {
     pub reused_pins: bool,
 }
 
+/// The mapped IPv4 connection table of `buckets` buckets.
+fn flows4(ebpf: &mut Ebpf, buckets: u32) -> Result<FlowTable4, L4Error> {
+    let data = match ebpf.take_map(n::FLOWS4).ok_or(L4Error::MissingMap(n::FLOWS4))? {
+        aya::maps::Map::Array(d) => d,
+        _ => return Err(L4Error::MissingMap(n::FLOWS4)),
+    };
+    FlowTable4::map(data, buckets).map_err(map_err(n::FLOWS4))
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, L4Error>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -133,6 +149,13 @@ impl Balancer {
             None => None,
         };
         let reused_pins = options.pin_dir.as_ref().is_some_and(|d| d.join(n::VIPS).exists());
+        // The IPv4 table's size: a pinned one keeps its own (its entries are where they are).
+        let pinned4 = options.pin_dir.as_ref().map(|d| d.join(n::FLOWS4)).filter(|p| p.exists());
+        let buckets = match pinned4.as_ref().map(aya::maps::MapInfo::from_pin) {
+            Some(Ok(info)) => info.max_entries(),
+            _ => options.flow_buckets(),
+        };
+        let mask = buckets - 1;
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(n::VIPS, options.max_vips)
@@ -143,7 +166,8 @@ impl Balancer {
             .map_max_entries(n::BACKENDS, options.max_backends)
             .map_max_entries(n::BACKEND_STATS, options.max_backends)
             .map_max_entries(n::CONNTRACK, options.max_flows)
-            .map_max_entries(n::CONNTRACK4, options.max_flows);
+            .map_max_entries(n::FLOWS4, buckets)
+            .override_global("FLOW_BUCKET_MASK", &mask, true);
         if let Some(dir) = &options.pin_dir {
             for name in n::ALL {
                 loader.map_pin_path(name, dir.join(name));
@@ -162,7 +186,7 @@ impl Balancer {
             vip_addrs: take(&mut ebpf, n::VIP_ADDRS)?,
             rings: take(&mut ebpf, n::RINGS)?,
             backends: take(&mut ebpf, n::BACKENDS)?,
-            conntrack: ConnTable { v4: take(&mut ebpf, n::CONNTRACK4)?, v6: take(&mut ebpf, n::CONNTRACK)? },
+            conntrack: ConnTable { v4: flows4(&mut ebpf, buckets)?, v6: take(&mut ebpf, n::CONNTRACK)? },
             acl: take(&mut ebpf, n::ACL)?,
             config: take(&mut ebpf, n::CONFIG)?,
             vip_stats: take(&mut ebpf, n::VIP_STATS)?,
@@ -171,12 +195,28 @@ impl Balancer {
             sync_ring: Some(take(&mut ebpf, n::SYNC_RING)?),
         };
         let mut bal = Balancer { ebpf, maps, options, reused_pins };
-        if reused_pins && pins.is_some_and(|c| c.missing.contains(&n::CONNTRACK4)) {
-            // Pinned by a layout that kept IPv4 flows in CONNTRACK: they move to their own map.
-            let moved = bal.maps.conntrack.move_v4_from_v6();
-            tracing::info!(moved, "L4 layout upgrade: IPv4 connection entries moved to CONNTRACK4");
+        if let (true, Some(dir)) = (reused_pins && pins.is_some_and(|c| c.missing.contains(&n::FLOWS4)), &bal.options.pin_dir) {
+            bal.upgrade_v4_flows(&dir.clone())?;
         }
         Ok(bal)
+    }
+
+    /// Moves the IPv4 flows of maps pinned by an older Padis into `FLOWS4`: `CONNTRACK4` (an LRU hash; its pin is
+    /// removed after), and the IPv4-mapped keys of `CONNTRACK` (the layout that kept every flow there).
+    fn upgrade_v4_flows(&mut self, dir: &Path) -> Result<(), L4Error> {
+        let old = dir.join(n::CONNTRACK4);
+        let mut moved = 0;
+        if old.exists() {
+            let data = MapData::from_pin(&old).map_err(map_err(n::CONNTRACK4))?;
+            let mut lru: HashMap<MapData, FlowKey4, FlowState> =
+                HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(n::CONNTRACK4))?;
+            moved += self.maps.conntrack.v4.absorb(&mut lru, |k| Some(*k));
+            std::fs::remove_file(&old).map_err(|source| L4Error::Bpffs { path: old.clone(), source })?;
+        }
+        let ct = &mut self.maps.conntrack;
+        moved += ct.v4.absorb(&mut ct.v6, FlowKey::to_v4);
+        tracing::info!(moved, "L4 layout upgrade: IPv4 connection entries moved to FLOWS4");
+        Ok(())
     }
 
     fn program(&self) -> Result<&Xdp, L4Error> {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use padis_ebpf_common::{stat, Counters, FlowState, SyncRecord};
 use padis_model::l4::SyncConfig;
 use tokio::io::unix::AsyncFd;
@@ -17,14 +17,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Body, CodecError, Origin, SyncKey, WireFlow, MAX_RECORDS};
+use crate::conntrack::Inserted;
 use super::dump::{self, DumpJob, Purpose};
 use super::index::{SyncIndex, Unknown};
 use super::replay::ReplayGuard;
 use super::status::{self, SyncStatus};
 use super::{SyncError, SyncMaps, SyncMetrics};
 
-/// `BPF_NOEXIST`: insert only if absent.
-const BPF_NOEXIST: u64 = 1;
 /// Period of hello messages.
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 /// A peer not heard from for this long no longer counts as seen.
@@ -368,11 +367,9 @@ impl Daemon {
                     continue;
                 }
             };
-            match self.conntrack.insert(f.key, FlowState { backend, vip }, BPF_NOEXIST) {
-                Ok(()) => self.metrics.inserted.inc(),
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                    self.metrics.skipped.with_label_values(&["exists"]).inc()
-                }
+            match self.conntrack.insert(f.key, FlowState { backend, vip }, true) {
+                Ok(Inserted::Added) => self.metrics.inserted.inc(),
+                Ok(Inserted::Exists) => self.metrics.skipped.with_label_values(&["exists"]).inc(),
                 Err(e) => {
                     self.metrics.skipped.with_label_values(&["map_error"]).inc();
                     tracing::warn!(error = %e, "sync: connection-table insert failed");

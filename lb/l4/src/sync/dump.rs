@@ -70,12 +70,11 @@ pub(super) fn run(job: DumpJob) -> u64 {
             std::thread::sleep(wait);
         }
     };
-    for k in job.conntrack.keys().take(job.max as usize) {
+    let dest = |id| index.dest(id);
+    for (k, st) in job.conntrack.entries(&dest).take(job.max as usize) {
         if job.stop.is_cancelled() {
             break;
         }
-        let Ok(k) = k else { break };
-        let Ok(st) = job.conntrack.get(&k, 0) else { continue };
         match index.backend_addr(st.backend) {
             Some(backend) => batch.push(WireFlow { key: k, backend }),
             None => job.metrics.skipped.with_label_values(&["stale_backend"]).inc(),

@@ -23,6 +23,7 @@ pub struct VipEntry {
 pub struct SyncIndex {
     vips: HashMap<VipKey, VipEntry>,
     addrs: HashMap<u32, [u8; 16]>,
+    ids: HashMap<u32, VipKey>,
 }
 
 /// Why a received flow cannot be inserted.
@@ -54,6 +55,7 @@ impl SyncIndex {
                 .filter_map(|b| Some((addr16(b.addr), programmer.backend_index(b.addr)?)))
                 .collect();
             out.vips.insert(v.key, VipEntry { id, backends });
+            out.ids.insert(id, v.key);
         }
         out
     }
@@ -61,6 +63,11 @@ impl SyncIndex {
     /// Address of local backend `idx`.
     pub fn backend_addr(&self, idx: u32) -> Option<[u8; 16]> {
         self.addrs.get(&idx).copied()
+    }
+
+    /// Destination (address, port, protocol) of local VIP `id`.
+    pub fn dest(&self, id: u32) -> Option<([u8; 16], u16, u8)> {
+        self.ids.get(&id).map(|k| (k.addr, k.port, k.proto))
     }
 
     /// Local (VIP id, backend index) for a peer's flow to `backend`.
