@@ -1045,3 +1045,48 @@ fn pinned_maps_of_an_incompatible_layout_are_replaced_with_a_warning() {
     assert_eq!(bal.test_run(&syn).expect("run"), (verdict::TX, dsr(&syn, B11)));
     assert_eq!(global(&bal, stat::FORWARDED), 1);
 }
+
+/// The `FLOWS4` bucket of flow CLIENT:`sport` -> VIP:80/TCP, computed as the program does.
+fn bucket_of(sport: u16, buckets: u32) -> u32 {
+    let p = sport.to_be_bytes();
+    let words = [
+        u32::from_ne_bytes(CLIENT),
+        u32::from_ne_bytes(VIP),
+        u32::from_ne_bytes([p[0], p[1], 0, 80]),
+        u32::from_ne_bytes([6, 0, 0, 0]),
+    ];
+    padis_ebpf_common::flows4::hash(&words) as u32 & (buckets - 1)
+}
+
+#[test]
+fn a_full_bucket_gives_its_least_recently_used_slot_to_a_new_flow() {
+    let mut f = Fixture::new(&three());
+    let buckets = f.bal.maps.conntrack.v4.buckets();
+    let target = bucket_of(30000, buckets);
+    let ports: Vec<u16> = (30000..u16::MAX).filter(|&p| bucket_of(p, buckets) == target).take(5).collect();
+    assert_eq!(ports.len(), 5, "five flows of one bucket");
+    let key = |p: u16| FlowKey { src: v4_mapped(CLIENT), dst: v4_mapped(VIP), sport: p.to_be(), dport: 80u16.to_be(), proto: 6, pad: [0; 3] };
+    for &p in &ports[..4] {
+        assert_eq!(f.run(&tcp4(CLIENT, p, VIP, 80, true, false, b"")).0, verdict::TX);
+    }
+    assert!(ports[..4].iter().all(|&p| f.bal.maps.conntrack.get(&key(p)).is_some()), "four ways, four flows");
+    // Entries age in ~1.07 s units of the coarse clock: flows 1-3 are used again a unit later, flow 0 is not.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let hits = f.stat(stat::CT_HIT);
+    for &p in &ports[1..4] {
+        assert_eq!(f.run(&tcp4(CLIENT, p, VIP, 80, false, false, b"x")).0, verdict::TX);
+    }
+    assert_eq!(f.stat(stat::CT_HIT), hits + 3);
+    // A fifth flow takes the least recently used slot: flow 0's.
+    assert_eq!(f.run(&tcp4(CLIENT, ports[4], VIP, 80, true, false, b"")).0, verdict::TX);
+    assert!(f.bal.maps.conntrack.get(&key(ports[0])).is_none(), "flow 0 pushed out");
+    for &p in &ports[1..5] {
+        assert!(f.bal.maps.conntrack.get(&key(p)).is_some(), "flow {p} kept");
+    }
+    // Userspace reads and writes the same table: an entry it adds is what the program finds.
+    let st = f.bal.maps.conntrack.get(&key(ports[1])).expect("entry");
+    f.bal.maps.conntrack.insert(key(ports[0]), st, false).expect("insert");
+    let hits = f.stat(stat::CT_HIT);
+    assert_eq!(f.run(&tcp4(CLIENT, ports[0], VIP, 80, false, false, b"x")).0, verdict::TX);
+    assert_eq!(f.stat(stat::CT_HIT), hits + 1, "the program hits the entry userspace wrote");
+}
