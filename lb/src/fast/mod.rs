@@ -56,6 +56,8 @@ const CLIENT_BUF: usize = 4096;
 const BACKEND_BUF: usize = 16 * 1024;
 /// Output buffered towards one peer before the loop stops reading from the other side.
 const HIGH_WATER: usize = 256 * 1024;
+/// Output buffer capacity kept on a connection once its output went out.
+const OUT_KEEP: usize = 64 * 1024;
 /// Largest response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Idle time before TCP keep-alive probes on backend connections (as the hyper path's connector).
@@ -105,11 +107,13 @@ struct Buf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The size it starts with and goes back to when empty.
+    base: usize,
 }
 
 impl Buf {
     fn new(size: usize) -> Buf {
-        Buf { data: vec![0; size], start: 0, end: 0 }
+        Buf { data: vec![0; size], start: 0, end: 0, base: size }
     }
 
     fn filled(&self) -> &[u8] {
@@ -124,11 +128,16 @@ impl Buf {
         self.start == self.end
     }
 
+    /// Takes `n` bytes off the front; an emptied buffer that had grown past `4 * base` goes back to `base` bytes
+    /// (a large head or response passed through once does not keep its memory on an idle connection).
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.data.len() > 4 * self.base {
+                self.data = vec![0; self.base];
+            }
         }
     }
 
@@ -209,6 +218,10 @@ impl Out {
         }
         self.data.clear();
         self.pos = 0;
+        if self.data.capacity() > OUT_KEEP {
+            // A large response went out: do not keep its memory on the connection.
+            self.data = Vec::new();
+        }
         Ok(true)
     }
 }
