@@ -14,6 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use padis_balance::InFlight;
 
 use crate::forward::ConnCtx;
+use crate::metrics::Finished;
 use crate::routes::CompiledRoute;
 
 /// Request body towards a backend: none (the client sent none: the request can be copied and sent again), or the
@@ -89,27 +90,19 @@ pub(crate) struct Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
         let ctx = &*self.ctx;
-        let backend_label = self.backend.as_ref().map(|b| &b.1);
-        ctx.counters.inc(&ctx.plane.metrics, &ctx.listener, self.route.as_ref(), backend_label, self.status);
-        if let Some(r) = &self.route {
-            r.duration.observe(elapsed.as_secs_f64());
-        }
-        let route = self.route.as_ref().map(|r| &*r.name).unwrap_or("");
-        let backend = backend_label.map(|b| &**b).unwrap_or("");
-        tracing::info!(
-            target: "padis::access",
-            listener = &*ctx.listener,
-            method = self.method.as_str(),
-            host = self.host.as_str(),
-            path = self.uri.path(),
-            status = self.status.as_u16(),
-            route,
-            backend,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes = self.bytes,
-        );
+        let finished = Finished {
+            listener: &ctx.listener,
+            route: self.route.as_ref(),
+            backend: self.backend.as_ref().map(|b| &b.1),
+            status: self.status,
+            method: self.method.as_str(),
+            host: &self.host,
+            path: self.uri.path(),
+            elapsed: self.started.elapsed(),
+            bytes: self.bytes,
+        };
+        finished.record(&ctx.plane.metrics, &ctx.counters);
         self.in_flight.take();
         ctx.state.request_finished();
     }

@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use padis_model::Limits;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -130,7 +130,9 @@ pub(crate) async fn serve_handoff(
     let _guard = guard;
     let limits = plane.runtime.load().limits.clone();
     let hard = plane.hard.clone();
-    let io = crate::io::Rewind::new(prefix, stream);
+    // Reads give the bytes already read back first.
+    let (read, write) = stream.into_split();
+    let io = tokio::io::join(AsyncReadExt::chain(std::io::Cursor::new(prefix), read), write);
     serve_http(plane, io, Mode::Auto, false, peer, local, listener, limits, stop, hard).await
 }
 

@@ -155,3 +155,39 @@ impl RequestCounters {
         cached.push(CachedCounter { route: route.cloned(), backend: backend.cloned(), code, counter });
     }
 }
+
+/// One finished request, as both request paths record it.
+pub(crate) struct Finished<'a> {
+    pub listener: &'a str,
+    pub route: Option<&'a Arc<CompiledRoute>>,
+    pub backend: Option<&'a Arc<str>>,
+    pub status: StatusCode,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub elapsed: std::time::Duration,
+    pub bytes: u64,
+}
+
+impl Finished<'_> {
+    /// Counts it (`padis_http_requests_total` through the connection's `counters`), observes its route's duration
+    /// and writes its access log line (target `padis::access`).
+    pub fn record(&self, metrics: &Metrics, counters: &RequestCounters) {
+        counters.inc(metrics, self.listener, self.route, self.backend, self.status);
+        if let Some(r) = self.route {
+            r.duration.observe(self.elapsed.as_secs_f64());
+        }
+        tracing::info!(
+            target: "padis::access",
+            listener = self.listener,
+            method = self.method,
+            host = self.host,
+            path = self.path,
+            status = self.status.as_u16(),
+            route = self.route.map(|r| &*r.name).unwrap_or(""),
+            backend = self.backend.map(|b| &**b).unwrap_or(""),
+            duration_ms = self.elapsed.as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+        );
+    }
+}

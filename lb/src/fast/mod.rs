@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::{self, ActiveGuard};
 use crate::headers::ClientId;
 use crate::io::REQUEST_TIMEOUT_REPLY;
-use crate::metrics::RequestCounters;
+use crate::metrics::{Finished, RequestCounters};
 use crate::plane::PlaneShared;
 use crate::routes::{normalise_host, CompiledRoute};
 use response::Framing;
@@ -1363,22 +1363,18 @@ impl Loop {
 
     /// Metrics and access log of an exchange of client `c`.
     fn record(&self, c: &Client, ex: &Exchange) {
-        let status = StatusCode::from_u16(ex.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        c.counters.inc(&self.plane.metrics, &c.listener, Some(&ex.route), ex.label.as_ref(), status);
-        let elapsed = ex.started.elapsed();
-        ex.route.duration.observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "padis::access",
-            listener = &*c.listener,
-            method = c.method.as_str(),
-            host = c.host.as_str(),
-            path = c.path.as_str(),
-            status = ex.status,
-            route = &*ex.route.name,
-            backend = ex.label.as_deref().unwrap_or(""),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes = ex.bytes,
-        );
+        let finished = Finished {
+            listener: &c.listener,
+            route: Some(&ex.route),
+            backend: ex.label.as_ref(),
+            status: StatusCode::from_u16(ex.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            method: &c.method,
+            host: &c.host,
+            path: &c.path,
+            elapsed: ex.started.elapsed(),
+            bytes: ex.bytes,
+        };
+        finished.record(&self.plane.metrics, &c.counters);
     }
 
     fn close_client(&mut self, k: usize) {
