@@ -15,13 +15,16 @@
 //! (`conn::serve_handoff`), which answers as it answers every other connection. Routing, balancing, health
 //! reports, retries on connect failure, timeouts, limits, metrics and the access log are the same as there.
 
+mod backend;
 mod batch;
+mod buf;
 mod chunked;
+mod client;
 mod request;
 mod response;
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,8 +34,7 @@ use std::time::{Duration, Instant};
 use http::header::HeaderMap;
 use http::StatusCode;
 use mio::{Events, Interest, Poll, Token};
-use padis_balance::{GroupBalancer, InFlight, Pick, SelectCtx};
-use padis_model::{Balance, HashKey};
+use padis_balance::{GroupBalancer, InFlight, Pick};
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -41,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::{self, ActiveGuard};
 use crate::headers::ClientId;
 use crate::io::REQUEST_TIMEOUT_REPLY;
-use crate::metrics::{Finished, RequestCounters};
+use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
-use crate::routes::{normalise_host, CompiledRoute};
+use crate::routes::CompiledRoute;
+use buf::{Buf, Out};
 use response::Framing;
 
 /// How often deadlines (head, idle, connect, response, idle backend connections) and stop requests are checked.
@@ -99,130 +102,6 @@ impl FastLoops {
     pub fn submit(&self, h: Handoff) -> Result<(), Handoff> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         self.senders[i].send(h).map_err(|e| e.0)
-    }
-}
-
-/// A read buffer: initialised once, filled at `end`, consumed from `start`.
-struct Buf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// The size it starts with and goes back to when empty.
-    base: usize,
-}
-
-impl Buf {
-    fn new(size: usize) -> Buf {
-        Buf { data: vec![0; size], start: 0, end: 0, base: size }
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.data[self.start..self.end]
-    }
-
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-
-    /// Takes `n` bytes off the front; an emptied buffer that had grown past `4 * base` goes back to `base` bytes
-    /// (a large head or response passed through once does not keep its memory on an idle connection).
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.data.len() > 4 * self.base {
-                self.data = vec![0; self.base];
-            }
-        }
-    }
-
-    /// Room to read into (moving the data to the front first when that makes room), growing up to `max`.
-    fn space(&mut self, max: usize) -> &mut [u8] {
-        if self.end == self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.data.len() && self.data.len() < max {
-            let grown = (self.data.len() * 2).min(max);
-            self.data.resize(grown, 0);
-        }
-        &mut self.data[self.end..]
-    }
-
-    /// Reads from `sock` until it would block, the buffer is full (`max`) or the peer closed: whether it
-    /// closed (read 0), and whether the buffer filled up (more may be waiting). A short read is taken as "nothing
-    /// more for now" (edge-triggered readiness reports what arrives later) unless `to_end`: the peer's close was
-    /// reported, and the read that sees it must be made (its edge is already consumed).
-    fn fill(&mut self, sock: &mut mio::net::TcpStream, max: usize, to_end: bool) -> io::Result<(bool, bool)> {
-        loop {
-            let space = self.space(max);
-            let room = space.len();
-            if room == 0 {
-                return Ok((false, true));
-            }
-            match sock.read(space) {
-                Ok(0) => return Ok((true, false)),
-                Ok(n) => {
-                    self.end += n;
-                    if n < room && !to_end {
-                        return Ok((false, false));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok((false, false)),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// Output towards one peer.
-#[derive(Default)]
-struct Out {
-    data: Vec<u8>,
-    pos: usize,
-}
-
-impl Out {
-    fn pending(&self) -> usize {
-        self.data.len() - self.pos
-    }
-
-    /// Takes the result of a send of the pending bytes (bytes sent, or a negative errno), writing on if it was
-    /// cut short; `Ok(true)` when everything went out.
-    fn sent(&mut self, result: i32, sock: &mut mio::net::TcpStream) -> io::Result<bool> {
-        match result {
-            n if n >= 0 => self.pos += n as usize,
-            e if -e == libc::EAGAIN || -e == libc::EINTR => return Ok(false),
-            e => return Err(io::Error::from_raw_os_error(-e)),
-        }
-        self.flush(sock)
-    }
-
-    /// Writes what it can; `Ok(true)` when everything went out.
-    fn flush(&mut self, sock: &mut mio::net::TcpStream) -> io::Result<bool> {
-        while self.pos < self.data.len() {
-            match sock.write(&self.data[self.pos..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.data.clear();
-        self.pos = 0;
-        if self.data.capacity() > OUT_KEEP {
-            // A large response went out: do not keep its memory on the connection.
-            self.data = Vec::new();
-        }
-        Ok(true)
     }
 }
 
@@ -448,7 +327,7 @@ impl Loop {
         })
     }
 
-    fn next_gen(&mut self) -> u32 {
+    pub(super) fn next_gen(&mut self) -> u32 {
         self.gen = self.gen.wrapping_add(1);
         self.gen
     }
@@ -574,7 +453,7 @@ impl Loop {
         }
     }
 
-    fn mark_client(&mut self, k: usize) {
+    pub(super) fn mark_client(&mut self, k: usize) {
         if let Some(c) = self.clients.get_mut(k) {
             if !c.dirty && c.out.pending() > 0 {
                 c.dirty = true;
@@ -583,7 +462,7 @@ impl Loop {
         }
     }
 
-    fn mark_backend(&mut self, k: usize) {
+    pub(super) fn mark_backend(&mut self, k: usize) {
         if let Some(b) = self.backends.get_mut(k) {
             if !b.dirty && b.out.pending() > 0 && !matches!(b.state, BackendState::Connecting { .. }) {
                 b.dirty = true;
@@ -594,7 +473,7 @@ impl Loop {
 
     /// Sends the buffered output of every connection that has some — one system call for all of them (see
     /// [`batch`]) —, and acts on what that unblocked.
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         while !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
             let mut sends = std::mem::take(&mut self.sends);
@@ -613,7 +492,7 @@ impl Loop {
                     (c.sock.as_raw_fd(), &c.out)
                 };
                 let (fd, out) = out;
-                let rest = &out.data[out.pos..];
+                let rest = out.unsent();
                 items.push(batch::Item { fd, ptr: rest.as_ptr(), len: rest.len() });
                 sends.push(t);
             }
@@ -659,725 +538,7 @@ impl Loop {
         }
     }
 
-    /// A client's output went out completely.
-    fn client_drained(&mut self, k: usize) {
-        let c = &self.clients[k];
-        match c.state {
-            ClientState::Closing => self.close_client(k),
-            ClientState::Head if c.handoff => self.handoff(k),
-            // Pipelined requests waited for the client to read its responses.
-            ClientState::Head => {
-                self.advance(k);
-                self.resume_client(k);
-            }
-            ClientState::Busy(_) => self.resume_backend_of(k),
-        }
-    }
-
-    fn client_event(&mut self, k: usize, ev: Ready) {
-        if ev.error {
-            self.close_client(k);
-            return;
-        }
-        let c = &mut self.clients[k];
-        c.peer_closed |= ev.closed;
-        if ev.writable {
-            self.mark_client(k);
-        }
-        if ev.readable && !self.clients[k].read_paused {
-            self.client_ready(k);
-        }
-    }
-
-    /// Reads what client `k` sent and acts on it, for as long as acting makes room for more.
-    fn client_ready(&mut self, k: usize) {
-        let max = self.plane.runtime.load().limits.max_header_bytes.max(CLIENT_BUF) + 1;
-        let Some(gen) = self.clients.get(k).map(|c| c.gen) else { return };
-        loop {
-            let Some(c) = self.clients.get_mut(k).filter(|c| c.gen == gen) else { return };
-            if matches!(c.state, ClientState::Closing) || c.handoff {
-                return;
-            }
-            match c.inb.fill(&mut c.sock, max, c.peer_closed) {
-                Ok((eof, full)) => {
-                    c.eof |= eof;
-                    c.read_paused = full;
-                    if !c.inb.is_empty() || eof {
-                        c.last_activity = Instant::now();
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %c.peer, error = %e, "fast path: client read failed");
-                    self.close_client(k);
-                    return;
-                }
-            }
-            self.advance(k);
-            match self.clients.get_mut(k).filter(|c| c.gen == gen) {
-                Some(c) if c.read_paused && c.inb.len() < c.inb.data.len() => c.read_paused = false,
-                _ => return,
-            }
-        }
-    }
-
-    /// Reads on from client `k` if reading stopped for want of room and there is room now.
-    fn resume_client(&mut self, k: usize) {
-        if self.clients.get(k).is_some_and(|c| c.read_paused && c.inb.len() < c.inb.data.len()) {
-            self.clients[k].read_paused = false;
-            self.client_ready(k);
-        }
-    }
-
-    /// Moves client `k`'s state machine as far as the bytes it has allow (it reads nothing itself).
-    fn advance(&mut self, k: usize) {
-        loop {
-            let Some(c) = self.clients.get_mut(k) else { return };
-            match c.state {
-                ClientState::Closing => return,
-                ClientState::Busy(_) => {
-                    self.pump_request_body(k);
-                    return;
-                }
-                ClientState::Head => {}
-            }
-            if c.handoff {
-                return;
-            }
-            if c.inb.is_empty() {
-                if c.eof {
-                    self.close_client(k);
-                }
-                return;
-            }
-            if c.out.pending() > HIGH_WATER {
-                // Pipelined requests wait until the client reads its responses.
-                return;
-            }
-            if c.head_deadline.is_none() {
-                let timeout = self.plane.runtime.load().limits.header_read_timeout;
-                c.head_deadline = Some(Instant::now() + timeout);
-            }
-            match self.start_exchange(k) {
-                Start::Partial => {
-                    if self.clients[k].eof {
-                        self.close_client(k);
-                    }
-                    return;
-                }
-                Start::Fallback => {
-                    let c = &mut self.clients[k];
-                    c.handoff = true;
-                    if c.out.pending() == 0 {
-                        self.handoff(k);
-                    }
-                    return;
-                }
-                Start::Answered => continue,
-                Start::Forwarding => {
-                    self.pump_request_body(k);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Parses the head at the front of client `k`'s buffer and starts its exchange.
-    fn start_exchange(&mut self, k: usize) -> Start {
-        let rt = self.plane.runtime.load();
-        let limits = &rt.limits;
-        let c = &mut self.clients[k];
-        let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
-        let head = match request::parse(c.inb.filled(), &mut slots, limits.max_headers) {
-            request::Parsed::Partial => {
-                return if c.inb.len() > limits.max_header_bytes { Start::Fallback } else { Start::Partial };
-            }
-            request::Parsed::Fallback => return Start::Fallback,
-            request::Parsed::Head(h) => h,
-        };
-        let max_body = match limits.max_body_bytes {
-            0 => u64::MAX,
-            n => n,
-        };
-        if head.len > limits.max_header_bytes || head.body > max_body || normalise_host(head.host, &mut c.host).is_none() {
-            return Start::Fallback;
-        }
-        let Some(lrt) = rt.listeners.get(&*c.listener) else { return Start::Fallback };
-        let Some(route) = lrt.routes.lookup(&c.host, head.path()) else { return Start::Fallback };
-        if route.redirect_https.is_some() {
-            return Start::Fallback;
-        }
-        let Some(group) = route.pick_group() else { return Start::Fallback };
-        let (Some(balancer), Some(upstream)) = (rt.balancers.group(group), rt.upstreams.get(group)) else {
-            return Start::Fallback;
-        };
-        if upstream.https || upstream.h2 {
-            return Start::Fallback;
-        }
-        let cfg = balancer.config();
-        let select_headers = match (&cfg.balance, &cfg.hash_key) {
-            (Balance::Sticky, _) | (Balance::Maglev, Some(HashKey::Header(_) | HashKey::Cookie(_))) => {
-                Some(head.header_map())
-            }
-            _ => None,
-        };
-        head.write_backend_head(&c.id, &mut c.req_head);
-        c.method.clear();
-        c.method.push_str(head.method);
-        c.path.clear();
-        c.path.push_str(head.path());
-        c.close_after |= head.close;
-        let ex = Exchange {
-            started: Instant::now(),
-            route: route.clone(),
-            balancer: balancer.clone(),
-            group: upstream.group.clone(),
-            select_headers,
-            pick: None,
-            label: None,
-            in_flight: None,
-            exclude: Vec::new(),
-            retries: upstream.retries,
-            connect_timeout: cfg.connect_timeout,
-            request_timeout: upstream.request_timeout,
-            idle_timeout: cfg.idle_timeout,
-            idempotent: crate::forward::idempotent(head.method),
-            head_request: head.method == "HEAD",
-            body_left: head.body,
-            has_body: head.body > 0,
-            replayed: false,
-            backend: None,
-            deadline: None,
-            framing: None,
-            reusable: false,
-            keep_alive: None,
-            status: 0,
-            bytes: 0,
-        };
-        let len = head.len;
-        drop(rt);
-        c.inb.consume(len);
-        c.head_deadline = None;
-        c.state = ClientState::Busy(Box::new(ex));
-        self.pick_and_send(k)
-    }
-
-    /// Picks a backend for client `k`'s exchange (none of its `exclude` list) and sends the request over an idle
-    /// connection to it or a new one; answers 503/502 itself when no backend can take it.
-    fn pick_and_send(&mut self, k: usize) -> Start {
-        let picked = {
-            let c = &mut self.clients[k];
-            let ClientState::Busy(ex) = &mut c.state else { return Start::Answered };
-            let headers = ex.select_headers.as_ref().unwrap_or(&self.no_headers);
-            let ctx = SelectCtx { client_ip: c.peer.ip().to_canonical(), headers };
-            match ex.balancer.select(&ctx, &ex.exclude) {
-                None if ex.exclude.is_empty() => Err((StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n")),
-                None => Err((StatusCode::BAD_GATEWAY, "backend connection failed\n")),
-                Some(pick) => {
-                    let addr = pick.backend.addr;
-                    let rt = self.plane.runtime.load();
-                    ex.label = Some(rt.backend_labels.get(&addr).cloned().unwrap_or_else(|| addr.to_string().into()));
-                    ex.pick = Some(pick);
-                    Ok((addr, ex.connect_timeout))
-                }
-            }
-        };
-        let (addr, timeout) = match picked {
-            Ok(p) => p,
-            Err((status, msg)) => {
-                self.answer_locally(k, status, msg);
-                return Start::Answered;
-            }
-        };
-        let (bk, reused) = match self.take_idle(addr) {
-            Some(bk) => (bk, true),
-            None => match self.connect(addr, timeout) {
-                Ok(bk) => (bk, false),
-                Err(e) => {
-                    tracing::debug!(backend = %addr, error = %e, "backend connect failed");
-                    return self.connect_failed(k);
-                }
-            },
-        };
-        self.attach(k, bk, reused);
-        Start::Forwarding
-    }
-
-    /// Puts client `k`'s request on backend connection `bk`.
-    fn attach(&mut self, k: usize, bk: usize, reused: bool) {
-        let c = &mut self.clients[k];
-        let ClientState::Busy(ex) = &mut c.state else { return };
-        let b = &mut self.backends[bk];
-        b.client = Some(k);
-        b.reused = reused;
-        b.read_any = false;
-        b.out.data.extend_from_slice(&c.req_head);
-        ex.backend = Some(bk);
-        if ex.in_flight.is_none() {
-            ex.in_flight = ex.pick.as_ref().map(|p| p.backend.begin());
-        }
-        ex.deadline = None;
-        if !matches!(b.state, BackendState::Connecting { .. }) {
-            b.state = BackendState::Busy;
-            ex.deadline = Some(Instant::now() + ex.request_timeout);
-            self.mark_backend(bk);
-        }
-    }
-
-    /// Moves request body bytes from client `k` to its backend connection, as far as buffers allow.
-    fn pump_request_body(&mut self, k: usize) {
-        let Some(c) = self.clients.get_mut(k) else { return };
-        let ClientState::Busy(ex) = &mut c.state else { return };
-        let Some(bk) = ex.backend else { return };
-        let b = &mut self.backends[bk];
-        if matches!(b.state, BackendState::Connecting { .. }) || ex.body_left == 0 {
-            return;
-        }
-        let room = HIGH_WATER.saturating_sub(b.out.pending());
-        let n = (c.inb.len() as u64).min(ex.body_left).min(room as u64) as usize;
-        if n > 0 {
-            b.out.data.extend_from_slice(&c.inb.filled()[..n]);
-            c.inb.consume(n);
-            ex.body_left -= n as u64;
-            self.mark_backend(bk);
-        }
-        let c = &self.clients[k];
-        if c.eof && c.inb.is_empty() && matches!(&c.state, ClientState::Busy(ex) if ex.body_left > 0) {
-            tracing::debug!(peer = %c.peer, "fast path: client closed in the middle of its request body");
-            self.close_client(k);
-        }
-    }
-
-    /// An idle connection to `addr`, most recently used first.
-    fn take_idle(&mut self, addr: SocketAddr) -> Option<usize> {
-        let list = self.idle.get_mut(&addr)?;
-        let bk = list.pop()?;
-        if list.is_empty() {
-            self.idle.remove(&addr);
-        }
-        Some(bk)
-    }
-
-    fn connect(&mut self, addr: SocketAddr, timeout: Duration) -> io::Result<usize> {
-        let mut sock = mio::net::TcpStream::connect(addr)?;
-        let gen = self.next_gen();
-        let entry = self.backends.vacant_entry();
-        let key = entry.key();
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll.get_ref().registry().register(&mut sock, token(key, gen, true), interest)?;
-        entry.insert(Backend {
-            sock,
-            gen,
-            addr,
-            state: BackendState::Connecting { deadline: Instant::now() + timeout },
-            client: None,
-            inb: Buf::new(BACKEND_BUF),
-            out: Out::default(),
-            dirty: false,
-            reused: false,
-            read_any: false,
-            read_paused: false,
-            eof: false,
-            peer_closed: false,
-        });
-        Ok(key)
-    }
-
-    /// The connection attempt of client `k`'s exchange failed (refused, timed out): reported as the hyper path
-    /// does, then another backend for an idempotent request while retries are left, else 502.
-    fn connect_failed(&mut self, k: usize) -> Start {
-        let retry = {
-            let Some(c) = self.clients.get_mut(k) else { return Start::Answered };
-            let ClientState::Busy(ex) = &mut c.state else { return Start::Answered };
-            ex.backend = None;
-            ex.in_flight = None;
-            let Some(pick) = ex.pick.take() else { return Start::Answered };
-            pick.backend.health.report_failure();
-            let label = ex.label.as_deref().unwrap_or("");
-            self.plane.metrics.connect_errors.with_label_values(&[&*ex.group, label]).inc();
-            let retry = ex.idempotent && ex.exclude.len() < ex.retries as usize;
-            if retry {
-                ex.exclude.push(pick.backend.addr);
-            }
-            retry
-        };
-        if retry {
-            self.pick_and_send(k)
-        } else {
-            self.answer_locally(k, StatusCode::BAD_GATEWAY, "backend connection failed\n");
-            Start::Answered
-        }
-    }
-
-    /// A connection attempt of client `ck` failed: the next backend, or the answer, then the client's next
-    /// request.
-    fn retry_after_connect_failure(&mut self, ck: usize) {
-        if let Start::Answered = self.connect_failed(ck) {
-            self.advance(ck);
-        }
-    }
-
-    fn backend_event(&mut self, bk: usize, ev: Ready) {
-        let Ready { readable, writable, error, closed } = ev;
-        let b = &mut self.backends[bk];
-        b.peer_closed |= closed;
-        match b.state {
-            BackendState::Connecting { .. } => {
-                if !(writable || readable || error) {
-                    return;
-                }
-                let failed = match b.sock.take_error() {
-                    Ok(Some(e)) | Err(e) => Some(e),
-                    Ok(None) => match b.sock.peer_addr() {
-                        Ok(_) => None,
-                        Err(e) if e.kind() == ErrorKind::NotConnected && !error => return,
-                        Err(e) => Some(e),
-                    },
-                };
-                let ck = b.client;
-                if let Some(e) = failed {
-                    tracing::debug!(backend = %b.addr, error = %e, "backend connect failed");
-                    self.close_backend(bk);
-                    if let Some(ck) = ck {
-                        self.retry_after_connect_failure(ck);
-                    }
-                    return;
-                }
-                let _ = b.sock.set_nodelay(true);
-                let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-                let _ = socket2::SockRef::from(&b.sock).set_tcp_keepalive(&keepalive);
-                b.state = BackendState::Busy;
-                if let Some(ck) = ck {
-                    if let ClientState::Busy(ex) = &mut self.clients[ck].state {
-                        ex.deadline = Some(Instant::now() + ex.request_timeout);
-                    }
-                    self.mark_backend(bk);
-                    self.pump_request_body(ck);
-                    self.resume_client(ck);
-                }
-            }
-            BackendState::Idle { .. } => {
-                // An idle connection has nothing to say: the backend closed it (or broke the protocol).
-                if readable || error {
-                    self.close_backend(bk);
-                }
-            }
-            BackendState::Busy => {
-                if error {
-                    let e = b.sock.take_error().ok().flatten().unwrap_or_else(|| ErrorKind::ConnectionReset.into());
-                    self.backend_failed(bk, &e);
-                    return;
-                }
-                let paused = b.read_paused;
-                if writable {
-                    self.mark_backend(bk);
-                }
-                if readable && !paused {
-                    self.backend_ready(bk);
-                }
-            }
-        }
-    }
-
-    /// Reads what backend connection `bk` sent and forwards it, for as long as forwarding makes room for more.
-    fn backend_ready(&mut self, bk: usize) {
-        let Some(gen) = self.backends.get(bk).map(|b| b.gen) else { return };
-        loop {
-            let Some(b) = self.backends.get_mut(bk).filter(|b| b.gen == gen) else { return };
-            let head_pending = b.client.is_some_and(|ck| {
-                self.clients.get(ck).is_some_and(|c| matches!(&c.state, ClientState::Busy(ex) if ex.framing.is_none()))
-            });
-            let max = if head_pending { MAX_RESPONSE_HEAD + 1 } else { BACKEND_BUF };
-            let (eof, full) = match b.inb.fill(&mut b.sock, max, b.peer_closed) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.backend_failed(bk, &e);
-                    return;
-                }
-            };
-            b.read_paused = full;
-            b.eof |= eof;
-            if !b.inb.is_empty() {
-                b.read_any = true;
-            }
-            self.forward_response(bk);
-            if eof {
-                if self.backends.get(bk).is_some_and(|b| b.gen == gen) {
-                    self.backend_eof(bk);
-                }
-                return;
-            }
-            let blocked = self.client_blocked(self.backends.get(bk).and_then(|b| b.client));
-            match self.backends.get_mut(bk).filter(|b| b.gen == gen) {
-                Some(b) if b.read_paused && b.inb.len() < b.inb.data.len() && !blocked => b.read_paused = false,
-                _ => return,
-            }
-        }
-    }
-
-    /// Whether client `ck` has more output waiting than the loop lets pile up.
-    fn client_blocked(&self, ck: Option<usize>) -> bool {
-        ck.and_then(|ck| self.clients.get(ck)).is_some_and(|c| c.out.pending() > HIGH_WATER)
-    }
-
-    /// Forwards what backend connection `bk` has read to its client: the response head (rewritten), then body
-    /// bytes as far as the framing and the client's buffer allow.
-    fn forward_response(&mut self, bk: usize) {
-        let mut client = None;
-        loop {
-            match self.forward_step(bk) {
-                Step::More => client = self.backends.get(bk).and_then(|b| b.client),
-                Step::Idle => break,
-                Step::Stray => {
-                    self.close_backend(bk);
-                    return;
-                }
-                Step::Done(ck, reusable) => {
-                    self.mark_client(ck);
-                    self.finish(ck, Some(reusable));
-                    self.advance(ck);
-                    return;
-                }
-                Step::Bad(ck, why) => {
-                    self.bad_response(ck, bk, why);
-                    return;
-                }
-                Step::Abort(ck) => {
-                    self.mark_client(ck);
-                    self.close_backend(bk);
-                    self.abort(ck);
-                    return;
-                }
-            }
-        }
-        if let Some(ck) = client {
-            self.mark_client(ck);
-        }
-    }
-
-    fn forward_step(&mut self, bk: usize) -> Step {
-        let Some(b) = self.backends.get_mut(bk) else { return Step::Idle };
-        let Some(ck) = b.client else {
-            return if b.inb.is_empty() { Step::Idle } else { Step::Stray };
-        };
-        let c = &mut self.clients[ck];
-        let ClientState::Busy(ex) = &mut c.state else { return Step::Idle };
-        let Some(framing) = &mut ex.framing else {
-            let set_cookie = ex.pick.as_ref().and_then(|p| p.set_cookie.as_ref());
-            return match response::parse(b.inb.filled(), ex.head_request, set_cookie, c.close_after, &mut c.out.data) {
-                response::Parsed::Partial if b.inb.len() > MAX_RESPONSE_HEAD => Step::Bad(ck, "response head too large"),
-                response::Parsed::Partial => Step::Idle,
-                response::Parsed::Bad => Step::Bad(ck, "malformed response"),
-                response::Parsed::Informational(n) => {
-                    b.inb.consume(n);
-                    Step::More
-                }
-                response::Parsed::Head(h) => {
-                    b.inb.consume(h.len);
-                    ex.deadline = None;
-                    ex.status = h.status;
-                    ex.reusable = h.reusable;
-                    ex.keep_alive = h.keep_alive;
-                    ex.framing = Some(h.framing);
-                    c.close_after |= h.close_client;
-                    if let Some(p) = &ex.pick {
-                        if h.status >= 500 {
-                            p.backend.health.report_failure();
-                        } else {
-                            p.backend.health.report_success();
-                        }
-                    }
-                    Step::More
-                }
-            };
-        };
-        if c.out.pending() > HIGH_WATER {
-            b.read_paused = true;
-            return Step::Idle;
-        }
-        match framing.advance(b.inb.filled()) {
-            Ok((n, done)) => {
-                c.out.data.extend_from_slice(&b.inb.filled()[..n]);
-                b.inb.consume(n);
-                ex.bytes += n as u64;
-                if done {
-                    let reusable = ex.reusable && ex.body_left == 0 && b.inb.is_empty() && !b.eof && !b.read_paused;
-                    Step::Done(ck, reusable)
-                } else if n == 0 {
-                    Step::Idle
-                } else {
-                    Step::More
-                }
-            }
-            Err(e) => {
-                tracing::debug!(backend = %b.addr, error = %e, "fast path: bad response body");
-                Step::Abort(ck)
-            }
-        }
-    }
-
-    /// After client `k` took some output: reads on from its backend if that was paused for it.
-    fn resume_backend_of(&mut self, k: usize) {
-        let Some(c) = self.clients.get(k) else { return };
-        let ClientState::Busy(ex) = &c.state else { return };
-        let Some(bk) = ex.backend else { return };
-        if c.out.pending() <= HIGH_WATER && self.backends.get(bk).is_some_and(|b| b.read_paused) {
-            self.backends[bk].read_paused = false;
-            self.forward_response(bk);
-            if self.backends.get(bk).is_some_and(|b| b.client == Some(k) && !b.read_paused) {
-                self.backend_ready(bk);
-            }
-        }
-    }
-
-    /// The backend closed its side of `bk`.
-    fn backend_eof(&mut self, bk: usize) {
-        let Some(b) = self.backends.get(bk) else { return };
-        let Some(ck) = b.client else {
-            self.close_backend(bk);
-            return;
-        };
-        let (reused, read_any, addr) = (b.reused, b.read_any, b.addr);
-        let ClientState::Busy(ex) = &mut self.clients[ck].state else { return };
-        match &ex.framing {
-            // The body ends with the close.
-            Some(Framing::Close) => {
-                self.close_backend(bk);
-                self.mark_client(ck);
-                self.finish(ck, None);
-                self.advance(ck);
-            }
-            // The body was cut short.
-            Some(_) => {
-                tracing::debug!(backend = %addr, "fast path: backend closed in the middle of a response");
-                self.close_backend(bk);
-                self.mark_client(ck);
-                self.abort(ck);
-            }
-            None if reused && !read_any && ex.idempotent && !ex.has_body && !ex.replayed => {
-                // A reused connection the backend closed as the request went out: once more, on a new one.
-                tracing::debug!(backend = %addr, "reused backend connection closed before any response byte; sending again on a new one");
-                ex.replayed = true;
-                let timeout = ex.connect_timeout;
-                self.close_backend(bk);
-                match self.connect(addr, timeout) {
-                    Ok(nb) => self.attach(ck, nb, false),
-                    Err(_) => self.retry_after_connect_failure(ck),
-                }
-            }
-            None => self.bad_response(ck, bk, "backend closed before answering"),
-        }
-    }
-
-    /// A read or write on `bk` failed.
-    fn backend_failed(&mut self, bk: usize, e: &io::Error) {
-        let Some(b) = self.backends.get(bk) else { return };
-        tracing::debug!(backend = %b.addr, error = %e, "fast path: backend connection failed");
-        match b.client {
-            Some(ck) if matches!(&self.clients[ck].state, ClientState::Busy(ex) if ex.framing.is_none()) => {
-                self.bad_response(ck, bk, "backend connection failed")
-            }
-            Some(ck) => {
-                self.close_backend(bk);
-                self.mark_client(ck);
-                self.abort(ck);
-            }
-            None => self.close_backend(bk),
-        }
-    }
-
-    /// The backend's answer cannot be forwarded and nothing of it was: 502, as the hyper path answers.
-    fn bad_response(&mut self, ck: usize, bk: usize, why: &str) {
-        if let Some(b) = self.backends.get(bk) {
-            tracing::debug!(backend = %b.addr, why, "backend request failed");
-        }
-        self.close_backend(bk);
-        if let ClientState::Busy(ex) = &mut self.clients[ck].state {
-            if let Some(p) = &ex.pick {
-                p.backend.health.report_failure();
-            }
-        }
-        self.answer_locally(ck, StatusCode::BAD_GATEWAY, "bad gateway\n");
-        self.advance(ck);
-    }
-
-    /// Answers client `k`'s exchange with a short local response and ends it.
-    fn answer_locally(&mut self, k: usize, status: StatusCode, msg: &str) {
-        let c = &mut self.clients[k];
-        let mut backend = None;
-        if let ClientState::Busy(ex) = &mut c.state {
-            ex.status = status.as_u16();
-            backend = ex.backend.take();
-            if ex.body_left > 0 {
-                // The rest of the request body would be read as the next request: close after this answer.
-                c.close_after = true;
-            }
-        }
-        local_reply(status, msg, c.close_after, &mut c.out.data);
-        if let Some(bk) = backend {
-            self.close_backend(bk);
-        }
-        self.mark_client(k);
-        self.finish(k, None);
-    }
-
-    /// Ends client `k`'s exchange: records it (metrics, access log, in-flight count), gives its backend connection
-    /// back to the idle cache when `reusable` (`None`: it is closed already), and gets the client ready for its
-    /// next request, or closing.
-    fn finish(&mut self, k: usize, reusable: Option<bool>) {
-        let c = &mut self.clients[k];
-        let ClientState::Busy(ex) = std::mem::replace(&mut c.state, ClientState::Head) else { return };
-        self.record(&self.clients[k], &ex);
-        if let (Some(bk), Some(keep)) = (ex.backend, reusable) {
-            if keep {
-                let b = &mut self.backends[bk];
-                let keep_for = match ex.keep_alive {
-                    Some(t) => ex.idle_timeout.min(t.saturating_sub(Duration::from_secs(1))),
-                    None => ex.idle_timeout,
-                };
-                b.client = None;
-                b.state = BackendState::Idle { until: Instant::now() + keep_for };
-                self.idle.entry(b.addr).or_default().push(bk);
-            } else {
-                self.close_backend(bk);
-            }
-        }
-        let c = &mut self.clients[k];
-        c.last_activity = Instant::now();
-        if c.close_after || (c.eof && c.inb.is_empty()) {
-            c.state = ClientState::Closing;
-            if c.out.pending() == 0 {
-                self.close_client(k);
-            }
-        }
-    }
-
-    /// The response was cut short after its head went out: the client connection cannot carry on.
-    fn abort(&mut self, k: usize) {
-        let Some(c) = self.clients.get_mut(k) else { return };
-        if let ClientState::Busy(ex) = &mut c.state {
-            ex.backend = None;
-        }
-        c.close_after = true;
-        self.finish(k, None);
-    }
-
-    /// Metrics and access log of an exchange of client `c`.
-    fn record(&self, c: &Client, ex: &Exchange) {
-        let finished = Finished {
-            listener: &c.listener,
-            route: Some(&ex.route),
-            backend: ex.label.as_ref(),
-            status: StatusCode::from_u16(ex.status).unwrap_or(StatusCode::BAD_GATEWAY),
-            method: &c.method,
-            host: &c.host,
-            path: &c.path,
-            elapsed: ex.started.elapsed(),
-            bytes: ex.bytes,
-        };
-        finished.record(&self.plane.metrics, &c.counters);
-    }
-
-    fn close_client(&mut self, k: usize) {
+    pub(super) fn close_client(&mut self, k: usize) {
         let Some(mut c) = self.clients.try_remove(k) else { return };
         let _ = self.poll.get_ref().registry().deregister(&mut c.sock);
         if let ClientState::Busy(ex) = &c.state {
@@ -1390,7 +551,7 @@ impl Loop {
         let _ = c.sock.shutdown(Shutdown::Write);
     }
 
-    fn close_backend(&mut self, bk: usize) {
+    pub(super) fn close_backend(&mut self, bk: usize) {
         let Some(mut b) = self.backends.try_remove(bk) else { return };
         let _ = self.poll.get_ref().registry().deregister(&mut b.sock);
         if let BackendState::Idle { .. } = b.state {
@@ -1411,7 +572,7 @@ impl Loop {
     }
 
     /// Gives client `k` to the hyper path with the bytes it sent that were not served here.
-    fn handoff(&mut self, k: usize) {
+    pub(super) fn handoff(&mut self, k: usize) {
         let Some(mut c) = self.clients.try_remove(k) else { return };
         let _ = self.poll.get_ref().registry().deregister(&mut c.sock);
         let Some(guard) = c.guard.take() else { return };
