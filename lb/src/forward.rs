@@ -70,7 +70,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         method: req.method().clone(),
         uri: req.uri().clone(),
         host: String::new(),
-        status: StatusCode::OK,
+        // Until an answer is chosen: a request dropped before that (its client went away) counts as 499.
+        status: StatusCode::from_u16(crate::metrics::CLIENT_CLOSED).unwrap_or(StatusCode::OK),
         route: None,
         backend: None,
         in_flight: None,

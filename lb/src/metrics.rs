@@ -156,6 +156,9 @@ impl RequestCounters {
     }
 }
 
+/// The status recorded for a request whose client went away before its answer (as nginx logs it).
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
 /// One finished request, as both request paths record it.
 pub(crate) struct Finished<'a> {
     pub listener: &'a str,

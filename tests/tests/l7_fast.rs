@@ -2,8 +2,9 @@
 //! framings passed through (chunked with trailers, close-delimited, HEAD, 204/304, 1xx before the final
 //! answer), request bodies streamed (large enough to fill socket buffers both ways), pipelined requests answered
 //! in order, a connection handed to the hyper path in the middle (a chunked request body after plain
-//! requests), and broken backends (a malformed head: 502; a body cut short: the client connection is closed, not
-//! left hanging). Every answer is read by hyper's client or checked byte for byte.
+//! requests), broken backends (a malformed head: 502; a body cut short: the client connection is closed, not
+//! left hanging), and a client that resets before its answer (counted 499). Every answer is read by hyper's client
+//! or checked byte for byte.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,6 +102,10 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                                       HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
                             .to_vec(),
                         "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(),
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec()
+                        }
                         "/cut" => {
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..").await;
                             return;
@@ -232,5 +237,29 @@ async fn broken_backends_get_a_502_or_a_closed_connection() {
     let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.expect("no hang");
     assert!(body.is_err(), "the client sees the body end early");
     assert_eq!(p.metric("padis_http_requests_total", &[("code", "502")]), 1.0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_that_resets_before_its_answer_counts_as_499() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir) = proxy(b).await;
+    let s = TcpStream::connect(p.addr("web")).await.expect("connect");
+    let (r, mut w) = s.into_split();
+    w.write_all(b"GET /slow HTTP/1.1\r\nHost: fast.test\r\n\r\n").await.unwrap();
+    // The request is in; the client goes away with a reset while the backend takes its time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = r.reunite(w).expect("same stream");
+    s.set_zero_linger().expect("linger");
+    drop(s);
+    let code = |c: &str| p.metric("padis_http_requests_total", &[("code", c)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while code("499") < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((code("499"), code("200")), (1.0, 0.0), "counted as the client's doing, not the backend's");
+    // The proxy goes on serving.
+    let mut c = H1Conn::connect(p.addr("web")).await;
+    assert_eq!(c.get("fast.test", "/after").await.expect("after").status, 200);
     p.stop().await;
 }

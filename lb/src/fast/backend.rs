@@ -267,7 +267,14 @@ impl Loop {
                 b.inb.consume(n);
                 ex.bytes += n as u64;
                 if done {
-                    let reusable = ex.reusable && ex.body_left == 0 && b.inb.is_empty() && !b.eof && !b.read_paused;
+                    // Reused only when the request went out whole (a backend may answer before the body is in)
+                    // and nothing follows the response.
+                    let reusable = ex.reusable
+                        && ex.body_left == 0
+                        && b.out.pending() == 0
+                        && b.inb.is_empty()
+                        && !b.eof
+                        && !b.read_paused;
                     Step::Done(ck, reusable)
                 } else if n == 0 {
                     Step::Idle

@@ -9,7 +9,7 @@ use padis_balance::SelectCtx;
 use padis_model::{Balance, HashKey};
 
 use super::{local_reply, request, BackendState, Client, ClientState, Exchange, Loop, Ready, Start, CLIENT_BUF, HIGH_WATER};
-use crate::metrics::Finished;
+use crate::metrics::{Finished, CLIENT_CLOSED};
 use crate::routes::normalise_host;
 
 impl Loop {
@@ -368,7 +368,8 @@ impl Loop {
             listener: &c.listener,
             route: Some(&ex.route),
             backend: ex.label.as_ref(),
-            status: StatusCode::from_u16(ex.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            // No status yet: the client went away before the answer.
+            status: StatusCode::from_u16(ex.status).unwrap_or(StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::OK)),
             method: &c.method,
             host: &c.host,
             path: &c.path,
