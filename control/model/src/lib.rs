@@ -12,6 +12,7 @@ mod error;
 pub mod l4;
 mod locate;
 pub mod marathon;
+pub mod secret;
 pub mod service;
 mod snapshot;
 mod store;
@@ -20,6 +21,7 @@ mod validate;
 
 pub use config::*;
 pub use error::{ConfigError, ConfigErrors};
+pub use secret::Secret;
 pub use service::{Instance, Service, ServicePort};
 pub use snapshot::{Snapshot, SourceStatus};
 pub use store::{SnapshotReader, SnapshotStore};
