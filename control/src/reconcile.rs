@@ -241,6 +241,7 @@ mod tests {
                 redirect_https: false,
                 https_port: None,
                 origin: Some("marathon:/m".into()),
+                ..Default::default()
             })],
             status: SourceStatus { name: "marathon".into(), ok: true, last_ok_unix_ms: Some(1), last_error: None },
             ..Default::default()
@@ -272,6 +273,7 @@ mod tests {
             redirect_https: false,
             https_port: None,
             origin: Some("marathon:/x".into()),
+            ..Default::default()
         })
     }
 

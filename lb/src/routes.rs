@@ -148,6 +148,7 @@ pub(crate) fn normalise_host(raw: &str, buf: &mut String) -> Option<()> {
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty()
+            ..Default::default()
         || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
     {
         return None;

@@ -65,6 +65,9 @@ pub struct VersionInfo {
     /// ISO 8601 time of the last config change (not scaling).
     #[serde(default, deserialize_with = "nullable")]
     pub last_config_change_at: Option<String>,
+    /// ISO 8601 time of the last scaling (blue/green: which colour scaled last).
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    pub last_scaling_at: Option<String>,
 }
 
 /// `portDefinitions[]`.
@@ -207,9 +210,15 @@ pub struct Task {
     /// Health check results (one per app health check once checked).
     #[serde(default, deserialize_with = "nullable")]
     pub health_check_results: Vec<HealthCheckResult>,
+    /// When the task started running (Marathon <= 1.3 sends no `state`: a start time then means running).
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     /// Address of `host` when it is a name, filled by the source's resolver (not part of Marathon's JSON).
     #[serde(skip)]
     pub resolved_host: Option<IpAddr>,
+    /// Set by the blue/green merge: a task of the old colour whose traffic moved to the new colour (draining).
+    #[serde(skip)]
+    pub deployment_draining: bool,
 }
 
 /// `tasks[].ipAddresses[]`.

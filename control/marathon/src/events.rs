@@ -180,9 +180,22 @@ pub fn terminal(state: &str) -> bool {
     )
 }
 
-/// Whether `task_id` is the task `id` names (a task id, or the instance id it belongs to in Marathon >= 1.4).
+/// Whether `task_id` is the task `id` names: a task id, or the id of the instance the task belongs to in
+/// Marathon >= 1.4 — `app.instance-<uuid>` for tasks `app.instance-<uuid>._app.1`, and `app.marathon-<uuid>` for
+/// a task of the older shape `app.<uuid>` (Marathon keeps that task id and derives the instance id from it).
 fn matches(task_id: &str, id: &str) -> bool {
-    task_id == id || (task_id.starts_with(id) && task_id.as_bytes().get(id.len()) == Some(&b'.'))
+    if task_id == id || (task_id.starts_with(id) && task_id.as_bytes().get(id.len()) == Some(&b'.')) {
+        return true;
+    }
+    for sep in [".marathon-", "_marathon-"] {
+        if let Some((run_spec, uuid)) = id.rsplit_once(sep) {
+            let legacy = task_id.strip_prefix(run_spec).and_then(|r| r.strip_suffix(uuid));
+            if matches!(legacy, Some("." | "_")) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Applies an event to the cached apps; returns whether anything changed.
@@ -304,6 +317,35 @@ mod tests {
         let h = decode("instance_health_changed_event", r#"{"runSpecId":"/a","instanceId":"a.marathon-1","healthy":true}"#).unwrap();
         assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.marathon-1".into(), alive: Some(true) });
         assert!(matches!(decode("some_new_event", "{}").unwrap(), Event::Other(_)));
+    }
+
+    /// Marathon >= 1.4 names a task of the old id shape (`app.<uuid>`) by its instance id `app.marathon-<uuid>`
+    /// in health events that carry only `instanceId`: the event applies to that task at once.
+    #[test]
+    fn an_instance_id_only_health_event_reaches_an_old_shaped_task() {
+        let mut apps = Apps::from_json(
+            br#"{"apps":[{"id":"/prod/web","healthChecks":[{"protocol":"HTTP","path":"/"}],"tasks":[
+                {"id":"prod_web.5dd78972-6771-11e5-94e1-be5b2935a987","host":"10.0.0.1","ports":[31000],
+                 "startedAt":"2015-09-30T12:47:11.286Z","healthCheckResults":[{"alive":true}]},
+                {"id":"prod_web.instance-0a1b2c3d-6771-11e5-94e1-be5b2935a987._app.1","host":"10.0.0.2",
+                 "ports":[31001],"state":"TASK_RUNNING","healthCheckResults":[{"alive":true}]}]}]}"#,
+        )
+        .unwrap();
+        let ev = |id: &str, alive: bool| {
+            decode(
+                "health_status_changed_event",
+                &format!(r#"{{"appId":"/prod/web","instanceId":"{id}","alive":{alive},"eventType":"health_status_changed_event"}}"#),
+            )
+            .unwrap()
+        };
+        assert!(apply(&mut apps, &ev("prod_web.marathon-5dd78972-6771-11e5-94e1-be5b2935a987", false)));
+        assert!(!apps.apps[0].tasks[0].health_check_results[0].alive);
+        assert!(apps.apps[0].tasks[1].health_check_results[0].alive, "the other task is untouched");
+        assert!(apply(&mut apps, &ev("prod_web.instance-0a1b2c3d-6771-11e5-94e1-be5b2935a987", false)));
+        assert!(!apps.apps[0].tasks[1].health_check_results[0].alive);
+        // A different uuid matches nothing.
+        assert!(!apply(&mut apps, &ev("prod_web.marathon-ffffffff-6771-11e5-94e1-be5b2935a987", true)));
+        assert!(!matches("prod_web.5dd78972", "prod.marathon-5dd78972"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use serde::Serialize;
 pub use apps::{App, Apps, ParseCache, Task};
 pub use error::MarathonError;
 pub use map::{default_dns_name, map_apps, role, Role};
+pub use labels::Unsupported;
 pub use source::MarathonSource;
 
 /// What Marathon contributes to the desired state; merged by control into the config file's state, then
@@ -44,7 +45,7 @@ pub struct MarathonState {
     pub services: Vec<Arc<Service>>,
     /// L4 VIPs from `VIP` labels.
     pub vips: Vec<Arc<Vip>>,
-    /// Invalid apps or labels, skipped.
+    /// Invalid apps, ports, routes or labels (skipped), and labels not honoured (see [`AppProblem::effect`]).
     pub problems: Vec<AppProblem>,
     /// Freshness: last good sync, last error.
     pub status: SourceStatus,
@@ -79,22 +80,49 @@ impl MarathonState {
     }
 }
 
-/// An app (or one of its labels) that could not be mapped; the app is skipped, the others are not.
+/// An app (or one of its labels) that could not be mapped as written: the app, one port or one route is not
+/// served (`effect`), or a label is not honoured and the app is served without it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AppProblem {
     /// App id (or `apps[i]` when it has none).
     pub app: String,
-    /// The label concerned, if one.
+    /// The label concerned, if one, as the app wrote it (`HAPROXY_0_VHOST`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// What Padis does about it.
+    pub effect: Effect,
+    /// For a label Padis does not honour: its generic name (`HAPROXY_{n}_BACKEND_HEAD`, or `unknown`), as in the
+    /// `padis_marathon_labels_unsupported` metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
+}
+
+/// What a problem does to the app.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// The whole app is not served.
+    AppSkipped,
+    /// One port of the app is not served; its other ports are.
+    PortSkipped,
+    /// One route of the app is not served (another app's route wins); the rest is.
+    RouteSkipped,
+    /// The label is not honoured; the app is served without it.
+    LabelIgnored,
 }
 
 impl AppProblem {
-    /// A problem with `app`.
+    /// A problem that skips `app`.
     pub fn new(app: impl Into<String>, label: Option<String>, message: impl Into<String>) -> AppProblem {
-        AppProblem { app: app.into(), label, message: message.into() }
+        AppProblem { app: app.into(), label, message: message.into(), effect: Effect::AppSkipped, unsupported: None }
+    }
+
+    /// The same problem with another effect.
+    pub fn with_effect(mut self, effect: Effect) -> AppProblem {
+        self.effect = effect;
+        self
     }
 }
 

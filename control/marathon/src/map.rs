@@ -1,8 +1,16 @@
 //! Pure mapping: Marathon apps + labels -> backend groups, routes, DNS services and L4 VIPs.
 //!
-//! An app is served when its `GROUP` label names one of this node's groups. Everything an app produces is
-//! checked before any of it is kept: an app with a bad label, or one that clashes with an app mapped before it
-//! (same host + path, same VIP, same DNS name), goes to `problems` whole and the other apps still map.
+//! An app port is served when its `GROUP` label (the port's own, else the app's) names one of this node's
+//! groups and it is not `ENABLED=false`. Everything an app produces is checked before any of it is kept: an app
+//! with a bad label, or one that clashes with an app mapped before it (same host + path at the same
+//! `BACKEND_WEIGHT`, same VIP, same DNS name), goes to `problems` whole and the other apps still map. A route
+//! whose host + path another app claims with a higher `BACKEND_WEIGHT` is left out alone (marathon-lb orders its
+//! ACLs by that weight: the lower one is never reached). Labels Padis does not honour are reported per app
+//! ([`crate::Effect::LabelIgnored`]), or keep their port unserved when ignoring them could widen access.
+//!
+//! Apps of one `DEPLOYMENT_GROUP` (marathon-lb's blue/green "zdd") are first merged into one app named after the
+//! group, as marathon-lb does: the old colour's labels and ports, the tasks of both colours, and as many old
+//! tasks draining as the new colour has healthy instances beyond `DEPLOYMENT_TARGET_INSTANCES`.
 //!
 //! [`Mapper`] keeps each app's result between publications: an app that did not change (same allocation, or
 //! equal) is not mapped again and contributes the same `Arc`s, and a changed app reuses the allocations of its
@@ -14,18 +22,21 @@ use std::sync::{Arc, LazyLock};
 
 use padis_model::l4::{Vip, VipBackend};
 use padis_model::marathon::MarathonConfig;
-use padis_model::{Backend, BackendGroup, Balance, HashKey, HealthCheck, Instance, Route, Service, ServicePort};
+use padis_model::{
+    crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Route,
+    Service, ServicePort,
+};
 
 use crate::apps::{App, Apps, PortMeta, Task};
-use crate::labels::{self, AppLabels, PortLabels};
-use crate::{AppProblem, MarathonState};
+use crate::labels::{self, AppLabels, Label, PortLabels};
+use crate::{AppProblem, Effect, MarathonState};
 
 /// What a task is to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Running and healthy: takes new requests.
     Serving,
-    /// Being killed: in-flight requests finish, no new ones.
+    /// Being killed, or of the old colour of a blue/green deployment: in-flight requests finish, no new ones.
     Draining,
     /// Running but failing its health checks: published with `healthy = false` in DNS state only.
     Unhealthy,
@@ -39,13 +50,27 @@ pub fn healthy(app: &App, task: &Task) -> bool {
         || (!task.health_check_results.is_empty() && task.health_check_results.iter().all(|r| r.alive))
 }
 
+/// The task's Mesos state; a task of Marathon <= 1.3 has no `state` and is running once it has a start time.
+fn state(task: &Task) -> &str {
+    if task.state.is_empty() && task.started_at.as_deref().is_some_and(|s| !s.is_empty()) {
+        "TASK_RUNNING"
+    } else {
+        &task.state
+    }
+}
+
 /// The task's role, from its state and health.
 pub fn role(app: &App, task: &Task) -> Role {
-    match task.state.as_str() {
+    let role = match state(task) {
         "TASK_RUNNING" if healthy(app, task) => Role::Serving,
         "TASK_RUNNING" => Role::Unhealthy,
         "TASK_KILLING" if task.health_check_results.iter().all(|r| r.alive) => Role::Draining,
         _ => Role::None,
+    };
+    if role == Role::Serving && task.deployment_draining {
+        Role::Draining
+    } else {
+        role
     }
 }
 
@@ -92,9 +117,16 @@ pub fn default_dns_name(app_id: &str) -> String {
 struct AppOutput {
     groups: Vec<BackendGroup>,
     routes: Vec<Route>,
+    /// `BACKEND_WEIGHT` of each route (same order).
+    weights: Vec<i64>,
     services: Vec<Service>,
     vips: Vec<Vip>,
+    /// Labels not honoured, ports not served: reported, the rest of the app served.
+    warnings: Vec<AppProblem>,
 }
+
+/// A route's claim: host, path (without trailing `/`), `BACKEND_WEIGHT`.
+type RouteKey = (Option<String>, String, i64);
 
 /// An accepted app's items, shared, with the keys it claims against other apps.
 struct Shared {
@@ -102,9 +134,10 @@ struct Shared {
     routes: Vec<Arc<Route>>,
     services: Vec<Arc<Service>>,
     vips: Vec<Arc<Vip>>,
-    route_keys: Vec<(Option<String>, String)>,
+    route_keys: Vec<RouteKey>,
     vip_keys: Vec<(IpAddr, u16, String)>,
     service_keys: Vec<String>,
+    warnings: Vec<AppProblem>,
 }
 
 /// Each new item that equals the previous one at its position keeps the previous allocation.
@@ -120,7 +153,12 @@ fn reuse<T: PartialEq>(new: Vec<T>, old: &[Arc<T>]) -> Vec<Arc<T>> {
 
 impl Shared {
     fn new(out: AppOutput, previous: Option<&Shared>) -> Shared {
-        let route_keys = out.routes.iter().map(|r| (r.host.clone(), r.path.trim_end_matches('/').to_string())).collect();
+        let route_keys = out
+            .routes
+            .iter()
+            .zip(&out.weights)
+            .map(|(r, w)| (r.host.clone(), r.path.trim_end_matches('/').to_string(), *w))
+            .collect();
         let vip_keys = out.vips.iter().map(|v| (v.addr, v.port, v.protocol.clone())).collect();
         let service_keys =
             out.services.iter().map(|s| format!("{}.{}", s.name, s.zone.as_deref().unwrap_or(""))).collect();
@@ -132,13 +170,14 @@ impl Shared {
             route_keys,
             vip_keys,
             service_keys,
+            warnings: out.warnings,
         }
     }
 }
 
 /// What one app maps to on its own.
 enum Outcome {
-    /// Its group label names no group of this node.
+    /// Its group labels name no group of this node.
     NotServed,
     /// Bad labels or values: reported, the app skipped.
     Problems(Vec<AppProblem>),
@@ -175,8 +214,9 @@ impl Mapper {
     /// Maps `apps` (the source's cached apps plus draining tasks); apps unchanged since the last call are not
     /// mapped again.
     pub(crate) fn map(&mut self, apps: &[Arc<App>], rejected: &[AppProblem], cfg: &MarathonConfig) -> MarathonState {
+        let (apps, merge_problems) = merge_deployments(apps, cfg);
         let mut entries: Vec<(String, Entry)> = Vec::with_capacity(apps.len());
-        for app in apps {
+        for app in &apps {
             let entry = match self.by_id.remove_entry(app.id.as_str()) {
                 Some((id, e)) if Arc::ptr_eq(&e.app, app) => (id, e),
                 Some((id, e)) if *e.app == **app => (id, Entry { app: app.clone(), outcome: e.outcome }),
@@ -185,21 +225,108 @@ impl Mapper {
             };
             entries.push(entry);
         }
-        let state = accept(&entries, rejected);
+        let mut state = accept(&entries, rejected);
+        state.problems.extend(merge_problems);
         self.by_id.clear();
         self.by_id.extend(entries);
         state
     }
 }
 
+/// The value of an app-level label under the first prefix that has it.
+fn app_label<'a>(app: &'a App, cfg: &MarathonConfig, name: &str) -> Option<(String, &'a str)> {
+    cfg.label_prefixes.iter().find_map(|p| {
+        let key = format!("{p}{name}");
+        app.labels.get(&key).map(|v| (key, v.trim()))
+    })
+}
+
+/// marathon-lb's blue/green merge (see the module docs). Apps without a `DEPLOYMENT_GROUP` pass unchanged.
+fn merge_deployments(apps: &[Arc<App>], cfg: &MarathonConfig) -> (Vec<Arc<App>>, Vec<AppProblem>) {
+    let mut problems = Vec::new();
+    let mut groups: BTreeMap<String, Vec<&Arc<App>>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(apps.len());
+    for app in apps {
+        match app_label(app, cfg, "DEPLOYMENT_GROUP").filter(|(_, g)| !g.trim_matches('/').is_empty()) {
+            Some((_, g)) => {
+                let id = if g.starts_with('/') { g.to_string() } else { format!("/{g}") };
+                groups.entry(id).or_default().push(app);
+            }
+            None => out.push(app.clone()),
+        }
+    }
+    for (id, mut members) in groups {
+        // The colour whose deployment started later is the new one (an unset start time counts as oldest).
+        let started = |a: &App| app_label(a, cfg, "DEPLOYMENT_STARTED_AT").map(|(_, v)| v.to_string()).unwrap_or_default();
+        members.sort_by(|a, b| (started(a), &a.id).cmp(&(started(b), &b.id)));
+        let mut merged: App = (**members[0]).clone();
+        for next in &members[1..] {
+            merge_colours(&mut merged, next, cfg, &mut problems);
+        }
+        merged.id = id;
+        out.push(Arc::new(merged));
+    }
+    (out, problems)
+}
+
+/// Merges the newer colour `new` into `old` (in place): old tasks are marked draining as the new colour's healthy
+/// instances take over, up to what `DEPLOYMENT_TARGET_INSTANCES` leaves.
+fn merge_colours(old: &mut App, new: &App, cfg: &MarathonConfig, problems: &mut Vec<AppProblem>) {
+    let mut new_is_new = true;
+    if app_label(new, cfg, "DEPLOYMENT_NEW_INSTANCES").is_some() {
+        // A colour scaled after the other is the one being deployed (marathon-lb: `lastScalingAt`).
+        let scaled = |a: &App| a.version_info.as_ref().and_then(|v| v.last_scaling_at.clone()).unwrap_or_default();
+        if scaled(old) > scaled(new) {
+            new_is_new = false;
+        }
+    }
+    let (old_app, new_app): (App, &App) = if new_is_new { (old.clone(), new) } else { (new.clone(), &*old) };
+    let target = match app_label(new_app, cfg, "DEPLOYMENT_TARGET_INSTANCES") {
+        None => 1,
+        Some((key, v)) => v.parse::<u32>().unwrap_or_else(|_| {
+            problems.push(
+                AppProblem::new(&new_app.id, Some(key), format!("`{v}`: expected a number of instances; taken as 1"))
+                    .with_effect(Effect::LabelIgnored),
+            );
+            1
+        }),
+    };
+    if let Some((key, v)) = app_label(new_app, cfg, "DEPLOYMENT_ALT_PORT") {
+        if v.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
+            problems.push(
+                AppProblem::new(&new_app.id, Some(key), format!("`{v}`: expected a port number"))
+                    .with_effect(Effect::LabelIgnored),
+            );
+        }
+    }
+    let healthy_new = new_app.tasks.iter().filter(|t| role(new_app, t) == Role::Serving).count();
+    let drainable = (healthy_new + old_app.instances as usize).saturating_sub(target as usize);
+    let mut old_tasks = old_app.tasks.clone();
+    old_tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    let n = old_tasks.len().min(healthy_new).min(drainable);
+    for t in &mut old_tasks[..n] {
+        t.deployment_draining = true;
+    }
+    let mut merged = old_app;
+    merged.tasks = old_tasks;
+    merged.tasks.extend(new_app.tasks.iter().cloned());
+    *old = merged;
+}
+
+/// Whether this node serves apps labelled with `group` (no label: only a node serving `*`).
+fn serves(cfg: &MarathonConfig, group: Option<&Label>) -> bool {
+    match group {
+        Some(g) => cfg.serves_group(&g.value),
+        None => cfg.group.iter().any(|g| g == "*"),
+    }
+}
+
 /// Maps one app alone (labels, tasks); `previous` is its last outcome, whose equal items are reused.
 fn map_one(app: &App, cfg: &MarathonConfig, previous: Option<&Outcome>) -> Outcome {
     let (labels, errors) = labels::parse(&app.labels, &cfg.label_prefixes);
-    let served = match &labels.group {
-        Some(g) => cfg.serves_group(g),
-        None => cfg.group.iter().any(|g| g == "*"),
-    };
-    if !served {
+    let app_served = serves(cfg, labels.group.as_ref());
+    let port_served = labels.ports.values().any(|p| p.group.as_ref().is_some_and(|g| cfg.serves_group(&g.value)));
+    if !app_served && !port_served {
         return Outcome::NotServed;
     }
     if !errors.is_empty() {
@@ -209,14 +336,15 @@ fn map_one(app: &App, cfg: &MarathonConfig, previous: Option<&Outcome>) -> Outco
         Some(Outcome::Mapped(s)) => Some(s),
         _ => None,
     };
-    match map_app(app, &labels, cfg) {
+    match map_app(app, &labels, cfg, app_served) {
         Ok(out) => Outcome::Mapped(Shared::new(out, previous)),
         Err(problems) => Outcome::Problems(problems),
     }
 }
 
 /// Puts the apps' outcomes together: the app whose config is older keeps what it serves when a newer one
-/// clashes with it (same host + path, VIP or DNS name).
+/// clashes with it (same host + path at the same weight, VIP or DNS name); a route of lower `BACKEND_WEIGHT`
+/// than another app's on the same host + path is left out alone.
 fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState {
     let mut state = MarathonState { problems: rejected.to_vec(), ..MarathonState::default() };
     let mut order: Vec<&Entry> = entries.iter().map(|(_, e)| e).collect();
@@ -224,28 +352,67 @@ fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState
         a.version_info.as_ref().and_then(|v| v.last_config_change_at.as_deref()).unwrap_or_default()
     }
     order.sort_by(|a, b| (changed(&a.app), a.app.id.as_str()).cmp(&(changed(&b.app), b.app.id.as_str())));
+    // The highest weight claiming each host + path.
+    let mut best: HashMap<(Option<&str>, &str), (i64, &str), foldhash::fast::RandomState> = HashMap::default();
+    for e in &order {
+        if let Outcome::Mapped(out) = &e.outcome {
+            for (h, p, w) in &out.route_keys {
+                let b = best.entry((h.as_deref(), p.as_str())).or_insert((*w, e.app.id.as_str()));
+                if *w > b.0 {
+                    *b = (*w, e.app.id.as_str());
+                }
+            }
+        }
+    }
     let mut taken = Taken::default();
     for e in order {
         match &e.outcome {
             Outcome::NotServed => {}
             Outcome::Problems(p) => state.problems.extend(p.iter().cloned()),
-            Outcome::Mapped(out) => match claim(out, &mut taken) {
-                Ok(()) => {
-                    state.groups.extend(out.groups.iter().cloned());
-                    state.routes.extend(out.routes.iter().cloned());
-                    state.services.extend(out.services.iter().cloned());
-                    state.vips.extend(out.vips.iter().cloned());
+            Outcome::Mapped(out) => {
+                state.problems.extend(out.warnings.iter().cloned());
+                let shadowed: Vec<bool> = out
+                    .route_keys
+                    .iter()
+                    .map(|(h, p, w)| best.get(&(h.as_deref(), p.as_str())).is_some_and(|b| b.0 > *w))
+                    .collect();
+                match claim(out, &shadowed, &mut taken) {
+                    Ok(()) => {
+                        state.groups.extend(out.groups.iter().cloned());
+                        for ((r, (h, p, w)), s) in out.routes.iter().zip(&out.route_keys).zip(&shadowed) {
+                            if !*s {
+                                state.routes.push(r.clone());
+                                continue;
+                            }
+                            let (bw, by) = best[&(h.as_deref(), p.as_str())];
+                            state.problems.push(
+                                AppProblem::new(
+                                    &e.app.id,
+                                    None,
+                                    format!(
+                                        "route `{}`: host `{}` path `{p}` goes to {by} (BACKEND_WEIGHT {bw} > {w})",
+                                        r.name,
+                                        h.as_deref().unwrap_or("*")
+                                    ),
+                                )
+                                .with_effect(Effect::RouteSkipped),
+                            );
+                        }
+                        state.services.extend(out.services.iter().cloned());
+                        state.vips.extend(out.vips.iter().cloned());
+                    }
+                    Err(p) => state.problems.push(AppProblem::new(&e.app.id, None, p)),
                 }
-                Err(p) => state.problems.push(AppProblem::new(&e.app.id, None, p)),
-            },
+            }
         }
     }
     state
 }
 
-/// Checks the app's keys against earlier apps, and takes them.
-fn claim<'a>(out: &'a Shared, taken: &mut Taken<'a>) -> Result<(), String> {
-    if let Some((h, p)) = out.route_keys.iter().find(|(h, p)| taken.routes.contains(&(h.as_deref(), p.as_str()))) {
+/// Checks the app's keys against earlier apps, and takes them (shadowed routes claim nothing).
+fn claim<'a>(out: &'a Shared, shadowed: &[bool], taken: &mut Taken<'a>) -> Result<(), String> {
+    let live = || out.route_keys.iter().zip(shadowed).filter(|(_, s)| !**s).map(|(k, _)| k);
+    if let Some((h, p, _)) = live().find(|(h, p, _)| taken.routes.contains(&(h.as_deref(), p.as_str()))) {
         return Err(format!("host `{}` path `{p}` is already served by another app", h.as_deref().unwrap_or("*")));
     }
     if let Some((a, p, proto)) = out.vip_keys.iter().find(|(a, p, proto)| taken.vips.contains(&(*a, *p, proto.as_str()))) {
@@ -254,36 +421,89 @@ fn claim<'a>(out: &'a Shared, taken: &mut Taken<'a>) -> Result<(), String> {
     if let Some(s) = out.service_keys.iter().find(|k| taken.services.contains(k.as_str())) {
         return Err(format!("DNS name `{}` is already used by another app", s.trim_end_matches('.')));
     }
-    taken.routes.extend(out.route_keys.iter().map(|(h, p)| (h.as_deref(), p.as_str())));
+    taken.routes.extend(live().map(|(h, p, _)| (h.as_deref(), p.as_str())));
     taken.vips.extend(out.vip_keys.iter().map(|(a, p, proto)| (*a, *p, proto.as_str())));
     taken.services.extend(out.service_keys.iter().map(String::as_str));
     Ok(())
 }
 
-fn problem(app: &App, label: &str, message: impl Into<String>) -> AppProblem {
-    AppProblem::new(&app.id, Some(label.to_string()), message)
+fn problem(app: &App, label: &Label, message: impl Into<String>) -> AppProblem {
+    AppProblem::new(&app.id, Some(label.key.clone()), message)
 }
 
-/// The label key as the app spells it (for problems), with the first configured prefix.
+/// The key of a per-port label the app did not write (for problems), with the first configured prefix.
 fn key(cfg: &MarathonConfig, n: usize, k: &str) -> String {
     format!("{}{n}_{k}", cfg.label_prefixes.first().map(String::as_str).unwrap_or("PADIS_"))
 }
 
-fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig) -> Result<AppOutput, Vec<AppProblem>> {
+fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig, app_served: bool) -> Result<AppOutput, Vec<AppProblem>> {
     let meta = app.port_meta();
     let mut problems = Vec::new();
     let mut out = AppOutput::default();
     let origin = format!("marathon:{}", app.id);
+    // Unsupported labels: reported; a port whose label could widen access if ignored is not served.
+    let mut closed: HashSet<usize> = HashSet::new();
+    for u in &labels.unsupported {
+        let n = port_of(&u.key, &cfg.label_prefixes);
+        let effect = match n {
+            Some(n) if u.fail_closed => {
+                closed.insert(n);
+                Effect::PortSkipped
+            }
+            _ => Effect::LabelIgnored,
+        };
+        let mut p = AppProblem::new(&app.id, Some(u.key.clone()), u.reason).with_effect(effect);
+        p.unsupported = Some(u.name.clone());
+        out.warnings.push(p);
+    }
+    let mut served = vec![false; meta.len()];
     for (&n, pl) in &labels.ports {
         if n >= meta.len() {
-            problems.push(problem(app, &key(cfg, n, "*"), format!("port index {n}: the app declares {} port(s)", meta.len())));
+            let k = [&pl.vhost, &pl.path, &pl.vip, &pl.dns, &pl.mode]
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|l| l.key.clone())
+                .unwrap_or_else(|| key(cfg, n, "*"));
+            problems.push(AppProblem::new(&app.id, Some(k), format!("port index {n}: the app declares {} port(s)", meta.len())));
             continue;
         }
-        if let Err(p) = map_port(app, &meta, n, pl, cfg, &origin, &mut out) {
+        let group_ok = match &pl.group {
+            Some(g) => cfg.serves_group(&g.value),
+            None => app_served,
+        };
+        let enabled = match &pl.enabled {
+            None => true,
+            Some(l) => match labels::boolean(&l.value) {
+                Some(b) => b,
+                None => {
+                    problems.push(problem(app, l, "expected true or false"));
+                    continue;
+                }
+            },
+        };
+        if !group_ok || !enabled || closed.contains(&n) {
+            continue;
+        }
+        served[n] = true;
+        if let Err(p) = map_port(app, &meta, n, pl, &origin, &mut out) {
             problems.extend(p);
         }
     }
-    match services(app, labels, &meta, cfg, &origin) {
+    if app_served {
+        for (n, s) in served.iter_mut().enumerate() {
+            let pl = labels.ports.get(&n);
+            let enabled = pl.and_then(|p| p.enabled.as_ref()).is_none_or(|l| labels::boolean(&l.value) != Some(false));
+            let group_ok = pl.and_then(|p| p.group.as_ref()).is_none_or(|g| cfg.serves_group(&g.value));
+            *s |= enabled && group_ok && !closed.contains(&n);
+        }
+    }
+    if let Some(l) = &labels.deployment_alt_port {
+        if l.value.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
+            problems.push(problem(app, l, format!("`{}`: expected a port number", l.value)));
+        }
+    }
+    match services(app, labels, &meta, &served, cfg, &origin) {
         Ok(s) => out.services = s,
         Err(p) => problems.extend(p),
     }
@@ -294,103 +514,263 @@ fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig) -> Result<AppOut
     }
 }
 
+/// The port index of a per-port label key (`HAPROXY_3_BACKEND_HEAD` -> 3).
+fn port_of(key: &str, prefixes: &[String]) -> Option<usize> {
+    let rest = prefixes.iter().find_map(|p| key.strip_prefix(p.as_str()))?;
+    rest.split_once('_')?.0.parse().ok()
+}
+
+/// Path prefixes of a `PATH` label: marathon-lb's `path_beg` syntax, `[-i] /a [/b ...]`. Returns the paths and
+/// whether they match without regard to case.
+fn parse_paths(l: &Label) -> Result<(Vec<String>, bool), String> {
+    let mut ignore_case = false;
+    let mut paths = Vec::new();
+    for t in l.value.split_whitespace() {
+        match t {
+            "-i" => ignore_case = true,
+            f if f.starts_with('-') => return Err(format!("`{f}`: only the `-i` flag is supported")),
+            p if p.starts_with('/') => {
+                if !paths.iter().any(|x| x == p) {
+                    paths.push(p.to_string());
+                }
+            }
+            p => return Err(format!("`{p}`: a path must start with `/`")),
+        }
+    }
+    if paths.is_empty() {
+        return Err("no path".into());
+    }
+    Ok((paths, ignore_case))
+}
+
+/// `AUTH`: `realm:user:hash` (marathon-lb splits on `:`, so neither realm nor user contains one).
+fn parse_auth(l: &Label) -> Result<BasicAuth, String> {
+    let mut it = l.value.splitn(3, ':');
+    let (Some(realm), Some(user), Some(hash)) = (it.next(), it.next(), it.next()) else {
+        return Err("expected realm:user:password-hash".into());
+    };
+    if user.is_empty() || hash.is_empty() {
+        return Err("expected realm:user:password-hash".into());
+    }
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        return Err("the realm must not contain `\"`, `\\` or control characters".into());
+    }
+    Ok(BasicAuth { realm: realm.to_string(), users: vec![BasicAuthUser { user: user.to_string(), hash: hash.to_string() }] })
+}
+
+/// `BACKEND_NETWORK_ALLOWED_ACL`: space-separated addresses or networks.
+fn parse_cidrs(l: &Label) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out = Vec::new();
+    for t in l.value.split_whitespace() {
+        let net = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("`{t}`: not an address or network"))?;
+        out.push(net.trunc());
+    }
+    if out.is_empty() {
+        return Err("no address or network".into());
+    }
+    Ok(out)
+}
+
+/// A boolean label, or a problem.
+fn flag(app: &App, l: &Option<Label>, problems: &mut Vec<AppProblem>) -> bool {
+    match l.as_ref().map(|l| (l, labels::boolean(&l.value))) {
+        None => false,
+        Some((_, Some(b))) => b,
+        Some((l, None)) => {
+            problems.push(problem(app, l, "expected true or false"));
+            false
+        }
+    }
+}
+
+/// A path-prefix label (`/x`, no space), or a problem.
+fn prefix(app: &App, l: &Option<Label>, problems: &mut Vec<AppProblem>) -> Option<String> {
+    let l = l.as_ref()?;
+    if l.value.starts_with('/') && !l.value.contains(char::is_whitespace) {
+        Some(l.value.clone())
+    } else {
+        problems.push(problem(app, l, format!("`{}`: must be a path starting with `/`", l.value)));
+        None
+    }
+}
+
 fn map_port(
     app: &App,
     meta: &[PortMeta],
     n: usize,
     pl: &PortLabels,
-    cfg: &MarathonConfig,
     origin: &str,
     out: &mut AppOutput,
 ) -> Result<(), Vec<AppProblem>> {
     let mut problems = Vec::new();
-    let mode = pl.mode.as_deref().map(str::to_ascii_lowercase);
-    let http = match mode.as_deref() {
-        None | Some("http") => pl.vhost.is_some() || pl.path.is_some(),
-        Some("tcp") => false,
-        Some(m) => {
-            problems.push(problem(app, &key(cfg, n, "MODE"), format!("`{m}`: expected http or tcp")));
+    let mode = pl.mode.as_ref().map(|l| (l, l.value.to_ascii_lowercase()));
+    let http = match &mode {
+        None => pl.vhost.is_some() || pl.path.is_some(),
+        Some((_, m)) if m == "http" => pl.vhost.is_some() || pl.path.is_some(),
+        Some((l, m)) if m == "tcp" => {
+            if pl.vip.is_none() {
+                let mut p = problem(app, l, "a TCP service port is not served yet: give the port a VIP label")
+                    .with_effect(Effect::LabelIgnored);
+                p.unsupported = Some("MODE=tcp".into());
+                out.warnings.push(p);
+            }
+            false
+        }
+        Some((l, m)) => {
+            problems.push(problem(app, l, format!("`{m}`: expected http or tcp")));
             false
         }
     };
+    if let Some(l) = &pl.healthcheck_port_index {
+        match l.value.parse::<usize>() {
+            Ok(k) if k < meta.len() => {
+                let checked = app.health_checks.iter().any(|c| c.port_index.map(|i| i as usize) == Some(k));
+                if k != n && !checked {
+                    out.warnings.push(
+                        problem(app, l, format!("no Marathon health check has portIndex {k}: nothing to follow"))
+                            .with_effect(Effect::LabelIgnored),
+                    );
+                } else if k != n && pl.healthcheck_path.is_some() {
+                    out.warnings.push(
+                        problem(app, l, format!("the active check of HEALTHCHECK_PATH probes port index {n}, not {k}"))
+                            .with_effect(Effect::LabelIgnored),
+                    );
+                }
+            }
+            _ => problems.push(problem(app, l, format!("`{}`: expected a port index below {}", l.value, meta.len()))),
+        }
+    }
     if http {
         let group_name = format!("{origin}:{n}");
         let mut group = GROUP_TEMPLATE.clone();
         group.name = group_name.clone();
         group.origin = Some(origin.to_string());
-        match pl.balance.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("roundrobin") | Some("round_robin") | Some("static-rr") => {}
-            Some("leastconn") | Some("least_request") | Some("least_conn") => group.balance = Balance::LeastRequest,
-            Some("source") | Some("maglev") => {
+        match pl.balance.as_ref().map(|l| (l, l.value.to_ascii_lowercase())) {
+            None => {}
+            Some((_, b)) if matches!(b.as_str(), "roundrobin" | "round_robin" | "static-rr") => {}
+            Some((_, b)) if matches!(b.as_str(), "leastconn" | "least_request" | "least_conn") => {
+                group.balance = Balance::LeastRequest
+            }
+            Some((_, b)) if matches!(b.as_str(), "source" | "maglev") => {
                 group.balance = Balance::Maglev;
                 group.hash_key = Some(HashKey::ClientIp);
             }
-            Some("sticky") => group.balance = Balance::Sticky,
-            Some(b) => problems.push(problem(
+            Some((_, b)) if b == "sticky" => group.balance = Balance::Sticky,
+            Some((l, b)) => problems.push(problem(
                 app,
-                &key(cfg, n, "BALANCE"),
+                l,
                 format!("`{b}`: expected roundrobin, leastconn, source, maglev or sticky"),
             )),
         }
-        match pl.sticky.as_deref().map(labels::boolean) {
-            None | Some(Some(false)) => {}
-            Some(Some(true)) => {
-                group.balance = Balance::Sticky;
-                group.hash_key = None;
-            }
-            Some(None) => problems.push(problem(app, &key(cfg, n, "STICKY"), "expected true or false")),
+        if flag(app, &pl.sticky, &mut problems) {
+            group.balance = Balance::Sticky;
+            group.hash_key = None;
         }
-        if let Some(p) = &pl.healthcheck_path {
-            if p.starts_with('/') {
-                match serde_json::from_value::<HealthCheck>(serde_json::json!({ "path": p })) {
+        if let Some(l) = &pl.healthcheck_path {
+            if l.value.starts_with('/') {
+                match serde_json::from_value::<HealthCheck>(serde_json::json!({ "path": l.value })) {
                     Ok(h) => group.health = Some(h),
-                    Err(e) => problems.push(problem(app, &key(cfg, n, "HEALTHCHECK_PATH"), e.to_string())),
+                    Err(e) => problems.push(problem(app, l, e.to_string())),
                 }
             } else {
-                problems.push(problem(app, &key(cfg, n, "HEALTHCHECK_PATH"), "must start with `/`"));
+                problems.push(problem(app, l, "must start with `/`"));
             }
         }
-        let redirect_https = match pl.redirect_https.as_deref().map(labels::boolean) {
-            None => false,
-            Some(Some(b)) => b,
-            Some(None) => {
-                problems.push(problem(app, &key(cfg, n, "REDIRECT_TO_HTTPS"), "expected true or false"));
-                false
-            }
+        let redirect_https = flag(app, &pl.redirect_https, &mut problems);
+        let hsts = flag(app, &pl.use_hsts, &mut problems);
+        let (paths, path_ignore_case) = match &pl.path {
+            None => (vec!["/".to_string()], false),
+            Some(l) => match parse_paths(l) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(problem(app, l, e));
+                    (Vec::new(), false)
+                }
+            },
         };
-        let path = pl.path.clone().unwrap_or_else(|| "/".into());
-        if !path.starts_with('/') || path.contains(char::is_whitespace) {
-            problems.push(problem(app, &key(cfg, n, "PATH"), format!("`{path}`: must start with `/`")));
-        }
+        let basic_auth = match &pl.auth {
+            None => None,
+            Some(l) => match parse_auth(l) {
+                Ok(a) if a.users.iter().all(|u| crypt_kind(&u.hash).is_some()) => Some(a),
+                Ok(_) => {
+                    // Serving without the authentication the app asked for is not an option: the port is left out.
+                    let mut p = problem(
+                        app,
+                        l,
+                        "unsupported password hash (supported: bcrypt $2a$/$2b$/$2y$, SHA-512 $6$, SHA-256 $5$, \
+                         MD5 $1$, DES); the port is not served",
+                    )
+                    .with_effect(Effect::PortSkipped);
+                    p.unsupported = Some("AUTH hash kind".into());
+                    out.warnings.push(p);
+                    return if problems.is_empty() { Ok(()) } else { Err(problems) };
+                }
+                Err(e) => {
+                    problems.push(problem(app, l, e));
+                    None
+                }
+            },
+        };
+        let allow_cidrs = match &pl.network_allowed {
+            None => Vec::new(),
+            Some(l) => parse_cidrs(l).unwrap_or_else(|e| {
+                problems.push(problem(app, l, e));
+                Vec::new()
+            }),
+        };
+        let proxypass_path = prefix(app, &pl.proxypass_path, &mut problems);
+        let revproxy_path = prefix(app, &pl.revproxy_path, &mut problems);
+        // marathon-lb: routes with a PATH weigh 1 unless a weight is given.
+        let weight = match &pl.backend_weight {
+            None => i64::from(pl.path.is_some()),
+            Some(l) => l.value.parse::<i64>().unwrap_or_else(|_| {
+                problems.push(problem(app, l, format!("`{}`: expected an integer", l.value)));
+                0
+            }),
+        };
         let hosts: Vec<Option<String>> = match &pl.vhost {
-            Some(v) => v.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).map(Some).collect(),
+            Some(v) => v.value.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).map(Some).collect(),
             None => vec![None],
         };
         if hosts.is_empty() {
-            problems.push(problem(app, &key(cfg, n, "VHOST"), "no host name"));
+            if let Some(l) = &pl.vhost {
+                problems.push(problem(app, l, "no host name"));
+            }
         }
         let mut seen = HashSet::new();
-        for (k, host) in hosts.into_iter().enumerate() {
-            if let Some(h) = &host {
+        let mut k = 0;
+        for host in hosts {
+            if let (Some(h), Some(l)) = (&host, &pl.vhost) {
                 if !host_ok(h) {
-                    problems.push(problem(app, &key(cfg, n, "VHOST"), format!("`{h}`: not a host name or `*.suffix`")));
+                    problems.push(problem(app, l, format!("`{h}`: not a host name or `*.suffix`")));
                     continue;
                 }
             }
-            if !seen.insert(host.clone()) {
-                continue;
+            for path in &paths {
+                if !seen.insert((host.clone(), path.trim_end_matches('/').to_string())) {
+                    continue;
+                }
+                out.routes.push(Route {
+                    name: if k == 0 { group_name.clone() } else { format!("{group_name}:{k}") },
+                    host: host.clone(),
+                    path: path.clone(),
+                    group: Some(group_name.clone()),
+                    redirect_https,
+                    origin: Some(origin.to_string()),
+                    path_ignore_case,
+                    hsts,
+                    basic_auth: basic_auth.clone(),
+                    allow_cidrs: allow_cidrs.clone(),
+                    proxypass_path: proxypass_path.clone(),
+                    revproxy_path: revproxy_path.clone(),
+                    ..Route::default()
+                });
+                out.weights.push(weight);
+                k += 1;
             }
-            out.routes.push(Route {
-                name: if k == 0 { group_name.clone() } else { format!("{group_name}:{k}") },
-                listeners: Vec::new(),
-                host,
-                path: path.clone(),
-                group: Some(group_name.clone()),
-                split: Vec::new(),
-                redirect_https,
-                https_port: None,
-                origin: Some(origin.to_string()),
-            });
         }
         let mut addrs = HashSet::new();
         for task in &app.tasks {
@@ -406,9 +786,22 @@ fn map_port(
             }
         }
         out.groups.push(group);
+    } else {
+        // Labels that only mean something on an HTTP port.
+        for l in [&pl.auth, &pl.network_allowed, &pl.use_hsts, &pl.proxypass_path, &pl.revproxy_path].into_iter().flatten() {
+            let security = l.key.ends_with("_AUTH") || l.key.ends_with("_NETWORK_ALLOWED_ACL");
+            if security && pl.vip.is_some() {
+                // An L4 VIP cannot authenticate or filter: refuse it rather than serve it open.
+                problems.push(problem(app, l, "not enforceable on an L4 VIP (no HTTP route on this port)"));
+            } else {
+                out.warnings.push(
+                    problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)").with_effect(Effect::LabelIgnored),
+                );
+            }
+        }
     }
-    if let Some(v) = &pl.vip {
-        match v.parse::<SocketAddr>() {
+    if let Some(l) = &pl.vip {
+        match l.value.parse::<SocketAddr>() {
             Ok(vip) if vip.port() != 0 => {
                 let protos: Vec<String> = meta[n]
                     .protocol
@@ -443,7 +836,7 @@ fn map_port(
                     });
                 }
             }
-            _ => problems.push(problem(app, &key(cfg, n, "VIP"), format!("`{v}`: expected ip:port"))),
+            _ => problems.push(problem(app, l, format!("`{}`: expected ip:port", l.value))),
         }
     }
     if problems.is_empty() {
@@ -453,25 +846,31 @@ fn map_port(
     }
 }
 
-/// DNS services of an app: one per distinct name (`PADIS_{n}_DNS` per port, `PADIS_DNS` for all ports, or the
-/// app id when `dns_by_default`).
+/// DNS services of an app: one per distinct name (`PADIS_{n}_DNS` per port, `PADIS_DNS` for all served ports,
+/// or the app id when `dns_by_default`).
 fn services(
     app: &App,
     labels: &AppLabels,
     meta: &[PortMeta],
+    served: &[bool],
     cfg: &MarathonConfig,
     origin: &str,
 ) -> Result<Vec<Service>, Vec<AppProblem>> {
     let mut names: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
-    let all: Vec<usize> = (0..meta.len()).collect();
-    let app_level = labels.dns.clone().or_else(|| cfg.dns_by_default.then(|| default_dns_name(&app.id)));
-    if let Some(name) = app_level {
-        let label = format!("{}DNS", cfg.label_prefixes.first().map(String::as_str).unwrap_or("PADIS_"));
-        names.insert(name.to_ascii_lowercase(), (label, all));
+    let all: Vec<usize> = (0..meta.len()).filter(|n| served[*n]).collect();
+    let app_level = labels
+        .dns
+        .as_ref()
+        .map(|l| (l.value.clone(), l.key.clone()))
+        .or_else(|| cfg.dns_by_default.then(|| (default_dns_name(&app.id), String::new())));
+    if let Some((name, label)) = app_level {
+        if !all.is_empty() {
+            names.insert(name.to_ascii_lowercase(), (label, all));
+        }
     }
     for (&n, pl) in &labels.ports {
-        if let Some(d) = &pl.dns {
-            names.entry(d.to_ascii_lowercase()).or_insert_with(|| (key(cfg, n, "DNS"), Vec::new())).1.push(n);
+        if let Some(d) = pl.dns.as_ref().filter(|_| served.get(n).copied().unwrap_or(false)) {
+            names.entry(d.value.to_ascii_lowercase()).or_insert_with(|| (d.key.clone(), Vec::new())).1.push(n);
         }
     }
     let mut problems = Vec::new();
@@ -479,7 +878,8 @@ fn services(
     for (name, (label, mut ports)) in names {
         let name = name.trim_end_matches('.').to_string();
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            problems.push(problem(app, &label, format!("`{name}`: not a DNS name")));
+            let label = (!label.is_empty()).then_some(label);
+            problems.push(AppProblem::new(&app.id, label, format!("`{name}`: not a DNS name")));
             continue;
         }
         ports.sort_unstable();
@@ -602,5 +1002,211 @@ mod tests {
         for i in 0..3 {
             assert!(Arc::ptr_eq(&s1.groups[i], &s2.groups[i]));
         }
+    }
+
+    fn one(labels: &str, ports: usize, tasks: &str) -> Apps {
+        let defs: Vec<String> = (0..ports).map(|i| format!(r#"{{"port":{},"protocol":"tcp"}}"#, 10000 + i)).collect();
+        let body = format!(
+            r#"{{"apps":[{{"id":"/mlb/app","instances":2,"labels":{labels},"portDefinitions":[{}],"tasks":[{tasks}]}}]}}"#,
+            defs.join(",")
+        );
+        Apps::from_json(body.as_bytes()).unwrap()
+    }
+
+    const TASKS2: &str = r#"{"id":"mlb_app.1","host":"10.0.0.1","ports":[31000,31001],"state":"TASK_RUNNING"},
+        {"id":"mlb_app.2","host":"10.0.0.2","ports":[31000,31001],"state":"TASK_RUNNING"}"#;
+
+    fn problems(s: &MarathonState) -> Vec<(String, Effect, Option<String>)> {
+        s.problems.iter().map(|p| (p.to_string(), p.effect, p.unsupported.clone())).collect()
+    }
+
+    /// ENABLED=false and a per-port GROUP of another node leave that port unserved; the app's other port is
+    /// served. marathon-lb's `-i` and several paths, AUTH, the network ACL, HSTS and the path rewrites land on
+    /// every route of the port.
+    #[test]
+    fn security_and_routing_labels_map_to_routes() {
+        let hash = "$2y$05$bvIG6Nmid91Mu9RcmmWZfO5HJIMCT8riNW0hEp8f6/FuA2/mHZFpe";
+        let labels = format!(
+            r#"{{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test,b.test","HAPROXY_0_PATH":"-i /Api /docs",
+               "HAPROXY_0_AUTH":"Staff only:alice:{hash}","HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.1.40.0/24 10.1.55.43",
+               "HAPROXY_0_USE_HSTS":"true","HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH":"/api",
+               "HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH":"/ext","HAPROXY_1_VHOST":"c.test","HAPROXY_1_ENABLED":"false"}}"#
+        );
+        let s = map_apps(&one(&labels, 2, TASKS2), &cfg());
+        assert!(s.problems.is_empty(), "{:?}", problems(&s));
+        let routes: Vec<(&str, &str)> =
+            s.routes.iter().map(|r| (r.host.as_deref().unwrap(), r.path.as_str())).collect();
+        assert_eq!(routes, vec![("a.test", "/Api"), ("a.test", "/docs"), ("b.test", "/Api"), ("b.test", "/docs")]);
+        for r in &s.routes {
+            assert!(r.path_ignore_case && r.hsts, "{r:?}");
+            let auth = r.basic_auth.as_ref().expect("auth");
+            assert_eq!((auth.realm.as_str(), auth.users[0].user.as_str(), auth.users[0].hash.as_str()), ("Staff only", "alice", hash));
+            let nets: Vec<String> = r.allow_cidrs.iter().map(ToString::to_string).collect();
+            assert_eq!(nets, vec!["10.1.40.0/24", "10.1.55.43/32"]);
+            assert_eq!((r.proxypass_path.as_deref(), r.revproxy_path.as_deref()), (Some("/api"), Some("/ext")));
+        }
+        assert_eq!(s.groups.len(), 1, "port 1 is disabled");
+        // The same port given to another node's group instead.
+        let labels = labels.replace(r#""HAPROXY_1_ENABLED":"false""#, r#""HAPROXY_1_GROUP":"internal""#);
+        let s = map_apps(&one(&labels, 2, TASKS2), &cfg());
+        assert_eq!(s.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), vec!["marathon:/mlb/app:0"]);
+        // And served by an `internal` node alone (the app-wide group is not its own).
+        let internal = MarathonConfig { group: vec!["internal".into()], ..cfg() };
+        let s = map_apps(&one(&labels, 2, TASKS2), &internal);
+        assert_eq!(s.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), vec!["marathon:/mlb/app:1"]);
+        assert_eq!(s.services[0].ports.len(), 1, "DNS follows the served ports");
+    }
+
+    /// Unsupported labels are reported with the key the app wrote; an auth or ACL template Padis cannot apply,
+    /// or a password hash it cannot verify, keeps the port unserved instead of serving it open.
+    #[test]
+    fn unsupported_labels_are_reported_and_fail_closed_where_access_widens() {
+        let labels = r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_BACKEND_HEAD":"backend x",
+            "HAPROXY_0_BIND_ADDR":"10.0.0.42","HAPROXY_1_VHOST":"b.test","HAPROXY_1_USERLIST_HEAD":"userlist u",
+            "HAPROXY_0_VHSOT":"typo"}"#;
+        let s = map_apps(&one(labels, 2, TASKS2), &cfg());
+        let mut p = problems(&s);
+        p.sort_by(|a, b| a.0.cmp(&b.0));
+        let ignored = Effect::LabelIgnored;
+        assert_eq!(
+            p,
+            vec![
+                (
+                    "/mlb/app: HAPROXY_0_BACKEND_HEAD: an HAProxy config template: Padis generates no HAProxy config".into(),
+                    ignored,
+                    Some("HAPROXY_{n}_BACKEND_HEAD".into())
+                ),
+                (
+                    "/mlb/app: HAPROXY_0_BIND_ADDR: service-port listeners are not supported yet (routes come from VHOST / PATH)".into(),
+                    ignored,
+                    Some("HAPROXY_{n}_BIND_ADDR".into())
+                ),
+                ("/mlb/app: HAPROXY_0_VHSOT: not a marathon-lb label (a typo?)".into(), ignored, Some("unknown".into())),
+                (
+                    "/mlb/app: HAPROXY_1_USERLIST_HEAD: an HAProxy config template: Padis generates no HAProxy config".into(),
+                    Effect::PortSkipped,
+                    Some("HAPROXY_{n}_USERLIST_HEAD".into())
+                ),
+            ]
+        );
+        assert_eq!(s.routes.iter().map(|r| r.host.as_deref().unwrap()).collect::<Vec<_>>(), vec!["a.test"]);
+        // yescrypt (Debian's default `mkpasswd`) cannot be verified: the port is not served.
+        let labels = r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_AUTH":"r:bob:$y$j9T$abc$def"}"#;
+        let s = map_apps(&one(labels, 1, TASKS2), &cfg());
+        assert!(s.routes.is_empty() && s.groups.is_empty());
+        assert_eq!(s.problems[0].effect, Effect::PortSkipped);
+        assert_eq!(s.problems[0].label.as_deref(), Some("HAPROXY_0_AUTH"));
+        assert!(!s.problems[0].message.contains("def"), "the hash is not echoed");
+        // Bad values of honoured labels skip the app, named as written.
+        for (label, value) in [
+            ("HAPROXY_0_PATH", "-m /x"),
+            ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/33"),
+            ("HAPROXY_0_AUTH", "no-colons"),
+            ("HAPROXY_0_ENABLED", "maybe"),
+            ("HAPROXY_0_BACKEND_WEIGHT", "heavy"),
+            ("HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX", "5"),
+        ] {
+            let labels = format!(r#"{{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","{label}":"{value}"}}"#);
+            let s = map_apps(&one(&labels, 1, TASKS2), &cfg());
+            assert!(s.routes.is_empty(), "{label}");
+            assert_eq!(s.problems[0].label.as_deref(), Some(label), "{:?}", s.problems);
+            assert_eq!(s.problems[0].effect, Effect::AppSkipped);
+        }
+    }
+
+    /// Two apps on one host + path: the higher BACKEND_WEIGHT wins it whatever the app's age, the other app keeps
+    /// its other routes; at equal weights the older app keeps it and the newer one is skipped (a real clash).
+    #[test]
+    fn backend_weight_decides_a_shared_host_and_path() {
+        let app = |id: &str, changed: &str, labels: &str| {
+            format!(
+                r#"{{"id":"{id}","labels":{labels},"portDefinitions":[{{"port":0}}],"versionInfo":{{"lastConfigChangeAt":"{changed}"}},
+                   "tasks":[{{"id":"t{changed}","host":"10.0.0.1","ports":[31000],"state":"TASK_RUNNING"}}]}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"apps":[{},{}]}}"#,
+            app("/old", "2020", r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test,o.test"}"#),
+            app("/new", "2021", r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_BACKEND_WEIGHT":"5"}"#)
+        );
+        let s = map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg());
+        let routes: Vec<(&str, &str)> = s.routes.iter().map(|r| (r.name.as_str(), r.host.as_deref().unwrap())).collect();
+        assert_eq!(routes, vec![("marathon:/old:0:1", "o.test"), ("marathon:/new:0", "a.test")]);
+        assert_eq!(s.problems.len(), 1);
+        assert_eq!(s.problems[0].effect, Effect::RouteSkipped);
+        assert!(s.problems[0].message.contains("goes to /new (BACKEND_WEIGHT 5 > 0)"), "{}", s.problems[0]);
+        let body = body.replace(r#","HAPROXY_0_BACKEND_WEIGHT":"5""#, "");
+        let s = map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg());
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(s.problems[0].to_string(), "/new: host `a.test` path `` is already served by another app");
+    }
+
+    /// A task of Marathon <= 1.3 has no `state`: with a start time (and passing checks) it is a backend; without
+    /// one (still staging) it is not.
+    #[test]
+    fn tasks_without_state_serve_once_started() {
+        let tasks = r#"{"id":"mlb_app.1","host":"10.0.0.1","ports":[31000],"startedAt":"2016-02-01T22:14:03.432Z"},
+            {"id":"mlb_app.2","host":"10.0.0.2","ports":[31000],"startedAt":null,"stagedAt":"2016-02-01T22:14:00.653Z"}"#;
+        let s = map_apps(&one(r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test"}"#, 1, tasks), &cfg());
+        let b: Vec<String> = s.groups[0].backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(b, vec!["10.0.0.1:31000"]);
+    }
+
+    /// marathon-lb's zdd shape (its `tests/zdd_apps.json`, with a VHOST): green (old, 3 instances) and blue (new)
+    /// of deployment group `nginx` are one app `/nginx` with one route; as blue's healthy instances grow towards
+    /// DEPLOYMENT_TARGET_INSTANCES, as many green tasks (lowest ids first) drain. Never a host clash.
+    #[test]
+    fn blue_green_colours_are_served_as_one_app() {
+        let colour = |id: &str, colour: &str, started: &str, instances: usize, alive: usize| {
+            let tasks: Vec<String> = (0..instances)
+                .map(|i| {
+                    format!(
+                        r#"{{"id":"{id}.{i}","host":"10.0.{}.{i}","ports":[3100{i}],"startedAt":"2016-02-01T22:14:03.432Z",
+                           "healthCheckResults":[{{"alive":{}}}]}}"#,
+                        if colour == "green" { 6 } else { 1 },
+                        i < alive
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"id":"/{id}","instances":{instances},"labels":{{"HAPROXY_DEPLOYMENT_GROUP":"nginx","HAPROXY_GROUP":"external",
+                    "HAPROXY_DEPLOYMENT_COLOUR":"{colour}","HAPROXY_DEPLOYMENT_TARGET_INSTANCES":"3",
+                    "HAPROXY_DEPLOYMENT_STARTED_AT":"{started}","HAPROXY_DEPLOYMENT_ALT_PORT":"10001",
+                    "HAPROXY_0_VHOST":"nginx.test","HAPROXY_APP_ID":"nginx"}},
+                    "portDefinitions":[{{"port":10000}}],"healthChecks":[{{"protocol":"HTTP","path":"/","portIndex":0}}],
+                    "tasks":[{}]}}"#,
+                tasks.join(",")
+            )
+        };
+        let green = colour("nginx-green", "green", "2016-02-01T14:13:42.499089", 3, 3);
+        let state = |blue_alive: usize| {
+            let body = format!(
+                r#"{{"apps":[{green},{}]}}"#,
+                colour("nginx-blue", "blue", "2016-02-01T14:57:54.371005", 3, blue_alive)
+            );
+            map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg())
+        };
+        for (blue_alive, draining) in [(0, 0), (1, 1), (2, 2), (3, 3)] {
+            let s = state(blue_alive);
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            assert_eq!(s.routes.len(), 1);
+            assert_eq!((s.routes[0].name.as_str(), s.routes[0].host.as_deref()), ("marathon:/nginx:0", Some("nginx.test")));
+            let g = &s.groups[0];
+            let drained: Vec<String> =
+                g.backends.iter().filter(|b| b.draining).map(|b| b.addr.to_string()).collect();
+            let expect: Vec<String> = (0..draining).map(|i| format!("10.0.6.{i}:3100{i}")).collect();
+            assert_eq!(drained, expect, "blue alive {blue_alive}");
+            assert_eq!(g.backends.iter().filter(|b| !b.draining).count(), 3 - draining + blue_alive);
+            assert_eq!(s.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["nginx"]);
+        }
+        // One colour alone is served under the group's name too (the route and group keep their names).
+        let body = format!(r#"{{"apps":[{green}]}}"#);
+        let s = map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg());
+        assert_eq!(s.groups[0].name, "marathon:/nginx:0");
+        assert!(s.groups[0].backends.iter().all(|b| !b.draining));
+        // A bad ALT_PORT is reported.
+        let bad = green.replace(r#""HAPROXY_DEPLOYMENT_ALT_PORT":"10001""#, r#""HAPROXY_DEPLOYMENT_ALT_PORT":"x""#);
+        let s = map_apps(&Apps::from_json(format!(r#"{{"apps":[{bad}]}}"#).as_bytes()).unwrap(), &cfg());
+        assert_eq!(s.problems[0].to_string(), "/nginx: HAPROXY_DEPLOYMENT_ALT_PORT: `x`: expected a port number");
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the Marathon source (`padis_marathon_*`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The source's metrics.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct Metrics {
     pub stale_seconds: IntGauge,
     /// Apps skipped for invalid labels or JSON.
     pub problems: IntGauge,
+    /// Apps carrying a label Padis does not honour, by the label's generic name (`HAPROXY_{n}_BACKEND_HEAD`).
+    pub labels_unsupported: IntGaugeVec,
     /// Apps, tasks and backends in the last state.
     pub apps: IntGauge,
     /// Tasks Marathon reported in the last state.
@@ -55,6 +57,10 @@ impl Metrics {
             last_sync_timestamp: IntGauge::new("padis_marathon_last_sync_timestamp_seconds", "Unix time of the last good full sync")?,
             stale_seconds: IntGauge::new("padis_marathon_stale_seconds", "Seconds since the last good full sync")?,
             problems: IntGauge::new("padis_marathon_app_problems", "Apps skipped for invalid labels or JSON")?,
+            labels_unsupported: IntGaugeVec::new(
+                Opts::new("padis_marathon_labels_unsupported", "Apps carrying a label Padis does not honour, by label"),
+                &["label"],
+            )?,
             apps: IntGauge::new("padis_marathon_apps", "Apps in the last Marathon state")?,
             tasks: IntGauge::new("padis_marathon_tasks", "Tasks in the last Marathon state")?,
             backends: IntGauge::new("padis_marathon_backends", "L7 backends in the last published state")?,
@@ -70,6 +76,7 @@ impl Metrics {
         registry.register(Box::new(m.last_sync_timestamp.clone()))?;
         registry.register(Box::new(m.stale_seconds.clone()))?;
         registry.register(Box::new(m.problems.clone()))?;
+        registry.register(Box::new(m.labels_unsupported.clone()))?;
         registry.register(Box::new(m.apps.clone()))?;
         registry.register(Box::new(m.tasks.clone()))?;
         registry.register(Box::new(m.backends.clone()))?;

@@ -22,7 +22,7 @@ use crate::events::{self, Event};
 use crate::map::Mapper;
 use crate::metrics::Metrics;
 use crate::sse::SseParser;
-use crate::{MarathonError, MarathonState};
+use crate::{Effect, MarathonError, MarathonState};
 
 /// Follows Marathon and publishes [`MarathonState`]s.
 pub struct MarathonSource;
@@ -462,26 +462,46 @@ impl Follower {
         drop(list);
         state.status = self.status.clone();
         let refresh = self.last_pub_at.elapsed() >= STATUS_REFRESH;
-        let (changed, new_problems): (bool, Vec<String>) = {
+        let (changed, new_problems): (bool, Vec<(String, Effect)>) = {
             let last = self.tx.borrow();
             match last.as_ref() {
-                None => (true, state.problems.iter().map(ToString::to_string).collect()),
+                None => (true, state.problems.iter().map(|p| (p.to_string(), p.effect)).collect()),
                 Some(last) => (
                     !last.same_content(&state)
                         || last.status.ok != state.status.ok
                         || last.status.last_error != state.status.last_error
                         || refresh,
-                    state.problems.iter().filter(|p| !last.problems.contains(p)).map(ToString::to_string).collect(),
+                    state
+                        .problems
+                        .iter()
+                        .filter(|p| !last.problems.contains(p))
+                        .map(|p| (p.to_string(), p.effect))
+                        .collect(),
                 ),
             }
         };
         if !changed {
             return;
         }
-        for p in new_problems {
-            warn!(problem = %p, "marathon app skipped");
+        for (p, effect) in new_problems {
+            match effect {
+                Effect::AppSkipped => warn!(problem = %p, "marathon app skipped"),
+                Effect::PortSkipped => warn!(problem = %p, "marathon app port not served"),
+                Effect::RouteSkipped => warn!(problem = %p, "marathon app route not served"),
+                Effect::LabelIgnored => warn!(problem = %p, "marathon app label not honoured"),
+            }
         }
         self.m.problems.set(state.problems.len() as i64);
+        let mut unsupported: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        for p in &state.problems {
+            if let Some(name) = &p.unsupported {
+                unsupported.entry(name.as_str()).or_default().insert(p.app.as_str());
+            }
+        }
+        self.m.labels_unsupported.reset();
+        for (name, apps) in unsupported {
+            self.m.labels_unsupported.with_label_values(&[name]).set(apps.len() as i64);
+        }
         self.m.backends.set(state.backend_count() as i64);
         self.m.publishes.inc();
         self.last_pub_at = Instant::now();

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use padis_marathon::{map_apps, Apps};
+use padis_marathon::{map_apps, Apps, Effect};
 use padis_model::marathon::MarathonConfig;
 use padis_model::{Balance, DesiredState};
 
@@ -80,7 +80,11 @@ fn labels_and_tasks_map_to_the_gateway() {
     let problems: Vec<String> = st.problems.iter().map(|p| p.to_string()).collect();
     let joined = problems.join("\n");
     assert!(joined.contains("/bad: PADIS_0_VHOST: `bad host!`"), "{joined}");
-    assert!(joined.contains("/bad: PADIS_3_*: port index 3"), "{joined}");
+    assert!(joined.contains("/bad: PADIS_3_VIP: port index 3"), "{joined}");
+    // A marathon-lb template is reported as not honoured, named as the app wrote it; the app is still served.
+    assert!(joined.contains("/legacy/shop: HAPROXY_0_BACKEND_HTTP_OPTIONS: an HAProxy config template"), "{joined}");
+    let p = st.problems.iter().find(|p| p.app == "/legacy/shop").expect("shop problem");
+    assert_eq!((p.effect, p.unsupported.as_deref()), (Effect::LabelIgnored, Some("HAPROXY_{n}_BACKEND_HTTP_OPTIONS")));
     assert!(joined.contains("/clash: host `web.example.com` path `/api` is already served"), "{joined}");
     assert!(joined.contains("/broken: not a Marathon app"), "{joined}");
     assert!(!joined.contains("/internal") && !st.groups.iter().any(|g| g.name.contains("internal")));

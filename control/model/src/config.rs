@@ -338,6 +338,90 @@ pub struct BackendGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
     /// TCP (+TLS) connect timeout.
+    /// Match `path` without regard to ASCII case (marathon-lb `PATH = "-i /a"`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub path_ignore_case: bool,
+    /// Add `Strict-Transport-Security: max-age=15768000` to responses (marathon-lb `USE_HSTS`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hsts: bool,
+    /// HTTP basic authentication required before forwarding (marathon-lb `AUTH`); 401 with the realm otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// Client source networks allowed (empty: every client); others get 403 (marathon-lb
+    /// `BACKEND_NETWORK_ALLOWED_ACL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// A request path under this prefix is forwarded with the prefix removed (`/p/x` -> `/x`; marathon-lb
+    /// `HTTP_BACKEND_PROXYPASS_PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxypass_path: Option<String>,
+    /// `Location` / `Content-Location` response headers pointing at a path of this host get this prefix
+    /// (marathon-lb `HTTP_BACKEND_REVPROXY_PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revproxy_path: Option<String>,
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Route {
+            name: String::new(),
+            listeners: Vec::new(),
+            host: None,
+            path: default_path(),
+            group: None,
+            split: Vec::new(),
+            redirect_https: false,
+            https_port: None,
+            origin: None,
+            path_ignore_case: false,
+            hsts: false,
+            basic_auth: None,
+            allow_cidrs: Vec::new(),
+            proxypass_path: None,
+            revproxy_path: None,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// HTTP basic authentication of a route: a realm and users with crypt(3)-style password hashes, as in an
+/// HAProxy userlist (`$2y$`/`$2b$` bcrypt, `$6$` SHA-512, `$5$` SHA-256, `$1$` MD5, DES).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// Realm sent in `WWW-Authenticate`.
+    pub realm: String,
+    /// Users allowed.
+    pub users: Vec<BasicAuthUser>,
+}
+
+/// One user of [`BasicAuth`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthUser {
+    /// User name.
+    pub user: String,
+    /// Password hash (crypt(3) format); never written out (the admin API shows the route without it).
+    #[serde(default, skip_serializing)]
+    pub hash: String,
+}
+
+/// The kind of a crypt(3) password hash Padis can verify (`bcrypt`, `sha512`, `sha256`, `md5`, `des`), or `None`
+/// for others (yescrypt `$y$`, argon2, Apache `$apr1$`, plain text, …).
+pub fn crypt_kind(hash: &str) -> Option<&'static str> {
+    let b64 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    let fields: Vec<&str> = hash.split('$').collect();
+    match fields.as_slice() {
+        ["", "2a" | "2b" | "2y", cost, rest] if cost.len() == 2 && rest.len() == 53 && b64(rest) => Some("bcrypt"),
+        ["", "6", .., digest] if !digest.is_empty() && b64(digest) => Some("sha512"),
+        ["", "5", .., digest] if !digest.is_empty() && b64(digest) => Some("sha256"),
+        ["", "1", salt, digest] if salt.len() <= 8 && digest.len() == 22 && b64(digest) => Some("md5"),
+        [des] if des.len() == 13 && b64(des) => Some("des"),
+        _ => None,
+    }
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Whole-request timeout (until the response head arrives); then 504.
