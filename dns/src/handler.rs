@@ -15,7 +15,7 @@ use crate::fast::{self, udp_limit, QueryEdns};
 use crate::metrics::{Metrics, QueryCounters};
 use crate::resolve::resolve;
 use crate::rrl::{Rrl, Verdict};
-use crate::tsig::{self, Signer, TsigKey};
+use crate::tsig::{self, Signer};
 use crate::wire::wire_of;
 use crate::xfr;
 use crate::zone::{ZonePolicy, ZoneSet};
@@ -64,6 +64,18 @@ pub struct Handler {
     pub rrl: Rrl,
     /// Update queue to the zone manager.
     pub updates: mpsc::Sender<UpdateJob>,
+    /// MACs of signed updates and NOTIFYs accepted recently (replay protection).
+    pub replay: tsig::ReplayCache,
+}
+
+fn tsig_label(f: tsig::TsigFailure) -> &'static str {
+    match f {
+        tsig::TsigFailure::BadKey => "badkey",
+        tsig::TsigFailure::BadSig => "badsig",
+        tsig::TsigFailure::BadTime => "badtime",
+        tsig::TsigFailure::BadTrunc => "badtrunc",
+        tsig::TsigFailure::Malformed => "malformed",
+    }
 }
 
 /// Per-worker state.
@@ -194,17 +206,46 @@ impl Handler {
                     Some(k) => tsig::verify_request(req, &found, k).map(|mac| Signer::new((**k).clone(), mac)),
                     None => Err(tsig::TsigFailure::BadKey),
                 };
-                match res {
-                    Ok(s) => signer = Some(s),
-                    Err(f) => {
-                        tracing::debug!(%src, failure = %f, "TSIG verification failed");
+                match (res, key) {
+                    (Ok(s), _) => signer = Some(s),
+                    (Err(tsig::TsigFailure::Malformed), _) => {
+                        self.metrics.tsig.with_label_values(&["malformed"]).inc();
+                        header_only(req, 1, out);
+                        return Outcome::Reply;
+                    }
+                    (Err(f), key) => {
+                        tracing::info!(%src, key = %found.key_name, failure = %f, "TSIG verification failed");
+                        self.metrics.tsig.with_label_values(&[tsig_label(f)]).inc();
                         let mut resp = self.response(&msg, set, ResponseCode::NotAuth);
                         resp.additionals.clear();
-                        return self.finish(resp, set, limit_of(&msg, set, tcp), out, Some((f, found)), w, None);
+                        let limit = limit_of(&msg, set, tcp);
+                        return match (f, key) {
+                            // BADTIME is signed with the key (RFC 8945 5.2.3): the client can trust our clock.
+                            (tsig::TsigFailure::BadTime, Some(k)) => {
+                                let s = Signer::bad_time((**k).clone(), found.tsig.mac.clone(), found.tsig.time);
+                                self.finish(resp, set, limit, out, None, w, Some(s))
+                            }
+                            _ => self.finish(resp, set, limit, out, Some((f, found)), w, None),
+                        };
                     }
                 }
+                // A signed request that changes something is accepted once: the same MAC again within its
+                // window is a replay. Queries (transfers included) are reads, and clients resend them as they
+                // are (UDP retries, TC then TCP), so they are not checked.
+                if msg.metadata.op_code != OpCode::Query {
+                    let verdict = self.replay.check(&found.key_name.to_lowercase(), &found.tsig.mac, found.tsig.time, found.tsig.fudge);
+                    if verdict != tsig::Replay::Fresh {
+                        let what = if verdict == tsig::Replay::Replayed { "replayed" } else { "replay_cache_full" };
+                        tracing::warn!(%src, key = %found.key_name, what, "signed request refused");
+                        self.metrics.tsig.with_label_values(&[what]).inc();
+                        let resp = self.response(&msg, set, ResponseCode::Refused);
+                        return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+                    }
+                }
+                self.metrics.tsig.with_label_values(&["ok"]).inc();
             }
             Err(_) => {
+                self.metrics.tsig.with_label_values(&["malformed"]).inc();
                 header_only(req, 1, out);
                 return Outcome::Reply;
             }
@@ -270,9 +311,7 @@ impl Handler {
             bytes = t.to_vec().unwrap_or_default();
         }
         if let Some((failure, found)) = tsig_error {
-            let key = TsigKey { name: found.key_name.to_lowercase(), secret: Vec::new() };
-            let mac = found.tsig.mac.clone();
-            Signer::new(key, mac).sign(&mut bytes, Some(failure.code()));
+            tsig::append_unsigned_error(&mut bytes, &found, failure);
         } else if let Some(s) = signer.as_mut() {
             s.sign(&mut bytes, None);
         }
@@ -345,8 +384,9 @@ impl Handler {
         }
         if let Some(k) = &zone.policy.transfer_key {
             if signer.as_ref().is_none_or(|s| s.key_name() != &k.name) {
+                // As BIND: a transfer not signed with the zone's key is REFUSED (even from an allowed address).
                 tracing::info!(%src, zone = %zname, "transfer without the zone's TSIG key refused");
-                let resp = refuse(ResponseCode::NotAuth);
+                let resp = refuse(ResponseCode::Refused);
                 return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
             }
         }

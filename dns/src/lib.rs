@@ -7,6 +7,9 @@
 
 mod fast;
 mod fasttable;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 mod handler;
 mod journal;
@@ -108,13 +111,15 @@ impl DnsPlane {
             metrics: m,
             rrl: rrl::Rrl::new(cfg.rrl.clone()),
             updates: tx,
+            replay: tsig::ReplayCache::new(1 << 16),
         });
         let mut bound = Vec::new();
         for addr in &cfg.listen {
             bound.push(net::bind(*addr, cfg.reuseport.max(1))?);
         }
         let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
-        let manager = blocking(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone()))?;
+        let (file_tx, file_rx) = mpsc::channel(16);
+        let manager = blocking(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone(), file_tx))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut threads = Vec::new();
@@ -135,7 +140,7 @@ impl DnsPlane {
                 shutdown.clone(),
             )));
         }
-        tasks.push(tokio::spawn(manager.run(reader, rx, shutdown.clone())));
+        tasks.push(tokio::spawn(manager.run(reader, rx, file_rx, shutdown.clone())));
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             sd.cancelled().await;
@@ -144,6 +149,26 @@ impl DnsPlane {
         tracing::info!(?addrs, "DNS serving");
         Ok(DnsHandle { addrs, report, tasks, threads })
     }
+}
+
+static RELOADS: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Asks every DNS plane of the process to read its zone files again, changed or not (SIGHUP, `POST /v1/reload`):
+/// new content is served, a higher file serial is taken, a file that does not load is reported and its zone's
+/// previous version stays served. Zone files are also reloaded by themselves when they change on disk.
+pub fn request_zone_reload() {
+    RELOADS.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+fn reload_requests() -> tokio::sync::watch::Receiver<u64> {
+    RELOADS.subscribe()
+}
+
+/// Loads the master files of the zones of a `[dns]` config as the DNS plane would, for `padis check`: one error
+/// per zone whose file cannot be read or parsed, naming `file:line`. `base`: where relative paths start.
+pub fn check_zone_files(cfg: &padis_model::dns::DnsConfig, base: &std::path::Path) -> Vec<ZoneError> {
+    source::check_zone_files(cfg, base)
 }
 
 /// Runs CPU-heavy work (zone builds) without stalling other tasks of a multi-threaded runtime.

@@ -26,6 +26,14 @@ pub struct Metrics {
     pub serial: IntGaugeVec,
     /// Records by zone.
     pub records: IntGaugeVec,
+    /// Signed requests by TSIG outcome (`ok`, `badkey`, `badsig`, `badtime`, `badtrunc`, `malformed`,
+    /// `replayed`, `replay_cache_full`).
+    pub tsig: IntCounterVec,
+    /// Configured zones by state: `ok` (serving its files' current content), `stale` (serving an older
+    /// version: its file does not load now), `failed` (never loaded: not served).
+    pub zones: IntGaugeVec,
+    /// Failed loads of a zone's master file, by zone.
+    pub zone_load_errors: IntCounterVec,
 }
 
 /// Query type labels (a bounded set; the last is `other`) and the types they stand for.
@@ -114,6 +122,15 @@ impl Metrics {
             )?,
             serial: IntGaugeVec::new(Opts::new("padis_dns_zone_serial", "Current SOA serial"), &["zone"])?,
             records: IntGaugeVec::new(Opts::new("padis_dns_zone_records", "Records in the zone"), &["zone"])?,
+            tsig: IntCounterVec::new(Opts::new("padis_dns_tsig_total", "Signed requests, by TSIG outcome"), &["result"])?,
+            zones: IntGaugeVec::new(
+                Opts::new("padis_dns_zones", "Configured zones by state (ok, stale: an older version served, failed: not served)"),
+                &["state"],
+            )?,
+            zone_load_errors: IntCounterVec::new(
+                Opts::new("padis_dns_zone_load_errors_total", "Failed loads of a zone's master file, by zone"),
+                &["zone"],
+            )?,
         };
         reg.register(Box::new(m.queries.clone()))?;
         reg.register(Box::new(m.latency.clone()))?;
@@ -125,6 +142,9 @@ impl Metrics {
         reg.register(Box::new(m.notifies.clone()))?;
         reg.register(Box::new(m.serial.clone()))?;
         reg.register(Box::new(m.records.clone()))?;
+        reg.register(Box::new(m.tsig.clone()))?;
+        reg.register(Box::new(m.zones.clone()))?;
+        reg.register(Box::new(m.zone_load_errors.clone()))?;
         Ok(m)
     }
 }

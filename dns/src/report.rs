@@ -22,6 +22,9 @@ pub struct DnsReport {
 pub struct ZoneReport {
     /// Apex.
     pub name: String,
+    /// `ok`: serving its file's current content; `stale`: serving an older version (its file does not load
+    /// now, see `error`); `failed`: never loaded, not served (queries get REFUSED).
+    pub state: &'static str,
     /// Current serial.
     pub serial: u32,
     /// Records.
@@ -34,4 +37,6 @@ pub struct ZoneReport {
     pub file: Option<String>,
     /// Last load error of the master file.
     pub error: Option<String>,
+    /// Why the serial served is not the file's (a file serial not raised above the served one).
+    pub serial_note: Option<String>,
 }

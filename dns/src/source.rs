@@ -21,7 +21,7 @@ use crate::wire::{in_zone, parent, wire_of, WireName};
 use crate::zone::{FastMap, FastSet, Node, RrSet, ZoneData, ZonePolicy};
 
 /// A zone that cannot be loaded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ZoneError {
     /// The zone name is not a DNS name.
     #[error("zone `{0}`: invalid name: {1}")]
@@ -101,6 +101,12 @@ pub struct ZoneSource {
     file_stamp: Option<(std::time::SystemTime, u64)>,
     file_records: StaticZone,
     file_soa: Option<(SOA, u32)>,
+    /// Stamp of a file version that failed to load (not read again until it changes).
+    bad_stamp: Option<(std::time::SystemTime, u64)>,
+    /// The SOA serial of a file version read since the last build (taken if above the served one).
+    file_serial: Option<u32>,
+    /// Why the serial served is not the file's, after the last file reload (a file serial not raised).
+    pub serial_note: Option<String>,
     /// Master file plus accepted updates.
     pub statics: StaticZone,
     journal: Journal,
@@ -164,6 +170,9 @@ impl ZoneSource {
             file_stamp: None,
             file_records: StaticZone::default(),
             file_soa: None,
+            bad_stamp: None,
+            file_serial: None,
+            serial_note: None,
             statics: StaticZone::default(),
             journal: Journal::new(state_dir.join(format!("{fname}.journal"))),
             serial_file: SerialFile::new(state_dir.join(format!("{fname}.serial"))),
@@ -183,6 +192,7 @@ impl ZoneSource {
             collisions: FastMap::default(),
         };
         z.reload_file(true)?;
+        z.file_serial = None; // the serial to resume from is chosen below
         z.serial_policy = cfg.serial_policy.unwrap_or(if z.file_soa.is_some() {
             SerialPolicy::Increment
         } else {
@@ -285,31 +295,26 @@ impl ZoneSource {
         }
     }
 
-    /// Re-reads the master file if it changed on disk. On error the previous records stay.
+    /// Re-reads the master file if it changed on disk (or always, with `force`). Returns whether it was read.
+    /// On error the previous records stay; a file that failed to load is not read again until it changes
+    /// (`Ok(false)`), unless forced.
     pub fn reload_file(&mut self, force: bool) -> Result<bool, ZoneError> {
         let Some(path) = self.file.clone() else { return Ok(false) };
         let err = |msg: String| ZoneError::File { zone: self.cfg.name.clone(), path: path.display().to_string(), msg };
         let meta = fs::metadata(&path).map_err(|e| err(e.to_string()))?;
         let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
-        if !force && self.file_stamp == Some(stamp) {
+        if !force && (self.file_stamp == Some(stamp) || self.bad_stamp == Some(stamp)) {
             return Ok(false);
         }
-        let text = fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let (_, sets) = Parser::new(text, Some(path.clone()), Some(self.origin.clone())).parse().map_err(|e| err(e.to_string()))?;
-        let mut records = StaticZone::default();
-        let mut soa = None;
-        for (_, set) in sets {
-            for r in set.records_without_rrsigs() {
-                if !in_zone(&wire_of(&r.name), &self.origin_wire) {
-                    return Err(err(format!("{} is outside the zone", r.name)));
-                }
-                match &r.data {
-                    RData::SOA(s) if wire_of(&r.name) == self.origin_wire => soa = Some((s.clone(), r.ttl)),
-                    RData::SOA(_) => return Err(err(format!("SOA at {} is not at the apex", r.name))),
-                    d => add_record(&mut records, &r.name, r.ttl, d.clone()),
-                }
+        let (records, soa) = match parse_zone_file(&self.cfg.name, &path, &self.origin) {
+            Ok(x) => x,
+            Err(e) => {
+                self.bad_stamp = Some(stamp);
+                return Err(e);
             }
-        }
+        };
+        self.bad_stamp = None;
+        self.file_serial = soa.as_ref().map(|(s, _): &(SOA, u32)| s.serial);
         let old = std::mem::replace(&mut self.file_records, records);
         // Keep the records added by updates: replace only what came from the file.
         for (w, (_, sets)) in &old {
@@ -564,16 +569,32 @@ impl ZoneSource {
             changed_names.push(w.clone());
         }
         let policy_changed = prev.as_ref().is_some_and(|p| !same_policy(&p.policy, &policy));
-        if prev.is_some() && changed_names.is_empty() && !policy_changed {
+        // A file read since the last build: a higher serial in it is taken (even with no other change); a lower
+        // or unchanged one with new content gets the served serial + 1, and a note says so.
+        let file_serial = self.file_serial.take();
+        let raise = file_serial.filter(|f| serial_gt(*f, self.serial));
+        if let Some(f) = file_serial {
+            self.serial_note = None;
+            if raise.is_none() && (serial_gt(self.serial, f) || !changed_names.is_empty()) && prev.is_some() {
+                let served = if changed_names.is_empty() { self.serial } else { next_serial(self.serial_policy, self.serial) };
+                let note = format!(
+                    "zone file serial {f} is not above the served serial {}; serving {served} (raise the file's serial above it)",
+                    self.serial
+                );
+                tracing::warn!(zone = %self.origin, "{note}");
+                self.serial_note = Some(note);
+            }
+        }
+        if prev.is_some() && changed_names.is_empty() && !policy_changed && raise.is_none() {
             return None;
         }
         self.hash = hash;
         let first = prev.is_none();
-        if !changed_names.is_empty() {
+        if !changed_names.is_empty() || (raise.is_some() && !first) {
             if first && self.persisted_hash.is_none() {
                 self.persist_serial(hash);
             } else if !first || self.persisted_hash != Some(hash) {
-                let next = next_serial(self.serial_policy, self.serial);
+                let next = raise.unwrap_or_else(|| next_serial(self.serial_policy, self.serial));
                 let from = Record::from_rdata(self.origin.clone(), soa_ttl, RData::SOA(old_soa.clone()));
                 self.serial = next;
                 let (new_soa, _) = self.soa(next);
@@ -712,6 +733,120 @@ impl ZoneSource {
     }
 }
 
+/// Parses a master file of the zone `origin` (named `zone` in errors): its records (SOA apart). Errors name the
+/// file and the line of the first entry that does not load (`path:line: message`).
+pub fn parse_zone_file(zone: &str, path: &Path, origin: &Name) -> Result<(StaticZone, Option<(SOA, u32)>), ZoneError> {
+    let err = |msg: String| ZoneError::File { zone: zone.to_string(), path: path.display().to_string(), msg };
+    let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    match parse_zone_text(&text, path, origin) {
+        Ok(x) => Ok(x),
+        Err(msg) => {
+            let line = failing_line(&text, path, origin);
+            Err(ZoneError::File { zone: zone.to_string(), path: format!("{}:{line}", path.display()), msg })
+        }
+    }
+}
+
+fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<(StaticZone, Option<(SOA, u32)>), String> {
+    let origin_wire = wire_of(origin);
+    let (_, sets) = Parser::new(text, Some(path.to_path_buf()), Some(origin.clone())).parse().map_err(|e| {
+        let m = e.to_string();
+        if ["RRSIG", "NSEC", "DNSKEY", "NSEC3"].iter().any(|t| m.contains(&format!("{t} should be dynamically generated"))) {
+            format!("{m}: DNSSEC-signed zone files (RRSIG, NSEC, NSEC3, DNSKEY records) are not supported")
+        } else {
+            m
+        }
+    })?;
+    let mut records = StaticZone::default();
+    let mut soa = None;
+    for (_, set) in sets {
+        for r in set.records_without_rrsigs() {
+            if !in_zone(&wire_of(&r.name), &origin_wire) {
+                return Err(format!("{} is outside the zone", r.name));
+            }
+            match &r.data {
+                RData::SOA(s) if wire_of(&r.name) == origin_wire => soa = Some((s.clone(), r.ttl)),
+                RData::SOA(_) => return Err(format!("SOA at {} is not at the apex", r.name)),
+                d => add_record(&mut records, &r.name, r.ttl, d.clone()),
+            }
+        }
+    }
+    Ok((records, soa))
+}
+
+/// The line where the first entry that does not load starts: the file is cut only between entries (outside
+/// parentheses and quotes), and the shortest prefix that fails is found by bisection.
+fn failing_line(text: &str, path: &Path, origin: &Name) -> usize {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    // Cut points: line counts after which no entry is open.
+    let mut cuts = vec![0usize];
+    let (mut depth, mut quoted) = (0i32, false);
+    for (i, l) in lines.iter().enumerate() {
+        let mut esc = false;
+        for c in l.chars() {
+            match c {
+                _ if esc => esc = false,
+                '\\' => esc = true,
+                '"' => quoted = !quoted,
+                ';' if !quoted => break,
+                '(' if !quoted => depth += 1,
+                ')' if !quoted => depth -= 1,
+                _ => {}
+            }
+        }
+        if depth <= 0 && !quoted {
+            depth = 0;
+            cuts.push(i + 1);
+        }
+    }
+    if cuts.last() != Some(&lines.len()) {
+        cuts.push(lines.len());
+    }
+    let fails = |k: usize| parse_zone_text(&lines[..k].concat(), path, origin).is_err();
+    // Invariant: the prefix up to cuts[lo] loads, the one up to cuts[hi] fails.
+    let (mut lo, mut hi) = (0, cuts.len() - 1);
+    if !fails(cuts[hi]) {
+        return lines.len().max(1);
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if fails(cuts[mid]) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    // The failing entry starts at the first non-blank, non-comment line after the last good cut.
+    let mut line = cuts[lo];
+    while line < cuts[hi] - 1 && lines[line].trim_start().chars().next().is_none_or(|c| c == ';') {
+        line += 1;
+    }
+    line + 1
+}
+
+/// Loads the master files of the `[dns]` zones of a config as the DNS plane would (for `padis check`): one
+/// error per zone whose file cannot be read or parsed, with `file:line`. `base`: where relative paths start.
+pub fn check_zone_files(cfg: &padis_model::dns::DnsConfig, base: &Path) -> Vec<ZoneError> {
+    let mut errors = Vec::new();
+    for z in &cfg.zones {
+        let Some(file) = &z.file else { continue };
+        let origin = match Name::from_ascii(&z.name) {
+            Ok(mut n) => {
+                n.set_fqdn(true);
+                n.to_lowercase()
+            }
+            Err(e) => {
+                errors.push(ZoneError::Name(z.name.clone(), e.to_string()));
+                continue;
+            }
+        };
+        if let Err(e) = parse_zone_file(&z.name, &base.join(file), &origin) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
 /// Identity of a generated group (its allocation), used as the source id of its records.
 fn group_id(g: &Arc<Vec<GenRecord>>) -> usize {
     Arc::as_ptr(g) as *const () as usize
@@ -758,12 +893,11 @@ fn same_content(a: &[RrSet], b: &[RrSet]) -> bool {
 
 /// Whether two access policies are the same.
 pub fn same_policy(a: &ZonePolicy, b: &ZonePolicy) -> bool {
-    let key = |k: &Option<Arc<crate::tsig::TsigKey>>| k.as_ref().map(|k| (k.name.clone(), k.secret.clone()));
     a.allow_transfer == b.allow_transfer
         && a.allow_update == b.allow_update
         && a.notify == b.notify
-        && key(&a.transfer_key) == key(&b.transfer_key)
-        && key(&a.update_key) == key(&b.update_key)
+        && a.transfer_key.as_deref() == b.transfer_key.as_deref()
+        && a.update_key.as_deref() == b.update_key.as_deref()
 }
 
 /// Source id of static records in the name index.

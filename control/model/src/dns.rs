@@ -2,12 +2,13 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::{self, Secret};
 use crate::validate::Validator;
 
 /// `[dns]`: the authoritative server.
@@ -171,17 +172,40 @@ pub struct NsConfig {
 }
 
 /// `[[dns.tsig_key]]`: a shared secret (RFC 8945).
+///
+/// ```toml
+/// [[dns.tsig_key]]
+/// name = "xfr-key"
+/// algorithm = "hmac-sha512"
+/// secret_file = "/etc/padis/xfr-key.b64"   # mode 0600 or 0400; or `secret = "<base64>"`
+/// ```
+///
+/// The secret never shows in `Debug`, serialized state (`/v1/state`, `padis status --json`) or `padis check`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TsigKey {
     /// Key name, as sent on the wire (e.g. `xfr-key`).
     pub name: String,
-    /// `hmac-sha256`.
+    /// One of [`TSIG_ALGORITHMS`] (default `hmac-sha256`).
     #[serde(default = "default_alg")]
     pub algorithm: String,
-    /// Base64 secret.
-    pub secret: String,
+    /// Base64 secret (or read from `secret_file` when the config is loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// File holding the base64 secret; neither group nor others may read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }
+
+impl TsigKey {
+    /// The base64 secret (empty when none was given: validation refuses such a key). Never log it.
+    pub fn secret_value(&self) -> &str {
+        self.secret.as_ref().map_or("", Secret::expose)
+    }
+}
+
+/// TSIG algorithms a key may use.
+pub const TSIG_ALGORITHMS: [&str; 5] = ["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"];
 
 fn default_alg() -> String {
     "hmac-sha256".into()
@@ -228,6 +252,15 @@ fn base64_ok(s: &str) -> bool {
 }
 
 impl DnsConfig {
+    /// Reads every `secret_file` of the TSIG keys into `secret` (when the config file is loaded); a file that
+    /// cannot be read or that group or others may access is an error at its `secret_file`.
+    pub fn resolve_secrets(&mut self, cx: &mut Validator, base: &Path) {
+        for (i, k) in self.tsig_keys.iter_mut().enumerate() {
+            let (inline, file) = (format!("dns.tsig_key[{i}].secret"), format!("dns.tsig_key[{i}].secret_file"));
+            secret::resolve(cx, &inline, &mut k.secret, &file, k.secret_file.as_deref(), base);
+        }
+    }
+
     /// Validates `[dns]`.
     pub fn validate(&self, cx: &mut Validator) {
         if !(1..=64).contains(&self.reuseport) {
@@ -259,11 +292,17 @@ impl DnsConfig {
             } else if !keys.insert(k.name.to_ascii_lowercase().trim_end_matches('.').to_string()) {
                 cx.error(format!("{p}.name"), format!("duplicate key `{}`", k.name));
             }
-            if k.algorithm != "hmac-sha256" {
-                cx.error(format!("{p}.algorithm"), format!("`{}`: expected hmac-sha256", k.algorithm));
+            if !TSIG_ALGORITHMS.contains(&k.algorithm.to_ascii_lowercase().as_str()) {
+                cx.error(format!("{p}.algorithm"), format!("`{}`: expected one of {}", k.algorithm, TSIG_ALGORITHMS.join(", ")));
             }
-            if !base64_ok(&k.secret) {
-                cx.error(format!("{p}.secret"), "not valid base64");
+            match &k.secret {
+                None if k.secret_file.is_none() => cx.error(format!("{p}.secret"), "set `secret` or `secret_file`"),
+                None => {} // the file was refused when the config was loaded (reported there)
+                Some(s) if !base64_ok(s.expose()) => {
+                    let f = if k.secret_file.is_some() { "secret_file" } else { "secret" };
+                    cx.error(format!("{p}.{f}"), "not valid base64");
+                }
+                Some(_) => {}
             }
         }
         let key_known = |k: &str| keys.contains(k.to_ascii_lowercase().trim_end_matches('.'));
@@ -361,6 +400,35 @@ mod tests {
         assert!(v.state.dns.udp_batch_wait.is_zero());
         let e = parse_config("[dns]\n[[dns.zone]]\nname = \"s\"\ngenerated = true\nserial_policy = \"date\"\n", "t.toml", Path::new("."));
         assert!(e.is_err());
+    }
+
+    /// TSIG secrets: every algorithm of RFC 8945's list, a secret read from a private file, refused from a file
+    /// others may read (with the config's file:line), and never in Debug or serialized output.
+    #[test]
+    fn tsig_secrets_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("padis-tsig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.b64");
+        std::fs::write(&f, "c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[dns]\n[[dns.tsig_key]]\nname = \"a\"\nalgorithm = \"hmac-sha1\"\nsecret = \"aW5saW5lLXNlY3JldA==\"\n\
+             [[dns.tsig_key]]\nname = \"b\"\nalgorithm = \"hmac-sha512\"\nsecret_file = \"{}\"\n",
+            f.display()
+        );
+        let v = parse_config(&text, "t.toml", &dir).unwrap();
+        let keys = &v.state.dns.tsig_keys;
+        assert_eq!(keys[1].secret_value(), "c2VjcmV0LXNlY3JldC1zZWNyZXQ=");
+        let shown = format!("{:?} {}", v.state.dns, serde_json::to_string(&v.state.dns).unwrap());
+        assert!(!shown.contains("aW5saW5lLXNlY3JldA") && !shown.contains("c2VjcmV0LXNlY3JldC1zZWNyZXQ"), "{shown}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse_config(&text, "t.toml", &dir).unwrap_err().to_string();
+        assert!(e.contains("t.toml:9:1: dns.tsig_key[1].secret_file") && e.contains("mode 0644"), "{e}");
+        let e = parse_config("[dns]\n[[dns.tsig_key]]\nname = \"a\"\nalgorithm = \"hmac-md5\"\n", "t.toml", &dir).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("dns.tsig_key[0].algorithm") && e.contains("dns.tsig_key[0].secret"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
