@@ -1,24 +1,32 @@
 //! The admin HTTP API: `/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`, `/v1/reload`, `/v1/drain`.
 //!
-//! Bound to loopback by default; when a token is configured every endpoint but `/healthz` needs
-//! `Authorization: Bearer <token>`.
+//! Served on TCP (loopback by default) and, when `[admin] socket` is set, on a Unix socket created with mode
+//! 0600. Over TCP, reading endpoints are open without a token on loopback unless one is configured (then every
+//! endpoint but `/healthz` needs `Authorization: Bearer <token>`, compared in constant time); endpoints that
+//! change something (every method but GET/HEAD, `/v1/config/validate` aside) need the token always and are
+//! refused over TCP when none is configured. The Unix socket serves everything: its file mode is the access
+//! control. Each listener closes connections that do not send a request head within
+//! `[admin] header_read_timeout` and refuses connections beyond `[admin] max_connections`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use padis_model::parse_config;
-use prometheus::{Encoder, Registry, TextEncoder};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use padis_model::{parse_config, AdminConfig, Secret};
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config_source::{self, ConfigOrigin};
@@ -30,6 +38,10 @@ pub type ReportFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// An action started by `POST /v1/drain` (withdraw routes before maintenance).
 pub type DrainFn = Arc<dyn Fn() + Send + Sync>;
 
+/// Registries gathered by `/metrics` besides the main one (e.g. the running Marathon source's, which is
+/// replaced when the source restarts).
+pub type ExtraRegistries = Arc<Mutex<BTreeMap<String, Registry>>>;
+
 /// Everything the admin API reads.
 #[derive(Clone)]
 pub struct AdminState {
@@ -39,6 +51,8 @@ pub struct AdminState {
     pub origin: ConfigOrigin,
     /// Metrics registry.
     pub registry: Registry,
+    /// More registries gathered by `/metrics`, by name.
+    pub extra_registries: ExtraRegistries,
     /// Reports of data planes and sources, by name.
     pub reports: Arc<Mutex<BTreeMap<String, ReportFn>>>,
     /// What `POST /v1/drain` does, if anything announces routes.
@@ -47,35 +61,200 @@ pub struct AdminState {
 
 const MAX_BODY: usize = 4 << 20;
 
-/// Binds the admin listener (a failure to bind is fatal at start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The TCP address cannot be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Unix socket cannot be created.
+    #[error("socket {}: {source}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process answers on the socket path.
+    #[error("socket {}: another process is listening on it", path.display())]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("socket {}: exists and is not a socket; not replaced", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The admin metrics cannot be registered.
+    #[error("admin metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
-/// Serves the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+/// The admin listeners, bound at start (a failure to bind is fatal).
+pub struct AdminListeners {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+    refused: IntCounterVec,
+}
+
+/// How a request reached the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP: the token rules apply.
+    Tcp,
+    /// The Unix socket (mode 0600): trusted.
+    Unix,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
+/// Binds the admin TCP listener and, when configured, the Unix socket; registers the admin metrics.
+pub async fn bind(cfg: &AdminConfig, registry: &Registry) -> Result<AdminListeners, AdminError> {
+    let refused = IntCounterVec::new(
+        Opts::new("padis_admin_connections_refused_total", "Admin connections closed at once: over max_connections"),
+        &["transport"],
+    )?;
+    registry.register(Box::new(refused.clone()))?;
+    let tcp = TcpListener::bind(cfg.listen).await.map_err(|source| AdminError::Bind { addr: cfg.listen, source })?;
+    let unix = match &cfg.socket {
+        Some(p) => Some((bind_unix(p)?, p.clone())),
+        None => None,
+    };
+    Ok(AdminListeners { tcp, unix, refused })
+}
+
+/// Creates the Unix socket with mode 0600 from the start: bound under a temporary name, its mode set, then
+/// renamed into place, so no one can connect while it is more open. A stale socket (nobody listening) is
+/// replaced; a live one or any other file is an error.
+fn bind_unix(path: &Path) -> Result<UnixListener, AdminError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source| AdminError::Socket { path: path.to_path_buf(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AdminError::SocketInUse { path: path.to_path_buf() });
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => return Err(AdminError::NotASocket { path: path.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "admin.sock".into());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(err)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+/// Serves the admin API on its listeners until `shutdown`; removes the Unix socket at the end.
+pub async fn serve(listeners: AdminListeners, state: AdminState, shutdown: CancellationToken) {
+    let AdminListeners { tcp, unix, refused } = listeners;
+    let unix_task = unix.map(|(l, path)| {
+        let (state, shutdown, refused) = (state.clone(), shutdown.clone(), refused.clone());
+        tokio::spawn(async move {
+            accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, Transport::Unix, state, shutdown, refused)
+                .await;
+            let _ = std::fs::remove_file(&path);
+        })
+    });
+    accept_loop(|| async { tcp.accept().await.map(|(s, _)| s) }, Transport::Tcp, state, shutdown, refused).await;
+    if let Some(t) = unix_task {
+        let _ = t.await;
+    }
+}
+
+/// Accepts connections of one transport and serves each (HTTP/1.1) on its own task, within the limits.
+async fn accept_loop<S, F, Fut>(
+    accept: F,
+    transport: Transport,
+    state: AdminState,
+    shutdown: CancellationToken,
+    refused: IntCounterVec,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
+            r = accept() => match r {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tracing::warn!(error = %e, transport = transport.label(), "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let admin = state.reconciler.lock().unwrap_or_else(|p| p.into_inner()).store().load().state.admin.clone();
+        if active.load(Ordering::Relaxed) >= admin.max_connections {
+            refused.with_label_values(&[transport.label()]).inc();
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(
+                    transport = transport.label(),
+                    max_connections = admin.max_connections,
+                    "admin connection refused: too many open (counted in padis_admin_connections_refused_total)"
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(active.clone());
         let state = state.clone();
-        let http = http.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, state).await) }
+                async move { Ok::<_, Infallible>(handle(req, state, transport).await) }
             });
-            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(admin.header_read_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
         });
+    }
+}
+
+/// Counts an open admin connection until dropped.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -92,21 +271,48 @@ fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>
     reply(status, "application/json", body)
 }
 
-fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
-    let Some(token) = token.filter(|t| !t.is_empty()) else { return true };
-    let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    match v.strip_prefix("Bearer ") {
-        // Constant-time comparison: the token guards a network-facing API.
-        Some(given) => given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_matches(req: &Request<Incoming>, token: &Secret) -> bool {
+    let Some(v) = req.headers().get(header::AUTHORIZATION) else { return false };
+    match v.as_bytes().strip_prefix(b"Bearer ") {
+        Some(given) => token.matches(given),
         None => false,
     }
 }
 
-async fn handle(req: Request<Incoming>, state: AdminState) -> Response<Full<Bytes>> {
+/// Whether a request changes something: any method but GET/HEAD, except validating a posted config.
+fn changes_state(method: &Method, path: &str) -> bool {
+    !(method == Method::GET || method == Method::HEAD || (method == Method::POST && path == "/v1/config/validate"))
+}
+
+/// The access rule: `None` lets the request through, `Some` is the refusal.
+fn access(req: &Request<Incoming>, token: Option<&Secret>, transport: Transport) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    if transport == Transport::Unix || (path == "/healthz" && req.method() == Method::GET) {
+        return None;
+    }
+    match token {
+        Some(t) if bearer_matches(req, t) => None,
+        Some(_) => {
+            let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+        None if changes_state(req.method(), path) => Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "this endpoint changes the running state: it needs [admin] token (or token_file) over TCP, \
+             or the Unix socket [admin] socket\n",
+        )),
+        None => None,
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport) -> Response<Full<Bytes>> {
     let snapshot = state.reconciler.lock().unwrap_or_else(|p| p.into_inner()).store().load();
     let path = req.uri().path().to_string();
-    if path != "/healthz" && !authorized(&req, snapshot.state.admin.token.as_deref()) {
-        return reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
+    if let Some(refusal) = access(&req, snapshot.state.admin.token.as_ref(), transport) {
+        return refusal;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => {
@@ -118,7 +324,11 @@ async fn handle(req: Request<Incoming>, state: AdminState) -> Response<Full<Byte
         }
         (&Method::GET, "/metrics") => {
             let mut buf = Vec::new();
-            match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+            let mut families = state.registry.gather();
+            for r in state.extra_registries.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                families.extend(r.gather());
+            }
+            match TextEncoder::new().encode(&families, &mut buf) {
                 Ok(()) => reply(StatusCode::OK, "text/plain; version=0.0.4", buf),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }

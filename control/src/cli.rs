@@ -1,12 +1,14 @@
-//! Command line: `padis run`, `padis check`, `padis status`, `padis demo`, `padis drain`.
+//! Command line: `padis run`, `padis check`, `padis status`, `padis demo`, `padis drain`, `padis reload`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use padis_model::Secret;
 
 use crate::config_source::ConfigOrigin;
+use crate::status::{Endpoint, StatusError};
 
 /// Padis: L4 (XDP) + L7 (HTTP/TLS) load balancer and authoritative DNS for Marathon platforms.
 #[derive(Parser, Debug)]
@@ -34,12 +36,9 @@ pub enum Command {
     },
     /// Show listeners, routes, backends and their health from a running daemon.
     Status {
-        /// Admin API address.
-        #[arg(long, default_value = "127.0.0.1:9901", env = "PADIS_ADMIN")]
-        admin: SocketAddr,
-        /// Bearer token of the admin API.
-        #[arg(long, env = "PADIS_ADMIN_TOKEN")]
-        token: Option<String>,
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the raw `/v1/state` JSON.
         #[arg(long)]
         json: bool,
@@ -48,13 +47,81 @@ pub enum Command {
     Demo,
     /// Ask a running daemon to withdraw its routes (graceful-shutdown community, then withdraw).
     Drain {
-        /// Admin API address.
-        #[arg(long, default_value = "127.0.0.1:9901", env = "PADIS_ADMIN")]
-        admin: SocketAddr,
-        /// Bearer token of the admin API.
-        #[arg(long, env = "PADIS_ADMIN_TOKEN")]
-        token: Option<String>,
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
+    /// Ask a running daemon to reload its config file now (like SIGHUP) and print the outcome.
+    Reload {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the CLI reaches a running daemon's admin API: its Unix socket, or TCP with the bearer token (changing
+/// commands need one of the two).
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:9901", env = "PADIS_ADMIN")]
+    pub admin: SocketAddr,
+    /// Bearer token of the admin API (prefer --token-file: a command line is visible to other users).
+    #[arg(long, env = "PADIS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (mode 0600 or stricter).
+    #[arg(long, env = "PADIS_ADMIN_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's Unix socket (`[admin] socket`); used instead of --admin.
+    #[arg(long, env = "PADIS_ADMIN_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// Where to send requests.
+    pub fn endpoint(&self) -> Result<Endpoint, padis_model::secret::SecretFileError> {
+        if let Some(s) = &self.socket {
+            return Ok(Endpoint::Unix(s.clone()));
+        }
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(Secret::new(t.as_str())),
+            (None, Some(f)) => Some(Secret::from_file(f)?),
+            (None, None) => None,
+        };
+        Ok(Endpoint::Tcp { addr: self.admin, token })
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Runs one admin API command and prints its answer; exit status 1 on any error.
+fn admin_command(name: &str, args: &AdminArgs, f: impl AsyncFnOnce(Endpoint) -> Result<String, StatusError>) -> ExitCode {
+    let endpoint = match args.endpoint() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("padis {name}: token file {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = match runtime() {
+        Ok(rt) => rt.block_on(f(endpoint)),
+        Err(e) => {
+            eprintln!("padis: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match res {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("padis {name}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Entry point of the binary.
@@ -69,6 +136,14 @@ pub fn main() -> ExitCode {
         Command::Check { config } => match ConfigOrigin::File(config.clone()).load() {
             Ok(v) => {
                 print!("{}", crate::summary::render(&v.state));
+                // Zone files load as the DNS plane would load them; an error names file:line.
+                let zone_errors = padis_dns::check_zone_files(&v.state.dns, &ConfigOrigin::File(config.clone()).base_dir());
+                if !zone_errors.is_empty() {
+                    for e in &zone_errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(1);
+                }
                 println!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
@@ -77,51 +152,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Status { admin, token, json } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("padis: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let res = rt.block_on(async {
-                let body = crate::status::fetch(admin, token.as_deref(), "/v1/state").await?;
-                if json {
-                    return Ok::<_, crate::status::StatusError>(String::from_utf8_lossy(&body).into_owned());
-                }
-                let v: serde_json::Value = serde_json::from_slice(&body)?;
-                Ok(crate::status::render(&v))
-            });
-            match res {
-                Ok(s) => {
-                    print!("{s}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("padis status: {e}");
-                    ExitCode::from(1)
-                }
+        Command::Status { admin, json } => admin_command("status", &admin, async |e| {
+            let body = crate::status::fetch(&e, "/v1/state").await?;
+            if json {
+                return Ok(String::from_utf8_lossy(&body).into_owned());
             }
-        }
-        Command::Drain { admin, token } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("padis: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(crate::status::post(admin, token.as_deref(), "/v1/drain")) {
-                Ok(b) => {
-                    print!("{}", String::from_utf8_lossy(&b));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("padis drain: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            Ok(crate::status::render(&v))
+        }),
+        Command::Drain { admin } => admin_command("drain", &admin, async |e| {
+            Ok(String::from_utf8_lossy(&crate::status::post(&e, "/v1/drain").await?).into_owned())
+        }),
+        Command::Reload { admin } => admin_command("reload", &admin, async |e| {
+            Ok(String::from_utf8_lossy(&crate::status::post(&e, "/v1/reload").await?).into_owned())
+        }),
     }
 }

@@ -72,7 +72,8 @@ async fn run(
     let metrics = ControlMetrics::new(&registry)?;
     let store = SnapshotStore::new(Snapshot::empty());
     let reader = store.reader();
-    let admin_addr = valid.state.admin.listen;
+    let admin_cfg = valid.state.admin.clone();
+    let admin_addr = admin_cfg.listen;
     let reconciler = Arc::new(Mutex::new(Reconciler::new(store, metrics)));
     reconciler
         .lock()
@@ -81,23 +82,32 @@ async fn run(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let shutdown = CancellationToken::new();
-    let admin_listener = admin::bind(admin_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin API: cannot bind {admin_addr}: {e}"))?;
+    let admin_listener =
+        admin::bind(&admin_cfg, &registry).await.map_err(|e| anyhow::anyhow!("admin API: {e}"))?;
     let reports = Arc::new(Mutex::new(BTreeMap::new()));
     let drain = Arc::new(Mutex::new(None));
+    let extra_registries: admin::ExtraRegistries = Arc::new(Mutex::new(BTreeMap::new()));
 
     // Data planes and dynamic sources.
     let planes_token = CancellationToken::new();
     let planes = Planes::start(reader.clone(), &registry, reconciler.clone(), &reports, &drain, planes_token.clone())
         .await?;
 
-    let admin_state =
-        AdminState { reconciler: reconciler.clone(), origin: origin.clone(), registry: registry.clone(), reports, drain };
+    let admin_state = AdminState {
+        reconciler: reconciler.clone(),
+        origin: origin.clone(),
+        registry: registry.clone(),
+        extra_registries,
+        reports,
+        drain,
+    };
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     let watch_task = tokio::spawn(config_source::watch(origin.clone(), reconciler.clone(), shutdown.clone()));
     let log_task = tokio::spawn(follow_log_config(reader.clone(), log, shutdown.clone()));
-    tracing::info!(admin = %admin_addr, "padis running");
+    match &admin_cfg.socket {
+        Some(sock) => tracing::info!(admin = %admin_addr, socket = %sock.display(), "padis running"),
+        None => tracing::info!(admin = %admin_addr, "padis running"),
+    }
 
     wait_for_stop_signal().await?;
     let grace = reader.load().state.limits.shutdown_grace;

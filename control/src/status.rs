@@ -2,20 +2,45 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use padis_model::Secret;
 use serde_json::Value;
 
-/// Errors of `padis status`.
+/// Where the CLI reaches the admin API.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// TCP, with the bearer token if one is given.
+    Tcp {
+        /// Address.
+        addr: SocketAddr,
+        /// Bearer token.
+        token: Option<Secret>,
+    },
+    /// The daemon's Unix socket (`[admin] socket`): no token needed.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { addr, .. } => write!(f, "{addr}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Errors of `padis status`, `padis drain`, `padis reload`.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// The admin API is not reachable.
-    #[error("cannot reach the admin API at {addr}: {source}")]
+    #[error("cannot reach the admin API at {endpoint}: {source}")]
     Connect {
-        /// Address tried.
-        addr: SocketAddr,
+        /// Address or socket tried.
+        endpoint: String,
         /// Why.
         source: std::io::Error,
     },
@@ -31,24 +56,34 @@ pub enum StatusError {
 }
 
 /// GETs `path` from the admin API.
-pub async fn fetch(addr: SocketAddr, token: Option<&str>, path: &str) -> Result<Bytes, StatusError> {
-    request(http::Method::GET, addr, token, path).await
+pub async fn fetch(endpoint: &Endpoint, path: &str) -> Result<Bytes, StatusError> {
+    request(http::Method::GET, endpoint, path).await
 }
 
 /// POSTs (with an empty body) to `path` of the admin API.
-pub async fn post(addr: SocketAddr, token: Option<&str>, path: &str) -> Result<Bytes, StatusError> {
-    request(http::Method::POST, addr, token, path).await
+pub async fn post(endpoint: &Endpoint, path: &str) -> Result<Bytes, StatusError> {
+    request(http::Method::POST, endpoint, path).await
 }
 
-async fn request(method: http::Method, addr: SocketAddr, token: Option<&str>, path: &str) -> Result<Bytes, StatusError> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|source| StatusError::Connect { addr, source })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| StatusError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let mut req = http::Request::builder().method(method).uri(path).header(http::header::HOST, addr.to_string());
+async fn request(method: http::Method, endpoint: &Endpoint, path: &str) -> Result<Bytes, StatusError> {
+    let connect_err = |source| StatusError::Connect { endpoint: endpoint.to_string(), source };
+    let (sender, host, token) = match endpoint {
+        Endpoint::Tcp { addr, token } => {
+            let stream = tokio::net::TcpStream::connect(addr).await.map_err(connect_err)?;
+            (handshake(stream).await?, addr.to_string(), token.as_ref())
+        }
+        Endpoint::Unix(p) => {
+            let stream = tokio::net::UnixStream::connect(p).await.map_err(connect_err)?;
+            (handshake(stream).await?, "localhost".to_string(), None)
+        }
+    };
+    let mut sender = sender;
+    let mut req = http::Request::builder().method(method).uri(path).header(http::header::HOST, host);
     if let Some(t) = token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+            .map_err(|_| StatusError::Http("the token contains characters not allowed in a header".into()))?;
+        v.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, v);
     }
     let req = req.body(Empty::<Bytes>::new()).map_err(|e| StatusError::Http(e.to_string()))?;
     let resp = sender.send_request(req).await.map_err(|e| StatusError::Http(e.to_string()))?;
@@ -58,6 +93,17 @@ async fn request(method: http::Method, addr: SocketAddr, token: Option<&str>, pa
         return Err(StatusError::Status(status.as_u16(), String::from_utf8_lossy(&body).trim().to_string()));
     }
     Ok(body)
+}
+
+async fn handshake<S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, StatusError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| StatusError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// Renders `/v1/state` as tables.

@@ -44,7 +44,7 @@ fn auth_header(a: &MarathonAuth) -> Result<Option<HeaderValue>, MarathonError> {
     let env = |name: &str| std::env::var(name).map_err(|_| config_err(format!("environment variable {name} is not set")));
     let value = if let Some(user) = &a.user {
         let password = match (&a.password, &a.password_env) {
-            (Some(p), _) => p.clone(),
+            (Some(p), _) => p.expose().to_string(),
             (None, Some(e)) => env(e)?,
             (None, None) => return Err(config_err("auth.user needs a password")),
         };
@@ -52,7 +52,7 @@ fn auth_header(a: &MarathonAuth) -> Result<Option<HeaderValue>, MarathonError> {
         format!("Basic {token}")
     } else {
         let token = match (&a.token, &a.token_env, &a.token_file) {
-            (Some(t), _, _) => t.clone(),
+            (Some(t), _, _) => t.expose().to_string(),
             (None, Some(e), _) => env(e)?,
             (None, None, Some(f)) => std::fs::read_to_string(f)
                 .map_err(|e| config_err(format!("auth.token_file {}: {e}", f.display())))?

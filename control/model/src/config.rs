@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bgp, dns, l4, marathon, service::Service};
+use crate::{bgp, dns, l4, marathon, secret::Secret, service::Service};
 
 /// Everything Padis should serve: the whole config file, plus what dynamic sources merge in.
 ///
@@ -111,20 +111,42 @@ impl DesiredState {
     }
 }
 
-/// The admin HTTP listener (`/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`).
+/// The admin HTTP API (`/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`, `/v1/reload`, `/v1/drain`).
+///
+/// Reading endpoints are open on a loopback address without a token; endpoints that change something need the
+/// bearer token over TCP, or the Unix socket (`socket`, mode 0600: the file system is the access control).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to bind; loopback by default.
     pub listen: SocketAddr,
-    /// Bearer token required on every request; mandatory when `listen` is not a loopback address.
-    #[serde(skip_serializing)]
-    pub token: Option<String>,
+    /// Bearer token: required by every TCP request but `/healthz` when set, and by changing endpoints over
+    /// TCP always (without one they are refused over TCP). Mandatory when `listen` is not a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// File holding the token (mode 0600 or stricter), instead of `token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Unix socket serving the whole API without a token (created with mode 0600; needs a restart to change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Time a client has to send a complete request head; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most concurrent admin connections (TCP and socket each); more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9901".parse().unwrap(), token: None }
+        AdminConfig {
+            listen: "127.0.0.1:9901".parse().unwrap(),
+            token: None,
+            token_file: None,
+            socket: None,
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        }
     }
 }
 

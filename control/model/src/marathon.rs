@@ -17,7 +17,7 @@
 //!
 //! [marathon.auth]
 //! user = "padis"
-//! password_env = "MARATHON_PASSWORD"   # or password = "...", or token / token_env / token_file
+//! password_env = "MARATHON_PASSWORD"   # or password_file / password = "...", or token_file / token_env / token
 //! ```
 
 use std::path::PathBuf;
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::secret::Secret;
 use crate::validate::Validator;
 
 /// `[marathon]`: where to follow Marathon and how to map its apps.
@@ -92,19 +93,23 @@ pub struct MarathonAuth {
     /// Basic auth user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Basic auth password (prefer `password_env`).
-    #[serde(default, skip_serializing)]
-    pub password: Option<String>,
+    /// Basic auth password (prefer `password_file` or `password_env`). Never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// File holding the basic auth password (mode 0600 or stricter; read when the config is loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Environment variable holding the basic auth password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
-    /// Bearer token (prefer `token_env` or `token_file`).
-    #[serde(default, skip_serializing)]
-    pub token: Option<String>,
+    /// Bearer token (prefer `token_file` or `token_env`). Never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
     /// Environment variable holding the bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
-    /// File holding the bearer token (trailing whitespace is trimmed).
+    /// File holding the bearer token (mode 0600 or stricter; read into `token` when the config is loaded,
+    /// surrounding whitespace trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
 }
@@ -238,20 +243,21 @@ impl MarathonConfig {
         }
         if let Some(a) = &self.auth {
             let basic = a.user.is_some();
+            // A `*_file` was read into the inline field when the config was loaded (both set there is an error).
             let password = a.password.is_some() || a.password_env.is_some();
-            let token = [a.token.is_some(), a.token_env.is_some(), a.token_file.is_some()];
+            let token = [a.token.is_some(), a.token_env.is_some()];
             let tokens = token.iter().filter(|t| **t).count();
             if basic && tokens > 0 {
                 cx.error("marathon.auth", "use either basic auth (user) or a token, not both");
             }
             if basic && !password {
-                cx.error("marathon.auth.user", "basic auth needs `password` or `password_env`");
+                cx.error("marathon.auth.user", "basic auth needs `password`, `password_file` or `password_env`");
             }
             if !basic && password {
                 cx.error("marathon.auth.user", "a password needs a `user`");
             }
             if tokens > 1 {
-                cx.error("marathon.auth.token", "use only one of token, token_env, token_file");
+                cx.error("marathon.auth.token", "use only one of token, token_file, token_env");
             }
             if !basic && tokens == 0 && !password {
                 cx.error("marathon.auth", "empty: set user + password, or a token");

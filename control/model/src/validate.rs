@@ -9,6 +9,7 @@ use toml_edit::Document;
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::locate::{line_col, locate};
+use crate::secret;
 use crate::tls::{self, CertMaterial};
 use crate::{Balance, DesiredState, HealthKind};
 
@@ -137,6 +138,10 @@ fn check(
     previous: Option<&DesiredState>,
 ) -> Result<Valid, ConfigErrors> {
     let mut cx = Validator::default();
+    // Secrets given as files are read when the config file is loaded (a state merged later carries them).
+    if text.is_some() {
+        resolve_secrets(&mut state, base, &mut cx);
+    }
     // Data planes get absolute paths: they never need to know where the config file was. (Joining an absolute
     // path changes nothing, so groups already made absolute are not copied.)
     for g in &mut state.groups {
@@ -184,6 +189,19 @@ fn check(
     Err(ConfigErrors(errors))
 }
 
+/// Reads every `*_file` secret of the config into its inline field ([`secret::resolve`]).
+fn resolve_secrets(state: &mut DesiredState, base: &Path, cx: &mut Validator) {
+    let admin = &mut state.admin;
+    secret::resolve(cx, "admin.token", &mut admin.token, "admin.token_file", admin.token_file.as_deref(), base);
+    if let Some(a) = state.marathon.as_mut().and_then(|m| m.auth.as_mut()) {
+        let (f, inline) = (a.password_file.as_deref(), &mut a.password);
+        secret::resolve(cx, "marathon.auth.password", inline, "marathon.auth.password_file", f, base);
+        let (f, inline) = (a.token_file.as_deref(), &mut a.token);
+        secret::resolve(cx, "marathon.auth.token", inline, "marathon.auth.token_file", f, base);
+    }
+    state.dns.resolve_secrets(cx, base);
+}
+
 fn unique<'a>(cx: &mut Validator, what: &str, names: impl Iterator<Item = &'a str>) {
     let mut seen = HashSet::new();
     for (i, n) in names.enumerate() {
@@ -213,8 +231,17 @@ fn check_l7(
     preloaded: Option<Vec<Arc<CertMaterial>>>,
     previous: Option<&DesiredState>,
 ) -> Vec<Arc<CertMaterial>> {
-    if !s.admin.listen.ip().is_loopback() && s.admin.token.as_deref().unwrap_or("").is_empty() {
-        cx.error("admin.listen", "a non-loopback admin address needs a bearer `token` in [admin]");
+    if !s.admin.listen.ip().is_loopback() && s.admin.token.as_ref().is_none_or(|t| t.is_empty()) {
+        cx.error("admin.listen", "a non-loopback admin address needs a bearer `token` (or `token_file`) in [admin]");
+    }
+    if s.admin.token.as_ref().is_some_and(|t| t.is_empty()) {
+        cx.error("admin.token", "must not be empty");
+    }
+    if s.admin.max_connections == 0 {
+        cx.error("admin.max_connections", "must be at least 1");
+    }
+    if s.admin.header_read_timeout.is_zero() {
+        cx.error("admin.header_read_timeout", "must be greater than 0");
     }
     if s.log.level.trim().is_empty() {
         cx.error("log.level", "must not be empty");
