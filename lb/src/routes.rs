@@ -42,16 +42,23 @@ impl CompiledRoute {
 #[derive(Default)]
 struct PathTable {
     prefixes: HashMap<Box<str>, Arc<CompiledRoute>>,
+    /// Prefixes matched without regard to ASCII case (`path_ignore_case`), lowercase.
+    folded: HashMap<Box<str>, Arc<CompiledRoute>>,
 }
 
 impl PathTable {
     fn lookup(&self, path: &str) -> Option<&Arc<CompiledRoute>> {
-        if self.prefixes.is_empty() {
+        if self.prefixes.is_empty() && self.folded.is_empty() {
             return None;
         }
         let mut p = path.strip_suffix('/').unwrap_or(path);
+        // Only tables with case-insensitive prefixes pay for a lowercase copy (same byte offsets as `p`).
+        let lower = (!self.folded.is_empty()).then(|| p.to_ascii_lowercase());
         loop {
             if let Some(r) = self.prefixes.get(p) {
+                return Some(r);
+            }
+            if let Some(r) = lower.as_deref().and_then(|l| self.folded.get(&l[..p.len()])) {
                 return Some(r);
             }
             if p.is_empty() {
@@ -110,7 +117,11 @@ impl RouteTable {
                     None => t.exact.entry(h.into()).or_default(),
                 },
             };
-            table.prefixes.entry(normalise_prefix(&r.path)).or_insert(compiled);
+            if r.path_ignore_case {
+                table.folded.entry(normalise_prefix(&r.path.to_ascii_lowercase())).or_insert(compiled);
+            } else {
+                table.prefixes.entry(normalise_prefix(&r.path)).or_insert(compiled);
+            }
         }
         t
     }
@@ -148,7 +159,6 @@ pub(crate) fn normalise_host(raw: &str, buf: &mut String) -> Option<()> {
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty()
-            ..Default::default()
         || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
     {
         return None;
@@ -174,6 +184,7 @@ mod tests {
             redirect_https: false,
             https_port: None,
             origin: None,
+            ..Default::default()
         }
     }
 
@@ -205,5 +216,22 @@ mod tests {
         normalise_host("[::1]:80", &mut b).unwrap();
         assert_eq!(b, "[::1]");
         assert!(normalise_host("bad host", &mut b).is_none());
+    }
+
+    /// Case-insensitive prefixes (marathon-lb `PATH = "-i /Api"`) beside case-sensitive ones: longest first.
+    #[test]
+    fn case_insensitive_prefixes() {
+        let reg = prometheus::Registry::new();
+        let m = Metrics::register(&reg).unwrap();
+        let mut ci = route("ci", Some("ci.example.com"), "/Api");
+        ci.path_ignore_case = true;
+        let routes = vec![ci, route("cs", Some("ci.example.com"), "/api/v2")];
+        let t = RouteTable::build("l", &routes, &m);
+        let name = |h: &str, p: &str| t.lookup(h, p).map(|r| r.name.to_string()).unwrap_or_default();
+        assert_eq!(name("ci.example.com", "/API/x"), "ci");
+        assert_eq!(name("ci.example.com", "/api"), "ci");
+        assert_eq!(name("ci.example.com", "/api/v2/x"), "cs");
+        assert_eq!(name("ci.example.com", "/API/V2"), "ci");
+        assert_eq!(name("ci.example.com", "/apix"), "");
     }
 }

@@ -311,55 +311,6 @@ pub struct Route {
     /// Which source produced this route (`config`, `marathon:/app`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
-}
-
-fn default_path() -> String {
-    "/".into()
-}
-
-impl Route {
-    /// The route's targets: `split`, or `group` with weight 1.
-    pub fn targets(&self) -> Vec<WeightedGroup> {
-        if !self.split.is_empty() {
-            self.split.clone()
-        } else {
-            self.group.iter().map(|g| WeightedGroup { group: g.clone(), weight: 1 }).collect()
-        }
-    }
-}
-
-/// One side of a weighted split.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct WeightedGroup {
-    /// Backend group name.
-    pub group: String,
-    /// Relative weight (0 = no new requests).
-    pub weight: u32,
-}
-
-/// A group of interchangeable backends with one balancing algorithm and health policy.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BackendGroup {
-    /// Unique name.
-    pub name: String,
-    /// Balancing algorithm.
-    #[serde(default)]
-    pub balance: Balance,
-    /// What `maglev` hashes on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_key: Option<HashKey>,
-    /// Cookie name used by `sticky` (default `padis_sticky`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sticky_cookie: Option<String>,
-    /// Protocol spoken to the backends.
-    #[serde(default)]
-    pub protocol: UpstreamProtocol,
-    /// TLS to the backends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<UpstreamTls>,
-    /// TCP (+TLS) connect timeout.
     /// Match `path` without regard to ASCII case (marathon-lb `PATH = "-i /a"`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub path_ignore_case: bool,
@@ -444,6 +395,55 @@ pub fn crypt_kind(hash: &str) -> Option<&'static str> {
         [des] if des.len() == 13 && b64(des) => Some("des"),
         _ => None,
     }
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+impl Route {
+    /// The route's targets: `split`, or `group` with weight 1.
+    pub fn targets(&self) -> Vec<WeightedGroup> {
+        if !self.split.is_empty() {
+            self.split.clone()
+        } else {
+            self.group.iter().map(|g| WeightedGroup { group: g.clone(), weight: 1 }).collect()
+        }
+    }
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedGroup {
+    /// Backend group name.
+    pub group: String,
+    /// Relative weight (0 = no new requests).
+    pub weight: u32,
+}
+
+/// A group of interchangeable backends with one balancing algorithm and health policy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendGroup {
+    /// Unique name.
+    pub name: String,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `maglev` hashes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
+    /// Cookie name used by `sticky` (default `padis_sticky`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_cookie: Option<String>,
+    /// Protocol spoken to the backends.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// TCP (+TLS) connect timeout.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Whole-request timeout (until the response head arrives); then 504.

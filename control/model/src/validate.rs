@@ -405,6 +405,25 @@ fn check_l7(
             if !r.path.starts_with('/') {
                 cx.error(format!("{}.path", p()), "must start with `/`");
             }
+            for (field, v) in [("proxypass_path", &r.proxypass_path), ("revproxy_path", &r.revproxy_path)] {
+                if v.as_deref().is_some_and(|v| !v.starts_with('/') || v.contains(char::is_whitespace)) {
+                    cx.error(format!("{}.{field}", p()), "must start with `/` and contain no space");
+                }
+            }
+            if let Some(a) = &r.basic_auth {
+                if a.users.is_empty() || a.users.iter().any(|u| u.user.is_empty() || u.user.contains(':')) {
+                    cx.error(format!("{}.basic_auth.users", p()), "needs users with a name without `:`");
+                }
+                if let Some(u) = a.users.iter().find(|u| crate::crypt_kind(&u.hash).is_none()) {
+                    cx.error(
+                        format!("{}.basic_auth.users", p()),
+                        format!("user `{}`: unsupported password hash (bcrypt, $6$, $5$, $1$ or DES crypt)", u.user),
+                    );
+                }
+                if a.realm.contains(['"', '\\']) || a.realm.chars().any(char::is_control) {
+                    cx.error(format!("{}.basic_auth.realm", p()), "no `\"`, `\\` or control characters");
+                }
+            }
             match (&r.group, r.split.is_empty()) {
                 (Some(_), false) => cx.error(format!("{}.split", p()), "use either `group` or `split`, not both"),
                 (None, true) if !r.redirect_https => {
@@ -444,25 +463,6 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Valid, ConfigErrors> {
-            for (field, v) in [("proxypass_path", &r.proxypass_path), ("revproxy_path", &r.revproxy_path)] {
-                if v.as_deref().is_some_and(|v| !v.starts_with('/') || v.contains(char::is_whitespace)) {
-                    cx.error(format!("{}.{field}", p()), "must start with `/` and contain no space");
-                }
-            }
-            if let Some(a) = &r.basic_auth {
-                if a.users.is_empty() || a.users.iter().any(|u| u.user.is_empty() || u.user.contains(':')) {
-                    cx.error(format!("{}.basic_auth.users", p()), "needs users with a name without `:`");
-                }
-                if let Some(u) = a.users.iter().find(|u| crate::crypt_kind(&u.hash).is_none()) {
-                    cx.error(
-                        format!("{}.basic_auth.users", p()),
-                        format!("user `{}`: unsupported password hash (bcrypt, $6$, $5$, $1$ or DES crypt)", u.user),
-                    );
-                }
-                if a.realm.contains(['"', '\\']) || a.realm.chars().any(char::is_control) {
-                    cx.error(format!("{}.basic_auth.realm", p()), "no `\"`, `\\` or control characters");
-                }
-            }
         parse_config(text, "test.toml", Path::new("."))
     }
 
