@@ -1,0 +1,417 @@
+//! Entry functions of the Padis fuzz targets: one per parser of untrusted bytes, each feeding its input through
+//! the same code the daemon runs on bytes from the network or from an operator, and checking what must hold for
+//! any input (beyond not panicking). `tests/fuzz/fuzz_targets/<name>.rs` calls `padis_fuzz_entry::<name>`; the
+//! stable test `tests/tests/fuzz_corpus.rs` runs every kept corpus file (`tests/fuzz/corpus/<name>/`) through the
+//! same function.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures_util::FutureExt;
+use padis_bgp::bfd::packet::ControlPacket;
+use padis_bgp::wire;
+use padis_marathon::sse::SseParser;
+use padis_marathon::{events, map_apps, Apps};
+use padis_model::marathon::MarathonConfig;
+use padis_model::{parse_config, validate_state, DesiredState, Snapshot};
+use rustbgpd_wire::Message as BgpMessage;
+
+/// Every target, by name (the names of `fuzz_targets/*.rs` and `corpus/*`), with its entry function.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("dns_message", dns_message),
+    ("bgp_message", bgp_message),
+    ("bfd_packet", bfd_packet),
+    ("marathon_sse", marathon_sse),
+    ("marathon_apps", marathon_apps),
+    ("config", config),
+];
+
+// ---------------------------------------------------------------------------------------------------------------
+// DNS
+
+/// The zone served to `dns_message` (file zone with the usual record kinds, a delegation, a wildcard, CNAME
+/// chains, a name whose answer needs truncation over UDP).
+const ZONE: &str = "$ORIGIN example.test.
+$TTL 300
+@ IN SOA ns1.example.test. hostmaster.example.test. 2024010101 3600 600 86400 60
+@ IN NS ns1.example.test.
+@ IN MX 10 mail.example.test.
+@ IN TXT \"v=spf1 -all\"
+ns1 IN A 192.0.2.53
+ns1 IN AAAA 2001:db8::53
+www IN A 192.0.2.10
+www IN A 192.0.2.11
+www IN AAAA 2001:db8::10
+mail IN A 192.0.2.25
+alias IN CNAME www.example.test.
+chain IN CNAME alias.example.test.
+out IN CNAME www.elsewhere.test.
+_http._tcp IN SRV 10 5 80 www.example.test.
+*.wild IN A 192.0.2.99
+sub IN NS ns.sub.example.test.
+ns.sub IN A 192.0.2.54
+";
+
+/// TSIG key of the zone (updates, transfers); requests are signed with it when the flags ask for it.
+const DNS_KEY: &str = "ZnV6ei1mdXp6LWZ1enotZnV6ei1mdXp6LWZ1enotMTI=";
+
+fn dns_config(dir: &Path) -> String {
+    format!(
+        r#"
+[dns]
+state_dir = "{dir}/state"
+edns_payload = 1232
+
+[[dns.tsig_key]]
+name = "fuzz-key"
+secret = "{DNS_KEY}"
+
+[[dns.zone]]
+name = "example.test"
+file = "example.test.zone"
+update_key = "fuzz-key"
+transfer_key = "fuzz-key"
+allow_transfer = ["127.0.0.0/8", "::1/128"]
+allow_update = ["127.0.0.0/8", "::1/128"]
+
+[[dns.zone]]
+name = "svc.test"
+generated = true
+ns = [{{ name = "ns1.svc.test", addrs = ["192.0.2.1"] }}]
+"#,
+        dir = dir.display()
+    )
+}
+
+struct DnsState {
+    dir: PathBuf,
+    server: Option<padis_dns::fuzzing::Server>,
+}
+
+static DNS: Mutex<Option<DnsState>> = Mutex::new(None);
+
+fn dns_server(state: &mut DnsState) -> &mut padis_dns::fuzzing::Server {
+    state.server.get_or_insert_with(|| {
+        // A fresh state directory: no journal of earlier inputs' updates.
+        let _ = std::fs::remove_dir_all(state.dir.join("state"));
+        std::fs::create_dir_all(&state.dir).expect("fuzz state directory");
+        std::fs::write(state.dir.join("example.test.zone"), ZONE).expect("zone file");
+        // Zone files resolve next to the config file (the snapshot's origin).
+        let origin = state.dir.join("fuzz.toml").display().to_string();
+        let valid = parse_config(&dns_config(&state.dir), &origin, &state.dir).expect("dns fuzz config");
+        let server = padis_dns::fuzzing::Server::new(Snapshot::new(valid, 1, Vec::new())).expect("dns fuzz server");
+        // Every zone must be served: a harness answering REFUSED to everything would fuzz nothing.
+        let report = server.report();
+        let served: Vec<_> = report.zones.iter().filter(|z| z.error.is_none()).map(|z| z.name.as_str()).collect();
+        assert!(served.len() == 2 && report.errors.is_empty(), "zones not loaded: {report:?}");
+        server
+    })
+}
+
+/// One DNS request through the real handler (fast path, general path, TSIG, updates through the zone manager,
+/// transfers). Input: a flags byte, then the message. Flags: bit 0 TCP (else UDP), bit 1 sign the message with
+/// the zone's TSIG key first, bit 2 from `::1` (else 127.0.0.1), bit 3 from 192.0.2.77 (outside every ACL).
+///
+/// Checks: every reply is a DNS message (hickory parses it) with the request's ID and QR set; a UDP reply fits
+/// 512 bytes when the request has no additional record (no EDNS), else the server's EDNS payload size.
+pub fn dns_message(data: &[u8]) {
+    dns_exchange(data);
+}
+
+/// [`dns_message`], returning the replies.
+fn dns_exchange(data: &[u8]) -> Vec<Vec<u8>> {
+    let Some((&flags, req)) = data.split_first() else { return Vec::new() };
+    let tcp = flags & 1 != 0;
+    let sign = flags & 2 != 0;
+    let src: SocketAddr = if flags & 8 != 0 {
+        "192.0.2.77:5300".parse().unwrap_or_else(|_| unreachable!())
+    } else if flags & 4 != 0 {
+        "[::1]:5300".parse().unwrap_or_else(|_| unreachable!())
+    } else {
+        "127.0.0.1:5300".parse().unwrap_or_else(|_| unreachable!())
+    };
+    let mut guard = DNS.lock().unwrap_or_else(|e| e.into_inner());
+    let state = guard.get_or_insert_with(|| DnsState {
+        dir: std::env::temp_dir().join(format!("padis-fuzz-dns-{}", std::process::id())),
+        server: None,
+    });
+    let server = dns_server(state);
+    let replies = server.exchange(req, src, tcp, sign);
+    let updated = server.updates() > 0;
+    let signed = sign && req.len() >= 12;
+    for r in &replies {
+        assert!(r.len() >= 12, "reply shorter than a header: {r:?}");
+        assert_eq!(r[..2], req[..2], "reply ID differs from the request's");
+        assert!(r[2] & 0x80 != 0, "reply without QR");
+        if let Err(e) = hickory_proto::op::Message::from_vec(r) {
+            panic!("reply is not a DNS message ({e}): {r:?}");
+        }
+        if !tcp {
+            let arcount = u16::from_be_bytes([req[10], req[11]]);
+            let limit = if arcount == 0 && !signed { 512 } else { 1232 + 100 };
+            assert!(r.len() <= limit, "UDP reply of {} bytes over {limit}", r.len());
+        }
+    }
+    if updated {
+        // The zones changed: the next input starts from the zone file again.
+        state.server = None;
+    }
+    replies
+}
+
+/// Stops the DNS server of [`dns_message`] and removes its files.
+pub fn dns_cleanup() {
+    let mut guard = DNS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(state) = guard.take() {
+        drop(state.server);
+        let _ = std::fs::remove_dir_all(&state.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BGP and BFD
+
+/// A BGP byte stream from a peer, read message by message as a session does (`wire::read_message`): an OPEN is
+/// checked against the session's expectations (`wire::check_open`, eBGP or iBGP by the OPEN's position), a
+/// refusal or a decode error becomes the NOTIFICATION the session would send, which must encode.
+pub fn bgp_message(data: &[u8]) {
+    bgp_read(data);
+}
+
+/// [`bgp_message`], returning the messages read and the OPENs accepted.
+fn bgp_read(data: &[u8]) -> (usize, usize) {
+    let mut rd = data;
+    let (mut read, mut accepted) = (0, 0);
+    let our_id = Ipv4Addr::new(192, 0, 2, 1);
+    let mut opens = 0u32;
+    loop {
+        // Reading from memory never waits.
+        let Some(res) = wire::read_message(&mut rd).now_or_never() else { unreachable!("a slice read pended") };
+        read += usize::from(res.is_ok());
+        match res {
+            Ok(BgpMessage::Open(o)) => {
+                opens += 1;
+                match wire::check_open(&o, 65002, our_id, 90, opens % 2 == 0) {
+                    Ok(p) => {
+                        assert!(p.hold_secs <= 90 && p.hold_secs != 1 && p.hold_secs != 2);
+                        accepted += 1;
+                    }
+                    Err(r) => {
+                        wire::encode(&r.notification()).expect("OPEN refusal NOTIFICATION encodes");
+                    }
+                }
+            }
+            Ok(BgpMessage::Notification(n)) => {
+                let _ = rustbgpd_wire::notification::description(n.code, n.subcode);
+            }
+            Ok(m) => {
+                let _ = wire::encode(&m);
+            }
+            Err(padis_bgp::SessionError::Decode(e)) => {
+                let (code, sub, data) = e.to_notification();
+                wire::encode(&wire::notification(code.as_u8(), sub, data)).expect("decode-error NOTIFICATION encodes");
+                return (read, accepted);
+            }
+            Err(_) => return (read, accepted), // end of the stream
+        }
+    }
+}
+
+/// BFD datagrams (each: a length byte, then that many bytes) through `ControlPacket::decode`; a packet that
+/// decodes encodes back to the same packet.
+pub fn bfd_packet(data: &[u8]) {
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (dgram, next) = tail.split_at(n);
+        rest = next;
+        if let Ok(p) = ControlPacket::decode(dgram) {
+            assert_eq!(ControlPacket::decode(&p.encode()), Ok(p), "decode(encode(p)) != p");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Marathon
+
+/// The `[marathon]` section and the rest of the config the Marathon fuzz targets map and validate against.
+const MARATHON_CONFIG: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[group]]
+name = "static"
+[[group.backend]]
+addr = "127.0.0.1:9000"
+
+[[route]]
+name = "static"
+host = "static.example.test"
+group = "static"
+
+[marathon]
+urls = ["http://127.0.0.1:8080"]
+group = ["*"]
+zone = "marathon.test"
+"#;
+
+/// Apps the event stream of [`marathon_sse`] applies to (a labelled app with tasks).
+const MARATHON_APPS: &str = include_str!("../../fuzz/corpus/marathon_apps/labelled.json");
+
+struct MarathonBase {
+    cfg: MarathonConfig,
+    state: DesiredState,
+    base: PathBuf,
+    apps: Apps,
+}
+
+fn marathon_base() -> &'static MarathonBase {
+    static BASE: std::sync::OnceLock<MarathonBase> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let base = PathBuf::from("/nonexistent-padis-fuzz");
+        let valid = parse_config(MARATHON_CONFIG, "fuzz.toml", &base).expect("marathon fuzz config");
+        let cfg = valid.state.marathon.clone().expect("[marathon] section");
+        let apps = Apps::from_json(MARATHON_APPS.as_bytes()).expect("marathon sample apps");
+        MarathonBase { cfg, state: valid.state, base, apps }
+    })
+}
+
+/// Maps apps to Marathon's contribution and validates it merged into the config's state, as control does.
+fn map_and_validate(apps: &Apps) -> padis_marathon::MarathonState {
+    let b = marathon_base();
+    let m = map_apps(apps, &b.cfg);
+    let mut state = b.state.clone();
+    state.groups.extend(m.groups.iter().cloned());
+    state.routes.extend(m.routes.iter().cloned());
+    state.services.extend(m.services.iter().cloned());
+    state.vips.extend(m.vips.iter().cloned());
+    if let Err(e) = validate_state(state, "fuzz.toml", &b.base, None) {
+        let _ = e.to_string();
+    }
+    m
+}
+
+/// A `/v2/apps?embed=apps.tasks` body: parsed (fresh and through a parse cache, which must agree), mapped to
+/// groups, routes, services and VIPs, and validated merged into the config's state.
+pub fn marathon_apps(data: &[u8]) {
+    marathon_apps_mapped(data);
+}
+
+/// [`marathon_apps`], returning the mapped state.
+fn marathon_apps_mapped(data: &[u8]) -> Option<padis_marathon::MarathonState> {
+    let Ok(apps) = Apps::from_json(data) else { return None };
+    let mut cache = padis_marathon::ParseCache::default();
+    let first = Apps::from_json_reusing(data, &mut cache).expect("parsed once, parses again");
+    let again = Apps::from_json_reusing(data, &mut cache).expect("parsed once, parses again");
+    assert_eq!(apps, first, "a parse through an empty cache differs from a fresh parse");
+    assert_eq!(apps, again, "a parse through the cache differs from a fresh parse");
+    Some(map_and_validate(&apps))
+}
+
+/// The `/v2/events` stream: the first two bytes choose how the rest is cut into reads. The SSE parser must give
+/// the same events for any cut (compared with one read of all the bytes); each event is decoded, applied to the
+/// sample apps, and the result mapped and validated, as the source does.
+pub fn marathon_sse(data: &[u8]) {
+    marathon_events(data);
+}
+
+/// [`marathon_sse`], returning the events and the mapped state when they changed the apps.
+fn marathon_events(data: &[u8]) -> (Vec<padis_marathon::sse::SseEvent>, Option<padis_marathon::MarathonState>) {
+    const MAX: usize = 512;
+    let (seed, stream) = match data {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), rest),
+        _ => return (Vec::new(), None),
+    };
+    let mut whole = SseParser::new(MAX);
+    let all = whole.feed(stream);
+    let mut split = SseParser::new(MAX);
+    let mut cut = Vec::new();
+    let mut rest = stream;
+    let mut s = u32::from(seed) | 1;
+    while !rest.is_empty() {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        let n = (s as usize % 8 + 1).min(rest.len());
+        cut.extend(split.feed(&rest[..n]));
+        rest = &rest[n..];
+    }
+    assert_eq!(all, cut, "events depend on how the stream was cut into reads");
+    assert_eq!((whole.oversized, whole.invalid), (split.oversized, split.invalid));
+    let mut apps = marathon_base().apps.clone();
+    let mut changed = false;
+    for ev in &all {
+        if let Ok(e) = events::decode(&ev.event, &ev.data) {
+            changed |= events::apply(&mut apps, &e);
+        }
+    }
+    (all, changed.then(|| map_and_validate(&apps)))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Config
+
+/// A config file through `parse_config` (TOML, every section's validation); errors must render with their
+/// position. Paths in the config resolve under a directory that does not exist.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match parse_config(text, "fuzz.toml", Path::new("/nonexistent-padis-fuzz")) {
+        Ok(v) => drop(Snapshot::new(v, 1, Vec::new())),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The harnesses reach what they are meant to: the seeds get real answers, not only early rejections.
+
+    use super::*;
+
+    fn seed(target: &str, name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target).join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn rcode_and_answers(reply: &[u8]) -> (u8, u16) {
+        (reply[3] & 0x0f, u16::from_be_bytes([reply[6], reply[7]]))
+    }
+
+    #[test]
+    fn dns_seeds_are_answered_from_the_zone() {
+        let one = |name: &str| {
+            let r = dns_exchange(&seed("dns_message", name));
+            assert_eq!(r.len(), 1, "{name}: {r:?}");
+            rcode_and_answers(&r[0])
+        };
+        assert_eq!(one("a_www"), (0, 2));
+        assert_eq!(one("aaaa_cname_chain_edns"), (0, 3));
+        assert_eq!(one("nxdomain").0, 3);
+        assert_eq!(one("refused_other_zone_cookie").0, 5);
+        // Signed by the harness: the update passes TSIG and is applied by the zone manager.
+        assert_eq!(one("update_add_signed"), (0, 0));
+        // Unsigned: refused before the manager.
+        assert_eq!(one("update_unsigned").0, 5);
+        let axfr = dns_exchange(&seed("dns_message", "axfr_tcp_signed"));
+        let records: u16 = axfr.iter().map(|m| rcode_and_answers(m).1).sum();
+        assert!(records >= 18, "AXFR of the whole zone: {records} records in {} messages", axfr.len());
+        dns_cleanup();
+    }
+
+    #[test]
+    fn bgp_session_seed_is_read_whole() {
+        assert_eq!(bgp_read(&seed("bgp_message", "bird_session")), (6, 1));
+    }
+
+    #[test]
+    fn marathon_seeds_map_to_routes_and_change_the_apps() {
+        let m = marathon_apps_mapped(&seed("marathon_apps", "labelled.json")).expect("parses");
+        assert!(!m.groups.is_empty() && !m.routes.is_empty() && !m.vips.is_empty(), "{m:?}");
+        let (events, mapped) = marathon_events(&seed("marathon_sse", "task_changes.txt"));
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(mapped.is_some(), "the task events change the sample apps");
+    }
+}
