@@ -5,34 +5,63 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use padis_balance::InFlight;
 
 use crate::forward::ConnCtx;
 use crate::metrics::Finished;
+use crate::policy::ClientBodyError;
 use crate::routes::CompiledRoute;
 
+/// How far a client's request body has come: complete at once when there is none.
+#[derive(Default)]
+pub(crate) struct BodyProgress {
+    done_at: std::sync::OnceLock<Instant>,
+}
+
+impl BodyProgress {
+    /// When the whole body had been read from the client, if it has.
+    pub fn done_at(&self) -> Option<Instant> {
+        self.done_at.get().copied()
+    }
+
+    fn finish(&self) {
+        let _ = self.done_at.set(Instant::now());
+    }
+}
+
 /// Request body towards a backend: none (the client sent none: the request can be copied and sent again), or the
-/// client's, streamed, with the body size limit.
+/// client's, streamed, with the body size limit and a read timeout. Its errors are [`ClientBodyError`]s: the
+/// client's faults, which the request policy never counts against the backend.
 pub(crate) enum UpstreamBody {
     /// No body.
     Empty,
     /// The client's body, streamed.
-    Streamed(Limited<Incoming>),
+    Streamed {
+        body: Limited<Incoming>,
+        /// No frame for this long is the client's timeout.
+        timeout: Duration,
+        timer: Pin<Box<tokio::time::Sleep>>,
+        progress: Arc<BodyProgress>,
+    },
 }
 
 impl UpstreamBody {
-    /// The body of a request whose client body is `body`, limited to `max` bytes.
-    pub fn new(body: Incoming, max: usize) -> UpstreamBody {
+    /// The body of a request whose client body is `body`, limited to `max` bytes, each frame due within
+    /// `timeout`; `progress` learns when it is complete.
+    pub fn new(body: Incoming, max: usize, timeout: Duration, progress: Arc<BodyProgress>) -> UpstreamBody {
         if body.is_end_stream() {
+            progress.finish();
             UpstreamBody::Empty
         } else {
-            UpstreamBody::Streamed(Limited::new(body, max))
+            let timer = Box::pin(tokio::time::sleep(timeout));
+            UpstreamBody::Streamed { body: Limited::new(body, max), timeout, timer, progress }
         }
     }
 
@@ -52,23 +81,44 @@ impl Body for UpstreamBody {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+        let UpstreamBody::Streamed { body, timeout, timer, progress } = self.get_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                if body.is_end_stream() {
+                    progress.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let kind = if e.is::<LengthLimitError>() { ClientBodyError::TooLarge } else { ClientBodyError::Malformed };
+                tracing::debug!(error = %e, "client request body failed");
+                Poll::Ready(Some(Err(Box::new(kind))))
+            }
+            Poll::Ready(None) => {
+                progress.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout)))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Streamed(b) => b.is_end_stream(),
+            UpstreamBody::Streamed { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Streamed(b) => b.size_hint(),
+            UpstreamBody::Streamed { body, .. } => body.size_hint(),
         }
     }
 }

@@ -1,26 +1,27 @@
 //! The request path: route, pick a backend, rewrite headers, forward (with retries on connect failures and the
 //! group's timeout), stream the answer back, tunnel upgrades. Every local answer is a short text body.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::LengthLimitError;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use padis_balance::SelectCtx;
 
-use crate::body::{Completion, RespBody, UpstreamBody};
+use crate::body::{BodyProgress, Completion, RespBody, UpstreamBody};
 use crate::headers;
 use crate::io::ConnState;
 use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
-use crate::routes::normalise_host;
-use crate::upstream::LocalConns;
+use crate::policy::{self, Blame, Failure, Local};
+use crate::upstream::{LocalConns, SendError};
 
 /// Per-connection context of the request handler.
 pub(crate) struct ConnCtx {
@@ -45,20 +46,13 @@ fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Re
     r
 }
 
-/// Whether a request with this method may be sent again (RFC 9110 §9.2.2).
-pub(crate) fn idempotent(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
-}
-
-fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
+/// The answer the policy chose.
+fn answer(l: Local, done: Box<Completion>) -> Response<RespBody> {
+    let mut r = local(l.status, l.msg, done);
+    if let Some(v) = l.location.and_then(|loc| HeaderValue::from_str(&loc).ok()) {
+        r.headers_mut().insert(header::LOCATION, v);
     }
-    false
+    r
 }
 
 /// Handles one client request.
@@ -80,94 +74,77 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     Ok(proxy(&ctx, req, done).await)
 }
 
+/// The head of `req` as the admission phase reads it.
+fn head_of(req: &Request<Incoming>) -> policy::Head<'_> {
+    let h = req.headers();
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next().map(HeaderValue::as_bytes);
+    policy::Head {
+        authority: req.uri().authority().map(|a| a.as_str()),
+        host_fields: usize::from(host.is_some()) + hosts.count(),
+        host,
+        target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        length_and_chunked: h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH),
+    }
+}
+
 async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completion>) -> Response<RespBody> {
     let rt = ctx.plane.runtime.load_full();
-    // Host: the authority (h2, absolute-form) or the single Host header.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host_header = hosts.next();
-    if hosts.next().is_some() {
-        return local(StatusCode::BAD_REQUEST, "bad request: several Host headers\n", done);
-    }
-    let raw_host = match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => match host_header.map(|h| h.to_str()) {
-            Some(Ok(h)) => Some(h),
-            Some(Err(_)) => return local(StatusCode::BAD_REQUEST, "bad request: invalid Host\n", done),
-            None => None,
-        },
+    let head = head_of(&req);
+    let admitted = match policy::admit(&head, &mut done.host) {
+        Ok(a) => a,
+        Err(l) => return answer(l, done),
     };
-    match raw_host {
-        Some(h) if normalise_host(h, &mut done.host).is_none() => {
-            return local(StatusCode::BAD_REQUEST, "bad request: invalid Host\n", done);
-        }
-        Some(_) => {}
-        None if req.version() == Version::HTTP_11 => {
-            return local(StatusCode::BAD_REQUEST, "bad request: missing Host\n", done)
-        }
-        None => {}
-    }
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
-        return local(StatusCode::BAD_REQUEST, "bad request: both Content-Length and Transfer-Encoding\n", done);
-    }
-    let Some(lrt) = rt.listeners.get(&*ctx.listener) else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n", done);
+    // The Host and target the backend receives: the authority and the normalised target.
+    let host_value = admitted.rewrite_host.then(|| HeaderValue::from_str(admitted.host));
+    let target = match (&admitted.target, req.uri().authority()) {
+        (Cow::Borrowed(_), None) => None,
+        (t, _) => Some(Uri::try_from(t.as_ref())),
     };
-    let Some(route) = lrt.routes.lookup(&done.host, req.uri().path()) else {
-        return local(StatusCode::NOT_FOUND, "no route\n", done);
+    let query = policy::RouteQuery {
+        listener: &ctx.listener,
+        host: &done.host,
+        admitted: &admitted,
+        https: ctx.https,
+        client: ctx.peer.ip().to_canonical(),
+        body_len: req.body().size_hint().exact(),
+    };
+    let routed = policy::route(&rt, &query, req.headers());
+    let policy::Routed { route, balancer, upstream } = match routed {
+        Ok(r) => r,
+        Err((l, route)) => {
+            done.route = route.cloned();
+            return answer(l, done);
+        }
     };
     done.route = Some(route.clone());
-    if let (Some(port), false) = (route.redirect_https, ctx.https) {
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let location = if port == 443 {
-            format!("https://{}{pq}", done.host)
-        } else {
-            format!("https://{}:{port}{pq}", done.host)
-        };
-        let mut r = local(StatusCode::PERMANENT_REDIRECT, "redirecting to https\n", done);
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            r.headers_mut().insert(header::LOCATION, v);
+    match (host_value, target) {
+        (Some(Err(_)), _) | (_, Some(Err(_))) => return answer(policy::BAD_TARGET, done),
+        (host, target) => {
+            if let Some(Ok(h)) = host {
+                req.headers_mut().insert(header::HOST, h);
+            }
+            if let Some(Ok(t)) = target {
+                *req.uri_mut() = t;
+            }
         }
-        return r;
     }
-    let max_body = match rt.limits.max_body_bytes {
-        0 => u64::MAX,
-        n => n,
-    };
-    if req.body().size_hint().exact().is_some_and(|n| n > max_body) {
-        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done);
-    }
-    let Some(group) = route.pick_group() else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no backend group\n", done);
-    };
-    let (Some(balancer), Some(upstream)) = (rt.balancers.group(group), rt.upstreams.get(group)) else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n", done);
-    };
+    let max_body = policy::max_body(&rt);
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
     headers::add_forwarded(&mut parts.headers, &ctx.id);
-    let retryable = idempotent(parts.method.as_str());
+    let retryable = policy::idempotent(parts.method.as_str());
 
     // A connection first, then the request: a connect failure leaves the request untouched for the next backend.
     let select = SelectCtx { client_ip: ctx.peer.ip().to_canonical(), headers: &parts.headers };
     let mut exclude: Vec<SocketAddr> = Vec::new();
     let (pick, conn) = loop {
         let Some(pick) = balancer.select(&select, &exclude) else {
-            return if exclude.is_empty() {
-                local(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n", done)
-            } else {
-                local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done)
-            };
+            return answer(Failure::no_backend(!exclude.is_empty()).answer, done);
         };
         let addr = pick.backend.addr;
         let label = rt.backend_labels.get(&addr).cloned().unwrap_or_else(|| addr.to_string().into());
@@ -180,7 +157,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                 ctx.plane.metrics.connect_errors.with_label_values(&[&*upstream.group, backend]).inc();
                 tracing::debug!(backend = %addr, error = %e, "backend connect failed");
                 if !retryable || exclude.len() >= upstream.retries as usize {
-                    return local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done);
+                    return answer(Failure::connect_failed().answer, done);
                 }
                 exclude.push(addr);
             }
@@ -191,48 +168,86 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     let h2_authority = if upstream.h2 { done.backend.as_ref().map(|b| &*b.1) } else { None };
     let uri = match target_uri(&parts.uri, h2_authority, upstream.https) {
         Some(u) => u,
-        None => return local(StatusCode::BAD_REQUEST, "bad request: invalid target\n", done),
+        None => return answer(policy::BAD_TARGET, done),
     };
     parts.uri = uri;
     parts.version = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-    let out = Request::from_parts(parts, UpstreamBody::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)));
-    match tokio::time::timeout(upstream.request_timeout, conn.send(&ctx.local, addr, out, retryable)).await {
-        Ok(Ok(mut resp)) => {
-            if resp.status().is_server_error() {
-                pick.backend.health.report_failure();
-            } else {
-                pick.backend.health.report_success();
-            }
-            let status = resp.status();
-            done.status = status;
-            done.in_flight = Some(in_flight);
-            let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-            if switching {
-                if let Some(client) = client_upgrade {
-                    ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let upstream_up = hyper::upgrade::on(&mut resp);
-                    ctx.plane.tasks.spawn(tunnel(client, upstream_up, ctx.plane.hard.clone()));
+    let progress = Arc::new(BodyProgress::default());
+    let max = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = UpstreamBody::new(body, max, rt.limits.body_read_timeout, progress.clone());
+    let out = Request::from_parts(parts, body);
+    let outcome = send_timed(conn.send(&ctx.local, addr, out, retryable), upstream.request_timeout, &progress).await;
+    let failure = match outcome {
+        Some(Ok(mut resp)) => match policy::check_response(response_framing(resp.headers())) {
+            Err(l) => Failure { answer: l, blame: Blame::Backend },
+            Ok(()) => {
+                if resp.status().is_server_error() {
+                    pick.backend.health.report_failure();
+                } else {
+                    pick.backend.health.report_success();
                 }
+                let status = resp.status();
+                done.status = status;
+                done.in_flight = Some(in_flight);
+                let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                if switching {
+                    if let Some(client) = client_upgrade {
+                        ctx.state.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let upstream_up = hyper::upgrade::on(&mut resp);
+                        ctx.plane.tasks.spawn(tunnel(client, upstream_up, ctx.plane.hard.clone()));
+                    }
+                }
+                headers::strip_hop_by_hop(resp.headers_mut(), switching);
+                if let Some(cookie) = pick.set_cookie {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                *resp.version_mut() = client_version;
+                let (p, b) = resp.into_parts();
+                return Response::from_parts(p, RespBody::upstream(b, done));
             }
-            headers::strip_hop_by_hop(resp.headers_mut(), switching);
-            if let Some(cookie) = pick.set_cookie {
-                resp.headers_mut().append(header::SET_COOKIE, cookie);
-            }
-            *resp.version_mut() = client_version;
-            let (p, b) = resp.into_parts();
-            Response::from_parts(p, RespBody::upstream(b, done))
+        },
+        Some(Err(e)) => {
+            let f = Failure::of_error(&e);
+            tracing::debug!(backend = %addr, error = %e, blame = ?f.blame, "backend request failed");
+            f
         }
-        Ok(Err(e)) => {
-            if body_too_large(&e) {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", done);
-            }
-            pick.backend.health.report_failure();
-            tracing::debug!(backend = %addr, error = %e, "backend request failed");
-            local(StatusCode::BAD_GATEWAY, "bad gateway\n", done)
-        }
-        Err(_) => {
-            pick.backend.health.report_failure();
-            local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", done)
+        None => Failure::of_timeout(progress.done_at().is_some()),
+    };
+    if failure.blame == Blame::Backend {
+        pick.backend.health.report_failure();
+    }
+    answer(failure.answer, done)
+}
+
+/// What the response framing check reads of a response head.
+fn response_framing(h: &http::HeaderMap) -> policy::ResponseFraming {
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next();
+    let rest: Vec<&HeaderValue> = lengths.collect();
+    policy::ResponseFraming {
+        lengths: usize::from(first.is_some()) + rest.len(),
+        lengths_agree: rest.iter().all(|v| Some(*v) == first),
+        transfer_encoding: h.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+/// Sends a request and waits for its response head: `None` when none came within `timeout` of the request
+/// body's end (while the client is still sending its body, that body's own read timeout applies instead).
+async fn send_timed<F: Future<Output = Result<Response<Incoming>, SendError>>>(
+    send: F,
+    timeout: Duration,
+    progress: &BodyProgress,
+) -> Option<Result<Response<Incoming>, SendError>> {
+    tokio::pin!(send);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            r = &mut send => return Some(r),
+            _ = tokio::time::sleep_until(deadline) => match progress.done_at() {
+                Some(at) if tokio::time::Instant::from_std(at) + timeout <= deadline => return None,
+                Some(at) => deadline = tokio::time::Instant::from_std(at) + timeout,
+                None => deadline += timeout,
+            },
         }
     }
 }

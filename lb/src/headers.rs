@@ -5,49 +5,43 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::policy::hop::{Class, Connection};
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
+    headers.contains_key(header::UPGRADE) && connection(headers).has("upgrade")
 }
 
-/// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`, `TE`, `Transfer-Encoding`,
-/// `Proxy-*`, and `Upgrade` unless `keep_upgrade` (then `Connection: upgrade` is put back).
+/// The names the `Connection` fields of `headers` list.
+fn connection(headers: &HeaderMap) -> Connection<'_> {
+    Connection::new(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
+}
+
+/// Removes what the request policy calls hop-by-hop (`policy::hop`: `Connection` and the headers it names but
+/// the framing ones and `Host`, `Keep-Alive`, `TE`, `Trailer`, `Proxy-*`, `Upgrade` unless `keep_upgrade` — then
+/// `Connection: upgrade` is put back), and `Transfer-Encoding`, which hyper writes anew as it frames the body.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-        headers.remove(header::CONNECTION);
+    let dropped: Vec<HeaderName> = {
+        let conn = connection(headers);
+        headers
+            .keys()
+            .filter(|n| match conn.class(n.as_str()) {
+                Class::HopByHop => !(keep_upgrade && *n == header::UPGRADE),
+                Class::Framing => *n == header::TRANSFER_ENCODING,
+                Class::Forward => false,
+            })
+            .cloned()
+            .collect()
+    };
+    for n in dropped {
+        headers.remove(n);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(&PROXY_CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -172,6 +166,14 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=a.example");
         assert_eq!(h["x-forwarded-port"], "8443");
+        // Connection never names the framing headers or Host away (nginx, HAProxy).
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Content-Length, transfer-encoding, host, x-a"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!((h.len(), &h[header::CONTENT_LENGTH], &h[header::HOST]), (2, &HeaderValue::from_static("5"), &HeaderValue::from_static("a")));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod io;
 mod listener;
 mod metrics;
 mod plane;
+mod policy;
 mod relay;
 mod routes;
 mod runtime;

@@ -144,31 +144,6 @@ impl RouteTable {
     }
 }
 
-/// Normalises a Host header or authority: lowercase, port and trailing dot removed. Returns `None` for hosts that
-/// are not valid (empty, or with characters no hostname has).
-pub(crate) fn normalise_host(raw: &str, buf: &mut String) -> Option<()> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal
-        let end = rest.find(']')?;
-        &raw[..end + 2]
-    } else {
-        match raw.rfind(':') {
-            Some(i) => &raw[..i],
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
-    {
-        return None;
-    }
-    buf.clear();
-    buf.push_str(host);
-    buf.make_ascii_lowercase();
-    Some(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,12 +185,6 @@ mod tests {
         assert_eq!(name("www.example.com", "/x/y"), "exact-x");
         assert_eq!(name("www.example.com", "/x/y/z"), "exact-x");
         assert_eq!(name("www.example.com", "/x/yz"), "exact");
-        let mut b = String::new();
-        normalise_host("WWW.Example.COM:8080", &mut b).unwrap();
-        assert_eq!(b, "www.example.com");
-        normalise_host("[::1]:80", &mut b).unwrap();
-        assert_eq!(b, "[::1]");
-        assert!(normalise_host("bad host", &mut b).is_none());
     }
 
     /// Case-insensitive prefixes (marathon-lb `PATH = "-i /Api"`) beside case-sensitive ones: longest first.

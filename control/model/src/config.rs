@@ -199,6 +199,10 @@ pub struct Limits {
     /// Time a client has to send a complete request head (slowloris guard); then 408 and close.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Time a client may leave its request body without sending a byte of it; then 408, and the backend is not
+    /// blamed (a stalled upload is the client's fault).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Keep-alive connections idle this long are closed.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
@@ -218,6 +222,7 @@ impl Default for Limits {
             max_headers: 100,
             max_body_bytes: 100 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             client_idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,

@@ -249,6 +249,9 @@ fn check_l7(
     if s.limits.max_header_bytes < 1024 {
         cx.error("limits.max_header_bytes", "must be at least 1024");
     }
+    if s.limits.body_read_timeout < std::time::Duration::from_millis(100) {
+        cx.error("limits.body_read_timeout", "must be at least 100ms");
+    }
     if s.limits.max_headers == 0 {
         cx.error("limits.max_headers", "must be at least 1");
     }

@@ -115,7 +115,7 @@ impl Loop {
                 b.state = BackendState::Busy;
                 if let Some(ck) = ck {
                     if let ClientState::Busy(ex) = &mut self.clients[ck].state {
-                        ex.deadline = Some(Instant::now() + ex.request_timeout);
+                        ex.arm(Instant::now());
                     }
                     self.mark_backend(bk);
                     self.pump_request_body(ck);

@@ -10,7 +10,7 @@ use padis_model::{Balance, HashKey};
 
 use super::{local_reply, request, BackendState, Client, ClientState, Exchange, Loop, Ready, Start, CLIENT_BUF, HIGH_WATER};
 use crate::metrics::{Finished, CLIENT_CLOSED};
-use crate::routes::normalise_host;
+use crate::policy;
 
 impl Loop {
     /// A client's output went out completely.
@@ -148,22 +148,23 @@ impl Loop {
             request::Parsed::Fallback => return Start::Fallback,
             request::Parsed::Head(h) => h,
         };
-        let max_body = match limits.max_body_bytes {
-            0 => u64::MAX,
-            n => n,
-        };
-        if head.len > limits.max_header_bytes || head.body > max_body || normalise_host(head.host, &mut c.host).is_none() {
+        if head.len > limits.max_header_bytes {
             return Start::Fallback;
         }
-        let Some(lrt) = rt.listeners.get(&*c.listener) else { return Start::Fallback };
-        let Some(route) = lrt.routes.lookup(&c.host, head.path()) else { return Start::Fallback };
-        if route.redirect_https.is_some() {
-            return Start::Fallback;
-        }
-        let Some(group) = route.pick_group() else { return Start::Fallback };
-        let (Some(balancer), Some(upstream)) = (rt.balancers.group(group), rt.upstreams.get(group)) else {
+        // The request policy decides (as on the hyper path); anything it answers itself, the hyper path answers.
+        let Ok(admitted) = policy::admit(&head.policy_head(), &mut c.host) else { return Start::Fallback };
+        let query = policy::RouteQuery {
+            listener: &c.listener,
+            host: &c.host,
+            admitted: &admitted,
+            https: false,
+            client: c.peer.ip().to_canonical(),
+            body_len: Some(head.body),
+        };
+        let Ok(policy::Routed { route, balancer, upstream }) = policy::route(&rt, &query, head.headers()) else {
             return Start::Fallback;
         };
+        // Framing the fast path does not do: TLS or HTTP/2 towards the backend.
         if upstream.https || upstream.h2 {
             return Start::Fallback;
         }
@@ -174,7 +175,7 @@ impl Loop {
             }
             _ => None,
         };
-        head.write_backend_head(&c.id, &mut c.req_head);
+        head.write_backend_head(&admitted.target, &c.id, &mut c.req_head);
         c.method.clear();
         c.method.push_str(head.method);
         c.path.clear();
@@ -193,8 +194,9 @@ impl Loop {
             retries: upstream.retries,
             connect_timeout: cfg.connect_timeout,
             request_timeout: upstream.request_timeout,
+            body_timeout: limits.body_read_timeout,
             idle_timeout: cfg.idle_timeout,
-            idempotent: crate::forward::idempotent(head.method),
+            idempotent: policy::idempotent(head.method),
             head_request: head.method == "HEAD",
             body_left: head.body,
             has_body: head.body > 0,
@@ -272,7 +274,7 @@ impl Loop {
         ex.deadline = None;
         if !matches!(b.state, BackendState::Connecting { .. }) {
             b.state = BackendState::Busy;
-            ex.deadline = Some(Instant::now() + ex.request_timeout);
+            ex.arm(Instant::now());
             self.mark_backend(bk);
         }
     }
@@ -292,6 +294,7 @@ impl Loop {
             b.out.data.extend_from_slice(&c.inb.filled()[..n]);
             c.inb.consume(n);
             ex.body_left -= n as u64;
+            ex.arm(Instant::now());
             self.mark_backend(bk);
         }
         let c = &self.clients[k];

@@ -45,6 +45,7 @@ use crate::headers::ClientId;
 use crate::io::REQUEST_TIMEOUT_REPLY;
 use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
+use crate::policy::{Blame, Failure};
 use crate::routes::CompiledRoute;
 use buf::{Buf, Out};
 use response::Framing;
@@ -121,6 +122,8 @@ struct Exchange {
     retries: u32,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Time the client may leave its request body without a byte (`limits.body_read_timeout`).
+    body_timeout: Duration,
     idle_timeout: Duration,
     idempotent: bool,
     head_request: bool,
@@ -138,6 +141,16 @@ struct Exchange {
     keep_alive: Option<Duration>,
     status: u16,
     bytes: u64,
+}
+
+impl Exchange {
+    /// Sets the deadline of what the exchange waits for, as of `now`: the client's next body bytes while its
+    /// body is still coming (a stall is the client's fault), else the response head (the backend's).
+    fn arm(&mut self, now: Instant) {
+        if self.framing.is_none() {
+            self.deadline = Some(now + if self.body_left > 0 { self.body_timeout } else { self.request_timeout });
+        }
+    }
 }
 
 enum ClientState {
@@ -638,12 +651,12 @@ impl Loop {
                     self.mark_client(k);
                 }
                 Due::GatewayTimeout => {
-                    if let ClientState::Busy(ex) = &self.clients[k].state {
-                        if let Some(p) = &ex.pick {
-                            p.backend.health.report_failure();
-                        }
+                    let ClientState::Busy(ex) = &self.clients[k].state else { continue };
+                    let failure = Failure::of_timeout(ex.body_left == 0);
+                    if let (Some(p), Blame::Backend) = (&ex.pick, failure.blame) {
+                        p.backend.health.report_failure();
                     }
-                    self.answer_locally(k, StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+                    self.answer_locally(k, failure.answer.status, failure.answer.msg);
                     self.advance(k);
                 }
             }

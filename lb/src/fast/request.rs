@@ -1,12 +1,15 @@
-//! Request heads on the fast path: parsed in place (httparse), checked against what the fast path serves, and
-//! rewritten for the backend. Anything the fast path does not serve — and any doubt — is [`Parsed::Fallback`]:
-//! the connection goes to the hyper path, which answers it exactly as it answers every other connection
-//! (malformed heads, request smuggling attempts, upgrades, `Expect`, chunked request bodies, HTTP/1.0,
-//! absolute-form targets, oversized heads or bodies).
+//! Request heads on the fast path: parsed in place (httparse), checked against what the fast path's framing
+//! serves, and written for the backend. Anything the fast path does not frame — and any doubt — is
+//! [`Parsed::Fallback`]: the connection goes to the hyper path, which answers it exactly as it answers every other
+//! connection (malformed heads, request smuggling attempts, upgrades, `Expect`, chunked request bodies, HTTP/1.0,
+//! absolute-form targets, oversized heads or bodies). Every decision about the request itself (Host, target,
+//! route, hop-by-hop headers) is the request policy's (`crate::policy`), which the hyper path calls too.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::headers::{self, ClientId};
+use crate::policy;
+use crate::policy::hop::{tokens, Class, Connection};
 
 /// Header slots of one parse; a head with more goes to the hyper path (which applies `limits.max_headers`).
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -18,8 +21,9 @@ pub(crate) struct Head<'h, 'b> {
     pub method: &'b str,
     /// Origin-form target (path and query).
     pub target: &'b str,
-    /// The Host header, as received.
-    pub host: &'b str,
+    /// The first Host field, as received, and how many there are.
+    pub host: Option<&'b [u8]>,
+    pub host_fields: usize,
     /// Content-Length of the body (0: none).
     pub body: u64,
     /// The client asked to close the connection after this exchange (`Connection: close`).
@@ -35,27 +39,6 @@ pub(crate) enum Parsed<'h, 'b> {
     Head(Head<'h, 'b>),
     /// Something for the hyper path.
     Fallback,
-}
-
-/// Headers that describe one connection (RFC 9110 §7.6.1), removed in both directions, and the forwarding
-/// headers the proxy sets itself (removed from the request, written anew).
-fn hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "proxy-authorization", "proxy-authenticate", "proxy-connection", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// The comma-separated tokens of a header value.
-pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
-}
-
-/// Whether `name` is listed in one of the `Connection` header values of `headers`.
-pub(crate) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 /// Parses the head at the start of `buf` into `slots`.
@@ -74,14 +57,14 @@ pub(crate) fn parse<'h, 'b>(buf: &'b [u8], slots: &'h mut [httparse::Header<'b>]
     }
     let headers: &'h [httparse::Header<'b>] = req.headers;
     let mut host = None;
-    let mut hosts = 0;
+    let mut host_fields = 0;
     let mut body = None;
     let mut close = false;
     for h in headers {
         let n = h.name;
         if n.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
+            host_fields += 1;
+            host = host.or(Some(h.value));
         } else if n.eq_ignore_ascii_case("content-length") {
             if body.is_some() || h.value.is_empty() || h.value.len() > 18 || !h.value.iter().all(u8::is_ascii_digit) {
                 return Parsed::Fallback;
@@ -101,35 +84,48 @@ pub(crate) fn parse<'h, 'b>(buf: &'b [u8], slots: &'h mut [httparse::Header<'b>]
             }
         }
     }
-    let host = match (hosts, host.map(std::str::from_utf8)) {
-        (1, Some(Ok(h))) => h,
-        _ => return Parsed::Fallback,
-    };
-    Parsed::Head(Head { len, method, target, host, body: body.unwrap_or(0), close, headers })
+    Parsed::Head(Head { len, method, target, host, host_fields, body: body.unwrap_or(0), close, headers })
 }
 
-impl Head<'_, '_> {
-    /// The path part of the target.
+impl<'b> Head<'_, 'b> {
+    /// The head as the request policy's admission phase reads it.
+    pub fn policy_head(&self) -> policy::Head<'b> {
+        policy::Head {
+            authority: None,
+            host_fields: self.host_fields,
+            host: self.host,
+            target: self.target,
+            length_and_chunked: false,
+        }
+    }
+
+    /// The path part of the target, as received (the access log's).
     pub fn path(&self) -> &str {
         self.target.split_once('?').map_or(self.target, |(p, _)| p)
     }
 
-    /// Writes the head sent to the backend into `out`: the request line as HTTP/1.1, the client's headers but
-    /// the hop-by-hop ones (and those its `Connection` header names), then the forwarding headers as the hyper
-    /// path sets them (`headers::add_forwarded`: X-Forwarded-For and Forwarded appended to the first value
-    /// received, X-Forwarded-Proto/-Port set).
-    pub fn write_backend_head(&self, id: &ClientId, out: &mut Vec<u8>) {
+    /// The header fields.
+    pub fn headers(&self) -> &[httparse::Header<'b>] {
+        self.headers
+    }
+
+    /// Writes the head sent to the backend into `out`: the request line as HTTP/1.1 with the policy's `target`,
+    /// the client's headers but those the policy calls hop-by-hop, then the forwarding headers as the hyper path
+    /// sets them (`headers::add_forwarded`: X-Forwarded-For and Forwarded appended to the first value received,
+    /// X-Forwarded-Proto/-Port set).
+    pub fn write_backend_head(&self, target: &str, id: &ClientId, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let connection = self.headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
+        let connection =
+            Connection::new(self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value));
         let mut xff: Option<Option<&[u8]>> = None;
         let mut fwd: Option<Option<&[u8]>> = None;
         for h in self.headers {
             let n = h.name;
-            if hop_by_hop(n) || (connection && named_by_connection(self.headers, n)) {
+            if connection.class(n) == Class::HopByHop {
                 continue;
             }
             if n.eq_ignore_ascii_case("x-forwarded-for") {
@@ -143,7 +139,7 @@ impl Head<'_, '_> {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        let host = headers::forwarded_host(self.host);
+        let host = self.host.and_then(|h| std::str::from_utf8(h).ok()).and_then(headers::forwarded_host);
         headers::write_forwarded(out, id, xff.flatten(), fwd.flatten(), host);
         out.extend_from_slice(b"\r\n");
     }
@@ -169,7 +165,9 @@ mod tests {
         match parse(raw.as_bytes(), &mut slots, 100) {
             Parsed::Head(h) => {
                 let mut out = Vec::new();
-                h.write_backend_head(&ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false), &mut out);
+                let mut host = String::new();
+                let admitted = policy::admit(&h.policy_head(), &mut host).ok()?;
+                h.write_backend_head(&admitted.target, &ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false), &mut out);
                 Some((h.len, String::from_utf8(out).unwrap(), h.body, h.close))
             }
             Parsed::Partial => Some((0, String::new(), 0, false)),
@@ -194,6 +192,11 @@ mod tests {
         let (_, _, body, close) = head_of("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\nconnection: close\r\n\r\n").unwrap();
         assert_eq!((body, close), (12, true));
         assert_eq!(head_of("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0, 0, "partial");
+        // Connection never names the framing headers or Host away: the backend reads the body by its length.
+        let raw = "POST /a/../b HTTP/1.1\r\nHost: a\r\nConnection: Content-Length, host, x-y\r\nContent-Length: 3\r\nX-Y: 1\r\n\r\n";
+        let (_, out, body, _) = head_of(raw).unwrap();
+        assert_eq!(body, 3);
+        assert!(out.starts_with("POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nx-forwarded-for: "), "{out}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::chunked::{ChunkError, Chunked};
-use super::request::{named_by_connection, tokens};
+use crate::policy::hop::{tokens, Class, Connection};
+use crate::policy::{self, ResponseFraming};
 
 /// Header slots of a response head; more is a bad response.
 const MAX_HEADERS: usize = 100;
@@ -76,14 +77,6 @@ pub(crate) fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
     })
 }
 
-/// Headers removed from responses (as `headers::strip_hop_by_hop` does on the hyper path), but for
-/// `Transfer-Encoding`, which the pass-through keeps with its framing.
-fn dropped(name: &str) -> bool {
-    ["connection", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-authenticate", "proxy-connection", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// Parses the response head at the start of `buf` (the answer to a HEAD request when `head_request`) and, when
 /// it is complete, writes it for the client into `out`, with `set_cookie` added and `connection: close` when
 /// `close_client` (or when the body ends with the backend's close).
@@ -102,6 +95,7 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
     let headers = &*resp.headers;
     let informational = status < 200;
     let mut length: Option<u64> = None;
+    let mut lengths = ResponseFraming { lengths: 0, lengths_agree: true, transfer_encoding: false };
     let mut chunked = None;
     let mut backend_close = version == 0;
     let mut keep_alive = None;
@@ -109,12 +103,14 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            lengths.lengths += 1;
             match (v.and_then(|v| v.parse::<u64>().ok()), length) {
                 (Some(l), None) => length = Some(l),
                 (Some(l), Some(prev)) if l == prev => {}
-                _ => return Parsed::Bad,
+                _ => lengths.lengths_agree = false,
             }
         } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            lengths.transfer_encoding = true;
             chunked = Some(tokens(h.value).last().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         } else if n.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
@@ -127,6 +123,9 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
         } else if n.eq_ignore_ascii_case("keep-alive") {
             keep_alive = keep_alive_timeout(h.value);
         }
+    }
+    if policy::check_response(lengths).is_err() || (lengths.lengths > 0 && length.is_none()) {
+        return Parsed::Bad;
     }
     let framing = if informational || head_request || status == 204 || status == 304 {
         Framing::Empty
@@ -144,9 +143,11 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let connection = headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
+    let connection =
+        Connection::new(headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value));
     for h in headers {
-        if dropped(h.name) || (connection && named_by_connection(headers, h.name)) {
+        // Framing headers pass through with the body, whose framing is kept.
+        if connection.class(h.name) == Class::HopByHop {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -209,6 +210,10 @@ mod tests {
         assert!(matches!(h.framing, Framing::Empty), "HEAD");
         let (_, h) = rewrite("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
         assert!(matches!(h.framing, Framing::Empty));
+        // Connection cannot name the framing headers away: the client reads the body by the length it has.
+        let (out, h) = rewrite("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert!(matches!(h.framing, Framing::Length(5)));
         let (_, h) = rewrite("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false, false).unwrap();
         assert!(!h.reusable && !h.close_client);
     }
@@ -223,6 +228,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
         ] {
             assert!(matches!(parse(bad.as_bytes(), false, None, false, &mut Vec::new()), Parsed::Bad), "{bad:?}");
