@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,13 +15,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::ClientSlot;
 use crate::forward::{self, ConnCtx};
-use crate::io::{ConnState, TimedIo};
+use crate::io::{ConnState, IoLimits, TimedIo};
 use crate::metrics::RequestCounters;
 use crate::plane::PlaneShared;
 use crate::relay::Relay;
 use crate::streams::{LocalExec, LocalStreams};
 use crate::upstream::LocalConns;
+
+/// HTTP/2 streams a client may reset before hyper has accepted them (h2's default), then GOAWAY.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams of a client that may fail locally (reset by the server) over the connection's life, then GOAWAY.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// `padis_http_connections_cut_total` reason: a graceful close was not over within `limits.close_grace`.
+const CUT_CLOSE_GRACE: &str = "close_grace";
 
 /// Which HTTP versions a connection may speak.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -31,19 +39,22 @@ enum Mode {
     H2,
 }
 
-/// Counts an open client connection (the listener's count for `max_connections` and the
-/// `padis_active_connections` gauge) until dropped.
+/// Counts an open client connection (the listener's count for `max_connections`, the
+/// `padis_active_connections` gauge and its client address's count) until dropped.
 pub(crate) struct ActiveGuard {
     count: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
+    /// Its client address's admission (none if not counted).
+    pub client: Option<Box<ClientSlot>>,
 }
 
 impl ActiveGuard {
-    /// Counts a connection of `listener`, whose count `count` the accept loop already raised.
-    pub fn new(plane: &PlaneShared, listener: &str, count: Arc<AtomicUsize>) -> ActiveGuard {
+    /// Counts a connection of `listener`, whose count `count` the accept loop already raised and whose client
+    /// address `client` counts.
+    pub fn new(plane: &PlaneShared, listener: &str, count: Arc<AtomicUsize>, client: Option<Box<ClientSlot>>) -> ActiveGuard {
         let gauge = plane.metrics.active_connections.with_label_values(&[listener]);
         gauge.inc();
-        ActiveGuard { count, gauge }
+        ActiveGuard { count, gauge, client }
     }
 }
 
@@ -61,11 +72,13 @@ pub(crate) struct Accepted {
     pub local: SocketAddr,
     pub listener: Arc<str>,
     pub count: Arc<AtomicUsize>,
+    /// Its client address's admission.
+    pub client: Option<Box<ClientSlot>>,
 }
 
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
 pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: CancellationToken, hard: CancellationToken) {
-    let _guard = ActiveGuard::new(&plane, &a.listener, a.count.clone());
+    let _guard = ActiveGuard::new(&plane, &a.listener, a.count.clone(), a.client);
     let _ = a.stream.set_nodelay(true);
     let (limits, tls) = {
         let rt = plane.runtime.load();
@@ -152,7 +165,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    let io = TimedIo::new(io, state.clone(), limits.header_read_timeout, mode == Mode::H2);
+    let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
     let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default(), counters: RequestCounters::default() });
     let backends = ctx.clone();
@@ -173,7 +186,10 @@ async fn serve_http<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487) and streams the client keeps making fail: GOAWAY past these.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
     let builder = match mode {
         Mode::Auto => builder,
         Mode::H1 => builder.http1_only(),
@@ -182,13 +198,32 @@ async fn serve_http<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = limits.client_idle_timeout.max(Duration::from_millis(100));
-    let mut closing = false;
+    // Once closing: when it started, and when to look again whether the grace is over.
+    let mut closing: Option<Instant> = None;
+    let mut close_check = Instant::now();
     // The client connection and its backend connections are polled together (see `relay`).
     let relay = Relay::new();
     loop {
         let mut wait = idle.saturating_sub(state.idle_for());
         if wait.is_zero() {
             wait = idle;
+        }
+        if let Some(since) = closing {
+            // The grace is over: closed now if no request is in flight (an HTTP/2 client that never acknowledges
+            // the GOAWAY's PING, or keeps sending PINGs), at the latest after the shutdown grace as well.
+            let over = since.elapsed();
+            if over >= limits.close_grace
+                && (state.in_flight.load(Ordering::Acquire) == 0 || over >= limits.close_grace + limits.shutdown_grace)
+            {
+                tracing::debug!(peer = %peer, "closing grace over, closing the connection");
+                let _ = state.cut.set(CUT_CLOSE_GRACE);
+                break;
+            }
+            close_check = if over < limits.close_grace {
+                since + limits.close_grace
+            } else {
+                Instant::now() + (limits.close_grace / 4).max(Duration::from_millis(50))
+            };
         }
         relay.mark_all();
         let both = std::future::poll_fn(|cx| {
@@ -209,18 +244,22 @@ async fn serve_http<I>(
                 }
                 break;
             }
-            _ = stop.cancelled(), if !closing => {
-                closing = true;
+            _ = stop.cancelled(), if closing.is_none() => {
+                closing = Some(Instant::now());
                 conn.as_mut().graceful_shutdown();
             }
             _ = hard.cancelled() => break,
-            _ = tokio::time::sleep(wait), if !closing => {
+            _ = tokio::time::sleep(wait), if closing.is_none() => {
                 if state.in_flight.load(Ordering::Acquire) == 0 && state.idle_for() >= idle {
-                    closing = true;
+                    closing = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
             }
+            _ = tokio::time::sleep_until(close_check.into()), if closing.is_some() => {}
         }
+    }
+    if let Some(reason) = state.cut.get() {
+        backends.plane.metrics.cut.with_label_values(&[&*backends.listener, reason]).inc();
     }
     backends.local.release();
 }

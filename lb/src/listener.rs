@@ -1,4 +1,5 @@
-//! Listening sockets: binding (SO_REUSEADDR, large backlog) and the accept loop with the connection limit.
+//! Listening sockets: binding (SO_REUSEADDR, large backlog) and the accept loop with the connection limits (per
+//! listener, per client address: see `admission`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{ClientSlot, Refusal};
 use crate::conn::{self, Accepted, ActiveGuard};
 use crate::error::L7Error;
 use crate::fast::{FastLoops, Handoff};
@@ -54,29 +56,50 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let max = plane.runtime.load().limits.max_connections;
-        if max > 0 && count.load(Ordering::Acquire) >= max {
-            tracing::debug!(listener = &*name, peer = %peer, "connection limit reached, closing");
-            drop(stream);
-            continue;
-        }
+        let client = match admit(&plane, &count, peer) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(listener = &*name, peer = %peer, reason = why.label(), "connection refused");
+                plane.metrics.rejected.with_label_values(&[&*name, why.label()]).inc();
+                // Reset rather than close: no TIME_WAIT kept here for a refused connection.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                continue;
+            }
+        };
         count.fetch_add(1, Ordering::AcqRel);
         let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().unwrap_or(peer));
         let fast_path = plane.runtime.load().listeners.get(&*name).is_some_and(|l| l.fast_path);
-        let stream = match (&fast, fast_path) {
-            (Some(loops), true) => match hand_to_loop(&plane, loops, stream, peer, local, &name, &count, &stop) {
-                Ok(()) => continue,
-                Err(s) => s,
-            },
-            _ => stream,
+        let (stream, client) = match (&fast, fast_path) {
+            (Some(loops), true) => {
+                match hand_to_loop(&plane, loops, stream, peer, local, &name, &count, &stop, client) {
+                    Ok(()) => continue,
+                    Err(back) => back,
+                }
+            }
+            _ => (stream, client),
         };
-        let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone() };
+        let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone(), client };
         tracker.spawn(conn::serve(plane.clone(), a, stop.clone(), hard.clone()));
     }
     tracing::info!(listener = &*name, "listener stopped accepting");
 }
 
-/// Gives an accepted connection to a fast-path loop; gives the stream back when that is not possible.
+/// The admission of a new connection from `peer` (see `admission`): the listener's `max_connections` (its open
+/// connections `count`), then its client address's rate and open connections, over all listeners.
+fn admit(plane: &PlaneShared, count: &AtomicUsize, peer: SocketAddr) -> Result<Option<Box<ClientSlot>>, Refusal> {
+    let rt = plane.runtime.load();
+    let limits = &rt.limits;
+    if limits.max_connections > 0 && count.load(Ordering::Acquire) >= limits.max_connections {
+        return Err(Refusal::MaxConnections);
+    }
+    let slot = plane.clients.admit(peer.ip(), limits.max_conns_per_client, limits.new_conns_per_client_per_sec)?;
+    // Boxed: it travels with the connection (in every hand-over to a fast-path loop).
+    Ok(Some(Box::new(slot)))
+}
+
+/// Gives an accepted connection to a fast-path loop; gives the stream (and its client slot) back when that is not
+/// possible.
 #[allow(clippy::too_many_arguments)]
 fn hand_to_loop(
     plane: &PlaneShared,
@@ -87,7 +110,8 @@ fn hand_to_loop(
     name: &Arc<str>,
     count: &Arc<AtomicUsize>,
     stop: &CancellationToken,
-) -> Result<(), tokio::net::TcpStream> {
+    client: Option<Box<ClientSlot>>,
+) -> Result<(), (tokio::net::TcpStream, Option<Box<ClientSlot>>)> {
     let std = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -98,12 +122,16 @@ fn hand_to_loop(
         }
     };
     let _ = std.set_nodelay(true);
-    let guard = ActiveGuard::new(plane, name, count.clone());
+    let guard = ActiveGuard::new(plane, name, count.clone(), client);
     let h = Handoff { stream: std, peer, local, listener: name.clone(), guard, stop: stop.clone() };
     loops.submit(h).map_err(|h| {
-        // No loop left (shutting down): the hyper path serves it; its guard counts again.
-        drop(h.guard);
+        // No loop left (shutting down): the hyper path serves it; its guard counts again (with the same slot).
+        let mut guard = h.guard;
+        let client = guard.client.take();
+        drop(guard);
         count.fetch_add(1, Ordering::AcqRel);
-        tokio::net::TcpStream::from_std(h.stream).expect("a stream that was registered a moment ago registers again")
+        let stream = tokio::net::TcpStream::from_std(h.stream)
+            .expect("a stream that was registered a moment ago registers again");
+        (stream, client)
     })
 }

@@ -22,6 +22,11 @@ pub(crate) struct Metrics {
     pub handshakes: IntCounterVec,
     pub handshake_errors: IntCounterVec,
     pub cert_expiry: IntGaugeVec,
+    /// Connections refused right after accept, by listener and reason (see `admission::Refusal`).
+    pub rejected: IntCounterVec,
+    /// Client connections the proxy cut for what the client did (or did not do), by listener and reason
+    /// (`send_timeout`, `close_grace`, `h2_control_flood`).
+    pub cut: IntCounterVec,
 }
 
 impl Metrics {
@@ -60,6 +65,17 @@ impl Metrics {
                 Opts::new("padis_certificate_expiry_timestamp_seconds", "Leaf certificate notAfter"),
                 &["certificate"],
             )?,
+            rejected: IntCounterVec::new(
+                Opts::new("padis_http_connections_rejected_total", "Client connections refused right after accept"),
+                &["listener", "reason"],
+            )?,
+            cut: IntCounterVec::new(
+                Opts::new(
+                    "padis_http_connections_cut_total",
+                    "Client connections closed by the proxy for the client's behaviour",
+                ),
+                &["listener", "reason"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -68,6 +84,8 @@ impl Metrics {
         registry.register(Box::new(m.handshakes.clone()))?;
         registry.register(Box::new(m.handshake_errors.clone()))?;
         registry.register(Box::new(m.cert_expiry.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        registry.register(Box::new(m.cut.clone()))?;
         Ok(m)
     }
 }

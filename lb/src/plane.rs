@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::ClientTable;
 use crate::error::L7Error;
 use crate::fast::FastLoops;
 use crate::listener;
@@ -30,6 +31,8 @@ pub(crate) struct PlaneShared {
     pub tasks: TaskTracker,
     /// Cancelled when the shutdown grace is over: remaining connections and tunnels are closed.
     pub hard: CancellationToken,
+    /// Open and new connections per client address, over all listeners.
+    pub clients: Arc<ClientTable>,
 }
 
 /// The L7 reverse proxy data plane.
@@ -81,6 +84,7 @@ impl L7Plane {
             metrics,
             tasks: tracker.clone(),
             hard: hard.clone(),
+            clients: ClientTable::new(),
         });
         let fast = FastLoops::start(&shared, &shutdown)
             .inspect_err(|e| tracing::error!(error = %e, "HTTP/1.1 fast path not started; the hyper path serves all"))

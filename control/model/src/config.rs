@@ -213,6 +213,23 @@ pub struct Limits {
     /// On SIGTERM, how long in-flight requests get to finish before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most concurrent connections from one client address, over all listeners (IPv6: one /64) (0 = no limit);
+    /// more are closed right after accept.
+    pub max_conns_per_client: usize,
+    /// New connections per second accepted from one client address, over all listeners (IPv6: one /64), with a
+    /// burst of one second's worth (0 = no limit); more are closed right after accept.
+    pub new_conns_per_client_per_sec: u32,
+    /// A client that takes none of its answer for this long (a write that cannot go on) is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Once a connection is being closed gracefully (idle timeout, HTTP/2 GOAWAY, listener removed), how long it
+    /// gets before it is closed anyway when no request is in flight (an HTTP/2 client that never acknowledges the
+    /// GOAWAY's PING).
+    #[serde(with = "humantime_serde")]
+    pub close_grace: Duration,
+    /// HTTP/2 PING and SETTINGS frames a client may send per second, with a burst of twice that; a client
+    /// sending more is disconnected (PING/SETTINGS flood).
+    pub h2_max_control_frames_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -227,6 +244,11 @@ impl Default for Limits {
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
+            max_conns_per_client: 1024,
+            new_conns_per_client_per_sec: 512,
+            send_timeout: Duration::from_secs(30),
+            close_grace: Duration::from_secs(5),
+            h2_max_control_frames_per_sec: 100,
         }
     }
 }

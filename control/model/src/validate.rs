@@ -258,6 +258,15 @@ fn check_l7(
     if s.limits.h2_max_concurrent_streams == 0 {
         cx.error("limits.h2_max_concurrent_streams", "must be at least 1");
     }
+    if s.limits.send_timeout < std::time::Duration::from_millis(100) {
+        cx.error("limits.send_timeout", "must be at least 100ms");
+    }
+    if s.limits.close_grace.is_zero() {
+        cx.error("limits.close_grace", "must be more than 0");
+    }
+    if s.limits.h2_max_control_frames_per_sec == 0 {
+        cx.error("limits.h2_max_control_frames_per_sec", "must be at least 1");
+    }
 
     // Certificates.
     unique(cx, "certificate", s.certificates.iter().map(|c| c.name.as_str()));

@@ -178,6 +178,8 @@ struct Client {
     /// When the head being read must be complete (none between requests, as the hyper path's `TimedIo`).
     head_deadline: Option<Instant>,
     last_activity: Instant,
+    /// Since when its output waits for the client to take any of it (`limits.send_timeout`).
+    send_stall: Option<Instant>,
     eof: bool,
     /// Reading stopped because the backend side is behind.
     read_paused: bool,
@@ -289,6 +291,8 @@ enum Due {
     RequestTimeout,
     Close,
     GatewayTimeout,
+    /// The client took none of its output for `limits.send_timeout`.
+    SendTimeout,
 }
 
 struct Loop {
@@ -414,6 +418,7 @@ impl Loop {
             state: ClientState::Head,
             head_deadline: Some(now + header_timeout),
             last_activity: now,
+            send_stall: None,
             eof: false,
             read_paused: false,
             peer_closed: false,
@@ -528,9 +533,16 @@ impl Loop {
                     }
                 } else {
                     let Some(c) = self.clients.get_mut(key) else { continue };
+                    let before = c.out.pending();
                     match c.out.sent(r, &mut c.sock) {
                         Ok(all) => {
                             c.last_activity = Instant::now();
+                            // A send that leaves bytes starts a stall; one that took some starts it again.
+                            c.send_stall = match (all, c.out.pending() < before) {
+                                (true, _) => None,
+                                (false, true) => Some(c.last_activity),
+                                (false, false) => c.send_stall.or(Some(c.last_activity)),
+                            };
                             if all {
                                 self.client_drained(key);
                             } else {
@@ -604,9 +616,12 @@ impl Loop {
     }
 
     /// What the sweep does to client `k` at `now`.
-    fn due(&self, k: usize, now: Instant, idle_timeout: Duration, stopping: bool) -> Due {
+    fn due(&self, k: usize, now: Instant, idle_timeout: Duration, send_timeout: Duration, stopping: bool) -> Due {
         let c = &self.clients[k];
         let stopped = stopping || c.stop.is_cancelled();
+        if c.send_stall.is_some_and(|t| now.duration_since(t) >= send_timeout) {
+            return Due::SendTimeout;
+        }
         match &c.state {
             ClientState::Head if c.handoff => Due::Nothing,
             ClientState::Head if c.head_deadline.is_some_and(|d| now >= d) => Due::RequestTimeout,
@@ -630,6 +645,7 @@ impl Loop {
     fn sweep(&mut self) {
         let now = Instant::now();
         let idle_timeout = self.plane.runtime.load().limits.client_idle_timeout.max(Duration::from_millis(100));
+        let send_timeout = self.plane.runtime.load().limits.send_timeout;
         let stopping = self.shutdown.is_cancelled();
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for k in keys {
@@ -640,9 +656,16 @@ impl Loop {
             if (stopping || c.stop.is_cancelled()) && matches!(c.state, ClientState::Busy(_)) {
                 c.close_after = true;
             }
-            match self.due(k, now, idle_timeout, stopping) {
+            match self.due(k, now, idle_timeout, send_timeout, stopping) {
                 Due::Nothing => {}
                 Due::Close => self.close_client(k),
+                Due::SendTimeout => {
+                    // A client that takes none of its answer (as `TimedIo`'s send timeout).
+                    let c = &self.clients[k];
+                    tracing::debug!(peer = %c.peer, "fast path: send timeout, closing");
+                    self.plane.metrics.cut.with_label_values(&[&*c.listener, crate::io::CUT_SEND_TIMEOUT]).inc();
+                    self.close_client(k);
+                }
                 Due::RequestTimeout => {
                     // Slowloris guard: 408, as `TimedIo` answers.
                     let c = &mut self.clients[k];
