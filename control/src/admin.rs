@@ -393,7 +393,18 @@ pub fn state_json(state: &AdminState) -> serde_json::Value {
         let sources: BTreeMap<String, serde_json::Value> = r
             .sources()
             .iter()
-            .map(|(k, c)| (k.clone(), json!({"status": c.status, "problems": c.problems})))
+            .map(|(k, c)| {
+                let rejected = r.rejected(k);
+                let problems = c.problems.as_array().map_or(0, Vec::len);
+                // A source that reads fine but has items left out is not shown healthy.
+                let health = match (c.status.ok, rejected.is_empty() && problems == 0) {
+                    (false, _) => "failing",
+                    (true, false) => "degraded",
+                    (true, true) => "ok",
+                };
+                let v = json!({"health": health, "status": c.status, "problems": c.problems, "rejected": rejected});
+                (k.clone(), v)
+            })
             .collect();
         (r.store().load(), r.reload_status().clone(), sources)
     };

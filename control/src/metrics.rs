@@ -17,6 +17,8 @@ pub struct ControlMetrics {
     pub source_last_success: GaugeVec,
     /// Snapshots published.
     pub publications: IntGauge,
+    /// Items of each source left out of the snapshot in force, by reason.
+    pub source_items_rejected: IntGaugeVec,
 }
 
 impl ControlMetrics {
@@ -41,6 +43,13 @@ impl ControlMetrics {
                 &["source"],
             )?,
             publications: IntGauge::new("padis_snapshots_published_total", "Snapshots published since start")?,
+            source_items_rejected: IntGaugeVec::new(
+                Opts::new(
+                    "padis_source_items_rejected",
+                    "Items of a source (routes, groups, services, VIPs) left out of the state in force, by reason",
+                ),
+                &["source", "reason"],
+            )?,
         };
         registry.register(Box::new(m.reloads.clone()))?;
         registry.register(Box::new(m.generation.clone()))?;
@@ -48,6 +57,7 @@ impl ControlMetrics {
         registry.register(Box::new(m.source_up.clone()))?;
         registry.register(Box::new(m.source_last_success.clone()))?;
         registry.register(Box::new(m.publications.clone()))?;
+        registry.register(Box::new(m.source_items_rejected.clone()))?;
         let info = IntGaugeVec::new(Opts::new("padis_build_info", "Padis version"), &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(info))?;

@@ -174,6 +174,7 @@ async fn follow_marathon(mut rx: watch::Receiver<Option<MarathonState>>, reconci
                 r.sources().get("marathon").map(|c| serde_json::json!({
                     "status": c.status, "groups": c.groups.len(), "routes": c.routes.len(),
                     "services": c.services.len(), "vips": c.vips.len(), "problems": c.problems,
+                    "rejected": r.rejected("marathon"),
                 })).unwrap_or_default()
             });
         }

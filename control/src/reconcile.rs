@@ -5,7 +5,7 @@
 //! the ones in force keep their allocation, validation checks only new items on their own (cross-item checks run
 //! on borrowed keys), and the "did anything change" test compares pointers first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +35,115 @@ pub struct Contribution {
     pub problems: serde_json::Value,
 }
 
+/// Kinds of items a source contributes.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// A backend group.
+    Group,
+    /// An L7 route.
+    Route,
+    /// A DNS service.
+    Service,
+    /// An L4 VIP.
+    Vip,
+}
+
+impl ItemKind {
+    /// The config section name, as in field paths (`route[3]`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Group => "group",
+            ItemKind::Route => "route",
+            ItemKind::Service => "service",
+            ItemKind::Vip => "vip",
+        }
+    }
+
+    fn from_path(field: &str) -> Option<(ItemKind, usize)> {
+        let (kind, rest) = field.split_once('[')?;
+        let idx = rest.split_once(']')?.0.parse().ok()?;
+        let kind = match kind {
+            "group" => ItemKind::Group,
+            "route" => ItemKind::Route,
+            "service" => ItemKind::Service,
+            "vip" => ItemKind::Vip,
+            _ => return None,
+        };
+        Some((kind, idx))
+    }
+}
+
+/// Why a source's item was left out (the `reason` label of `padis_source_items_rejected`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Its host is served by a route of the config file (config-file items win).
+    HostOwnedByConfig,
+    /// Its DNS name is a service of the config file.
+    DnsNameOwnedByConfig,
+    /// It clashes with an item of the config file or another item (same name, same host and path, same VIP).
+    Conflict,
+    /// It refers to something that does not exist (or was rejected).
+    MissingReference,
+    /// It is invalid on its own.
+    Invalid,
+}
+
+impl RejectReason {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::HostOwnedByConfig => "host_owned_by_config",
+            RejectReason::DnsNameOwnedByConfig => "dns_name_owned_by_config",
+            RejectReason::Conflict => "conflict",
+            RejectReason::MissingReference => "missing_reference",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+
+    /// The reason of a validation error's message.
+    fn of_message(message: &str) -> RejectReason {
+        if message.starts_with("no ") && message.contains(" named `") {
+            RejectReason::MissingReference
+        } else if message.starts_with("duplicate") || message.starts_with("same ") || message.contains("clash") {
+            RejectReason::Conflict
+        } else {
+            RejectReason::Invalid
+        }
+    }
+}
+
+/// An item of a source that is not published, and why; the rest of the source is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RejectedItem {
+    /// What it is.
+    pub kind: ItemKind,
+    /// Its name.
+    pub name: String,
+    /// Where it comes from in the source (e.g. `marathon:/app`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Why, in one word.
+    pub reason: RejectReason,
+    /// Why, in full.
+    pub message: String,
+}
+
+impl std::fmt::Display for RejectedItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} `{}`", self.kind.as_str(), self.name)?;
+        if let Some(o) = &self.origin {
+            write!(f, " of {o}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Most validation rounds of one publication: each round leaves out the source items the last one found
+/// wrong (a left-out group can make its routes wrong in the next round).
+const MAX_ROUNDS: usize = 8;
+
 /// Outcome of the last config file load, for `/v1/state` and `padis status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadStatus {
@@ -57,6 +166,8 @@ pub struct Reconciler {
     store: SnapshotStore,
     base: Option<Base>,
     dynamic: BTreeMap<String, Contribution>,
+    /// Items of each source left out of the snapshot in force.
+    rejected: BTreeMap<String, Vec<RejectedItem>>,
     metrics: ControlMetrics,
     reload: ReloadStatus,
 }
@@ -64,7 +175,14 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler publishing into `store`.
     pub fn new(store: SnapshotStore, metrics: ControlMetrics) -> Reconciler {
-        Reconciler { store, base: None, dynamic: BTreeMap::new(), metrics, reload: ReloadStatus::default() }
+        Reconciler {
+            store,
+            base: None,
+            dynamic: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            metrics,
+            reload: ReloadStatus::default(),
+        }
     }
 
     /// The store snapshots are published into.
@@ -80,6 +198,11 @@ impl Reconciler {
     /// Contributions of dynamic sources.
     pub fn sources(&self) -> &BTreeMap<String, Contribution> {
         &self.dynamic
+    }
+
+    /// Items of source `name` left out of the snapshot in force (empty when all of it is published).
+    pub fn rejected(&self, name: &str) -> &[RejectedItem] {
+        self.rejected.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Records a failed config load: counted and logged by the caller; nothing else changes.
@@ -131,6 +254,11 @@ impl Reconciler {
     }
 
     /// Merges, validates and publishes (unless nothing changed).
+    ///
+    /// Sources never make the config file's state fail, and one wrong item of a source never holds back the
+    /// rest: items claiming a host or DNS name of the config file are left out first; then each validation
+    /// error located at a source item leaves that item out, and the merge is validated again. Only errors of
+    /// the config file's own items (or not tied to an item) fail the publication.
     fn publish(&mut self) -> Result<Arc<Snapshot>, ConfigErrors> {
         let Some(base) = &self.base else {
             return Ok(self.store.load());
@@ -145,31 +273,59 @@ impl Reconciler {
         .collect();
         let origin = base.valid.origin.clone().unwrap_or_else(|| "config".into());
         let current = self.store.load();
+        let mut rejected: BTreeMap<String, Vec<RejectedItem>> = BTreeMap::new();
         let valid = if self.dynamic.is_empty() {
             let mut state = base.valid.state.clone();
             keep_allocations(&mut state, &current.state);
             Valid { origin: base.valid.origin.clone(), state, certificates: base.valid.certificates.clone() }
         } else {
-            let mut state = base.valid.state.clone();
-            for c in self.dynamic.values() {
-                state.groups.extend(c.groups.iter().cloned());
-                state.routes.extend(c.routes.iter().cloned());
-                state.services.extend(c.services.iter().cloned());
-                state.vips.extend(c.vips.iter().cloned());
+            let mut left_out = claims_of_config(&base.valid.state, &self.dynamic);
+            let mut round = 0;
+            let valid = loop {
+                round += 1;
+                let (mut state, from) = merge(&base.valid.state, &self.dynamic, &left_out);
+                keep_allocations(&mut state, &current.state);
+                // The snapshot in force passed this validation with the same base directory (generation 0 is
+                // the empty state: nothing in it to skip).
+                let errors = match validate_update(
+                    state,
+                    &origin,
+                    &base.base_dir,
+                    Some(base.valid.certificates.clone()),
+                    &current.state,
+                ) {
+                    Ok(mut v) => {
+                        v.origin = base.valid.origin.clone();
+                        break v;
+                    }
+                    Err(e) => e,
+                };
+                let mut found = false;
+                for err in &errors.0 {
+                    let Some((kind, idx)) = ItemKind::from_path(&err.field) else { continue };
+                    let Some(&Some((src, i))) = from.get(&kind).and_then(|f| f.get(idx)) else { continue };
+                    let key = (src, kind, i);
+                    if !left_out.contains_key(&key) {
+                        let reason = RejectReason::of_message(&err.message);
+                        let (name, item_origin) = item_names(&self.dynamic, src, kind, i);
+                        let message = format!("{}: {}", err.field.split_once('.').map_or("", |x| x.1), err.message);
+                        let message = message.trim_start_matches(": ").to_string();
+                        left_out.insert(key, RejectedItem { kind, name, origin: item_origin, reason, message });
+                        found = true;
+                    }
+                }
+                if !found || round >= MAX_ROUNDS {
+                    return Err(errors);
+                }
+            };
+            let names: Vec<&String> = self.dynamic.keys().collect();
+            for ((src, _, _), item) in left_out {
+                rejected.entry(names[src].clone()).or_default().push(item);
             }
-            keep_allocations(&mut state, &current.state);
-            // The snapshot in force passed this validation with the same base directory (generation 0 is the
-            // empty state: nothing in it to skip).
-            let mut v = validate_update(
-                state,
-                &origin,
-                &base.base_dir,
-                Some(base.valid.certificates.clone()),
-                &current.state,
-            )?;
-            v.origin = base.valid.origin.clone();
-            v
+            sort_items(&mut rejected);
+            valid
         };
+        self.set_rejected(rejected);
         let same = current.generation > 0
             && current.state.same_as(&valid.state)
             && current.certificates == valid.certificates
@@ -184,6 +340,154 @@ impl Reconciler {
         tracing::info!(generation = snap.generation, "published snapshot");
         Ok(snap)
     }
+
+    /// Records the items left out of the state in force: each newly rejected item is logged once (and one that
+    /// is back, once), and `padis_source_items_rejected` is set.
+    fn set_rejected(&mut self, rejected: BTreeMap<String, Vec<RejectedItem>>) {
+        if rejected == self.rejected {
+            return;
+        }
+        for (source, items) in &rejected {
+            let before = self.rejected.get(source).map(Vec::as_slice).unwrap_or(&[]);
+            for item in items.iter().filter(|i| !before.contains(i)) {
+                tracing::warn!(
+                    source = %source,
+                    kind = item.kind.as_str(),
+                    name = %item.name,
+                    origin = item.origin.as_deref().unwrap_or(""),
+                    reason = item.reason.as_str(),
+                    "source item rejected, the rest of the source is applied: {}",
+                    item.message
+                );
+            }
+        }
+        for (source, items) in &self.rejected {
+            let now = rejected.get(source).map(Vec::as_slice).unwrap_or(&[]);
+            for item in items.iter().filter(|i| !now.iter().any(|n| n.kind == i.kind && n.name == i.name)) {
+                tracing::info!(source = %source, kind = item.kind.as_str(), name = %item.name, "source item no longer rejected");
+            }
+        }
+        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (source, items) in &self.rejected {
+            for item in items {
+                counts.insert((source.as_str(), item.reason.as_str()), 0);
+            }
+        }
+        for (source, items) in &rejected {
+            for item in items {
+                *counts.entry((source.as_str(), item.reason.as_str())).or_default() += 1;
+            }
+        }
+        for ((source, reason), n) in counts {
+            self.metrics.source_items_rejected.with_label_values(&[source, reason]).set(n);
+        }
+        self.rejected = rejected;
+    }
+}
+
+/// Sorts each source's rejected items (a stable order for comparisons and output).
+fn sort_items(rejected: &mut BTreeMap<String, Vec<RejectedItem>>) {
+    for items in rejected.values_mut() {
+        items.sort();
+    }
+}
+
+/// A source item: (source position in the map, kind, position in the contribution's list).
+type ItemKey = (usize, ItemKind, usize);
+
+/// Name and origin of a source item.
+fn item_names(dynamic: &BTreeMap<String, Contribution>, src: usize, kind: ItemKind, i: usize) -> (String, Option<String>) {
+    let Some(c) = dynamic.values().nth(src) else { return (String::new(), None) };
+    match kind {
+        ItemKind::Group => c.groups.get(i).map(|x| (x.name.clone(), x.origin.clone())),
+        ItemKind::Route => c.routes.get(i).map(|x| (x.name.clone(), x.origin.clone())),
+        ItemKind::Service => c.services.get(i).map(|x| (x.name.clone(), x.origin.clone())),
+        ItemKind::Vip => c.vips.get(i).map(|x| (x.name.clone(), None)),
+    }
+    .unwrap_or_default()
+}
+
+/// Source items claiming what the config file already serves: a route with a host of a config route, a
+/// service with the name (in the same zone) of a config service. Config-file items win.
+fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution>) -> BTreeMap<ItemKey, RejectedItem> {
+    let hosts: HashSet<&str> = base.routes.iter().filter_map(|r| r.host.as_deref()).collect();
+    let dns_key = |s: &Service| {
+        let zone = s.zone.as_deref().unwrap_or("").trim_end_matches('.').to_ascii_lowercase();
+        (s.name.trim_end_matches('.').to_ascii_lowercase(), zone)
+    };
+    let services: HashSet<(String, String)> = base.services.iter().map(|s| dns_key(s)).collect();
+    let mut out = BTreeMap::new();
+    for (src, c) in dynamic.values().enumerate() {
+        for (i, r) in c.routes.iter().enumerate() {
+            if let Some(h) = r.host.as_deref().filter(|h| hosts.contains(h)) {
+                out.insert((src, ItemKind::Route, i), RejectedItem {
+                    kind: ItemKind::Route,
+                    name: r.name.clone(),
+                    origin: r.origin.clone(),
+                    reason: RejectReason::HostOwnedByConfig,
+                    message: format!("host `{h}` is served by the config file"),
+                });
+            }
+        }
+        if services.is_empty() {
+            continue;
+        }
+        for (i, s) in c.services.iter().enumerate() {
+            if services.contains(&dns_key(s)) {
+                out.insert((src, ItemKind::Service, i), RejectedItem {
+                    kind: ItemKind::Service,
+                    name: s.name.clone(),
+                    origin: s.origin.clone(),
+                    reason: RejectReason::DnsNameOwnedByConfig,
+                    message: format!("DNS name `{}` is a service of the config file", s.name),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Where each merged item came from: `None` for the config file, else (source position, item position).
+type Provenance = HashMap<ItemKind, Vec<Option<(usize, usize)>>>;
+
+/// The config file's state plus every source's items but the left-out ones.
+fn merge(
+    base: &DesiredState,
+    dynamic: &BTreeMap<String, Contribution>,
+    left_out: &BTreeMap<ItemKey, RejectedItem>,
+) -> (DesiredState, Provenance) {
+    fn add<T>(
+        into: &mut Vec<Arc<T>>,
+        from: &mut Vec<Option<(usize, usize)>>,
+        items: &[Arc<T>],
+        src: usize,
+        kind: ItemKind,
+        left_out: &BTreeMap<ItemKey, RejectedItem>,
+    ) {
+        for (i, x) in items.iter().enumerate() {
+            if left_out.is_empty() || !left_out.contains_key(&(src, kind, i)) {
+                into.push(x.clone());
+                from.push(Some((src, i)));
+            }
+        }
+    }
+    let mut state = base.clone();
+    let mut from: Provenance = HashMap::new();
+    from.insert(ItemKind::Group, vec![None; state.groups.len()]);
+    from.insert(ItemKind::Route, vec![None; state.routes.len()]);
+    from.insert(ItemKind::Service, vec![None; state.services.len()]);
+    from.insert(ItemKind::Vip, vec![None; state.vips.len()]);
+    for (src, c) in dynamic.values().enumerate() {
+        let f = from.get_mut(&ItemKind::Group).expect("inserted");
+        add(&mut state.groups, f, &c.groups, src, ItemKind::Group, left_out);
+        let f = from.get_mut(&ItemKind::Route).expect("inserted");
+        add(&mut state.routes, f, &c.routes, src, ItemKind::Route, left_out);
+        let f = from.get_mut(&ItemKind::Service).expect("inserted");
+        add(&mut state.services, f, &c.services, src, ItemKind::Service, left_out);
+        let f = from.get_mut(&ItemKind::Vip).expect("inserted");
+        add(&mut state.vips, f, &c.vips, src, ItemKind::Vip, left_out);
+    }
+    (state, from)
 }
 
 /// Items equal to the one at the same position in the snapshot in force take its allocation, so that data
@@ -224,36 +528,6 @@ mod tests {
         assert_eq!(r.apply_config(v, ".".into()).unwrap().generation, 1, "same state: no new generation");
         let v = parse_config(&BASE.replace("127.0.0.1:1", "127.0.0.1:2"), "a.toml", Path::new(".")).unwrap();
         assert_eq!(r.apply_config(v, ".".into()).unwrap().generation, 2);
-    }
-
-    #[test]
-    fn invalid_source_contribution_changes_nothing() {
-        let mut r = reconciler();
-        r.apply_config(parse_config(BASE, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
-        let ok = Contribution {
-            routes: vec![Arc::new(Route {
-                name: "m".into(),
-                listeners: vec![],
-                host: Some("m.example".into()),
-                path: "/".into(),
-                group: Some("g".into()),
-                split: vec![],
-                redirect_https: false,
-                https_port: None,
-                origin: Some("marathon:/m".into()),
-                ..Default::default()
-            })],
-            status: SourceStatus { name: "marathon".into(), ok: true, last_ok_unix_ms: Some(1), last_error: None },
-            ..Default::default()
-        };
-        assert_eq!(r.apply_source("marathon", ok.clone()).unwrap().state.routes.len(), 2);
-        let mut bad = ok.clone();
-        Arc::make_mut(&mut bad.routes[0]).group = Some("missing".into());
-        let e = r.apply_source("marathon", bad).unwrap_err();
-        assert!(e.to_string().contains("no group named `missing`"), "{e}");
-        let cur = r.store().load();
-        assert_eq!(cur.state.routes.len(), 2);
-        assert_eq!(r.sources()["marathon"], ok, "the last good contribution is kept");
     }
 
     fn group(name: &str, port: u16) -> Arc<BackendGroup> {
@@ -313,34 +587,84 @@ mod tests {
         assert!(Arc::ptr_eq(&s3, &s2));
     }
 
-    /// Errors of a changed item are the ones a validation of the whole merged state reports, and the state in
-    /// force stays.
+    fn rejected(r: &Reconciler) -> Vec<(ItemKind, String, RejectReason)> {
+        r.rejected("marathon").iter().map(|i| (i.kind, i.name.clone(), i.reason)).collect()
+    }
+
+    fn gauge(r: &Reconciler, reason: &str) -> i64 {
+        r.metrics.source_items_rejected.with_label_values(&["marathon", reason]).get()
+    }
+
+    /// Wrong items of a source are left out one by one, each with its reason (a group left out takes the routes
+    /// that use it along); everything else of the source is published, and the config file's items stay.
     #[test]
-    fn errors_of_a_changed_item_are_the_full_validation_errors() {
+    fn each_wrong_source_item_is_rejected_alone() {
         let mut r = reconciler();
         r.apply_config(parse_config(BASE, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
-        let c = contribution(10);
-        let s1 = r.apply_source("marathon", c.clone()).unwrap();
-        let mut bad = c.clone();
-        let mut r3 = (*bad.routes[3]).clone();
-        r3.host = Some("Not A Host".into());
-        r3.group = Some("missing".into());
-        bad.routes[3] = Arc::new(r3);
-        bad.routes.push(route("r0", "m0"));
-        let mut g5 = (*bad.groups[5]).clone();
-        g5.connect_timeout = std::time::Duration::ZERO;
-        bad.groups[5] = Arc::new(g5);
-        let incremental = r.apply_source("marathon", bad.clone()).unwrap_err().to_string();
+        let mut bad = contribution(10);
+        Arc::make_mut(&mut bad.routes[3]).host = Some("Not A Host".into());
+        bad.routes.push(route("r0", "m0")); // same name and host as r0
+        Arc::make_mut(&mut bad.groups[5]).connect_timeout = std::time::Duration::ZERO;
+        let s = r.apply_source("marathon", bad).unwrap();
+        let names = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        let routes: Vec<String> = s.state.routes.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(routes, names(vec!["r", "r0", "r1", "r2", "r4", "r6", "r7", "r8", "r9"]));
+        assert_eq!(s.state.groups.len(), 1 + 9, "config group + all but m5");
+        assert!(s.group("m5").is_none());
+        assert_eq!(
+            rejected(&r),
+            vec![
+                (ItemKind::Group, "m5".into(), RejectReason::Invalid),
+                (ItemKind::Route, "r0".into(), RejectReason::Conflict),
+                (ItemKind::Route, "r3".into(), RejectReason::Invalid),
+                (ItemKind::Route, "r5".into(), RejectReason::MissingReference),
+            ]
+        );
+        let msgs: Vec<String> = r.rejected("marathon").iter().map(|i| i.to_string()).collect();
+        assert!(msgs.iter().any(|m| m.starts_with("group `m5`: connect_timeout: must be")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("route `r5`") && m.contains("no group named `m5`")), "{msgs:?}");
+        assert_eq!((gauge(&r, "invalid"), gauge(&r, "conflict"), gauge(&r, "missing_reference")), (2, 1, 1));
 
-        let base = parse_config(BASE, "a.toml", Path::new(".")).unwrap();
-        let mut whole = base.state.clone();
-        whole.groups.extend(bad.groups.iter().map(|g| Arc::new((**g).clone())));
-        whole.routes.extend(bad.routes.iter().map(|x| Arc::new((**x).clone())));
-        let full = padis_model::validate_state(whole, "a.toml", Path::new("."), None).unwrap_err().to_string();
-        assert_eq!(incremental, full);
-        for needle in ["group[6].connect_timeout", "route[4].host", "no group named `missing`", "route[11].name: duplicate"] {
-            assert!(incremental.contains(needle), "missing {needle} in\n{incremental}");
-        }
-        assert!(Arc::ptr_eq(&r.store().load(), &s1), "the state in force stays");
+        // Fixed: everything is published, nothing is reported, the gauges go back to 0.
+        let s = r.apply_source("marathon", contribution(10)).unwrap();
+        assert_eq!(s.state.routes.len(), 11);
+        assert!(r.rejected("marathon").is_empty());
+        assert_eq!((gauge(&r, "invalid"), gauge(&r, "conflict"), gauge(&r, "missing_reference")), (0, 0, 0));
+    }
+
+    /// A source route claiming a host of the config file, or a service named as one of the config file, is left
+    /// out (config-file items win), also when the config file takes the host later; other items are applied.
+    #[test]
+    fn config_file_items_win_over_source_claims() {
+        let mut r = reconciler();
+        let base = format!("{BASE}host = \"r2.example\"\n[[service]]\nname = \"web\"\n");
+        r.apply_config(parse_config(&base, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
+        let mut c = contribution(4);
+        let svc = |name: &str| {
+            let mut s: Service = serde_json::from_value(serde_json::json!({ "name": name })).unwrap();
+            s.origin = Some("marathon:/web".into());
+            Arc::new(s)
+        };
+        c.services = vec![svc("web"), svc("api")];
+        let s = r.apply_source("marathon", c.clone()).unwrap();
+        assert_eq!(s.state.routes.iter().filter(|x| x.host.as_deref() == Some("r2.example")).count(), 1);
+        assert_eq!(s.state.routes.len(), 1 + 3);
+        assert_eq!(s.state.services.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["web", "api"]);
+        assert_eq!(
+            rejected(&r),
+            vec![
+                (ItemKind::Route, "r2".into(), RejectReason::HostOwnedByConfig),
+                (ItemKind::Service, "web".into(), RejectReason::DnsNameOwnedByConfig),
+            ]
+        );
+
+        // The config file takes r1's host: the reload applies, r1 is left out instead of the config failing.
+        let base = base.replace("r2.example", "r1.example");
+        let s = r.apply_config(parse_config(&base, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
+        assert_eq!(s.state.routes[0].host.as_deref(), Some("r1.example"));
+        assert!(s.state.routes.iter().any(|x| x.name == "r2"), "r2's host is free again");
+        assert!(!s.state.routes.iter().any(|x| x.name == "r1"));
+        assert_eq!(rejected(&r)[0], (ItemKind::Route, "r1".into(), RejectReason::HostOwnedByConfig));
+        assert!(r.reload_status().ok);
     }
 }

@@ -137,15 +137,36 @@ pub fn render(state: &Value) -> String {
                 .as_u64()
                 .map(|t| format!("{:.1}s ago", now_ms.saturating_sub(t) as f64 / 1000.0))
                 .unwrap_or_else(|| "never".into());
-            vec![
-                text(&s["name"]),
-                if s["ok"] == Value::Bool(true) { "ok".into() } else { "FAILING".into() },
-                age,
-                text(&s["last_error"]),
-            ]
+            let detail = &state["sources"][text(&s["name"])];
+            let rejected = detail["rejected"].as_array().map_or(0, Vec::len);
+            let problems = detail["problems"].as_array().map_or(0, Vec::len);
+            let word = if s["ok"] != Value::Bool(true) {
+                "FAILING".to_string()
+            } else if rejected > 0 || problems > 0 {
+                format!("DEGRADED ({rejected} rejected, {problems} problems)")
+            } else {
+                "ok".into()
+            };
+            vec![text(&s["name"]), word, age, text(&s["last_error"])]
         })
         .collect();
     table(&mut out, "SOURCES", &["SOURCE", "STATE", "LAST GOOD", "ERROR"], &sources);
+    let mut rejected = Vec::new();
+    for (source, detail) in state["sources"].as_object().into_iter().flatten() {
+        for r in detail["rejected"].as_array().into_iter().flatten() {
+            rejected.push(vec![
+                source.clone(),
+                text(&r["kind"]),
+                text(&r["name"]),
+                text(&r["origin"]),
+                text(&r["reason"]),
+                text(&r["message"]),
+            ]);
+        }
+    }
+    if !rejected.is_empty() {
+        table(&mut out, "REJECTED SOURCE ITEMS", &["SOURCE", "KIND", "NAME", "ORIGIN", "REASON", "WHY"], &rejected);
+    }
     let st = &snap["state"];
     let listeners: Vec<Vec<String>> = st["listener"]
         .as_array()
