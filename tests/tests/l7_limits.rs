@@ -56,7 +56,7 @@ async fn header_and_body_limits() {
     assert!(status_of(&out).starts_with("HTTP/1.1 413"), "{}", status_of(&out));
 
     // A body under the limit passes.
-    let ok = format!("POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789");
+    let ok = "POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789";
     let out = raw_exchange(web, ok.as_bytes(), Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"), "{text}");
