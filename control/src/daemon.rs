@@ -90,8 +90,16 @@ async fn run(
 
     // Data planes and dynamic sources.
     let planes_token = CancellationToken::new();
-    let planes = Planes::start(reader.clone(), &registry, reconciler.clone(), &reports, &drain, planes_token.clone())
-        .await?;
+    let planes = Planes::start(
+        reader.clone(),
+        &registry,
+        reconciler.clone(),
+        &reports,
+        &drain,
+        &extra_registries,
+        planes_token.clone(),
+    )
+    .await?;
 
     let admin_state = AdminState {
         reconciler: reconciler.clone(),

@@ -10,5 +10,6 @@ pub mod logging;
 pub mod metrics;
 pub mod planes;
 pub mod reconcile;
+pub mod restart;
 pub mod status;
 pub mod summary;

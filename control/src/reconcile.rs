@@ -153,6 +153,9 @@ pub struct ReloadStatus {
     pub at_unix: f64,
     /// Errors of the last failed load (`file:line:col: field: message`).
     pub errors: Vec<String>,
+    /// Settings of the config in force that differ from the ones the daemon started with and only take effect
+    /// at the next restart (`section.field`).
+    pub restart_required: Vec<String>,
 }
 
 /// The config file's last valid state.
@@ -168,6 +171,8 @@ pub struct Reconciler {
     dynamic: BTreeMap<String, Contribution>,
     /// Items of each source left out of the snapshot in force.
     rejected: BTreeMap<String, Vec<RejectedItem>>,
+    /// The config the daemon started with (what the settings read only at start come from).
+    started: Option<DesiredState>,
     metrics: ControlMetrics,
     reload: ReloadStatus,
 }
@@ -180,6 +185,7 @@ impl Reconciler {
             base: None,
             dynamic: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            started: None,
             metrics,
             reload: ReloadStatus::default(),
         }
@@ -212,6 +218,7 @@ impl Reconciler {
             ok: false,
             at_unix: now_unix(),
             errors: errors.0.iter().map(|e| e.to_string()).collect(),
+            restart_required: std::mem::take(&mut self.reload.restart_required),
         };
     }
 
@@ -222,7 +229,12 @@ impl Reconciler {
             Ok(s) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.last_reload_success.set(now_unix());
-                self.reload = ReloadStatus { ok: true, at_unix: now_unix(), errors: Vec::new() };
+                let started = self.started.get_or_insert_with(|| s.state.clone());
+                let restart_required = crate::restart::required(started, &s.state);
+                for field in &restart_required {
+                    tracing::warn!(field = %field, "restart required: {field} changed; the running value stays until then");
+                }
+                self.reload = ReloadStatus { ok: true, at_unix: now_unix(), errors: Vec::new(), restart_required };
                 Ok(s)
             }
             Err(e) => {
@@ -248,6 +260,40 @@ impl Reconciler {
                     Some(p) => self.dynamic.insert(name.to_string(), p),
                     None => self.dynamic.remove(name),
                 };
+                Err(e)
+            }
+        }
+    }
+
+    /// Updates only the status of source `name` (its items stay as they are): a restarted source that has not
+    /// synced yet, or one that cannot start.
+    pub fn set_source_status(&mut self, name: &str, status: SourceStatus) {
+        self.metrics.source_up.with_label_values(&[name]).set(status.ok as i64);
+        self.dynamic.entry(name.to_string()).or_default().status = status;
+        if let Err(e) = self.publish() {
+            tracing::error!(source = name, error = %e, "publishing a source's status failed");
+        }
+    }
+
+    /// Marks source `name` as failing with `error`, keeping its items.
+    pub fn source_failed(&mut self, name: &str, error: &str) {
+        let mut status = self.dynamic.get(name).map(|c| c.status.clone()).unwrap_or_default();
+        status.name = name.to_string();
+        status.ok = false;
+        status.last_error = Some(error.to_string());
+        self.set_source_status(name, status);
+    }
+
+    /// Withdraws everything source `name` contributed (its section was removed from the config).
+    pub fn remove_source(&mut self, name: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let previous = self.dynamic.remove(name);
+        self.metrics.source_up.with_label_values(&[name]).set(0);
+        match self.publish() {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if let Some(p) = previous {
+                    self.dynamic.insert(name.to_string(), p);
+                }
                 Err(e)
             }
         }

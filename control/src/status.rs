@@ -124,6 +124,10 @@ pub fn render(state: &Value) -> String {
             let _ = writeln!(out, "  {}", e.as_str().unwrap_or(""));
         }
     }
+    let restart: Vec<&str> = reload["restart_required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !restart.is_empty() {
+        let _ = writeln!(out, "RESTART REQUIRED for changed settings read at start: {}", restart.join(", "));
+    }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
