@@ -27,6 +27,9 @@ pub struct QueryEdns {
 
 /// Parsed plain query.
 struct Plain {
+    /// The query name has upper-case letters: pre-rendered answers point their owner names at the question, so
+    /// they would show the query's case instead of the zone's; the general path answers these.
+    mixed_case: bool,
     qend: usize,
     name_len: usize,
     qtype: u16,
@@ -44,6 +47,7 @@ fn parse(req: &[u8], lower: &mut [u8; 256]) -> Option<Plain> {
     }
     let mut pos = 12;
     let mut n = 0;
+    let mut mixed_case = false;
     loop {
         let len = *req.get(pos)? as usize;
         if len & 0xC0 != 0 {
@@ -60,6 +64,7 @@ fn parse(req: &[u8], lower: &mut [u8; 256]) -> Option<Plain> {
         }
         let label = req.get(pos + 1..pos + 1 + len)?;
         for (i, b) in label.iter().enumerate() {
+            mixed_case |= b.is_ascii_uppercase();
             lower[n + 1 + i] = b.to_ascii_lowercase();
         }
         n += 1 + len;
@@ -89,7 +94,7 @@ fn parse(req: &[u8], lower: &mut [u8; 256]) -> Option<Plain> {
         }
         None
     };
-    Some(Plain { qend, name_len: n, qtype, edns })
+    Some(Plain { mixed_case, qend, name_len: n, qtype, edns })
 }
 
 /// Which lines [`prefetch`] warms.
@@ -134,6 +139,9 @@ pub fn push_opt(out: &mut Vec<u8>, payload: u16, dnssec_ok: bool) {
 pub fn answer(set: &ZoneSet, req: &[u8], out: &mut Vec<u8>, tcp: bool, server_payload: u16, rotate: &mut usize) -> Option<FastOutcome> {
     let mut lower = [0u8; 256];
     let q = parse(req, &mut lower)?;
+    if q.mixed_case {
+        return None;
+    }
     let name = &lower[..q.name_len];
     let (zi, apex_off) = set.locate(name)?;
     let zone = set.zones.get(zi)?;

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, oneshot};
 
@@ -330,6 +331,9 @@ impl Handler {
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
         }
         let q = &msg.queries[0];
+        if q.query_class() == DNSClass::CH {
+            return self.chaos(set, msg, tcp, out, signer, w);
+        }
         if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
             let resp = self.response(&msg, set, ResponseCode::Refused);
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
@@ -357,6 +361,32 @@ impl Handler {
         resp.authorities = ans.authority;
         resp.additionals = ans.additional;
         self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer)
+    }
+
+    /// CH TXT `version.bind`/`version.server` and `id.server`/`hostname.bind` (RFC 4892), as `[dns] version`
+    /// and `identity` say; REFUSED when they are not set (Knot's answer when they are disabled) and for any
+    /// other CH query.
+    fn chaos(&self, set: &ZoneSet, msg: Message, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+        let q = &msg.queries[0];
+        let name = q.name().to_lowercase().to_ascii();
+        let text = match name.as_str() {
+            "version.bind." | "version.server." => set.version.clone(),
+            "id.server." | "hostname.bind." => set.identity.clone(),
+            _ => None,
+        };
+        let limit = limit_of(&msg, set, tcp);
+        let Some(text) = text else {
+            let resp = self.response(&msg, set, ResponseCode::Refused);
+            return self.finish(resp, set, limit, out, None, w, signer);
+        };
+        let mut resp = self.response(&msg, set, ResponseCode::NoError);
+        resp.metadata.authoritative = true;
+        if matches!(q.query_type(), RecordType::TXT | RecordType::ANY) {
+            let mut r = Record::from_rdata(q.name().clone(), 0, RData::TXT(TXT::new(vec![text.to_string()])));
+            r.dns_class = DNSClass::CH;
+            resp.answers.push(r);
+        }
+        self.finish(resp, set, limit, out, None, w, signer)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -341,6 +341,8 @@ impl Manager {
             generation: self.generation,
             keys: self.keys.values().cloned().collect(),
             edns_payload: self.cfg.edns_payload,
+            version: self.cfg.version.as_deref().filter(|v| !v.is_empty()).map(Arc::from),
+            identity: self.cfg.identity.as_deref().filter(|v| !v.is_empty()).map(Arc::from),
             ..ZoneSet::default()
         };
         for s in &self.sources {

@@ -29,9 +29,10 @@ const MAX_CHAIN: usize = 8;
 /// Resolves `qname`/`qtype` in `zone`. `full_any`: answer ANY with every RRset (TCP) rather than one (UDP).
 pub fn resolve(zone: &ZoneData, qname: &Name, qtype: RecordType, full_any: bool) -> Answer {
     let mut ans = Answer { aa: true, ..Answer::default() };
-    let mut name = qname.clone();
+    let mut next = qname.clone();
     let mut seen: Vec<crate::wire::WireName> = Vec::new();
     for _ in 0..MAX_CHAIN {
+        let name = next.clone();
         let wire = wire_of(&name);
         if seen.contains(&wire) {
             break; // CNAME loop: stop with what we have
@@ -58,7 +59,12 @@ pub fn resolve(zone: &ZoneData, qname: &Name, qtype: RecordType, full_any: bool)
                 }
             },
         };
-        let node = node.get();
+        // Owner names as written in the zone (BIND keeps the zone's case); a wildcard's answers are owned by the
+        // name asked for.
+        let (node, name) = match node {
+            NodeRef::Exact(n) => (n, n.name.clone()),
+            NodeRef::Wild(n) => (n, name.clone()),
+        };
         if qtype == RecordType::ANY {
             let sets: Vec<&RrSet> = if full_any { node.rrsets.iter().collect() } else { node.rrsets.iter().take(1).collect() };
             if sets.is_empty() {
@@ -82,7 +88,7 @@ pub fn resolve(zone: &ZoneData, qname: &Name, qtype: RecordType, full_any: bool)
             ans.answers.extend(cname.records(&name));
             match cname.rdatas.first() {
                 Some(RData::CNAME(target)) => {
-                    name = target.0.clone();
+                    next = target.0.clone();
                     continue;
                 }
                 _ => return ans,
@@ -99,13 +105,6 @@ enum NodeRef<'a> {
     Wild(&'a Node),
 }
 
-impl<'a> NodeRef<'a> {
-    fn get(self) -> &'a Node {
-        match self {
-            NodeRef::Exact(n) | NodeRef::Wild(n) => n,
-        }
-    }
-}
 
 /// The delegation point above or at `wire` (not the apex), if any. A DS query at the cut itself is answered by
 /// the parent side.

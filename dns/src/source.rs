@@ -757,21 +757,54 @@ fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<(StaticZone
             m
         }
     })?;
+    // hickory's parser gives owner names in lower case: take them as written from the file.
+    let written = owner_names(text, origin);
     let mut records = StaticZone::default();
     let mut soa = None;
     for (_, set) in sets {
         for r in set.records_without_rrsigs() {
-            if !in_zone(&wire_of(&r.name), &origin_wire) {
+            let wire = wire_of(&r.name);
+            if !in_zone(&wire, &origin_wire) {
                 return Err(format!("{} is outside the zone", r.name));
             }
+            let name = written.get(&wire).unwrap_or(&r.name);
             match &r.data {
-                RData::SOA(s) if wire_of(&r.name) == origin_wire => soa = Some((s.clone(), r.ttl)),
+                RData::SOA(s) if wire == origin_wire => soa = Some((s.clone(), r.ttl)),
                 RData::SOA(_) => return Err(format!("SOA at {} is not at the apex", r.name)),
-                d => add_record(&mut records, &r.name, r.ttl, d.clone()),
+                d => add_record(&mut records, name, r.ttl, d.clone()),
             }
         }
     }
     Ok((records, soa))
+}
+
+/// The owner names of a master file as written (case kept), by lowercase wire form: the first field of each
+/// line that starts with one, relative names completed with the `$ORIGIN` in force. Used only to restore the
+/// case of names the parser has already read.
+fn owner_names(text: &str, origin: &Name) -> FastMap<WireName, Name> {
+    let mut out = FastMap::default();
+    let mut current = origin.clone();
+    let mut depth = 0i32;
+    for line in text.lines() {
+        let starts_field = depth == 0 && line.starts_with(|c: char| !c.is_whitespace() && c != ';' && c != '(');
+        let first = line.split_whitespace().next().unwrap_or("");
+        if starts_field && first.eq_ignore_ascii_case("$ORIGIN") {
+            let o = line.split_whitespace().nth(1).and_then(|o| Name::from_ascii(o).ok());
+            if let Some(o) = o.and_then(|o| if o.is_fqdn() { Some(o) } else { o.append_domain(&current).ok() }) {
+                current = o;
+            }
+        } else if starts_field && !first.starts_with('$') && first != "@" {
+            // `from_ascii` keeps the case (`parse` goes through IDNA, which lowercases).
+            let n = Name::from_ascii(first).and_then(|n| if n.is_fqdn() { Ok(n) } else { n.append_domain(&current) });
+            if let Ok(n) = n {
+                out.insert(wire_of(&n), n);
+            }
+        }
+        let code = line.split(';').next().unwrap_or(""); // comments (a `;` in a quoted string only ends this scan)
+        depth += code.matches('(').count() as i32 - code.matches(')').count() as i32;
+        depth = depth.max(0);
+    }
+    out
 }
 
 /// The line where the first entry that does not load starts: the file is cut only between entries (outside
@@ -1133,5 +1166,19 @@ mod tests {
         assert!(diff.added.iter().any(|r| r.to_string().contains("10.0.0.3")));
         assert!(diff.removed.iter().any(|r| r.to_string().contains("10.0.1.1")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+#[cfg(test)]
+mod case_tests {
+    use super::*;
+    /// Owner names keep the case they are written in.
+    #[test]
+    fn owner_names_keep_their_case() {
+        let origin = Name::from_ascii("case.test.").unwrap();
+        let text = "$ORIGIN case.test.\n$TTL 60\nMixed.Case.test. IN A 192.0.2.2\nAlias IN CNAME Mixed\n";
+        let (records, _) = parse_zone_text(text, Path::new("t"), &origin).unwrap();
+        let mut names: Vec<String> = records.values().map(|(n, _)| n.to_ascii()).collect();
+        names.sort();
+        assert_eq!(names, ["Alias.case.test.", "Mixed.Case.test."]);
     }
 }

@@ -195,6 +195,10 @@ pub struct ZoneSet {
     pub keys: Vec<Arc<TsigKey>>,
     /// EDNS payload size the server advertises.
     pub edns_payload: u16,
+    /// Answer to CH TXT `version.bind`/`version.server` (`None`: REFUSED).
+    pub version: Option<Arc<str>>,
+    /// Answer to CH TXT `id.server`/`hostname.bind` (`None`: REFUSED).
+    pub identity: Option<Arc<str>>,
 }
 
 impl ZoneSet {

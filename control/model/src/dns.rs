@@ -46,6 +46,13 @@ pub struct DnsConfig {
     pub tsig_keys: Vec<TsigKey>,
     /// Response rate limiting.
     pub rrl: RrlConfig,
+    /// Answer to CH TXT `version.bind` / `version.server` (RFC 4892). Unset or empty: REFUSED, as Knot answers
+    /// when its `version` is disabled (Knot's default gives its version; a gateway facing the Internet does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Answer to CH TXT `id.server` / `hostname.bind` (RFC 4892). Unset or empty: REFUSED (as `version`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl Default for DnsConfig {
@@ -63,6 +70,8 @@ impl Default for DnsConfig {
             zones: Vec::new(),
             tsig_keys: Vec::new(),
             rrl: RrlConfig::default(),
+            version: None,
+            identity: None,
         }
     }
 }
@@ -349,6 +358,11 @@ impl DnsConfig {
             }
             if !z.allow_update.is_empty() && z.update_key.is_none() {
                 cx.error(format!("{p}.update_key"), "dynamic updates need a TSIG key");
+            }
+        }
+        for (f, v) in [("version", &self.version), ("identity", &self.identity)] {
+            if v.as_ref().is_some_and(|v| v.len() > 255 || !v.is_ascii()) {
+                cx.error(format!("dns.{f}"), "must be at most 255 ASCII characters");
             }
         }
         if self.ixfr_journal_bytes < 4096 {
