@@ -52,6 +52,9 @@ fn answer(l: Local, done: Box<Completion>) -> Response<RespBody> {
     if let Some(v) = l.location.and_then(|loc| HeaderValue::from_str(&loc).ok()) {
         r.headers_mut().insert(header::LOCATION, v);
     }
+    if let Some(v) = l.authenticate.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
     r
 }
 
@@ -118,6 +121,12 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         }
     };
     done.route = Some(route.clone());
+    // The route's path rewrite towards the backend (`proxypass_path`).
+    let access_target = route.access.as_ref().map(|a| a.backend_target(&admitted.target)).and_then(|t| match t {
+        Cow::Owned(t) => Some(Uri::try_from(t)),
+        Cow::Borrowed(_) => None,
+    });
+    let target = access_target.or(target);
     match (host_value, target) {
         (Some(Err(_)), _) | (_, Some(Err(_))) => return answer(policy::BAD_TARGET, done),
         (host, target) => {
@@ -198,6 +207,9 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                     }
                 }
                 headers::strip_hop_by_hop(resp.headers_mut(), switching);
+                if let Some(a) = &route.access {
+                    a.rewrite_response(resp.headers_mut(), &done.host);
+                }
                 if let Some(cookie) = pick.set_cookie {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }

@@ -8,6 +8,7 @@
 //! change listeners, routes, groups and certificates with no reload and no dropped connection. It only reads
 //! snapshots.
 
+mod access;
 mod admission;
 mod body;
 mod conn;

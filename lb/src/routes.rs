@@ -21,6 +21,8 @@ pub(crate) struct CompiledRoute {
     total_weight: u64,
     /// Request duration histogram of this route.
     pub duration: Histogram,
+    /// Access rules (source networks, basic auth, HSTS, path rewrites); `None` when the route has none.
+    pub access: Option<crate::access::RouteAccess>,
 }
 
 impl CompiledRoute {
@@ -108,6 +110,7 @@ impl RouteTable {
                 targets,
                 total_weight: total,
                 duration: metrics.duration.with_label_values(&[r.name.as_str()]),
+                access: crate::access::RouteAccess::compile(r),
             });
             let table = match r.host.as_deref().map(str::to_ascii_lowercase) {
                 None => &mut t.any,

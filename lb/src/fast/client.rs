@@ -164,8 +164,8 @@ impl Loop {
         let Ok(policy::Routed { route, balancer, upstream }) = policy::route(&rt, &query, head.headers()) else {
             return Start::Fallback;
         };
-        // Framing the fast path does not do: TLS or HTTP/2 towards the backend.
-        if upstream.https || upstream.h2 {
+        // Framing the fast path does not do: TLS or HTTP/2 towards the backend; a route rewriting the exchange.
+        if upstream.https || upstream.h2 || route.access.as_ref().is_some_and(|a| a.rewrites()) {
             return Start::Fallback;
         }
         let cfg = balancer.config();

@@ -35,11 +35,13 @@ pub(crate) struct Local {
     pub status: StatusCode,
     pub msg: &'static str,
     pub location: Option<String>,
+    /// `WWW-Authenticate` of a 401.
+    pub authenticate: Option<String>,
 }
 
 impl Local {
     const fn new(status: StatusCode, msg: &'static str) -> Local {
-        Local { status, msg, location: None }
+        Local { status, msg, location: None, authenticate: None }
     }
 }
 
@@ -166,13 +168,27 @@ pub(crate) fn max_body(rt: &Runtime) -> u64 {
     }
 }
 
+const FORBIDDEN: Local = Local::new(StatusCode::FORBIDDEN, "forbidden\n");
+
+/// The answer to a request the access phase refuses.
+fn denied(d: crate::access::Denied) -> Local {
+    match d {
+        crate::access::Denied::Forbidden => FORBIDDEN,
+        crate::access::Denied::Unauthorized(challenge) => {
+            let mut l = Local::new(StatusCode::UNAUTHORIZED, "authentication required\n");
+            l.authenticate = Some(challenge);
+            l
+        }
+    }
+}
+
 /// Phase 2: the route of a request, or the local answer it gets. `Err` carries the route when one matched (for
 /// the record).
 #[allow(clippy::result_large_err)]
 pub(crate) fn route<'r, H: Headers + ?Sized>(
     rt: &'r Runtime,
     q: &RouteQuery<'_>,
-    _headers: &H,
+    headers: &H,
 ) -> Result<Routed<'r>, (Local, Option<&'r Arc<CompiledRoute>>)> {
     let lrt = rt.listeners.get(q.listener).ok_or((LISTENER_GONE, None))?;
     let route = lrt.routes.lookup(q.host, q.admitted.path()).ok_or((NO_ROUTE, None))?;
@@ -189,7 +205,9 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
         return Err(fail(l));
     }
     // access phase: checks of the route on the client (address, credentials) go here.
-    let _ = q.client;
+    if let Some(a) = &route.access {
+        a.check(q.client, headers.first("authorization")).map_err(|d| fail(denied(d)))?;
+    }
     if q.body_len.is_some_and(|n| n > max_body(rt)) {
         return Err(fail(TOO_LARGE));
     }

@@ -108,6 +108,11 @@ pub struct AppSpec {
     pub container_ports: Option<Vec<u32>>,
     /// Where tasks run (default: 127.0.x.y, ports from 31000 up).
     pub placement: Option<Placement>,
+    /// Tasks are rendered as Marathon <= 1.3 did: no `state` field (running tasks have `startedAt`).
+    pub no_task_state: bool,
+    /// Health events carry only `instanceId`, as Marathon >= 1.4 names a task of the old id shape
+    /// (`app.<uuid>` -> `app.marathon-<uuid>`).
+    pub instance_id_events: bool,
 }
 
 impl AppSpec {
@@ -120,7 +125,21 @@ impl AppSpec {
             health_check: false,
             container_ports: None,
             placement: None,
+            no_task_state: false,
+            instance_id_events: false,
         }
+    }
+
+    /// Tasks without a `state` field (Marathon <= 1.3).
+    pub fn without_task_state(mut self) -> AppSpec {
+        self.no_task_state = true;
+        self
+    }
+
+    /// Health events with only `instanceId` (Marathon >= 1.4 for tasks of the old id shape).
+    pub fn with_instance_id_events(mut self) -> AppSpec {
+        self.instance_id_events = true;
+        self
     }
 
     /// With a Marathon health check.
@@ -252,7 +271,7 @@ impl World {
         };
         let mut out = vec![status_event(id, &task, &app.version)];
         if app.spec.health_check {
-            out.push(health_event(id, &task.id, true, &app.version));
+            out.push(health_event(id, &task.id, true, &app.version, app.spec.instance_id_events));
         }
         app.tasks.push(task);
         app.cache = None;
@@ -294,7 +313,7 @@ impl World {
         let Some(task) = app.tasks.iter_mut().find(|t| t.id == task_id) else { return Vec::new() };
         task.alive = Some(alive);
         app.cache = None;
-        vec![health_event(id, task_id, alive, &app.version)]
+        vec![health_event(id, task_id, alive, &app.version, app.spec.instance_id_events)]
     }
 
     /// Deletes an app (its tasks are killed).
@@ -368,14 +387,19 @@ fn status_event(app_id: &str, t: &TaskSim, version: &str) -> Emitted {
     )
 }
 
-fn health_event(app_id: &str, task_id: &str, alive: bool, version: &str) -> Emitted {
-    (
-        "health_status_changed_event".into(),
-        patch(fixtures::event("health_status_changed_event"), json!({
-            "appId": app_id, "taskId": task_id, "instanceId": task_id, "alive": alive, "version": version,
-            "timestamp": iso_now(),
-        })),
-    )
+fn health_event(app_id: &str, task_id: &str, alive: bool, version: &str, instance_only: bool) -> Emitted {
+    let mut payload = patch(fixtures::event("health_status_changed_event"), json!({
+        "appId": app_id, "taskId": task_id, "instanceId": task_id, "alive": alive, "version": version,
+        "timestamp": iso_now(),
+    }));
+    if instance_only {
+        // Marathon >= 1.4: the instance of a task `app.<uuid>` is `app.marathon-<uuid>`, and no taskId is sent.
+        if let (Some(o), Some((run_spec, uuid))) = (payload.as_object_mut(), task_id.rsplit_once('.')) {
+            o.remove("taskId");
+            o.insert("instanceId".into(), json!(format!("{run_spec}.marathon-{uuid}")));
+        }
+    }
+    ("health_status_changed_event".into(), payload)
 }
 
 fn render_app(app: &AppSim) -> (String, String) {
@@ -409,7 +433,17 @@ fn render_app(app: &AppSim) -> (String, String) {
         }
         a.to_string()
     };
-    let tasks: Vec<Value> = app.tasks.iter().map(|t| render_task(&s.id, t, &app.version)).collect();
+    let tasks: Vec<Value> = app
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut v = render_task(&s.id, t, &app.version);
+            if let (true, Some(o)) = (s.no_task_state, v.as_object_mut()) {
+                o.remove("state");
+            }
+            v
+        })
+        .collect();
     app_json["tasks"] = Value::Array(tasks);
     (without, app_json.to_string())
 }
