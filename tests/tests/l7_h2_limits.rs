@@ -1,16 +1,16 @@
 //! HTTP/2 clients that misbehave below the request level, through real sockets with a raw frame client: an idle
 //! connection is closed after the idle timeout even if the client keeps sending PINGs, and within
 //! `limits.close_grace` more even if it never acknowledges the PING of the GOAWAY; PING and SETTINGS floods are
-//! cut (`padis_http_connections_cut_total{reason}`), while the proxy keeps serving well-behaved clients.
+//! cut (`padis_http_connections_cut_total{reason}`), on h2c and on TLS (ALPN h2), while the proxy keeps serving
+//! well-behaved clients.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use padis_tests::l7::{group_toml, temp_dir, Backend, H2Conn, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use padis_tests::l7::{group_toml, temp_dir, tls_connect, Backend, H2Conn, Pki, Proxy};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -49,7 +49,7 @@ struct Seen {
 /// A raw HTTP/2 client: the preface and an empty SETTINGS sent, then a reader that follows the server's frames,
 /// acknowledges its SETTINGS, acknowledges its PINGs only if `ack_pings`, and notes when the connection ends.
 struct RawH2 {
-    write: Arc<Mutex<OwnedWriteHalf>>,
+    write: Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>,
     seen: Arc<Seen>,
     reader: JoinHandle<()>,
     started: Instant,
@@ -57,11 +57,17 @@ struct RawH2 {
 
 impl RawH2 {
     async fn connect(addr: SocketAddr, ack_pings: bool) -> RawH2 {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut read, mut write) = stream.into_split();
+        Self::over(TcpStream::connect(addr).await.expect("connect"), ack_pings).await
+    }
+
+    /// The client over an established stream (TLS with ALPN h2, or TCP).
+    async fn over<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, ack_pings: bool) -> RawH2 {
+        let (mut read, write) = tokio::io::split(stream);
+        let mut write: Box<dyn AsyncWrite + Send + Unpin> = Box::new(write);
         let mut hello = PREFACE.to_vec();
         hello.extend(frame(SETTINGS, 0, &[]));
         write.write_all(&hello).await.expect("preface");
+        write.flush().await.expect("preface");
         let write = Arc::new(Mutex::new(write));
         let seen = Arc::new(Seen::default());
         let (w, s) = (write.clone(), seen.clone());
@@ -94,7 +100,9 @@ impl RawH2 {
                         _ => None,
                     };
                     if let Some(a) = answer {
-                        let _ = w.lock().await.write_all(&a).await;
+                        let mut w = w.lock().await;
+                        let _ = w.write_all(&a).await;
+                        let _ = w.flush().await;
                     }
                 }
             }
@@ -105,7 +113,8 @@ impl RawH2 {
 
     /// Sends bytes; false once the connection is gone.
     async fn send(&self, bytes: &[u8]) -> bool {
-        self.write.lock().await.write_all(bytes).await.is_ok()
+        let mut w = self.write.lock().await;
+        w.write_all(bytes).await.is_ok() && w.flush().await.is_ok()
     }
 
     /// Waits until the server closed the connection; how long after connecting.
@@ -161,12 +170,22 @@ async fn pings_do_not_keep_an_idle_h2_connection_open() {
     p.stop().await;
 }
 
-/// A client sending `count` copies of `one` as fast as it can (its reader takes the answers) is cut.
+/// A client sending copies of `one` as fast as it can (its reader takes the answers) is cut.
 async fn flood_is_cut(one: Vec<u8>, reason: &str) {
     let b = Backend::start("b").await;
     let (p, _dir) = proxy("h2_max_control_frames_per_sec = 50", &b).await;
     let web = p.addr("web");
     let c = RawH2::connect(web, true).await;
+    flood(c, &one).await;
+    assert_eq!(cut(&p, reason), 1.0);
+    // Others are served.
+    let mut h2 = H2Conn::connect(web).await;
+    assert_eq!(h2.get("x", "/").await.expect("a well-behaved h2 client").status, 200);
+    p.stop().await;
+}
+
+/// Sends bursts of 200 copies of `one` until the server cuts the connection, which must be soon.
+async fn flood(c: RawH2, one: &[u8]) {
     let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 200).collect();
     let start = Instant::now();
     let mut sent = 0;
@@ -177,11 +196,6 @@ async fn flood_is_cut(one: Vec<u8>, reason: &str) {
     assert!(sent < 50, "the flood ({} frames) was never cut", sent * 200);
     let took = c.closed_within(Duration::from_secs(5)).await;
     assert!(start.elapsed() < Duration::from_secs(3), "cut after {took:?}");
-    assert_eq!(cut(&p, reason), 1.0);
-    // Others are served.
-    let mut h2 = H2Conn::connect(web).await;
-    assert_eq!(h2.get("x", "/").await.expect("a well-behaved h2 client").status, 200);
-    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +206,26 @@ async fn a_ping_flood_is_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settings_flood_is_cut() {
     flood_is_cut(frame(SETTINGS, 0, &[0, 3, 0, 0, 0, 100]), "h2_control_flood").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_over_tls_h2_is_cut() {
+    let b = Backend::start("b").await;
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path());
+    pki.leaf("site", &["h2.test"]);
+    let cfg = format!(
+        "[limits]\nh2_max_control_frames_per_sec = 50\n\
+         [[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\n[listener.tls]\n\
+         [[certificate]]\nname = \"site\"\ncert = \"site.pem\"\nkey = \"site.key\"\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n{}",
+        group_toml("g", &[&b], "")
+    );
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let tls = tls_connect(p.addr("tls"), pki.client_config(&["h2"]), "h2.test").await.expect("TLS");
+    assert_eq!(tls.alpn.as_deref(), Some("h2"));
+    let c = RawH2::over(tls.stream, true).await;
+    flood(c, &frame(PING, 0, &[9; 8])).await;
+    assert_eq!(cut(&p, "h2_control_flood"), 1.0);
+    p.stop().await;
 }
