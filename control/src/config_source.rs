@@ -69,6 +69,8 @@ fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
 
 /// Loads the config once more and hands it to the reconciler. Returns whether it was accepted.
 pub fn reload(origin: &ConfigOrigin, reconciler: &Mutex<Reconciler>, why: &str) -> bool {
+    // Zone files are read again too, whether or not the config changed (they are not part of it).
+    padis_dns::request_zone_reload();
     let loaded = origin.load();
     let mut r = reconciler.lock().unwrap_or_else(|p| p.into_inner());
     // `apply_config` records its own rejections (a clash with a dynamic source); record load failures here.
