@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::h2watch::H2Watch;
+
 /// The answer to a client too slow to send its request head.
 pub(crate) const REQUEST_TIMEOUT_REPLY: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
@@ -98,78 +100,6 @@ pub(crate) const CUT_SEND_TIMEOUT: &str = "send_timeout";
 /// `cut` reason: more HTTP/2 PING/SETTINGS frames than the budget.
 pub(crate) const CUT_H2_FLOOD: &str = "h2_control_flood";
 
-const FRAME_HEAD: usize = 9;
-const FRAME_SETTINGS: u8 = 4;
-const FRAME_PING: u8 = 6;
-const FLAG_ACK: u8 = 1;
-/// The client's HTTP/2 connection preface.
-const H2_FULL_PREFACE: usize = 24;
-
-/// Follows the frames of an HTTP/2 client's byte stream (their 9-byte heads; payloads are skipped) and keeps a
-/// token bucket for the PING and SETTINGS frames that are not acknowledgements: each one makes the server write
-/// an acknowledgement, and h2 has no bound of its own on how many a client may send.
-struct FrameBudget {
-    /// Bytes still to skip (the preface, then the current frame's payload).
-    skip: usize,
-    head: [u8; FRAME_HEAD],
-    head_len: usize,
-    tokens: f64,
-    per_sec: f64,
-    last: Instant,
-}
-
-impl FrameBudget {
-    fn new(per_sec: u32) -> FrameBudget {
-        let per_sec = f64::from(per_sec.max(1));
-        FrameBudget {
-            skip: H2_FULL_PREFACE,
-            head: [0; FRAME_HEAD],
-            head_len: 0,
-            tokens: 2.0 * per_sec,
-            per_sec,
-            last: Instant::now(),
-        }
-    }
-
-    /// Follows `data`; false when a control frame went over the budget.
-    fn scan(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (FRAME_HEAD - self.head_len).min(data.len());
-            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
-            self.head_len += n;
-            data = &data[n..];
-            if self.head_len < FRAME_HEAD {
-                break;
-            }
-            self.head_len = 0;
-            let h = &self.head;
-            self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-            if matches!(h[3], FRAME_PING | FRAME_SETTINGS) && h[4] & FLAG_ACK == 0 && !self.take() {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
-        self.last = now;
-        self.tokens = (self.tokens + refill).min(2.0 * self.per_sec);
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 /// Wraps a client stream. While no request is in flight, the first byte of a request head starts a
 /// `header_timeout` deadline (also started at accept); if the head is not complete by then, the next read writes a
 /// 408 and fails, which ends the connection. Disabled for HTTP/2 (ALPN h2 or the h2c preface) and once the
@@ -177,7 +107,8 @@ impl FrameBudget {
 ///
 /// A write (or flush) that cannot go on starts a `send_timeout` deadline, which any progress ends; when it passes,
 /// the write fails (`TimedOut`), which ends the connection and releases its backend connections. On HTTP/2 the
-/// client's PING and SETTINGS frames are counted against a budget ([`FrameBudget`]); over it, the read fails.
+/// client's PING and SETTINGS frames are counted against a budget, over which the read fails, and a response that
+/// waits for the client to grant flow-control window is a stalled write too (see [`H2Watch`]).
 ///
 /// The timer is coarse: it stays armed at the deadline it was set for, and when it fires before the deadline in
 /// force (a later head started since) it is moved then, so a keep-alive connection does not touch the timer wheel
@@ -199,8 +130,10 @@ pub(crate) struct TimedIo<I> {
     send_deadline: Option<Instant>,
     send_timer: Option<Pin<Box<Sleep>>>,
     h2_control_per_sec: u32,
-    /// The HTTP/2 control-frame budget (HTTP/2 connections only).
-    frames: Option<FrameBudget>,
+    /// The watch over HTTP/2 frames (HTTP/2 connections only).
+    h2watch: Option<H2Watch>,
+    /// Wakes the connection when a response stalled for want of window has waited `send_timeout`.
+    stall_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> TimedIo<I> {
@@ -220,8 +153,25 @@ impl<I> TimedIo<I> {
             send_deadline: None,
             send_timer: None,
             h2_control_per_sec: limits.h2_control_per_sec,
-            frames: h2.then(|| FrameBudget::new(limits.h2_control_per_sec)),
+            h2watch: h2.then(|| H2Watch::new(limits.h2_control_per_sec)),
+            stall_timer: None,
         }
+    }
+
+    /// Whether an HTTP/2 response has waited `send_timeout` for the client to grant window; otherwise makes sure
+    /// the task wakes when it will have.
+    fn response_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.h2watch.as_ref().and_then(H2Watch::stalled_since) else { return false };
+        let at = since + self.send_timeout;
+        if Instant::now() >= at {
+            return true;
+        }
+        let at = tokio::time::Instant::from_std(at);
+        let timer = self.stall_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// After a write or flush of the inner stream: `pending` starts (or keeps) the send deadline and makes sure the
@@ -269,6 +219,10 @@ impl<I> TimedIo<I> {
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.response_stalled(cx) {
+            let _ = this.state.cut.set(CUT_SEND_TIMEOUT);
+            return send_timeout_error();
+        }
         loop {
             if let Some(off) = this.reply_off {
                 let mut off = off;
@@ -312,13 +266,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                                 this.h2 = true;
                                 this.deadline = None;
                                 this.timer = None;
-                                this.frames = Some(FrameBudget::new(this.h2_control_per_sec));
+                                this.h2watch = Some(H2Watch::new(this.h2_control_per_sec));
                             }
                         }
-                        match &mut this.frames {
+                        match &mut this.h2watch {
                             None => this.state.touch(),
-                            Some(f) => {
-                                if !f.scan(got) {
+                            Some(w) => {
+                                if w.received(got).is_err() {
                                     let _ = this.state.cut.set(CUT_H2_FLOOD);
                                     return Poll::Ready(Err(io::Error::other("HTTP/2 PING/SETTINGS flood")));
                                 }
@@ -356,12 +310,15 @@ fn send_timeout_error<T>() -> Poll<io::Result<T>> {
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.frames.is_none() {
+        if this.h2watch.is_none() {
             this.state.touch();
         }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if this.send_timed_out(cx, r.is_pending()) {
             return send_timeout_error();
+        }
+        if let (Poll::Ready(Ok(n)), Some(w)) = (&r, &mut this.h2watch) {
+            w.sent(&buf[..*n]);
         }
         r
     }
@@ -372,12 +329,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.frames.is_none() {
+        if this.h2watch.is_none() {
             this.state.touch();
         }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if this.send_timed_out(cx, r.is_pending()) {
             return send_timeout_error();
+        }
+        if let (Poll::Ready(Ok(n)), Some(w)) = (&r, &mut this.h2watch) {
+            let mut left = *n;
+            for b in bufs {
+                let take = left.min(b.len());
+                w.sent(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
         }
         r
     }
@@ -406,35 +374,3 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
 }
 
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
-        f.extend_from_slice(payload);
-        f
-    }
-
-    #[test]
-    fn frame_budget_counts_pings_and_settings_across_splits() {
-        let mut b = FrameBudget::new(5);
-        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        stream.extend(frame(FRAME_SETTINGS, 0, &[0, 3, 0, 0, 0, 100]));
-        // Acknowledgements and other frames (a DATA frame whose payload looks like a PING head) are free.
-        stream.extend(frame(FRAME_SETTINGS, FLAG_ACK, &[]));
-        stream.extend(frame(0, 0, &frame(FRAME_PING, 0, &[0; 8])));
-        for _ in 0..20 {
-            stream.extend(frame(FRAME_PING, FLAG_ACK, &[0; 8]));
-        }
-        for _ in 0..9 {
-            stream.extend(frame(FRAME_PING, 0, &[1; 8]));
-        }
-        // One byte at a time: frame heads split at every boundary.
-        for byte in stream.chunks(1) {
-            assert!(b.scan(byte), "within the burst of 10");
-        }
-        assert!(!b.scan(&frame(FRAME_PING, 0, &[2; 8])), "the 11th control frame is over the budget");
-    }
-}

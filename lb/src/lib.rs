@@ -15,6 +15,7 @@ mod conn;
 mod error;
 mod fast;
 mod forward;
+mod h2watch;
 mod headers;
 mod io;
 mod listener;

@@ -279,3 +279,45 @@ async fn a_slow_but_steady_reader_is_not_cut() {
     }
     p.stop().await;
 }
+
+/// An HTTP/2 client that reads its socket but never grants flow-control window asks for a 1 GiB answer: the
+/// answer stops at the client's window, and after `send_timeout` the connection is cut and the backend connection
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_grants_no_window_is_cut_after_send_timeout() {
+    const SIZE: u64 = 1 << 30;
+    let big = BigBackend::start(SIZE).await;
+    let group = format!("[[group]]\nname = \"g\"\n[[group.backend]]\naddr = \"{}\"\n", big.addr);
+    let (p, _dir) = proxy("send_timeout = \"1s\"", &group).await;
+    let mut client = TcpStream::connect(p.addr("fast")).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS (defaults: 64 KiB windows)
+    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET http://x/ (HPACK: indexed :method GET, :scheme http,
+    // :path /, literal :authority x).
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
+    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    hello.extend_from_slice(&block);
+    let start = Instant::now();
+    client.write_all(&hello).await.expect("request");
+    // Reads everything the server sends (no WINDOW_UPDATE ever) until it closes.
+    let reader = tokio::spawn(async move {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n as u64,
+            }
+        }
+    });
+    while !big.closed.load(Ordering::SeqCst) {
+        assert!(start.elapsed() < Duration::from_secs(15), "the backend connection was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}, before the send timeout");
+    let got = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the client was cut").expect("reader");
+    assert!(got < 256 * 1024, "the answer stopped at the client's window ({got} bytes came)");
+    assert_eq!(p.metric("padis_http_connections_cut_total", &[("reason", "send_timeout")]), 1.0);
+    p.stop().await;
+}
