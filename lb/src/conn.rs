@@ -178,6 +178,8 @@ async fn serve_http<I>(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // A client that shuts its write side after its requests still gets its answers (as on the fast path).
+        .half_close(true)
         // The head deadline is `TimedIo`'s (it answers 408); hyper's own would arm a timer for every request.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))

@@ -46,9 +46,13 @@ fn local(status: StatusCode, msg: &'static str, mut done: Box<Completion>) -> Re
     r
 }
 
-/// The answer the policy chose.
-fn answer(l: Local, done: Box<Completion>) -> Response<RespBody> {
+/// The answer the policy chose; `close` when the request's body was left unread (HTTP/1.x): the connection
+/// cannot carry another request (the fast path closes in the same case).
+fn answer(l: Local, done: Box<Completion>, close: bool) -> Response<RespBody> {
     let mut r = local(l.status, l.msg, done);
+    if close {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(v) = l.location.and_then(|loc| HeaderValue::from_str(&loc).ok()) {
         r.headers_mut().insert(header::LOCATION, v);
     }
@@ -93,10 +97,11 @@ fn head_of(req: &Request<Incoming>) -> policy::Head<'_> {
 
 async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completion>) -> Response<RespBody> {
     let rt = ctx.plane.runtime.load_full();
+    let unread = req.version() != Version::HTTP_2 && !req.body().is_end_stream();
     let head = head_of(&req);
     let admitted = match policy::admit(&head, &mut done.host) {
         Ok(a) => a,
-        Err(l) => return answer(l, done),
+        Err(l) => return answer(l, done, unread),
     };
     // The Host and target the backend receives: the authority and the normalised target.
     let host_value = admitted.rewrite_host.then(|| HeaderValue::from_str(admitted.host));
@@ -117,7 +122,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         Ok(r) => r,
         Err((l, route)) => {
             done.route = route.cloned();
-            return answer(l, done);
+            return answer(l, done, unread);
         }
     };
     done.route = Some(route.clone());
@@ -128,7 +133,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     });
     let target = access_target.or(target);
     match (host_value, target) {
-        (Some(Err(_)), _) | (_, Some(Err(_))) => return answer(policy::BAD_TARGET, done),
+        (Some(Err(_)), _) | (_, Some(Err(_))) => return answer(policy::BAD_TARGET, done, unread),
         (host, target) => {
             if let Some(Ok(h)) = host {
                 req.headers_mut().insert(header::HOST, h);
@@ -153,7 +158,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     let mut exclude: Vec<SocketAddr> = Vec::new();
     let (pick, conn) = loop {
         let Some(pick) = balancer.select(&select, &exclude) else {
-            return answer(Failure::no_backend(!exclude.is_empty()).answer, done);
+            return answer(Failure::no_backend(!exclude.is_empty()).answer, done, unread);
         };
         let addr = pick.backend.addr;
         let label = rt.backend_labels.get(&addr).cloned().unwrap_or_else(|| addr.to_string().into());
@@ -166,7 +171,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                 ctx.plane.metrics.connect_errors.with_label_values(&[&*upstream.group, backend]).inc();
                 tracing::debug!(backend = %addr, error = %e, "backend connect failed");
                 if !retryable || exclude.len() >= upstream.retries as usize {
-                    return answer(Failure::connect_failed().answer, done);
+                    return answer(Failure::connect_failed().answer, done, unread);
                 }
                 exclude.push(addr);
             }
@@ -177,7 +182,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     let h2_authority = if upstream.h2 { done.backend.as_ref().map(|b| &*b.1) } else { None };
     let uri = match target_uri(&parts.uri, h2_authority, upstream.https) {
         Some(u) => u,
-        None => return answer(policy::BAD_TARGET, done),
+        None => return answer(policy::BAD_TARGET, done, unread),
     };
     parts.uri = uri;
     parts.version = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
@@ -228,7 +233,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     if failure.blame == Blame::Backend {
         pick.backend.health.report_failure();
     }
-    answer(failure.answer, done)
+    answer(failure.answer, done, unread && progress.done_at().is_none())
 }
 
 /// What the response framing check reads of a response head.

@@ -9,3 +9,4 @@ pub mod l7;
 pub mod marathon;
 pub mod netns;
 pub mod process;
+pub mod recording;
