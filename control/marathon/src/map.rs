@@ -1209,4 +1209,29 @@ mod tests {
         let s = map_apps(&Apps::from_json(format!(r#"{{"apps":[{bad}]}}"#).as_bytes()).unwrap(), &cfg());
         assert_eq!(s.problems[0].to_string(), "/nginx: HAPROXY_DEPLOYMENT_ALT_PORT: `x`: expected a port number");
     }
+
+    /// BACKEND_HEALTHCHECK_PORT_INDEX: the port index must exist; pointing at a port without a Marathon health
+    /// check (nothing to follow) is reported, the app served.
+    #[test]
+    fn healthcheck_port_index_follows_marathon_checks() {
+        let app = |checks: &str, index: &str| {
+            let body = format!(
+                r#"{{"apps":[{{"id":"/hc","labels":{{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"hc.test",
+                    "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX":"{index}"}},"portDefinitions":[{{"port":0}},{{"port":0}}],
+                    "healthChecks":[{checks}],"tasks":[{{"id":"hc.1","host":"10.0.0.1","ports":[31000,31001],
+                    "state":"TASK_RUNNING","healthCheckResults":[{{"alive":true}}]}}]}}]}}"#
+            );
+            map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg())
+        };
+        let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":1}"#, "1");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.groups[0].backends.len(), 1);
+        let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":0}"#, "1");
+        assert_eq!(s.problems[0].effect, Effect::LabelIgnored);
+        assert!(s.problems[0].message.contains("no Marathon health check has portIndex 1"), "{}", s.problems[0]);
+        assert_eq!(s.routes.len(), 1);
+        let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":1}"#, "2");
+        assert_eq!(s.problems[0].effect, Effect::AppSkipped);
+        assert!(s.routes.is_empty());
+    }
 }
