@@ -145,6 +145,9 @@ pub fn answer(set: &ZoneSet, req: &[u8], out: &mut Vec<u8>, tcp: bool, server_pa
     let name = &lower[..q.name_len];
     let (zi, apex_off) = set.locate(name)?;
     let zone = set.zones.get(zi)?;
+    if zone.signed && q.edns.is_some_and(|e| e.dnssec_ok) {
+        return None; // signatures and proofs: the general path
+    }
     out.clear();
     // Header: ID, flags (QR, AA, RD and CD copied), counts filled below.
     let rd = req[2] & 0x01;

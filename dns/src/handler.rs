@@ -351,7 +351,11 @@ impl Handler {
             let resp = self.response(&msg, set, ResponseCode::FormErr);
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
         }
+        let dnssec_ok = msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let mut ans = resolve(zone, q.name(), qtype, tcp);
+        if dnssec_ok && zone.signed {
+            crate::resolve::add_dnssec(zone, q.name(), qtype, &mut ans);
+        }
         if let Some((s, e)) = ans.shuffle {
             ans.answers[s..e].shuffle(&mut rand::rng());
         }

@@ -5,6 +5,7 @@
 //! are answered from pre-rendered wire bytes, everything else by a general path on hickory-proto messages.
 //! Secondaries follow by AXFR/IXFR + NOTIFY (TSIG); RFC 2136 updates are journaled so restarts lose nothing.
 
+mod dnssec;
 mod fast;
 mod fasttable;
 #[cfg(feature = "fuzzing")]

@@ -195,3 +195,101 @@ pub fn dependencies(node: &Node) -> Vec<Name> {
     }
     out
 }
+
+/// Adds DNSSEC records to an answer from a pre-signed zone, for a query with the DO bit: the RRSIGs of every
+/// RRset of the answer and authority sections, the DS (or the NSEC proving there is none) of a referral, and the
+/// NSEC records proving an NXDOMAIN (the name and the wildcard) or a NODATA. Wildcard expansions get no proof.
+pub fn add_dnssec(zone: &ZoneData, qname: &Name, qtype: RecordType, ans: &mut Answer) {
+    let qwire = wire_of(qname);
+    let nsec_of = |w: &[u8], out: &mut Vec<Record>| {
+        if let Some(n) = zone.nodes.get(w) {
+            if let Some(s) = n.get(RecordType::NSEC) {
+                out.extend(s.records(&n.name));
+            }
+        }
+    };
+    let negative = ans.answers.is_empty() || ans.answers.iter().all(|r| r.record_type() == RecordType::CNAME);
+    let referral = !ans.aa && ans.authority.iter().any(|r| r.record_type() == RecordType::NS);
+    if referral {
+        if let Some(cut) = ans.authority.first().map(|r| wire_of(&r.name)) {
+            match zone.nodes.get(&cut).and_then(|n| n.get(RecordType::DS).map(|s| (n, s))) {
+                Some((n, ds)) => ans.authority.extend(ds.records(&n.name)),
+                None => nsec_of(&cut, &mut ans.authority),
+            }
+        }
+    } else if ans.rcode == ResponseCode::NXDomain {
+        let mut proofs = Vec::new();
+        if let Some(c) = covering(zone, &qwire) {
+            nsec_of(&c, &mut proofs);
+        }
+        // The closest encloser's wildcard does not exist either.
+        let mut ce: &[u8] = &qwire;
+        while let Some(p) = parent(ce) {
+            ce = p;
+            if zone.nodes.contains_key(ce) || ce == &*zone.origin_wire {
+                break;
+            }
+        }
+        let mut star = b"\x01*".to_vec();
+        star.extend_from_slice(ce);
+        if let Some(c) = covering(zone, &star) {
+            let mut more = Vec::new();
+            nsec_of(&c, &mut more);
+            more.retain(|r| !proofs.contains(r));
+            proofs.extend(more);
+        }
+        ans.authority.extend(proofs);
+    } else if negative && qtype != RecordType::CNAME {
+        // NODATA at the name the chain ended on.
+        let last = ans.answers.last().and_then(|r| match &r.data {
+            RData::CNAME(t) => Some(wire_of(&t.0)),
+            _ => None,
+        });
+        nsec_of(&last.unwrap_or_else(|| qwire.clone()), &mut ans.authority);
+    }
+    sign(zone, &mut ans.answers);
+    sign(zone, &mut ans.authority);
+}
+
+/// Appends the RRSIGs covering each RRset of `records` (found at their owner names).
+fn sign(zone: &ZoneData, records: &mut Vec<Record>) {
+    let mut seen: Vec<(crate::wire::WireName, RecordType)> = Vec::new();
+    let mut sigs = Vec::new();
+    for r in records.iter() {
+        let key = (wire_of(&r.name), r.record_type());
+        if key.1 == RecordType::RRSIG || seen.contains(&key) {
+            continue;
+        }
+        if let Some(set) = zone.nodes.get(&key.0).and_then(|n| n.get(RecordType::RRSIG)) {
+            for d in set.rdatas.iter().filter(|d| crate::dnssec::covered(d) == Some(key.1)) {
+                sigs.push(Record::from_rdata(r.name.clone(), set.ttl, d.clone()));
+            }
+        }
+        seen.push(key);
+    }
+    records.extend(sigs);
+}
+
+/// Labels of a wire name, last first, lowercase: DNSSEC canonical order compares these.
+fn canonical(w: &[u8]) -> Vec<&[u8]> {
+    let mut labels = Vec::new();
+    let mut pos = 0;
+    while let Some(&len) = w.get(pos).filter(|l| **l > 0) {
+        labels.push(&w[pos + 1..pos + 1 + len as usize]);
+        pos += 1 + len as usize;
+    }
+    labels.reverse();
+    labels
+}
+
+/// The owner of the NSEC record covering `w` (the greatest owner before it in canonical order).
+fn covering(zone: &ZoneData, w: &[u8]) -> Option<crate::wire::WireName> {
+    let target = canonical(w);
+    zone.nodes
+        .iter()
+        .filter(|(_, n)| n.get(RecordType::NSEC).is_some())
+        .map(|(k, _)| k)
+        .filter(|k| canonical(k) < target)
+        .max_by(|a, b| canonical(a).cmp(&canonical(b)))
+        .cloned()
+}

@@ -698,7 +698,9 @@ impl ZoneSource {
             }
             None => nodes.values().map(|n| n.record_count()).sum(),
         };
+        let signed = nodes.get(&self.origin_wire).is_some_and(|n| n.get(RecordType::RRSIG).is_some());
         let mut data = ZoneData {
+            signed,
             origin: self.origin.clone(),
             origin_wire: self.origin_wire.clone(),
             serial: self.serial,
@@ -749,14 +751,9 @@ pub fn parse_zone_file(zone: &str, path: &Path, origin: &Name) -> Result<(Static
 
 fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<(StaticZone, Option<(SOA, u32)>), String> {
     let origin_wire = wire_of(origin);
-    let (_, sets) = Parser::new(text, Some(path.to_path_buf()), Some(origin.clone())).parse().map_err(|e| {
-        let m = e.to_string();
-        if ["RRSIG", "NSEC", "DNSKEY", "NSEC3"].iter().any(|t| m.contains(&format!("{t} should be dynamically generated"))) {
-            format!("{m}: DNSSEC-signed zone files (RRSIG, NSEC, NSEC3, DNSKEY records) are not supported")
-        } else {
-            m
-        }
-    })?;
+    // A pre-signed zone: its DNSSEC records are taken out and encoded here (hickory's parser refuses them).
+    let split = crate::dnssec::split(text, origin).map_err(|(_, m)| m)?;
+    let (_, sets) = Parser::new(split.text.as_str(), Some(path.to_path_buf()), Some(origin.clone())).parse().map_err(|e| e.to_string())?;
     // hickory's parser gives owner names in lower case: take them as written from the file.
     let written = owner_names(text, origin);
     let mut records = StaticZone::default();
@@ -774,6 +771,12 @@ fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<(StaticZone
                 d => add_record(&mut records, name, r.ttl, d.clone()),
             }
         }
+    }
+    for (name, ttl, rdata) in split.records {
+        if !in_zone(&wire_of(&name), &origin_wire) {
+            return Err(format!("{name} is outside the zone"));
+        }
+        add_record(&mut records, &name, ttl, rdata);
     }
     Ok((records, soa))
 }

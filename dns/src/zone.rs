@@ -141,6 +141,8 @@ pub struct ZoneData {
     pub fast: FastTable,
     /// The zone has delegations below the apex.
     pub has_cuts: bool,
+    /// Pre-signed (RRSIGs at the apex): answers to queries with the DO bit carry signatures and NSEC proofs.
+    pub signed: bool,
     /// The zone has wildcard names.
     pub has_wildcards: bool,
     /// Negative-answer SOA record after its owner name (type, class, TTL, RDLENGTH, RDATA).
