@@ -350,13 +350,12 @@ impl Reconciler {
                 for err in &errors.0 {
                     let Some((kind, idx)) = ItemKind::from_path(&err.field) else { continue };
                     let Some(&Some((src, i))) = from.get(&kind).and_then(|f| f.get(idx)) else { continue };
-                    let key = (src, kind, i);
-                    if !left_out.contains_key(&key) {
+                    if let std::collections::btree_map::Entry::Vacant(e) = left_out.entry((src, kind, i)) {
                         let reason = RejectReason::of_message(&err.message);
                         let (name, item_origin) = item_names(&self.dynamic, src, kind, i);
                         let message = format!("{}: {}", err.field.split_once('.').map_or("", |x| x.1), err.message);
                         let message = message.trim_start_matches(": ").to_string();
-                        left_out.insert(key, RejectedItem { kind, name, origin: item_origin, reason, message });
+                        e.insert(RejectedItem { kind, name, origin: item_origin, reason, message });
                         found = true;
                     }
                 }

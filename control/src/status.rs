@@ -209,7 +209,7 @@ pub fn render(state: &Value) -> String {
                 .into_iter()
                 .flatten()
                 .find(|h| text(&h["group"]) == text(&g["name"]) && text(&h["backend"]) == addr);
-            let state = if b["draining"] == Value::Bool(true) || b["weight"] == Value::from(0) {
+            let state = if b["draining"] == Value::Bool(true) || b["weight"] == 0 {
                 "draining".to_string()
             } else {
                 h.map(health_word).unwrap_or_else(|| "unchecked".into())

@@ -1,18 +1,22 @@
 //! The daemon under load: 100 config reloads (routes and backends changing) through the real `padis` binary
 //! while keep-alive clients send requests: zero failed requests, zero reset connections.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use padis_tests::l7::{Backend, H1Conn};
-use padis_tests::process::{free_port, http, Padis};
+use padis_tests::process::{free_port, Padis};
 
-fn config(admin: SocketAddr, web: u16, backends: &[&Backend], round: usize) -> String {
+fn config(admin: SocketAddr, sock: &Path, web: u16, backends: &[&Backend], round: usize) -> String {
     let mut s = format!(
-        "[admin]\nlisten = \"{admin}\"\n[log]\nlevel = \"info\"\naccess_log = true\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{web}\"\n\n[[group]]\nname = \"app\"\n"
+        "[admin]\nlisten = \"{admin}\"\nsocket = \"{}\"\n[log]\nlevel = \"info\"\naccess_log = true\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{web}\"\n\n[[group]]\nname = \"app\"\n",
+        sock.display()
     );
     for b in backends {
         s.push_str(&format!("[[group.backend]]\naddr = \"{}\"\n", b.addr));
@@ -25,6 +29,17 @@ fn config(admin: SocketAddr, web: u16, backends: &[&Backend], round: usize) -> S
     s
 }
 
+/// `POST /v1/reload` over the admin socket: (status, body).
+fn reload(sock: &Path) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"POST /v1/reload HTTP/1.1\r\nHost: padis\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_reloads_under_load_fail_no_request() {
     let pool: Vec<Backend> = futures_join(6).await;
@@ -32,7 +47,9 @@ async fn hundred_reloads_under_load_fail_no_request() {
     let path = dir.path().join("padis.toml");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let web = free_port();
-    std::fs::write(&path, config(admin, web, &[&pool[0], &pool[1], &pool[2]], 0)).unwrap();
+    // Reloads go through the admin socket: a changing endpoint needs it (or the token).
+    let sock = dir.path().join("admin.sock");
+    std::fs::write(&path, config(admin, &sock, web, &[&pool[0], &pool[1], &pool[2]], 0)).unwrap();
     let mut padis = Padis::start(&path, admin);
     padis.wait_ready();
     let proxy: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
@@ -74,11 +91,9 @@ async fn hundred_reloads_under_load_fail_no_request() {
     // 100 reloads, each changing the backend set (a window of 3 of 6 backends) and the extra routes.
     for round in 1..=100 {
         let set: Vec<&Backend> = (0..3).map(|i| &pool[(round + i) % pool.len()]).collect();
-        std::fs::write(&path, config(admin, web, &set, round)).unwrap();
-        let (code, body) = tokio::task::spawn_blocking(move || http(admin, "POST", "/v1/reload", None, &[]))
-            .await
-            .unwrap()
-            .unwrap();
+        std::fs::write(&path, config(admin, &sock, web, &set, round)).unwrap();
+        let s = sock.clone();
+        let (code, body) = tokio::task::spawn_blocking(move || reload(&s)).await.unwrap().unwrap();
         assert_eq!(code, 200, "reload {round}: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
