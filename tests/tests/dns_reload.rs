@@ -200,10 +200,10 @@ fn zone_edits_reach_a_bind_secondary_by_ixfr() {
     assert!(!p.log_text().contains(SECRET), "secret in the log");
 }
 
-/// A DNSSEC-signed zone file (signed here by BIND's dnssec-signzone) is not served by this version: `padis
-/// check` says so, naming the file and the line of the first DNSSEC record, instead of passing it.
+/// A DNSSEC-signed zone file (signed here by BIND's dnssec-signzone) passes `padis check` (pre-signed zones are
+/// served as they are); a DNSSEC record that does not parse fails it with file:line.
 #[test]
-fn signed_zone_is_refused_by_check_with_file_line() {
+fn signed_zone_passes_check_and_bad_dnssec_record_fails_with_file_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("sec.zone"), "$ORIGIN sec.test.\n$TTL 60\n@ IN SOA ns.sec.test. a.sec.test. 1 60 10 600 5\n@ IN NS ns\nns IN A 192.0.2.1\n")
@@ -224,8 +224,15 @@ fn signed_zone_is_refused_by_check_with_file_line() {
         format!("[admin]\nlisten = \"127.0.0.1:{}\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\n[[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n", free_port()),
     )
     .unwrap();
-    let out = Command::new(padis_bin()).args(["check", "--config"]).arg(d.join("padis.toml")).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{text}");
-    assert!(text.contains("sec.signed:") && text.contains("DNSSEC-signed zone files"), "{text}");
+    let check = || {
+        let out = Command::new(padis_bin()).args(["check", "--config"]).arg(d.join("padis.toml")).output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+    let line = signed.lines().count() + 1;
+    std::fs::write(d.join("sec.signed"), format!("{signed}bad 60 IN RRSIG A 13 3 60 20270101000000 20261201000000 1 sec.test. !!\n"))
+        .unwrap();
+    let (ok, text) = check();
+    assert!(!ok && text.contains(&format!("sec.signed:{line}")) && text.contains("RRSIG"), "{text}");
 }
