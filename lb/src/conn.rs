@@ -78,7 +78,7 @@ pub(crate) struct Accepted {
 
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
 pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: CancellationToken, hard: CancellationToken) {
-    let _guard = ActiveGuard::new(&plane, &a.listener, a.count.clone(), a.client);
+    let guard = ActiveGuard::new(&plane, &a.listener, a.count.clone(), a.client);
     let _ = a.stream.set_nodelay(true);
     let (limits, tls) = {
         let rt = plane.runtime.load();
@@ -89,7 +89,10 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
         (rt.limits.clone(), l.tls.clone())
     };
     match tls {
-        None => serve_http(plane, a.stream, Mode::Auto, false, a.peer, a.local, a.listener, limits, stop, hard).await,
+        None => {
+            let (peer, local) = (a.peer, a.local);
+            serve_http(plane, a.stream, guard, Mode::Auto, false, peer, local, a.listener, limits, stop, hard).await
+        }
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(a.stream));
@@ -122,7 +125,7 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
                 Some(b"http/1.1") => Mode::H1,
                 _ => Mode::Auto,
             };
-            serve_http(plane, stream, mode, true, a.peer, a.local, a.listener, limits, stop, hard).await
+            serve_http(plane, stream, guard, mode, true, a.peer, a.local, a.listener, limits, stop, hard).await
         }
     }
 }
@@ -140,19 +143,19 @@ pub(crate) async fn serve_handoff(
     prefix: Vec<u8>,
     stop: CancellationToken,
 ) {
-    let _guard = guard;
     let limits = plane.runtime.load().limits.clone();
     let hard = plane.hard.clone();
     // Reads give the bytes already read back first.
     let (read, write) = stream.into_split();
     let io = tokio::io::join(AsyncReadExt::chain(std::io::Cursor::new(prefix), read), write);
-    serve_http(plane, io, Mode::Auto, false, peer, local, listener, limits, stop, hard).await
+    serve_http(plane, io, guard, Mode::Auto, false, peer, local, listener, limits, stop, hard).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     plane: Arc<PlaneShared>,
     io: I,
+    guard: ActiveGuard,
     mode: Mode,
     https: bool,
     peer: SocketAddr,
@@ -165,7 +168,8 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2);
+    // The guard goes with the I/O: an upgraded connection (WebSocket) stays counted until its tunnel ends.
+    let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2).holding(guard);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
     let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default(), counters: RequestCounters::default() });
     let backends = ctx.clone();

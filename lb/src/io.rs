@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::conn::ActiveGuard;
 use crate::h2watch::H2Watch;
 
 /// The answer to a client too slow to send its request head.
@@ -134,6 +135,8 @@ pub(crate) struct TimedIo<I> {
     h2watch: Option<H2Watch>,
     /// Wakes the connection when a response stalled for want of window has waited `send_timeout`.
     stall_timer: Option<Pin<Box<Sleep>>>,
+    /// Counts the connection for as long as its I/O lives (also in an upgraded tunnel).
+    guard: Option<ActiveGuard>,
 }
 
 impl<I> TimedIo<I> {
@@ -155,7 +158,14 @@ impl<I> TimedIo<I> {
             h2_control_per_sec: limits.h2_control_per_sec,
             h2watch: h2.then(|| H2Watch::new(limits.h2_control_per_sec)),
             stall_timer: None,
+            guard: None,
         }
+    }
+
+    /// Keeps `guard` (the connection's counts) until the I/O is dropped.
+    pub fn holding(mut self, guard: ActiveGuard) -> TimedIo<I> {
+        self.guard = Some(guard);
+        self
     }
 
     /// Whether an HTTP/2 response has waited `send_timeout` for the client to grant window; otherwise makes sure

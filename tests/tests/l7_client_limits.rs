@@ -1,8 +1,9 @@
 //! L7 per-client-address limits and the send timeout, through real sockets: the concurrent connections of one
 //! address are counted over all listeners (fast path and hyper path) and the one over the limit is closed at
 //! once while another address (127.0.0.2) still connects; new connections per second likewise; both counted in
-//! `padis_http_connections_rejected_total{reason}`. A client that never reads its (large) answer is cut after
-//! `limits.send_timeout` on both paths, and the backend connection carrying that answer is closed with it.
+//! `padis_http_connections_rejected_total{reason}`; upgraded tunnels count as long as they are open. A client that
+//! never reads its (large) answer is cut after `limits.send_timeout` on both paths (and on HTTP/2 one that grants
+//! no flow-control window), and the backend connection carrying that answer is closed with it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -319,5 +320,45 @@ async fn an_h2_client_that_grants_no_window_is_cut_after_send_timeout() {
     let got = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the client was cut").expect("reader");
     assert!(got < 256 * 1024, "the answer stopped at the client's window ({got} bytes came)");
     assert_eq!(p.metric("padis_http_connections_cut_total", &[("reason", "send_timeout")]), 1.0);
+    p.stop().await;
+}
+
+/// An upgraded connection (a WebSocket-style tunnel) on `to`, its upgrade answered and one echo seen.
+async fn tunnel(to: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(to).await.expect("connect");
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await.expect("head").expect("read");
+        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.expect("echo").expect("read");
+    assert_eq!(&echo, b"ping");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_tunnels_count_against_the_client_limit() {
+    let b = Backend::start("b").await;
+    let (p, _dir) = proxy("max_conns_per_client = 2\nnew_conns_per_client_per_sec = 0", &group_toml("g", &[&b], "")).await;
+    let (fast, hyper) = (p.addr("fast"), p.addr("hyper"));
+    let mut tunnels = vec![tunnel(fast).await, tunnel(hyper).await];
+    assert_eq!(p.metric("padis_active_connections", &[]), 2.0, "open tunnels are open connections");
+    assert!(h1_from("127.0.0.1", hyper).await.is_none(), "a 3rd connection while 2 tunnels are open is refused");
+    assert_eq!(rejected(&p, "per_client_conns"), 1.0);
+    // A tunnel that ends frees its slot.
+    drop(tunnels.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h1_from("127.0.0.1", fast).await.is_none() {
+        assert!(Instant::now() < deadline, "the slot of a closed tunnel never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (An open tunnel would hold the shutdown for its grace.)
+    drop(tunnels);
     p.stop().await;
 }
