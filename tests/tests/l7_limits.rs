@@ -191,3 +191,23 @@ async fn bad_input_gets_errors_and_others_are_served() {
     assert_eq!(b.hits(), 2);
     p.stop().await;
 }
+
+#[test]
+fn client_limit_settings_have_defaults_and_are_validated_with_file_and_line() {
+    let dir = temp_dir();
+    let base = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
+    let valid = padis_model::parse_config(base, "p.toml", dir.path()).expect("defaults are valid");
+    let limits = &valid.state.limits;
+    assert_eq!((limits.max_conns_per_client, limits.new_conns_per_client_per_sec), (1024, 512));
+    assert_eq!((limits.send_timeout, limits.close_grace), (Duration::from_secs(30), Duration::from_secs(5)));
+    assert_eq!(limits.h2_max_control_frames_per_sec, 100);
+    let bad = format!(
+        "{base}[limits]\nmax_conns_per_client = 0\nsend_timeout = \"10ms\"\nclose_grace = \"0s\"\n\
+         h2_max_control_frames_per_sec = 0\n"
+    );
+    let err = padis_model::parse_config(&bad, "p.toml", dir.path()).err().expect("invalid").to_string();
+    for (line, field) in [(6, "limits.send_timeout"), (7, "limits.close_grace"), (8, "limits.h2_max_control_frames_per_sec")] {
+        assert!(err.contains(&format!("p.toml:{line}:")) && err.contains(field), "{field}: {err}");
+    }
+    assert!(!err.contains("max_conns_per_client"), "0 turns the limit off: {err}");
+}
