@@ -205,7 +205,7 @@ fn client_limit_settings_have_defaults_and_are_validated_with_file_and_line() {
         "{base}[limits]\nmax_conns_per_client = 0\nsend_timeout = \"10ms\"\nclose_grace = \"0s\"\n\
          h2_max_control_frames_per_sec = 0\n"
     );
-    let err = padis_model::parse_config(&bad, "p.toml", dir.path()).err().expect("invalid").to_string();
+    let err = padis_model::parse_config(&bad, "p.toml", dir.path()).expect_err("invalid").to_string();
     for (line, field) in [(6, "limits.send_timeout"), (7, "limits.close_grace"), (8, "limits.h2_max_control_frames_per_sec")] {
         assert!(err.contains(&format!("p.toml:{line}:")) && err.contains(field), "{field}: {err}");
     }
