@@ -16,6 +16,9 @@ mod error;
 mod fast;
 mod forward;
 mod h2watch;
+#[cfg(all(feature = "fuzzing", not(test)))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod io;
 mod listener;

@@ -17,14 +17,20 @@ use padis_model::marathon::MarathonConfig;
 use padis_model::{parse_config, validate_state, DesiredState, Snapshot};
 use rustbgpd_wire::Message as BgpMessage;
 
+/// A target's entry function.
+pub type Entry = fn(&[u8]);
+
 /// Every target, by name (the names of `fuzz_targets/*.rs` and `corpus/*`), with its entry function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("dns_message", dns_message),
     ("bgp_message", bgp_message),
     ("bfd_packet", bfd_packet),
     ("marathon_sse", marathon_sse),
     ("marathon_apps", marathon_apps),
     ("config", config),
+    ("http_request_head", http_request_head),
+    ("http_chunked", http_chunked),
+    ("http_response", http_response),
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -192,7 +198,7 @@ fn bgp_read(data: &[u8]) -> (usize, usize) {
         match res {
             Ok(BgpMessage::Open(o)) => {
                 opens += 1;
-                match wire::check_open(&o, 65002, our_id, 90, opens % 2 == 0) {
+                match wire::check_open(&o, 65002, our_id, 90, opens.is_multiple_of(2)) {
                     Ok(p) => {
                         assert!(p.hold_secs <= 90 && p.hold_secs != 1 && p.hold_secs != 2);
                         accepted += 1;
@@ -365,6 +371,27 @@ pub fn config(data: &[u8]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// L7 fast path
+
+/// A request head through the fast path's parser, the request policy's admission and the backend head it
+/// writes; see `padis_lb::fuzzing::request_head` for the checks (the backend frames the body as the fast path
+/// does: no framing header dropped as hop-by-hop).
+pub fn http_request_head(data: &[u8]) {
+    padis_lb::fuzzing::request_head(data);
+}
+
+/// A chunked body through the fast path's decoder, whole and in pieces (first byte: the cuts).
+pub fn http_chunked(data: &[u8]) {
+    padis_lb::fuzzing::chunked_body(data);
+}
+
+/// A backend response through the fast path's response framing (first byte: HEAD request, sticky cookie,
+/// closing client), then its body.
+pub fn http_response(data: &[u8]) {
+    padis_lb::fuzzing::response_head(data);
+}
+
 #[cfg(test)]
 mod tests {
     //! The harnesses reach what they are meant to: the seeds get real answers, not only early rejections.
@@ -399,6 +426,20 @@ mod tests {
         let records: u16 = axfr.iter().map(|m| rcode_and_answers(m).1).sum();
         assert!(records >= 18, "AXFR of the whole zone: {records} records in {} messages", axfr.len());
         dns_cleanup();
+    }
+
+    #[test]
+    fn http_seeds_reach_the_backend_head_and_the_body_framing() {
+        let out = padis_lb::fuzzing::request_head(&seed("http_request_head", "curl_post_form_xff")).expect("fast path");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /api/v1/items HTTP/1.1\r\n") && text.contains("10.0.0.1, 192.0.2.7"), "{text}");
+        // The smuggling case: the body is framed by its Content-Length, which reaches the backend.
+        let out = padis_lb::fuzzing::request_head(&seed("http_request_head", "smuggle_connection_names_length"));
+        assert!(String::from_utf8(out.expect("fast path")).unwrap().contains("Content-Length: 37\r\n"));
+        assert_eq!(padis_lb::fuzzing::chunked_body(&seed("http_chunked", "curl_body")), Some((71, true)));
+        assert_eq!(padis_lb::fuzzing::chunked_body(&seed("http_chunked", "size_overflow")), None);
+        let out = padis_lb::fuzzing::response_head(&seed("http_response", "nginx_chunked_keepalive")).expect("a head");
+        assert!(String::from_utf8(out).unwrap().contains("set-cookie: padis=b1"));
     }
 
     #[test]

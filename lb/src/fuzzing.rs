@@ -1,0 +1,143 @@
+//! Entry points for the fuzz targets (`tests/fuzz`): the fast path's request-head parser, chunked decoder and
+//! response framing, with the request policy's admission phase. Not a stable API.
+//!
+//! The fast path keeps its parsers private to `fast`; this module compiles the very same source files
+//! (`fast/request.rs`, `fast/chunked.rs`, `fast/response.rs`, by `#[path]`) as its own children, so the targets
+//! run the code the proxy runs without widening the fast path's visibility.
+
+#[allow(dead_code, unused_imports)]
+#[path = "fast/chunked.rs"]
+mod chunked;
+#[allow(dead_code, unused_imports)]
+#[path = "fast/request.rs"]
+mod request;
+#[allow(dead_code, unused_imports)]
+#[path = "fast/response.rs"]
+mod response;
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+use crate::headers::ClientId;
+use crate::policy;
+
+/// A request head read by a plaintext listener's fast path: parsed in place; a head the fast path takes goes
+/// through the policy's admission (Host, target normalisation) and is written for the backend. Returns the
+/// backend head when the fast path forwards one.
+///
+/// Checks: the backend head is one complete HTTP/1.1 request head (nothing after it), with no
+/// `Transfer-Encoding`, and the `Content-Length` the fast path frames the body by (the smuggling case of issue
+/// 11: a framing header must never be dropped as hop-by-hop); the admitted target is normalised (admitting it
+/// again changes nothing).
+pub fn request_head(data: &[u8]) -> Option<Vec<u8>> {
+    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let head = match request::parse(data, &mut slots, 100) {
+        request::Parsed::Head(h) => h,
+        request::Parsed::Partial | request::Parsed::Fallback => return None,
+    };
+    assert!(head.len <= data.len());
+    let _ = (head.path(), head.header_map());
+    let mut host = String::new();
+    let admitted = policy::admit(&head.policy_head(), &mut host).ok()?;
+    let again = policy::Head { target: &admitted.target, ..head.policy_head() };
+    let twice = policy::admit(&again, &mut String::new()).expect("an admitted head stays admitted");
+    assert_eq!(twice.target, admitted.target, "target normalisation is not idempotent");
+    let client: SocketAddr = "192.0.2.7:40000".parse().unwrap_or_else(|_| unreachable!());
+    let id = ClientId::new(client, 80, false);
+    let mut out = Vec::new();
+    head.write_backend_head(&admitted.target, &id, &mut out);
+
+    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the backend head"),
+        other => panic!("backend head does not parse ({other:?}): {:?}", String::from_utf8_lossy(&out)),
+    }
+    let field = |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    assert_eq!(field("transfer-encoding"), 0, "Transfer-Encoding on a fast-path request");
+    let length = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"));
+    let length = length.and_then(|h| std::str::from_utf8(h.value).ok()).and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(length.unwrap_or(0), head.body, "the backend frames the body by another length");
+    assert!(field("content-length") <= 1);
+    Some(out)
+}
+
+/// A chunked body through the decoder, whole and cut into pieces (the first byte chooses the cuts). Returns the
+/// bytes that belong to the body and whether it is complete, or `None` for a malformed body.
+///
+/// Checks: the outcome does not depend on the cuts; a complete body takes no byte beyond its end.
+pub fn chunked_body(data: &[u8]) -> Option<(usize, bool)> {
+    let (seed, body) = data.split_first()?;
+    let whole = feed(body, body.len().max(1));
+    let cut = feed(body, usize::from(seed % 16) + 1);
+    assert_eq!(whole, cut, "the chunked decoder depends on how the body was cut");
+    whole
+}
+
+fn feed(body: &[u8], step: usize) -> Option<(usize, bool)> {
+    let mut c = chunked::Chunked::default();
+    let mut taken = 0;
+    for piece in body.chunks(step) {
+        let (n, done) = c.advance(piece).ok()?;
+        assert!(n <= piece.len());
+        taken += n;
+        if done {
+            return Some((taken, true));
+        }
+        assert_eq!(n, piece.len(), "an incomplete body left bytes unread");
+    }
+    Some((taken, false))
+}
+
+/// A backend's response head and body bytes. The first byte: bit 0 the request was HEAD, bit 1 a sticky cookie
+/// is added, bit 2 the client connection closes after it. Returns the head written for the client.
+///
+/// Checks: the head written for the client is one complete HTTP/1.1 response head with at most one way of
+/// framing (never both `Content-Length` and `Transfer-Encoding`), `connection: close` when the body ends with the
+/// backend's close; the body framing takes the rest whole or in pieces alike.
+pub fn response_head(data: &[u8]) -> Option<Vec<u8>> {
+    let (flags, buf) = data.split_first()?;
+    let cookie = HeaderValue::from_static("padis=b1; Path=/");
+    let set_cookie = (flags & 2 != 0).then_some(&cookie);
+    let mut out = Vec::new();
+    let head = match response::parse(buf, flags & 1 != 0, set_cookie, flags & 4 != 0, &mut out) {
+        response::Parsed::Head(h) => h,
+        response::Parsed::Informational(n) => {
+            assert!(n <= buf.len());
+            return Some(out);
+        }
+        response::Parsed::Partial | response::Parsed::Bad => return None,
+    };
+    assert!(head.len <= buf.len());
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the client head"),
+        other => panic!("client head does not parse ({other:?}): {:?}", String::from_utf8_lossy(&out)),
+    }
+    let field = |name: &str| resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    assert!(
+        field("content-length") == 0 || field("transfer-encoding") == 0,
+        "Content-Length and Transfer-Encoding to the client: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    if matches!(head.framing, response::Framing::Close) {
+        assert!(head.close_client && !head.reusable, "a close-delimited body on a kept-alive connection");
+    }
+    let body = &buf[head.len..];
+    let mut whole = head.framing.clone();
+    let mut cut = head.framing;
+    let all = whole.advance(body).ok();
+    let mut pieces = Some((0, false));
+    for p in body.chunks(3) {
+        match pieces {
+            Some((t, false)) => pieces = cut.advance(p).ok().map(|(n, d)| (t + n, d)),
+            _ => break,
+        }
+    }
+    if !body.is_empty() {
+        assert_eq!(all, pieces, "the response framing depends on how the body was cut");
+    }
+    Some(out)
+}
