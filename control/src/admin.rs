@@ -419,7 +419,8 @@ pub fn state_json(state: &AdminState) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": snapshot.generation,
         "snapshot": &*snapshot,
-        "restart_required": reload.restart_required.iter().map(|f| format!("restart required: {f}")).collect::<Vec<_>>(),
+        "restart_required":
+            reload.restart_required.iter().map(|f| format!("restart required: {f}")).collect::<Vec<_>>(),
         "last_reload": reload,
         "sources": sources,
         "planes": reports,

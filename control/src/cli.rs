@@ -97,7 +97,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 /// Runs one admin API command and prints its answer; exit status 1 on any error.
-fn admin_command(name: &str, args: &AdminArgs, f: impl AsyncFnOnce(Endpoint) -> Result<String, StatusError>) -> ExitCode {
+fn admin_command(
+    name: &str,
+    args: &AdminArgs,
+    f: impl AsyncFnOnce(Endpoint) -> Result<String, StatusError>,
+) -> ExitCode {
     let endpoint = match args.endpoint() {
         Ok(e) => e,
         Err(e) => {

@@ -135,7 +135,9 @@ impl Planes {
         // restarts the source with the new settings (a start failure at daemon start is fatal).
         let snap = reader.load();
         let first = match snap.state.marathon.clone() {
-            Some(cfg) => Some(start_marathon(cfg, reconciler.clone(), reports.clone(), extra_registries, &sources, false)?),
+            Some(cfg) => {
+                Some(start_marathon(cfg, reconciler.clone(), reports.clone(), extra_registries, &sources, false)?)
+            }
             None => None,
         };
         background.push(tokio::spawn(supervise_marathon(
@@ -241,7 +243,8 @@ fn start_marathon(
     let registry = Registry::new();
     let (tx, rx) = watch::channel::<Option<MarathonState>>(None);
     let stop = sources.child_token();
-    let source = MarathonSource::spawn(cfg.clone(), tx, &registry, stop.clone()).map_err(|e| anyhow::anyhow!("marathon: {e}"))?;
+    let source =
+        MarathonSource::spawn(cfg.clone(), tx, &registry, stop.clone()).map_err(|e| anyhow::anyhow!("marathon: {e}"))?;
     extra_registries.lock().unwrap_or_else(|p| p.into_inner()).insert("marathon".into(), registry);
     // The first sync waits up to a second for the event stream, then takes one request.
     let sync_deadline = cfg.request_timeout + Duration::from_secs(2);
@@ -279,7 +282,10 @@ async fn supervise_marathon(
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "the Marathon source cannot start with the new settings; the running one stays");
+                        tracing::error!(
+                            error = %e,
+                            "the Marathon source cannot start with the new settings; the running one stays"
+                        );
                         reconciler.lock().unwrap_or_else(|p| p.into_inner()).source_failed("marathon", &e.to_string());
                     }
                 }
@@ -291,8 +297,10 @@ async fn supervise_marathon(
                 }
                 extra_registries.lock().unwrap_or_else(|p| p.into_inner()).remove("marathon");
                 let r = reconciler.clone();
-                let res = tokio::task::spawn_blocking(move || r.lock().unwrap_or_else(|p| p.into_inner()).remove_source("marathon"))
-                    .await;
+                let res = tokio::task::spawn_blocking(move || {
+                    r.lock().unwrap_or_else(|p| p.into_inner()).remove_source("marathon")
+                })
+                .await;
                 if let Ok(Err(e)) = res {
                     tracing::error!(error = %e, "withdrawing Marathon's state failed");
                 }

@@ -232,7 +232,10 @@ impl Reconciler {
                 let started = self.started.get_or_insert_with(|| s.state.clone());
                 let restart_required = crate::restart::required(started, &s.state);
                 for field in &restart_required {
-                    tracing::warn!(field = %field, "restart required: {field} changed; the running value stays until then");
+                    tracing::warn!(
+                        field = %field,
+                        "restart required: {field} changed; the running value stays until then"
+                    );
                 }
                 self.reload = ReloadStatus { ok: true, at_unix: now_unix(), errors: Vec::new(), restart_required };
                 Ok(s)
@@ -409,7 +412,8 @@ impl Reconciler {
         for (source, items) in &self.rejected {
             let now = rejected.get(source).map(Vec::as_slice).unwrap_or(&[]);
             for item in items.iter().filter(|i| !now.iter().any(|n| n.kind == i.kind && n.name == i.name)) {
-                tracing::info!(source = %source, kind = item.kind.as_str(), name = %item.name, "source item no longer rejected");
+                let kind = item.kind.as_str();
+                tracing::info!(source = %source, kind, name = %item.name, "source item no longer rejected");
             }
         }
         let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -441,13 +445,18 @@ fn sort_items(rejected: &mut BTreeMap<String, Vec<RejectedItem>>) {
 type ItemKey = (usize, ItemKind, usize);
 
 /// Name and origin of a source item.
-fn item_names(dynamic: &BTreeMap<String, Contribution>, src: usize, kind: ItemKind, i: usize) -> (String, Option<String>) {
+fn item_names(
+    dynamic: &BTreeMap<String, Contribution>,
+    src: usize,
+    kind: ItemKind,
+    i: usize,
+) -> (String, Option<String>) {
     let Some(c) = dynamic.values().nth(src) else { return (String::new(), None) };
     match kind {
         ItemKind::Group => c.groups.get(i).map(|x| (x.name.clone(), x.origin.clone())),
         ItemKind::Route => c.routes.get(i).map(|x| (x.name.clone(), x.origin.clone())),
         ItemKind::Service => c.services.get(i).map(|x| (x.name.clone(), x.origin.clone())),
-        ItemKind::Vip => c.vips.get(i).map(|x| (x.name.clone(), None)),
+        ItemKind::Vip => c.vips.get(i).map(|x| (x.name.clone(), x.origin.clone())),
     }
     .unwrap_or_default()
 }
@@ -675,6 +684,34 @@ mod tests {
         assert_eq!(s.state.routes.len(), 11);
         assert!(r.rejected("marathon").is_empty());
         assert_eq!((gauge(&r, "invalid"), gauge(&r, "conflict"), gauge(&r, "missing_reference")), (0, 0, 0));
+    }
+
+    /// A source VIP taking the address, port and protocol (or the name) of a config-file VIP is left out; the
+    /// source's other VIPs are published.
+    #[test]
+    fn a_clashing_source_vip_is_rejected_alone() {
+        let mut r = reconciler();
+        let base = format!("{BASE}[[vip]]\nname = \"dns\"\naddr = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\n");
+        r.apply_config(parse_config(&base, "a.toml", Path::new(".")).unwrap(), ".".into()).unwrap();
+        let vip = |name: &str, port: u16| {
+            let v = serde_json::json!({"name": name, "addr": "10.0.0.1", "port": port, "protocol": "udp",
+                                       "origin": format!("marathon:/{name}")});
+            Arc::new(serde_json::from_value::<Vip>(v).unwrap())
+        };
+        let mut c = contribution(2);
+        c.vips = vec![vip("taker", 53), vip("other", 5353), vip("dns", 5354)];
+        let s = r.apply_source("marathon", c).unwrap();
+        let vips: Vec<(&str, u16)> = s.state.vips.iter().map(|v| (v.name.as_str(), v.port)).collect();
+        assert_eq!(vips, [("dns", 53), ("other", 5353)]);
+        assert_eq!(s.state.routes.len(), 3, "the source's routes are applied");
+        assert_eq!(
+            rejected(&r),
+            vec![
+                (ItemKind::Vip, "dns".into(), RejectReason::Conflict),
+                (ItemKind::Vip, "taker".into(), RejectReason::Conflict)
+            ]
+        );
+        assert_eq!(r.rejected("marathon")[1].origin.as_deref(), Some("marathon:/taker"));
     }
 
     /// A source route claiming a host of the config file, or a service named as one of the config file, is left

@@ -124,7 +124,8 @@ pub fn render(state: &Value) -> String {
             let _ = writeln!(out, "  {}", e.as_str().unwrap_or(""));
         }
     }
-    let restart: Vec<&str> = reload["restart_required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let restart: Vec<&str> =
+        reload["restart_required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     if !restart.is_empty() {
         let _ = writeln!(out, "RESTART REQUIRED for changed settings read at start: {}", restart.join(", "));
     }

@@ -60,7 +60,12 @@ fn get_state(admin: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).expect("json")
 }
 
-async fn wait_for(admin: SocketAddr, what: &str, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Duration {
+async fn wait_for(
+    admin: SocketAddr,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         let s = tokio::task::spawn_blocking(move || get_state(admin)).await.unwrap();
@@ -101,7 +106,8 @@ async fn an_app_claiming_a_config_host_is_rejected_alone() {
         .map(|r| (r["name"].as_str().unwrap_or(""), r["host"].as_str().unwrap_or("")))
         .collect();
     assert!(routes.contains(&("ops", "ops.test")), "{routes:?}");
-    assert_eq!(routes.iter().filter(|r| r.1 == "ops.test").count(), 1, "only the config file serves ops.test: {routes:?}");
+    let ops = routes.iter().filter(|r| r.1 == "ops.test").count();
+    assert_eq!(ops, 1, "only the config file serves ops.test: {routes:?}");
     assert!(routes.iter().any(|r| r.1 == "web.test"), "{routes:?}");
     let services: Vec<&str> = st["service"].as_array().unwrap().iter().filter_map(|x| x["name"].as_str()).collect();
     assert_eq!(services.iter().filter(|n| **n == "ledger").count(), 1, "{services:?}");
@@ -118,14 +124,17 @@ async fn an_app_claiming_a_config_host_is_rejected_alone() {
     assert!(reasons.contains(&("service", "marathon:/ledger", "dns_name_owned_by_config")), "{src:#}");
     assert_eq!(rejected.len(), 2, "nothing else is rejected: {src:#}");
     let metrics = p.metrics();
-    let gauge = |reason: &str| metric(&metrics, &format!("padis_source_items_rejected{{reason=\"{reason}\",source=\"marathon\"}}"));
+    let gauge = |reason: &str| {
+        metric(&metrics, &format!("padis_source_items_rejected{{reason=\"{reason}\",source=\"marathon\"}}"))
+    };
     assert_eq!(gauge("host_owned_by_config"), Some(1.0), "{metrics}");
     assert_eq!(gauge("dns_name_owned_by_config"), Some(1.0), "{metrics}");
 
     // Another app's scale-up is applied within the usual latency, while the clash stays.
     let t = Instant::now();
     m.scale("/web", 5);
-    let took = wait_for(admin, "scale-up applied", Duration::from_secs(5), |s| backends_of(s, "marathon:/web:0") == 5).await;
+    let took =
+        wait_for(admin, "scale-up applied", Duration::from_secs(5), |s| backends_of(s, "marathon:/web:0") == 5).await;
     assert!(t.elapsed() < Duration::from_secs(3), "scale-up took {took:?}");
     m.scale("/web", 6);
     m.scale("/evil", 2);
@@ -144,13 +153,15 @@ async fn an_app_claiming_a_config_host_is_rejected_alone() {
     let log = p.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("source item rejected")).collect();
     assert_eq!(lines.len(), 2, "{log}");
-    assert!(lines.iter().any(|l| l.contains("marathon:/evil") && l.contains("host `ops.test` is served by the config file")));
+    let evil = |l: &&str| l.contains("marathon:/evil") && l.contains("host `ops.test` is served by the config file");
+    assert!(lines.iter().any(evil), "{lines:?}");
 
     // The claim goes away: nothing rejected any more, the source is healthy, the gauges are 0.
     m.remove_app("/evil");
     m.remove_app("/ledger");
     wait_for(admin, "claims gone", Duration::from_secs(5), |s| s["sources"]["marathon"]["health"] == "ok").await;
     let metrics = p.metrics();
-    assert_eq!(metric(&metrics, "padis_source_items_rejected{reason=\"host_owned_by_config\",source=\"marathon\"}"), Some(0.0));
+    let host = "padis_source_items_rejected{reason=\"host_owned_by_config\",source=\"marathon\"}";
+    assert_eq!(metric(&metrics, host), Some(0.0), "{metrics}");
     assert!(p.log_text().contains("source item no longer rejected"));
 }

@@ -111,7 +111,8 @@ async fn secrets_appear_in_no_answer_log_or_check_output() {
     // `padis check`: valid, and nothing secret in its output.
     let out = Command::new(padis_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_clean("padis check", &format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_clean("padis check", &output);
 
     // Started by hand (not `Padis::start`, which sets PADIS_LOG=info): every debug line is written too.
     let log = dir.path().join("padis.log");
@@ -135,7 +136,8 @@ async fn secrets_appear_in_no_answer_log_or_check_output() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let state = loop {
         let s: serde_json::Value = serde_json::from_str(&get("/v1/state")).unwrap();
-        if s["snapshot"]["state"]["group"].as_array().is_some_and(|g| g.iter().any(|g| g["name"] == "marathon:/web:0")) {
+        let groups = s["snapshot"]["state"]["group"].as_array().cloned().unwrap_or_default();
+        if groups.iter().any(|g| g["name"] == "marathon:/web:0") {
             break s;
         }
         assert!(std::time::Instant::now() < deadline, "Marathon never synced:\n{s:#}\n{}", p.log_text());
