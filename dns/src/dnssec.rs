@@ -3,8 +3,8 @@
 //! be dynamically generated"), so [`split`] takes them out of the text first (blank lines keep the line
 //! numbers of the rest) and encodes their RDATA itself; they are kept as opaque RDATA (`RData::Unknown`), which
 //! is exactly what goes on the wire. Answers to queries with the DO bit carry the RRSIGs of their RRsets and,
-//! for NXDOMAIN and NODATA, the NSEC records that prove them (NSEC3 records are served when asked for, not yet
-//! chosen as proofs).
+//! for NXDOMAIN and NODATA, the NSEC or NSEC3 records that prove them (NSEC3: RFC 5155 closest-encloser proofs,
+//! hashes computed with the zone's NSEC3PARAM).
 
 use std::str::FromStr;
 

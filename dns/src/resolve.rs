@@ -201,10 +201,18 @@ pub fn dependencies(node: &Node) -> Vec<Name> {
 /// NSEC records proving an NXDOMAIN (the name and the wildcard) or a NODATA. Wildcard expansions get no proof.
 pub fn add_dnssec(zone: &ZoneData, qname: &Name, qtype: RecordType, ans: &mut Answer) {
     let qwire = wire_of(qname);
-    let nsec_of = |w: &[u8], out: &mut Vec<Record>| {
-        if let Some(n) = zone.nodes.get(w) {
-            if let Some(s) = n.get(RecordType::NSEC) {
-                out.extend(s.records(&n.name));
+    let nsec3 = Nsec3::of(zone);
+    // The NSEC (or, in an NSEC3 zone, the NSEC3 matching the name's hash) at a name.
+    let nsec_of = |w: &[u8], out: &mut Vec<Record>| match &nsec3 {
+        Some(p) => {
+            let h = p.owner(zone, w);
+            if let Some(n) = zone.nodes.get(&h) {
+                push_unique(out, n, RecordType::NSEC3);
+            }
+        }
+        None => {
+            if let Some(n) = zone.nodes.get(w) {
+                push_unique(out, n, RecordType::NSEC);
             }
         }
     };
@@ -217,6 +225,28 @@ pub fn add_dnssec(zone: &ZoneData, qname: &Name, qtype: RecordType, ans: &mut An
                 None => nsec_of(&cut, &mut ans.authority),
             }
         }
+    } else if ans.rcode == ResponseCode::NXDomain && nsec3.is_some() {
+        // RFC 5155 7.2.2: the closest encloser's NSEC3, and NSEC3s covering the next closer name and the wildcard.
+        let p = nsec3.clone().unwrap_or_default();
+        let mut ce: &[u8] = &qwire;
+        let mut next_closer: &[u8] = &qwire;
+        while let Some(up) = parent(ce) {
+            next_closer = ce;
+            ce = up;
+            if zone.nodes.contains_key(ce) || ce == &*zone.origin_wire {
+                break;
+            }
+        }
+        let mut proofs = Vec::new();
+        nsec_of(ce, &mut proofs);
+        let mut star = b"\x01*".to_vec();
+        star.extend_from_slice(ce);
+        for w in [next_closer, &star[..]] {
+            if let Some(n) = p.covering(zone, w).and_then(|o| zone.nodes.get(&o)) {
+                push_unique(&mut proofs, n, RecordType::NSEC3);
+            }
+        }
+        ans.authority.extend(proofs);
     } else if ans.rcode == ResponseCode::NXDomain {
         let mut proofs = Vec::new();
         if let Some(c) = covering(zone, &qwire) {
@@ -292,4 +322,86 @@ fn covering(zone: &ZoneData, w: &[u8]) -> Option<crate::wire::WireName> {
         .filter(|k| canonical(k) < target)
         .max_by(|a, b| canonical(a).cmp(&canonical(b)))
         .cloned()
+}
+
+fn push_unique(out: &mut Vec<Record>, node: &crate::zone::Node, t: RecordType) {
+    if let Some(set) = node.get(t) {
+        for r in set.records(&node.name) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+}
+
+/// NSEC3 parameters of a zone (its apex NSEC3PARAM), to hash names (RFC 5155 5).
+#[derive(Debug, Clone, Default)]
+struct Nsec3 {
+    iterations: u16,
+    salt: Vec<u8>,
+}
+
+impl Nsec3 {
+    fn of(zone: &ZoneData) -> Option<Nsec3> {
+        let apex = zone.nodes.get(&zone.origin_wire)?;
+        if apex.get(RecordType::NSEC).is_some() {
+            return None;
+        }
+        let RData::Unknown { rdata, .. } = apex.get(RecordType::NSEC3PARAM)?.rdatas.first()? else { return None };
+        let b = &rdata.anything;
+        // Hash algorithm 1 (SHA-1) is the only one defined.
+        if b.len() < 5 || b[0] != 1 {
+            return None;
+        }
+        let len = b[4] as usize;
+        Some(Nsec3 { iterations: u16::from_be_bytes([b[2], b[3]]), salt: b.get(5..5 + len)?.to_vec() })
+    }
+
+    /// The hashed owner label (base32hex, lowercase) of `w`.
+    fn label(&self, w: &[u8]) -> Vec<u8> {
+        use sha1::Digest;
+        let mut h = sha1::Sha1::new().chain_update(w).chain_update(&self.salt).finalize();
+        for _ in 0..self.iterations {
+            h = sha1::Sha1::new().chain_update(h).chain_update(&self.salt).finalize();
+        }
+        const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+        let mut out = Vec::with_capacity(32);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for b in h {
+            acc = (acc << 8) | u32::from(b);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                out.push(ALPHABET[((acc >> bits) & 31) as usize]);
+            }
+        }
+        if bits > 0 {
+            out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize]);
+        }
+        out
+    }
+
+    /// The wire name of the NSEC3 record for `w`.
+    fn owner(&self, zone: &ZoneData, w: &[u8]) -> crate::wire::WireName {
+        let label = self.label(w);
+        let mut o = Vec::with_capacity(label.len() + 1 + zone.origin_wire.len());
+        o.push(label.len() as u8);
+        o.extend_from_slice(&label);
+        o.extend_from_slice(&zone.origin_wire);
+        o.into()
+    }
+
+    /// The owner of the NSEC3 covering the hash of `w`: the greatest hash below it, or (wrapping) the greatest.
+    fn covering(&self, zone: &ZoneData, w: &[u8]) -> Option<crate::wire::WireName> {
+        let target = self.label(w);
+        let hashed = |k: &crate::wire::WireName| k.get(1..1 + *k.first()? as usize).map(<[u8]>::to_vec);
+        let owners: Vec<(Vec<u8>, &crate::wire::WireName)> = zone
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.get(RecordType::NSEC3).is_some())
+            .filter_map(|(k, _)| hashed(k).map(|h| (h, k)))
+            .collect();
+        let below = owners.iter().filter(|(h, _)| *h < target).max_by(|a, b| a.0.cmp(&b.0));
+        below.or_else(|| owners.iter().max_by(|a, b| a.0.cmp(&b.0))).map(|(_, k)| (*k).clone())
+    }
 }

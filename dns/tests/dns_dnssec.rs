@@ -28,12 +28,22 @@ fn delv(addr: std::net::SocketAddr, anchors: &std::path::Path, name: &str, t: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_zone_served_and_validated() {
+    served_and_validated(&[], "NSEC").await;
+}
+
+/// NSEC3 (salted, iterated): the closest-encloser proof of an NXDOMAIN and the NODATA proof validate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nsec3_zone_served_and_validated() {
+    served_and_validated(&["-3", "aabbccdd", "-H", "2"], "NSEC3").await;
+}
+
+async fn served_and_validated(sign_args: &[&str], proof: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ksk = run(d, Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-f", "KSK", "-n", "ZONE", "sec.test"]));
     let zsk = run(d, Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-n", "ZONE", "sec.test"]));
     std::fs::write(d.join("sec.zone"), format!("{ZONE}$INCLUDE {ksk}.key\n$INCLUDE {zsk}.key\n")).unwrap();
-    run(d, Command::new("dnssec-signzone").args(["-o", "sec.test", "-f", "sec.signed", "sec.zone"]));
+    run(d, Command::new("dnssec-signzone").args(sign_args).args(["-o", "sec.test", "-f", "sec.signed", "sec.zone"]));
     let config = "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n[[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n";
     let s = Server::start(d, config).await;
     let a = s.addr();
@@ -50,7 +60,9 @@ async fn presigned_zone_served_and_validated() {
     assert!(!keys.data("RRSIG").is_empty(), "{}", keys.raw);
     let nx = kdig(a, &["+dnssec", "nothere.sec.test", "A"]);
     assert_eq!(nx.status, "NXDOMAIN");
-    assert!(nx.authority.iter().any(|l| l.contains("\tNSEC\t")) && nx.authority.iter().any(|l| l.contains("\tRRSIG\t")), "{}", nx.raw);
+    let proofs = nx.authority.iter().filter(|l| l.contains(&format!("\t{proof}\t"))).count();
+    // NSEC: one record may cover both the name and the wildcard; NSEC3: the closest encloser and more.
+    assert!(proofs >= if proof == "NSEC3" { 2 } else { 1 } && nx.authority.iter().any(|l| l.contains("\tRRSIG\t")), "{}", nx.raw);
 
     // Validation against the KSK as trust anchor.
     let key = std::fs::read_to_string(d.join(format!("{ksk}.key"))).unwrap();
