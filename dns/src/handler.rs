@@ -471,6 +471,13 @@ impl Handler {
             let resp = result(ResponseCode::Refused);
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
         };
+        if zone.signed {
+            // Its signatures come from the signer: a change made here would be served unsigned (and its SOA's
+            // new serial would break the SOA's signature). A pre-signed zone changes through its file.
+            tracing::info!(%src, zone = %zname, "update of a pre-signed zone refused");
+            let resp = result(ResponseCode::Refused);
+            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+        }
         if !zone.policy.allow_update.is_empty() && !ZonePolicy::allowed(&zone.policy.allow_update, src.ip()) {
             let resp = result(ResponseCode::Refused);
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);

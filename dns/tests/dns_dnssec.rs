@@ -44,7 +44,9 @@ async fn served_and_validated(sign_args: &[&str], proof: &str) {
     let zsk = run(d, Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-n", "ZONE", "sec.test"]));
     std::fs::write(d.join("sec.zone"), format!("{ZONE}$INCLUDE {ksk}.key\n$INCLUDE {zsk}.key\n")).unwrap();
     run(d, Command::new("dnssec-signzone").args(sign_args).args(["-o", "sec.test", "-f", "sec.signed", "sec.zone"]));
-    let config = "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n[[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n";
+    let config = "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n[[dns.tsig_key]]\nname = \"upd\"\n\
+                  secret = \"dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ=\"\n[[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n\
+                  update_key = \"upd\"\n";
     let s = Server::start(d, config).await;
     let a = s.addr();
     let r = s.handle.as_ref().unwrap().report();
@@ -63,6 +65,21 @@ async fn served_and_validated(sign_args: &[&str], proof: &str) {
     let proofs = nx.authority.iter().filter(|l| l.contains(&format!("\t{proof}\t"))).count();
     // NSEC: one record may cover both the name and the wildcard; NSEC3: the closest encloser and more.
     assert!(proofs >= if proof == "NSEC3" { 2 } else { 1 } && nx.authority.iter().any(|l| l.contains("\tRRSIG\t")), "{}", nx.raw);
+
+    // Dynamic updates would be served unsigned: refused.
+    let mut child = Command::new("nsupdate")
+        .args(["-t", "3", "-y", "hmac-sha256:upd:dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ="])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nsupdate");
+    let script = format!("server {} {}\nzone sec.test\nupdate add x.sec.test. 30 A 192.0.2.9\nsend\nquit\n", a.ip(), a.port());
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("REFUSED"), "{text}");
+    assert_eq!(kdig(a, &["x.sec.test", "A"]).status, "NXDOMAIN");
 
     // Validation against the KSK as trust anchor.
     let key = std::fs::read_to_string(d.join(format!("{ksk}.key"))).unwrap();
