@@ -193,4 +193,31 @@ mod tests {
         assert!(matches!(Secret::from_file(&dir).unwrap_err().kind, SecretFileErrorKind::NotAFile));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// `*_file` secrets are read when a config file is loaded, relative to it; both forms at once is an error at
+    /// the file field's line; a state validated later (merged with sources) keeps what was read.
+    #[test]
+    fn config_files_name_their_secret_files() {
+        let dir = std::env::temp_dir().join(format!("padis-secret-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), "tok\n").unwrap();
+        std::fs::set_permissions(dir.join("admin.token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let v = crate::parse_config("[admin]\ntoken_file = \"admin.token\"\n", "t.toml", &dir).unwrap();
+        assert_eq!(v.state.admin.token.as_ref().map(Secret::expose), Some("tok"));
+        let again = crate::validate_state(v.state.clone(), "t.toml", &dir, None).unwrap();
+        assert_eq!(again.state.admin.token, v.state.admin.token);
+        let e = crate::parse_config("[admin]\ntoken = \"x\"\ntoken_file = \"admin.token\"\n", "t.toml", &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml:3:1: admin.token_file: set either `admin.token` or `admin.token_file`"), "{e}");
+        let e = crate::parse_config(
+            "[marathon]\nurls = [\"http://m\"]\n[marathon.auth]\nuser = \"u\"\npassword_file = \"nope\"\n",
+            "t.toml",
+            &dir,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("t.toml:5:1: marathon.auth.password_file:") && e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
