@@ -5,13 +5,13 @@
 //! (`fast/request.rs`, `fast/chunked.rs`, `fast/response.rs`, by `#[path]`) as its own children, so the targets
 //! run the code the proxy runs without widening the fast path's visibility.
 
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, clippy::duplicate_mod)] // the same file as in `fast`, on purpose
 #[path = "fast/chunked.rs"]
 mod chunked;
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, clippy::duplicate_mod)] // the same file as in `fast`, on purpose
 #[path = "fast/request.rs"]
 mod request;
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, clippy::duplicate_mod)] // the same file as in `fast`, on purpose
 #[path = "fast/response.rs"]
 mod response;
 
