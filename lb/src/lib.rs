@@ -29,6 +29,7 @@ mod relay;
 mod routes;
 mod runtime;
 mod streams;
+mod tcp;
 mod tls;
 mod upstream;
 

@@ -69,6 +69,11 @@ pub(crate) async fn accept_loop(
         };
         count.fetch_add(1, Ordering::AcqRel);
         let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().unwrap_or(peer));
+        if plane.runtime.load().listeners.get(&*name).is_some_and(|l| l.tcp.is_some()) {
+            let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone(), client };
+            tracker.spawn(crate::tcp::serve(plane.clone(), a, hard.clone()));
+            continue;
+        }
         let fast_path = plane.runtime.load().listeners.get(&*name).is_some_and(|l| l.fast_path);
         let (stream, client) = match (&fast, fast_path) {
             (Some(loops), true) => {

@@ -27,6 +27,12 @@ pub(crate) struct Metrics {
     /// Client connections the proxy cut for what the client did (or did not do), by listener and reason
     /// (`send_timeout`, `close_grace`, `h2_control_flood`).
     pub cut: IntCounterVec,
+    /// TCP listeners: relayed connections by listener and backend.
+    pub tcp_connections: IntCounterVec,
+    /// TCP listeners: open relayed connections.
+    pub tcp_active: IntGaugeVec,
+    /// TCP listeners: bytes relayed, by listener and direction (`in`: client to backend, `out`: back).
+    pub tcp_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +82,18 @@ impl Metrics {
                 ),
                 &["listener", "reason"],
             )?,
+            tcp_connections: IntCounterVec::new(
+                Opts::new("padis_tcp_connections_total", "Connections relayed by TCP listeners, per backend"),
+                &["listener", "backend"],
+            )?,
+            tcp_active: IntGaugeVec::new(
+                Opts::new("padis_tcp_active_connections", "Open connections of TCP listeners"),
+                &["listener"],
+            )?,
+            tcp_bytes: IntCounterVec::new(
+                Opts::new("padis_tcp_bytes_total", "Bytes relayed by TCP listeners (in: client to backend)"),
+                &["listener", "direction"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -86,6 +104,9 @@ impl Metrics {
         registry.register(Box::new(m.cert_expiry.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
         registry.register(Box::new(m.cut.clone()))?;
+        registry.register(Box::new(m.tcp_connections.clone()))?;
+        registry.register(Box::new(m.tcp_active.clone()))?;
+        registry.register(Box::new(m.tcp_bytes.clone()))?;
         Ok(m)
     }
 }
@@ -111,6 +132,7 @@ impl Metrics {
         drop_stale(&self.duration, "route", routes);
         drop_stale(&self.connect_errors, "group", groups);
         drop_stale(&self.connect_errors, "backend", backends);
+        drop_stale(&self.tcp_connections, "backend", backends);
     }
 }
 

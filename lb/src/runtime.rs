@@ -26,6 +26,8 @@ pub(crate) struct ListenerRt {
     pub tls: Option<Arc<ServerConfig>>,
     /// Plaintext connections start on the HTTP/1.1 fast path.
     pub fast_path: bool,
+    /// `mode = "tcp"`: connections are relayed to a backend of this group (see `tcp`).
+    pub tcp: Option<crate::tcp::TcpListenerRt>,
 }
 
 /// The compiled form of one snapshot.
@@ -100,6 +102,7 @@ impl Runtime {
                     tls_required: l.tls.is_some(),
                     tls,
                     fast_path: l.tls.is_none() && l.fast_path,
+                    tcp: crate::tcp::TcpListenerRt::of(l),
                 },
             );
         }

@@ -268,10 +268,42 @@ pub struct Listener {
     /// upgrades, chunked request bodies, HTTP/1.0, errors — is handed to the general path). Default true.
     #[serde(default = "yes")]
     pub fast_path: bool,
+    /// What it serves: HTTP (routes) or a TCP proxy relaying each connection to a backend of `group`.
+    #[serde(default)]
+    pub mode: ListenerMode,
+    /// `mode = "tcp"`: the backend group connections are relayed to (its balance, connect timeout, retries,
+    /// health checks and PROXY protocol apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `mode = "tcp"`: a relayed connection with no byte in either direction for this long is closed (default:
+    /// the group's `idle_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerMode {
+    /// HTTP/1.1, h2c and (with `tls`) HTTPS, routed by `[[route]]`.
+    #[default]
+    Http,
+    /// A TCP proxy (HAProxy's `mode tcp`): bytes relayed both ways to one backend of `group` per connection.
+    Tcp,
+}
+
+/// The PROXY protocol header sent to a backend before a relayed TCP connection's bytes.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// TLS settings of a listener.
@@ -485,6 +517,9 @@ pub struct BackendGroup {
     /// Active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// TCP listeners: the PROXY protocol header sent to the backend first (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Passive ejection after consecutive failures (on by default).
     #[serde(default = "default_passive")]
     pub passive: Option<PassiveHealth>,

@@ -11,7 +11,7 @@ use crate::error::{ConfigError, ConfigErrors};
 use crate::locate::{line_col, locate};
 use crate::secret;
 use crate::tls::{self, CertMaterial};
-use crate::{Balance, DesiredState, HealthKind};
+use crate::{Balance, DesiredState, HealthKind, ListenerMode};
 
 /// Collects validation errors by field path (`route[2].group`).
 #[derive(Debug, Default)]
@@ -299,6 +299,18 @@ fn check_l7(
         if l.bind == s.admin.listen {
             cx.error(format!("listener[{i}].bind"), "same address as the admin API");
         }
+        if l.mode == ListenerMode::Tcp && l.tls.is_some() {
+            cx.error(format!("listener[{i}].tls"), "a mode = \"tcp\" listener relays bytes as they are: no TLS");
+        }
+        if l.mode == ListenerMode::Http && l.group.is_some() {
+            cx.error(format!("listener[{i}].group"), "only used with mode = \"tcp\" (HTTP listeners use routes)");
+        }
+        if l.mode == ListenerMode::Http && l.idle_timeout.is_some() {
+            cx.error(format!("listener[{i}].idle_timeout"), "only used with mode = \"tcp\"");
+        }
+        if l.idle_timeout.is_some_and(|t| t.is_zero()) {
+            cx.error(format!("listener[{i}].idle_timeout"), "must be greater than 0");
+        }
         if let Some(t) = &l.tls {
             if s.certificates.is_empty() {
                 cx.error(format!("listener[{i}].tls"), "a TLS listener needs at least one [[certificate]]");
@@ -394,6 +406,17 @@ fn check_l7(
         }
     }
     let group_names: HashSet<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+    for (i, l) in s.listeners.iter().enumerate().filter(|(_, l)| l.mode == ListenerMode::Tcp) {
+        match &l.group {
+            None => cx.error(format!("listener[{i}].group"), "a mode = \"tcp\" listener needs a group"),
+            Some(g) if !group_names.contains(g.as_str()) => {
+                cx.error(format!("listener[{i}].group"), format!("no group named `{g}`"))
+            }
+            Some(_) => {}
+        }
+    }
+    let tcp_listeners: HashSet<&str> =
+        s.listeners.iter().filter(|l| l.mode == ListenerMode::Tcp).map(|l| l.name.as_str()).collect();
 
     // Routes. Checks of a route alone are skipped for a known one; references and clashes are always checked,
     // and the field path is only formatted for an error.
@@ -406,6 +429,8 @@ fn check_l7(
         for (j, l) in r.listeners.iter().enumerate() {
             if !listener_names.contains(l.as_str()) {
                 cx.error(format!("{}.listeners[{j}]", p()), format!("no listener named `{l}`"));
+            } else if tcp_listeners.contains(l.as_str()) {
+                cx.error(format!("{}.listeners[{j}]", p()), format!("`{l}` is a mode = \"tcp\" listener (no routes)"));
             }
         }
         if alone {

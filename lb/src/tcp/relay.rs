@@ -1,0 +1,100 @@
+//! Copying bytes both ways between a client and its backend, with the half-close passed on, an idle timeout and
+//! byte counters.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Buffer per direction.
+const BUF: usize = 64 * 1024;
+
+/// The byte counters of one connection.
+pub(crate) struct Counters {
+    /// Client to backend.
+    pub up: IntCounter,
+    /// Backend to client.
+    pub down: IntCounter,
+}
+
+/// How a relayed connection ended (when not by an I/O error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Both sides closed their sending half.
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// The shutdown grace is over.
+    Shutdown,
+}
+
+/// Copies `from` to `to` until end of stream, then shuts `to`'s sending half (the half-close travels on).
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    counter: &IntCounter,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        counter.inc_by(n as u64);
+        last.store(elapsed_ms(start), Ordering::Relaxed);
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Relays between `client` and `backend` until both directions ended, the connection was idle for `idle`, or
+/// `hard`. An error in one direction ends both.
+pub(crate) async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    counters: &Counters,
+    hard: &CancellationToken,
+) -> io::Result<End> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    let up = pipe(cr, bw, &counters.up, &last, start);
+    let down = pipe(br, cw, &counters.down, &last, start);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let mut deadline = tokio::time::Instant::from_std(start) + idle;
+    while !(up_done && down_done) {
+        tokio::select! {
+            r = &mut up, if !up_done => {
+                r?;
+                up_done = true;
+            }
+            r = &mut down, if !down_done => {
+                r?;
+                down_done = true;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let quiet = elapsed_ms(start).saturating_sub(last.load(Ordering::Relaxed));
+                if quiet >= idle_ms {
+                    return Ok(End::Idle);
+                }
+                deadline = tokio::time::Instant::now() + Duration::from_millis(idle_ms - quiet);
+            }
+            _ = hard.cancelled() => return Ok(End::Shutdown),
+        }
+    }
+    Ok(End::Closed)
+}
