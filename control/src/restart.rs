@@ -1,15 +1,16 @@
 //! Settings read only at start: which of them a reloaded config changes (reported by the reload result,
 //! `/v1/state` and a log line as "restart required: <section.field>"; the running value stays until then).
 //!
-//! Everything else is applied by a reload: routes, groups, listeners, limits, certificates, log, admin token and
-//! limits, DNS zones, VIPs, the Marathon source (restarted with its new settings).
+//! Everything else is applied by a reload: routes, groups, listeners, limits, certificates, log level and access
+//! log, admin token and limits, DNS zones, VIPs, the Marathon source (restarted with its new settings).
 
 use padis_model::DesiredState;
 use serde_json::Value;
 
 /// `[section]` fields read only at start, as `(section, fields)`; an empty list is the whole section.
-const START_ONLY: [(&str, &[&str]); 6] = [
+const START_ONLY: [(&str, &[&str]); 7] = [
     ("runtime", &[]),
+    ("log", &["format"]),
     ("admin", &["listen", "socket"]),
     ("l4", &["interfaces", "instance", "xdp_mode", "max_flows", "max_vips", "max_backends", "sync"]),
     ("dns", &["listen", "reuseport", "udp_batch_wait"]),
@@ -62,10 +63,11 @@ mod tests {
         let a = state(&format!("[admin]\nlisten = \"127.0.0.1:9901\"\n[log]\nlevel = \"info\"\n{bgp}"));
         assert!(required(&a, &a).is_empty());
         let b = state(&format!(
-            "[admin]\nlisten = \"127.0.0.1:9902\"\n[log]\nlevel = \"debug\"\n[runtime]\nworker_threads = 2\n{}",
+            "[admin]\nlisten = \"127.0.0.1:9902\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\
+             [runtime]\nworker_threads = 2\n{}",
             bgp.replace("65000", "65002")
         ));
-        assert_eq!(required(&a, &b), ["runtime.worker_threads", "admin.listen", "bgp.peer"]);
+        assert_eq!(required(&a, &b), ["runtime.worker_threads", "log.format", "admin.listen", "bgp.peer"]);
         let c = state("[admin]\nlisten = \"127.0.0.1:9901\"\n[ospf]\ntable = 100\n");
         assert_eq!(required(&a, &c), ["bgp", "ospf"]);
     }
