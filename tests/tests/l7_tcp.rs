@@ -276,6 +276,7 @@ async fn drained_backend_keeps_its_open_connection() {
     echo_on(&mut on_b, b"b drained, still open").await.unwrap();
     echo_on(&mut old, b"still").await.unwrap();
     assert_eq!((a.conns(), b.conns()), (4, 4));
+    drop((old, on_b));
     p.stop().await;
 }
 
@@ -330,6 +331,7 @@ async fn proxy_protocol_headers_name_the_client() {
         echo_on(&mut c, b"payload after the header").await.unwrap();
         let client = c.local_addr().unwrap();
         assert_eq!(b.seen.lock().unwrap().clone(), vec![client], "{version}");
+        drop(c);
         p.stop().await;
     }
 }
@@ -363,7 +365,8 @@ async fn per_client_limit_and_graceful_stop() {
     echo_on(&mut one, b"1").await.unwrap();
     echo_on(&mut two, b"2").await.unwrap();
     assert!(round_trip(t, b"3").await.map(|v| v.is_empty()).unwrap_or(true), "a third connection is refused");
-    assert_eq!(p.metric("padis_http_connections_rejected_total", &[("listener", "t"), ("reason", "per_client_conns")]), 1.0);
+    let rejected = [("listener", "t"), ("reason", "per_client_conns")];
+    assert_eq!(p.metric("padis_http_connections_rejected_total", &rejected), 1.0);
     drop(two);
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Graceful stop: no new connections, the open one finishes.
@@ -414,7 +417,9 @@ name = \"g\"
 addr = \"127.0.0.1:9\"
 ";
     let err = padis_model::parse_config(bad, "t.toml", dir.path()).expect_err("invalid").to_string();
-    for (line, what) in [(6, "needs a group"), (15, "no group named `nope`"), (20, "only used with mode"), (24, "`a` is a mode")] {
+    let expected =
+        [(6, "needs a group"), (15, "no group named `nope`"), (20, "only used with mode"), (24, "`a` is a mode")];
+    for (line, what) in expected {
         assert!(err.contains(&format!("t.toml:{line}:")) && err.contains(what), "{what} at {line}: {err}");
     }
     let tls = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\ngroup = \"g\"\n[listener.tls]\n\n\
