@@ -426,6 +426,9 @@ addr = \"127.0.0.1:9\"
                [[group]]\nname = \"g\"\n";
     let err = padis_model::parse_config(tls, "t.toml", dir.path()).expect_err("invalid").to_string();
     assert!(err.contains("t.toml:6:") && err.contains("no TLS"), "{err}");
+    let pp = "[[group]]\nname = \"g\"\nproxy_protocol = \"v1\"\n";
+    let err = padis_model::parse_config(pp, "t.toml", dir.path()).expect_err("invalid").to_string();
+    assert!(err.contains("t.toml:3:") && err.contains("only sent by mode"), "{err}");
     let mode = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"udp\"\n";
     let err = padis_model::parse_config(mode, "t.toml", dir.path()).expect_err("invalid").to_string();
     assert!(err.contains("t.toml:4:"), "{err}");

@@ -412,7 +412,20 @@ fn check_l7(
             Some(g) if !group_names.contains(g.as_str()) => {
                 cx.error(format!("listener[{i}].group"), format!("no group named `{g}`"))
             }
-            Some(_) => {}
+            Some(g) => {
+                if s.groups.iter().any(|x| x.name == *g && x.tls.is_some()) {
+                    let why = format!("`{g}` has tls: a TCP listener relays bytes as they are");
+                    cx.error(format!("listener[{i}].group"), why);
+                }
+            }
+        }
+    }
+    let tcp_groups: HashSet<&str> =
+        s.listeners.iter().filter(|l| l.mode == ListenerMode::Tcp).filter_map(|l| l.group.as_deref()).collect();
+    for (i, g) in s.groups.iter().enumerate() {
+        if g.proxy_protocol.is_some() && !tcp_groups.contains(g.name.as_str()) {
+            let why = "only sent by mode = \"tcp\" listeners; none uses this group";
+            cx.error(format!("group[{i}].proxy_protocol"), why);
         }
     }
     let tcp_listeners: HashSet<&str> =
