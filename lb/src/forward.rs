@@ -92,6 +92,9 @@ fn head_of(req: &Request<Incoming>) -> policy::Head<'_> {
         host,
         target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         length_and_chunked: h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH),
+        upgrade_with_body: (h.contains_key(header::UPGRADE) || headers::connection_has(h, "upgrade"))
+            && (h.contains_key(header::TRANSFER_ENCODING)
+                || h.get_all(header::CONTENT_LENGTH).iter().any(|v| v.as_bytes().iter().any(|&b| b != b'0'))),
     }
 }
 

@@ -16,6 +16,11 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection(headers).has("upgrade")
 }
 
+/// Whether the `Connection` fields of `headers` list `token`.
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection(headers).has(token)
+}
+
 /// The names the `Connection` fields of `headers` list.
 fn connection(headers: &HeaderMap) -> Connection<'_> {
     Connection::new(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))

@@ -118,6 +118,9 @@ async fn the_host_that_routes_is_the_host_the_backend_receives() {
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "GET http://user@h.test/ HTTP/1.1\r\nHost: h.test\r\n\r\n",
+            // An upgrade's bytes after the head are the new protocol's: a body would be dropped or misread.
+            "POST / HTTP/1.1\r\nHost: h.test\r\nConnection: Upgrade\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: h.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
             let r = send(&p, path, bad.as_bytes()).await;
             assert_eq!(r.first().map(|r| r.status), Some(400), "{path}: {bad:?}");

@@ -96,6 +96,8 @@ impl<'b> Head<'_, 'b> {
             host: self.host,
             target: self.target,
             length_and_chunked: false,
+            // Upgrades and chunked bodies go to the hyper path.
+            upgrade_with_body: false,
         }
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct Head<'a> {
     pub target: &'a str,
     /// Both `Content-Length` and `Transfer-Encoding` are present.
     pub length_and_chunked: bool,
+    /// It asks for a protocol upgrade (an `Upgrade` field or `Connection: upgrade`) and declares a body.
+    pub upgrade_with_body: bool,
 }
 
 /// A request head the proxy takes.
@@ -99,6 +101,8 @@ const BAD_HOST: Local = Local::new(StatusCode::BAD_REQUEST, "bad request: invali
 const NO_HOST: Local = Local::new(StatusCode::BAD_REQUEST, "bad request: missing Host\n");
 const LENGTH_AND_CHUNKED: Local =
     Local::new(StatusCode::BAD_REQUEST, "bad request: both Content-Length and Transfer-Encoding\n");
+/// A target that is not origin-form or has a bad escape.
+pub(crate) const UPGRADE_WITH_BODY: Local = Local::new(StatusCode::BAD_REQUEST, "bad request: upgrade with a body\n");
 /// A target that is not origin-form or has a bad escape.
 pub(crate) const BAD_TARGET: Local = Local::new(StatusCode::BAD_REQUEST, "bad request: invalid target\n");
 
@@ -128,6 +132,10 @@ pub(crate) fn admit<'a>(h: &Head<'a>, host: &mut String) -> Result<Admitted<'a>,
     }
     if h.length_and_chunked {
         return Err(LENGTH_AND_CHUNKED);
+    }
+    // An upgrade's bytes after the head belong to the new protocol: a body would be dropped or misread.
+    if h.upgrade_with_body {
+        return Err(UPGRADE_WITH_BODY);
     }
     let target = target::normalise_target(h.target).map_err(|_| BAD_TARGET)?;
     Ok(Admitted { host: value, rewrite_host, target })
@@ -345,6 +353,7 @@ mod tests {
             host: hosts.first().map(|h| h.as_bytes()),
             target,
             length_and_chunked: false,
+            upgrade_with_body: false,
         }
     }
 
@@ -368,6 +377,9 @@ mod tests {
         let mut h = head(None, &["a"], "/");
         h.length_and_chunked = true;
         assert_eq!(admit(&h, &mut host).unwrap_err(), LENGTH_AND_CHUNKED);
+        let mut h = head(None, &["a"], "/");
+        h.upgrade_with_body = true;
+        assert_eq!(admit(&h, &mut host).unwrap_err(), UPGRADE_WITH_BODY);
     }
 
     #[test]
