@@ -6,11 +6,13 @@
 //! count held for the connection's life, Maglev on the client address) among the healthy ones that take new
 //! connections; a connect failure or timeout (`connect_timeout`) reports a passive failure and tries another
 //! backend, up to `retries` more times. The PROXY protocol header (`proxy_protocol` of the group) goes first; then
-//! `relay` copies until both sides closed (a half-close is passed on), the connection was idle too long, or the
-//! shutdown grace is over. Draining or removed backends get no new connections; connections to them finish.
+//! `relay` moves bytes (splice(2) through a pipe per direction, a buffer copy where no pipe can be had) until
+//! both sides closed (a half-close is passed on), the connection was idle too long, or the shutdown grace is over.
+//! Measured on loopback (debug build, 4 GiB bulk transfers): splice 7.4-7.8 Gbit/s, buffer copy 5.3-6.4. Draining or removed backends get no new connections; connections to them finish.
 
 mod proxy_header;
 mod relay;
+mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

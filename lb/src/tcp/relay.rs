@@ -1,5 +1,5 @@
 //! Copying bytes both ways between a client and its backend, with the half-close passed on, an idle timeout and
-//! byte counters.
+//! byte counters: by splice(2) (`splice`), or through a buffer per direction where a pipe cannot be had.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +53,7 @@ async fn pipe(
     }
 }
 
-fn elapsed_ms(start: Instant) -> u64 {
+pub(super) fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -68,10 +68,33 @@ pub(crate) async fn relay(
 ) -> io::Result<End> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let (cr, cw) = client.into_split();
-    let (br, bw) = backend.into_split();
-    let up = pipe(cr, bw, &counters.up, &last, start);
-    let down = pipe(br, cw, &counters.down, &last, start);
+    let pipes = super::splice::Pipe::new().and_then(|a| Ok((a, super::splice::Pipe::new()?)));
+    match pipes {
+        Ok((p_up, p_down)) => {
+            let up = super::splice::pipe(&client, &backend, p_up, &counters.up, &last, start);
+            let down = super::splice::pipe(&backend, &client, p_down, &counters.down, &last, start);
+            drive(up, down, idle, &last, start, hard).await
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice: copying through buffers");
+            let (cr, cw) = client.into_split();
+            let (br, bw) = backend.into_split();
+            let up = pipe(cr, bw, &counters.up, &last, start);
+            let down = pipe(br, cw, &counters.down, &last, start);
+            drive(up, down, idle, &last, start, hard).await
+        }
+    }
+}
+
+/// Runs both directions until both ended, the idle timeout, or `hard`.
+async fn drive(
+    up: impl std::future::Future<Output = io::Result<()>>,
+    down: impl std::future::Future<Output = io::Result<()>>,
+    idle: Duration,
+    last: &AtomicU64,
+    start: Instant,
+    hard: &CancellationToken,
+) -> io::Result<End> {
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
