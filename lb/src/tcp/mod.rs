@@ -8,7 +8,8 @@
 //! backend, up to `retries` more times. The PROXY protocol header (`proxy_protocol` of the group) goes first; then
 //! `relay` moves bytes (splice(2) through a pipe per direction, a buffer copy where no pipe can be had) until
 //! both sides closed (a half-close is passed on), the connection was idle too long, or the shutdown grace is over.
-//! Measured on loopback (debug build, 4 GiB bulk transfers): splice 7.4-7.8 Gbit/s, buffer copy 5.3-6.4. Draining or removed backends get no new connections; connections to them finish.
+//! Measured on loopback (debug build, 4 GiB bulk transfers): splice 7.4-7.8 Gbit/s, buffer copy 5.3-6.4.
+//! Draining or removed backends get no new connections; connections to them finish.
 
 mod proxy_header;
 mod relay;

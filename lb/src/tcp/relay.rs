@@ -77,13 +77,26 @@ pub(crate) async fn relay(
         }
         Err(e) => {
             tracing::debug!(error = %e, "no pipe for splice: copying through buffers");
-            let (cr, cw) = client.into_split();
-            let (br, bw) = backend.into_split();
-            let up = pipe(cr, bw, &counters.up, &last, start);
-            let down = pipe(br, cw, &counters.down, &last, start);
-            drive(up, down, idle, &last, start, hard).await
+            relay_copy(client, backend, idle, counters, hard).await
         }
     }
+}
+
+/// [`relay`] through a buffer per direction (where splice cannot be used).
+pub(crate) async fn relay_copy(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    counters: &Counters,
+    hard: &CancellationToken,
+) -> io::Result<End> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    let up = pipe(cr, bw, &counters.up, &last, start);
+    let down = pipe(br, cw, &counters.down, &last, start);
+    drive(up, down, idle, &last, start, hard).await
 }
 
 /// Runs both directions until both ended, the idle timeout, or `hard`.
@@ -120,4 +133,66 @@ async fn drive(
         }
     }
     Ok(End::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Two connected sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (a, l.accept().await.unwrap().0)
+    }
+
+    fn counters() -> Counters {
+        Counters { up: IntCounter::new("up", "up").unwrap(), down: IntCounter::new("down", "down").unwrap() }
+    }
+
+    /// Both relays (splice and buffer copy): bytes both ways, half-close passed on, counters, idle timeout.
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_idle() {
+        for splice in [true, false] {
+            let (mut client, proxy_client) = pair().await;
+            let (proxy_backend, mut backend) = pair().await;
+            let c = counters();
+            let hard = CancellationToken::new();
+            let idle = Duration::from_millis(300);
+            let run = async {
+                if splice {
+                    relay(proxy_client, proxy_backend, idle, &c, &hard).await
+                } else {
+                    relay_copy(proxy_client, proxy_backend, idle, &c, &hard).await
+                }
+            };
+            let peers = async {
+                client.write_all(b"request").await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                backend.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got, b"request", "the client's end of stream reached the backend");
+                backend.write_all(b"answer after the half-close").await.unwrap();
+                backend.shutdown().await.unwrap();
+                let mut back = Vec::new();
+                client.read_to_end(&mut back).await.unwrap();
+                assert_eq!(back, b"answer after the half-close");
+            };
+            let (end, ()) = tokio::join!(run, peers);
+            assert_eq!(end.unwrap(), End::Closed, "splice: {splice}");
+            assert_eq!((c.up.get(), c.down.get()), (7, 27));
+
+            let (_client, proxy_client) = pair().await;
+            let (proxy_backend, _backend) = pair().await;
+            let t = Instant::now();
+            let end = if splice {
+                relay(proxy_client, proxy_backend, idle, &c, &hard).await
+            } else {
+                relay_copy(proxy_client, proxy_backend, idle, &c, &hard).await
+            };
+            assert_eq!(end.unwrap(), End::Idle);
+            assert!(t.elapsed() >= idle && t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        }
+    }
 }
