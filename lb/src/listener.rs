@@ -31,8 +31,8 @@ pub(crate) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, L7Error>
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
-/// Accepts connections until `stop`: plaintext ones go to the fast path's loops (`fast`) when the listener uses
-/// it, the others are each served in their own task on `tracker`.
+/// Accepts connections until `stop`: those of a TCP listener are relayed (`tcp`), plaintext ones go to the fast
+/// path's loops (`fast`) when the listener uses it, the others are each served in their own task on `tracker`.
 pub(crate) async fn accept_loop(
     plane: Arc<PlaneShared>,
     name: Arc<str>,
@@ -69,12 +69,14 @@ pub(crate) async fn accept_loop(
         };
         count.fetch_add(1, Ordering::AcqRel);
         let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().unwrap_or(peer));
-        if plane.runtime.load().listeners.get(&*name).is_some_and(|l| l.tcp.is_some()) {
+        let (tcp, fast_path) =
+            plane.runtime.load().listeners.get(&*name).map_or((false, false), |l| (l.tcp.is_some(), l.fast_path));
+        if tcp {
+            // `mode = "tcp"`: relayed to a backend (see `tcp`).
             let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone(), client };
             tracker.spawn(crate::tcp::serve(plane.clone(), a, hard.clone()));
             continue;
         }
-        let fast_path = plane.runtime.load().listeners.get(&*name).is_some_and(|l| l.fast_path);
         let (stream, client) = match (&fast, fast_path) {
             (Some(loops), true) => {
                 match hand_to_loop(&plane, loops, stream, peer, local, &name, &count, &stop, client) {
