@@ -76,6 +76,12 @@ pub(crate) struct Accepted {
     pub client: Option<Box<ClientSlot>>,
 }
 
+/// What a TLS connection negotiated that requests are checked against.
+pub(crate) struct TlsSession {
+    /// The server name the client asked for (lowercase, no trailing dot).
+    pub sni: Option<Box<str>>,
+}
+
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
 pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: CancellationToken, hard: CancellationToken) {
     let guard = ActiveGuard::new(&plane, &a.listener, a.count.clone(), a.client);
@@ -91,9 +97,9 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
     match tls {
         None => {
             let (peer, local) = (a.peer, a.local);
-            serve_http(plane, a.stream, guard, Mode::Auto, false, peer, local, a.listener, limits, stop, hard).await
+            serve_http(plane, a.stream, guard, Mode::Auto, None, peer, local, a.listener, limits, stop, hard).await
         }
-        Some(cfg) => {
+        Some((cfg, _)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(a.stream));
             let res = tokio::select! {
@@ -125,7 +131,9 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
                 Some(b"http/1.1") => Mode::H1,
                 _ => Mode::Auto,
             };
-            serve_http(plane, stream, guard, mode, true, a.peer, a.local, a.listener, limits, stop, hard).await
+            let sni = session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str());
+            let tls = Some(TlsSession { sni });
+            serve_http(plane, stream, guard, mode, tls, a.peer, a.local, a.listener, limits, stop, hard).await
         }
     }
 }
@@ -148,7 +156,7 @@ pub(crate) async fn serve_handoff(
     // Reads give the bytes already read back first.
     let (read, write) = stream.into_split();
     let io = tokio::io::join(AsyncReadExt::chain(std::io::Cursor::new(prefix), read), write);
-    serve_http(plane, io, guard, Mode::Auto, false, peer, local, listener, limits, stop, hard).await
+    serve_http(plane, io, guard, Mode::Auto, None, peer, local, listener, limits, stop, hard).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -157,7 +165,7 @@ async fn serve_http<I>(
     io: I,
     guard: ActiveGuard,
     mode: Mode,
-    https: bool,
+    tls: Option<TlsSession>,
     peer: SocketAddr,
     local: SocketAddr,
     listener: Arc<str>,
@@ -167,11 +175,23 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let https = tls.is_some();
     let state = Arc::new(ConnState::new());
     // The guard goes with the I/O: an upgraded connection (WebSocket) stays counted until its tunnel ends.
     let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2).holding(guard);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
-    let ctx = Arc::new(ConnCtx { plane, listener, peer, https, state: state.clone(), id, local: LocalConns::default(), counters: RequestCounters::default() });
+    let sni = tls.and_then(|t| t.sni);
+    let ctx = Arc::new(ConnCtx {
+        plane,
+        listener,
+        peer,
+        https,
+        sni,
+        state: state.clone(),
+        id,
+        local: LocalConns::default(),
+        counters: RequestCounters::default(),
+    });
     let backends = ctx.clone();
     let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
     // HTTP/2 request streams run in this task too (see `streams`).

@@ -29,6 +29,8 @@ pub(crate) struct ConnCtx {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub https: bool,
+    /// The TLS server name the client asked for (lowercase, no trailing dot).
+    pub sni: Option<Box<str>>,
     pub state: Arc<ConnState>,
     /// Forwarding-header values of this client.
     pub id: headers::ClientId,
@@ -117,6 +119,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         host: &done.host,
         admitted: &admitted,
         https: ctx.https,
+        sni: ctx.sni.as_deref(),
         client: ctx.peer.ip().to_canonical(),
         body_len: req.body().size_hint().exact(),
     };

@@ -22,8 +22,9 @@ pub(crate) struct ListenerRt {
     pub routes: RouteTable,
     /// Whether it terminates TLS.
     pub tls_required: bool,
-    /// Its TLS config (absent if it could not be built: connections are then refused).
-    pub tls: Option<Arc<ServerConfig>>,
+    /// Its TLS config (absent if it could not be built: connections are then refused) and its certificates by
+    /// server name.
+    pub tls: Option<(Arc<ServerConfig>, Arc<tls::SniResolver>)>,
     /// Plaintext connections start on the HTTP/1.1 fast path.
     pub fast_path: bool,
     /// `mode = "tcp"`: connections are relayed to a backend of this group (see `tcp`).

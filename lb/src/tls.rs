@@ -35,27 +35,43 @@ impl Resumption {
 }
 
 /// Certificates by SNI: exact name, then `*.parent` wildcard, then the listener default.
+/// The listener's certificates by server name (exact, then `*.parent`, then the default).
 #[derive(Debug)]
-struct SniResolver {
+pub(crate) struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = hello.server_name() {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(k) = self.exact.get(&name) {
-                return Some(k.clone());
+impl SniResolver {
+    /// The certificate for `name` (lowercase, no trailing dot; `None`: the default).
+    fn pick(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        if let Some(name) = name {
+            if let Some(k) = self.exact.get(name) {
+                return Some(k);
             }
-            if let Some((_, parent)) = name.split_once('.') {
-                if let Some(k) = self.wildcard.get(parent) {
-                    return Some(k.clone());
-                }
+            if let Some(k) = name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)) {
+                return Some(k);
             }
         }
-        self.default.clone()
+        self.default.as_ref()
+    }
+
+    /// Whether a connection made for server name `a` would have got the certificate `b` gets: a request for
+    /// host `b` on a connection for `a` is misdirected otherwise (RFC 9110 §15.5.20).
+    pub fn same_certificate(&self, a: &str, b: &str) -> bool {
+        match (self.pick(Some(a)), self.pick(Some(b))) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        self.pick(name.as_deref()).cloned()
     }
 }
 
@@ -72,7 +88,7 @@ pub(crate) fn server_config(
     certs: &[Arc<CertMaterial>],
     keys: &HashMap<String, Arc<CertifiedKey>>,
     resumption: &Resumption,
-) -> Result<Arc<ServerConfig>, L7Error> {
+) -> Result<(Arc<ServerConfig>, Arc<SniResolver>), L7Error> {
     let offered: Vec<&Arc<CertMaterial>> = certs
         .iter()
         .filter(|c| tls.certificates.is_empty() || tls.certificates.iter().any(|n| n == &c.name))
@@ -89,15 +105,16 @@ pub(crate) fn server_config(
     }
     let default_name = tls.default_certificate.as_deref().or(offered.first().map(|c| c.name.as_str()));
     resolver.default = default_name.and_then(|n| keys.get(n)).cloned();
+    let resolver = Arc::new(resolver);
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| L7Error::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     cfg.ticketer = resumption.ticketer.clone();
     cfg.session_storage = resumption.cache.clone();
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), resolver))
 }
 
 /// The client config towards a group's TLS backends (ALPN is set by the connector from the group protocol).

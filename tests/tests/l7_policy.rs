@@ -182,3 +182,35 @@ async fn a_clients_bad_or_stalled_body_is_its_own_fault_not_the_backends() {
         p.stop().await;
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_the_connections_certificate_was_not_chosen_for_is_misdirected() {
+    let b = RecordingBackend::start().await;
+    let dir = temp_dir();
+    let pki = padis_tests::l7::Pki::new(dir.path());
+    pki.leaf("a", &["a.example"]);
+    pki.leaf("wild", &["*.shared.example"]);
+    let cfg = format!(
+        "[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\n[listener.tls]\ndefault_certificate = \"a\"\n\
+         [[certificate]]\nname = \"a\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+         [[certificate]]\nname = \"wild\"\ncert = \"wild.pem\"\nkey = \"wild.key\"\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n[[group]]\nname = \"g\"\n[[group.backend]]\naddr = \"{}\"\n",
+        b.addr
+    );
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let client = pki.client_config(&["h2", "http/1.1"]);
+    for (sni, host, status) in [
+        ("a.example", "a.example", 200),
+        ("a.example", "x.shared.example", 421),
+        ("x.shared.example", "a.example", 421),
+        // One certificate serves both names: the connection may be reused (h2 coalescing).
+        ("x.shared.example", "y.shared.example", 200),
+        ("x.shared.example", "X.Shared.Example:443", 200),
+    ] {
+        let info = padis_tests::l7::tls_connect(p.addr("tls"), client.clone(), sni).await.expect("tls");
+        let a = padis_tests::l7::tls_get(info, host, "/").await;
+        assert_eq!(a.status, status, "SNI {sni}, Host {host}");
+    }
+    assert_eq!(b.seen().requests.len(), 3, "misdirected requests never reach the backend");
+    p.stop().await;
+}

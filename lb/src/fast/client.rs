@@ -158,6 +158,7 @@ impl Loop {
             host: &c.host,
             admitted: &admitted,
             https: false,
+            sni: None,
             client: c.peer.ip().to_canonical(),
             body_len: Some(head.body),
         };

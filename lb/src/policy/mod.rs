@@ -156,11 +156,14 @@ pub(crate) struct RouteQuery<'a> {
     pub admitted: &'a Admitted<'a>,
     /// The connection is TLS.
     pub https: bool,
+    /// The TLS server name the client asked for.
+    pub sni: Option<&'a str>,
     pub client: IpAddr,
     /// The declared body length (`None`: unknown, chunked or h2 without length).
     pub body_len: Option<u64>,
 }
 
+const MISDIRECTED: Local = Local::new(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
 const LISTENER_GONE: Local = Local::new(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n");
 const NO_ROUTE: Local = Local::new(StatusCode::NOT_FOUND, "no route\n");
 const NO_GROUP: Local = Local::new(StatusCode::SERVICE_UNAVAILABLE, "no backend group\n");
@@ -199,6 +202,13 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
     headers: &H,
 ) -> Result<Routed<'r>, (Local, Option<&'r Arc<CompiledRoute>>)> {
     let lrt = rt.listeners.get(q.listener).ok_or((LISTENER_GONE, None))?;
+    // A request for a host the connection's certificate was not chosen for (HTTP/2 connection reuse, or a
+    // client sending another Host than its SNI) is misdirected: the client must connect for that host.
+    if let (Some(sni), Some((_, certs))) = (q.sni, &lrt.tls) {
+        if sni != q.host && !certs.same_certificate(sni, q.host) {
+            return Err((MISDIRECTED, None));
+        }
+    }
     let route = lrt.routes.lookup(q.host, q.admitted.path()).ok_or((NO_ROUTE, None))?;
     let fail = |l: Local| (l, Some(route));
     if let (Some(port), false) = (route.redirect_https, q.https) {
