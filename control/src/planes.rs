@@ -323,20 +323,25 @@ async fn follow_marathon(
     sync_deadline: Duration,
 ) {
     let mut synced = !restarted;
+    let mut heard = false;
     let mut reported = false;
-    // A restarted source publishes nothing before its first good sync: past this deadline it is shown failing
-    // (the reason is in its own log line), while the previous state stays served.
+    // A source publishes nothing before its first good sync: past this deadline it is shown failing (the reason
+    // is in its own log line); after a restart, the previous state stays served meanwhile.
     let deadline = tokio::time::sleep(sync_deadline);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
-            _ = &mut deadline, if !synced => {
+            _ = &mut deadline, if !heard => {
                 let r = reconciler.clone();
-                let msg = format!(
-                    "the restarted source has not synced within {sync_deadline:?} with the new [marathon] settings \
-                     (see the log); the previous state stays served"
-                );
+                let msg = if restarted {
+                    format!(
+                        "the restarted source has not synced within {sync_deadline:?} with the new [marathon] \
+                         settings (see the log); the previous state stays served"
+                    )
+                } else {
+                    format!("no good sync within {sync_deadline:?} of the start (see the log)")
+                };
                 let _ = tokio::task::spawn_blocking(move || {
                     r.lock().unwrap_or_else(|p| p.into_inner()).source_failed("marathon", &msg)
                 })
@@ -347,6 +352,7 @@ async fn follow_marathon(
             }
         }
         let Some(m) = rx.borrow_and_update().clone() else { continue };
+        heard = true;
         if !synced && !m.status.ok {
             let r = reconciler.clone();
             let status = m.status.clone();

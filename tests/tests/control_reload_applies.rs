@@ -145,3 +145,20 @@ async fn marathon_changes_apply_without_restart_and_start_only_ones_are_reported
     assert_eq!(p.child.id(), pid);
     assert!(p.child.try_wait().unwrap().is_none());
 }
+
+/// A Marathon that never answers from the start: the source is shown failing (not absent, not healthy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_never_syncs_is_shown_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.path().join("padis.toml");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&path, config(admin, &dir.path().join("admin.sock"), free_port(), &dead, "external", "")).unwrap();
+    let mut p = Padis::start(&path, admin);
+    p.wait_ready();
+    wait_for(&p, "source shown failing", |s| {
+        let m = &s["sources"]["marathon"];
+        m["health"] == "failing" && m["status"]["last_error"].as_str().is_some_and(|e| e.contains("no good sync"))
+    })
+    .await;
+}
