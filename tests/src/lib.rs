@@ -2,6 +2,7 @@
 //! Each area keeps its helpers in its own module.
 
 pub mod bgp;
+pub mod differential;
 pub mod dns;
 pub mod ecmp;
 pub mod l4;

@@ -4,18 +4,7 @@
 //! random byte boundaries) go to the fast path and to the hyper path of one proxy, against a recording backend.
 //! For every input both paths must send the backend the same requests and the client the same answers.
 //!
-//! Documented differences, normalised before comparing: header names are compared lowercase and sorted (the
-//! fields of one name keep their order: hyper's header map groups them, and the hyper path updates a forwarding
-//! header where the client had it while the fast path writes it after the others); `X-Forwarded-Port` names the
-//! listener's port; response headers other than the status and body are not compared (`Date`, the order of
-//! fields). Whether the proxy closed the connection after its last answer is not compared either. One known
-//! difference of hyper's, not of the policy: when a connection the fast path handed over goes on with a request
-//! that asks for an `Upgrade` and has a body, hyper may close it without writing the policy's 400 (it writes it
-//! when it reads the socket itself); for such streams only the backend side is compared. A request whose body
-//! turns out malformed after its head went to the backend is cut off there (the backend sees a message cut
-//! short, never a second request). hyper decides to close a keep-alive connection after an answer when the
-//! request's body was not read to its end by then, which depends on timing: when one path closed the connection
-//! with an answer (`connection: close`), the answers and backend requests up to there are compared.
+//! The comparison and its documented differences are in `padis_tests::differential`.
 //!
 //! `PADIS_DIFF_CASES` (default 300) and `PADIS_DIFF_SEED` set the run; `PADIS_DIFF_CASES=0` runs until
 //! `PADIS_DIFF_SECONDS` (default 600) pass, the open-ended form.
@@ -23,8 +12,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use padis_tests::l7::{temp_dir, Proxy};
-use padis_tests::recording::{exchange, parse_responses, Recorded, RecordingBackend};
+use padis_tests::differential::Lane;
 
 /// splitmix64: a small, seedable generator (the case stream must be reproducible from the seed alone).
 struct Rng(u64);
@@ -203,109 +191,6 @@ fn case(rng: &mut Rng) -> (Vec<Vec<u8>>, Vec<bool>) {
     }
     chunks.push(stream[at..].to_vec());
     (chunks, heads)
-}
-
-/// A backend request with the documented differences normalised.
-fn normalised(r: &Recorded) -> String {
-    let mut names: Vec<String> = r.headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
-    names.sort();
-    names.dedup();
-    let mut s = format!("{} {} chunked={}\n", r.method, r.target, r.chunked);
-    for n in names.iter().filter(|n| *n != "x-forwarded-port") {
-        for (_, v) in r.headers.iter().filter(|(h, _)| h.eq_ignore_ascii_case(n)) {
-            let _ = writeln!(s, "{n}: {v}");
-        }
-    }
-    let _ = write!(s, "\n{}", String::from_utf8_lossy(&r.body));
-    s
-}
-
-/// Whether a request of the stream asks for an `Upgrade` and has a body (see the module doc).
-fn upgrade_with_body(stream: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(stream);
-    text.split("\r\n\r\n").any(|head| {
-        head.contains("\nUpgrade:") && (head.contains("\nTransfer-Encoding:") || head.contains("\nContent-Length:"))
-    })
-}
-
-/// One lane: a backend and a proxy with a listener on each path; cases run one after another.
-struct Lane {
-    backend: RecordingBackend,
-    proxy: Proxy,
-    _dir: tempfile::TempDir,
-}
-
-impl Lane {
-    async fn start() -> Lane {
-        let backend = RecordingBackend::start().await;
-        let dir = temp_dir();
-        let cfg = format!(
-            "[limits]\nbody_read_timeout = \"1s\"\n\
-             [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n\
-             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
-             [[route]]\nname = \"admin\"\nhost = \"h.test\"\npath = \"/admin\"\ngroup = \"g\"\n\
-             [[route]]\nname = \"r\"\ngroup = \"g\"\n\
-             [[group]]\nname = \"g\"\nretries = 0\nrequest_timeout = \"3s\"\n[group.passive]\nconsecutive_failures = 1000\n\
-             [[group.backend]]\naddr = \"{}\"\n",
-            backend.addr
-        );
-        let proxy = Proxy::start(&cfg, dir.path()).await;
-        Lane { backend, proxy, _dir: dir }
-    }
-
-    /// Runs one case on both paths at once; the differences found, if any.
-    async fn run(&self, chunks: &[Vec<u8>], heads: &[bool]) -> Option<String> {
-        self.backend.clear();
-        let quiet = Duration::from_millis(300);
-        let limit = Duration::from_secs(5);
-        let (fast, hyper) = tokio::join!(
-            exchange(self.proxy.addr("fast"), chunks, quiet, limit),
-            exchange(self.proxy.addr("hyper"), chunks, quiet, limit)
-        );
-        // Answers the backend gives reach the client before the next request of a stream: wait for stragglers.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let seen = self.backend.seen();
-        let port = |l: &str| self.proxy.addr(l).port().to_string();
-        let of = |l: &str| -> Vec<String> {
-            seen.requests.iter().filter(|r| r.header("x-forwarded-port") == Some(&port(l))).map(normalised).collect()
-        };
-        let mut diff = String::new();
-        if !seen.garbage.is_empty() {
-            let _ = writeln!(diff, "the backend received bytes that are not a request: {:?}", seen.garbage);
-        }
-        let stray = seen.requests.iter().filter(|r| r.header("x-forwarded-port").is_none()).count();
-        if stray > 0 {
-            let _ = writeln!(diff, "{stray} request(s) reached the backend without the proxy's headers (smuggled)");
-        }
-        let (mut fr, mut hr) = (of("fast"), of("hyper"));
-        let answers = |raw: &[u8]| -> (Vec<(u16, Vec<u8>)>, bool) {
-            let (rs, _) = parse_responses(raw, heads);
-            let closed = rs.last().and_then(|r| r.header("connection")).is_some_and(|v| v.contains("close"));
-            (rs.into_iter().map(|r| (r.status, r.body)).collect(), closed)
-        };
-        let ((mut fa, fast_closed), (mut ha, hyper_closed)) = (answers(&fast.0), answers(&hyper.0));
-        // A path that closed the connection with its last answer serves no later request of the stream: compare
-        // what both paths did up to there (see the module doc).
-        if fast_closed && fa.len() < ha.len() {
-            ha.truncate(fa.len());
-            hr.truncate(fr.len());
-        } else if hyper_closed && ha.len() < fa.len() {
-            fa.truncate(ha.len());
-            fr.truncate(hr.len());
-        }
-        if fr != hr {
-            let _ = writeln!(diff, "backend requests differ:\n fast:  {fr:?}\n hyper: {hr:?}");
-        }
-        if fa != ha && !upgrade_with_body(&chunks.concat()) {
-            let _ = writeln!(
-                diff,
-                "client answers differ:\n fast:  {}\n hyper: {}",
-                String::from_utf8_lossy(&fast.0),
-                String::from_utf8_lossy(&hyper.0)
-            );
-        }
-        (!diff.is_empty()).then_some(diff)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
