@@ -176,7 +176,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                 let backend = done.backend.as_ref().map(|b| &*b.1).unwrap_or("");
                 ctx.plane.metrics.connect_errors.with_label_values(&[&*upstream.group, backend]).inc();
                 tracing::debug!(backend = %addr, error = %e, "backend connect failed");
-                if !retryable || exclude.len() >= upstream.retries as usize {
+                if !policy::retry_after_connect_failure(exclude.len(), upstream.retries) {
                     return answer(Failure::connect_failed().answer, done, unread);
                 }
                 exclude.push(addr);

@@ -113,7 +113,7 @@ async fn retries_and_passive_ejection() {
     assert_eq!(c.get("alive"), Some(&20), "every request retried onto the live backend: {c:?}");
     let errors = p.metric("padis_upstream_connect_errors_total", &[("group", "g"), ("backend", dead.as_str())]);
     assert!((1.0..=2.0).contains(&errors), "the dead backend is ejected after 2 failures, got {errors} errors");
-    // POST (not idempotent) is not retried, but the ejected backend is not picked anyway.
+    // A POST after the ejection: the ejected backend is not picked.
     let mut h = H1Conn::connect(web).await;
     let post = http::Request::post("/").header("host", "x").body(http_body_util::Full::new(bytes::Bytes::from("x"))).unwrap();
     assert_eq!(h.send(post).await.unwrap().status, 200);

@@ -214,3 +214,32 @@ async fn a_host_the_connections_certificate_was_not_chosen_for_is_misdirected() 
     assert_eq!(b.seen().requests.len(), 3, "misdirected requests never reach the backend");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connect_failure_sends_any_request_to_another_backend() {
+    // The first backend refuses connections (a port nothing listens on); retries = 1, no ejection.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    for path in PATHS {
+        let b = RecordingBackend::start().await;
+        let dir = temp_dir();
+        let cfg = format!(
+            "[[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
+             [[route]]\nname = \"r\"\ngroup = \"g\"\n\
+             [[group]]\nname = \"g\"\nbalance = \"round_robin\"\nretries = 1\n\
+             [group.passive]\nconsecutive_failures = 1000\n\
+             [[group.backend]]\naddr = \"{dead}\"\n[[group.backend]]\naddr = \"{}\"\n",
+            b.addr
+        );
+        let p = Proxy::start(&cfg, dir.path()).await;
+        for i in 0..4 {
+            // POST is not idempotent, but nothing of it was sent to the refusing backend.
+            let raw = format!("POST /p{i} HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+            let r = send(&p, path, raw.as_bytes()).await;
+            assert_eq!(r.first().map(|r| r.status), Some(200), "{path}: POST /p{i}: {r:?}");
+        }
+        assert_eq!(b.seen().requests.len(), 4, "{path}");
+        assert!(b.seen().requests.iter().all(|r| r.body == b"abc"), "{path}");
+        p.stop().await;
+    }
+}

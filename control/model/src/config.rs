@@ -511,7 +511,7 @@ pub struct BackendGroup {
     /// Idle pooled connections are closed after this.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Retries of idempotent requests on another backend after a connect failure.
+    /// Retries on another backend after a connect failure (any method: nothing of the request was sent).
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Active health check.

@@ -12,6 +12,7 @@ use super::{
     response, token, Backend, BackendState, Buf, ClientState, Framing, Loop, Out, Ready, Start, Step, BACKEND_BUF,
     HIGH_WATER, MAX_RESPONSE_HEAD, TCP_KEEPALIVE,
 };
+use crate::policy;
 
 impl Loop {
     /// An idle connection to `addr`, most recently used first.
@@ -50,7 +51,7 @@ impl Loop {
     }
 
     /// The connection attempt of client `k`'s exchange failed (refused, timed out): reported as the hyper path
-    /// does, then another backend for an idempotent request while retries are left, else 502.
+    /// does, then another backend while retries are left (`policy::retry_after_connect_failure`), else 502.
     pub(super) fn connect_failed(&mut self, k: usize) -> Start {
         let retry = {
             let Some(c) = self.clients.get_mut(k) else { return Start::Answered };
@@ -61,7 +62,7 @@ impl Loop {
             pick.backend.health.report_failure();
             let label = ex.label.as_deref().unwrap_or("");
             self.plane.metrics.connect_errors.with_label_values(&[&*ex.group, label]).inc();
-            let retry = ex.idempotent && ex.exclude.len() < ex.retries as usize;
+            let retry = policy::retry_after_connect_failure(ex.exclude.len(), ex.retries);
             if retry {
                 ex.exclude.push(pick.backend.addr);
             }

@@ -9,7 +9,9 @@
 //!    the body size limit, a backend group and its balancer;
 //! 3. header rewriting — [`hop::Connection::class`] decides what is hop-by-hop, `crate::headers` writes the
 //!    forwarding headers;
-//! 4. [`idempotent`] — which requests may be sent again;
+//! 4. retries — [`retry_after_connect_failure`]: a request whose backend connection could not be opened goes to
+//!    another backend whatever its method (nothing of it was sent); [`idempotent`]: a request that was sent on a
+//!    reused connection that closed before any answer byte is sent again only when idempotent (and bodiless);
 //! 5. [`check_response`] — a backend's response head must have unambiguous framing;
 //! 6. [`Failure`] — what an error is answered with and whose fault it is (a client's fault never counts against
 //!    a backend);
@@ -236,7 +238,14 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
     }
 }
 
-/// Phase 4: whether a request with this method may be sent again (RFC 9110 §9.2.2).
+/// Phase 4: whether a request whose connection attempt to a backend failed goes to another backend, after `tried`
+/// failed attempts: while retries are left, whatever its method — nothing of it was sent (HAProxy's
+/// `retry-on conn-failure`).
+pub(crate) fn retry_after_connect_failure(tried: usize, retries: u32) -> bool {
+    tried < retries as usize
+}
+
+/// Phase 4: whether a request with this method may be sent again once it was sent (RFC 9110 §9.2.2).
 pub(crate) fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
