@@ -124,7 +124,7 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
             keep_alive = keep_alive_timeout(h.value);
         }
     }
-    if policy::check_response(lengths).is_err() || (lengths.lengths > 0 && length.is_none()) {
+    if policy::check_response(lengths).is_err() {
         return Parsed::Bad;
     }
     let framing = if informational || head_request || status == 204 || status == 304 {

@@ -253,7 +253,7 @@ pub(crate) fn idempotent(method: &str) -> bool {
 /// What phase 5 reads of a response head.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ResponseFraming {
-    /// `Content-Length` fields: how many, and whether they all carry the same valid number.
+    /// `Content-Length` fields: how many, and whether they all carry the same valid number (true when none).
     pub lengths: usize,
     pub lengths_agree: bool,
     /// A `Transfer-Encoding` field is present.
@@ -264,9 +264,9 @@ pub(crate) struct ResponseFraming {
 pub(crate) const BAD_RESPONSE: Local = Local::new(StatusCode::BAD_GATEWAY, "bad gateway\n");
 
 /// Phase 5: a response head whose body framing is ambiguous (`Content-Length` with `Transfer-Encoding`,
-/// conflicting lengths) is never passed on: the answer is 502, the backend's fault.
+/// conflicting or invalid lengths) is never passed on: the answer is 502, the backend's fault.
 pub(crate) fn check_response(f: ResponseFraming) -> Result<(), Local> {
-    if (f.lengths > 0 && f.transfer_encoding) || (f.lengths > 1 && !f.lengths_agree) {
+    if (f.lengths > 0 && f.transfer_encoding) || !f.lengths_agree {
         return Err(BAD_RESPONSE);
     }
     Ok(())
@@ -407,7 +407,7 @@ mod tests {
             check_response(ResponseFraming { lengths, lengths_agree, transfer_encoding }).is_ok()
         };
         assert!(f(0, true, false) && f(1, true, false) && f(0, true, true) && f(2, true, false));
-        assert!(!f(1, true, true) && !f(2, false, false));
+        assert!(!f(1, true, true) && !f(2, false, false) && !f(1, false, false));
     }
 
     #[test]
