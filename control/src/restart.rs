@@ -12,7 +12,7 @@ const START_ONLY: [(&str, &[&str]); 7] = [
     ("runtime", &[]),
     ("log", &["format"]),
     ("admin", &["listen", "socket"]),
-    ("l4", &["interfaces", "instance", "xdp_mode", "max_flows", "max_vips", "max_backends", "sync"]),
+    ("l4", &["interfaces", "instance", "xdp_mode", "max_flows", "max_vips", "max_backends", "max_sources", "sync"]),
     ("dns", &["listen", "reuseport", "udp_batch_wait"]),
     ("bgp", &[]),
     ("ospf", &[]),

@@ -65,6 +65,12 @@ impl Fixture {
     pub fn flows(&self) -> usize {
         self.bal.maps.conntrack.len()
     }
+
+    /// New flows of VIP `name` dropped by the per-source-prefix limit (0 for a VIP not installed).
+    pub fn rate_limited(&self, name: &str) -> u64 {
+        let Some((_, v)) = self.prog.installed().into_iter().find(|(_, v)| v.name == name) else { return 0 };
+        padis_l4::stats::vip_rate_drops(&self.bal.maps, v.id).expect("read VIP_RATE_DROPS").packets
+    }
 }
 
 pub use e2e::*;

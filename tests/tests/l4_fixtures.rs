@@ -239,6 +239,82 @@ addr = "10.0.0.11"
     assert_eq!(f.flows(), 1, "denied packets create no entry");
 }
 
+/// `web` (IPv4) and `web6` (IPv6) with a per-source-prefix limit of one new flow per second, burst 5.
+fn limited() -> String {
+    config(
+        r#"
+[l4.source_limit]
+new_flows_per_sec = 1
+burst = 5
+prefix_v4 = 24
+prefix_v6 = 64
+[l4.vip.web]
+table_size = 101
+[[vip]]
+name = "web"
+addr = "192.0.2.1"
+port = 80
+[[vip.backend]]
+addr = "10.0.0.11"
+[l4.vip.web6]
+table_size = 101
+[[vip]]
+name = "web6"
+addr = "2001:db8::1"
+port = 443
+[[vip.backend]]
+addr = "fd00::11"
+"#,
+    )
+}
+
+fn tcp6_syn(src: [u8; 16], sport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, NODE).ipv6(src, VIP6, 64).tcp(sport, 443, 7, 100).syn().write(&mut v, b"").unwrap();
+    v
+}
+
+#[test]
+fn source_prefix_limit_drops_a_syn_flood_and_counts_it_per_vip() {
+    let mut f = Fixture::new(&limited());
+    // A flood from one source: the burst passes (plus at most one more if a second elapses), the rest is dropped.
+    let verdicts: Vec<u32> = (0..30u16).map(|i| f.run(&tcp4(CLIENT, 20000 + i, VIP, 80, true, false, b"")).0).collect();
+    let passed = verdicts.iter().filter(|v| **v == verdict::TX).count() as u64;
+    assert!(verdicts.iter().all(|v| *v == verdict::TX || *v == verdict::DROP), "{verdicts:?}");
+    assert!((5..=6).contains(&passed), "burst 5 at 1/s: {verdicts:?}");
+    assert_eq!(verdicts[..5], [verdict::TX; 5], "the burst comes first");
+    assert_eq!(f.rate_limited("web"), 30 - passed, "dropped new flows counted for their VIP");
+    assert_eq!(f.stat(stat::FORWARDED), passed);
+    assert_eq!(f.flows() as u64, passed, "dropped SYNs create no connection entry");
+    // The same /24 shares the prefix's budget; another /24 has its own.
+    assert_eq!(f.run(&tcp4([198, 51, 100, 99], 20000, VIP, 80, true, false, b"")).0, verdict::DROP);
+    let other = tcp4([198, 51, 101, 7], 20000, VIP, 80, true, false, b"");
+    assert_eq!(f.run(&other), (verdict::TX, dsr(&other, B11)));
+    // Established flows of the limited prefix keep flowing (connection-table hits are not new flows).
+    let ack = tcp4(CLIENT, 20000, VIP, 80, false, false, b"data");
+    assert_eq!(f.run(&ack), (verdict::TX, dsr(&ack, B11)));
+    // IPv6: grouped by /64, counted for the IPv6 VIP only.
+    let web_drops = f.rate_limited("web");
+    let v6: Vec<u32> = (0..8u16).map(|i| f.run(&tcp6_syn(CLIENT6, 30000 + i)).0).collect();
+    assert_eq!(v6[..5], [verdict::TX; 5], "{v6:?}");
+    assert_eq!(v6[7], verdict::DROP, "{v6:?}");
+    let mut same64 = CLIENT6;
+    same64[15] = 0x42;
+    assert_eq!(f.run(&tcp6_syn(same64, 30000)).0, verdict::DROP);
+    let mut other64 = CLIENT6;
+    other64[7] = 1;
+    let syn = tcp6_syn(other64, 30000);
+    assert_eq!(f.run(&syn), (verdict::TX, dsr(&syn, B6)));
+    let v6_drops = v6.iter().filter(|v| **v == verdict::DROP).count() as u64 + 1;
+    assert_eq!((f.rate_limited("web6"), f.rate_limited("web")), (v6_drops, web_drops));
+    // The limit is a live setting: without [l4.source_limit] the flooding source opens flows again.
+    f.program(&limited().replace("new_flows_per_sec = 1\nburst = 5\nprefix_v4 = 24\nprefix_v6 = 64\n", "")
+        .replace("[l4.source_limit]\n", ""));
+    for i in 0..10u16 {
+        assert_eq!(f.run(&tcp4(CLIENT, 40000 + i, VIP, 80, true, false, b"")).0, verdict::TX);
+    }
+}
+
 const IPIP: &str = r#"
 [l4.vip.web]
 table_size = 101

@@ -2,6 +2,7 @@
 //! DSR by MAC rewrite) on one bridged L2 segment. Real TCP connections, real health checks. Needs root.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use padis_tests::l4::{backend_addr, Lan, PadisL4, PinGuard, VIP};
@@ -184,4 +185,94 @@ fn l4_e2e_restart_keeps_flows() {
         seen.insert(lan.ask_once().expect("request after restart"));
     }
     assert_eq!(seen.len(), 3);
+}
+
+/// A second address of the client namespace, the source of the SYN flood.
+const FLOODER: [u8; 4] = [10, 77, 0, 5];
+
+/// Sends `count` TCP SYNs from `src` (source ports cycling from 10000) to the VIP through a raw socket, at most
+/// `per_sec` a second. Returns (SYNs sent, seconds taken).
+fn syn_flood(src: [u8; 4], count: u32, per_sec: u32) -> (u32, f64) {
+    let vip: Ipv4Addr = VIP.parse().expect("VIP");
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(vip.octets()) },
+        sin_zero: [0; 8],
+    };
+    let start = Instant::now();
+    let mut sent = 0;
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(per_sec));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ipv4(src, vip.octets(), 64)
+            .tcp(10000 + (i % 50000) as u16, PORT, i, 64240)
+            .syn()
+            .write(&mut pkt, &[])
+            .expect("build SYN");
+        // SAFETY: the buffer and the address outlive the call; lengths are theirs.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n == pkt.len() as isize {
+            sent += 1;
+        }
+    }
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    (sent, start.elapsed().as_secs_f64())
+}
+
+#[test]
+fn l4_e2e_source_limit_drops_one_sources_syn_flood() {
+    let lan = Lan::new(2, PORT).expect("topology");
+    let flooder = Ipv4Addr::from(FLOODER).to_string();
+    lan.client.run(&["ip", "addr", "add", &format!("{flooder}/24"), "dev", "eth0"]).expect("flooder address");
+    let instance = unique_name("e2e");
+    let _pins = PinGuard(instance.clone());
+    let (rate, burst) = (20.0, 20.0);
+    let limit = "[l4.source_limit]\nnew_flows_per_sec = 20\nburst = 20\n";
+    let cfg = format!("{}\n{limit}", config(&instance, &[0, 1], false));
+    let padis = PadisL4::start(&lan.padis, &cfg).expect("start L4 plane");
+    wait_in_table(&padis, &[0, 1]);
+
+    // One source floods (3000 SYNs at 2000/s) while the client's own address opens real connections.
+    let flood = lan.client.spawn(|| syn_flood(FLOODER, 3000, 2000)).expect("flood thread");
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flood.is_finished() && Instant::now() < deadline {
+        lan.ask_once().expect("a connection from another source during the flood");
+        answered += 1;
+    }
+    let (sent, secs) = flood.join().expect("flood");
+    assert!(sent >= 2900, "flood sent {sent}");
+    assert!(answered >= 5, "only {answered} connections while the flood ran");
+
+    // At most burst + rate x time of the flood's SYNs passed (plus slack for CPUs racing on one prefix).
+    let r = padis.report().expect("report");
+    let limited = r.vips[0].rate_limited;
+    let allowed = burst + rate * (secs + 1.0) + f64::from(sent) * 0.02;
+    assert!(limited <= u64::from(sent), "{limited} dropped of {sent}");
+    assert!(f64::from(sent) - limited as f64 <= allowed, "{limited} of {sent} dropped in {secs:.2}s, allowed {allowed}");
+    let m = padis.metrics().expect("metrics");
+    let metric = format!("padis_l4_vip_rate_limited_packets_total{{vip=\"web\"}} {limited}");
+    assert!(m.contains(&metric), "no `{metric}` in\n{m}");
+    // The other source was never limited: more connections succeed at once.
+    for _ in 0..10 {
+        lan.ask_once().expect("connection after the flood");
+    }
+    assert_eq!(padis.report().expect("report").vips[0].rate_limited, limited, "no drop for the other source");
 }

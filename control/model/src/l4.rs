@@ -43,6 +43,19 @@
 //! refresh_rate = 5000            # records/s of a re-announcement pass
 //! ```
 //!
+//! Per-source-prefix new-flow limit (SYN floods from few sources dropped in XDP, counted per VIP):
+//!
+//! ```toml
+//! [l4]
+//! max_sources = 65536            # prefixes tracked (LRU; read at start)
+//!
+//! [l4.source_limit]
+//! new_flows_per_sec = 200        # sustained new flows per source prefix (all VIPs together)
+//! burst = 400                    # default: new_flows_per_sec
+//! prefix_v4 = 32                 # IPv4 sources are grouped by this prefix length
+//! prefix_v6 = 64
+//! ```
+//!
 //! Per-VIP policy lives in `[l4.vip.<name>]` rather than in `[[vip]]` so that sources producing VIPs (Marathon)
 //! keep a small, stable `Vip` type.
 
@@ -82,6 +95,10 @@ pub struct L4Config {
     /// New connection-table entries allowed per CPU per second (0 = unlimited): a flood of new flows beyond it is
     /// still balanced (by Maglev) but cannot evict established flows.
     pub max_new_flows_per_sec: u32,
+    /// Source prefixes the per-source new-flow limit tracks (an LRU: the least recently seen are forgotten).
+    pub max_sources: u32,
+    /// Per-source-prefix new-flow limit (none: off), on top of `max_new_flows_per_sec`.
+    pub source_limit: Option<SourceLimit>,
     /// Largest IP packet (outer header included) the IPIP egress carries; bigger ones get ICMP "too big".
     pub mtu: u16,
     /// MAC address of the next hop towards IPIP backends (`aa:bb:cc:dd:ee:ff`).
@@ -100,6 +117,60 @@ pub struct L4Config {
     pub node_id: Option<String>,
     /// Connection-table sync among Padis nodes (none: off).
     pub sync: Option<SyncConfig>,
+}
+
+/// `[l4.source_limit]`: new flows (packets that would create a connection-table entry: TCP SYNs, first packets
+/// of UDP flows) per source prefix, over all VIPs, enforced in XDP; beyond it they are dropped and counted per VIP.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLimit {
+    /// Sustained new flows per second per source prefix.
+    pub new_flows_per_sec: u32,
+    /// New flows a prefix may open at once after a quiet spell (default: `new_flows_per_sec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// IPv4 sources are grouped by this prefix length (1..=32).
+    #[serde(default = "default_prefix_v4")]
+    pub prefix_v4: u8,
+    /// IPv6 sources are grouped by this prefix length (1..=128).
+    #[serde(default = "default_prefix_v6")]
+    pub prefix_v6: u8,
+}
+
+fn default_prefix_v4() -> u8 {
+    32
+}
+
+fn default_prefix_v6() -> u8 {
+    64
+}
+
+/// Most `new_flows_per_sec` and `burst` of `[l4.source_limit]`.
+pub const MAX_SOURCE_RATE: u32 = 100_000_000;
+
+impl SourceLimit {
+    /// The burst in force.
+    pub fn effective_burst(&self) -> u32 {
+        self.burst.unwrap_or(self.new_flows_per_sec)
+    }
+
+    fn validate(&self, cx: &mut Validator) {
+        if !(1..=MAX_SOURCE_RATE).contains(&self.new_flows_per_sec) {
+            let rate = self.new_flows_per_sec;
+            cx.error("l4.source_limit.new_flows_per_sec", format!("{rate}: between 1 and {MAX_SOURCE_RATE}"));
+        }
+        if let Some(b) = self.burst {
+            if !(1..=MAX_SOURCE_RATE).contains(&b) {
+                cx.error("l4.source_limit.burst", format!("{b}: between 1 and {MAX_SOURCE_RATE}"));
+            }
+        }
+        if !(1..=32).contains(&self.prefix_v4) {
+            cx.error("l4.source_limit.prefix_v4", format!("{}: a prefix length between 1 and 32", self.prefix_v4));
+        }
+        if !(1..=128).contains(&self.prefix_v6) {
+            cx.error("l4.source_limit.prefix_v6", format!("{}: a prefix length between 1 and 128", self.prefix_v6));
+        }
+    }
 }
 
 /// How each VIP's lookup table is filled.
@@ -225,6 +296,8 @@ impl Default for L4Config {
             max_vips: 256,
             max_backends: 4096,
             max_new_flows_per_sec: 125_000,
+            max_sources: 65536,
+            source_limit: None,
             mtu: 1500,
             next_hop_mac: None,
             encap_source_v4: Ipv4Addr::new(172, 16, 0, 0),
@@ -390,6 +463,12 @@ impl L4Config {
         }
         if self.max_vips == 0 || self.max_backends == 0 || self.max_flows == 0 {
             cx.error("l4", "max_vips, max_backends and max_flows must be positive");
+        }
+        if !(1..=1 << 24).contains(&self.max_sources) {
+            cx.error("l4.max_sources", format!("{}: between 1 and {}", self.max_sources, 1 << 24));
+        }
+        if let Some(s) = &self.source_limit {
+            s.validate(cx);
         }
         // VIP ids and backend indexes are 16 bits in the IPv4 connection table.
         if self.max_vips > 65536 || self.max_backends > 65536 {
@@ -568,6 +647,26 @@ mod tests {
         let v = check(&format!("[l4]\nscheduler = \"naive\"\n{VIP}")).unwrap();
         assert_eq!(v.state.l4.scheduler, super::Scheduler::Naive);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn source_limit() {
+        let v = check(&format!("[l4.source_limit]\nnew_flows_per_sec = 50\nprefix_v6 = 56\n{VIP}")).unwrap();
+        let s = v.state.l4.source_limit.as_ref().unwrap();
+        assert_eq!((s.new_flows_per_sec, s.effective_burst(), s.prefix_v4, s.prefix_v6), (50, 50, 32, 56));
+        assert_eq!(v.state.l4.max_sources, 65536);
+        assert!(check(VIP).unwrap().state.l4.source_limit.is_none(), "off by default");
+        let bad = "[l4.source_limit]\nnew_flows_per_sec = 0\nburst = 0\nprefix_v4 = 33\n";
+        let e = check(&format!("{bad}{VIP}")).unwrap_err();
+        for field in ["new_flows_per_sec", "burst", "prefix_v4"] {
+            assert!(e.contains(&format!("l4.source_limit.{field}")), "{field}: {e}");
+        }
+        let e = check(&format!("[l4.source_limit]\nnew_flows_per_sec = 5\nprefix_v6 = 0\n{VIP}")).unwrap_err();
+        assert!(e.contains("l4.toml:") && e.contains("l4.source_limit.prefix_v6"), "{e}");
+        let e = check(&format!("[l4.source_limit]\nburst = 5\n{VIP}")).unwrap_err();
+        assert!(e.contains("new_flows_per_sec"), "{e}");
+        let e = check(&format!("[l4]\nmax_sources = 0\n{VIP}")).unwrap_err();
+        assert!(e.contains("l4.max_sources"), "{e}");
     }
 
     #[test]

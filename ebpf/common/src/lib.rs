@@ -42,10 +42,18 @@ pub mod map_names {
     pub const FLOW_RATE: &str = "FLOW_RATE";
     /// `RingBuf` of [`SyncRecord`](super::SyncRecord)s: new connection-table entries, for peer sync.
     pub const SYNC_RING: &str = "SYNC_RING";
+    /// `Array<SrcLimitConfig>` with one entry: the per-source-prefix new-flow limit (see
+    /// [`SrcLimitConfig`](super::SrcLimitConfig)).
+    pub const SRC_LIMIT: &str = "SRC_LIMIT";
+    /// `LruHashMap<[u32; 4], u64>`: per source prefix (masked address, IPv4-mapped for IPv4), the time its next
+    /// new flow is due at the sustained rate (GCRA's theoretical arrival time, ns of the coarse clock).
+    pub const SRC_RATE: &str = "SRC_RATE";
+    /// `PerCpuArray<Counters>` indexed by VIP id: new flows dropped by the per-source-prefix limit.
+    pub const VIP_RATE_DROPS: &str = "VIP_RATE_DROPS";
     /// All of them (the maps `padis-l4` pins).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 18] = [
         VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, FLOWS4, VIP_BY_ID, VIP_PORTS, ACL, CONFIG, VIP_STATS,
-        BACKEND_STATS, STATS, FLOW_RATE, SYNC_RING,
+        BACKEND_STATS, STATS, FLOW_RATE, SYNC_RING, SRC_LIMIT, SRC_RATE, VIP_RATE_DROPS,
     ];
 }
 
@@ -65,6 +73,8 @@ pub mod defaults {
     pub const MAX_ACL: u32 = 16384;
     /// Bytes of the `SYNC_RING` ring buffer (a power of two): ~18k records.
     pub const SYNC_RING_BYTES: u32 = 1 << 20;
+    /// Source prefixes tracked by the per-source new-flow limit (`SRC_RATE`, LRU).
+    pub const MAX_SOURCES: u32 = 65536;
 }
 
 /// Per-VIP flags (`VipMeta::flags`).
@@ -323,6 +333,25 @@ pub struct GlobalConfig {
     pub flags: u32,
 }
 
+/// Value of `SRC_LIMIT[0]`: the per-source-prefix new-flow limit, a GCRA (the token bucket as a single due time
+/// per prefix). A packet that would create a connection-table entry from a prefix whose due time is more than
+/// `tolerance_ns` ahead of now is dropped and counted for its VIP (`VIP_RATE_DROPS`); otherwise the prefix's due
+/// time advances by `interval_ns`. Masks are written by `padis-l4` so the program only ANDs words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcLimitConfig {
+    /// Nanoseconds per new flow at the sustained rate (1e9 / rate); 0: the limit is off.
+    pub interval_ns: u64,
+    /// How far ahead of now a prefix's due time may be: (burst - 1) x `interval_ns`.
+    pub tolerance_ns: u64,
+    /// IPv6 prefix mask, as the four words of the address in memory order.
+    pub mask_v6: [u32; 4],
+    /// IPv4 prefix mask, as the last word of the IPv4-mapped address in memory order.
+    pub mask_v4: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
 /// Global flags (`GlobalConfig::flags`).
 pub mod config_flags {
     /// Connection-table sync among Padis nodes is on: new entries are announced in `SYNC_RING`.
@@ -477,6 +506,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::SyncRecord {}
+    unsafe impl aya::Pod for super::SrcLimitConfig {}
 }
 
 #[inline(always)]

@@ -118,9 +118,16 @@ fn by_vip(p: &Pkt, len: u64, out: &mut MaybeUninit<Fwd>, looked_up: bool) -> u32
         flow.clear_sport();
     }
     let rst = p.flow.key().proto == 6 && p.tcp_flags & TCP_RST != 0;
-    let Some((idx, backend)) = pick(p.v6, &flow, meta, !p.icmp && !rst, looked_up) else {
-        maps::stat(stat::DROP_NO_BACKEND, len);
-        return verdict::DROP;
+    let (idx, backend) = match pick(p.v6, &flow, meta, !p.icmp && !rst, looked_up) {
+        Pick::Backend(idx, backend) => (idx, backend),
+        Pick::NoBackend => {
+            maps::stat(stat::DROP_NO_BACKEND, len);
+            return verdict::DROP;
+        }
+        Pick::RateLimited => {
+            maps::stat_rate_drop(id, len);
+            return verdict::DROP;
+        }
     };
     if p.icmp {
         maps::stat(stat::ICMP_FORWARDED, len);
@@ -187,33 +194,47 @@ fn alive(idx: u32) -> Option<&'static BackendInfo> {
     maps::BACKENDS.get(idx).filter(|b| b.flags & backend_flags::ALIVE != 0)
 }
 
+/// What [`pick`] chose.
+enum Pick {
+    /// Backend index and its slot.
+    Backend(u32, &'static BackendInfo),
+    /// No usable backend.
+    NoBackend,
+    /// A new flow over its source prefix's rate (`SRC_LIMIT`).
+    RateLimited,
+}
+
 /// The flow's backend index: from the connection table if that backend still exists (unless `looked_up`: the
 /// caller already searched it), else from the VIP's Maglev ring (and then remembered, if `insert` and the
-/// insertion budget allows).
+/// insertion budget allows). A flow that would get a new entry (`insert`) must first pass its source prefix's
+/// rate limit.
 #[inline(always)]
-fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) -> Option<(u32, &'static BackendInfo)> {
+fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) -> Pick {
     if !looked_up {
         if let Some(st) = ct_get(v6, flow) {
             let idx = st.backend;
             if let Some(b) = alive(idx) {
                 maps::stat(stat::CT_HIT, 0);
-                return Some((idx, b));
+                return Pick::Backend(idx, b);
             }
         }
     }
     maps::stat(stat::CT_MISS, 0);
     let (ring, size, id) = (meta.ring, meta.table_size, meta.id);
     if size == 0 {
-        return None;
+        return Pick::NoBackend;
+    }
+    // The coarse clock (the last tick's time, no clock-source read), read once for the limits and the entry.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = if insert { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };
+    if insert && !src_allows(flow, now) {
+        return Pick::RateLimited;
     }
     let h = padis_ebpf_common::flow_hash(flow.key());
     let slot = ring.wrapping_mul(RING_STRIDE).wrapping_add(h % size);
-    let idx = *maps::RINGS.get(slot)?;
-    let backend = alive(idx)?;
+    let Some(&idx) = maps::RINGS.get(slot) else { return Pick::NoBackend };
+    let Some(backend) = alive(idx) else { return Pick::NoBackend };
     if insert {
-        // The coarse clock (the last tick's time, no clock-source read), read once for the budget and the entry.
-        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
         if budget(now) {
             let st = FlowState { backend: idx, vip: id };
             if ct_insert(v6, flow, &st, now) {
@@ -223,8 +244,46 @@ fn pick(v6: bool, flow: &Flow, meta: &VipMeta, insert: bool, looked_up: bool) ->
             maps::stat(stat::CT_INSERT_SKIPPED, 0);
         }
     }
-    Some((idx, backend))
+    Pick::Backend(idx, backend)
 }
+
+/// Per-source-prefix new-flow limit (GCRA, see `padis_ebpf_common::SrcLimitConfig`): whether the flow's source
+/// prefix may open one more flow at `now` (and if so, its due time advances). Prefixes are kept in an LRU, so a
+/// flood of spoofed sources costs bounded memory (and meets the global insertion budget). Updates from two CPUs
+/// at once may both pass: the limit is exact per CPU, approximate across CPUs by at most one flow per race.
+#[inline(always)]
+fn src_allows(flow: &Flow, now: u64) -> bool {
+    let Some(cfg) = maps::SRC_LIMIT.get(0) else { return true };
+    let interval = cfg.interval_ns;
+    if interval == 0 {
+        return true;
+    }
+    let w = flow.words();
+    let key: [u32; 4] = if w[2] == MAPPED_WORD && w[0] == 0 && w[1] == 0 {
+        [0, 0, MAPPED_WORD, w[3] & cfg.mask_v4]
+    } else {
+        [w[0] & cfg.mask_v6[0], w[1] & cfg.mask_v6[1], w[2] & cfg.mask_v6[2], w[3] & cfg.mask_v6[3]]
+    };
+    match maps::SRC_RATE.get_ptr_mut(&key) {
+        Some(due) => {
+            // SAFETY: a value pointer from a successful lookup; a racing update is benign (see above).
+            let d = unsafe { *due };
+            if d > now.wrapping_add(cfg.tolerance_ns) {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe { *due = if d > now { d } else { now }.wrapping_add(interval) };
+            true
+        }
+        None => {
+            let _ = maps::SRC_RATE.insert(&key, &now.wrapping_add(interval), 0);
+            true
+        }
+    }
+}
+
+/// The `::ffff:0:0/96` word of an IPv4-mapped address (bytes 8..12), in memory order.
+const MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Bounded insertion: at most `max_new_flows_per_sec` new entries per CPU per second, so a flood of new flows
 /// cannot push every established flow out of the connection table. `now`: the coarse clock (precise enough for a

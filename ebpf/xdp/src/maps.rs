@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use padis_ebpf_common::{
     config_flags, defaults, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig, RateState,
-    SyncRecord, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
+    SrcLimitConfig, SyncRecord, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
 };
 
 #[map]
@@ -38,6 +38,13 @@ pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(padis_eb
 #[map]
 pub static FLOW_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
+pub static SRC_LIMIT: Array<SrcLimitConfig> = Array::with_max_entries(1, 0);
+#[map]
+/// One LRU shared by all CPUs: a prefix's new flows arrive on any CPU (RSS hashes the ports too).
+pub static SRC_RATE: LruHashMap<[u32; 4], u64> = LruHashMap::with_max_entries(defaults::MAX_SOURCES, 0);
+#[map]
+pub static VIP_RATE_DROPS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
 pub static SYNC_RING: RingBuf = RingBuf::with_byte_size(defaults::SYNC_RING_BYTES, 0);
 
 #[inline(always)]
@@ -63,6 +70,12 @@ pub fn stat_forward(vip: u32, backend: u32, bytes: u64) {
     bump(&VIP_STATS, vip, bytes);
     bump(&BACKEND_STATS, backend, bytes);
     stat(padis_ebpf_common::stat::FORWARDED, bytes);
+}
+
+/// Counts one packet dropped by the per-source-prefix new-flow limit for VIP `vip`.
+#[inline(always)]
+pub fn stat_rate_drop(vip: u32, bytes: u64) {
+    bump(&VIP_RATE_DROPS, vip, bytes);
 }
 
 /// The configured MTU (0 if userspace has not written the settings yet).

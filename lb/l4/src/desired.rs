@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use padis_ebpf_common::{config_flags, vip_flags, GlobalConfig, VipKey};
-use padis_model::l4::{parse_mac, Forwarding, L4Config, Scheduler, Vip, VipHash, VipPolicy};
+use padis_ebpf_common::{config_flags, vip_flags, GlobalConfig, SrcLimitConfig, VipKey};
+use padis_model::l4::{parse_mac, Forwarding, L4Config, Scheduler, SourceLimit, Vip, VipHash, VipPolicy};
 
 /// Maps an address to its 16-byte form (IPv4-mapped for IPv4).
 pub fn addr16(a: IpAddr) -> [u8; 16] {
@@ -51,6 +51,8 @@ pub struct Desired {
     pub vips: Vec<DesiredVip>,
     /// Global settings.
     pub global: GlobalConfig,
+    /// The per-source-prefix new-flow limit (all zero: off).
+    pub src_limit: SrcLimitConfig,
     /// MAC of each backend that DSR needs and that is known.
     pub macs: BTreeMap<IpAddr, [u8; 6]>,
     /// `scheduler = "naive"` (benchmark control case): this node's seed. `None`: Maglev.
@@ -83,6 +85,22 @@ pub fn global(l4: &L4Config) -> GlobalConfig {
     }
 }
 
+/// The `SRC_LIMIT` value of `[l4.source_limit]` (all zero when absent: the program skips the limit).
+pub fn src_limit(limit: Option<&SourceLimit>) -> SrcLimitConfig {
+    let Some(l) = limit else { return SrcLimitConfig::default() };
+    let interval_ns = 1_000_000_000 / u64::from(l.new_flows_per_sec.max(1));
+    let v4 = u32::MAX.checked_shl(32 - u32::from(l.prefix_v4.min(32))).unwrap_or(0);
+    let v6 = u128::MAX.checked_shl(128 - u32::from(l.prefix_v6.min(128))).unwrap_or(0).to_be_bytes();
+    let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
+    SrcLimitConfig {
+        interval_ns,
+        tolerance_ns: u64::from(l.effective_burst().max(1) - 1) * interval_ns,
+        mask_v6: [word(0), word(4), word(8), word(12)],
+        mask_v4: u32::from_ne_bytes(v4.to_be_bytes()),
+        pad: 0,
+    }
+}
+
 /// Computes the desired map contents. `usable(vip, backend:health_port)` says whether health allows new flows;
 /// `mac(addr)` resolves a DSR backend's MAC (static `[l4.neighbors]` entries win).
 pub fn compute(
@@ -92,7 +110,8 @@ pub fn compute(
     mac: &mut dyn FnMut(IpAddr) -> Option<[u8; 6]>,
 ) -> Desired {
     let naive_seed = (l4.scheduler == Scheduler::Naive).then(|| crate::naive::node_seed(&crate::sync::node_name(l4)));
-    let mut out = Desired { global: global(l4), naive_seed, ..Default::default() };
+    let src_limit = src_limit(l4.source_limit.as_ref());
+    let mut out = Desired { global: global(l4), src_limit, naive_seed, ..Default::default() };
     for v in vips {
         let p = policy(l4, v);
         let mut flags = 0;
@@ -192,5 +211,24 @@ backend = [{ addr = "10.0.0.3" }]
         assert_eq!(d.macs.get(&a2), Some(&[2, 0, 0, 0, 0, 2]));
         assert_eq!(d.global.next_hop_mac, [2, 0, 0, 0, 0, 0xfe]);
         assert_eq!(d.global.encap_src_v4, [172, 16, 0, 0]);
+        assert_eq!(d.src_limit, padis_ebpf_common::SrcLimitConfig::default(), "no [l4.source_limit]: off");
+    }
+
+    #[test]
+    fn source_limit_masks_and_timing() {
+        use padis_model::l4::SourceLimit;
+        let l = SourceLimit { new_flows_per_sec: 100, burst: Some(5), prefix_v4: 24, prefix_v6: 48 };
+        let c = super::src_limit(Some(&l));
+        assert_eq!((c.interval_ns, c.tolerance_ns), (10_000_000, 40_000_000));
+        // Masks are ANDed with the address words as they lie in memory.
+        let a4 = [198u8, 51, 100, 7];
+        assert_eq!((u32::from_ne_bytes(a4) & c.mask_v4).to_ne_bytes(), [198, 51, 100, 0]);
+        let a6: std::net::Ipv6Addr = "2001:db8:aaaa:bbbb::7".parse().unwrap();
+        let o = a6.octets();
+        let word = |i: usize| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+        let masked: Vec<u8> = (0..4).flat_map(|i| (word(i) & c.mask_v6[i]).to_ne_bytes()).collect();
+        assert_eq!(masked, "2001:db8:aaaa::".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let full = super::src_limit(Some(&SourceLimit { burst: None, prefix_v4: 32, prefix_v6: 128, ..l }));
+        assert_eq!((full.mask_v4, full.mask_v6, full.tolerance_ns), (u32::MAX, [u32::MAX; 4], 99 * 10_000_000));
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::maps::{MapInfo, MapType};
 use padis_ebpf_common::{
     defaults, flows4::FlowBucket4, map_names as n, stat, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig,
-    RateState, VipKey, VipMeta, VipSlot, VIP_PORTS_LEN,
+    RateState, SrcLimitConfig, VipKey, VipMeta, VipSlot, VIP_PORTS_LEN,
 };
 
 use crate::L4Error;
@@ -25,7 +25,7 @@ struct Def {
     max: Option<u32>,
 }
 
-fn defs() -> [Def; 15] {
+fn defs() -> [Def; 18] {
     let d = |name, kind, key, value, max| Def { name, kind, key, value, max };
     [
         d(n::VIPS, MapType::Hash, size_of::<VipKey>(), size_of::<VipMeta>(), None),
@@ -43,6 +43,9 @@ fn defs() -> [Def; 15] {
         d(n::STATS, MapType::PerCpuArray, 4, size_of::<Counters>(), Some(stat::COUNT)),
         d(n::FLOW_RATE, MapType::PerCpuArray, 4, size_of::<RateState>(), Some(1)),
         d(n::SYNC_RING, MapType::RingBuf, 0, 0, Some(defaults::SYNC_RING_BYTES)),
+        d(n::SRC_LIMIT, MapType::Array, 4, size_of::<SrcLimitConfig>(), Some(1)),
+        d(n::SRC_RATE, MapType::LruHash, 16, 8, None),
+        d(n::VIP_RATE_DROPS, MapType::PerCpuArray, 4, size_of::<Counters>(), None),
     ]
 }
 

@@ -8,8 +8,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use padis_ebpf_common::{
-    flows4, map_names as n, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig, VipKey, VipMeta,
-    VipSlot, RING_STRIDE,
+    flows4, map_names as n, AclData, BackendInfo, Counters, FlowKey, FlowKey4, FlowState, GlobalConfig, SrcLimitConfig,
+    VipKey, VipMeta, VipSlot, RING_STRIDE,
 };
 
 use crate::conntrack::{ConnTable, FlowTable4};
@@ -33,12 +33,14 @@ pub struct LoadOptions {
     pub max_vips: u32,
     /// Backends.
     pub max_backends: u32,
+    /// Source prefixes tracked by the per-source new-flow limit (`SRC_RATE`).
+    pub max_sources: u32,
 }
 
 impl LoadOptions {
     /// Small private maps, for tests and benchmarks.
     pub fn private(max_vips: u32, max_backends: u32, max_flows: u32) -> LoadOptions {
-        LoadOptions { pin_dir: None, max_flows, max_vips, max_backends }
+        LoadOptions { pin_dir: None, max_flows, max_vips, max_backends, max_sources: 1024 }
     }
 
     /// Buckets of the IPv4 connection table: twice `max_flows` slots, rounded up to a power of two.
@@ -73,6 +75,10 @@ pub struct Maps {
     pub acl: LpmTrie<MapData, AclData, u32>,
     /// Global settings.
     pub config: Array<MapData, GlobalConfig>,
+    /// The per-source-prefix new-flow limit.
+    pub src_limit: Array<MapData, SrcLimitConfig>,
+    /// Per-VIP counters of new flows dropped by that limit.
+    pub vip_rate_drops: PerCpuArray<MapData, Counters>,
     /// Per-VIP counters.
     pub vip_stats: PerCpuArray<MapData, Counters>,
     /// Per-backend counters.
@@ -162,6 +168,8 @@ impl Balancer {
             .map_max_entries(n::VIP_ADDRS, options.max_vips)
             .map_max_entries(n::VIP_BY_ID, options.max_vips)
             .map_max_entries(n::VIP_STATS, options.max_vips)
+            .map_max_entries(n::VIP_RATE_DROPS, options.max_vips)
+            .map_max_entries(n::SRC_RATE, options.max_sources)
             .map_max_entries(n::RINGS, rings)
             .map_max_entries(n::BACKENDS, options.max_backends)
             .map_max_entries(n::BACKEND_STATS, options.max_backends)
@@ -189,6 +197,8 @@ impl Balancer {
             conntrack: ConnTable { v4: flows4(&mut ebpf, buckets)?, v6: take(&mut ebpf, n::CONNTRACK)? },
             acl: take(&mut ebpf, n::ACL)?,
             config: take(&mut ebpf, n::CONFIG)?,
+            src_limit: take(&mut ebpf, n::SRC_LIMIT)?,
+            vip_rate_drops: take(&mut ebpf, n::VIP_RATE_DROPS)?,
             vip_stats: take(&mut ebpf, n::VIP_STATS)?,
             backend_stats: take(&mut ebpf, n::BACKEND_STATS)?,
             stats: take(&mut ebpf, n::STATS)?,

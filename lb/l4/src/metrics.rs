@@ -27,6 +27,7 @@ struct Families {
     event_bytes: IntCounterVec,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
+    vip_rate_limited: IntCounterVec,
     backend_packets: IntCounterVec,
     backend_bytes: IntCounterVec,
     backends_in_table: IntGaugeVec,
@@ -39,6 +40,11 @@ fn families() -> Families {
         event_bytes: counter("padis_l4_bytes_total", "XDP bytes by outcome", &["event"]),
         vip_packets: counter("padis_l4_vip_packets_total", "Packets forwarded per VIP", &["vip"]),
         vip_bytes: counter("padis_l4_vip_bytes_total", "Bytes forwarded per VIP", &["vip"]),
+        vip_rate_limited: counter(
+            "padis_l4_vip_rate_limited_packets_total",
+            "New flows per VIP dropped by the per-source-prefix limit ([l4.source_limit])",
+            &["vip"],
+        ),
         backend_packets: counter("padis_l4_backend_packets_total", "Packets forwarded per backend", &["backend"]),
         backend_bytes: counter("padis_l4_backend_bytes_total", "Bytes forwarded per backend", &["backend"]),
         backends_in_table: gauge("padis_l4_vip_backends_in_table", "Backends in each VIP's Maglev table", &["vip"]),
@@ -47,12 +53,13 @@ fn families() -> Families {
 }
 
 impl Families {
-    fn all(&self) -> [&dyn Collector; 8] {
+    fn all(&self) -> [&dyn Collector; 9] {
         [
             &self.events,
             &self.event_bytes,
             &self.vip_packets,
             &self.vip_bytes,
+            &self.vip_rate_limited,
             &self.backend_packets,
             &self.backend_bytes,
             &self.backends_in_table,
@@ -88,6 +95,7 @@ impl Collector for L4Collector {
         for v in &report.vips {
             f.vip_packets.with_label_values(&[&v.name]).inc_by(v.packets);
             f.vip_bytes.with_label_values(&[&v.name]).inc_by(v.bytes);
+            f.vip_rate_limited.with_label_values(&[&v.name]).inc_by(v.rate_limited);
             f.backends_in_table.with_label_values(&[&v.name]).set(v.backends.iter().filter(|b| b.in_table).count() as i64);
         }
         for b in &report.backend_counters {

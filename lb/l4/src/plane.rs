@@ -64,6 +64,8 @@ pub struct VipReport {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+    /// New flows dropped by the per-source-prefix limit (`[l4.source_limit]`).
+    pub rate_limited: u64,
     /// Backends.
     pub backends: Vec<BackendReport>,
 }
@@ -130,12 +132,14 @@ impl Inner {
             .map(|(v, d)| {
                 let inst = installed.get(&d.key);
                 let vc = inst.map(|i| stats::vip(maps, i.id).unwrap_or_default()).unwrap_or_default();
+                let limited = inst.map(|i| stats::vip_rate_drops(maps, i.id).unwrap_or_default()).unwrap_or_default();
                 VipReport {
                     name: v.name.clone(),
                     vip: format!("{}:{}/{}", v.addr, v.port, v.protocol),
                     table_size: inst.map(|i| i.table_size).unwrap_or(0),
                     packets: vc.packets,
                     bytes: vc.bytes,
+                    rate_limited: limited.packets,
                     backends: d
                         .backends
                         .iter()
@@ -269,6 +273,7 @@ impl L4Plane {
             max_flows: l4.max_flows,
             max_vips: l4.max_vips,
             max_backends: l4.max_backends,
+            max_sources: l4.max_sources,
         };
         let balancer = Balancer::load(opts.clone())?;
         let programmer = if balancer.reused_pins {

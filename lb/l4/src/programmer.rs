@@ -11,7 +11,7 @@ use aya::maps::PerCpuValues;
 use padis_balance::Maglev;
 use padis_ebpf_common::{
     acl_prefix_len, backend_flags, map_names as n, port_flags, vip_flags, AclData, BackendInfo, Counters,
-    GlobalConfig, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
+    GlobalConfig, SrcLimitConfig, VipKey, VipMeta, VipSlot, RING_STRIDE, VIP_PORTS_LEN,
 };
 use serde::Serialize;
 
@@ -85,6 +85,7 @@ pub struct Programmer {
     /// `VIP_PORTS` entries as written (non-zero ones).
     ports: BTreeMap<u16, u32>,
     global: Option<GlobalConfig>,
+    src_limit: Option<SrcLimitConfig>,
 }
 
 /// The `VIP_BY_ID` value of an installed VIP.
@@ -125,6 +126,7 @@ impl Programmer {
             vip_addrs: BTreeMap::new(),
             ports: BTreeMap::new(),
             global: None,
+            src_limit: None,
         }
     }
 
@@ -167,6 +169,7 @@ impl Programmer {
             }
         }
         p.global = maps.config.get(&0, 0).ok();
+        p.src_limit = maps.src_limit.get(&0, 0).ok();
         tracing::info!(vips = p.vips.len(), backends = p.backends.len(), "L4 state recovered from pinned maps");
         Ok(p)
     }
@@ -211,6 +214,10 @@ impl Programmer {
         if self.global != Some(d.global) {
             maps.config.set(0, d.global, 0).map_err(map_err(n::CONFIG))?;
             self.global = Some(d.global);
+        }
+        if self.src_limit != Some(d.src_limit) {
+            maps.src_limit.set(0, d.src_limit, 0).map_err(map_err(n::SRC_LIMIT))?;
+            self.src_limit = Some(d.src_limit);
         }
         // 1. Backend slots for every wanted backend (new ones first, so tables can point at them).
         let wanted: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.addr)).collect();
@@ -326,6 +333,7 @@ impl Programmer {
             None => {
                 let id = self.free_ids.pop_first().ok_or(L4Error::Capacity("VIP ids"))?;
                 zero_stats(&mut maps.vip_stats, id, n::VIP_STATS)?;
+                zero_stats(&mut maps.vip_rate_drops, id, n::VIP_RATE_DROPS)?;
                 id
             }
         };

@@ -42,6 +42,11 @@ pub fn vip(maps: &Maps, id: u32) -> Result<Count, L4Error> {
     Ok(sum(&maps.vip_stats, id, n::VIP_STATS)?.into())
 }
 
+/// New flows of VIP `id` dropped by the per-source-prefix limit.
+pub fn vip_rate_drops(maps: &Maps, id: u32) -> Result<Count, L4Error> {
+    Ok(sum(&maps.vip_rate_drops, id, n::VIP_RATE_DROPS)?.into())
+}
+
 /// Counters of backend slot `idx`.
 pub fn backend(maps: &Maps, idx: u32) -> Result<Count, L4Error> {
     Ok(sum(&maps.backend_stats, idx, n::BACKEND_STATS)?.into())
