@@ -509,6 +509,37 @@ mod pod {
     unsafe impl aya::Pod for super::SrcLimitConfig {}
 }
 
+/// Compile-time layout checks: the program and userspace share these types byte for byte (and `aya::Pod` above
+/// relies on them having no implicit padding), so each one's size is the sum of its fields' and its alignment is
+/// what the map definitions in `padis-l4`'s `layout.rs` assume.
+mod layout_asserts {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    macro_rules! layout {
+        ($t:ty, size = $size:expr, align = $align:expr, fields = $fields:expr) => {
+            const _: () = assert!(size_of::<$t>() == $size, concat!("size of ", stringify!($t)));
+            const _: () = assert!(align_of::<$t>() == $align, concat!("alignment of ", stringify!($t)));
+            const _: () = assert!($size == $fields, concat!("implicit padding in ", stringify!($t)));
+        };
+    }
+
+    layout!(VipKey, size = 20, align = 2, fields = 16 + 2 + 1 + 1);
+    layout!(VipMeta, size = 16, align = 4, fields = 4 * 4);
+    layout!(VipSlot, size = 24, align = 4, fields = 20 + 4);
+    layout!(BackendInfo, size = 24, align = 1, fields = 16 + 6 + 1 + 1);
+    layout!(FlowKey, size = 40, align = 2, fields = 16 + 16 + 2 + 2 + 1 + 3);
+    layout!(FlowKey4, size = 16, align = 2, fields = 4 + 4 + 2 + 2 + 1 + 3);
+    layout!(FlowState, size = 8, align = 4, fields = 4 + 4);
+    layout!(AclData, size = 20, align = 1, fields = 4 + 16);
+    layout!(GlobalConfig, size = 36, align = 4, fields = 4 + 16 + 6 + 2 + 4 + 4);
+    layout!(SrcLimitConfig, size = 40, align = 8, fields = 8 + 8 + 16 + 4 + 4);
+    layout!(SyncRecord, size = 48, align = 4, fields = 40 + 8);
+    layout!(Counters, size = 16, align = 8, fields = 8 + 8);
+    layout!(RateState, size = 16, align = 8, fields = 8 + 8);
+    layout!(flows4::FlowBucket4, size = 64, align = 64, fields = 8 * 2 * flows4::WAYS);
+}
+
 #[inline(always)]
 fn word(b: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
