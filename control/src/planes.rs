@@ -109,6 +109,8 @@ impl Planes {
         let l7 = L7Plane::start(reader.clone(), health.clone(), registry, token.clone())
             .await
             .map_err(|e| anyhow::anyhow!("L7: {e}"))?;
+        let failures = l7.bind_failures_reader();
+        add_report(reports, "l7", move || serde_json::json!({ "bind_failures": failures() }));
         let l4 = PlaneSlot::new(
             L4Plane::start(reader.clone(), health.clone(), registry, token.clone())
                 .await
@@ -371,6 +373,7 @@ async fn follow_marathon(
             routes: m.routes,
             services: m.services,
             vips: m.vips,
+            listeners: m.listeners,
             status: m.status,
             problems: serde_json::to_value(&m.problems).unwrap_or_default(),
         };

@@ -6,12 +6,13 @@
 //! on borrowed keys), and the "did anything change" test compares pointers first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use padis_model::{
-    l4::Vip, validate_update, BackendGroup, ConfigErrors, DesiredState, Route, Service, Snapshot, SnapshotStore,
-    SourceStatus, Valid,
+    l4::Vip, validate_update, BackendGroup, ConfigErrors, DesiredState, Listener, Route, Service, Snapshot,
+    SnapshotStore, SourceStatus, Valid,
 };
 use serde::Serialize;
 
@@ -29,6 +30,9 @@ pub struct Contribution {
     pub services: Vec<Arc<Service>>,
     /// L4 VIPs.
     pub vips: Vec<Arc<Vip>>,
+    /// L7 listeners (Marathon service ports). One whose port the config file (a listener, the admin API, DNS)
+    /// already takes is left out, with the routes that name it.
+    pub listeners: Vec<Listener>,
     /// Freshness of the source.
     pub status: SourceStatus,
     /// Items the source skipped, and why (shown by `/v1/state`).
@@ -47,6 +51,8 @@ pub enum ItemKind {
     Service,
     /// An L4 VIP.
     Vip,
+    /// An L7 listener.
+    Listener,
 }
 
 impl ItemKind {
@@ -57,6 +63,7 @@ impl ItemKind {
             ItemKind::Route => "route",
             ItemKind::Service => "service",
             ItemKind::Vip => "vip",
+            ItemKind::Listener => "listener",
         }
     }
 
@@ -68,6 +75,7 @@ impl ItemKind {
             "route" => ItemKind::Route,
             "service" => ItemKind::Service,
             "vip" => ItemKind::Vip,
+            "listener" => ItemKind::Listener,
             _ => return None,
         };
         Some((kind, idx))
@@ -82,6 +90,8 @@ pub enum RejectReason {
     HostOwnedByConfig,
     /// Its DNS name is a service of the config file.
     DnsNameOwnedByConfig,
+    /// Its port (a listener's) is taken by the config file: a listener, the admin API or DNS.
+    PortOwnedByConfig,
     /// It clashes with an item of the config file or another item (same name, same host and path, same VIP).
     Conflict,
     /// It refers to something that does not exist (or was rejected).
@@ -96,6 +106,7 @@ impl RejectReason {
         match self {
             RejectReason::HostOwnedByConfig => "host_owned_by_config",
             RejectReason::DnsNameOwnedByConfig => "dns_name_owned_by_config",
+            RejectReason::PortOwnedByConfig => "port_owned_by_config",
             RejectReason::Conflict => "conflict",
             RejectReason::MissingReference => "missing_reference",
             RejectReason::Invalid => "invalid",
@@ -106,7 +117,10 @@ impl RejectReason {
     fn of_message(message: &str) -> RejectReason {
         if message.starts_with("no ") && message.contains(" named `") {
             RejectReason::MissingReference
-        } else if message.starts_with("duplicate") || message.starts_with("same ") || message.contains("clash") {
+        } else if message.starts_with("duplicate")
+            || message.starts_with("same ")
+            || message.contains("clash")
+            || message.contains("bound by another") {
             RejectReason::Conflict
         } else {
             RejectReason::Invalid
@@ -332,7 +346,7 @@ impl Reconciler {
             let mut round = 0;
             let valid = loop {
                 round += 1;
-                let (mut state, from) = merge(&base.valid.state, &self.dynamic, &left_out);
+                let (mut state, from) = merge(&base.valid.state, &base.base_dir, &self.dynamic, &left_out);
                 keep_allocations(&mut state, &current.state);
                 // The snapshot in force passed this validation with the same base directory (generation 0 is
                 // the empty state: nothing in it to skip).
@@ -457,6 +471,7 @@ fn item_names(
         ItemKind::Route => c.routes.get(i).map(|x| (x.name.clone(), x.origin.clone())),
         ItemKind::Service => c.services.get(i).map(|x| (x.name.clone(), x.origin.clone())),
         ItemKind::Vip => c.vips.get(i).map(|x| (x.name.clone(), x.origin.clone())),
+        ItemKind::Listener => c.listeners.get(i).map(|x| (x.name.clone(), x.origin.clone())),
     }
     .unwrap_or_default()
 }
@@ -470,8 +485,40 @@ fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution
         (s.name.trim_end_matches('.').to_ascii_lowercase(), zone)
     };
     let services: HashSet<(String, String)> = base.services.iter().map(|s| dns_key(s)).collect();
+    // TCP addresses of the config file: its listeners, the admin API, DNS.
+    let taken: Vec<(SocketAddr, &str)> = base
+        .listeners
+        .iter()
+        .map(|l| (l.bind, "a listener of the config file"))
+        .chain(std::iter::once((base.admin.listen, "the admin API")))
+        .chain(base.dns.listen.iter().map(|a| (*a, "DNS")))
+        .collect();
     let mut out = BTreeMap::new();
     for (src, c) in dynamic.values().enumerate() {
+        let mut closed: HashSet<&str> = HashSet::new();
+        for (i, l) in c.listeners.iter().enumerate() {
+            if let Some((a, what)) = taken.iter().find(|(a, _)| binds_overlap(*a, l.bind)) {
+                closed.insert(&l.name);
+                out.insert((src, ItemKind::Listener, i), RejectedItem {
+                    kind: ItemKind::Listener,
+                    name: l.name.clone(),
+                    origin: l.origin.clone(),
+                    reason: RejectReason::PortOwnedByConfig,
+                    message: format!("port {} is taken by {what} ({a})", l.bind.port()),
+                });
+            }
+        }
+        for (i, r) in c.routes.iter().enumerate() {
+            if let Some(l) = r.listeners.iter().find(|l| closed.contains(l.as_str())) {
+                out.insert((src, ItemKind::Route, i), RejectedItem {
+                    kind: ItemKind::Route,
+                    name: r.name.clone(),
+                    origin: r.origin.clone(),
+                    reason: RejectReason::PortOwnedByConfig,
+                    message: format!("its listener `{l}` is not opened: the config file takes its port"),
+                });
+            }
+        }
         for (i, r) in c.routes.iter().enumerate() {
             if let Some(h) = r.host.as_deref().filter(|h| hosts.contains(h)) {
                 out.insert((src, ItemKind::Route, i), RejectedItem {
@@ -501,12 +548,37 @@ fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution
     out
 }
 
+/// Whether two TCP listening addresses cannot both be bound: same port, and the same address or one of them the
+/// unspecified address of its family (port 0 is any free port: never a clash).
+pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// A source listener's TLS certificates given by file path (marathon-lb's `SSL_CERT` is a path) are named after
+/// the config file's certificate with that `cert` file; other values are left for validation to check by name.
+fn certificates_by_path(l: &mut Listener, base: &DesiredState, base_dir: &Path) {
+    let Some(tls) = l.tls.as_mut() else { return };
+    for c in tls.certificates.iter_mut().chain(tls.default_certificate.as_mut()) {
+        if base.certificates.iter().any(|x| x.name == *c) {
+            continue;
+        }
+        let wanted = Path::new(c.as_str());
+        if let Some(x) = base.certificates.iter().find(|x| x.cert == wanted || base_dir.join(&x.cert) == wanted) {
+            *c = x.name.clone();
+        }
+    }
+}
+
 /// Where each merged item came from: `None` for the config file, else (source position, item position).
 type Provenance = HashMap<ItemKind, Vec<Option<(usize, usize)>>>;
 
 /// The config file's state plus every source's items but the left-out ones.
 fn merge(
     base: &DesiredState,
+    base_dir: &Path,
     dynamic: &BTreeMap<String, Contribution>,
     left_out: &BTreeMap<ItemKey, RejectedItem>,
 ) -> (DesiredState, Provenance) {
@@ -531,6 +603,7 @@ fn merge(
     from.insert(ItemKind::Route, vec![None; state.routes.len()]);
     from.insert(ItemKind::Service, vec![None; state.services.len()]);
     from.insert(ItemKind::Vip, vec![None; state.vips.len()]);
+    from.insert(ItemKind::Listener, vec![None; state.listeners.len()]);
     for (src, c) in dynamic.values().enumerate() {
         let f = from.get_mut(&ItemKind::Group).expect("inserted");
         add(&mut state.groups, f, &c.groups, src, ItemKind::Group, left_out);
@@ -540,6 +613,15 @@ fn merge(
         add(&mut state.services, f, &c.services, src, ItemKind::Service, left_out);
         let f = from.get_mut(&ItemKind::Vip).expect("inserted");
         add(&mut state.vips, f, &c.vips, src, ItemKind::Vip, left_out);
+        let f = from.get_mut(&ItemKind::Listener).expect("inserted");
+        for (i, l) in c.listeners.iter().enumerate() {
+            if !left_out.contains_key(&(src, ItemKind::Listener, i)) {
+                let mut l = l.clone();
+                certificates_by_path(&mut l, base, base_dir);
+                state.listeners.push(l);
+                f.push(Some((src, i)));
+            }
+        }
     }
     (state, from)
 }
@@ -586,7 +668,12 @@ mod tests {
 
     fn group(name: &str, port: u16) -> Arc<BackendGroup> {
         let mut g: BackendGroup = serde_json::from_value(serde_json::json!({ "name": name })).unwrap();
-        g.backends.push(padis_model::Backend { addr: ([127, 0, 0, 1], port).into(), weight: 1, draining: false });
+        g.backends.push(padis_model::Backend {
+            addr: ([127, 0, 0, 1], port).into(),
+            weight: 1,
+            draining: false,
+            check_port: None,
+        });
         Arc::new(g)
     }
 
@@ -748,5 +835,79 @@ mod tests {
         assert!(!s.state.routes.iter().any(|x| x.name == "r1"));
         assert_eq!(rejected(&r)[0], (ItemKind::Route, "r1".into(), RejectReason::HostOwnedByConfig));
         assert!(r.reload_status().ok);
+    }
+
+    fn listener(name: &str, bind: &str, cert: Option<&str>) -> Listener {
+        let mut l: Listener = serde_json::from_value(serde_json::json!({ "name": name, "bind": bind })).unwrap();
+        l.origin = Some(format!("marathon:/{name}"));
+        l.named_routes_only = true;
+        if let Some(c) = cert {
+            let tls = serde_json::json!({ "certificates": [c], "default_certificate": c });
+            l.tls = Some(serde_json::from_value(tls).unwrap());
+        }
+        l
+    }
+
+    /// Source listeners (Marathon service ports): one on a port of the config file (a listener on the same or the
+    /// unspecified address, the admin API) is left out with the route naming it, the others open; a certificate
+    /// given by the path of a config-file certificate is that certificate, an unknown one leaves the listener out.
+    #[test]
+    fn source_listeners_on_taken_ports_or_unknown_certificates_are_rejected_alone() {
+        let dir = std::env::temp_dir().join(format!("padis-reconcile-listeners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=a.test", "-addext", "subjectAltName=DNS:a.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs")
+            .status
+            .success();
+        assert!(ok, "openssl made a certificate");
+        let mut r = reconciler();
+        let base = format!(
+            "[admin]\nlisten = \"127.0.0.1:9901\"\n{}[[certificate]]\nname = \"known\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            BASE.replace("127.0.0.1:1", "127.0.0.1:10001"),
+            cert.display(),
+            key.display()
+        );
+        r.apply_config(parse_config(&base, "a.toml", &dir).unwrap(), dir.clone()).unwrap();
+        let mut c = contribution(4);
+        c.listeners = vec![
+            listener("a", "0.0.0.0:10000", None),
+            listener("b", "0.0.0.0:10001", None),
+            listener("c", "127.0.0.1:9901", None),
+            listener("d", "127.0.0.2:10003", Some(&cert.display().to_string())),
+            listener("e", "127.0.0.2:10004", Some("unknown")),
+            listener("f", "[::]:10001", None),
+        ];
+        for (i, l) in ["a", "b", "c", "d"].iter().enumerate() {
+            Arc::make_mut(&mut c.routes[i]).listeners = vec![l.to_string()];
+        }
+        let s = r.apply_source("marathon", c).unwrap();
+        let names: Vec<(&str, bool)> =
+            s.state.listeners.iter().map(|l| (l.name.as_str(), l.tls.is_some())).collect();
+        assert_eq!(names, [("web", false), ("a", false), ("d", true), ("f", false)]);
+        assert_eq!(s.state.listeners[2].tls.as_ref().unwrap().certificates, ["known"]);
+        assert_eq!(
+            rejected(&r),
+            vec![
+                (ItemKind::Route, "r1".into(), RejectReason::PortOwnedByConfig),
+                (ItemKind::Route, "r2".into(), RejectReason::PortOwnedByConfig),
+                (ItemKind::Listener, "b".into(), RejectReason::PortOwnedByConfig),
+                (ItemKind::Listener, "c".into(), RejectReason::PortOwnedByConfig),
+                (ItemKind::Listener, "e".into(), RejectReason::MissingReference),
+            ]
+        );
+        let msgs: Vec<String> = r.rejected("marathon").iter().map(|i| i.to_string()).collect();
+        assert!(msgs.contains(&"listener `b` of marathon:/b: port 10001 is taken by a listener of the config file \
+            (127.0.0.1:10001)".to_string()), "{msgs:?}");
+        let unknown = msgs.iter().any(|m| m.contains("listener `e`") && m.contains("no certificate named `unknown`"));
+        assert!(unknown, "{msgs:?}");
+        assert_eq!(gauge(&r, "port_owned_by_config"), 4);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

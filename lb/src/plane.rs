@@ -1,7 +1,7 @@
 //! The L7 plane: binds the snapshot's listeners, compiles each new snapshot into a [`Runtime`] swapped in with
 //! arc-swap, adds and removes listeners as snapshots change, and shuts down gracefully.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,8 +41,12 @@ pub struct L7Plane;
 /// A running L7 plane.
 pub struct L7Handle {
     addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    failures: BindFailures,
     task: JoinHandle<()>,
 }
+
+/// Listeners of the snapshot in force that could not be bound, with the error.
+type BindFailures = Arc<Mutex<BTreeMap<String, String>>>;
 
 struct Running {
     configured: SocketAddr,
@@ -57,6 +61,9 @@ struct Follower {
     resumption: Resumption,
     listeners: HashMap<String, Running>,
     addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    failures: BindFailures,
+    /// `padis_listener_bind_failed{listener}`: 1 while a listener of the snapshot in force is not bound.
+    bind_failed: prometheus::IntGaugeVec,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     hard: CancellationToken,
@@ -72,6 +79,14 @@ impl L7Plane {
         metrics: &prometheus::Registry,
         shutdown: CancellationToken,
     ) -> Result<L7Handle, L7Error> {
+        let bind_failed = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "padis_listener_bind_failed",
+                "1 while a listener of the state in force is not bound",
+            ),
+            &["listener"],
+        )?;
+        metrics.register(Box::new(bind_failed.clone()))?;
         let metrics = Arc::new(Metrics::register(metrics)?);
         let resumption = Resumption::new()?;
         reader.mark_seen();
@@ -96,6 +111,8 @@ impl L7Plane {
             resumption,
             listeners: HashMap::new(),
             addrs: Arc::new(Mutex::new(HashMap::new())),
+            failures: Arc::new(Mutex::new(BTreeMap::new())),
+            bind_failed,
             tracker,
             shutdown: shutdown.clone(),
             hard,
@@ -111,8 +128,13 @@ impl L7Plane {
             f.run_listener(&l.name, l.bind, tcp);
         }
         let addrs = f.addrs.clone();
+        let failures = f.failures.clone();
         let task = tokio::spawn(f.follow(reader));
-        Ok(L7Handle { addrs, task })
+        Ok(L7Handle {
+            addrs,
+            failures,
+            task,
+        })
     }
 }
 
@@ -128,6 +150,20 @@ impl L7Handle {
     /// Bound local addresses per listener name (for tests binding port 0), as of the call.
     pub fn local_addrs(&self) -> HashMap<String, SocketAddr> {
         self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Listeners of the state in force that could not be bound (e.g. a Marathon service port another process
+    /// holds), with the error; each new snapshot tries them again.
+    pub fn bind_failures(&self) -> BTreeMap<String, String> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// [`L7Handle::bind_failures`] as a function that outlives the handle's borrow (for a status report).
+    pub fn bind_failures_reader(
+        &self,
+    ) -> impl Fn() -> BTreeMap<String, String> + Send + Sync + 'static {
+        let failures = self.failures.clone();
+        move || failures.lock().map(|f| f.clone()).unwrap_or_default()
     }
 }
 
@@ -149,7 +185,8 @@ impl Follower {
             self.tracker.clone(),
             self.fast.clone(),
         ));
-        self.listeners.insert(name.to_string(), Running { configured, stop });
+        self.listeners
+            .insert(name.to_string(), Running { configured, stop });
     }
 
     fn stop_all(&mut self) {
@@ -175,7 +212,10 @@ impl Follower {
         self.stop_all();
         self.tracker.close();
         let grace = self.shared.runtime.load().limits.shutdown_grace;
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(?grace, "shutdown grace over; closing remaining connections");
             self.hard.cancel();
             self.tracker.wait().await;
@@ -184,17 +224,28 @@ impl Follower {
 
     async fn apply(&mut self, snap: &Snapshot) {
         let prev = self.shared.runtime.load_full();
-        let rt = Runtime::build(snap, Some(&prev), &self.health, &self.shared.metrics, &self.resumption);
+        let rt = Runtime::build(
+            snap,
+            Some(&prev),
+            &self.health,
+            &self.shared.metrics,
+            &self.resumption,
+        );
         drop(prev);
         self.shared.runtime.store(Arc::new(rt));
-        let wanted: HashMap<&str, SocketAddr> =
-            snap.state.listeners.iter().map(|l| (l.name.as_str(), l.bind)).collect();
+        let wanted: HashMap<&str, SocketAddr> = snap
+            .state
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.bind))
+            .collect();
         let gone: Vec<String> = self
             .listeners
             .iter()
             .filter(|(n, r)| wanted.get(n.as_str()) != Some(&r.configured))
             .map(|(n, _)| n.clone())
             .collect();
+        let stopped = !gone.is_empty();
         for n in gone {
             if let Some(r) = self.listeners.remove(&n) {
                 r.stop.cancel();
@@ -204,17 +255,23 @@ impl Follower {
                 tracing::info!(listener = %n, "listener removed");
             }
         }
+        let mut failed = BTreeMap::new();
         for l in &snap.state.listeners {
             if self.listeners.contains_key(&l.name) {
                 continue;
             }
-            // A removed listener may still hold the address for a moment: retry briefly.
+            // A listener removed just now may still hold the address for a moment: retry briefly then.
             let mut tries = 0;
             let tcp = loop {
                 match listener::bind(&l.name, l.bind) {
                     Ok(t) => break Some(t),
-                    Err(e) if tries >= 20 => {
-                        tracing::error!(error = %e, "listener not started");
+                    Err(e) if tries >= 20 || !stopped => {
+                        let known = self.failures.lock().is_ok_and(|f| f.contains_key(&l.name));
+                        if !known {
+                            tracing::error!(error = %e, origin = l.origin.as_deref().unwrap_or("config"),
+                                "listener not started");
+                        }
+                        failed.insert(l.name.clone(), e.to_string());
                         break None;
                     }
                     Err(_) => {
@@ -226,6 +283,15 @@ impl Follower {
             if let Some(tcp) = tcp {
                 self.run_listener(&l.name, l.bind, tcp);
             }
+        }
+        if let Ok(mut f) = self.failures.lock() {
+            for name in f.keys().filter(|n| !failed.contains_key(*n)) {
+                let _ = self.bind_failed.remove_label_values(&[name.as_str()]);
+            }
+            for name in failed.keys() {
+                self.bind_failed.with_label_values(&[name.as_str()]).set(1);
+            }
+            *f = failed;
         }
         tracing::debug!(generation = snap.generation, "L7 snapshot applied");
     }

@@ -99,7 +99,13 @@ impl Runtime {
             listeners.insert(
                 l.name.clone(),
                 ListenerRt {
-                    routes: RouteTable::build(&l.name, &state.routes, metrics),
+                    routes: if l.named_routes_only {
+                        let named: Vec<Arc<padis_model::Route>> =
+                            state.routes.iter().filter(|r| r.listeners.contains(&l.name)).cloned().collect();
+                        RouteTable::build(&l.name, &named, metrics)
+                    } else {
+                        RouteTable::build(&l.name, &state.routes, metrics)
+                    },
                     tls_required: l.tls.is_some(),
                     tls,
                     fast_path: l.tls.is_none() && l.fast_path,

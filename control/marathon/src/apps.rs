@@ -38,6 +38,9 @@ pub struct App {
     /// Host ports (host networking).
     #[serde(default, deserialize_with = "nullable")]
     pub port_definitions: Vec<PortDefinition>,
+    /// Host networking: tasks get the `portDefinitions` ports as host ports (not random ones).
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "std::ops::Not::not")]
+    pub require_ports: bool,
     /// Container settings.
     #[serde(default, deserialize_with = "nullable")]
     pub container: Option<Container>,
@@ -187,6 +190,15 @@ pub struct MarathonHealthCheck {
     /// Port index checked.
     #[serde(default, deserialize_with = "nullable")]
     pub port_index: Option<u32>,
+    /// Seconds between checks.
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u32>,
+    /// Seconds a check may take.
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// Failures in a row after which Marathon kills the task.
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    pub max_consecutive_failures: Option<u32>,
 }
 
 /// A task (`tasks[]`).
@@ -360,7 +372,9 @@ impl App {
         self.port_meta().len()
     }
 
-    /// Name, protocol and container port of each port index, from whichever definition the app uses.
+    /// Name, protocol, container port, service port and fixed host port of each port index, from whichever
+    /// definition the app uses (marathon-lb's order: port mappings of container networking, else
+    /// `portDefinitions`).
     pub fn port_meta(&self) -> Vec<PortMeta> {
         let mappings = self
             .container
@@ -371,17 +385,35 @@ impl App {
         if self.ip_per_task() && !discovery.is_empty() {
             discovery
                 .iter()
-                .map(|p| PortMeta { name: p.name.clone(), protocol: p.protocol.clone(), container_port: Some(p.number) })
+                .map(|p| PortMeta {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    container_port: Some(p.number),
+                    service_port: None,
+                    host_port: None,
+                })
                 .collect()
         } else if !mappings.is_empty() {
             mappings
                 .iter()
-                .map(|p| PortMeta { name: p.name.clone(), protocol: p.protocol.clone(), container_port: Some(p.container_port) })
+                .map(|p| PortMeta {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    container_port: Some(p.container_port),
+                    service_port: port16(p.service_port),
+                    host_port: p.host_port.and_then(port16),
+                })
                 .collect()
         } else {
             self.port_definitions
                 .iter()
-                .map(|p| PortMeta { name: p.name.clone(), protocol: p.protocol.clone(), container_port: None })
+                .map(|p| PortMeta {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    container_port: None,
+                    service_port: port16(p.port),
+                    host_port: if self.require_ports { port16(p.port) } else { None },
+                })
                 .collect()
         }
     }
@@ -396,6 +428,16 @@ pub struct PortMeta {
     pub protocol: String,
     /// Container port (port mappings, discovery ports).
     pub container_port: Option<u32>,
+    /// Service port (`servicePort` of a port mapping, `port` of a port definition; none when 0).
+    pub service_port: Option<u16>,
+    /// Host port every task of the app gets for this port (a port mapping's non-zero `hostPort`, or a port
+    /// definition's `port` with `requirePorts`); none when Mesos picks one per task.
+    pub host_port: Option<u16>,
+}
+
+/// A port number of Marathon's JSON as a port (none for 0 or out of range).
+fn port16(p: u32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
 }
 
 #[cfg(test)]

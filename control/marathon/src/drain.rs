@@ -42,6 +42,7 @@ pub fn def_of(app: &App) -> App {
         instances: app.instances,
         labels: app.labels.clone(),
         port_definitions: app.port_definitions.clone(),
+        require_ports: app.require_ports,
         container: app.container.clone(),
         ip_address: app.ip_address.clone(),
         networks: app.networks.clone(),

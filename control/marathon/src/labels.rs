@@ -3,7 +3,7 @@
 //! Prefixes are tried in the configured order: a `PADIS_` label wins over the same `HAPROXY_` label. Every key
 //! under a prefix is accounted for: a label Padis honours is read into [`AppLabels`] with the key as the app wrote
 //! it (problems name `HAPROXY_0_VHOST`, not `PADIS_0_VHOST`); a marathon-lb label Padis does not honour
-//! (HAProxy config templates, service-port listener settings) is listed in [`AppLabels::unsupported`], reported for
+//! (HAProxy config templates) is listed in [`AppLabels::unsupported`], reported for
 //! the app and counted; an unknown key is an error under a Padis prefix (a typo must not pass) and reported as
 //! unknown under `HAPROXY_`.
 
@@ -57,6 +57,14 @@ pub struct PortLabels {
     pub proxypass_path: Option<Label>,
     /// `HTTP_BACKEND_REVPROXY_PATH`.
     pub revproxy_path: Option<Label>,
+    /// `PORT`: the service port (overrides Marathon's `servicePort`).
+    pub port: Option<Label>,
+    /// `BIND_ADDR`: address of the service-port listener.
+    pub bind_addr: Option<Label>,
+    /// `BIND_OPTIONS`: HAProxy `bind` options of the service-port listener.
+    pub bind_options: Option<Label>,
+    /// `SSL_CERT`: certificate (name or file path) making the service-port listener TLS.
+    pub ssl_cert: Option<Label>,
 }
 
 /// All Padis-relevant labels of an app.
@@ -163,9 +171,6 @@ pub const TEMPLATES: &[&str] = &[
     "USERLIST_HEAD",
 ];
 
-/// Per-port marathon-lb labels that configure a service-port listener, which Padis does not open yet.
-pub const LISTENER_LABELS: &[&str] = &["PORT", "BIND_ADDR", "BIND_OPTIONS", "SSL_CERT"];
-
 /// Per-port marathon-lb labels not honoured for other reasons.
 const OTHER_UNSUPPORTED: &[(&str, &str)] =
     &[("HTTP_BACKEND_REDIR", "redirect of the domain root is not supported")];
@@ -224,12 +229,14 @@ pub fn parse(labels: &BTreeMap<String, String>, prefixes: &[String]) -> (AppLabe
                 "BACKEND_NETWORK_ALLOWED_ACL" => &mut p.network_allowed,
                 "HTTP_BACKEND_PROXYPASS_PATH" => &mut p.proxypass_path,
                 "HTTP_BACKEND_REVPROXY_PATH" => &mut p.revproxy_path,
+                "PORT" => &mut p.port,
+                "BIND_ADDR" => &mut p.bind_addr,
+                "BIND_OPTIONS" => &mut p.bind_options,
+                "SSL_CERT" => &mut p.ssl_cert,
                 _ => {
                     let generic = format!("{prefix}{{n}}_{k}");
                     let (reason, fail_closed) = if TEMPLATES.contains(&k) {
                         ("an HAProxy config template: Padis generates no HAProxy config", widens_access(k))
-                    } else if LISTENER_LABELS.contains(&k) {
-                        ("service-port listeners are not supported yet (routes come from VHOST / PATH)", false)
                     } else if let Some((_, r)) = OTHER_UNSUPPORTED.iter().find(|(name, _)| *name == k) {
                         (*r, false)
                     } else {
@@ -303,6 +310,7 @@ mod tests {
         assert_eq!(l.ports[&0].vhost, Some(Label { key: "PADIS_0_VHOST".into(), value: "new.example.com".into() }));
         assert_eq!(l.ports[&1].vip.as_ref().map(|v| v.value.as_str()), Some("10.0.0.1:80"));
         assert_eq!(l.deployment_group.as_ref().map(|v| v.value.as_str()), Some("web"));
+        assert_eq!(l.ports[&0].port.as_ref().map(|v| v.value.as_str()), Some("8080"));
         assert_eq!(e, vec![LabelError { label: "PADIS_0_VHSOT".into(), message: "unknown label".into() }]);
         let u: Vec<(&str, &str, bool)> =
             l.unsupported.iter().map(|u| (u.key.as_str(), u.name.as_str(), u.fail_closed)).collect();
@@ -310,7 +318,6 @@ mod tests {
             u,
             vec![
                 ("HAPROXY_0_BACKEND_HEAD", "HAPROXY_{n}_BACKEND_HEAD", false),
-                ("HAPROXY_0_PORT", "HAPROXY_{n}_PORT", false),
                 ("HAPROXY_0_USERLIST_HEAD", "HAPROXY_{n}_USERLIST_HEAD", true),
                 ("HAPROXY_0_VHSOT", "unknown", false),
                 ("HAPROXY_HEAD", "unknown", false),

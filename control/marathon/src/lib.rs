@@ -21,7 +21,7 @@ mod source;
 use std::sync::Arc;
 
 use padis_model::l4::Vip;
-use padis_model::{same_items, BackendGroup, Route, Service, SourceStatus};
+use padis_model::{same_items, BackendGroup, Listener, Route, Service, SourceStatus};
 use serde::Serialize;
 
 pub use apps::{App, Apps, ParseCache, Task};
@@ -45,6 +45,9 @@ pub struct MarathonState {
     pub services: Vec<Arc<Service>>,
     /// L4 VIPs from `VIP` labels.
     pub vips: Vec<Arc<Vip>>,
+    /// Service-port listeners (`[marathon] service_ports`), named like the port's group (`marathon:/app:0`):
+    /// HTTP ones serve the route naming them, TCP ones relay to the group.
+    pub listeners: Vec<Listener>,
     /// Invalid apps, ports, routes or labels (skipped), and labels not honoured (see [`AppProblem::effect`]).
     pub problems: Vec<AppProblem>,
     /// Freshness: last good sync, last error.
@@ -58,6 +61,7 @@ impl Default for MarathonState {
             routes: Vec::new(),
             services: Vec::new(),
             vips: Vec::new(),
+            listeners: Vec::new(),
             problems: Vec::new(),
             status: SourceStatus { name: "marathon".into(), ok: false, last_ok_unix_ms: None, last_error: None },
         }
@@ -71,6 +75,7 @@ impl MarathonState {
             && same_items(&self.routes, &other.routes)
             && same_items(&self.services, &other.services)
             && same_items(&self.vips, &other.vips)
+            && self.listeners == other.listeners
             && self.problems == other.problems
     }
 
@@ -111,6 +116,11 @@ pub enum Effect {
     RouteSkipped,
     /// The label is not honoured; the app is served without it.
     LabelIgnored,
+    /// The port's service-port listener is not opened (its port is taken, or it cannot be served as asked);
+    /// the app's routes are served.
+    ListenerSkipped,
+    /// The port's L4 VIP is not published (its tasks cannot be reached through it); the rest is served.
+    VipSkipped,
 }
 
 impl AppProblem {

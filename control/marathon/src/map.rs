@@ -22,12 +22,14 @@ use std::sync::{Arc, LazyLock};
 
 use padis_model::l4::{Vip, VipBackend};
 use padis_model::marathon::MarathonConfig;
+use std::time::Duration;
+
 use padis_model::{
-    crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Route,
-    Service, ServicePort,
+    crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Listener,
+    ListenerTls, Route, Service, ServicePort,
 };
 
-use crate::apps::{App, Apps, PortMeta, Task};
+use crate::apps::{App, Apps, MarathonHealthCheck, PortMeta, Task};
 use crate::labels::{self, AppLabels, Label, PortLabels};
 use crate::{AppProblem, Effect, MarathonState};
 
@@ -121,6 +123,8 @@ struct AppOutput {
     weights: Vec<i64>,
     services: Vec<Service>,
     vips: Vec<Vip>,
+    /// Service-port listeners, each with its route (HTTP) or none (TCP: relayed to the port's group).
+    listeners: Vec<(Listener, Option<Route>)>,
     /// Labels not honoured, ports not served: reported, the rest of the app served.
     warnings: Vec<AppProblem>,
 }
@@ -134,6 +138,7 @@ struct Shared {
     routes: Vec<Arc<Route>>,
     services: Vec<Arc<Service>>,
     vips: Vec<Arc<Vip>>,
+    listeners: Vec<(Listener, Option<Arc<Route>>)>,
     route_keys: Vec<RouteKey>,
     vip_keys: Vec<(IpAddr, u16, String)>,
     service_keys: Vec<String>,
@@ -162,7 +167,21 @@ impl Shared {
         let vip_keys = out.vips.iter().map(|v| (v.addr, v.port, v.protocol.clone())).collect();
         let service_keys =
             out.services.iter().map(|s| format!("{}.{}", s.name, s.zone.as_deref().unwrap_or(""))).collect();
+        let old_listeners = previous.map_or(&[][..], |p| &p.listeners[..]);
+        let listeners = out
+            .listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, (l, r))| {
+                let r = r.map(|r| match old_listeners.get(i).and_then(|(_, o)| o.as_ref()) {
+                    Some(o) if **o == r => o.clone(),
+                    _ => Arc::new(r),
+                });
+                (l, r)
+            })
+            .collect();
         Shared {
+            listeners,
             groups: reuse(out.groups, previous.map_or(&[], |p| &p.groups)),
             routes: reuse(out.routes, previous.map_or(&[], |p| &p.routes)),
             services: reuse(out.services, previous.map_or(&[], |p| &p.services)),
@@ -203,6 +222,8 @@ struct Taken<'a> {
     routes: HashSet<(Option<&'a str>, &'a str), foldhash::fast::RandomState>,
     vips: HashSet<(IpAddr, u16, &'a str), foldhash::fast::RandomState>,
     services: HashSet<&'a str, foldhash::fast::RandomState>,
+    /// Service-port listeners' addresses, with their app.
+    binds: Vec<(SocketAddr, &'a str)>,
 }
 
 /// Maps apps (the `/v2/apps?embed=apps.tasks` body) to the desired state Marathon contributes.
@@ -400,6 +421,18 @@ fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState
                         }
                         state.services.extend(out.services.iter().cloned());
                         state.vips.extend(out.vips.iter().cloned());
+                        for (l, r) in &out.listeners {
+                            if let Some((_, by)) = taken.binds.iter().find(|(b, _)| binds_overlap(*b, l.bind)) {
+                                let port = l.bind.port();
+                                let message = format!("service port {port}: {} is already used by {by}", l.bind);
+                                let p = AppProblem::new(&e.app.id, None, message);
+                                state.problems.push(p.with_effect(Effect::ListenerSkipped));
+                                continue;
+                            }
+                            taken.binds.push((l.bind, e.app.id.as_str()));
+                            state.listeners.push(l.clone());
+                            state.routes.extend(r.iter().cloned());
+                        }
                     }
                     Err(p) => state.problems.push(AppProblem::new(&e.app.id, None, p)),
                 }
@@ -407,6 +440,14 @@ fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState
         }
     }
     state
+}
+
+/// Whether two listening addresses cannot both be bound: same port, and the same address or one of them the
+/// unspecified address of its family.
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Checks the app's keys against earlier apps, and takes them (shadowed routes claim nothing).
@@ -457,17 +498,19 @@ fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig, app_served: bool
         out.warnings.push(p);
     }
     let mut served = vec![false; meta.len()];
-    for (&n, pl) in &labels.ports {
-        if n >= meta.len() {
-            let k = [&pl.vhost, &pl.path, &pl.vip, &pl.dns, &pl.mode]
-                .into_iter()
-                .flatten()
-                .next()
-                .map(|l| l.key.clone())
-                .unwrap_or_else(|| key(cfg, n, "*"));
-            problems.push(AppProblem::new(&app.id, Some(k), format!("port index {n}: the app declares {} port(s)", meta.len())));
-            continue;
-        }
+    for (&n, pl) in labels.ports.range(meta.len()..) {
+        let k = [&pl.vhost, &pl.path, &pl.vip, &pl.dns, &pl.mode]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|l| l.key.clone())
+            .unwrap_or_else(|| key(cfg, n, "*"));
+        let message = format!("port index {n}: the app declares {} port(s)", meta.len());
+        problems.push(AppProblem::new(&app.id, Some(k), message));
+    }
+    let unlabelled = PortLabels::default();
+    for (n, served) in served.iter_mut().enumerate() {
+        let pl = labels.ports.get(&n).unwrap_or(&unlabelled);
         let group_ok = match &pl.group {
             Some(g) => cfg.serves_group(&g.value),
             None => app_served,
@@ -485,17 +528,10 @@ fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig, app_served: bool
         if !group_ok || !enabled || closed.contains(&n) {
             continue;
         }
-        served[n] = true;
-        if let Err(p) = map_port(app, &meta, n, pl, &origin, &mut out) {
+        *served = true;
+        let key_of = |k: &str| key(cfg, n, k);
+        if let Err(p) = map_port(app, &meta, n, pl, &origin, cfg, &key_of, &mut out) {
             problems.extend(p);
-        }
-    }
-    if app_served {
-        for (n, s) in served.iter_mut().enumerate() {
-            let pl = labels.ports.get(&n);
-            let enabled = pl.and_then(|p| p.enabled.as_ref()).is_none_or(|l| labels::boolean(&l.value) != Some(false));
-            let group_ok = pl.and_then(|p| p.group.as_ref()).is_none_or(|g| cfg.serves_group(&g.value));
-            *s |= enabled && group_ok && !closed.contains(&n);
         }
     }
     if let Some(l) = &labels.deployment_alt_port {
@@ -597,53 +633,218 @@ fn prefix(app: &App, l: &Option<Label>, problems: &mut Vec<AppProblem>) -> Optio
     }
 }
 
+/// The Marathon health check of port index `n` (`portIndex`, 0 when not given, as Marathon defaults it).
+fn marathon_check(app: &App, n: usize) -> Option<&MarathonHealthCheck> {
+    app.health_checks.iter().find(|c| c.port_index.unwrap_or(0) as usize == n)
+}
+
+/// The active check of a port whose backends are probed on port index `k` (`BACKEND_HEALTHCHECK_PORT_INDEX`),
+/// as marathon-lb turns the Marathon health check of that port into HAProxy's `check port`: its HTTP path
+/// (HTTP, MESOS_HTTP), or a TCP connect (TCP, MESOS_TCP, HTTPS, COMMAND, or no Marathon check), with its interval,
+/// timeout and failures; `path` (`HEALTHCHECK_PATH`) makes it an HTTP check of that path.
+fn check_on_port(app: &App, k: usize, path: Option<&str>) -> HealthCheck {
+    let mc = marathon_check(app, k);
+    let http_path = path.map(str::to_string).or_else(|| {
+        mc.filter(|c| matches!(c.protocol.to_ascii_uppercase().as_str(), "HTTP" | "MESOS_HTTP"))
+            .map(|c| c.path.clone().unwrap_or_else(|| "/".into()))
+    });
+    let mut check = match &http_path {
+        Some(p) => serde_json::from_value::<HealthCheck>(serde_json::json!({ "kind": "http", "path": p })),
+        None => serde_json::from_value::<HealthCheck>(serde_json::json!({ "kind": "tcp" })),
+    }
+    .expect("HealthCheck defaults deserialize");
+    if let Some(c) = mc {
+        if let Some(i) = c.interval_seconds.filter(|i| *i > 0) {
+            check.interval = Duration::from_secs(u64::from(i));
+        }
+        if let Some(t) = c.timeout_seconds.filter(|t| *t > 0) {
+            check.timeout = Duration::from_secs(u64::from(t));
+        }
+        check.timeout = check.timeout.min(check.interval);
+        if let Some(f) = c.max_consecutive_failures.filter(|f| *f > 0) {
+            // HAProxy `fall` as marathon-lb sets it.
+            check.fall = f.saturating_add(1);
+        }
+    }
+    check
+}
+
+/// `BIND_OPTIONS`: HAProxy `bind` options. `alpn <protocols>` is honoured on TLS listeners; options that only
+/// restrict old TLS versions are what Padis does anyway (it offers TLS 1.2 and 1.3 only). Returns the ALPN list
+/// and the options not honoured.
+fn parse_bind_options(value: &str) -> (Option<Vec<String>>, Vec<String>) {
+    let mut alpn = None;
+    let mut other = Vec::new();
+    let mut it = value.split_whitespace();
+    while let Some(t) = it.next() {
+        match t {
+            "alpn" => match it.next() {
+                Some(list) => {
+                    let protos: Vec<String> = list.split(',').map(str::to_string).collect();
+                    if protos.iter().all(|p| p == "h2" || p == "http/1.1") {
+                        alpn = Some(protos);
+                    } else {
+                        other.push(format!("alpn {list}"));
+                    }
+                }
+                None => other.push("alpn".into()),
+            },
+            "no-sslv3" | "no-tlsv10" | "no-tlsv11" | "force-tlsv12" => {}
+            "ssl-min-ver" => match it.next() {
+                Some(v @ ("SSLv3" | "TLSv1.0" | "TLSv1.1" | "TLSv1.2")) => {
+                    let _ = v;
+                }
+                Some(v) => other.push(format!("ssl-min-ver {v}")),
+                None => other.push("ssl-min-ver".into()),
+            },
+            t => other.push(t.to_string()),
+        }
+    }
+    (alpn, other)
+}
+
+/// Whether the port's tasks are reached on the VIP's port: an L4 VIP forwards packets unchanged (direct server
+/// return keeps the destination port), so the tasks must listen on it. With IP-per-task networking that is the
+/// container port; otherwise the host port, which must then be the same for every task (a fixed `hostPort`, or
+/// `requirePorts`): Mesos' random host ports would make several tasks of one agent one backend.
+fn vip_port_problem(app: &App, meta: &PortMeta, vip_port: u16) -> Option<String> {
+    if app.ip_per_task() {
+        let cp = meta.container_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+        return match cp {
+            Some(p) if p == vip_port => None,
+            Some(p) => Some(format!("the tasks listen on container port {p}, not on the VIP's port {vip_port}")),
+            None => None,
+        };
+    }
+    match meta.host_port {
+        Some(p) if p == vip_port => None,
+        Some(p) => Some(format!("the tasks listen on host port {p}, not on the VIP's port {vip_port}")),
+        None => Some(format!(
+            "the tasks listen on host ports Mesos picks per task, not on the VIP's port {vip_port} (tasks of one \
+             agent would be one backend)"
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn map_port(
     app: &App,
     meta: &[PortMeta],
     n: usize,
     pl: &PortLabels,
     origin: &str,
+    cfg: &MarathonConfig,
+    key_of: &dyn Fn(&str) -> String,
     out: &mut AppOutput,
 ) -> Result<(), Vec<AppProblem>> {
     let mut problems = Vec::new();
-    let mode = pl.mode.as_ref().map(|l| (l, l.value.to_ascii_lowercase()));
-    let http = match &mode {
-        None => pl.vhost.is_some() || pl.path.is_some(),
-        Some((_, m)) if m == "http" => pl.vhost.is_some() || pl.path.is_some(),
-        Some((l, m)) if m == "tcp" => {
-            if pl.vip.is_none() {
-                let mut p = problem(app, l, "a TCP service port is not served yet: give the port a VIP label")
-                    .with_effect(Effect::LabelIgnored);
-                p.unsupported = Some("MODE=tcp".into());
-                out.warnings.push(p);
-            }
-            false
-        }
+    let routed = pl.vhost.is_some() || pl.path.is_some();
+    // marathon-lb's mode: the MODE label, else http with a VHOST (Padis: or a PATH) or a Marathon HTTP health
+    // check on the port, else tcp.
+    let tcp = match pl.mode.as_ref().map(|l| (l, l.value.to_ascii_lowercase())) {
+        None => !routed && !marathon_check(app, n).is_some_and(|c| c.protocol.eq_ignore_ascii_case("HTTP")),
+        Some((_, m)) if m == "http" => false,
+        Some((_, m)) if m == "tcp" => true,
         Some((l, m)) => {
             problems.push(problem(app, l, format!("`{m}`: expected http or tcp")));
             false
         }
     };
-    if let Some(l) = &pl.healthcheck_port_index {
-        match l.value.parse::<usize>() {
-            Ok(k) if k < meta.len() => {
-                let checked = app.health_checks.iter().any(|c| c.port_index.map(|i| i as usize) == Some(k));
-                if k != n && !checked {
-                    out.warnings.push(
-                        problem(app, l, format!("no Marathon health check has portIndex {k}: nothing to follow"))
-                            .with_effect(Effect::LabelIgnored),
-                    );
-                } else if k != n && pl.healthcheck_path.is_some() {
-                    out.warnings.push(
-                        problem(app, l, format!("the active check of HEALTHCHECK_PATH probes port index {n}, not {k}"))
-                            .with_effect(Effect::LabelIgnored),
-                    );
+    let routes = !tcp && routed;
+    // The health check port (`check port`): index `k`'s port of each task.
+    let check_index = match &pl.healthcheck_port_index {
+        None => None,
+        Some(l) => match l.value.parse::<usize>() {
+            Ok(k) if k < meta.len() => Some(k),
+            _ => {
+                problems.push(problem(app, l, format!("`{}`: expected a port index below {}", l.value, meta.len())));
+                None
+            }
+        },
+    };
+    // The service-port listener.
+    let listener_labels = [&pl.port, &pl.bind_addr, &pl.bind_options, &pl.ssl_cert];
+    let service_port = match &pl.port {
+        None => meta[n].service_port,
+        Some(l) => match l.value.parse::<u16>() {
+            Ok(p) if p != 0 => Some(p),
+            _ => {
+                problems.push(problem(app, l, format!("`{}`: expected a port number (1-65535)", l.value)));
+                None
+            }
+        },
+    };
+    let mut listener: Option<Listener> = None;
+    let (mut refused, mut http_listener) = (false, false);
+    let udp_only = !meta[n].protocol.is_empty() && !meta[n].protocol.to_ascii_lowercase().contains("tcp");
+    if !cfg.service_ports || service_port.is_none() || udp_only {
+        let why = if !cfg.service_ports {
+            "service-port listeners are off on this node ([marathon] service_ports = false)"
+        } else if udp_only {
+            "a UDP port: service-port listeners are TCP"
+        } else {
+            "the port has no service port (servicePort / PORT): no listener to configure"
+        };
+        for l in listener_labels.into_iter().flatten() {
+            out.warnings.push(problem(app, l, why).with_effect(Effect::LabelIgnored));
+        }
+    } else if let Some(sp) = service_port {
+        let ip = match &pl.bind_addr {
+            None => Some(cfg.service_port_bind),
+            Some(l) if l.value == "*" || l.value.is_empty() => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            Some(l) => match l.value.trim_matches(['[', ']']).parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    problems.push(problem(app, l, format!("`{}`: expected an IP address or `*`", l.value)));
+                    None
+                }
+            },
+        };
+        let (alpn, unhonoured) = pl.bind_options.as_ref().map(|l| parse_bind_options(&l.value)).unwrap_or_default();
+        if let (Some(l), false) = (&pl.bind_options, unhonoured.is_empty()) {
+            let mut p =
+                problem(app, l, format!("not honoured: {}", unhonoured.join(", "))).with_effect(Effect::LabelIgnored);
+            p.unsupported = Some("BIND_OPTIONS".into());
+            out.warnings.push(p);
+        }
+        // What the TCP mode cannot do is not done in the open: the listener stays closed.
+        let refuse = if tcp {
+            pl.ssl_cert.as_ref().map(|l| (l, "TLS termination is not offered by the TCP mode"))
+                .or_else(|| pl.auth.as_ref().map(|l| (l, "not enforceable by the TCP mode")))
+                .or_else(|| pl.network_allowed.as_ref().map(|l| (l, "not enforceable by the TCP mode yet")))
+        } else {
+            None
+        };
+        if let Some((l, why)) = refuse {
+            refused = true;
+            let p = problem(app, l, format!("{why}: the service port {sp} is not opened"));
+            out.warnings.push(p.with_effect(Effect::ListenerSkipped));
+        } else if let Some(ip) = ip {
+            let mut l: Listener = serde_json::from_value(serde_json::json!({
+                "name": format!("{origin}:{n}"),
+                "bind": SocketAddr::new(ip, sp),
+                "mode": if tcp { "tcp" } else { "http" },
+            }))
+            .expect("Listener defaults deserialize");
+            l.origin = Some(origin.to_string());
+            if tcp {
+                l.group = Some(format!("{origin}:{n}"));
+            } else {
+                l.named_routes_only = true;
+                if let Some(c) = pl.ssl_cert.as_ref().filter(|c| !c.value.is_empty()) {
+                    let mut t: ListenerTls = serde_json::from_value(serde_json::json!({})).expect("defaults");
+                    t.certificates = vec![c.value.clone()];
+                    t.default_certificate = Some(c.value.clone());
+                    if let Some(a) = alpn {
+                        t.alpn = a;
+                    }
+                    l.tls = Some(t);
                 }
             }
-            _ => problems.push(problem(app, l, format!("`{}`: expected a port index below {}", l.value, meta.len()))),
+            listener = Some(l);
         }
     }
-    if http {
+    if routes || listener.is_some() {
         let group_name = format!("{origin}:{n}");
         let mut group = GROUP_TEMPLATE.clone();
         group.name = group_name.clone();
@@ -679,98 +880,130 @@ fn map_port(
                 problems.push(problem(app, l, "must start with `/`"));
             }
         }
-        let redirect_https = flag(app, &pl.redirect_https, &mut problems);
-        let hsts = flag(app, &pl.use_hsts, &mut problems);
-        let (paths, path_ignore_case) = match &pl.path {
-            None => (vec!["/".to_string()], false),
-            Some(l) => match parse_paths(l) {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(problem(app, l, e));
-                    (Vec::new(), false)
-                }
-            },
-        };
-        let basic_auth = match &pl.auth {
-            None => None,
-            Some(l) => match parse_auth(l) {
-                Ok(a) if a.users.iter().all(|u| crypt_kind(&u.hash).is_some()) => Some(a),
-                Ok(_) => {
-                    // Serving without the authentication the app asked for is not an option: the port is left out.
-                    let mut p = problem(
-                        app,
-                        l,
-                        "unsupported password hash (supported: bcrypt $2a$/$2b$/$2y$, SHA-512 $6$, SHA-256 $5$, \
-                         MD5 $1$, DES); the port is not served",
-                    )
-                    .with_effect(Effect::PortSkipped);
-                    p.unsupported = Some("AUTH hash kind".into());
-                    out.warnings.push(p);
-                    return if problems.is_empty() { Ok(()) } else { Err(problems) };
-                }
-                Err(e) => {
-                    problems.push(problem(app, l, e));
-                    None
-                }
-            },
-        };
-        let allow_cidrs = match &pl.network_allowed {
-            None => Vec::new(),
-            Some(l) => parse_cidrs(l).unwrap_or_else(|e| {
-                problems.push(problem(app, l, e));
-                Vec::new()
-            }),
-        };
-        let proxypass_path = prefix(app, &pl.proxypass_path, &mut problems);
-        let revproxy_path = prefix(app, &pl.revproxy_path, &mut problems);
-        // marathon-lb: routes with a PATH weigh 1 unless a weight is given.
-        let weight = match &pl.backend_weight {
-            None => i64::from(pl.path.is_some()),
-            Some(l) => l.value.parse::<i64>().unwrap_or_else(|_| {
-                problems.push(problem(app, l, format!("`{}`: expected an integer", l.value)));
-                0
-            }),
-        };
-        let hosts: Vec<Option<String>> = match &pl.vhost {
-            Some(v) => v.value.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).map(Some).collect(),
-            None => vec![None],
-        };
-        if hosts.is_empty() {
-            if let Some(l) = &pl.vhost {
-                problems.push(problem(app, l, "no host name"));
-            }
+        if let Some(k) = check_index {
+            let path = pl.healthcheck_path.as_ref().map(|l| l.value.as_str()).filter(|p| p.starts_with('/'));
+            group.health = Some(check_on_port(app, k, path));
         }
-        let mut seen = HashSet::new();
-        let mut k = 0;
-        for host in hosts {
-            if let (Some(h), Some(l)) = (&host, &pl.vhost) {
-                if !host_ok(h) {
-                    problems.push(problem(app, l, format!("`{h}`: not a host name or `*.suffix`")));
-                    continue;
+        if !tcp {
+            let redirect_https = flag(app, &pl.redirect_https, &mut problems);
+            let hsts = flag(app, &pl.use_hsts, &mut problems);
+            let (paths, path_ignore_case) = match &pl.path {
+                None => (vec!["/".to_string()], false),
+                Some(l) => match parse_paths(l) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        problems.push(problem(app, l, e));
+                        (Vec::new(), false)
+                    }
+                },
+            };
+            let basic_auth = match &pl.auth {
+                None => None,
+                Some(l) => match parse_auth(l) {
+                    Ok(a) if a.users.iter().all(|u| crypt_kind(&u.hash).is_some()) => Some(a),
+                    Ok(_) => {
+                        // Serving without the authentication the app asked for is not an option: the port is left
+                        // out.
+                        let mut p = problem(
+                            app,
+                            l,
+                            "unsupported password hash (supported: bcrypt $2a$/$2b$/$2y$, SHA-512 $6$, SHA-256 $5$, \
+                             MD5 $1$, DES); the port is not served",
+                        )
+                        .with_effect(Effect::PortSkipped);
+                        p.unsupported = Some("AUTH hash kind".into());
+                        out.warnings.push(p);
+                        return if problems.is_empty() { Ok(()) } else { Err(problems) };
+                    }
+                    Err(e) => {
+                        problems.push(problem(app, l, e));
+                        None
+                    }
+                },
+            };
+            let allow_cidrs = match &pl.network_allowed {
+                None => Vec::new(),
+                Some(l) => parse_cidrs(l).unwrap_or_else(|e| {
+                    problems.push(problem(app, l, e));
+                    Vec::new()
+                }),
+            };
+            let proxypass_path = prefix(app, &pl.proxypass_path, &mut problems);
+            let revproxy_path = prefix(app, &pl.revproxy_path, &mut problems);
+            // Every route of the port carries the same access rules (the service port's too: MLB's service-port
+            // frontend asks no password, Padis does).
+            let template = Route {
+                group: Some(group_name.clone()),
+                redirect_https,
+                origin: Some(origin.to_string()),
+                hsts,
+                basic_auth,
+                allow_cidrs,
+                proxypass_path,
+                revproxy_path,
+                ..Route::default()
+            };
+            if routes {
+                // marathon-lb: routes with a PATH weigh 1 unless a weight is given.
+                let weight = match &pl.backend_weight {
+                    None => i64::from(pl.path.is_some()),
+                    Some(l) => l.value.parse::<i64>().unwrap_or_else(|_| {
+                        problems.push(problem(app, l, format!("`{}`: expected an integer", l.value)));
+                        0
+                    }),
+                };
+                let hosts: Vec<Option<String>> = match &pl.vhost {
+                    Some(v) => v
+                        .value
+                        .split(',')
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .map(Some)
+                        .collect(),
+                    None => vec![None],
+                };
+                if hosts.is_empty() {
+                    if let Some(l) = &pl.vhost {
+                        problems.push(problem(app, l, "no host name"));
+                    }
+                }
+                let mut seen = HashSet::new();
+                let mut k = 0;
+                for host in hosts {
+                    if let (Some(h), Some(l)) = (&host, &pl.vhost) {
+                        if !host_ok(h) {
+                            problems.push(problem(app, l, format!("`{h}`: not a host name or `*.suffix`")));
+                            continue;
+                        }
+                    }
+                    for path in &paths {
+                        if !seen.insert((host.clone(), path.trim_end_matches('/').to_string())) {
+                            continue;
+                        }
+                        out.routes.push(Route {
+                            name: if k == 0 { group_name.clone() } else { format!("{group_name}:{k}") },
+                            host: host.clone(),
+                            path: path.clone(),
+                            path_ignore_case,
+                            ..template.clone()
+                        });
+                        out.weights.push(weight);
+                        k += 1;
+                    }
                 }
             }
-            for path in &paths {
-                if !seen.insert((host.clone(), path.trim_end_matches('/').to_string())) {
-                    continue;
-                }
-                out.routes.push(Route {
-                    name: if k == 0 { group_name.clone() } else { format!("{group_name}:{k}") },
-                    host: host.clone(),
-                    path: path.clone(),
-                    group: Some(group_name.clone()),
-                    redirect_https,
-                    origin: Some(origin.to_string()),
-                    path_ignore_case,
-                    hsts,
-                    basic_auth: basic_auth.clone(),
-                    allow_cidrs: allow_cidrs.clone(),
-                    proxypass_path: proxypass_path.clone(),
-                    revproxy_path: revproxy_path.clone(),
-                    ..Route::default()
-                });
-                out.weights.push(weight);
-                k += 1;
+            if let Some(l) = listener.take() {
+                // marathon-lb's service-port frontend: every request goes to the app, whatever its Host and path.
+                let route = Route {
+                    name: format!("{group_name}:service-port"),
+                    listeners: vec![l.name.clone()],
+                    ..template
+                };
+                out.listeners.push((l, Some(route)));
+                http_listener = true;
             }
+        } else if let Some(l) = listener.take() {
+            out.listeners.push((l, None));
         }
         let mut addrs = HashSet::new();
         for task in &app.tasks {
@@ -782,18 +1015,21 @@ fn map_port(
             let (Some(ip), Some(port)) = (task_ip(app, task), task_port(app, meta, task, n)) else { continue };
             let addr = SocketAddr::new(ip, port);
             if addrs.insert(addr) {
-                group.backends.push(Backend { addr, weight: 1, draining });
+                let check_port = check_index.and_then(|k| task_port(app, meta, task, k));
+                group.backends.push(Backend { addr, weight: 1, draining, check_port });
             }
         }
         out.groups.push(group);
-    } else {
-        // Labels that only mean something on an HTTP port.
+    }
+    if !routes {
+        // Labels that only mean something on an HTTP port: honoured on an HTTP service-port listener; a TCP one
+        // carrying a security label was refused above.
         for l in [&pl.auth, &pl.network_allowed, &pl.use_hsts, &pl.proxypass_path, &pl.revproxy_path].into_iter().flatten() {
             let security = l.key.ends_with("_AUTH") || l.key.ends_with("_NETWORK_ALLOWED_ACL");
             if security && pl.vip.is_some() {
                 // An L4 VIP cannot authenticate or filter: refuse it rather than serve it open.
                 problems.push(problem(app, l, "not enforceable on an L4 VIP (no HTTP route on this port)"));
-            } else {
+            } else if !http_listener && !(security && refused) {
                 out.warnings.push(
                     problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)").with_effect(Effect::LabelIgnored),
                 );
@@ -803,37 +1039,56 @@ fn map_port(
     if let Some(l) = &pl.vip {
         match l.value.parse::<SocketAddr>() {
             Ok(vip) if vip.port() != 0 => {
-                let protos: Vec<String> = meta[n]
-                    .protocol
-                    .split(',')
-                    .map(|p| p.trim().to_ascii_lowercase())
-                    .filter(|p| p == "tcp" || p == "udp")
-                    .collect();
-                let protos = if protos.is_empty() { vec!["tcp".to_string()] } else { protos };
-                let mut backends = Vec::new();
-                let mut ips = HashSet::new();
-                for task in &app.tasks {
-                    let weight = match role(app, task) {
-                        Role::Serving => 1,
-                        Role::Draining => 0,
-                        _ => continue,
-                    };
-                    if let Some(ip) = task_ip(app, task) {
-                        if ips.insert(ip) {
-                            backends.push(VipBackend { addr: ip, weight });
+                if let Some(why) = vip_port_problem(app, &meta[n], vip.port()) {
+                    let mut p = problem(
+                        app,
+                        l,
+                        format!(
+                            "{why}: an L4 VIP forwards packets with their port unchanged; the VIP is not published \
+                             (serve the port through its service port in TCP mode, {} = tcp)",
+                            key_of("MODE")
+                        ),
+                    )
+                    .with_effect(Effect::VipSkipped);
+                    p.unsupported = Some("VIP on host ports".into());
+                    out.warnings.push(p);
+                } else {
+                    let protos: Vec<String> = meta[n]
+                        .protocol
+                        .split(',')
+                        .map(|p| p.trim().to_ascii_lowercase())
+                        .filter(|p| p == "tcp" || p == "udp")
+                        .collect();
+                    let protos = if protos.is_empty() { vec!["tcp".to_string()] } else { protos };
+                    let mut backends = Vec::new();
+                    let mut ips = HashSet::new();
+                    for task in &app.tasks {
+                        let weight = match role(app, task) {
+                            Role::Serving => 1,
+                            Role::Draining => 0,
+                            _ => continue,
+                        };
+                        // A task not (yet) on the VIP's port is not reached through it.
+                        if task_port(app, meta, task, n) != Some(vip.port()) {
+                            continue;
+                        }
+                        if let Some(ip) = task_ip(app, task) {
+                            if ips.insert(ip) {
+                                backends.push(VipBackend { addr: ip, weight });
+                            }
                         }
                     }
-                }
-                let base = format!("marathon-{}-{n}", default_dns_name(&app.id).replace('.', "-"));
-                for (i, protocol) in protos.iter().enumerate() {
-                    out.vips.push(Vip {
-                        name: if i == 0 { base.clone() } else { format!("{base}-{protocol}") },
-                        addr: vip.ip(),
-                        port: vip.port(),
-                        protocol: protocol.clone(),
-                        backends: backends.clone(),
-                        origin: Some(origin.to_string()),
-                    });
+                    let base = format!("marathon-{}-{n}", default_dns_name(&app.id).replace('.', "-"));
+                    for (i, protocol) in protos.iter().enumerate() {
+                        out.vips.push(Vip {
+                            name: if i == 0 { base.clone() } else { format!("{base}-{protocol}") },
+                            addr: vip.ip(),
+                            port: vip.port(),
+                            protocol: protocol.clone(),
+                            backends: backends.clone(),
+                            origin: Some(origin.to_string()),
+                        });
+                    }
                 }
             }
             _ => problems.push(problem(app, l, format!("`{}`: expected ip:port", l.value))),
@@ -922,6 +1177,7 @@ fn services(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use padis_model::{HealthKind, ListenerMode};
 
     fn body(apps: usize, tasks_of_first: usize) -> String {
         let list: Vec<String> = (0..apps)
@@ -945,8 +1201,19 @@ mod tests {
         format!(r#"{{"apps":[{}]}}"#, list.join(","))
     }
 
+    /// Without service-port listeners (the tests of routes, groups and labels).
     fn cfg() -> MarathonConfig {
-        MarathonConfig { urls: vec!["http://127.0.0.1:1".into()], zone: Some("test".into()), ..Default::default() }
+        MarathonConfig {
+            urls: vec!["http://127.0.0.1:1".into()],
+            zone: Some("test".into()),
+            service_ports: false,
+            ..Default::default()
+        }
+    }
+
+    /// With service-port listeners, marathon-lb's default.
+    fn cfg_sp() -> MarathonConfig {
+        MarathonConfig { service_ports: true, ..cfg() }
     }
 
     /// A change to one app leaves every other app's items the same allocations; the changed app keeps the
@@ -1077,9 +1344,11 @@ mod tests {
                     Some("HAPROXY_{n}_BACKEND_HEAD".into())
                 ),
                 (
-                    "/mlb/app: HAPROXY_0_BIND_ADDR: service-port listeners are not supported yet (routes come from VHOST / PATH)".into(),
+                    "/mlb/app: HAPROXY_0_BIND_ADDR: service-port listeners are off on this node ([marathon] \
+                     service_ports = false)"
+                        .into(),
                     ignored,
-                    Some("HAPROXY_{n}_BIND_ADDR".into())
+                    None
                 ),
                 ("/mlb/app: HAPROXY_0_VHSOT: not a marathon-lb label (a typo?)".into(), ignored, Some("unknown".into())),
                 (
@@ -1210,28 +1479,162 @@ mod tests {
         assert_eq!(s.problems[0].to_string(), "/nginx: HAPROXY_DEPLOYMENT_ALT_PORT: `x`: expected a port number");
     }
 
-    /// BACKEND_HEALTHCHECK_PORT_INDEX: the port index must exist; pointing at a port without a Marathon health
-    /// check (nothing to follow) is reported, the app served.
+    /// BACKEND_HEALTHCHECK_PORT_INDEX (marathon-lb's `check port`): port 0's backends are checked on each task's
+    /// port 1, as the Marathon health check of port 1 says (HTTP path, interval, failures), or by a TCP connect when
+    /// port 1 has none; an index past the app's ports skips the app.
     #[test]
-    fn healthcheck_port_index_follows_marathon_checks() {
+    fn healthcheck_port_index_checks_the_other_port() {
         let app = |checks: &str, index: &str| {
             let body = format!(
                 r#"{{"apps":[{{"id":"/hc","labels":{{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"hc.test",
                     "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX":"{index}"}},"portDefinitions":[{{"port":0}},{{"port":0}}],
                     "healthChecks":[{checks}],"tasks":[{{"id":"hc.1","host":"10.0.0.1","ports":[31000,31001],
-                    "state":"TASK_RUNNING","healthCheckResults":[{{"alive":true}}]}}]}}]}}"#
+                    "state":"TASK_RUNNING","healthCheckResults":[{{"alive":true}}]}},{{"id":"hc.2","host":"10.0.0.1",
+                    "ports":[31002,31003],"state":"TASK_RUNNING","healthCheckResults":[{{"alive":true}}]}}]}}]}}"#
             );
             map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg())
         };
-        let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":1}"#, "1");
+        let s = app(
+            r#"{"protocol":"HTTP","path":"/health","portIndex":1,"intervalSeconds":3,"timeoutSeconds":2,
+                "maxConsecutiveFailures":2}"#,
+            "1",
+        );
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        assert_eq!(s.groups[0].backends.len(), 1);
+        let g = &s.groups[0];
+        let h = g.health.as_ref().expect("an active check");
+        let got = (h.kind, h.path.as_str(), h.interval.as_secs(), h.timeout.as_secs(), h.fall);
+        assert_eq!(got, (HealthKind::Http, "/health", 3, 2, 3));
+        let b: Vec<(String, Option<u16>)> = g.backends.iter().map(|b| (b.addr.to_string(), b.check_port)).collect();
+        assert_eq!(b, vec![("10.0.0.1:31000".into(), Some(31001)), ("10.0.0.1:31002".into(), Some(31003))]);
+        // No Marathon check on port 1: a TCP connect to it.
         let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":0}"#, "1");
-        assert_eq!(s.problems[0].effect, Effect::LabelIgnored);
-        assert!(s.problems[0].message.contains("no Marathon health check has portIndex 1"), "{}", s.problems[0]);
-        assert_eq!(s.routes.len(), 1);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.groups[0].health.as_ref().map(|h| h.kind), Some(HealthKind::Tcp));
+        assert_eq!(s.groups[0].backends[0].check_port, Some(31001));
         let s = app(r#"{"protocol":"HTTP","path":"/health","portIndex":1}"#, "2");
         assert_eq!(s.problems[0].effect, Effect::AppSkipped);
         assert!(s.routes.is_empty());
+    }
+
+    fn listeners(s: &MarathonState) -> Vec<(String, String, ListenerMode)> {
+        s.listeners.iter().map(|l| (l.name.clone(), l.bind.to_string(), l.mode)).collect()
+    }
+
+    /// Service ports: a port without VHOST is served in TCP mode on its service port (marathon-lb's default), a
+    /// VHOST port gets an HTTP listener serving only its own catch-all route; BIND_ADDR, PORT, SSL_CERT and
+    /// BIND_OPTIONS shape the listener; a port another app took first is reported for the newer app only; what the
+    /// TCP mode cannot enforce keeps the listener closed; a node without service ports reports the labels.
+    #[test]
+    fn service_ports_become_listeners() {
+        let app = |id: &str, changed: &str, port: u32, labels: &str| {
+            format!(
+                r#"{{"id":"{id}","labels":{labels},"portDefinitions":[{{"port":{port},"protocol":"tcp"}}],
+                   "versionInfo":{{"lastConfigChangeAt":"{changed}"}},
+                   "tasks":[{{"id":"t{changed}","host":"10.0.0.1","ports":[31000],"state":"TASK_RUNNING"}}]}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"apps":[{},{},{},{},{}]}}"#,
+            app("/tcp", "2020", 10000, r#"{"HAPROXY_GROUP":"external"}"#),
+            app("/web", "2021", 10001, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"web.test",
+                "HAPROXY_0_BIND_ADDR":"127.0.0.5","HAPROXY_0_SSL_CERT":"web-cert",
+                "HAPROXY_0_BIND_OPTIONS":"alpn http/1.1 no-sslv3 accept-proxy"}"#),
+            app("/late", "2022", 10002, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"late.test",
+                "HAPROXY_0_PORT":"10000"}"#),
+            app("/tls-tcp", "2023", 10003, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_SSL_CERT":"x"}"#),
+            app("/acl-tcp", "2024", 10004, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_MODE":"tcp",
+                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8"}"#)
+        );
+        let apps = Apps::from_json(body.as_bytes()).unwrap();
+        let s = map_apps(&apps, &cfg_sp());
+        assert_eq!(
+            listeners(&s),
+            vec![
+                ("marathon:/tcp:0".into(), "0.0.0.0:10000".into(), ListenerMode::Tcp),
+                ("marathon:/web:0".into(), "127.0.0.5:10001".into(), ListenerMode::Http),
+            ]
+        );
+        assert_eq!(s.listeners[0].group.as_deref(), Some("marathon:/tcp:0"));
+        assert_eq!(s.groups.iter().find(|g| g.name == "marathon:/tcp:0").map(|g| g.backends.len()), Some(1));
+        let web = &s.listeners[1];
+        assert!(web.named_routes_only);
+        let tls = web.tls.as_ref().expect("SSL_CERT makes it TLS");
+        assert_eq!(tls.certificates, vec!["web-cert".to_string()]);
+        assert_eq!(tls.alpn, vec!["http/1.1".to_string()]);
+        let service: Vec<(&str, Option<&str>, &[String])> = s
+            .routes
+            .iter()
+            .filter(|r| !r.listeners.is_empty())
+            .map(|r| (r.name.as_str(), r.host.as_deref(), &r.listeners[..]))
+            .collect();
+        assert_eq!(service, vec![("marathon:/web:0:service-port", None, &["marathon:/web:0".to_string()][..])]);
+        assert!(s.routes.iter().any(|r| r.host.as_deref() == Some("late.test")), "/late keeps its VHOST route");
+        let mut p = problems(&s);
+        p.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            p,
+            vec![
+                (
+                    "/acl-tcp: HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL: not enforceable by the TCP mode yet: the service \
+                     port 10004 is not opened"
+                        .into(),
+                    Effect::ListenerSkipped,
+                    None
+                ),
+                (
+                    "/late: service port 10000: 0.0.0.0:10000 is already used by /tcp".into(),
+                    Effect::ListenerSkipped,
+                    None
+                ),
+                (
+                    "/tls-tcp: HAPROXY_0_SSL_CERT: TLS termination is not offered by the TCP mode: the service port \
+                     10003 is not opened"
+                        .into(),
+                    Effect::ListenerSkipped,
+                    None
+                ),
+                (
+                    "/web: HAPROXY_0_BIND_OPTIONS: not honoured: accept-proxy".into(),
+                    Effect::LabelIgnored,
+                    Some("BIND_OPTIONS".into())
+                ),
+            ]
+        );
+        // The state passes the model's validation once the certificate exists (checked by the reconciler).
+        // A node without service ports opens none and says so for the labels that configure them.
+        let s = map_apps(&apps, &cfg());
+        assert!(s.listeners.is_empty() && s.routes.iter().all(|r| r.listeners.is_empty()));
+        let off = "/late: HAPROXY_0_PORT: service-port listeners are off";
+        assert!(problems(&s).iter().any(|(m, e, _)| m.starts_with(off) && *e == Effect::LabelIgnored));
+    }
+
+    /// An L4 VIP keeps the packet's port (DSR): on random host ports it is refused for the app (tasks of one
+    /// agent would collapse into one backend), pointing at the TCP mode; with the host port pinned to the VIP's
+    /// port (`requirePorts`) it is published.
+    #[test]
+    fn vips_on_host_ports_are_refused_unless_pinned() {
+        let app = |require: bool, port: u32, task_ports: [u32; 2]| {
+            let body = format!(
+                r#"{{"apps":[{{"id":"/db","requirePorts":{require},"labels":{{"HAPROXY_GROUP":"external",
+                    "PADIS_0_VIP":"10.9.0.1:5432"}},"portDefinitions":[{{"port":{port},"protocol":"tcp"}}],
+                    "tasks":[{{"id":"db.1","host":"10.0.0.1","ports":[{}],"state":"TASK_RUNNING"}},
+                             {{"id":"db.2","host":"10.0.0.1","ports":[{}],"state":"TASK_RUNNING"}}]}}]}}"#,
+                task_ports[0], task_ports[1]
+            );
+            map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg())
+        };
+        let s = app(false, 10000, [31000, 31001]);
+        assert!(s.vips.is_empty());
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert_eq!(s.problems[0].effect, Effect::VipSkipped);
+        assert_eq!(s.problems[0].unsupported.as_deref(), Some("VIP on host ports"));
+        assert!(s.problems[0].message.contains("tasks of one agent would be one backend"), "{}", s.problems[0]);
+        assert!(s.problems[0].message.contains("PADIS_0_MODE = tcp"), "{}", s.problems[0]);
+        let s = app(true, 5432, [5432, 5432]);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.vips[0].backends.len(), 1, "one agent, one backend: the same address and port");
+        let s = app(true, 5433, [5433, 5433]);
+        assert_eq!(s.problems[0].effect, Effect::VipSkipped);
+        assert!(s.problems[0].message.contains("host port 5433, not on the VIP's port 5432"), "{}", s.problems[0]);
     }
 }

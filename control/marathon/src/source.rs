@@ -489,6 +489,8 @@ impl Follower {
                 Effect::PortSkipped => warn!(problem = %p, "marathon app port not served"),
                 Effect::RouteSkipped => warn!(problem = %p, "marathon app route not served"),
                 Effect::LabelIgnored => warn!(problem = %p, "marathon app label not honoured"),
+                Effect::ListenerSkipped => warn!(problem = %p, "marathon app service port not opened"),
+                Effect::VipSkipped => warn!(problem = %p, "marathon app VIP not published"),
             }
         }
         self.m.problems.set(state.problems.len() as i64);

@@ -7,17 +7,17 @@ use padis_model::marathon::MarathonConfig;
 use padis_model::{Balance, DesiredState};
 
 const APPS: &str = r#"{"apps":[
- {"id":"/prod/web","instances":4,"versionInfo":{"lastConfigChangeAt":"2026-01-01T00:00:00.000Z"},
+ {"id":"/prod/web","instances":4,"requirePorts":true,"versionInfo":{"lastConfigChangeAt":"2026-01-01T00:00:00.000Z"},
   "labels":{"PADIS_GROUP":"external","PADIS_0_VHOST":"web.example.com,www.example.com","PADIS_0_PATH":"/api",
             "PADIS_0_BALANCE":"leastconn","PADIS_0_HEALTHCHECK_PATH":"/health","PADIS_1_VIP":"10.10.0.1:53"},
-  "portDefinitions":[{"port":10000,"protocol":"tcp","name":"http"},{"port":10001,"protocol":"udp","name":"dns"}],
+  "portDefinitions":[{"port":10000,"protocol":"tcp","name":"http"},{"port":53,"protocol":"udp","name":"dns"}],
   "healthChecks":[{"protocol":"HTTP","path":"/health","portIndex":0}],
   "tasks":[
-   {"id":"web.1","host":"10.0.0.1","ports":[31001,31002],"state":"TASK_RUNNING","healthCheckResults":[{"alive":true}]},
-   {"id":"web.2","host":"10.0.0.2","ports":[31001,31002],"state":"TASK_RUNNING","healthCheckResults":[{"alive":false}]},
-   {"id":"web.3","host":"10.0.0.3","ports":[31001,31002],"state":"TASK_STAGING","healthCheckResults":[]},
-   {"id":"web.4","host":"10.0.0.4","ports":[31001,31002],"state":"TASK_KILLING","healthCheckResults":[{"alive":true}]},
-   {"id":"web.5","host":"10.0.0.5","ports":[31001,31002],"state":"TASK_RUNNING","healthCheckResults":[]}
+   {"id":"web.1","host":"10.0.0.1","ports":[31001,53],"state":"TASK_RUNNING","healthCheckResults":[{"alive":true}]},
+   {"id":"web.2","host":"10.0.0.2","ports":[31001,53],"state":"TASK_RUNNING","healthCheckResults":[{"alive":false}]},
+   {"id":"web.3","host":"10.0.0.3","ports":[31001,53],"state":"TASK_STAGING","healthCheckResults":[]},
+   {"id":"web.4","host":"10.0.0.4","ports":[31001,53],"state":"TASK_KILLING","healthCheckResults":[{"alive":true}]},
+   {"id":"web.5","host":"10.0.0.5","ports":[31001,53],"state":"TASK_RUNNING","healthCheckResults":[]}
   ]},
  {"id":"/legacy/shop","labels":{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"shop.example.com","HAPROXY_0_STICKY":"true",
    "HAPROXY_0_REDIRECT_TO_HTTPS":"true","HAPROXY_0_BACKEND_HTTP_OPTIONS":"ignored"},
@@ -33,7 +33,12 @@ const APPS: &str = r#"{"apps":[
 ]}"#;
 
 fn cfg() -> MarathonConfig {
-    MarathonConfig { urls: vec!["http://127.0.0.1:1".into()], zone: Some("apps.example.com".into()), ..Default::default() }
+    MarathonConfig {
+        urls: vec!["http://127.0.0.1:1".into()],
+        zone: Some("apps.example.com".into()),
+        service_ports: false,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -70,10 +75,10 @@ fn labels_and_tasks_map_to_the_gateway() {
         vec![("http".to_string(), "tcp".to_string()), ("dns".to_string(), "udp".to_string())]);
     let inst: Vec<_> = svc.instances.iter().map(|i| (i.id.as_str(), i.healthy, i.draining, i.ports.clone())).collect();
     assert_eq!(inst, vec![
-        ("web.1", true, false, vec![31001, 31002]),
-        ("web.2", false, false, vec![31001, 31002]),
-        ("web.4", true, true, vec![31001, 31002]),
-        ("web.5", false, false, vec![31001, 31002]),
+        ("web.1", true, false, vec![31001, 53]),
+        ("web.2", false, false, vec![31001, 53]),
+        ("web.4", true, true, vec![31001, 53]),
+        ("web.5", false, false, vec![31001, 53]),
     ]);
 
     // Problems: bad labels, a clash with an earlier app, and an app that is not Marathon JSON; other group ignored.

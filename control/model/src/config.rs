@@ -268,6 +268,13 @@ pub struct Listener {
     /// upgrades, chunked request bodies, HTTP/1.0, errors — is handed to the general path). Default true.
     #[serde(default = "yes")]
     pub fast_path: bool,
+    /// Only the routes that name this listener in their `listeners` serve it (routes without `listeners` do
+    /// not): a listener dedicated to some routes, like a Marathon app's service port.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub named_routes_only: bool,
+    /// Which source produced this listener (`marathon:/app`); absent for the config file's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// What it serves: HTTP (routes) or a TCP proxy relaying each connection to a backend of `group`.
     #[serde(default)]
     pub mode: ListenerMode,
@@ -657,6 +664,9 @@ pub struct HealthCheck {
     /// Consecutive failures that mark a backend down.
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// Port probed instead of each backend's own (HAProxy `check port`); a backend's `check_port` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn default_interval() -> Duration {
@@ -720,6 +730,10 @@ pub struct Backend {
     /// Being removed by its source (e.g. a Marathon task being killed): treated as weight 0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Port of this backend its group's active health check probes (default: the check's `port`, else `addr`'s);
+    /// marathon-lb `BACKEND_HEALTHCHECK_PORT_INDEX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_port: Option<u16>,
 }
 
 fn default_weight() -> u32 {

@@ -14,12 +14,15 @@
 //! drain_time = "30s"            # a killed task stays as a draining backend this long
 //! zone = "marathon.example.com" # DNS zone of the generated services
 //! label_prefixes = ["PADIS_", "HAPROXY_"]
+//! service_ports = true          # a listener on each app port's service port (marathon-lb's frontends)
+//! service_port_bind = "0.0.0.0" # their address unless the app sets HAPROXY_{n}_BIND_ADDR
 //!
 //! [marathon.auth]
 //! user = "padis"
 //! password_env = "MARATHON_PASSWORD"   # or password_file / password = "...", or token_file / token_env / token
 //! ```
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +81,13 @@ pub struct MarathonConfig {
     /// Label prefixes understood, in priority order (`PADIS_` wins over the marathon-lb alias `HAPROXY_`).
     #[serde(default = "default_prefixes")]
     pub label_prefixes: Vec<String>,
+    /// Open a listener on the service port of each served app port (`servicePort`, `portDefinitions[].port`,
+    /// or the `PORT` label), as marathon-lb does: HTTP or TCP by the port's mode.
+    #[serde(default = "default_true")]
+    pub service_ports: bool,
+    /// Address service-port listeners bind when the app gives no `BIND_ADDR` (marathon-lb binds `*`).
+    #[serde(default = "default_service_bind")]
+    pub service_port_bind: IpAddr,
     /// Largest `/v2/apps` body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -144,6 +154,9 @@ fn default_drain() -> Duration {
 fn default_true() -> bool {
     true
 }
+fn default_service_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
 fn default_prefixes() -> Vec<String> {
     vec!["PADIS_".into(), "HAPROXY_".into()]
 }
@@ -185,6 +198,8 @@ impl Default for MarathonConfig {
             zone: None,
             dns_by_default: true,
             label_prefixes: default_prefixes(),
+            service_ports: true,
+            service_port_bind: default_service_bind(),
             max_body_bytes: default_max_body(),
             max_event_bytes: default_max_event(),
         }

@@ -351,6 +351,9 @@ fn check_l7(
             if b.addr.port() == 0 {
                 cx.error(format!("{p}.backend[{j}].addr"), "port must not be 0");
             }
+            if b.check_port == Some(0) {
+                cx.error(format!("{p}.backend[{j}].check_port"), "must not be 0");
+            }
         }
         if g.hash_key.is_some() && g.balance != Balance::Maglev {
             cx.error(format!("{p}.hash_key"), "only used with balance = \"maglev\"");
@@ -380,6 +383,9 @@ fn check_l7(
             }
             if h.fall == 0 {
                 cx.error(format!("{p}.health.fall"), "must be at least 1");
+            }
+            if h.port == Some(0) {
+                cx.error(format!("{p}.health.port"), "must not be 0");
             }
             if h.interval.is_zero() {
                 cx.error(format!("{p}.health.interval"), "must be greater than 0");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use padis_model::{BackendGroup, HealthKind, Snapshot};
+use padis_model::{Backend, BackendGroup, HealthCheck, HealthKind, Snapshot};
 
 use crate::group::GroupBalancer;
 use crate::health::{CheckTls, CheckTransport, HealthRegistry, HealthTarget, TargetKey};
@@ -44,13 +44,21 @@ pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
                         group: g.name.clone(),
                         addr: b.addr,
                     },
-                    check: g.health.clone(),
+                    check: check_of(g, b),
                     passive: g.passive.clone(),
                 };
                 (target, transport.clone())
             })
         })
         .collect()
+}
+
+/// The active check of backend `b` of `g`: the group's, probing the backend's `check_port` when it has one.
+fn check_of(g: &BackendGroup, b: &Backend) -> Option<HealthCheck> {
+    g.health.clone().map(|mut c| {
+        c.port = b.check_port.or(c.port);
+        c
+    })
 }
 
 /// The directory relative paths of `snapshot` are relative to (its config file's).
@@ -78,7 +86,10 @@ pub fn health_targets<G: Borrow<BackendGroup>>(groups: &[G]) -> Vec<HealthTarget
             }
             g.backends.iter().map(move |b| HealthTarget {
                 key: TargetKey { group: g.name.clone(), addr: b.addr },
-                check: check.clone(),
+                check: check.clone().map(|mut c| {
+                    c.port = b.check_port.or(c.port);
+                    c
+                }),
                 passive: g.passive.clone(),
             })
         })

@@ -245,6 +245,7 @@ async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
         timeout: Duration::from_millis(200),
         rise: 1,
         fall: 2,
+        port: None,
     };
     let key = TargetKey {
         group: "vip-a".into(),
@@ -578,6 +579,7 @@ async fn owners_sync_independently_and_checkers_stop() {
         timeout: Duration::from_millis(100),
         rise: 1,
         fall: 1,
+        port: None,
     };
     let t = HealthTarget {
         key: key.clone(),

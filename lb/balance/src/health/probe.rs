@@ -80,6 +80,8 @@ pub(crate) async fn probe_prepared(
     protocol: UpstreamProtocol,
     tls: Option<&TlsSetup>,
 ) -> Result<(), ProbeError> {
+    // `check port`: the backend's other port (its address keeps the target's identity).
+    let addr = check.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
     let run = async {
         let stream = TcpStream::connect(addr)
             .await
