@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use crate::source::Diff;
 use crate::update::StaticZone;
-use crate::zone::RrSet;
+use crate::zone::{Diff, RrSet};
 
 /// The journal of one zone cannot be read or written.
 #[derive(Debug, thiserror::Error)]

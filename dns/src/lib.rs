@@ -24,6 +24,7 @@ mod render;
 mod report;
 mod resolve;
 mod rrl;
+mod serial;
 mod serial_file;
 mod sharded;
 mod source;

@@ -408,7 +408,7 @@ impl Manager {
             listen: self.listen.clone(),
             zones,
             collisions: {
-                let mut c: Vec<String> = self.sources.iter().flat_map(|s| s.collisions.values().cloned()).collect();
+                let mut c: Vec<String> = self.sources.iter().flat_map(|s| s.collisions().cloned()).collect();
                 c.sort();
                 c
             },

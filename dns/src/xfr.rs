@@ -4,7 +4,7 @@
 use hickory_proto::op::{Message, MessageType, OpCode};
 use hickory_proto::rr::Record;
 
-use crate::source::serial_gt;
+use crate::serial::serial_gt;
 use crate::tsig::Signer;
 use crate::zone::ZoneData;
 

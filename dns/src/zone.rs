@@ -90,6 +90,21 @@ pub struct Rendered {
     pub variants: Box<[Box<[u8]>]>,
 }
 
+/// One step of a zone's history: what changed from one serial to the next (an IXFR difference sequence).
+#[derive(Debug)]
+pub struct Diff {
+    /// SOA before.
+    pub from: Record,
+    /// SOA after.
+    pub to: Record,
+    /// Records removed.
+    pub removed: Vec<Record>,
+    /// Records added.
+    pub added: Vec<Record>,
+    /// Wire size of the change as journaled (counts against `dns.ixfr_journal_bytes`).
+    pub size: usize,
+}
+
 /// Who may transfer and update a zone, and where NOTIFY goes.
 #[derive(Debug, Clone, Default)]
 pub struct ZonePolicy {
@@ -113,6 +128,15 @@ impl ZonePolicy {
             v4 => v4,
         };
         nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether `other` grants the same access with the same keys and notifies the same targets.
+    pub fn same(&self, other: &ZonePolicy) -> bool {
+        self.allow_transfer == other.allow_transfer
+            && self.allow_update == other.allow_update
+            && self.notify == other.notify
+            && self.transfer_key.as_deref() == other.transfer_key.as_deref()
+            && self.update_key.as_deref() == other.update_key.as_deref()
     }
 }
 
@@ -152,7 +176,7 @@ pub struct ZoneData {
     /// Access policy.
     pub policy: ZonePolicy,
     /// Recent changes, oldest first (for IXFR).
-    pub ixfr: Vec<Arc<crate::source::Diff>>,
+    pub ixfr: Vec<Arc<Diff>>,
 }
 
 impl ZoneData {
