@@ -112,12 +112,15 @@ async fn run(
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     let watch_task = tokio::spawn(config_source::watch(origin.clone(), reconciler.clone(), shutdown.clone()));
     let log_task = tokio::spawn(follow_log_config(reader.clone(), log, shutdown.clone()));
+    // systemd (Type=notify): ready now that the config, the planes and the admin API are up; then the watchdog.
+    let service_task = tokio::spawn(crate::service::run(reader.clone(), reconciler.clone(), shutdown.clone()));
     match &admin_cfg.socket {
         Some(sock) => tracing::info!(admin = %admin_addr, socket = %sock.display(), "padis running"),
         None => tracing::info!(admin = %admin_addr, "padis running"),
     }
 
     wait_for_stop_signal().await?;
+    crate::service::stopping();
     let grace = reader.load().state.limits.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: withdrawing routes, then finishing in-flight work");
     planes.stop(grace, planes_token).await;
@@ -126,6 +129,7 @@ async fn run(
         let _ = admin_task.await;
         let _ = watch_task.await;
         let _ = log_task.await;
+        let _ = service_task.await;
     })
     .await;
     tracing::info!("padis stopped");

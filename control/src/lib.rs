@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod planes;
 pub mod reconcile;
 pub mod restart;
+pub mod service;
 pub mod status;
 pub mod summary;
