@@ -138,7 +138,7 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
     m.add_app(app("/off", &[("HAPROXY_0_VHOST", "off.test"), ("HAPROXY_0_ENABLED", "false")]), 1);
     m.add_app(app("/inner", &[("HAPROXY_0_VHOST", "inner.test"), ("HAPROXY_0_GROUP", "internal")]), 1);
     m.add_app(
-        app("/tmpl", &[("HAPROXY_0_VHOST", "tmpl.test"), ("HAPROXY_0_BACKEND_HEAD", "backend {backend}"), ("HAPROXY_0_SSL_CERT", "/etc/ssl/x.pem")]),
+        app("/tmpl", &[("HAPROXY_0_VHOST", "tmpl.test"), ("HAPROXY_0_BACKEND_HEAD", "backend {backend}"), ("HAPROXY_0_HTTP_BACKEND_REDIR", "/home")]),
         1,
     );
     m.add_app(
@@ -192,12 +192,12 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
     let find = |label: &str| problems.iter().find(|p| p["label"] == label).cloned().unwrap_or_default();
     let p = find("HAPROXY_0_BACKEND_HEAD");
     assert_eq!((p["app"].as_str(), p["effect"].as_str()), (Some("/tmpl"), Some("label_ignored")), "{problems:#?}");
-    assert_eq!(find("HAPROXY_0_SSL_CERT")["effect"], "label_ignored", "{problems:#?}");
+    assert_eq!(find("HAPROXY_0_HTTP_BACKEND_REDIR")["effect"], "label_ignored", "{problems:#?}");
     assert_eq!(find("HAPROXY_0_USERLIST_HEAD")["effect"], "port_skipped", "{problems:#?}");
     assert!(!problems.iter().any(|p| p["label"].as_str().is_some_and(|l| l.starts_with("PADIS_"))), "{problems:#?}");
     assert!(!s.to_string().contains(HASH), "the password hash is not shown");
     let metrics = padis.metrics();
-    for (label, n) in [("HAPROXY_{n}_BACKEND_HEAD", 1), ("HAPROXY_{n}_SSL_CERT", 1), ("HAPROXY_{n}_USERLIST_HEAD", 1)] {
+    for (label, n) in [("HAPROXY_{n}_BACKEND_HEAD", 1), ("HAPROXY_{n}_HTTP_BACKEND_REDIR", 1), ("HAPROXY_{n}_USERLIST_HEAD", 1)] {
         let line = format!("padis_marathon_labels_unsupported{{label=\"{label}\"}} {n}");
         assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
     }

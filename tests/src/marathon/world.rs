@@ -113,6 +113,11 @@ pub struct AppSpec {
     /// Health events carry only `instanceId`, as Marathon >= 1.4 names a task of the old id shape
     /// (`app.<uuid>` -> `app.marathon-<uuid>`).
     pub instance_id_events: bool,
+    /// Service port of each port index (`portDefinitions[].port`, `servicePorts` of tasks); 0 (none) for the
+    /// ports past the list.
+    pub service_ports: Vec<u32>,
+    /// `requirePorts`: tasks run on the `portDefinitions` ports.
+    pub require_ports: bool,
 }
 
 impl AppSpec {
@@ -127,7 +132,28 @@ impl AppSpec {
             placement: None,
             no_task_state: false,
             instance_id_events: false,
+            service_ports: Vec::new(),
+            require_ports: false,
         }
+    }
+
+    /// With these service ports (marathon-lb serves each on a listener of its own).
+    pub fn with_service_ports(mut self, ports: &[u32]) -> AppSpec {
+        self.service_ports = ports.to_vec();
+        self
+    }
+
+    /// With these ports (name, protocol); the first is `http` by default.
+    pub fn with_ports(mut self, ports: &[(&str, &str)]) -> AppSpec {
+        self.ports =
+            ports.iter().map(|(n, p)| PortSpec { name: Some(n.to_string()), protocol: p.to_string() }).collect();
+        self
+    }
+
+    /// `requirePorts`: the tasks' host ports are the service ports.
+    pub fn requiring_ports(mut self) -> AppSpec {
+        self.require_ports = true;
+        self
     }
 
     /// Tasks without a `state` field (Marathon <= 1.3).
@@ -414,7 +440,9 @@ fn render_app(app: &AppSim) -> (String, String) {
         "tasksHealthy": app.tasks.iter().filter(|t| t.alive == Some(true)).count(),
         "tasksUnhealthy": app.tasks.iter().filter(|t| t.alive == Some(false)).count(),
         "portDefinitions": s.ports.iter().enumerate().map(|(i, p)| json!({
-            "port": 10000 + i, "protocol": p.protocol, "name": p.name, "labels": {} })).collect::<Vec<_>>(),
+            "port": s.service_ports.get(i).copied().unwrap_or(0), "protocol": p.protocol, "name": p.name,
+            "labels": {} })).collect::<Vec<_>>(),
+        "requirePorts": s.require_ports,
         "healthChecks": if s.health_check { vec![CHECK_T.clone()] } else { Vec::new() },
     });
     if let Some(cp) = &s.container_ports {
@@ -437,7 +465,7 @@ fn render_app(app: &AppSim) -> (String, String) {
         .tasks
         .iter()
         .map(|t| {
-            let mut v = render_task(&s.id, t, &app.version);
+            let mut v = render_task(&s.id, t, &app.version, &s.service_ports);
             if let (true, Some(o)) = (s.no_task_state, v.as_object_mut()) {
                 o.remove("state");
             }
@@ -448,7 +476,7 @@ fn render_app(app: &AppSim) -> (String, String) {
     (without, app_json.to_string())
 }
 
-fn render_task(app_id: &str, t: &TaskSim, version: &str) -> Value {
+fn render_task(app_id: &str, t: &TaskSim, version: &str, service_ports: &[u32]) -> Value {
     let results = match t.alive {
         Some(alive) => vec![overlay(&RESULT_T, json!({
             "alive": alive, "consecutiveFailures": if alive { 0 } else { 3 }, "taskId": t.id,
@@ -463,6 +491,6 @@ fn render_task(app_id: &str, t: &TaskSim, version: &str) -> Value {
     overlay(&TASK_T, json!({
         "id": t.id, "appId": app_id, "host": t.host, "ports": t.ports, "ipAddresses": ips, "state": t.state,
         "startedAt": t.started_at, "stagedAt": t.started_at, "version": version, "healthCheckResults": results,
-        "servicePorts": (0..t.ports.len()).map(|i| 10000 + i).collect::<Vec<_>>(),
+        "servicePorts": (0..t.ports.len()).map(|i| service_ports.get(i).copied().unwrap_or(0)).collect::<Vec<_>>(),
     }))
 }
