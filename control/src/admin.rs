@@ -32,9 +32,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config_source::{self, ConfigOrigin};
 use crate::reconcile::Reconciler;
 
-/// A data plane's or source's view for `/v1/state` (its report as JSON).
-pub type ReportFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
-
 /// An action started by `POST /v1/drain` (withdraw routes before maintenance).
 pub type DrainFn = Arc<dyn Fn() + Send + Sync>;
 
@@ -54,7 +51,7 @@ pub struct AdminState {
     /// More registries gathered by `/metrics`, by name.
     pub extra_registries: ExtraRegistries,
     /// Reports of data planes and sources, by name.
-    pub reports: Arc<Mutex<BTreeMap<String, ReportFn>>>,
+    pub reports: crate::planes::Reports,
     /// What `POST /v1/drain` does, if anything announces routes.
     pub drain: Arc<Mutex<Option<DrainFn>>>,
 }
@@ -408,13 +405,7 @@ pub fn state_json(state: &AdminState) -> serde_json::Value {
             .collect();
         (r.store().load(), r.reload_status().clone(), sources)
     };
-    let reports: BTreeMap<String, serde_json::Value> = state
-        .reports
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(k, f)| (k.clone(), f()))
-        .collect();
+    let reports = state.reports.all();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": snapshot.generation,

@@ -84,7 +84,7 @@ async fn run(
     let shutdown = CancellationToken::new();
     let admin_listener =
         admin::bind(&admin_cfg, &registry).await.map_err(|e| anyhow::anyhow!("admin API: {e}"))?;
-    let reports = Arc::new(Mutex::new(BTreeMap::new()));
+    let reports = crate::planes::Reports::default();
     let drain = Arc::new(Mutex::new(None));
     let extra_registries: admin::ExtraRegistries = Arc::new(Mutex::new(BTreeMap::new()));
 

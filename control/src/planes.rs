@@ -5,7 +5,8 @@
 //! what is announced (from the snapshot, the L4 plane's attachment and the health registry).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use padis_balance::HealthRegistry;
@@ -17,48 +18,129 @@ use padis_marathon::{MarathonSource, MarathonState};
 use padis_model::marathon::MarathonConfig;
 use padis_model::{Snapshot, SnapshotReader};
 use prometheus::Registry;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{DrainFn, ExtraRegistries, ReportFn};
+use crate::admin::{DrainFn, ExtraRegistries};
 use crate::reconcile::{Contribution, Reconciler};
 
 /// The running data planes and sources.
 pub struct Planes {
     /// Health of every backend, shared by L7 and L4 (and read by route announcement).
     pub health: HealthRegistry,
-    l7: L7Handle,
+    l7: PlaneSlot<L7Handle>,
     l4: PlaneSlot<L4Handle>,
     dns: PlaneSlot<DnsHandle>,
-    announcer: Arc<tokio::sync::Mutex<Option<AnnouncerHandle>>>,
+    routing: Option<PlaneSlot<AnnouncerHandle>>,
     background: Vec<JoinHandle<()>>,
     sources: CancellationToken,
 }
 
-type Reports = Arc<Mutex<BTreeMap<String, ReportFn>>>;
+/// A data plane (or the route announcer) as control sees it: its report, and its stop.
+pub trait Plane: Send + 'static {
+    /// What the report says while the plane stops.
+    const STOPPING: &'static str = "stopping";
+    /// What the report says once the plane has stopped.
+    const STOPPED: &'static str = "stopped";
 
-/// A plane that can be waited for once it was told to stop.
-pub trait Stoppable: Send + 'static {
-    /// Waits until the plane has finished its in-flight work.
-    fn wait(self) -> impl std::future::Future<Output = ()> + Send;
+    /// The plane's view for `/v1/state`.
+    fn report(&self) -> Value;
+
+    /// Waits until the plane has finished its in-flight work once its shutdown token was cancelled (the route
+    /// announcer is stopped here: routes drained, then withdrawn).
+    fn wait(self) -> impl Future<Output = ()> + Send;
 }
 
-impl Stoppable for DnsHandle {
-    fn wait(self) -> impl std::future::Future<Output = ()> + Send {
-        DnsHandle::wait(self)
+impl Plane for L7Handle {
+    fn report(&self) -> Value {
+        json!({ "bind_failures": self.bind_failures() })
+    }
+
+    fn wait(self) -> impl Future<Output = ()> + Send {
+        L7Handle::wait(self)
     }
 }
 
-impl Stoppable for L4Handle {
-    fn wait(self) -> impl std::future::Future<Output = ()> + Send {
+impl Plane for L4Handle {
+    fn report(&self) -> Value {
+        serde_json::to_value(L4Handle::report(self)).unwrap_or_default()
+    }
+
+    fn wait(self) -> impl Future<Output = ()> + Send {
         L4Handle::wait(self)
     }
 }
 
-/// A plane's handle shared by readers (reports, route announcement) and taken whole by the graceful stop, which
-/// then waits for the plane however many readers still hold the slot (a reader finds it empty afterwards).
-pub struct PlaneSlot<H>(Arc<Mutex<Option<H>>>);
+impl Plane for DnsHandle {
+    fn report(&self) -> Value {
+        serde_json::to_value(DnsHandle::report(self)).unwrap_or_default()
+    }
+
+    fn wait(self) -> impl Future<Output = ()> + Send {
+        DnsHandle::wait(self)
+    }
+}
+
+impl Plane for AnnouncerHandle {
+    const STOPPING: &'static str = "draining";
+    const STOPPED: &'static str = "withdrawn (drained)";
+
+    fn report(&self) -> Value {
+        serde_json::to_value(AnnouncerHandle::report(self)).unwrap_or_default()
+    }
+
+    fn wait(self) -> impl Future<Output = ()> + Send {
+        self.drain_and_stop()
+    }
+}
+
+/// Something shown in `/v1/state` under `planes`: a plane's slot, the health registry, a source.
+pub trait Report: Send + Sync {
+    /// Its view now.
+    fn report(&self) -> Value;
+}
+
+impl Report for HealthRegistry {
+    fn report(&self) -> Value {
+        serde_json::to_value(HealthRegistry::report(self)).unwrap_or_default()
+    }
+}
+
+/// The reports of the planes and sources, by name, read by the admin API.
+#[derive(Clone, Default)]
+pub struct Reports(Arc<Mutex<BTreeMap<&'static str, Arc<dyn Report>>>>);
+
+impl Reports {
+    /// Shows `report` under `name` (replacing what was there).
+    pub fn add(&self, name: &'static str, report: Arc<dyn Report>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name, report);
+    }
+
+    /// Every report, by name.
+    pub fn all(&self) -> BTreeMap<String, Value> {
+        let reports: Vec<_> = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect();
+        reports.into_iter().map(|(name, r)| (name.to_string(), r.report())).collect()
+    }
+}
+
+/// A plane's handle shared by readers (reports, route announcement, `/v1/drain`) and taken whole by the stop,
+/// which then waits for the plane however many readers still hold the slot (a reader finds it stopping or
+/// stopped afterwards). A second stop waits until the first has finished.
+pub struct PlaneSlot<H>(Arc<SlotInner<H>>);
+
+struct SlotInner<H> {
+    state: Mutex<SlotState<H>>,
+    /// `true` once the plane has stopped.
+    stopped: watch::Sender<bool>,
+}
+
+enum SlotState<H> {
+    Running(H),
+    Stopping,
+    Stopped,
+}
 
 impl<H> Clone for PlaneSlot<H> {
     fn clone(&self) -> Self {
@@ -66,28 +148,86 @@ impl<H> Clone for PlaneSlot<H> {
     }
 }
 
-impl<H: Stoppable> PlaneSlot<H> {
+impl<H: Plane> PlaneSlot<H> {
     /// A slot holding `handle`.
     pub fn new(handle: H) -> PlaneSlot<H> {
-        PlaneSlot(Arc::new(Mutex::new(Some(handle))))
+        let state = Mutex::new(SlotState::Running(handle));
+        PlaneSlot(Arc::new(SlotInner { state, stopped: watch::Sender::new(false) }))
     }
 
-    /// Runs `f` on the handle, unless the plane was stopped.
+    fn state(&self) -> MutexGuard<'_, SlotState<H>> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the handle, unless the plane is stopping or stopped.
     pub fn with<R>(&self, f: impl FnOnce(&H) -> R) -> Option<R> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(f)
+        match &*self.state() {
+            SlotState::Running(h) => Some(f(h)),
+            SlotState::Stopping | SlotState::Stopped => None,
+        }
     }
 
     /// Takes the handle out (a reader running `with` finishes first) and waits for the plane. Returns `false` if
-    /// it had been taken already.
+    /// another stop had taken it already (this one then waits until that stop has finished).
     pub async fn stop_and_wait(&self) -> bool {
-        let handle = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match handle {
-            Some(h) => {
-                h.wait().await;
-                true
+        let taken = {
+            let mut state = self.state();
+            match std::mem::replace(&mut *state, SlotState::Stopping) {
+                SlotState::Running(h) => Some(h),
+                other => {
+                    *state = other;
+                    None
+                }
             }
-            None => false,
+        };
+        let Some(handle) = taken else {
+            let mut stopped = self.0.stopped.subscribe();
+            let _ = stopped.wait_for(|s| *s).await;
+            return false;
+        };
+        // Marked stopped even if this future is dropped midway (a waiting stop does not hang).
+        let _done = MarkStopped(self);
+        handle.wait().await;
+        true
+    }
+}
+
+/// Marks its slot stopped when dropped.
+struct MarkStopped<'a, H>(&'a PlaneSlot<H>);
+
+impl<H> Drop for MarkStopped<'_, H> {
+    fn drop(&mut self) {
+        *self.0 .0.state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Stopped;
+        self.0 .0.stopped.send_replace(true);
+    }
+}
+
+impl<H: Plane> Report for PlaneSlot<H> {
+    fn report(&self) -> Value {
+        match &*self.state() {
+            SlotState::Running(h) => h.report(),
+            SlotState::Stopping => json!({ "state": H::STOPPING }),
+            SlotState::Stopped => json!({ "state": H::STOPPED }),
         }
+    }
+}
+
+/// The Marathon source's view: what it contributes now (from the reconciler).
+struct MarathonReport(Arc<Mutex<Reconciler>>);
+
+impl Report for MarathonReport {
+    fn report(&self) -> Value {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.sources()
+            .get("marathon")
+            .map(|c| {
+                json!({
+                    "status": c.status, "groups": c.groups.len(), "routes": c.routes.len(),
+                    "services": c.services.len(), "vips": c.vips.len(), "problems": c.problems,
+                    "rejected": r.rejected("marathon"),
+                })
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -103,32 +243,23 @@ impl Planes {
         token: CancellationToken,
     ) -> anyhow::Result<Planes> {
         let health = HealthRegistry::new(registry)?;
-        let h = health.clone();
-        add_report(reports, "health", move || serde_json::to_value(h.report()).unwrap_or_default());
-
-        let l7 = L7Plane::start(reader.clone(), health.clone(), registry, token.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("L7: {e}"))?;
-        let failures = l7.bind_failures_reader();
-        add_report(reports, "l7", move || serde_json::json!({ "bind_failures": failures() }));
+        reports.add("health", Arc::new(health.clone()));
+        let l7 = PlaneSlot::new(
+            L7Plane::start(reader.clone(), health.clone(), registry, token.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("L7: {e}"))?,
+        );
+        reports.add("l7", Arc::new(l7.clone()));
         let l4 = PlaneSlot::new(
             L4Plane::start(reader.clone(), health.clone(), registry, token.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("L4: {e}"))?,
         );
-        let r = l4.clone();
-        add_report(reports, "l4", move || {
-            r.with(|h| serde_json::to_value(h.report()).unwrap_or_default())
-                .unwrap_or_else(|| serde_json::json!({"state": "stopped"}))
-        });
+        reports.add("l4", Arc::new(l4.clone()));
         let dns = PlaneSlot::new(
             DnsPlane::start(reader.clone(), registry, token.clone()).await.map_err(|e| anyhow::anyhow!("DNS: {e}"))?,
         );
-        let r = dns.clone();
-        add_report(reports, "dns", move || {
-            r.with(|h| serde_json::to_value(h.report()).unwrap_or_default())
-                .unwrap_or_else(|| serde_json::json!({"state": "stopped"}))
-        });
+        reports.add("dns", Arc::new(dns.clone()));
 
         let sources = CancellationToken::new();
         let mut background = Vec::new();
@@ -152,18 +283,13 @@ impl Planes {
         )));
 
         // Route announcement: what is announced follows the snapshot, L4 attachment and health.
-        let announcer = Arc::new(tokio::sync::Mutex::new(None));
+        let mut routing = None;
         if snap.state.bgp.is_some() || snap.state.ospf.is_some() {
             let (tx, rx) = watch::channel(BTreeSet::new());
             let handle = Announcer::spawn(snap.state.bgp.clone(), snap.state.ospf.clone(), rx, registry)
                 .map_err(|e| anyhow::anyhow!("bgp: {e}"))?;
-            *announcer.lock().await = Some(handle);
-            let a = announcer.clone();
-            add_report(reports, "routing", move || match a.try_lock() {
-                Ok(g) => g.as_ref().map(|h| serde_json::to_value(h.report()).unwrap_or_default())
-                    .unwrap_or_else(|| serde_json::json!({"state": "withdrawn (drained)"})),
-                Err(_) => serde_json::json!({"state": "draining"}),
-            });
+            let slot = PlaneSlot::new(handle);
+            reports.add("routing", Arc::new(slot.clone()));
             background.push(tokio::spawn(follow_announcements(
                 reader.clone(),
                 health.clone(),
@@ -171,32 +297,30 @@ impl Planes {
                 tx,
                 sources.clone(),
             )));
-            let a = announcer.clone();
+            let r = slot.clone();
             *drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(move || {
-                let a = a.clone();
+                let r = r.clone();
                 tokio::spawn(async move {
-                    if let Some(h) = a.lock().await.take() {
-                        tracing::info!("drain requested: withdrawing announced routes");
-                        h.drain_and_stop().await;
-                    }
+                    tracing::info!("drain requested: withdrawing announced routes");
+                    r.stop_and_wait().await;
                 });
             }) as DrainFn);
+            routing = Some(slot);
         }
-        Ok(Planes { health, l7, l4, dns, announcer, background, sources })
+        Ok(Planes { health, l7, l4, dns, routing, background, sources })
     }
 
-    /// Graceful stop: routes withdrawn first (so routers move traffic away), then the planes stop accepting
-    /// and finish in-flight work within `grace`.
+    /// Graceful stop: routes withdrawn first (so routers move traffic away; a drain under way is waited for),
+    /// then the planes stop accepting and finish in-flight work within `grace`.
     pub async fn stop(self, grace: Duration, token: CancellationToken) {
-        if let Some(h) = self.announcer.lock().await.take() {
-            h.drain_and_stop().await;
+        if let Some(routing) = &self.routing {
+            routing.stop_and_wait().await;
         }
         self.sources.cancel();
         token.cancel();
         // Every plane is waited for, whoever still holds its slot (reports, route announcement).
-        let (dns, l4) = (self.dns.clone(), self.l4.clone());
-        let wait = async move {
-            tokio::join!(self.l7.wait(), dns.stop_and_wait(), l4.stop_and_wait());
+        let wait = async {
+            tokio::join!(self.l7.stop_and_wait(), self.dns.stop_and_wait(), self.l4.stop_and_wait());
         };
         if tokio::time::timeout(grace + Duration::from_secs(1), wait).await.is_err() {
             tracing::warn!(?grace, "in-flight work did not finish within the grace period");
@@ -205,10 +329,6 @@ impl Planes {
             t.abort();
         }
     }
-}
-
-fn add_report(reports: &Reports, name: &str, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
-    reports.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Arc::new(f));
 }
 
 /// A running Marathon source: its stop token, its task and the task feeding its states to the reconciler.
@@ -389,15 +509,7 @@ async fn follow_marathon(
         }
         if !reported {
             reported = true;
-            let r = reconciler.clone();
-            add_report(&reports, "marathon", move || {
-                let r = r.lock().unwrap_or_else(|p| p.into_inner());
-                r.sources().get("marathon").map(|c| serde_json::json!({
-                    "status": c.status, "groups": c.groups.len(), "routes": c.routes.len(),
-                    "services": c.services.len(), "vips": c.vips.len(), "problems": c.problems,
-                    "rejected": r.rejected("marathon"),
-                })).unwrap_or_default()
-            });
+            reports.add("marathon", Arc::new(MarathonReport(reconciler.clone())));
         }
     }
 }
@@ -462,22 +574,26 @@ mod tests {
     /// A plane whose in-flight work takes 200 ms to finish after the stop.
     struct SlowPlane(Arc<AtomicBool>);
 
-    impl Stoppable for SlowPlane {
+    impl Plane for SlowPlane {
+        fn report(&self) -> Value {
+            json!("running")
+        }
+
         async fn wait(self) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             self.0.store(true, Ordering::SeqCst);
         }
     }
 
-    /// The stop waits for the plane although readers still hold the slot (a report closure, a follower, one of
-    /// them in the middle of a read); a reader then finds the plane gone; a second stop has nothing to wait for.
+    /// The stop waits for the plane although readers still hold the slot (a report, a follower, one of them in
+    /// the middle of a read); the report then says the plane stopped; a second stop has nothing to wait for.
     #[tokio::test]
     async fn stop_waits_for_the_plane_whoever_holds_it() {
         let finished = Arc::new(AtomicBool::new(false));
         let slot = PlaneSlot::new(SlowPlane(finished.clone()));
-        let report = slot.clone();
-        let reports: Reports = Arc::new(Mutex::new(BTreeMap::new()));
-        add_report(&reports, "slow", move || serde_json::json!(report.with(|_| "running").unwrap_or("stopped")));
+        let reports = Reports::default();
+        reports.add("slow", Arc::new(slot.clone()));
+        assert_eq!(reports.all()["slow"], json!("running"));
         let busy_reader = slot.clone();
         let reader = std::thread::spawn(move || busy_reader.with(|_| std::thread::sleep(Duration::from_millis(100))));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -485,8 +601,41 @@ mod tests {
         assert!(slot.stop_and_wait().await, "the plane was there to stop");
         assert!(finished.load(Ordering::SeqCst), "stop returned before the plane finished its work");
         assert_eq!(reader.join().unwrap(), Some(()), "the reader that had the plane finished its read");
-        let f = reports.lock().unwrap()["slow"].clone();
-        assert_eq!(f(), serde_json::json!("stopped"));
+        assert_eq!(reports.all()["slow"], json!({"state": "stopped"}));
+        assert_eq!(slot.with(|_| ()), None, "a reader finds the plane gone");
         assert!(!slot.stop_and_wait().await);
+    }
+
+    /// A stop that comes while another is under way (the daemon's stop during a `/v1/drain`) waits until the
+    /// plane has stopped; meanwhile the report says it is stopping (not a guess from a busy lock).
+    #[tokio::test]
+    async fn a_second_stop_waits_for_the_first() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let slot = PlaneSlot::new(SlowPlane(finished.clone()));
+        let first = {
+            let slot = slot.clone();
+            tokio::spawn(async move { slot.stop_and_wait().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(slot.report(), json!({"state": "stopping"}));
+        assert!(!slot.stop_and_wait().await, "the first stop had taken the plane");
+        assert!(finished.load(Ordering::SeqCst), "the second stop returned before the plane had stopped");
+        assert!(first.await.unwrap());
+        assert_eq!(slot.report(), json!({"state": "stopped"}));
+    }
+
+    /// A stop abandoned midway (its task aborted) still marks the plane stopped: a later stop does not hang.
+    #[tokio::test]
+    async fn an_abandoned_stop_does_not_block_the_next() {
+        let slot = PlaneSlot::new(SlowPlane(Arc::new(AtomicBool::new(false))));
+        let first = {
+            let slot = slot.clone();
+            tokio::spawn(async move { slot.stop_and_wait().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.abort();
+        let second = tokio::time::timeout(Duration::from_secs(2), slot.stop_and_wait()).await;
+        assert_eq!(second.ok(), Some(false), "the next stop returns: the plane was taken and is marked stopped");
+        assert_eq!(slot.report(), json!({"state": "stopped"}));
     }
 }
