@@ -349,3 +349,146 @@ fn bench_bird_learns_12k_vips() {
         h.stop().await;
     });
 }
+
+/// A `[bgp]` config with one peer (BIRD) whose `[[bgp.peer]]` gets `peer_extra` and `[bgp]` gets `extra`,
+/// validated from `dir` (for relative secret files).
+fn bgp_with(dir: &Path, extra: &str, peer_extra: &str) -> BgpConfig {
+    let text = format!(
+        "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nhold_time = \"9s\"\nconnect_retry = \"300ms\"\n{extra}\n\
+         [[bgp.peer]]\naddress = \"{ROUTER_V4}\"\nasn = {BIRD_ASN}\n{peer_extra}\n"
+    );
+    let v = padis_model::parse_config(&text, "test.toml", dir).unwrap_or_else(|e| panic!("{e}"));
+    v.state.bgp.expect("bgp section")
+}
+
+/// `bird_config` with `lines` added to its BGP protocol.
+fn bird_with(lines: &str) -> String {
+    bird_config(BIRD_ASN, OUR_ASN, 9).replacen(
+        "  keepalive time 1;\n",
+        &format!("  keepalive time 1;\n{lines}\n"),
+        1,
+    )
+}
+
+/// A `TcpExt` counter of namespace `ns`'s kernel (`/proc/net/netstat`).
+fn tcp_ext(ns: &str, name: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .expect("read /proc/net/netstat");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name} in {text}"))
+}
+
+/// Watches the session for `secs`: panics if BIRD ever has it Established or learns [`V4`], or (with `ours`) if
+/// our side ever reaches Established; returns our last error.
+async fn never_established(
+    h: &padis_bgp::AnnouncerHandle,
+    bird: &Bird,
+    secs: u64,
+    ours: bool,
+) -> Option<String> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let p = h.report().peers[0].clone();
+        assert!(!ours || p.state != SessionState::Established, "session established: {p:?}");
+        assert!(!bird.cmd("show protocols padis").contains("Established"));
+        assert!(bird.route(V4).is_empty(), "BIRD learnt the VIP");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.report().peers[0].last_error.clone()
+}
+
+#[test]
+fn md5_same_password_establishes_wrong_one_never_does() {
+    let lab = Lab::new();
+    let key = "padis-md5-0123456789";
+    let mut bird = Bird::start(
+        lab.router.name(),
+        lab.dir.path(),
+        &bird_with(&format!("  password \"{key}\";")),
+    );
+    let file = lab.dir.path().join("r1.key");
+    std::fs::write(&file, format!("{key}\n")).expect("key file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let dir = lab.dir.path().to_path_buf();
+    let router = lab.router.name().to_string();
+    in_netns(lab.speaker.name(), || async {
+        // Same key, from an owner-only file: up, routes learnt, every segment signed.
+        let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        let cfg = bgp_with(&dir, "", "password_file = \"r1.key\"");
+        let h = Announcer::spawn(Some(cfg), None, rx.clone(), &reg).expect("spawn");
+        learnt(&bird, V4, "VIP over an MD5-signed session").await;
+        assert_eq!(h.report().peers[0].state, SessionState::Established);
+        assert!(!format!("{:?}", h.report()).contains(key));
+        h.stop().await;
+
+        // A wrong key: BIRD's kernel drops our signed SYNs (counted), nothing is ever established.
+        let failures = tcp_ext(&router, "TCPMD5Failure");
+        let cfg = bgp_with(&dir, "", "password = \"not-the-key\"");
+        let h = Announcer::spawn(Some(cfg), None, rx.clone(), &reg).expect("spawn");
+        let err = never_established(&h, &bird, 6, true).await;
+        assert!(err.is_some_and(|e| e.contains("timed out")), "{:?}", h.report().peers[0]);
+        assert!(tcp_ext(&router, "TCPMD5Failure") > failures, "BIRD's kernel saw no bad signature");
+        assert!(bird.route(V4).is_empty());
+        h.stop().await;
+
+        // Passive, bound to the local address only, the key on the listener: BIRD connects with its key.
+        bird.restart();
+        let cfg = bgp_with(
+            &dir,
+            "local_address = \"10.99.0.1\"",
+            "passive = true\npassword_file = \"r1.key\"",
+        );
+        let h = Announcer::spawn(Some(cfg), None, rx.clone(), &reg).expect("spawn");
+        learnt(&bird, V4, "VIP over a passive MD5-signed session").await;
+        let ss = std::process::Command::new("ss").args(["-Hltn", "sport = :179"]).output().expect("ss");
+        let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+        let local: Vec<&str> = ss.lines().filter_map(|l| l.split_whitespace().nth(3)).collect();
+        assert_eq!(local, ["10.99.0.1:179"], "{ss}");
+        h.stop().await;
+    });
+}
+
+#[test]
+fn gtsm_against_bird_ttl_security() {
+    let lab = Lab::new();
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_with("  ttl security yes;"));
+    let dir = lab.dir.path().to_path_buf();
+    in_netns(lab.speaker.name(), || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        // Both sides GTSM: up.
+        let h = Announcer::spawn(Some(bgp_with(&dir, "", "gtsm = true")), None, rx.clone(), &reg)
+            .expect("spawn");
+        learnt(&bird, V4, "VIP over a GTSM session").await;
+        h.stop().await;
+        // Without GTSM our eBGP packets leave with TTL 1: BIRD (minimum TTL 255) never takes the session. (BIRD
+        // sets its minimum on a connection after accepting it, so it may read an OPEN that came first and answer:
+        // our side can see its KEEPALIVE, BIRD never sees ours.)
+        let h = Announcer::spawn(Some(bgp_with(&dir, "", "")), None, rx.clone(), &reg).expect("spawn");
+        never_established(&h, &bird, 5, false).await;
+        h.stop().await;
+    });
+    // BIRD without TTL security sends TTL 1: our minimum of 254 drops its answers.
+    let lab = Lab::new();
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_with(""));
+    let dir = lab.dir.path().to_path_buf();
+    in_netns(lab.speaker.name(), || async {
+        let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        let h = Announcer::spawn(Some(bgp_with(&dir, "", "gtsm = true")), None, rx, &reg).expect("spawn");
+        never_established(&h, &bird, 5, true).await;
+        h.stop().await;
+    });
+}

@@ -16,6 +16,16 @@ pub enum BgpError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A passive peer's TCP MD5 key or GTSM could not be set on the listening socket.
+    #[error("listening socket for passive peer {peer}: {what}: {source}")]
+    ListenOption {
+        /// The peer.
+        peer: IpAddr,
+        /// Which option (`TCP MD5 key`, `GTSM`).
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// BFD sockets could not be opened.
     #[error("bfd: {0}")]
     Bfd(#[from] crate::bfd::BfdError),
@@ -30,6 +40,14 @@ pub enum SessionError {
     /// Socket error or connection closed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A transport option (TCP MD5 key, GTSM) could not be set on the session's socket.
+    #[error("{what}: {source}")]
+    SocketOption {
+        /// Which option.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Could not connect in time.
     #[error("connect to {0} timed out")]
     ConnectTimeout(IpAddr),

@@ -15,6 +15,7 @@ mod listener;
 pub mod ospf;
 mod rib;
 mod session;
+mod sockopt;
 mod status;
 pub mod wire;
 
@@ -104,7 +105,7 @@ impl Announcer {
                 );
                 let incoming = if p.passive {
                     let (tx, rx) = mpsc::channel(1);
-                    passive.push((p.address, tx));
+                    passive.push((p.clone(), tx));
                     Some(rx)
                 } else {
                     None

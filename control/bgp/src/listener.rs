@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use padis_model::bgp::BgpConfig;
+use padis_model::bgp::{BgpConfig, BgpPeer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -17,12 +17,14 @@ pub(crate) struct Listener {
     peers: HashMap<IpAddr, mpsc::Sender<TcpStream>>,
 }
 
-/// Binds `local_address:listen_port` (or the wildcard of the first passive peer's family).
+/// Binds `local_address:listen_port` (or, with no `local_address`, the wildcard of the passive peers' family),
+/// with each passive peer's TCP MD5 key installed for its address; GTSM's minimum TTL applies to the whole
+/// socket, so it is set there only when every passive peer uses GTSM (else on each accepted connection).
 pub(crate) fn bind(
     cfg: &BgpConfig,
-    passive: Vec<(IpAddr, mpsc::Sender<TcpStream>)>,
+    passive: Vec<(BgpPeer, mpsc::Sender<TcpStream>)>,
 ) -> Result<Listener, BgpError> {
-    let v6 = passive.iter().any(|(a, _)| a.is_ipv6());
+    let v6 = passive.iter().any(|(p, _)| p.address.is_ipv6());
     let ip = cfg.local_address.unwrap_or(if v6 {
         Ipv6Addr::UNSPECIFIED.into()
     } else {
@@ -33,12 +35,29 @@ pub(crate) fn bind(
         l.set_nonblocking(true)?;
         Ok(l)
     });
-    let sock = std
-        .and_then(TcpListener::from_std)
-        .map_err(|source| BgpError::Listen { addr, source })?;
+    let std = std.map_err(|source| BgpError::Listen { addr, source })?;
+    for (p, _) in &passive {
+        if let Some(key) = &p.password {
+            crate::sockopt::set_md5(&std, p.address, key.expose().as_bytes()).map_err(|source| {
+                BgpError::ListenOption {
+                    peer: p.address,
+                    what: "TCP MD5 key",
+                    source,
+                }
+            })?;
+        }
+    }
+    if let Some((p, _)) = passive.first().filter(|_| passive.iter().all(|(p, _)| p.gtsm)) {
+        crate::sockopt::set_gtsm(&std, p.address).map_err(|source| BgpError::ListenOption {
+            peer: p.address,
+            what: "GTSM",
+            source,
+        })?;
+    }
+    let sock = TcpListener::from_std(std).map_err(|source| BgpError::Listen { addr, source })?;
     Ok(Listener {
         sock,
-        peers: passive.into_iter().collect(),
+        peers: passive.into_iter().map(|(p, tx)| (p.address, tx)).collect(),
     })
 }
 

@@ -128,6 +128,19 @@ impl Session {
         if let Some(local) = self.cfg.local_address {
             sock.bind(SocketAddr::new(local, 0))?;
         }
+        // Before the SYN: it must carry the signature (and TTL 255), and the answer is checked.
+        if let Some(key) = &self.peer.password {
+            crate::sockopt::set_md5(&sock, addr.ip(), key.expose().as_bytes()).map_err(|source| {
+                SessionError::SocketOption {
+                    what: "TCP MD5 key",
+                    source,
+                }
+            })?;
+        }
+        if self.peer.gtsm {
+            crate::sockopt::set_gtsm(&sock, addr.ip())
+                .map_err(|source| SessionError::SocketOption { what: "GTSM", source })?;
+        }
         let wait = self.cfg.connect_retry.max(Duration::from_secs(3));
         tokio::select! {
             r = timeout(wait, sock.connect(addr)) => match r {
@@ -146,12 +159,18 @@ impl Session {
     ) -> Result<(), SessionError> {
         let _ = stream.set_nodelay(true);
         let ebgp = !self.peer.is_ibgp(self.cfg.asn);
-        // Single-hop eBGP sends with TTL 1 (hop limit 1), like routers do; `multihop` raises it.
-        let ttl = self
-            .peer
-            .multihop
-            .map(u32::from)
-            .unwrap_or(if ebgp { 1 } else { 64 });
+        // Single-hop eBGP sends with TTL 1 (hop limit 1), like routers do; `multihop` raises it; GTSM sends 255
+        // (and an accepted connection gets its minimum TTL here when the listener could not have it).
+        if self.peer.gtsm {
+            crate::sockopt::set_gtsm(&stream, self.peer.address)
+                .map_err(|source| SessionError::SocketOption { what: "GTSM", source })?;
+        }
+        let ttl = match (self.peer.gtsm, self.peer.multihop) {
+            (true, _) => crate::sockopt::GTSM_TTL,
+            (false, Some(t)) => u32::from(t),
+            (false, None) if ebgp => 1,
+            (false, None) => 64,
+        };
         let sock = socket2::SockRef::from(&stream);
         let set = if stream.local_addr()?.is_ipv4() {
             sock.set_ttl_v4(ttl)

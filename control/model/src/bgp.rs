@@ -12,6 +12,8 @@
 //! asn = 65000
 //! next_hop6 = "2001:db8::10"  # next hop of IPv6 VIPs on this IPv4 session
 //! bfd = true                  # single-hop BFD with this router
+//! password_file = "/etc/padis/bgp-r1.key"   # TCP MD5 signature key (RFC 2385), mode 0600; or `password`
+//! gtsm = true                 # RFC 5082: send TTL 255, accept only TTL >= 254 (directly connected router)
 //!
 //! [bgp.bfd]
 //! interval = "300ms"          # Desired Min TX / Required Min RX once Up
@@ -24,11 +26,16 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::secret::{self, Secret};
 use crate::validate::Validator;
+
+/// Longest TCP MD5 key (bytes) Linux takes (`TCP_MD5SIG_MAXKEYLEN`).
+pub const MAX_MD5_KEY: usize = 80;
 
 /// `[bgp]`: the announce-only BGP speaker.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -112,6 +119,17 @@ pub struct BgpPeer {
     /// session down at once.
     #[serde(default)]
     pub bfd: bool,
+    /// TCP MD5 signature key shared with the router (RFC 2385): every segment of the session is signed and
+    /// unsigned or wrongly signed ones are dropped by the kernel. Never shown; prefer `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// File holding the MD5 key (owner-only: mode 0600 or 0400; relative to the config file), read when the
+    /// config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// GTSM (RFC 5082) for a directly connected router: we send with TTL 255 and accept only TTL >= 254.
+    #[serde(default)]
+    pub gtsm: bool,
 }
 
 fn default_hold() -> Duration {
@@ -141,6 +159,15 @@ impl BgpPeer {
 }
 
 impl BgpConfig {
+    /// Reads every peer's `password_file` into `password` (when the config file is loaded); a file that cannot be
+    /// read or that group or others may access is an error at its `password_file`.
+    pub fn resolve_secrets(&mut self, cx: &mut Validator, base: &Path) {
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            let (inline, file) = (format!("bgp.peer[{i}].password"), format!("bgp.peer[{i}].password_file"));
+            secret::resolve(cx, &inline, &mut p.password, &file, p.password_file.as_deref(), base);
+        }
+    }
+
     /// Validates `[bgp]` and its peers.
     pub fn validate(&self, cx: &mut Validator) {
         if self.asn == 0 || self.asn == 23456 {
@@ -214,6 +241,18 @@ impl BgpConfig {
             }
             if p.multihop == Some(0) {
                 cx.error(at("multihop"), "TTL must be 1..255");
+            }
+            if let Some(k) = &p.password {
+                if k.is_empty() || k.expose().len() > MAX_MD5_KEY {
+                    let f = if p.password_file.is_some() { "password_file" } else { "password" };
+                    cx.error(at(f), format!("a TCP MD5 key of 1 to {MAX_MD5_KEY} bytes"));
+                }
+            }
+            if p.gtsm && p.multihop.is_some() {
+                cx.error(
+                    at("gtsm"),
+                    "GTSM is for directly connected routers (RFC 5082): not with multihop",
+                );
             }
             if p.bfd && p.multihop.is_some_and(|t| t > 1) {
                 cx.error(
@@ -303,7 +342,7 @@ mod tests {
         let b = v.state.bgp.unwrap();
         assert_eq!(b.hold_time.as_secs(), 90);
         assert_eq!(b.peers[0].port, 179);
-        assert!(!b.peers[0].bfd);
+        assert!(!b.peers[0].bfd && !b.peers[0].gtsm && b.peers[0].password.is_none());
         assert_eq!((b.bfd.interval.as_millis(), b.bfd.multiplier), (300, 3));
         let o = v.state.ospf.unwrap();
         assert_eq!(
@@ -338,9 +377,42 @@ mod tests {
             e.contains("bgp.peer[0].bfd") && e.contains("single-hop"),
             "{e}"
         );
+        let e = errors(
+            "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\n\
+             multihop = 2\ngtsm = true\npassword = \"\"\n",
+        );
+        assert!(e.contains("t.toml:8") && e.contains("bgp.peer[0].gtsm"), "{e}");
+        assert!(e.contains("t.toml:9") && e.contains("bgp.peer[0].password") && e.contains("1 to 80"), "{e}");
         let e = errors("[ospf]\ntable = 255\n");
         assert!(e.contains("t.toml:2") && e.contains("reserved"), "{e}");
         let e = errors("[ospf]\ntable = 10\nmode = \"tunnel\"\n");
         assert!(e.contains("t.toml:3"), "{e}");
+    }
+
+    /// The MD5 key comes from an owner-only file, relative to the config file, and is never serialized.
+    #[test]
+    fn md5_password_from_a_private_file_is_never_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("padis-bgp-md5-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("r1.key");
+        std::fs::write(&key, "s3cret-md5\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\n\
+                    password_file = \"r1.key\"\ngtsm = true\n";
+        let v = crate::parse_config(text, "t.toml", &dir).map_err(|e| e.to_string()).unwrap();
+        let p = &v.state.bgp.as_ref().unwrap().peers[0];
+        assert_eq!(p.password.as_ref().map(|s| s.expose()), Some("s3cret-md5"));
+        assert!(p.gtsm);
+        let shown = format!("{:?} {}", v.state, serde_json::to_string(&v.state).unwrap());
+        assert!(!shown.contains("s3cret-md5") && shown.contains("<redacted>"), "{shown}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = crate::parse_config(text, "t.toml", &dir).unwrap_err().to_string();
+        assert!(e.contains("t.toml:7:1: bgp.peer[0].password_file") && e.contains("mode 0644"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let both = text.replace("gtsm = true", "password = \"x\"");
+        let e = crate::parse_config(&both, "t.toml", &dir).unwrap_err().to_string();
+        assert!(e.contains("set either"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

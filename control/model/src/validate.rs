@@ -200,6 +200,9 @@ fn resolve_secrets(state: &mut DesiredState, base: &Path, cx: &mut Validator) {
         secret::resolve(cx, "marathon.auth.token", inline, "marathon.auth.token_file", f, base);
     }
     state.dns.resolve_secrets(cx, base);
+    if let Some(b) = state.bgp.as_mut() {
+        b.resolve_secrets(cx, base);
+    }
 }
 
 fn unique<'a>(cx: &mut Validator, what: &str, names: impl Iterator<Item = &'a str>) {
