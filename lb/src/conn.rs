@@ -99,43 +99,96 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
             let (peer, local) = (a.peer, a.local);
             serve_http(plane, a.stream, guard, Mode::Auto, None, peer, local, a.listener, limits, stop, hard).await
         }
-        Some((cfg, _)) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(a.stream));
-            let res = tokio::select! {
-                r = handshake => r,
-                _ = stop.cancelled() => return,
-            };
-            let stream = match res {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = &*a.listener, peer = %a.peer, error = %e, "TLS handshake failed");
-                    plane.metrics.handshake_errors.with_label_values(&[&*a.listener]).inc();
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(listener = &*a.listener, peer = %a.peer, "TLS handshake timed out");
-                    plane.metrics.handshake_errors.with_label_values(&[&*a.listener]).inc();
-                    return;
-                }
-            };
-            let session = stream.get_ref().1;
-            let version = match session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "other",
-            };
-            plane.metrics.handshakes.with_label_values(&[&*a.listener, version]).inc();
-            let mode = match session.alpn_protocol() {
-                Some(b"h2") => Mode::H2,
-                Some(b"http/1.1") => Mode::H1,
-                _ => Mode::Auto,
-            };
-            let sni = session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str());
-            let tls = Some(TlsSession { sni });
-            serve_http(plane, stream, guard, mode, tls, a.peer, a.local, a.listener, limits, stop, hard).await
-        }
+        Some((cfg, _)) => handshake(plane, a.stream, cfg, guard, a.peer, a.local, a.listener, limits, stop, hard).await,
     }
+}
+
+/// The TLS handshake of a connection of a TLS listener (bounded by the header timeout), then HTTP by its ALPN.
+#[allow(clippy::too_many_arguments)]
+async fn handshake(
+    plane: Arc<PlaneShared>,
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    guard: ActiveGuard,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<str>,
+    limits: Limits,
+    stop: CancellationToken,
+    hard: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+    let res = tokio::select! {
+        r = handshake => r,
+        _ = stop.cancelled() => return,
+    };
+    let stream = match res {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = &*listener, peer = %peer, error = %e, "TLS handshake failed");
+            plane.metrics.handshake_errors.with_label_values(&[&*listener]).inc();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = &*listener, peer = %peer, "TLS handshake timed out");
+            plane.metrics.handshake_errors.with_label_values(&[&*listener]).inc();
+            return;
+        }
+    };
+    let session = stream.get_ref().1;
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    plane.metrics.handshakes.with_label_values(&[&*listener, version]).inc();
+    let mode = match session.alpn_protocol() {
+        Some(b"h2") => Mode::H2,
+        Some(b"http/1.1") => Mode::H1,
+        _ => Mode::Auto,
+    };
+    let sni = session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str());
+    let tls = Some(TlsSession { sni });
+    serve_http(plane, stream, guard, mode, tls, peer, local, listener, limits, stop, hard).await
+}
+
+/// Serves a connection of a TLS listener the fast path hands over before its handshake (an h2 client, or one
+/// whose first bytes are no ClientHello): the handshake here, then HTTP by its ALPN.
+pub(crate) async fn serve_tls(
+    plane: Arc<PlaneShared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<str>,
+    guard: ActiveGuard,
+    stop: CancellationToken,
+) {
+    let (limits, cfg) = {
+        let rt = plane.runtime.load();
+        let Some((cfg, _)) = rt.listeners.get(&*listener).and_then(|l| l.tls.clone()) else { return };
+        (rt.limits.clone(), cfg)
+    };
+    let hard = plane.hard.clone();
+    handshake(plane, stream, cfg, guard, peer, local, listener, limits, stop, hard).await
+}
+
+/// Serves a TLS connection the fast path hands over after its handshake, with what it had decrypted and not
+/// served: HTTP/1.1 (or h2 with prior knowledge when the client chose no ALPN protocol) from there.
+pub(crate) async fn serve_tls_handoff(
+    plane: Arc<PlaneShared>,
+    io: crate::fast::TlsStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<str>,
+    guard: ActiveGuard,
+    stop: CancellationToken,
+) {
+    let limits = plane.runtime.load().limits.clone();
+    let hard = plane.hard.clone();
+    let mode = if io.alpn() == Some(b"http/1.1") { Mode::H1 } else { Mode::Auto };
+    let tls = Some(TlsSession { sni: io.sni() });
+    serve_http(plane, io, guard, mode, tls, peer, local, listener, limits, stop, hard).await
 }
 
 /// Serves a plaintext connection the fast path hands over, with the bytes it had read (`prefix`): the hyper path

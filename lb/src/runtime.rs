@@ -25,8 +25,10 @@ pub(crate) struct ListenerRt {
     /// Its TLS config (absent if it could not be built: connections are then refused) and its certificates by
     /// server name.
     pub tls: Option<(Arc<ServerConfig>, Arc<tls::SniResolver>)>,
-    /// Plaintext connections start on the HTTP/1.1 fast path.
+    /// Connections start on the HTTP/1.1 fast path (TLS ones whose client does not get h2 too).
     pub fast_path: bool,
+    /// The TLS config of the fast path's handshakes (`tls` without h2, see `fast::fast_config`).
+    pub tls_fast: Option<Arc<ServerConfig>>,
     /// `mode = "tcp"`: connections are relayed to a backend of this group (see `tcp`).
     pub tcp: Option<crate::tcp::TcpListenerRt>,
 }
@@ -107,8 +109,9 @@ impl Runtime {
                         RouteTable::build(&l.name, &state.routes, metrics)
                     },
                     tls_required: l.tls.is_some(),
-                    tls,
-                    fast_path: l.tls.is_none() && l.fast_path,
+                    tls: tls.clone(),
+                    fast_path: l.fast_path,
+                    tls_fast: tls.as_ref().map(|(cfg, _)| crate::fast::fast_config(cfg)),
                     tcp: crate::tcp::TcpListenerRt::of(l),
                 },
             );

@@ -5,6 +5,11 @@
 //! requests), broken backends (a malformed head: 502; a body cut short: the client connection is closed, not
 //! left hanging), and a client that resets before its answer (counted 499). Every answer is read by hyper's client
 //! or checked byte for byte.
+//!
+//! The same over TLS (ALPN http/1.1 or none): pipelining, framings, keep-alive, large bodies, close_notify both
+//! ways, hand-overs on the same TLS connection (a chunked upload, an Upgrade tunnel, a 421 for a Host of another
+//! certificate than the SNI's), h2 clients going to the hyper path, garbage after the handshake, broken
+//! ClientHellos, TLS 1.2 and resumption.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +20,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use padis_tests::l7::{raw_exchange, temp_dir, H1Conn, Proxy};
+use padis_tests::l7::{curl, raw_exchange, temp_dir, tls_connect, tls_get_h2, H1Conn, Pki, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -105,6 +110,25 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                         "/slow" => {
                             tokio::time::sleep(Duration::from_millis(400)).await;
                             b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec()
+                        }
+                        "/big" => {
+                            let body: Vec<u8> = (0..1 << 20).map(|i| (i * 13 % 251) as u8).collect();
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                            let mut out = head.into_bytes();
+                            out.extend_from_slice(&body);
+                            out
+                        }
+                        "/upgrade" => {
+                            // Switches to an echo of whatever comes next.
+                            let head = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+                            let _ = s.write_all(head).await;
+                            let mut tmp = [0u8; 4096];
+                            while let Ok(n) = s.read(&mut tmp).await {
+                                if n == 0 || s.write_all(&tmp[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            return;
                         }
                         "/cut" => {
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..").await;
@@ -261,5 +285,219 @@ async fn a_client_that_resets_before_its_answer_counts_as_499() {
     // The proxy goes on serving.
     let mut c = H1Conn::connect(p.addr("web")).await;
     assert_eq!(c.get("fast.test", "/after").await.expect("after").status, 200);
+    p.stop().await;
+}
+
+// --- TLS: HTTP/1.1 over TLS (ALPN http/1.1 or none) on the fast path ----------------------------------------------
+
+/// A proxy with two TLS listeners to `backend`: `tls` (fast path) and `hyper` (`fast_path = false`); certificates
+/// `api` (api.example.com, the default) and `other` (other.test).
+async fn tls_proxy(backend: SocketAddr) -> (Proxy, tempfile::TempDir, Pki) {
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path());
+    pki.leaf("api", &["api.example.com"]);
+    pki.leaf("other", &["other.test"]);
+    let tls = "[listener.tls]\ndefault_certificate = \"api\"\n";
+    let cfg = format!(
+        "[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\n{tls}\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n{tls}\
+         [[certificate]]\nname = \"api\"\ncert = \"api.pem\"\nkey = \"api.key\"\n\
+         [[certificate]]\nname = \"other\"\ncert = \"other.pem\"\nkey = \"other.key\"\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n\
+         [[group]]\nname = \"g\"\nretries = 0\nrequest_timeout = \"5s\"\n[[group.backend]]\naddr = \"{backend}\"\n"
+    );
+    (Proxy::start(&cfg, dir.path()).await, dir, pki)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls(addr: SocketAddr, pki: &Pki, alpn: &[&str], sni: &str) -> Tls {
+    tls_connect(addr, pki.client_config(alpn), sni).await.expect("TLS handshake").stream
+}
+
+/// Writes `bytes`, then reads until the proxy closes (cleanly: with its close_notify) or `limit` passes.
+async fn tls_exchange(mut s: Tls, bytes: &[u8], limit: Duration) -> (Vec<u8>, std::io::Result<usize>) {
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(limit, s.read_to_end(&mut out)).await.unwrap_or(Ok(0));
+    (out, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_take_the_fast_path_with_pipelining_framings_and_large_bodies() {
+    let (b, conns) = scripted_backend().await;
+    let (p, _dir, pki) = tls_proxy(b).await;
+    let pipelined = b"GET /chunked HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+                      HEAD /head HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+                      GET /no-content HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+                      GET /hints HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+                      POST /echo HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 3\r\n\r\nabc\
+                      GET /last HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n";
+    for (listener, alpn) in [("tls", &["http/1.1"][..]), ("tls", &[][..]), ("hyper", &["http/1.1"][..])] {
+        let s = tls(p.addr(listener), &pki, alpn, "api.example.com").await;
+        let (out, end) = tls_exchange(s, pipelined, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(end.is_ok(), "{listener} {alpn:?}: the connection ends with close_notify: {end:?}");
+        let order: Vec<usize> = ["x-backend: scripted", "http/1.1 204", "final", "post /echo 3 ", "get /last 0 "]
+            .iter()
+            .map(|s| text.find(s).unwrap_or_else(|| panic!("{listener} {alpn:?}: {s} in {text}")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(text.matches("http/1.1 200 ok").count(), 5, "{text}");
+        // The hyper path dates its answers (and drops chunk extensions and trailers); the fast path passes the
+        // backend's head and body through (this backend's head has no Date): which path served is visible.
+        assert_eq!(text.contains("x-trailer: t"), listener == "tls", "{listener}: {text}");
+        assert_eq!(text.contains("\r\ndate: "), listener == "hyper", "{listener}: {text}");
+    }
+    // Keep-alive and large bodies both ways (many TLS records), one backend connection throughout.
+    let before = conns.load(Ordering::SeqCst);
+    let s = tls(p.addr("tls"), &pki, &["http/1.1"], "api.example.com").await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.expect("h1");
+    tokio::spawn(conn);
+    let body: Vec<u8> = (0..4 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    for _ in 0..2 {
+        let resp = sender.send_request(tls_req(Method::POST, "/upload", body.clone())).await.expect("POST");
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(got, format!("POST /upload {} {:08x}", body.len(), checksum(&body)));
+        let resp = sender.send_request(tls_req(Method::GET, "/big", Vec::new())).await.expect("GET");
+        assert!(!resp.headers().contains_key("date"), "fast path");
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(got.len(), 1 << 20);
+        assert!(got.iter().enumerate().all(|(i, &x)| x == (i * 13 % 251) as u8));
+    }
+    assert!(conns.load(Ordering::SeqCst) <= before + 1, "backend connections reused");
+    assert!(p.metric("padis_tls_handshakes_total", &[("listener", "tls"), ("version", "TLSv1.3")]) >= 3.0);
+    p.stop().await;
+}
+
+fn tls_req(method: Method, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "api.example.com")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_fast_path_hands_over_upgrades_chunked_uploads_and_misdirected_requests() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir, pki) = tls_proxy(b).await;
+    let addr = p.addr("tls");
+    // A plain request, a chunked upload (the hyper path, over the same TLS connection), then a plain one.
+    let s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    let (out, _) = tls_exchange(
+        s,
+        b"GET /first HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+          POST /chunked-up HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /third HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} in {text}"));
+    assert!(at("GET /first 0 ") < at(&format!("POST /chunked-up 5 {:08x}", checksum(b"abcde"))), "{text}");
+    assert!(at("POST /chunked-up") < at("GET /third 0 "), "{text}");
+
+    // An Upgrade: handed over, and the tunnel runs over the same TLS connection.
+    let mut s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: api.example.com\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte)).await.expect("101").expect("read");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    for msg in [&b"ping"[..], &[7u8; 40_000][..]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.expect("echo").expect("read");
+        assert_eq!(back, msg);
+    }
+    drop(s);
+
+    // SNI api.example.com, Host other.test (another certificate): 421, as the hyper path answers.
+    let s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    let (out, _) = tls_exchange(
+        s,
+        b"GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n\
+          GET /y HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 421 "), "{text}");
+    assert!(text.contains("GET /y 0 "), "the connection goes on: {text}");
+    // The same name as the certificate's but another case and a port: not misdirected.
+    let s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    let z = b"GET /z HTTP/1.1\r\nHost: API.example.com:443\r\nConnection: close\r\n\r\n";
+    let (out, _) = tls_exchange(s, z, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&out).contains("GET /z 0 "), "{}", String::from_utf8_lossy(&out));
+
+    // A client offering h2 gets h2 (the hyper path).
+    let info = tls_connect(addr, pki.client_config(&["h2", "http/1.1"]), "api.example.com").await.expect("tls");
+    assert_eq!(info.alpn.as_deref(), Some("h2"));
+    assert_eq!(tls_get_h2(info, "api.example.com", "/h2").await.body, "GET /h2 0 00000000");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_fast_path_garbage_after_the_handshake_close_notify_and_bad_hellos() {
+    let (b, _) = scripted_backend().await;
+    let (p, _dir, pki) = tls_proxy(b).await;
+    let addr = p.addr("tls");
+    // Garbage after the handshake (bytes that are no TLS record): an alert, then the close; the proxy serves on.
+    let s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    let (mut tcp, _) = s.into_inner();
+    tcp.write_all(b"this is not a TLS record\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.expect("closed").ok();
+    assert!(out.first().is_none_or(|&b| b == 0x15 || b == 0x17), "an alert record or nothing: {out:?}");
+    // close_notify from the client after a request: the answer, then the proxy's close_notify.
+    let mut s = tls(addr, &pki, &["http/1.1"], "api.example.com").await;
+    s.write_all(b"GET /before-close HTTP/1.1\r\nHost: api.example.com\r\n\r\n").await.unwrap();
+    s.shutdown().await.expect("close_notify");
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("no hang");
+    assert!(r.is_ok(), "a clean close: {r:?}");
+    assert!(String::from_utf8_lossy(&out).contains("GET /before-close 0 "), "{}", String::from_utf8_lossy(&out));
+    // Plaintext and a broken ClientHello: no answer but an alert; both counted as failed handshakes.
+    let out = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(3)).await;
+    assert!(!out.starts_with(b"HTTP/1.1 200"), "plaintext on a TLS listener is not served");
+    let out = raw_exchange(addr, &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5], Duration::from_secs(3)).await;
+    assert!(out.is_empty() || out[0] == 0x15, "an alert or a close");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.metric("padis_tls_handshake_errors_total", &[("listener", "tls")]) < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "failed handshakes not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // TLS 1.2 and session resumption on the fast path.
+    let cfg = pki.client_config(&["http/1.1"]);
+    let first = tls_connect(addr, cfg.clone(), "api.example.com").await.expect("tls");
+    let r = b"GET /r HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n";
+    let (out, _) = tls_exchange(first.stream, r, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&out).contains("GET /r 0 "));
+    let second = tls_connect(addr, cfg, "api.example.com").await.expect("tls");
+    assert_eq!(second.stream.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    let (ok, out, err) = curl(&[
+        "--cacert",
+        &pki.ca_pem.to_string_lossy(),
+        "--resolve",
+        &format!("api.example.com:{}:127.0.0.1", addr.port()),
+        "--http1.1",
+        "--tls-max",
+        "1.2",
+        "-w",
+        "%{http_version}",
+        &format!("https://api.example.com:{}/curl12", addr.port()),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("GET /curl12 0 ") && out.ends_with("1.1"), "{out}");
+    assert!(p.metric("padis_tls_handshakes_total", &[("listener", "tls"), ("version", "TLSv1.2")]) >= 1.0);
     p.stop().await;
 }

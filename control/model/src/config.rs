@@ -264,8 +264,9 @@ pub struct Listener {
     /// TLS termination; plaintext (HTTP/1.1 and h2c prior knowledge) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
-    /// Plaintext listeners: serve plain HTTP/1.1 requests on the event-loop fast path (everything else — h2c,
-    /// upgrades, chunked request bodies, HTTP/1.0, errors — is handed to the general path). Default true.
+    /// Serve plain HTTP/1.1 requests on the event-loop fast path, plaintext or over TLS (everything else — h2c,
+    /// h2 clients of a TLS listener, upgrades, chunked request bodies, HTTP/1.0, errors — is handed to the
+    /// general path). Default true.
     #[serde(default = "yes")]
     pub fast_path: bool,
     /// Only the routes that name this listener in their `listeners` serve it (routes without `listeners` do

@@ -184,7 +184,7 @@ impl Loop {
 
     /// Whether client `ck` has more output waiting than the loop lets pile up.
     pub(super) fn client_blocked(&self, ck: Option<usize>) -> bool {
-        ck.and_then(|ck| self.clients.get(ck)).is_some_and(|c| c.out.pending() > HIGH_WATER)
+        ck.and_then(|ck| self.clients.get(ck)).is_some_and(|c| c.pending() > HIGH_WATER)
     }
 
     /// Forwards what backend connection `bk` has read to its client: the response head (rewritten), then body
@@ -258,7 +258,7 @@ impl Loop {
                 }
             };
         };
-        if c.out.pending() > HIGH_WATER {
+        if c.out.pending() + c.tls.as_ref().map_or(0, |t| t.pending()) > HIGH_WATER {
             b.read_paused = true;
             return Step::Idle;
         }
@@ -295,7 +295,7 @@ impl Loop {
         let Some(c) = self.clients.get(k) else { return };
         let ClientState::Busy(ex) = &c.state else { return };
         let Some(bk) = ex.backend else { return };
-        if c.out.pending() <= HIGH_WATER && self.backends.get(bk).is_some_and(|b| b.read_paused) {
+        if c.pending() <= HIGH_WATER && self.backends.get(bk).is_some_and(|b| b.read_paused) {
             self.backends[bk].read_paused = false;
             self.forward_response(bk);
             if self.backends.get(bk).is_some_and(|b| b.client == Some(k) && !b.read_paused) {

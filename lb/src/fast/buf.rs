@@ -44,6 +44,36 @@ impl Buf {
         }
     }
 
+    /// The unconsumed bytes, for decrypting in place.
+    pub(super) fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
+    /// At least `n` bytes of room at the end (moving the data to the front, or growing, as needed).
+    pub(super) fn reserve(&mut self, n: usize) -> &mut [u8] {
+        if self.data.len() - self.end < n && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.data.len() - self.end < n {
+            let grown = (self.end + n).max(self.data.len() * 2);
+            self.data.resize(grown, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Takes `n` bytes written into the room [`Buf::reserve`] or [`Buf::space`] gave as filled.
+    pub(super) fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+
+    /// Appends `bytes` (growing past any limit: the caller bounds how much it appends).
+    pub(super) fn push(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
     /// Room to read into (moving the data to the front first when that makes room), growing up to `max`.
     pub(super) fn space(&mut self, max: usize) -> &mut [u8] {
         if self.end == self.data.len() && self.start > 0 {
@@ -112,6 +142,12 @@ impl Out {
             e => return Err(io::Error::from_raw_os_error(-e)),
         }
         self.flush(sock)
+    }
+
+    /// Forgets everything (it was taken elsewhere, e.g. encrypted), keeping the capacity.
+    pub(super) fn clear(&mut self) {
+        self.data.clear();
+        self.pos = 0;
     }
 
     /// Writes what it can; `Ok(true)` when everything went out.

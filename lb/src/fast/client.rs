@@ -8,6 +8,7 @@ use http::StatusCode;
 use padis_balance::SelectCtx;
 use padis_model::{Balance, HashKey};
 
+use super::tls::{self, Hello, Tls};
 use super::{local_reply, request, BackendState, Client, ClientState, Exchange, Loop, Ready, Start, CLIENT_BUF, HIGH_WATER};
 use crate::metrics::{Finished, CLIENT_CLOSED};
 use crate::policy;
@@ -17,6 +18,7 @@ impl Loop {
     pub(super) fn client_drained(&mut self, k: usize) {
         let c = &self.clients[k];
         match c.state {
+            ClientState::Handshake => {}
             ClientState::Closing => self.close_client(k),
             ClientState::Head if c.handoff => self.handoff(k),
             // Pipelined requests waited for the client to read its responses.
@@ -39,8 +41,49 @@ impl Loop {
             self.mark_client(k);
         }
         if ev.readable && !self.clients[k].read_paused {
-            self.client_ready(k);
+            if self.clients[k].hello.is_some() {
+                self.hello(k);
+            } else {
+                self.client_ready(k);
+            }
         }
+    }
+
+    /// A TLS connection's first bytes: the hyper path takes it (h2, or no ClientHello rustls reads), or its
+    /// handshake starts here (see `tls`).
+    fn hello(&mut self, k: usize) {
+        let c = &mut self.clients[k];
+        let Some(cfgs) = &c.hello else { return };
+        match tls::peek_hello(&c.sock, &cfgs.0.alpn_protocols, &mut self.scratch) {
+            Ok(Hello::Partial) if c.peer_closed => self.handoff(k),
+            Ok(Hello::Partial) => {}
+            Ok(Hello::Hyper) => self.handoff(k),
+            Ok(Hello::Fast(sni)) => match Tls::new(cfgs.1.clone(), sni) {
+                Ok(t) => {
+                    c.tls = Some(Box::new(t));
+                    c.hello = None;
+                    self.client_ready(k);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %c.peer, error = %e, "fast path: TLS connection not started");
+                    self.handoff(k);
+                }
+            },
+            Err(e) => {
+                tracing::debug!(peer = %c.peer, error = %e, "fast path: client read failed");
+                self.close_client(k);
+            }
+        }
+    }
+
+    /// The handshake of client `k` is complete: counted, then requests.
+    fn tls_open(&mut self, k: usize) {
+        let timeout = self.plane.runtime.load().limits.header_read_timeout;
+        let c = &mut self.clients[k];
+        let Some(t) = &c.tls else { return };
+        self.plane.metrics.handshakes.with_label_values(&[&*c.listener, t.version()]).inc();
+        c.state = ClientState::Head;
+        c.head_deadline = Some(Instant::now() + timeout);
     }
 
     /// Reads what client `k` sent and acts on it, for as long as acting makes room for more.
@@ -52,7 +95,11 @@ impl Loop {
             if matches!(c.state, ClientState::Closing) || c.handoff {
                 return;
             }
-            match c.inb.fill(&mut c.sock, max, c.peer_closed) {
+            let read = match &mut c.tls {
+                Some(t) => t.fill(&mut c.sock, &mut c.inb, max, c.peer_closed),
+                None => c.inb.fill(&mut c.sock, max, c.peer_closed),
+            };
+            match read {
                 Ok((eof, full)) => {
                     c.eof |= eof;
                     c.read_paused = full;
@@ -61,14 +108,29 @@ impl Loop {
                     }
                 }
                 Err(e) => {
+                    // A TLS failure's alert goes out with the close.
                     tracing::debug!(peer = %c.peer, error = %e, "fast path: client read failed");
                     self.close_client(k);
                     return;
                 }
             }
+            if let Some(t) = &c.tls {
+                let open = t.open;
+                // Handshake messages, a key update's answer.
+                self.mark_client(k);
+                if matches!(self.clients[k].state, ClientState::Handshake) {
+                    if !open {
+                        if self.clients[k].eof {
+                            self.close_client(k);
+                        }
+                        return;
+                    }
+                    self.tls_open(k);
+                }
+            }
             self.advance(k);
             match self.clients.get_mut(k).filter(|c| c.gen == gen) {
-                Some(c) if c.read_paused && c.inb.len() < c.inb.data.len() => c.read_paused = false,
+                Some(c) if c.read_paused && c.has_room(max) => c.read_paused = false,
                 _ => return,
             }
         }
@@ -76,7 +138,11 @@ impl Loop {
 
     /// Reads on from client `k` if reading stopped for want of room and there is room now.
     pub(super) fn resume_client(&mut self, k: usize) {
-        if self.clients.get(k).is_some_and(|c| c.read_paused && c.inb.len() < c.inb.data.len()) {
+        if !self.clients.get(k).is_some_and(|c| c.read_paused) {
+            return;
+        }
+        let max = self.plane.runtime.load().limits.max_header_bytes.max(CLIENT_BUF) + 1;
+        if self.clients[k].has_room(max) {
             self.clients[k].read_paused = false;
             self.client_ready(k);
         }
@@ -87,7 +153,7 @@ impl Loop {
         loop {
             let Some(c) = self.clients.get_mut(k) else { return };
             match c.state {
-                ClientState::Closing => return,
+                ClientState::Closing | ClientState::Handshake => return,
                 ClientState::Busy(_) => {
                     self.pump_request_body(k);
                     return;
@@ -103,7 +169,7 @@ impl Loop {
                 }
                 return;
             }
-            if c.out.pending() > HIGH_WATER {
+            if c.pending() > HIGH_WATER {
                 // Pipelined requests wait until the client reads its responses.
                 return;
             }
@@ -121,7 +187,7 @@ impl Loop {
                 Start::Fallback => {
                     let c = &mut self.clients[k];
                     c.handoff = true;
-                    if c.out.pending() == 0 {
+                    if c.pending() == 0 {
                         self.handoff(k);
                     }
                     return;
@@ -157,8 +223,8 @@ impl Loop {
             listener: &c.listener,
             host: &c.host,
             admitted: &admitted,
-            https: false,
-            sni: None,
+            https: c.tls.is_some(),
+            sni: c.tls.as_ref().and_then(|t| t.sni.as_deref()),
             client: c.peer.ip().to_canonical(),
             body_len: Some(head.body),
         };
@@ -350,7 +416,7 @@ impl Loop {
         c.last_activity = Instant::now();
         if c.close_after || (c.eof && c.inb.is_empty()) {
             c.state = ClientState::Closing;
-            if c.out.pending() == 0 {
+            if c.pending() == 0 {
                 self.close_client(k);
             }
         }

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 fast path of plaintext listeners: an event loop in the style of haproxy and nginx, run as one
-//! task per runtime worker.
+//! The HTTP/1.1 fast path (plaintext, and over TLS for clients the listener does not give h2: see [`tls`]): an
+//! event loop in the style of haproxy and nginx, run as one task per runtime worker.
 //!
 //! Each loop owns an epoll instance (mio) registered with the runtime's own reactor, its client connections, and
 //! a LIFO cache of idle backend connections. When the epoll is ready the loop takes every ready event, reads and
@@ -12,7 +12,8 @@
 //! plain HTTP/1.1 backends. Everything else — malformed or unusual heads (the request smuggling cases among
 //! them), upgrades, `Expect`, chunked request bodies, HTTP/1.0 and h2c clients, redirects, TLS or HTTP/2
 //! backends, routes that do not exist — hands the connection with the bytes read so far over to the hyper path
-//! (`conn::serve_handoff`), which answers as it answers every other connection. Routing, balancing, health
+//! (`conn::serve_handoff`; a TLS connection over the same TLS session, `conn::serve_tls_handoff`), which answers
+//! as it answers every other connection. Routing, balancing, health
 //! reports, retries on connect failure, timeouts, limits, metrics and the access log are the same as there.
 
 mod backend;
@@ -22,6 +23,7 @@ mod chunked;
 mod client;
 mod request;
 mod response;
+mod tls;
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
@@ -39,6 +41,7 @@ use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use rustls::ServerConfig;
 
 use crate::conn::{self, ActiveGuard};
 use crate::headers::ClientId;
@@ -49,6 +52,7 @@ use crate::policy::{Blame, Failure};
 use crate::routes::CompiledRoute;
 use buf::{Buf, Out};
 use response::Framing;
+pub(crate) use tls::{fast_config, TlsStream};
 
 /// How often deadlines (head, idle, connect, response, idle backend connections) and stop requests are checked.
 const SWEEP: Duration = Duration::from_millis(50);
@@ -154,6 +158,8 @@ impl Exchange {
 }
 
 enum ClientState {
+    /// A TLS connection before its handshake is complete.
+    Handshake,
     /// Reading a request head (or idle between requests).
     Head,
     /// A request is in progress.
@@ -196,6 +202,25 @@ struct Client {
     method: String,
     host: String,
     path: String,
+    /// TLS, once the handshake started here.
+    tls: Option<Box<tls::Tls>>,
+    /// A TLS connection waiting for its ClientHello: the listener's config and the fast path's (without h2).
+    hello: Option<Box<(Arc<ServerConfig>, Arc<ServerConfig>)>>,
+}
+
+impl Client {
+    /// Output not sent yet (plaintext still to encrypt included).
+    fn pending(&self) -> usize {
+        self.out.pending() + self.tls.as_ref().map_or(0, |t| t.pending())
+    }
+
+    /// Whether the read buffer has room for more (TLS: the loop's bound `max` on decrypted bytes).
+    fn has_room(&self, max: usize) -> bool {
+        match self.tls {
+            Some(_) => self.inb.len() < max,
+            None => self.inb.len() < self.inb.data.len(),
+        }
+    }
 }
 
 enum BackendState {
@@ -316,6 +341,8 @@ struct Loop {
     sends: Vec<Token>,
     send_items: Vec<batch::Item>,
     send_results: Vec<i32>,
+    /// Room to peek at ClientHellos.
+    scratch: Vec<u8>,
 }
 
 impl Loop {
@@ -341,6 +368,7 @@ impl Loop {
             sends: Vec::new(),
             send_items: Vec::new(),
             send_results: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -392,6 +420,19 @@ impl Loop {
     }
 
     fn adopt(&mut self, h: Handoff) {
+        // A TLS listener's connection waits for its ClientHello (see `tls`); one whose TLS config could not be
+        // built is refused, as on the hyper path.
+        let hello = {
+            let rt = self.plane.runtime.load();
+            match rt.listeners.get(&*h.listener) {
+                Some(l) if l.tls_required => match (&l.tls, &l.tls_fast) {
+                    (Some((full, _)), Some(fast)) => Some(Box::new((full.clone(), fast.clone()))),
+                    _ => return,
+                },
+                _ => None,
+            }
+        };
+        let https = hello.is_some();
         let mut sock = mio::net::TcpStream::from_std(h.stream);
         let gen = self.next_gen();
         let entry = self.clients.vacant_entry();
@@ -408,14 +449,14 @@ impl Loop {
             gen,
             peer: h.peer,
             local: h.local,
-            id: ClientId::new(h.peer, h.local.port(), false),
+            id: ClientId::new(h.peer, h.local.port(), https),
             listener: h.listener,
             stop: h.stop,
             guard: Some(h.guard),
             inb: Buf::new(CLIENT_BUF),
             out: Out::default(),
             dirty: false,
-            state: ClientState::Head,
+            state: if https { ClientState::Handshake } else { ClientState::Head },
             head_deadline: Some(now + header_timeout),
             last_activity: now,
             send_stall: None,
@@ -429,6 +470,8 @@ impl Loop {
             method: String::new(),
             host: String::new(),
             path: String::new(),
+            tls: None,
+            hello,
         });
     }
 
@@ -473,7 +516,7 @@ impl Loop {
 
     pub(super) fn mark_client(&mut self, k: usize) {
         if let Some(c) = self.clients.get_mut(k) {
-            if !c.dirty && c.out.pending() > 0 {
+            if !c.dirty && c.pending() > 0 {
                 c.dirty = true;
                 self.dirty.push(token(k, c.gen, false));
             }
@@ -498,6 +541,7 @@ impl Loop {
             sends.clear();
             let mut items = std::mem::take(&mut self.send_items);
             items.clear();
+            let mut failed = Vec::new();
             for t in dirty {
                 let (key, gen, backend) = untoken(t);
                 let out = if backend {
@@ -507,6 +551,21 @@ impl Loop {
                 } else {
                     let Some(c) = self.clients.get_mut(key).filter(|c| c.gen == gen) else { continue };
                     c.dirty = false;
+                    if let Some(tls) = &mut c.tls {
+                        // The turn's plaintext, encrypted into the output.
+                        if c.out.pending() > 0 {
+                            if let Err(e) = tls.seal(c.out.unsent(), &mut c.inb) {
+                                tracing::debug!(peer = %c.peer, error = %e, "fast path: TLS encryption failed");
+                                failed.push(key);
+                                continue;
+                            }
+                            c.out.clear();
+                        }
+                        let rest = tls.unsent();
+                        items.push(batch::Item { fd: c.sock.as_raw_fd(), ptr: rest.as_ptr(), len: rest.len() });
+                        sends.push(t);
+                        continue;
+                    }
                     (c.sock.as_raw_fd(), &c.out)
                 };
                 let (fd, out) = out;
@@ -533,12 +592,16 @@ impl Loop {
                     }
                 } else {
                     let Some(c) = self.clients.get_mut(key) else { continue };
-                    let before = c.out.pending();
-                    match c.out.sent(r, &mut c.sock) {
+                    let before = c.pending();
+                    let sent = match &mut c.tls {
+                        Some(tls) => tls.sent(r, &mut c.sock),
+                        None => c.out.sent(r, &mut c.sock),
+                    };
+                    match sent {
                         Ok(all) => {
                             c.last_activity = Instant::now();
                             // A send that leaves bytes starts a stall; one that took some starts it again.
-                            c.send_stall = match (all, c.out.pending() < before) {
+                            c.send_stall = match (all, c.pending() < before) {
                                 (true, _) => None,
                                 (false, true) => Some(c.last_activity),
                                 (false, false) => c.send_stall.or(Some(c.last_activity)),
@@ -560,6 +623,9 @@ impl Loop {
             items.clear();
             self.send_items = items;
             self.send_results = results;
+            for k in failed {
+                self.close_client(k);
+            }
         }
     }
 
@@ -572,6 +638,13 @@ impl Loop {
                 // Mid-exchange: the backend connection cannot be reused.
                 self.close_backend(bk);
             }
+        }
+        if let Some(tls) = &mut c.tls {
+            // close_notify, as far as the socket takes it now (what is left of the output is lost anyway).
+            tls.close_notify();
+            let _ = tls.write_to(&mut c.sock);
+        } else if matches!(c.state, ClientState::Handshake) {
+            self.plane.metrics.handshake_errors.with_label_values(&[&*c.listener]).inc();
         }
         let _ = c.sock.shutdown(Shutdown::Write);
     }
@@ -604,9 +677,30 @@ impl Loop {
         // SAFETY: the descriptor comes out of the mio stream, which gives up its ownership: an open, connected,
         // non-blocking TCP socket now owned by the std stream alone.
         let std = unsafe { std::net::TcpStream::from_raw_fd(c.sock.into_raw_fd()) };
-        let prefix = c.inb.filled().to_vec();
         let plane = self.plane.clone();
         let (peer, local, listener, stop) = (c.peer, c.local, c.listener, c.stop);
+        if c.hello.is_some() {
+            // A TLS connection before its handshake (its ClientHello is still in the socket).
+            self.plane.tasks.spawn(async move {
+                match tokio::net::TcpStream::from_std(std) {
+                    Ok(stream) => conn::serve_tls(plane, stream, peer, local, listener, guard, stop).await,
+                    Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
+                }
+            });
+            return;
+        }
+        if let Some(tls) = c.tls {
+            // Over the same TLS connection, with the plaintext read and not served.
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(stream) => {
+                    let io = TlsStream::new(stream, *tls, c.inb.filled());
+                    self.plane.tasks.spawn(conn::serve_tls_handoff(plane, io, peer, local, listener, guard, stop));
+                }
+                Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
+            }
+            return;
+        }
+        let prefix = c.inb.filled().to_vec();
         self.plane.tasks.spawn(async move {
             match tokio::net::TcpStream::from_std(std) {
                 Ok(stream) => conn::serve_handoff(plane, stream, peer, local, listener, guard, prefix, stop).await,
@@ -623,11 +717,14 @@ impl Loop {
             return Due::SendTimeout;
         }
         match &c.state {
+            // The handshake is bounded by the head timeout, and given up on a stop (as on the hyper path).
+            ClientState::Handshake if stopped || c.head_deadline.is_some_and(|d| now >= d) => Due::Close,
+            ClientState::Handshake => Due::Nothing,
             ClientState::Head if c.handoff => Due::Nothing,
             ClientState::Head if c.head_deadline.is_some_and(|d| now >= d) => Due::RequestTimeout,
             ClientState::Head => {
                 let idle = now.duration_since(c.last_activity) >= idle_timeout;
-                if c.inb.is_empty() && c.out.pending() == 0 && (stopped || idle) {
+                if c.inb.is_empty() && c.pending() == 0 && (stopped || idle) {
                     Due::Close
                 } else {
                     Due::Nothing
