@@ -296,6 +296,31 @@ mod tests {
         assert_eq!(m.drain_time, std::time::Duration::from_secs(30));
         assert!(m.serves_group("a, internal"));
         assert!(!m.serves_group("external"));
+        assert!(m.service_ports, "service-port listeners by default, as marathon-lb");
+        assert_eq!(m.service_port_bind.to_string(), "0.0.0.0");
+        let v = parse_config(
+            "[marathon]\nurls = [\"http://m:8080\"]\nservice_ports = false\nservice_port_bind = \"::1\"\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let m = v.state.marathon.unwrap();
+        assert_eq!((m.service_ports, m.service_port_bind.to_string()), (false, "::1".to_string()));
+    }
+
+    /// The check port of marathon-lb's `BACKEND_HEALTHCHECK_PORT_INDEX` (a backend's `check_port`, a check's
+    /// `port`) is a real port.
+    #[test]
+    fn check_ports_must_not_be_zero() {
+        let text = "[[group]]\nname = \"g\"\n[group.health]\nkind = \"tcp\"\nport = 0\n\
+                    [[group.backend]]\naddr = \"127.0.0.1:80\"\ncheck_port = 0\n";
+        let e = parse_config(text, "t.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("group[0].health.port: must not be 0"), "{e}");
+        assert!(e.contains("group[0].backend[0].check_port: must not be 0"), "{e}");
+        let ok = text.replace("port = 0", "port = 8081");
+        let v = parse_config(&ok, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(v.state.groups[0].backends[0].check_port, Some(8081));
+        assert_eq!(v.state.groups[0].health.as_ref().and_then(|h| h.port), Some(8081));
     }
 
     #[test]
