@@ -14,6 +14,7 @@ mod metrics;
 pub mod naive;
 pub mod neigh;
 mod plane;
+pub mod plan;
 pub mod programmer;
 pub mod stats;
 pub mod sync;
