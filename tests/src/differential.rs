@@ -16,11 +16,18 @@
 //! request's body was not read to its end by then, which depends on timing: when one path closed the connection
 //! with an answer (`connection: close`), the answers and backend requests up to there are compared.
 //!
+//! The TLS lane ([`Lane::start_tls`]) does the same over TLS (ALPN http/1.1): two TLS listeners, the fast path's
+//! TLS and the hyper path's; a stream's end is the client's close_notify.
+//!
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::l7::{temp_dir, Proxy};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::l7::{temp_dir, Pki, Proxy};
 use crate::recording::{exchange, parse_responses, Recorded, RecordingBackend};
 
 /// Which requests of a raw stream are HEADs (their answers have no body), by their request lines.
@@ -52,21 +59,97 @@ fn upgrade_with_body(stream: &[u8]) -> bool {
     })
 }
 
+/// Sends `chunks` over `s` (a short pause between them), then reads until the proxy closes, `quiet` passes with
+/// nothing (then the client closes its side and reads on) or `limit` passes: what was read, and whether the
+/// proxy closed.
+async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    chunks: &[Vec<u8>],
+    quiet: Duration,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if s.write_all(c).await.is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 16384];
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut shut = false;
+    loop {
+        let wait = if shut { deadline.saturating_duration_since(tokio::time::Instant::now()) } else { quiet };
+        match tokio::time::timeout(wait, s.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&tmp[..n]),
+            Err(_) if !shut => {
+                shut = true;
+                let _ = s.shutdown().await;
+            }
+            Err(_) => return (out, false),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (out, false);
+        }
+    }
+}
+
+/// [`exchange`] over TLS (server name `h.test`).
+async fn tls_exchange(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    chunks: &[Vec<u8>],
+    quiet: Duration,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect proxy");
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from("h.test").expect("name");
+    let s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("TLS handshake");
+    exchange_on(s, chunks, quiet, limit).await
+}
+
 /// One lane: a backend and a proxy with a listener on each path; cases run one after another.
 pub struct Lane {
     backend: RecordingBackend,
     proxy: Proxy,
+    /// The client config of a TLS lane.
+    tls: Option<Arc<rustls::ClientConfig>>,
     _dir: tempfile::TempDir,
 }
 
 impl Lane {
+    /// A plaintext lane.
     pub async fn start() -> Lane {
+        Self::start_with(false).await
+    }
+
+    /// A TLS lane: both listeners terminate TLS (certificate for `h.test`), the client offers http/1.1.
+    pub async fn start_tls() -> Lane {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Lane {
         let backend = RecordingBackend::start().await;
         let dir = temp_dir();
+        let (listener_tls, certificate, client) = if tls {
+            let pki = Pki::new(dir.path());
+            pki.leaf("h", &["h.test"]);
+            (
+                "[listener.tls]\ndefault_certificate = \"h\"\n",
+                "[[certificate]]\nname = \"h\"\ncert = \"h.pem\"\nkey = \"h.key\"\n",
+                Some(pki.client_config(&["http/1.1"])),
+            )
+        } else {
+            ("", "", None)
+        };
         let cfg = format!(
             "[limits]\nbody_read_timeout = \"1s\"\n\
-             [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n\
-             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
+             [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n{listener_tls}\
+             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n{listener_tls}{certificate}\
              [[route]]\nname = \"admin\"\nhost = \"h.test\"\npath = \"/admin\"\ngroup = \"g\"\n\
              [[route]]\nname = \"r\"\ngroup = \"g\"\n\
              [[group]]\nname = \"g\"\nretries = 0\nrequest_timeout = \"3s\"\n[group.passive]\nconsecutive_failures = 1000\n\
@@ -74,7 +157,7 @@ impl Lane {
             backend.addr
         );
         let proxy = Proxy::start(&cfg, dir.path()).await;
-        Lane { backend, proxy, _dir: dir }
+        Lane { backend, proxy, tls: client, _dir: dir }
     }
 
     /// Runs one case on both paths at once; the differences found, if any.
@@ -82,10 +165,20 @@ impl Lane {
         self.backend.clear();
         let quiet = Duration::from_millis(300);
         let limit = Duration::from_secs(5);
-        let (fast, hyper) = tokio::join!(
-            exchange(self.proxy.addr("fast"), chunks, quiet, limit),
-            exchange(self.proxy.addr("hyper"), chunks, quiet, limit)
-        );
+        let (fast, hyper) = match &self.tls {
+            None => {
+                tokio::join!(
+                    exchange(self.proxy.addr("fast"), chunks, quiet, limit),
+                    exchange(self.proxy.addr("hyper"), chunks, quiet, limit)
+                )
+            }
+            Some(cfg) => {
+                tokio::join!(
+                    tls_exchange(self.proxy.addr("fast"), cfg.clone(), chunks, quiet, limit),
+                    tls_exchange(self.proxy.addr("hyper"), cfg.clone(), chunks, quiet, limit)
+                )
+            }
+        };
         // Answers the backend gives reach the client before the next request of a stream: wait for stragglers.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let seen = self.backend.seen();

@@ -7,7 +7,8 @@
 //! The comparison and its documented differences are in `padis_tests::differential`.
 //!
 //! `PADIS_DIFF_CASES` (default 300) and `PADIS_DIFF_SEED` set the run; `PADIS_DIFF_CASES=0` runs until
-//! `PADIS_DIFF_SECONDS` (default 600) pass, the open-ended form.
+//! `PADIS_DIFF_SECONDS` (default 600) pass, the open-ended form. The TLS lanes (the fast path's TLS against the
+//! hyper path's) run `PADIS_DIFF_TLS_CASES` (default 120) of the same cases.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -193,17 +194,17 @@ fn case(rng: &mut Rng) -> (Vec<Vec<u8>>, Vec<bool>) {
     (chunks, heads)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_paths_send_the_same_requests_and_answers_for_every_generated_stream() {
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let cases = env("PADIS_DIFF_CASES", 300);
-    let seed = env("PADIS_DIFF_SEED", 0x5eed_0011);
-    let until = Instant::now() + Duration::from_secs(env("PADIS_DIFF_SECONDS", 600));
-    const LANES: u64 = 6;
+/// Runs `cases` generated cases (from `seed`) on `lanes` lanes made by `start`: the failures.
+async fn run_lanes<F, Fut>(start: F, lanes: u64, cases: u64, seed: u64, until: Instant) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Lane> + Send + 'static,
+{
     let mut tasks = Vec::new();
-    for lane in 0..LANES {
+    for lane in 0..lanes {
+        let started = start();
         tasks.push(tokio::spawn(async move {
-            let l = Lane::start().await;
+            let l = started.await;
             let mut failures = Vec::new();
             let mut i = lane;
             while (cases == 0 && Instant::now() < until) || i < cases {
@@ -213,7 +214,7 @@ async fn both_paths_send_the_same_requests_and_answers_for_every_generated_strea
                     let stream: Vec<u8> = chunks.concat();
                     failures.push(format!("case {i} (seed {seed:#x}): {:?}\n{d}", String::from_utf8_lossy(&stream)));
                 }
-                i += LANES;
+                i += lanes;
             }
             failures
         }));
@@ -222,5 +223,27 @@ async fn both_paths_send_the_same_requests_and_answers_for_every_generated_strea
     for t in tasks {
         failures.extend(t.await.expect("lane"));
     }
+    failures
+}
+
+fn env(k: &str, d: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_send_the_same_requests_and_answers_for_every_generated_stream() {
+    let cases = env("PADIS_DIFF_CASES", 300);
+    let seed = env("PADIS_DIFF_SEED", 0x5eed_0011);
+    let until = Instant::now() + Duration::from_secs(env("PADIS_DIFF_SECONDS", 600));
+    let failures = run_lanes(Lane::start, 6, cases, seed, until).await;
+    assert!(failures.is_empty(), "{} of the cases differ:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_tls_paths_send_the_same_requests_and_answers_for_every_generated_stream() {
+    let cases = env("PADIS_DIFF_TLS_CASES", 120);
+    let seed = env("PADIS_DIFF_SEED", 0x5eed_0011);
+    let until = Instant::now() + Duration::from_secs(env("PADIS_DIFF_SECONDS", 600));
+    let failures = run_lanes(Lane::start_tls, 3, cases, seed, until).await;
     assert!(failures.is_empty(), "{} of the cases differ:\n{}", failures.len(), failures.join("\n"));
 }
