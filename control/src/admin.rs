@@ -325,6 +325,9 @@ async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport)
             for r in state.extra_registries.lock().unwrap_or_else(|p| p.into_inner()).values() {
                 families.extend(r.gather());
             }
+            if !snapshot.state.admin.metrics_backend_label {
+                families = crate::metrics::without_label(families, "backend");
+            }
             match TextEncoder::new().encode(&families, &mut buf) {
                 Ok(()) => reply(StatusCode::OK, "text/plain; version=0.0.4", buf),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),

@@ -80,6 +80,7 @@ async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .apply_config(valid, origin.base_dir())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    registry.register(Box::new(crate::metrics::ReloadCollector::new(Arc::downgrade(&reconciler))?))?;
 
     let shutdown = CancellationToken::new();
     let admin_listener =

@@ -135,6 +135,9 @@ pub struct AdminConfig {
     pub header_read_timeout: Duration,
     /// Most concurrent admin connections (TCP and socket each); more are closed at once.
     pub max_connections: usize,
+    /// `false`: `/metrics` sums per-backend series over their `backend` label (one series per group, route or
+    /// listener instead of one per backend: for thousands of Marathon tasks). Applied at each scrape.
+    pub metrics_backend_label: bool,
 }
 
 impl Default for AdminConfig {
@@ -146,6 +149,7 @@ impl Default for AdminConfig {
             socket: None,
             header_read_timeout: Duration::from_secs(5),
             max_connections: 64,
+            metrics_backend_label: true,
         }
     }
 }
