@@ -1533,9 +1533,15 @@ mod tests {
                    "tasks":[{{"id":"t{changed}","host":"10.0.0.1","ports":[31000],"state":"TASK_RUNNING"}}]}}"#
             )
         };
+        let hash = "$2y$05$bvIG6Nmid91Mu9RcmmWZfO5HJIMCT8riNW0hEp8f6/FuA2/mHZFpe";
+        let authed = format!(
+            r#"{{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"auth.test","HAPROXY_0_AUTH":"r:alice:{hash}",
+                "HAPROXY_0_BIND_ADDR":"127.0.0.6"}}"#
+        );
         let body = format!(
-            r#"{{"apps":[{},{},{},{},{}]}}"#,
+            r#"{{"apps":[{},{},{},{},{},{}]}}"#,
             app("/tcp", "2020", 10000, r#"{"HAPROXY_GROUP":"external"}"#),
+            app("/authed", "2025", 10005, &authed),
             app("/web", "2021", 10001, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"web.test",
                 "HAPROXY_0_BIND_ADDR":"127.0.0.5","HAPROXY_0_SSL_CERT":"web-cert",
                 "HAPROXY_0_BIND_OPTIONS":"alpn http/1.1 no-sslv3 accept-proxy"}"#),
@@ -1552,8 +1558,12 @@ mod tests {
             vec![
                 ("marathon:/tcp:0".into(), "0.0.0.0:10000".into(), ListenerMode::Tcp),
                 ("marathon:/web:0".into(), "127.0.0.5:10001".into(), ListenerMode::Http),
+                ("marathon:/authed:0".into(), "127.0.0.6:10005".into(), ListenerMode::Http),
             ]
         );
+        // AUTH holds on the service port too (marathon-lb's service-port frontend asks no password).
+        let route = s.routes.iter().find(|r| r.name == "marathon:/authed:0:service-port").expect("service route");
+        assert_eq!(route.basic_auth.as_ref().map(|a| a.users[0].user.as_str()), Some("alice"));
         assert_eq!(s.listeners[0].group.as_deref(), Some("marathon:/tcp:0"));
         assert_eq!(s.groups.iter().find(|g| g.name == "marathon:/tcp:0").map(|g| g.backends.len()), Some(1));
         let web = &s.listeners[1];
@@ -1567,7 +1577,13 @@ mod tests {
             .filter(|r| !r.listeners.is_empty())
             .map(|r| (r.name.as_str(), r.host.as_deref(), &r.listeners[..]))
             .collect();
-        assert_eq!(service, vec![("marathon:/web:0:service-port", None, &["marathon:/web:0".to_string()][..])]);
+        assert_eq!(
+            service,
+            vec![
+                ("marathon:/web:0:service-port", None, &["marathon:/web:0".to_string()][..]),
+                ("marathon:/authed:0:service-port", None, &["marathon:/authed:0".to_string()][..]),
+            ]
+        );
         assert!(s.routes.iter().any(|r| r.host.as_deref() == Some("late.test")), "/late keeps its VHOST route");
         let mut p = problems(&s);
         p.sort_by(|a, b| a.0.cmp(&b.0));
