@@ -1,12 +1,15 @@
-//! The admin HTTP API: `/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`, `/v1/reload`, `/v1/drain`.
+//! The admin HTTP API: `/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`, `/v1/reload`, `/v1/drain`,
+//! and the live status page `/status` ([`crate::statuspage`]).
 //!
 //! Served on TCP (loopback by default) and, when `[admin] socket` is set, on a Unix socket created with mode
 //! 0600. Over TCP, reading endpoints are open without a token on loopback unless one is configured (then every
 //! endpoint but `/healthz` needs `Authorization: Bearer <token>`, compared in constant time); endpoints that
 //! change something (every method but GET/HEAD, `/v1/config/validate` aside) need the token always and are
 //! refused over TCP when none is configured. The Unix socket serves everything: its file mode is the access
-//! control. Each listener closes connections that do not send a request head within
-//! `[admin] header_read_timeout` and refuses connections beyond `[admin] max_connections`.
+//! control. The token is accepted as `Authorization: Bearer <token>`, or as the password of HTTP Basic
+//! authentication (any user name) so that a browser can open the status page: a 401 offers both. Each listener
+//! closes connections that do not send a request head within `[admin] header_read_timeout` and refuses
+//! connections beyond `[admin] max_connections`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -268,11 +271,19 @@ fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>
     reply(status, "application/json", body)
 }
 
-/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+/// Whether the request carries the token: `Authorization: Bearer <token>`, or `Basic` with the token as the
+/// password (browsers, for the status page). Compared in constant time.
 fn bearer_matches(req: &Request<Incoming>, token: &Secret) -> bool {
+    use base64::Engine;
     let Some(v) = req.headers().get(header::AUTHORIZATION) else { return false };
-    match v.as_bytes().strip_prefix(b"Bearer ") {
-        Some(given) => token.matches(given),
+    if let Some(given) = v.as_bytes().strip_prefix(b"Bearer ") {
+        return token.matches(given);
+    }
+    let Some(encoded) = v.as_bytes().strip_prefix(b"Basic ") else { return false };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+    let decoded = zeroize::Zeroizing::new(decoded);
+    match decoded.iter().position(|&b| b == b':') {
+        Some(i) => token.matches(&decoded[i + 1..]),
         None => false,
     }
 }
@@ -293,6 +304,9 @@ fn access(req: &Request<Incoming>, token: Option<&Secret>, transport: Transport)
         Some(_) => {
             let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            // Browsers ask for Basic credentials: the token as the password opens the status page.
+            r.headers_mut()
+                .append(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"padis admin\""));
             Some(r)
         }
         None if changes_state(req.method(), path) => Some(reply(
@@ -310,6 +324,9 @@ async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport)
     let path = req.uri().path().to_string();
     if let Some(refusal) = access(&req, snapshot.state.admin.token.as_ref(), transport) {
         return refusal;
+    }
+    if let Some(page) = crate::statuspage::serve(req.method(), &path) {
+        return page;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => {

@@ -13,4 +13,5 @@ pub mod reconcile;
 pub mod restart;
 pub mod service;
 pub mod status;
+pub mod statuspage;
 pub mod summary;

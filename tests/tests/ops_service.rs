@@ -255,6 +255,12 @@ fn debian_package_holds_the_service() {
         run(Command::new(&packaged_bin).args(["check", "--config"]).arg(root.join("etc/padis/padis.toml")));
     assert!(ok, "the packaged default config does not validate:\n{out}\n{err}");
     assert!(root.join("usr/share/doc/padis/README.md").is_file());
+    for (packaged, source) in [
+        ("usr/share/padis/grafana/padis.json", "dist/grafana/padis.json"),
+        ("usr/share/padis/prometheus/padis-alerts.yml", "dist/prometheus/padis-alerts.yml"),
+    ] {
+        assert_eq!(std::fs::read(root.join(packaged)).unwrap(), std::fs::read(repo().join(source)).unwrap());
+    }
 
     // Maintainer scripts: the padis user and the config's owner, the unit enabled by deb-systemd-helper.
     let control = dir.path().join("control");
