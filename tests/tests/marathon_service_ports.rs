@@ -20,6 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// `s3cret`, as `openssl passwd -6 -salt padissalt s3cret` writes it (an HAProxy userlist `password`).
+const HASH: &str =
+    "$6$padissalt$94FHgKs1h6IHsjxK0JcIa8G2o.XPxuZHgseXF.orWnhISP2q7VjwTNuwVY5FStqhwtWxY1mpuCL13z6U3AduW0";
+
 fn config(admin: SocketAddr, web: u16, marathon: &str, extra: &str) -> String {
     format!(
         r#"[admin]
@@ -347,7 +351,7 @@ async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
 
 /// An HTTP app (MODE=http, no VHOST) on its service port and `BIND_ADDR`: every request there goes to it, whatever
 /// its Host (another app's VHOST included); the config file's listener does not serve it; nothing listens on the
-/// default address; the listener closes when the app goes.
+/// default address; the listener closes when the app goes. An app's AUTH holds on its service port too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
     let api = Backend::start("api").await;
@@ -376,10 +380,28 @@ async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
         .placed(move |_| ("127.0.0.1".to_string(), vec![o])),
         1,
     );
+    // With AUTH: its service port asks for the password too (marathon-lb's service-port frontend does not).
+    let secret_port = free_port();
+    let auth = format!("Staff:alice:{HASH}");
+    m.add_app(
+        AppSpec::new(
+            "/secret",
+            &[
+                ("HAPROXY_GROUP", "external"),
+                ("HAPROXY_0_VHOST", "secret.test"),
+                ("HAPROXY_0_AUTH", &auth),
+            ],
+        )
+        .with_service_ports(&[u32::from(secret_port)])
+        .placed(move |_| ("127.0.0.1".to_string(), vec![a])),
+        1,
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let (padis, web) = start_padis(&m, dir.path(), "").await;
     let s = wait_state(&padis, "HTTP service-port listener", |s| {
-        listeners(s).contains(&"marathon:/api:0".to_string()) && backends(s, "marathon:/other:0") == (1, 0)
+        listeners(s).contains(&"marathon:/secret:0".to_string())
+            && listeners(s).contains(&"marathon:/api:0".to_string())
+            && backends(s, "marathon:/other:0") == (1, 0)
     })
     .await;
     assert!(problems_of(&s, "/api").is_empty(), "{:#}", s["sources"]);
@@ -401,6 +423,15 @@ async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
         TcpStream::connect(default).await.is_err(),
         "BIND_ADDR, not service_port_bind"
     );
+    let secret: SocketAddr = format!("127.0.0.1:{secret_port}").parse().expect("addr");
+    wait_open(secret).await;
+    assert_eq!(l7::get(secret, "any.test", "/").await.status, 401);
+    let mut req = l7::get_req("any.test", "/");
+    // alice:s3cret
+    req.headers_mut()
+        .insert("authorization", "Basic YWxpY2U6czNjcmV0".parse().expect("header"));
+    let a = l7::H1Conn::connect(secret).await.send(req).await.expect("answer");
+    assert_eq!((a.status, a.backend()), (200, "api".to_string()));
 
     m.remove_app("/api");
     wait_closed(addr).await;
