@@ -17,12 +17,29 @@ use crate::zone::{Diff, RrSet};
 
 /// The journal of one zone cannot be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("journal {path}: {msg}")]
+#[error("journal {}: {source}", path.display())]
 pub struct JournalError {
     /// File.
-    pub path: String,
+    pub path: PathBuf,
     /// What went wrong.
-    pub msg: String,
+    pub source: JournalFault,
+}
+
+/// What went wrong with a journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalFault {
+    /// Reading, writing or replacing the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An entry cannot be encoded as a DNS message.
+    #[error(transparent)]
+    Encode(#[from] hickory_proto::ProtoError),
+    /// An entry is not a DNS message.
+    #[error(transparent)]
+    Decode(#[from] hickory_proto::serialize::binary::DecodeError),
+    /// An entry is a DNS message but neither an update nor a change.
+    #[error("entry at byte {0} is not an update or a change")]
+    NotAnEntry(usize),
 }
 
 /// One entry read back from the journal.
@@ -50,8 +67,8 @@ impl Journal {
         Journal { path, entries: 0, bytes: 0, file: None }
     }
 
-    fn err(&self, msg: impl ToString) -> JournalError {
-        JournalError { path: self.path.display().to_string(), msg: msg.to_string() }
+    fn err(&self, fault: impl Into<JournalFault>) -> JournalError {
+        JournalError { path: self.path.clone(), source: fault.into() }
     }
 
     /// Reads every entry (a missing file is an empty journal; a partial last entry, from a crash while
@@ -73,7 +90,7 @@ impl Journal {
                 break;
             };
             let msg = Message::from_vec(bytes).map_err(|e| self.err(e))?;
-            out.push(decode(msg, len).ok_or_else(|| self.err(format!("entry at byte {pos} is not an update or a change")))?);
+            out.push(decode(msg, len).ok_or_else(|| self.err(JournalFault::NotAnEntry(pos)))?);
             pos += 4 + len;
         }
         self.entries = out.len();

@@ -60,6 +60,14 @@ pub enum DnsError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A UDP worker thread could not be started.
+    #[error("cannot start a UDP worker thread for {addr}: {source}")]
+    Thread {
+        /// Address the worker serves.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A zone could not be loaded.
     #[error(transparent)]
     Zone(#[from] ZoneError),
@@ -131,7 +139,7 @@ impl DnsPlane {
                 let t = std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
                     .spawn(move || net::udp_worker(sock, h, s, wait))
-                    .map_err(|e| DnsError::Bind { addr: b.addr, source: e })?;
+                    .map_err(|source| DnsError::Thread { addr: b.addr, source })?;
                 threads.push(t);
             }
             tasks.push(tokio::spawn(net::tcp_server(

@@ -174,8 +174,13 @@ impl PartialEq for TsigKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key name is not a DNS name.
-    #[error("key name `{0}`: {1}")]
-    Name(String, String),
+    #[error("key name `{name}`: {source}")]
+    Name {
+        /// The name as configured.
+        name: String,
+        /// Why it is not a DNS name.
+        source: hickory_proto::ProtoError,
+    },
     /// The secret is not base64.
     #[error("key `{0}`: secret is not valid base64")]
     Secret(String),
@@ -187,7 +192,7 @@ pub enum KeyError {
 impl TsigKey {
     /// Loads a configured key.
     pub fn from_config(k: &padis_model::dns::TsigKey) -> Result<TsigKey, KeyError> {
-        let mut name = Name::from_ascii(&k.name).map_err(|e| KeyError::Name(k.name.clone(), e.to_string()))?;
+        let mut name = Name::from_ascii(&k.name).map_err(|source| KeyError::Name { name: k.name.clone(), source })?;
         name.set_fqdn(true);
         let algorithm =
             Algorithm::from_config(&k.algorithm).ok_or_else(|| KeyError::Algorithm(k.name.clone(), k.algorithm.clone()))?;

@@ -20,6 +20,23 @@ type Stamp = (SystemTime, u64);
 /// The records of a master file and its SOA (with the SOA's TTL).
 pub type FileContent = (StaticZone, Option<(SOA, u32)>);
 
+/// Why a master file does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Master file syntax, as hickory's parser reports it.
+    #[error(transparent)]
+    Syntax(#[from] hickory_proto::serialize::txt::ParseError),
+    /// A DNSSEC record of a pre-signed zone does not parse (hickory's parser does not take them: Padis does).
+    #[error("{0}")]
+    Dnssec(String),
+    /// A record's owner name is outside the zone.
+    #[error("{0} is outside the zone")]
+    OutsideZone(Name),
+    /// An SOA record below the apex.
+    #[error("SOA at {0} is not at the apex")]
+    SoaNotAtApex(Name),
+}
+
 /// A zone's master file and the version of it last read.
 ///
 /// Invariants: `records` and `soa` are those of the version `stamp` names (the last one that loaded); a version
@@ -61,8 +78,7 @@ impl MasterFile {
     /// error the previous version stays.
     pub fn reload(&mut self, zone: &str, origin: &Name, force: bool) -> Result<Option<StaticZone>, ZoneError> {
         let Some(path) = &self.path else { return Ok(None) };
-        let err = |msg: String| ZoneError::File { zone: zone.to_string(), path: path.display().to_string(), msg };
-        let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        let meta = fs::metadata(path).map_err(|source| read_error(zone, path, source))?;
         let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
         if !force && (self.stamp == Some(stamp) || self.bad_stamp == Some(stamp)) {
             return Ok(None);
@@ -118,22 +134,25 @@ pub fn add_record(map: &mut StaticZone, name: &Name, ttl: u32, rdata: RData) {
 /// Parses a master file of the zone `origin` (named `zone` in errors): its records (SOA apart). Errors name the
 /// file and the line of the first entry that does not load (`path:line: message`).
 pub fn parse_zone_file(zone: &str, path: &Path, origin: &Name) -> Result<FileContent, ZoneError> {
-    let err = |msg: String| ZoneError::File { zone: zone.to_string(), path: path.display().to_string(), msg };
-    let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = fs::read_to_string(path).map_err(|source| read_error(zone, path, source))?;
     match parse_zone_text(&text, path, origin) {
         Ok(x) => Ok(x),
-        Err(msg) => {
+        Err(source) => {
             let line = failing_line(&text, path, origin);
-            Err(ZoneError::File { zone: zone.to_string(), path: format!("{}:{line}", path.display()), msg })
+            Err(ZoneError::Parse { zone: zone.to_string(), path: path.to_path_buf(), line, source })
         }
     }
 }
 
-fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<FileContent, String> {
+fn read_error(zone: &str, path: &Path, source: std::io::Error) -> ZoneError {
+    ZoneError::Read { zone: zone.to_string(), path: path.to_path_buf(), source }
+}
+
+fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<FileContent, FileError> {
     let origin_wire = wire_of(origin);
     // A pre-signed zone: its DNSSEC records are taken out and encoded here (hickory's parser refuses them).
-    let split = crate::dnssec::split(text, origin).map_err(|(_, m)| m)?;
-    let (_, sets) = Parser::new(split.text.as_str(), Some(path.to_path_buf()), Some(origin.clone())).parse().map_err(|e| e.to_string())?;
+    let split = crate::dnssec::split(text, origin).map_err(|(_, m)| FileError::Dnssec(m))?;
+    let (_, sets) = Parser::new(split.text.as_str(), Some(path.to_path_buf()), Some(origin.clone())).parse()?;
     // hickory's parser gives owner names in lower case: take them as written from the file.
     let written = owner_names(text, origin);
     let mut records = StaticZone::default();
@@ -142,19 +161,19 @@ fn parse_zone_text(text: &str, path: &Path, origin: &Name) -> Result<FileContent
         for r in set.records_without_rrsigs() {
             let wire = wire_of(&r.name);
             if !in_zone(&wire, &origin_wire) {
-                return Err(format!("{} is outside the zone", r.name));
+                return Err(FileError::OutsideZone(r.name.clone()));
             }
             let name = written.get(&wire).unwrap_or(&r.name);
             match &r.data {
                 RData::SOA(s) if wire == origin_wire => soa = Some((s.clone(), r.ttl)),
-                RData::SOA(_) => return Err(format!("SOA at {} is not at the apex", r.name)),
+                RData::SOA(_) => return Err(FileError::SoaNotAtApex(r.name.clone())),
                 d => add_record(&mut records, name, r.ttl, d.clone()),
             }
         }
     }
     for (name, ttl, rdata) in split.records {
         if !in_zone(&wire_of(&name), &origin_wire) {
-            return Err(format!("{name} is outside the zone"));
+            return Err(FileError::OutsideZone(name));
         }
         add_record(&mut records, &name, ttl, rdata);
     }
@@ -252,7 +271,7 @@ pub fn check_zone_files(cfg: &padis_model::dns::DnsConfig, base: &Path) -> Vec<Z
                 n.to_lowercase()
             }
             Err(e) => {
-                errors.push(ZoneError::Name(z.name.clone(), e.to_string()));
+                errors.push(ZoneError::Name { zone: z.name.clone(), source: e });
                 continue;
             }
         };

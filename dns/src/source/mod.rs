@@ -12,7 +12,7 @@ mod index;
 mod master;
 mod version;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{NS, SOA};
@@ -20,7 +20,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use padis_model::dns::{DnsZone, SerialPolicy};
 
 pub use history::HistoryBounds;
-pub use master::check_zone_files;
+pub use master::{check_zone_files, FileError};
 
 use crate::generate::GenRecord;
 use crate::serial::{first_serial, next_serial, serial_gt};
@@ -34,30 +34,45 @@ use master::{add_record, MasterFile};
 use version::{Apex, NodeUpdate};
 
 /// A zone that cannot be loaded.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
     /// The zone name is not a DNS name.
-    #[error("zone `{0}`: invalid name: {1}")]
-    Name(String, String),
+    #[error("zone `{zone}`: invalid name: {source}")]
+    Name {
+        /// Zone as configured.
+        zone: String,
+        /// Why it is not a DNS name.
+        source: hickory_proto::ProtoError,
+    },
     /// The master file cannot be read.
-    #[error("zone {zone}: {path}: {msg}")]
-    File {
+    #[error("zone {zone}: {}: {source}", path.display())]
+    Read {
         /// Zone.
         zone: String,
         /// File.
-        path: String,
-        /// What went wrong.
-        msg: String,
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The master file does not load: the entry starting at `line` is wrong.
+    #[error("zone {zone}: {}:{line}: {source}", path.display())]
+    Parse {
+        /// Zone.
+        zone: String,
+        /// File.
+        path: PathBuf,
+        /// Line where the first entry that does not load starts.
+        line: usize,
+        /// What is wrong with it.
+        source: FileError,
     },
     /// The journal of updates cannot be read or written.
-    #[error("zone {zone}: journal {path}: {msg}")]
+    #[error("zone {zone}: {source}")]
     Journal {
         /// Zone.
         zone: String,
-        /// File.
-        path: String,
-        /// What went wrong.
-        msg: String,
+        /// Cause.
+        source: crate::journal::JournalError,
     },
 }
 
@@ -148,7 +163,8 @@ impl ZoneSource {
     /// Loads a zone: its master file, then the journal (updates accepted before a restart and the recent changes),
     /// and its last serial.
     pub fn load(cfg: &DnsZone, base: &Path, state_dir: &Path, bounds: HistoryBounds) -> Result<ZoneSource, ZoneError> {
-        let mut origin = Name::from_ascii(&cfg.name).map_err(|e| ZoneError::Name(cfg.name.clone(), e.to_string()))?;
+        let mut origin =
+            Name::from_ascii(&cfg.name).map_err(|source| ZoneError::Name { zone: cfg.name.clone(), source })?;
         origin.set_fqdn(true);
         let origin = origin.to_lowercase();
         let fname = file_name(&origin);
@@ -162,11 +178,7 @@ impl ZoneSource {
         let origin_wire = wire_of(&origin);
         let mut statics = file.records().clone();
         let mut history = History::new(state_dir.join(format!("{fname}.journal")), bounds);
-        let journal_err = |e: crate::journal::JournalError| ZoneError::Journal {
-            zone: cfg.name.clone(),
-            path: e.path,
-            msg: e.msg,
-        };
+        let journal_err = |source| ZoneError::Journal { zone: cfg.name.clone(), source };
         let changes = history.replay(&mut statics, &origin_wire).map_err(journal_err)?;
         let serial_file = SerialFile::new(state_dir.join(format!("{fname}.serial")));
         let serial = ServedSerial::resume(serial_file, policy, file.soa().map(|(s, _)| s.serial));
@@ -212,11 +224,8 @@ impl ZoneSource {
 
     /// Persists an accepted update (fsync'ed before the client gets NOERROR).
     pub fn append_journal(&mut self, updates: &[Record]) -> Result<(), ZoneError> {
-        self.history.append_update(&self.origin, updates).map_err(|e| ZoneError::Journal {
-            zone: self.cfg.name.clone(),
-            path: e.path,
-            msg: e.msg,
-        })
+        let zone = &self.cfg.name;
+        self.history.append_update(&self.origin, updates).map_err(|source| ZoneError::Journal { zone: zone.clone(), source })
     }
 
     /// Replaces the static records (after an accepted update); the next build applies them.
