@@ -254,7 +254,9 @@ fn debian_package_holds_the_service() {
     let (ok, out, err) =
         run(Command::new(&packaged_bin).args(["check", "--config"]).arg(root.join("etc/padis/padis.toml")));
     assert!(ok, "the packaged default config does not validate:\n{out}\n{err}");
-    assert!(root.join("usr/share/doc/padis/README.md").is_file());
+    for doc in ["README.md", "configuration.md", "marathon-lb.md"] {
+        assert!(root.join("usr/share/doc/padis").join(doc).is_file(), "{doc} not in the package");
+    }
     for (packaged, source) in [
         ("usr/share/padis/grafana/padis.json", "dist/grafana/padis.json"),
         ("usr/share/padis/prometheus/padis-alerts.yml", "dist/prometheus/padis-alerts.yml"),
