@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use padis_model::{Snapshot, SnapshotStore};
 use prometheus::Registry;
 use tokio::signal::unix::{signal, SignalKind};
@@ -51,7 +52,7 @@ pub fn main(origin: ConfigOrigin, demo: bool) -> ExitCode {
     match rt.block_on(run(origin, valid, log, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "padis stopped");
+            tracing::error!(error = format!("{e:#}"), "padis stopped");
             eprintln!("padis: {e:#}");
             ExitCode::from(1)
         }
@@ -65,7 +66,7 @@ async fn run(
     demo: bool,
 ) -> anyhow::Result<()> {
     if demo {
-        crate::demo::start().await.map_err(|e| anyhow::anyhow!("demo backends: {e}"))?;
+        crate::demo::start().await.context("demo backends")?;
         tracing::info!(backends = ?crate::demo::DEMO_BACKENDS, "demo backends started");
     }
     let registry = Registry::new();
@@ -78,13 +79,11 @@ async fn run(
     reconciler
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .apply_config(valid, origin.base_dir())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .apply_config(valid, origin.base_dir())?;
     registry.register(Box::new(crate::metrics::ReloadCollector::new(Arc::downgrade(&reconciler))?))?;
 
     let shutdown = CancellationToken::new();
-    let admin_listener =
-        admin::bind(&admin_cfg, &registry).await.map_err(|e| anyhow::anyhow!("admin API: {e}"))?;
+    let admin_listener = admin::bind(&admin_cfg, &registry).await.context("admin API")?;
     let reports = crate::planes::Reports::default();
     let drain = Arc::new(Mutex::new(None));
     let extra_registries: admin::ExtraRegistries = Arc::new(Mutex::new(BTreeMap::new()));

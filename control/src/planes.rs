@@ -9,12 +9,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use anyhow::Context;
 use padis_balance::HealthRegistry;
 use padis_bgp::{Announcement, Announcer, AnnouncerHandle};
 use padis_dns::{DnsHandle, DnsPlane};
 use padis_l4::{L4Handle, L4Plane};
 use padis_lb::{L7Handle, L7Plane};
-use padis_marathon::{MarathonSource, MarathonState};
+use padis_marathon::{MarathonError, MarathonSource, MarathonState};
 use padis_model::marathon::MarathonConfig;
 use padis_model::{Snapshot, SnapshotReader};
 use prometheus::Registry;
@@ -247,17 +248,17 @@ impl Planes {
         let l7 = PlaneSlot::new(
             L7Plane::start(reader.clone(), health.clone(), registry, token.clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("L7: {e}"))?,
+                .context("L7 plane")?,
         );
         reports.add("l7", Arc::new(l7.clone()));
         let l4 = PlaneSlot::new(
             L4Plane::start(reader.clone(), health.clone(), registry, token.clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("L4: {e}"))?,
+                .context("L4 plane")?,
         );
         reports.add("l4", Arc::new(l4.clone()));
         let dns = PlaneSlot::new(
-            DnsPlane::start(reader.clone(), registry, token.clone()).await.map_err(|e| anyhow::anyhow!("DNS: {e}"))?,
+            DnsPlane::start(reader.clone(), registry, token.clone()).await.context("DNS plane")?,
         );
         reports.add("dns", Arc::new(dns.clone()));
 
@@ -269,7 +270,9 @@ impl Planes {
         let snap = reader.load();
         let first = match snap.state.marathon.clone() {
             Some(cfg) => {
-                Some(start_marathon(cfg, reconciler.clone(), reports.clone(), extra_registries, &sources, false)?)
+                let running =
+                    start_marathon(cfg, reconciler.clone(), reports.clone(), extra_registries, &sources, false);
+                Some(running.context("Marathon source")?)
             }
             None => None,
         };
@@ -287,7 +290,7 @@ impl Planes {
         if snap.state.bgp.is_some() || snap.state.ospf.is_some() {
             let (tx, rx) = watch::channel(BTreeSet::new());
             let handle = Announcer::spawn(snap.state.bgp.clone(), snap.state.ospf.clone(), rx, registry)
-                .map_err(|e| anyhow::anyhow!("bgp: {e}"))?;
+                .context("route announcement")?;
             let slot = PlaneSlot::new(handle);
             reports.add("routing", Arc::new(slot.clone()));
             background.push(tokio::spawn(follow_announcements(
@@ -361,12 +364,11 @@ fn start_marathon(
     extra_registries: &ExtraRegistries,
     sources: &CancellationToken,
     restarted: bool,
-) -> anyhow::Result<RunningMarathon> {
+) -> Result<RunningMarathon, MarathonError> {
     let registry = Registry::new();
     let (tx, rx) = watch::channel::<Option<MarathonState>>(None);
     let stop = sources.child_token();
-    let source =
-        MarathonSource::spawn(cfg.clone(), tx, &registry, stop.clone()).map_err(|e| anyhow::anyhow!("marathon: {e}"))?;
+    let source = MarathonSource::spawn(cfg.clone(), tx, &registry, stop.clone())?;
     extra_registries.lock().unwrap_or_else(|p| p.into_inner()).insert("marathon".into(), registry);
     // The first sync waits up to a second for the event stream, then takes one request.
     let sync_deadline = cfg.request_timeout + Duration::from_secs(2);
