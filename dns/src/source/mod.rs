@@ -225,7 +225,8 @@ impl ZoneSource {
     /// Persists an accepted update (fsync'ed before the client gets NOERROR).
     pub fn append_journal(&mut self, updates: &[Record]) -> Result<(), ZoneError> {
         let zone = &self.cfg.name;
-        self.history.append_update(&self.origin, updates).map_err(|source| ZoneError::Journal { zone: zone.clone(), source })
+        let res = self.history.append_update(&self.origin, updates);
+        res.map_err(|source| ZoneError::Journal { zone: zone.clone(), source })
     }
 
     /// Replaces the static records (after an accepted update); the next build applies them.
