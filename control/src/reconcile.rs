@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use padis_model::{
-    l4::Vip, validate_update, BackendGroup, ConfigErrors, DesiredState, Listener, Route, Service, Snapshot,
-    SnapshotStore, SourceStatus, Valid,
+    binds_overlap, l4::Vip, validate_update, BackendGroup, ConfigErrors, DesiredState, Listener, Route, Service,
+    Snapshot, SnapshotStore, SourceStatus, Valid,
 };
 use serde::Serialize;
 
@@ -546,15 +546,6 @@ fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution
         }
     }
     out
-}
-
-/// Whether two TCP listening addresses cannot both be bound: same port, and the same address or one of them the
-/// unspecified address of its family (port 0 is any free port: never a clash).
-pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// A source listener's TLS certificates given by file path (marathon-lb's `SSL_CERT` is a path) are named after

@@ -25,7 +25,7 @@ use padis_model::marathon::MarathonConfig;
 use std::time::Duration;
 
 use padis_model::{
-    crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Listener,
+    binds_overlap, crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Listener,
     ListenerTls, Route, Service, ServicePort,
 };
 
@@ -440,14 +440,6 @@ fn accept(entries: &[(String, Entry)], rejected: &[AppProblem]) -> MarathonState
         }
     }
     state
-}
-
-/// Whether two listening addresses cannot both be bound: same port, and the same address or one of them the
-/// unspecified address of its family.
-fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Checks the app's keys against earlier apps, and takes them (shadowed routes claim nothing).

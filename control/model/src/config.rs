@@ -297,6 +297,15 @@ fn yes() -> bool {
     true
 }
 
+/// Whether two TCP listening addresses cannot both be bound: the same port, and the same address or one of them
+/// the unspecified address of its family (IPv6 listeners are IPv6-only). Port 0 (any free port) never clashes.
+pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -308,6 +308,19 @@ mod tests {
         assert_eq!((m.service_ports, m.service_port_bind.to_string()), (false, "::1".to_string()));
     }
 
+    /// Listeners that cannot both be bound (the same port on the same or the unspecified address of one family)
+    /// are refused, whether they come from the file or from Marathon service ports (the same check).
+    #[test]
+    fn overlapping_binds_are_refused() {
+        let l = |n: &str, a: &str| format!("[[listener]]\nname = \"{n}\"\nbind = \"{a}\"\n");
+        let text = [l("a", "0.0.0.0:8080"), l("b", "127.0.0.1:8080"), l("c", "[::]:8080"), l("d", "127.0.0.1:0")];
+        let e = parse_config(&text.concat(), "t.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("listener[1].bind: 127.0.0.1:8080 is bound by another listener"), "{e}");
+        assert!(!e.contains("listener[2]") && !e.contains("listener[3]"), "{e}");
+        assert!(crate::binds_overlap("[::1]:53".parse().unwrap(), "[::]:53".parse().unwrap()));
+        assert!(!crate::binds_overlap("127.0.0.1:53".parse().unwrap(), "127.0.0.2:53".parse().unwrap()));
+    }
+
     /// The check port of marathon-lb's `BACKEND_HEALTHCHECK_PORT_INDEX` (a backend's `check_port`, a check's
     /// `port`) is a real port.
     #[test]

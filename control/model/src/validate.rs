@@ -293,12 +293,15 @@ fn check_l7(
 
     // Listeners.
     unique(cx, "listener", s.listeners.iter().map(|l| l.name.as_str()));
-    let mut binds = HashSet::new();
+    // Addresses bound so far, by port: the same address, or the unspecified one beside another, cannot both be
+    // bound (port 0, any free port used by tests, never clashes).
+    let mut binds: HashMap<u16, Vec<std::net::SocketAddr>> = HashMap::new();
     for (i, l) in s.listeners.iter().enumerate() {
-        // Port 0 (any free port, used by tests) never clashes.
-        if l.bind.port() != 0 && !binds.insert(l.bind) {
+        let same_port = binds.entry(l.bind.port()).or_default();
+        if same_port.iter().any(|b| crate::binds_overlap(*b, l.bind)) {
             cx.error(format!("listener[{i}].bind"), format!("{} is bound by another listener", l.bind));
         }
+        same_port.push(l.bind);
         if l.bind == s.admin.listen {
             cx.error(format!("listener[{i}].bind"), "same address as the admin API");
         }

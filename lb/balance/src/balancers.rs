@@ -44,7 +44,7 @@ pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
                         group: g.name.clone(),
                         addr: b.addr,
                     },
-                    check: check_of(g, b),
+                    check: check_of(g.health.as_ref(), b),
                     passive: g.passive.clone(),
                 };
                 (target, transport.clone())
@@ -53,11 +53,11 @@ pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
         .collect()
 }
 
-/// The active check of backend `b` of `g`: the group's, probing the backend's `check_port` when it has one.
-fn check_of(g: &BackendGroup, b: &Backend) -> Option<HealthCheck> {
-    g.health.clone().map(|mut c| {
-        c.port = b.check_port.or(c.port);
-        c
+/// The active check of backend `b`: its group's `check`, probing the backend's `check_port` when it has one.
+fn check_of(check: Option<&HealthCheck>, b: &Backend) -> Option<HealthCheck> {
+    check.map(|c| HealthCheck {
+        port: b.check_port.or(c.port),
+        ..c.clone()
     })
 }
 
@@ -86,10 +86,7 @@ pub fn health_targets<G: Borrow<BackendGroup>>(groups: &[G]) -> Vec<HealthTarget
             }
             g.backends.iter().map(move |b| HealthTarget {
                 key: TargetKey { group: g.name.clone(), addr: b.addr },
-                check: check.clone().map(|mut c| {
-                    c.port = b.check_port.or(c.port);
-                    c
-                }),
+                check: check_of(check.as_ref(), b),
                 passive: g.passive.clone(),
             })
         })
