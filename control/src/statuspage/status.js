@@ -253,7 +253,7 @@ async function refresh() {
   const errorEl = document.getElementById("error");
   try {
     const opts = { credentials: "same-origin", cache: "no-store" };
-    // From the origin: a page opened as http://user:token@host/status would give relative URLs with
+    // From the origin: a page opened with credentials in its URL (user:token@host) would give relative URLs with
     // credentials, which fetch refuses; the browser sends the cached Basic credentials itself.
     const base = window.location.origin;
     const [sr, mr] = await Promise.all([fetch(base + "/v1/state", opts), fetch(base + "/metrics", opts)]);
