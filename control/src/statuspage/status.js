@@ -58,7 +58,8 @@ function sum(series, name, match) {
   let v = 0;
   for (const s of series) {
     if (s.name !== name) continue;
-    if (Object.entries(match || {}).some(([k, want]) => typeof want === "function" ? !want(s.labels[k]) : s.labels[k] !== want)) continue;
+    const miss = ([k, want]) => typeof want === "function" ? !want(s.labels[k]) : s.labels[k] !== want;
+    if (Object.entries(match || {}).some(miss)) continue;
     v += s.value;
   }
   return v;
@@ -242,7 +243,9 @@ function render(state, series, prevSeries, dt) {
   });
   const rejectedRows = [];
   for (const [name, d] of Object.entries(state.sources || {})) {
-    for (const r of d.rejected || []) rejectedRows.push([name, r.kind, r.name, r.reason, { text: r.message, cls: "wrap" }]);
+    for (const r of d.rejected || []) {
+      rejectedRows.push([name, r.kind, r.name, r.reason, { text: r.message, cls: "wrap" }]);
+    }
   }
   fill("sources", table(["Source", "State", "Last good read", "Rejected items", "Error"], srcRows, [3]),
     ...(rejectedRows.length ? [el("h3", {}, "Rejected items"),
