@@ -28,7 +28,7 @@ pub(crate) struct Resumption {
 impl Resumption {
     pub fn new() -> Result<Resumption, L7Error> {
         Ok(Resumption {
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| L7Error::Tls(e.to_string()))?,
+            ticketer: rustls::crypto::ring::Ticketer::new()?,
             cache: rustls::server::ServerSessionMemoryCache::new(20_000),
         })
     }
@@ -78,7 +78,7 @@ impl ResolvesServerCert for SniResolver {
 /// Loads a certificate's key for rustls.
 pub(crate) fn certified_key(cert: &CertMaterial) -> Result<Arc<CertifiedKey>, L7Error> {
     let key = rustls::crypto::ring::sign::any_supported_type(&cert.key)
-        .map_err(|e| L7Error::Tls(format!("certificate `{}`: {e}", cert.name)))?;
+        .map_err(|source| L7Error::CertificateKey { name: cert.name.clone(), source })?;
     Ok(Arc::new(CertifiedKey::new(cert.chain.clone(), key)))
 }
 
@@ -107,8 +107,7 @@ pub(crate) fn server_config(
     resolver.default = default_name.and_then(|n| keys.get(n)).cloned();
     let resolver = Arc::new(resolver);
     let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| L7Error::Tls(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -120,6 +119,6 @@ pub(crate) fn server_config(
 /// The client config towards a group's TLS backends (ALPN is set by the connector from the group protocol).
 /// Relative CA paths were made absolute by validation.
 pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L7Error> {
-    padis_balance::client_tls_config(tls, std::path::Path::new("")).map_err(|e| L7Error::Tls(e.to_string()))
+    Ok(padis_balance::client_tls_config(tls, std::path::Path::new(""))?)
 }
 

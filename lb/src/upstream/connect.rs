@@ -62,8 +62,8 @@ impl Connector {
                     UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
                 };
                 let server_name = match t.server_name.as_deref() {
-                    Some(name) => Some(ServerName::try_from(name.to_string()).map_err(|e| {
-                        L7Error::Tls(format!("group `{}`: server_name `{name}`: {e}", g.name))
+                    Some(name) => Some(ServerName::try_from(name.to_string()).map_err(|source| {
+                        L7Error::ServerName { group: g.name.clone(), name: name.to_string(), source }
                     })?),
                     None => None,
                 };
