@@ -130,13 +130,14 @@ pub fn render_at(state: &Value, now_ms: u64) -> String {
     let st = &snap["state"];
     l7_sections(&mut out, st, &state["planes"]["health"]);
     let planes = &state["planes"];
+    l7_binds(&mut out, &planes["l7"]);
     l4_section(&mut out, &planes["l4"]);
     dns_section(&mut out, &planes["dns"]);
     routing_section(&mut out, &planes["routing"]);
     marathon_section(&mut out, &planes["marathon"]);
     // A plane this version of the CLI does not know yet: its scalar fields as a table, never a raw dump.
     for (name, v) in planes.as_object().into_iter().flatten() {
-        if ["health", "l4", "dns", "routing", "marathon"].contains(&name.as_str()) {
+        if ["health", "l7", "l4", "dns", "routing", "marathon"].contains(&name.as_str()) {
             continue;
         }
         let rows = flatten(v, "");
@@ -245,6 +246,18 @@ fn l7_sections(out: &mut String, st: &Value, health: &Value) {
         }
     }
     t.print(out, "BACKENDS");
+}
+
+/// Listeners that could not be bound (a port another process holds): retried with each new snapshot.
+fn l7_binds(out: &mut String, l7: &Value) {
+    let failures = l7["bind_failures"].as_object();
+    if let Some(f) = failures.filter(|f| !f.is_empty()) {
+        let mut t = Table::new(&["LISTENER", "ERROR"]);
+        for (name, e) in f {
+            t.row(vec![name.clone(), text(e)]);
+        }
+        t.print(out, "LISTENERS NOT BOUND (retried with each new state)");
+    }
 }
 
 fn l4_section(out: &mut String, l4: &Value) {
@@ -736,6 +749,18 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "missing line {line:?} in\n{out}");
         }
         assert!(!out.contains("L4 VIPS") && !out.contains("DNS ZONES") && !out.contains("BGP PEERS"), "{out}");
+    }
+
+    #[test]
+    fn listeners_not_bound_are_listed() {
+        let mut state = full_state();
+        state["planes"]["l7"] = json!({"bind_failures": {}});
+        let out = render_at(&state, NOW_MS);
+        assert!(!out.contains("NOT BOUND") && !out.contains("\nL7\n"), "{out}");
+        state["planes"]["l7"] = json!({"bind_failures": {"web": "Address already in use (os error 98)"}});
+        let out = render_at(&state, NOW_MS);
+        let rows = block(&out, "LISTENERS NOT BOUND (retried with each new state)");
+        assert_eq!(rows, ["  LISTENER  ERROR", "  web       Address already in use (os error 98)"], "{out}");
     }
 
     #[test]

@@ -351,3 +351,43 @@ fn status_page_follows_the_admin_token_rules() {
     let text = text_of(&String::from_utf8_lossy(&out.stdout));
     assert!(!text.contains("generation"), "{text}");
 }
+
+#[test]
+fn a_listener_that_cannot_bind_shows_on_the_page_and_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("padis.toml");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\n\n\
+         [[group]]\nname = \"g\"\n[[group.backend]]\naddr = \"127.0.0.1:1\"\n\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n",
+        free_port()
+    );
+    std::fs::write(&path, &base).unwrap();
+    let mut p = Padis::start(&path, admin);
+    p.wait_ready();
+    // A second listener on a port another socket holds: the reload applies, the listener is reported.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(&path, format!("{base}\n[[listener]]\nname = \"web2\"\nbind = \"127.0.0.1:{port}\"\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_state(Duration::from_secs(10), |s| {
+        s["planes"]["l7"]["bind_failures"].as_object().is_some_and(|f| f.contains_key("web2"))
+    });
+
+    let out = Command::new(padis_tests::process::padis_bin())
+        .args(["status", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("LISTENERS NOT BOUND (retried with each new state)\n  LISTENER  ERROR\n  web2"),
+        "{status}"
+    );
+
+    let out = chromium(&["--virtual-time-budget=3000", "--dump-dom", &format!("http://{admin}/status")]);
+    let text = text_of(&String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("Listener web2 is not bound: "), "{text}");
+    assert!(text.contains("Address already in use"), "{text}");
+    drop(taken);
+}

@@ -137,6 +137,12 @@ function render(state, series, prevSeries, dt) {
       sum(series, "padis_active_connections", { listener: l.name }) +
         sum(series, "padis_tcp_active_connections", { listener: l.name })]), [3]) : line("No listeners.", "muted"));
 
+  const binds = Object.entries(((planes.l7 || {}).bind_failures) || {});
+  if (binds.length) {
+    document.querySelector("#listeners .body").append(...binds.map(([name, e]) =>
+      line("Listener " + name + " is not bound: " + e + " (retried with each new state)", "bad")));
+  }
+
   // Routes with request rates and error ratios (5xx among answers, over the last interval).
   const routes = st.route || [];
   fill("routes", routes.length ? table(["Route", "Host", "Path", "Groups", "Requests", "5xx ratio"],
