@@ -136,6 +136,18 @@ fn wait_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<Strin
     panic!("no {want:?} within {timeout:?}; got {seen:?}");
 }
 
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn daemon_speaks_the_notify_protocol() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,15 +158,18 @@ fn daemon_speaks_the_notify_protocol() {
     let good = format!("[admin]\nlisten = \"{admin}\"\n");
     std::fs::write(&config, &good).unwrap();
     let log = std::fs::File::create(dir.path().join("padis.log")).unwrap();
-    let mut child = Command::new(padis_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "300000")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(padis_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "300000")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let log_text = || std::fs::read_to_string(dir.path().join("padis.log")).unwrap_or_default();
 
     let seen = wait_message(&sock, "READY=1", Duration::from_secs(20));
