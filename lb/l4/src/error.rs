@@ -22,6 +22,9 @@ pub enum L4Error {
     /// A map is missing from the object (build mismatch).
     #[error("BPF map {0} missing from the XDP object")]
     MissingMap(&'static str),
+    /// A program is missing from the object (build mismatch).
+    #[error("program {0} missing from the XDP object")]
+    MissingProgram(&'static str),
     /// bpffs mount or pin directory problem.
     #[error("bpffs {path}: {source}")]
     Bpffs {
@@ -30,13 +33,21 @@ pub enum L4Error {
         /// Cause.
         source: std::io::Error,
     },
-    /// Attaching to an interface failed.
-    #[error("attaching XDP to {iface}: {reason}")]
+    /// Attaching to an interface (or taking over its pinned attachment) failed.
+    #[error("attaching XDP to {iface}: {source}")]
     Attach {
         /// Interface name.
         iface: String,
         /// Cause.
-        reason: String,
+        source: aya::programs::links::LinkError,
+    },
+    /// The attachment could not be pinned in bpffs.
+    #[error("attaching XDP to {iface}: pinning the link: {source}")]
+    PinLink {
+        /// Interface name.
+        iface: String,
+        /// Cause.
+        source: aya::pin::PinError,
     },
     /// A Maglev table could not be built.
     #[error("Maglev table for VIP {vip}: {source}")]

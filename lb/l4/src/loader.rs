@@ -184,7 +184,7 @@ impl Balancer {
         let mut ebpf = loader.load(crate::PROGRAM)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(L4Error::MissingMap("program padis_xdp"))?
+            .ok_or(L4Error::MissingProgram("padis_xdp"))?
             .try_into()?;
         prog.load()?;
         let maps = Maps {
@@ -230,20 +230,20 @@ impl Balancer {
     }
 
     fn program(&self) -> Result<&Xdp, L4Error> {
-        Ok(self.ebpf.program(PROGRAM_NAME).ok_or(L4Error::MissingMap("program padis_xdp"))?.try_into()?)
+        Ok(self.ebpf.program(PROGRAM_NAME).ok_or(L4Error::MissingProgram("padis_xdp"))?.try_into()?)
     }
 
     /// Loads the benchmark floor program of the same object (swap MACs, XDP_TX) next to the balancer.
     pub fn load_floor(&mut self) -> Result<(), L4Error> {
         let prog: &mut Xdp =
-            self.ebpf.program_mut(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+            self.ebpf.program_mut(FLOOR_NAME).ok_or(L4Error::MissingProgram("padis_floor"))?.try_into()?;
         prog.load()?;
         Ok(())
     }
 
     /// Runs the floor program once on `input` (see [`Balancer::load_floor`]): verdict and kernel-measured ns.
     pub fn test_run_floor(&self, input: &[u8]) -> Result<(u32, f64), L4Error> {
-        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingProgram("padis_floor"))?.try_into()?;
         let mut out = vec![0u8; input.len() + 512];
         let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat: 1, ..Default::default() })?;
         Ok((r.return_value, r.duration.as_nanos() as f64))
@@ -251,7 +251,7 @@ impl Balancer {
 
     /// Runs the floor program `repeat` times on `input`: mean kernel-measured ns per run.
     pub fn test_run_floor_repeat(&self, input: &[u8], repeat: u32) -> Result<f64, L4Error> {
-        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingMap("program padis_floor"))?.try_into()?;
+        let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingProgram("padis_floor"))?.try_into()?;
         let mut out = vec![0u8; input.len() + 512];
         let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() })?;
         Ok(r.duration.as_nanos() as f64)
@@ -270,7 +270,7 @@ impl Balancer {
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, L4Error> {
-        Ok(self.ebpf.program_mut(PROGRAM_NAME).ok_or(L4Error::MissingMap("program padis_xdp"))?.try_into()?)
+        Ok(self.ebpf.program_mut(PROGRAM_NAME).ok_or(L4Error::MissingProgram("padis_xdp"))?.try_into()?)
     }
 
     /// Runs the program once on `input` (BPF_PROG_TEST_RUN): verdict and output frame.
@@ -310,16 +310,16 @@ impl Balancer {
         pin_dir: Option<&Path>,
     ) -> Result<Attachment, L4Error> {
         let pin = pin_dir.map(|d| d.join(format!("link_{iface}")));
-        let attach_err = |reason: String| L4Error::Attach { iface: iface.to_string(), reason };
+        let attach_err = |source| L4Error::Attach { iface: iface.to_string(), source };
         if let Some(p) = pin.as_ref().filter(|p| p.exists()) {
             match PinnedLink::from_pin(p) {
                 Ok(pinned) => {
                     let fd: FdLink = pinned.into();
-                    let xdp_link = aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| attach_err(e.to_string()))?;
+                    let xdp_link = aya::programs::xdp::XdpLink::try_from(fd).map_err(attach_err)?;
                     let prog = self.program_mut()?;
                     let id = prog.attach_to_link(xdp_link)?;
                     let link = prog.take_link(id)?;
-                    let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+                    let fd: FdLink = link.try_into().map_err(attach_err)?;
                     tracing::info!(iface, "XDP program took over the pinned attachment");
                     return Ok(Attachment { iface: iface.into(), mode: "pinned", link: Some(fd), pin });
                 }
@@ -343,10 +343,10 @@ impl Balancer {
             }
         };
         let link = prog.take_link(id)?;
-        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+        let fd: FdLink = link.try_into().map_err(attach_err)?;
         let fd = match &pin {
             Some(p) => {
-                let pinned = fd.pin(p).map_err(|e| attach_err(e.to_string()))?;
+                let pinned = fd.pin(p).map_err(|source| L4Error::PinLink { iface: iface.to_string(), source })?;
                 pinned.into()
             }
             None => fd,
