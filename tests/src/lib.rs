@@ -4,7 +4,9 @@
 pub mod bgp;
 pub mod differential;
 pub mod dns;
+#[cfg(feature = "l4")]
 pub mod ecmp;
+#[cfg(feature = "l4")]
 pub mod l4;
 pub mod l7;
 pub mod marathon;

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use futures_util::FutureExt;
 use padis_bgp::bfd::packet::ControlPacket;
@@ -15,6 +15,7 @@ use padis_marathon::sse::SseParser;
 use padis_marathon::{events, map_apps, Apps};
 use padis_model::marathon::MarathonConfig;
 use padis_model::{parse_config, validate_state, DesiredState, Snapshot};
+use padis_tests::differential::{heads_of, Lane};
 use rustbgpd_wire::Message as BgpMessage;
 
 /// A target's entry function.
@@ -31,6 +32,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("http_request_head", http_request_head),
     ("http_chunked", http_chunked),
     ("http_response", http_response),
+    ("l7_differential", l7_differential),
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ struct MarathonBase {
 }
 
 fn marathon_base() -> &'static MarathonBase {
-    static BASE: std::sync::OnceLock<MarathonBase> = std::sync::OnceLock::new();
+    static BASE: OnceLock<MarathonBase> = OnceLock::new();
     BASE.get_or_init(|| {
         let base = PathBuf::from("/nonexistent-padis-fuzz");
         let valid = parse_config(MARATHON_CONFIG, "fuzz.toml", &base).expect("marathon fuzz config");
@@ -293,6 +295,7 @@ fn map_and_validate(apps: &Apps) -> padis_marathon::MarathonState {
     state.routes.extend(m.routes.iter().cloned());
     state.services.extend(m.services.iter().cloned());
     state.vips.extend(m.vips.iter().cloned());
+    state.listeners.extend(m.listeners.iter().cloned());
     if let Err(e) = validate_state(state, "fuzz.toml", &b.base, None) {
         let _ = e.to_string();
     }
@@ -392,6 +395,60 @@ pub fn http_response(data: &[u8]) {
     padis_lb::fuzzing::response_head(data);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// L7: the two paths against each other
+
+/// The longest stream `l7_differential` sends (longer inputs are cut: the proxy's limits are not the subject).
+const DIFF_MAX: usize = 4096;
+
+/// One lane of the differential check (an in-process proxy with a listener on each path and a recording
+/// backend), with the runtime it runs on: started once per process.
+fn diff_lane() -> &'static (tokio::runtime::Runtime, Lane) {
+    static LANE: OnceLock<(tokio::runtime::Runtime, Lane)> = OnceLock::new();
+    LANE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let lane = rt.block_on(Lane::start());
+        (rt, lane)
+    })
+}
+
+/// The chunks an `l7_differential` input is sent in: the first byte's low two bits say how many cuts follow
+/// (one byte each: the cut at `byte * len / 256` of the stream), the rest is the byte stream a client sends.
+/// `None` when the input is too short to hold them.
+pub fn diff_chunks(data: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let (&first, rest) = data.split_first()?;
+    let n = usize::from(first & 3);
+    if rest.len() <= n {
+        return None;
+    }
+    let (cuts, stream) = rest.split_at(n);
+    let stream = &stream[..stream.len().min(DIFF_MAX)];
+    let mut at: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * stream.len() / 256).filter(|&c| c > 0).collect();
+    at.sort_unstable();
+    at.dedup();
+    let mut chunks = Vec::with_capacity(at.len() + 1);
+    let mut from = 0;
+    for c in at {
+        chunks.push(stream[from..c].to_vec());
+        from = c;
+    }
+    chunks.push(stream[from..].to_vec());
+    Some(chunks)
+}
+
+/// Any byte stream from a client, cut as the input says ([`diff_chunks`]), to the fast path and to the hyper
+/// path of one proxy at once: both must send the backend the same requests and the client the same answers
+/// (`padis_tests::differential`, whose module doc lists the documented differences), and no byte may reach the
+/// backend that is not a request the proxy wrote. The open-ended form of `tests/tests/l7_differential.rs`.
+pub fn l7_differential(data: &[u8]) {
+    let Some(chunks) = diff_chunks(data) else { return };
+    let heads = heads_of(&chunks.concat());
+    let (rt, lane) = diff_lane();
+    if let Some(diff) = rt.block_on(lane.run(&chunks, &heads)) {
+        panic!("the two L7 paths differ on {:?}:\n{diff}", String::from_utf8_lossy(&chunks.concat()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The harnesses reach what they are meant to: the seeds get real answers, not only early rejections.
@@ -405,6 +462,20 @@ mod tests {
 
     fn rcode_and_answers(reply: &[u8]) -> (u8, u16) {
         (reply[3] & 0x0f, u16::from_be_bytes([reply[6], reply[7]]))
+    }
+
+    #[test]
+    fn differential_inputs_are_cut_where_they_say() {
+        assert_eq!(diff_chunks(b""), None);
+        assert_eq!(diff_chunks(&[2, 9]), None, "two cuts announced, none given");
+        assert_eq!(diff_chunks(b"\x00GET"), Some(vec![b"GET".to_vec()]));
+        // Cuts at 64/256 and 128/256 of an 8-byte stream, given out of order; a cut at 0 is no cut.
+        let c = diff_chunks(&[0x13, 128, 64, 0, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h']).unwrap();
+        assert_eq!(c, vec![b"ab".to_vec(), b"cd".to_vec(), b"efgh".to_vec()]);
+        let seed = seed("l7_differential", "chunked_trailers_cut");
+        let c = diff_chunks(&seed).unwrap();
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.concat(), seed[4..].to_vec());
     }
 
     #[test]
