@@ -329,7 +329,8 @@ mod tests {
     #[test]
     fn takes_dnssec_records_out_keeping_lines() {
         let origin = Name::from_ascii("s.test.").unwrap();
-        let text = "$TTL 60\n@ IN SOA ns a 1 2 3 4 5\n  60 RRSIG SOA 13 2 60 (\n 20270101000000 20261201000000 12345 s.test.\n AAEC )\n\
+        let text = "$TTL 60\n@ IN SOA ns a 1 2 3 4 5\n  60 RRSIG SOA 13 2 60 (\n 20270101000000 20261201000000 12345 \
+                    s.test.\n AAEC )\n\
                     \tIN NS ns\nns A 192.0.2.1\n   NSEC s.test. A RRSIG NSEC TYPE65534\n";
         let s = split(text, &origin).unwrap();
         assert_eq!(s.text.lines().count(), text.lines().count());

@@ -136,7 +136,14 @@ pub fn push_opt(out: &mut Vec<u8>, payload: u16, dnssec_ok: bool) {
 
 /// Answers `req` into `out` if it is a plain query the pre-rendered data covers.
 /// `tcp`: no size limit. `rotate`: a per-worker counter choosing the shuffle variant.
-pub fn answer(set: &ZoneSet, req: &[u8], out: &mut Vec<u8>, tcp: bool, server_payload: u16, rotate: &mut usize) -> Option<FastOutcome> {
+pub fn answer(
+    set: &ZoneSet,
+    req: &[u8],
+    out: &mut Vec<u8>,
+    tcp: bool,
+    server_payload: u16,
+    rotate: &mut usize,
+) -> Option<FastOutcome> {
     let mut lower = [0u8; 256];
     let q = parse(req, &mut lower)?;
     if q.mixed_case {

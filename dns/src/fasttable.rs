@@ -75,7 +75,10 @@ impl FastRecord {
         let n = u8::try_from(name.len()).map_err(|_| RecordError::TooMany)?;
         let k = u8::try_from(types.len()).map_err(|_| RecordError::TooMany)?;
         let head = 3 + name.len() + TYPE_HDR * types.len();
-        let body: usize = types.iter().map(|(_, r)| 4 * (r.variants.len() + 1) + r.variants.iter().map(|v| v.len()).sum::<usize>()).sum();
+        let body: usize = types
+            .iter()
+            .map(|(_, r)| 4 * (r.variants.len() + 1) + r.variants.iter().map(|v| v.len()).sum::<usize>())
+            .sum();
         let total = head + body;
         if u32::try_from(total).is_err() {
             return Err(RecordError::TooMany);
@@ -359,13 +362,19 @@ mod tests {
     use super::*;
 
     fn rendered(rcode: u8, variants: &[&[u8]]) -> Rendered {
-        Rendered { rcode, aa: true, counts: [variants.len() as u16, 0, 1], variants: variants.iter().map(|v| (*v).into()).collect() }
+        Rendered {
+            rcode,
+            aa: true,
+            counts: [variants.len() as u16, 0, 1],
+            variants: variants.iter().map(|v| (*v).into()).collect(),
+        }
     }
 
     #[test]
     fn record_layout() {
         let name = b"\x03www\x04test\x00";
-        let r = FastRecord::data(name, false, &[(1, rendered(0, &[b"aaaa", b"bbbbbb"])), (28, rendered(3, &[b"x"]))]).unwrap();
+        let r = FastRecord::data(name, false, &[(1, rendered(0, &[b"aaaa", b"bbbbbb"])), (28, rendered(3, &[b"x"]))])
+            .unwrap();
         assert_eq!(r.name(), name);
         assert!(!r.is_slow() && !r.has_cname());
         let a = r.answer(1, 0).unwrap();

@@ -57,7 +57,8 @@ impl Server {
             updates: tx,
             replay: crate::tsig::ReplayCache::new(1 << 16),
         });
-        let keys = cfg.tsig_keys.iter().map(TsigKey::from_config).collect::<Result<Vec<_>, _>>().map_err(DnsError::from)?;
+        let keys =
+            cfg.tsig_keys.iter().map(TsigKey::from_config).collect::<Result<Vec<_>, _>>().map_err(DnsError::from)?;
         let store = SnapshotStore::new(snapshot);
         let snap = store.reader().load();
         let report = Arc::new(ArcSwap::from_pointee(DnsReport::default()));
@@ -107,7 +108,8 @@ impl Server {
             Outcome::Reply => vec![out],
             Outcome::Stream(msgs) if tcp => msgs,
             Outcome::Stream(_) | Outcome::Drop => Vec::new(),
-            Outcome::Update(job, pending, rx) => {
+            Outcome::Update(update) => {
+                let (job, pending, rx) = *update;
                 self.updates += 1;
                 let rcode = if h.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
                 match h.finish_update(pending, rcode, tcp, &mut out, &mut self.worker) {

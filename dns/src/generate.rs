@@ -131,7 +131,12 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
 
 impl GenCache {
     /// Generates the records of `services` and `vips` into the generated zones (`zones`: index, apex, generated).
-    pub fn generate(&mut self, services: &[Arc<Service>], vips: &[Arc<Vip>], zones: &[(usize, Name, bool)]) -> &Generated {
+    pub fn generate(
+        &mut self,
+        services: &[Arc<Service>],
+        vips: &[Arc<Vip>],
+        zones: &[(usize, Name, bool)],
+    ) -> &Generated {
         let positional = self.aligned && self.entries.len() == services.len() && self.zones == zones;
         if !(positional && self.in_place(services)) {
             self.by_name(services, zones);
@@ -188,9 +193,12 @@ impl GenCache {
     /// Places every service (errors reported) and reuses the cached records of unchanged services by name.
     fn by_name(&mut self, services: &[Arc<Service>], zones: &[(usize, Name, bool)]) {
         let first = zones.iter().find(|z| z.2);
-        let names: Vec<String> = zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
+        let names: Vec<String> =
+            zones.iter().map(|z| z.1.to_ascii().trim_end_matches('.').to_ascii_lowercase()).collect();
         let mut old_out = std::mem::take(&mut self.out);
-        let mut old: FastMap<String, (usize, Arc<Service>, Arc<Vec<GenRecord>>)> = FastMap::default();
+        // By service name: its zone, the service and the records generated for it.
+        type Previous = FastMap<String, (usize, Arc<Service>, Arc<Vec<GenRecord>>)>;
+        let mut old: Previous = FastMap::default();
         for e in std::mem::take(&mut self.entries) {
             let Some(records) = old_out.by_zone.get_mut(&e.zone).and_then(|l| l.get(e.slot)).cloned() else { continue };
             old.insert(e.service.name.clone(), (e.zone, e.service, records));
@@ -206,7 +214,9 @@ impl GenCache {
                     match zones.iter().zip(&names).find(|(_, n)| n.eq_ignore_ascii_case(want)).map(|(z, _)| z) {
                         Some(z) if z.2 => z,
                         Some(_) => {
-                            self.out.errors.push(format!("service {}: zone {zn} does not publish generated records", s.name));
+                            self.out
+                                .errors
+                                .push(format!("service {}: zone {zn} does not publish generated records", s.name));
                             aligned = false;
                             continue;
                         }
@@ -309,7 +319,13 @@ mod tests {
     #[test]
     fn colliding_names_are_kept_with_their_origins() {
         let mk = |n: &str, ip: &str| {
-            Arc::new(Service { name: n.into(), zone: None, ports: vec![], instances: vec![inst("a", ip, 1, true)], origin: None })
+            Arc::new(Service {
+                name: n.into(),
+                zone: None,
+                ports: vec![],
+                instances: vec![inst("a", ip, 1, true)],
+                origin: None,
+            })
         };
         let z = Name::from_ascii("z.").unwrap();
         let mut cache = GenCache::default();

@@ -52,7 +52,7 @@ pub enum Outcome {
     /// Several messages (zone transfer, TCP only).
     Stream(Vec<Vec<u8>>),
     /// An update: send the job to the manager, wait for the result, then [`Handler::finish_update`].
-    Update(UpdateJob, PendingUpdate, oneshot::Receiver<ResponseCode>),
+    Update(Box<(UpdateJob, PendingUpdate, oneshot::Receiver<ResponseCode>)>),
 }
 
 /// State shared by all workers.
@@ -140,7 +140,16 @@ impl Handler {
     /// `tcp`: no size limit, transfers allowed. `received`: when the request (for UDP: its batch) was received,
     /// the start of its latency observation.
     #[allow(clippy::too_many_arguments)]
-    pub fn handle(&self, set: &ZoneSet, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker, received: Instant) -> Outcome {
+    pub fn handle(
+        &self,
+        set: &ZoneSet,
+        req: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        w: &mut Worker,
+        received: Instant,
+    ) -> Outcome {
         if let Some(o) = fast::answer(set, req, out, tcp, set.edns_payload, &mut w.rotate) {
             w.counters.count(set, Some(o.zone), o.qtype, u16::from(o.rcode));
             if o.truncated {
@@ -181,7 +190,15 @@ impl Handler {
         }
     }
 
-    fn general(&self, set: &ZoneSet, req: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
+    fn general(
+        &self,
+        set: &ZoneSet,
+        req: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        w: &mut Worker,
+    ) -> Outcome {
         if req.len() < 12 || req[2] & 0x80 != 0 {
             return Outcome::Drop; // too short to answer, or a response: never answer those
         }
@@ -234,7 +251,12 @@ impl Handler {
                 // window is a replay. Queries (transfers included) are reads, and clients resend them as they
                 // are (UDP retries, TC then TCP), so they are not checked.
                 if msg.metadata.op_code != OpCode::Query {
-                    let verdict = self.replay.check(&found.key_name.to_lowercase(), &found.tsig.mac, found.tsig.time, found.tsig.fudge);
+                    let verdict = self.replay.check(
+                        &found.key_name.to_lowercase(),
+                        &found.tsig.mac,
+                        found.tsig.time,
+                        found.tsig.fudge,
+                    );
                     if verdict != tsig::Replay::Fresh {
                         let what = if verdict == tsig::Replay::Replayed { "replayed" } else { "replay_cache_full" };
                         tracing::warn!(%src, key = %found.key_name, what, "signed request refused");
@@ -305,7 +327,7 @@ impl Handler {
         if bytes.len() + reserve > limit {
             self.metrics.truncated.inc();
             let mut t = Message::new(resp.metadata.id, MessageType::Response, resp.metadata.op_code);
-            t.metadata = resp.metadata.clone();
+            t.metadata = resp.metadata;
             t.metadata.truncation = true;
             t.queries.clone_from(&resp.queries);
             t.edns.clone_from(&resp.edns);
@@ -321,7 +343,16 @@ impl Handler {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn query(&self, set: &ZoneSet, msg: Message, src: SocketAddr, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+    fn query(
+        &self,
+        set: &ZoneSet,
+        msg: Message,
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        signer: Option<Signer>,
+        w: &mut Worker,
+    ) -> Outcome {
         if msg.queries.len() != 1 {
             let resp = self.response(&msg, set, ResponseCode::FormErr);
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
@@ -370,7 +401,15 @@ impl Handler {
     /// CH TXT `version.bind`/`version.server` and `id.server`/`hostname.bind` (RFC 4892), as `[dns] version`
     /// and `identity` say; REFUSED when they are not set (Knot's answer when they are disabled) and for any
     /// other CH query.
-    fn chaos(&self, set: &ZoneSet, msg: Message, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+    fn chaos(
+        &self,
+        set: &ZoneSet,
+        msg: Message,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        signer: Option<Signer>,
+        w: &mut Worker,
+    ) -> Outcome {
         let q = &msg.queries[0];
         let name = q.name().to_lowercase().to_ascii();
         let text = match name.as_str() {
@@ -448,7 +487,16 @@ impl Handler {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn update(&self, set: &ZoneSet, msg: Message, src: SocketAddr, tcp: bool, out: &mut Vec<u8>, signer: Option<Signer>, w: &mut Worker) -> Outcome {
+    fn update(
+        &self,
+        set: &ZoneSet,
+        msg: Message,
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        signer: Option<Signer>,
+        w: &mut Worker,
+    ) -> Outcome {
         let zone_q = match msg.queries.as_slice() {
             [q] if q.query_type() == RecordType::SOA => q,
             _ => {
@@ -491,12 +539,20 @@ impl Handler {
             return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
         }
         let (tx, rx) = oneshot::channel();
-        let job = UpdateJob { zone: zone.clone(), prereqs: msg.answers.clone(), updates: msg.authorities.clone(), reply: tx };
-        Outcome::Update(job, PendingUpdate { req: msg, signer, zone: zname }, rx)
+        let job =
+            UpdateJob { zone: zone.clone(), prereqs: msg.answers.clone(), updates: msg.authorities.clone(), reply: tx };
+        Outcome::Update(Box::new((job, PendingUpdate { req: msg, signer, zone: zname }, rx)))
     }
 
     /// Builds the reply to an update once the manager answered (`None`: the manager is gone → SERVFAIL).
-    pub fn finish_update(&self, p: PendingUpdate, rcode: Option<ResponseCode>, tcp: bool, out: &mut Vec<u8>, w: &mut Worker) -> Outcome {
+    pub fn finish_update(
+        &self,
+        p: PendingUpdate,
+        rcode: Option<ResponseCode>,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        w: &mut Worker,
+    ) -> Outcome {
         let rcode = rcode.unwrap_or(ResponseCode::ServFail);
         self.metrics.updates.with_label_values(&[&p.zone, crate::metrics::rcode_label(u16::from(rcode))]).inc();
         let set = self.zones.load();

@@ -48,7 +48,7 @@ pub enum Entry {
     /// An accepted dynamic update (its update section).
     Update(Vec<Record>),
     /// A change of the zone's content from one serial to the next.
-    Change(Diff),
+    Change(Box<Diff>),
 }
 
 /// The journal file of one zone, with its current size.
@@ -182,7 +182,8 @@ impl Journal {
         };
         self.file = None; // the appends go to the new file from now on
         write().map_err(|e| self.err(e))?;
-        tracing::debug!(journal = %self.path.display(), entries = entries.len(), bytes = buf.len(), "journal compacted");
+        let (journal, bytes) = (self.path.display(), buf.len());
+        tracing::debug!(%journal, entries = entries.len(), bytes, "journal compacted");
         self.entries = entries.len();
         self.bytes = buf.len() as u64;
         Ok(())
@@ -222,7 +223,7 @@ fn decode(msg: Message, len: usize) -> Option<Entry> {
                 }
                 removed.push(r);
             }
-            Some(Entry::Change(Diff { from, to: to?, removed, added: it.collect(), size: len }))
+            Some(Entry::Change(Box::new(Diff { from, to: to?, removed, added: it.collect(), size: len })))
         }
         _ => None,
     }
@@ -301,9 +302,12 @@ mod tests {
     fn compaction_replays_to_the_same_zone() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Name::from_ascii("j.test.").unwrap();
-        let file = zone("@ 60 IN NS ns1\nns1 60 IN A 192.0.2.1\na 60 IN A 192.0.2.2\na 60 IN A 192.0.2.3\nb 60 IN TXT \"x\"\n");
+        let file = zone(
+            "@ 60 IN NS ns1\nns1 60 IN A 192.0.2.1\na 60 IN A 192.0.2.2\na 60 IN A 192.0.2.3\nb 60 IN TXT \"x\"\n",
+        );
         let statics = zone(
-            "@ 60 IN NS ns2\nns1 60 IN A 192.0.2.1\nns2 60 IN A 192.0.2.9\na 30 IN A 192.0.2.2\nb 60 IN CNAME a\nc 60 IN MX 10 a\n",
+            "@ 60 IN NS ns2\nns1 60 IN A 192.0.2.1\nns2 60 IN A 192.0.2.9\na 30 IN A 192.0.2.2\nb 60 IN CNAME a\n\
+             c 60 IN MX 10 a\n",
         );
         let soa = |s: u32| {
             let d = RData::SOA(hickory_proto::rr::rdata::SOA::new(origin.clone(), origin.clone(), s, 1, 1, 1, 1));
@@ -312,7 +316,11 @@ mod tests {
         let diff = Diff {
             from: soa(1),
             to: soa(2),
-            removed: vec![Record::from_rdata(Name::from_ascii("a.j.test.").unwrap(), 60, RData::A("192.0.2.3".parse().unwrap()))],
+            removed: vec![Record::from_rdata(
+                Name::from_ascii("a.j.test.").unwrap(),
+                60,
+                RData::A("192.0.2.3".parse().unwrap()),
+            )],
             added: Vec::new(),
             size: 0,
         };

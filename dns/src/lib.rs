@@ -129,7 +129,8 @@ impl DnsPlane {
         }
         let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
         let (file_tx, file_rx) = mpsc::channel(16);
-        let manager = blocking(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone(), file_tx))?;
+        let manager =
+            blocking(|| manager::Manager::new(&snap, handler.clone(), report.clone(), addrs.clone(), file_tx))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut threads = Vec::new();

@@ -49,7 +49,11 @@ pub struct Manager {
 }
 
 fn base_of(snap: &Snapshot) -> PathBuf {
-    snap.config_path.as_deref().and_then(|p| Path::new(p).parent()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    snap.config_path
+        .as_deref()
+        .and_then(|p| Path::new(p).parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn bounds(cfg: &DnsConfig) -> HistoryBounds {
@@ -80,7 +84,8 @@ impl Manager {
         file_events: mpsc::Sender<()>,
     ) -> Result<Manager, DnsError> {
         let cfg = snap.state.dns.clone();
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| DnsError::StateDir { path: cfg.state_dir.clone(), source: e })?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| DnsError::StateDir { path: cfg.state_dir.clone(), source: e })?;
         let base = base_of(snap);
         let keys = load_keys(&cfg)?;
         let mut sources = Vec::new();
@@ -154,7 +159,7 @@ impl Manager {
                     p.set_bounds(bounds(cfg));
                     self.sources.push(p)
                 }
-                prev => match ZoneSource::load(z, &base, &cfg.state_dir, bounds(&cfg)) {
+                prev => match ZoneSource::load(z, &base, &cfg.state_dir, bounds(cfg)) {
                     Ok(s) => self.sources.push(s), // the serial continues from the state dir
                     Err(e) => {
                         self.handler.metrics.zone_load_errors.with_label_values(&[&z.name]).inc();
@@ -226,7 +231,9 @@ impl Manager {
         self.failed = still;
         if loaded {
             // Keep the config's order (generated records are grouped by zone index).
-            let order = |name: &str| self.cfg.zones.iter().position(|z| z.name.eq_ignore_ascii_case(name)).unwrap_or(usize::MAX);
+            let order = |name: &str| {
+                self.cfg.zones.iter().position(|z| z.name.eq_ignore_ascii_case(name)).unwrap_or(usize::MAX)
+            };
             self.sources.sort_by_key(|s| order(&s.cfg.name));
             // Zone indexes moved: generate every zone's records afresh (each source diffs its groups by identity).
             self.gen_cache = GenCache::default();
@@ -300,7 +307,8 @@ impl Manager {
     }
 
     fn regenerate(&mut self, snap: &Snapshot) {
-        let zones: Vec<_> = self.sources.iter().enumerate().map(|(i, s)| (i, s.origin.clone(), s.cfg.generated)).collect();
+        let zones: Vec<_> =
+            self.sources.iter().enumerate().map(|(i, s)| (i, s.origin.clone(), s.cfg.generated)).collect();
         self.gen_cache.generate(&snap.state.services, &snap.state.vips, &zones);
     }
 
@@ -473,7 +481,8 @@ impl Manager {
                     let snap = reader.load();
                     let started = std::time::Instant::now();
                     crate::blocking(|| self.rebuild(&snap, false));
-                    tracing::debug!(generation = snap.generation, ms = started.elapsed().as_millis() as u64, "zones rebuilt");
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(generation = snap.generation, ms, "zones rebuilt");
                 }
                 Ok(()) = requests.changed() => {
                     let snap = reader.load();

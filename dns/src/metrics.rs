@@ -95,9 +95,11 @@ impl Metrics {
                 &["zone", "qtype", "rcode"],
             )?,
             latency: Histogram::with_opts(
-                HistogramOpts::new("padis_dns_query_duration_seconds", "Time from receiving a DNS query (over UDP: the batch it came in) to its answer being ready").buckets(vec![
-                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
-                ]),
+                HistogramOpts::new(
+                    "padis_dns_query_duration_seconds",
+                    "Time from receiving a DNS query (over UDP: the batch it came in) to its answer being ready",
+                )
+                .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
             )?,
             udp_batch: Histogram::with_opts(
                 HistogramOpts::new(
@@ -115,16 +117,25 @@ impl Metrics {
                 Opts::new("padis_dns_updates_total", "Dynamic updates, by zone and result"),
                 &["zone", "result"],
             )?,
-            rrl: IntCounterVec::new(Opts::new("padis_dns_rrl_total", "Responses rate-limited, by action"), &["action"])?,
+            rrl: IntCounterVec::new(
+                Opts::new("padis_dns_rrl_total", "Responses rate-limited, by action"),
+                &["action"],
+            )?,
             notifies: IntCounterVec::new(
                 Opts::new("padis_dns_notify_total", "NOTIFY messages sent, by zone and result"),
                 &["zone", "result"],
             )?,
             serial: IntGaugeVec::new(Opts::new("padis_dns_zone_serial", "Current SOA serial"), &["zone"])?,
             records: IntGaugeVec::new(Opts::new("padis_dns_zone_records", "Records in the zone"), &["zone"])?,
-            tsig: IntCounterVec::new(Opts::new("padis_dns_tsig_total", "Signed requests, by TSIG outcome"), &["result"])?,
+            tsig: IntCounterVec::new(
+                Opts::new("padis_dns_tsig_total", "Signed requests, by TSIG outcome"),
+                &["result"],
+            )?,
             zones: IntGaugeVec::new(
-                Opts::new("padis_dns_zones", "Configured zones by state (ok, stale: an older version served, failed: not served)"),
+                Opts::new(
+                    "padis_dns_zones",
+                    "Configured zones by state (ok, stale: an older version served, failed: not served)",
+                ),
                 &["state"],
             )?,
             zone_load_errors: IntCounterVec::new(
@@ -169,7 +180,14 @@ pub struct QueryCounters {
 impl QueryCounters {
     /// Empty counts.
     pub fn new(metrics: Metrics) -> QueryCounters {
-        QueryCounters { metrics, generation: u64::MAX, zone_names: Vec::new(), pending: Vec::new(), dirty: Vec::new(), counters: Vec::new() }
+        QueryCounters {
+            metrics,
+            generation: u64::MAX,
+            zone_names: Vec::new(),
+            pending: Vec::new(),
+            dirty: Vec::new(),
+            counters: Vec::new(),
+        }
     }
 
     /// Counts one answered query for the zone at `zone` in `set` (`None`: outside our zones).

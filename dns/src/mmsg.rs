@@ -54,7 +54,13 @@ impl RecvBatch {
         // SAFETY: `hdrs` holds BATCH headers whose name and iovec pointers refer to live buffers owned by self
         // (heap allocations that never move: `arena` is never resized), valid for writes of the lengths given.
         let n = unsafe {
-            libc::recvmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             self.count = 0;
@@ -93,7 +99,12 @@ fn to_socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: as above, for sockaddr_in6.
             let v6: &libc::sockaddr_in6 = unsafe { &*(a as *const libc::sockaddr_storage).cast() };
             let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), v6.sin6_flowinfo, v6.sin6_scope_id)))
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
         }
         _ => None,
     }
@@ -139,8 +150,8 @@ impl SendBatch {
             unsafe { zeroed() };
         // SAFETY: as above for mmsghdr.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for i in 0..self.len {
-            iovs[i] = libc::iovec { iov_base: self.bufs[i].as_ptr() as *mut libc::c_void, iov_len: self.bufs[i].len() };
+        for (iov, buf) in iovs.iter_mut().zip(&self.bufs[..self.len]) {
+            *iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
         }
         for i in 0..self.len {
             hdrs[i].msg_hdr.msg_name = self.dests[i].as_ptr() as *mut libc::c_void;
@@ -151,7 +162,9 @@ impl SendBatch {
         let mut off = 0;
         while off < self.len {
             // SAFETY: hdrs[off..len] are initialised headers pointing at live buffers (the kernel only reads them).
-            let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs[off..].as_mut_ptr(), (self.len - off) as libc::c_uint, 0) };
+            let n = unsafe {
+                libc::sendmmsg(sock.as_raw_fd(), hdrs[off..].as_mut_ptr(), (self.len - off) as libc::c_uint, 0)
+            };
             if n <= 0 {
                 if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                     off += 1; // skip the datagram that failed

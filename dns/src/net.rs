@@ -139,7 +139,9 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>,
         // Sleeps of tens of microseconds: the default 50 us timer slack would more than double them.
         let slack = (batch_wait.as_nanos() / 10).max(1_000) as libc::c_ulong;
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects the calling thread only.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong)
+        };
     }
     let mut coalescer = Coalescer::new(batch_wait);
     while !stop.load(Ordering::Relaxed) {
@@ -173,7 +175,8 @@ pub fn udp_worker(sock: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>,
             let out = replies.next_buf();
             match handler.handle(&set, req, src, false, out, &mut w, received) {
                 Outcome::Reply => replies.push(src),
-                Outcome::Update(job, pending, rx) => {
+                Outcome::Update(update) => {
+                    let (job, pending, rx) = *update;
                     let rcode = if handler.updates.blocking_send(job).is_ok() { rx.blocking_recv().ok() } else { None };
                     let out = replies.next_buf();
                     if let Outcome::Reply = handler.finish_update(pending, rcode, false, out, &mut w) {
@@ -264,7 +267,8 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handle
         let replies = match handler.handle(&set, &buf, peer, true, &mut out, &mut w, Instant::now()) {
             Outcome::Reply => vec![std::mem::take(&mut out)],
             Outcome::Stream(msgs) => msgs,
-            Outcome::Update(job, pending, rx) => {
+            Outcome::Update(update) => {
+                let (job, pending, rx) = *update;
                 let rcode = if handler.updates.send(job).await.is_ok() { rx.await.ok() } else { None };
                 match handler.finish_update(pending, rcode, true, &mut out, &mut w) {
                     Outcome::Reply => vec![std::mem::take(&mut out)],

@@ -81,7 +81,8 @@ fn check_answer(answer: &[u8], signer: Option<&Signer>, key: Option<&TsigKey>) -
         };
         return Err(NotifyError::Refused { rcode, tsig: Some(f) });
     }
-    tsig::verify_response(answer, &found, key, signer.last_mac()).map_err(|f| NotifyError::Refused { rcode, tsig: Some(f) })?;
+    tsig::verify_response(answer, &found, key, signer.last_mac())
+        .map_err(|f| NotifyError::Refused { rcode, tsig: Some(f) })?;
     if rcode == 0 {
         Ok(())
     } else {

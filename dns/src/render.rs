@@ -9,9 +9,9 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use rand::seq::SliceRandom;
 
+use crate::fasttable::{FastRecord, FastTable};
 use crate::resolve::{resolve, Answer};
 use crate::wire::{in_zone, parent, WireName};
-use crate::fasttable::{FastRecord, FastTable};
 use crate::zone::{FastSet, Node, Rendered, ZoneData};
 
 /// Shuffle variants kept per answer with several A/AAAA/SRV records.
@@ -58,12 +58,7 @@ pub fn render(zone: &ZoneData, qname: &Name, qtype: RecordType) -> Option<Render
         None => variants.push(encode(qname, qtype, &ans)?),
     }
     let counts = variants[0].1;
-    Some(Rendered {
-        rcode: ans.rcode.low(),
-        aa: ans.aa,
-        counts,
-        variants: variants.into_iter().map(|v| v.0).collect(),
-    })
+    Some(Rendered { rcode: ans.rcode.low(), aa: ans.aa, counts, variants: variants.into_iter().map(|v| v.0).collect() })
 }
 
 /// Whether `wire` is at or below a delegation of `zone`.
@@ -103,16 +98,20 @@ fn entry(zone: &ZoneData, wire: &[u8], node: &Node) -> Option<FastRecord> {
             None => return slow(),
         }
     }
-    FastRecord::data(wire, cname, &types).or_else(|e| {
-        tracing::debug!(error = %e, "name answered by the general path");
-        FastRecord::slow(wire)
-    }).ok()
+    FastRecord::data(wire, cname, &types)
+        .or_else(|e| {
+            tracing::debug!(error = %e, "name answered by the general path");
+            FastRecord::slow(wire)
+        })
+        .ok()
 }
 
 /// Renders the fast-path records of the `dirty` names of `zone` into `fast` (the previous version's table); all
 /// names when `dirty` is `None`. Names no longer in the zone are removed.
 pub fn update_fast(zone: &ZoneData, fast: &mut FastTable, dirty: Option<&FastSet<WireName>>) {
-    let put = |fast: &FastTable, wire: &[u8], node: Option<&Arc<Node>>| fast.change(wire, node.and_then(|n| entry(zone, wire, n)));
+    let put = |fast: &FastTable, wire: &[u8], node: Option<&Arc<Node>>| {
+        fast.change(wire, node.and_then(|n| entry(zone, wire, n)))
+    };
     match dirty {
         None => {
             fast.clear();

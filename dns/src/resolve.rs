@@ -66,7 +66,8 @@ pub fn resolve(zone: &ZoneData, qname: &Name, qtype: RecordType, full_any: bool)
             NodeRef::Wild(n) => (n, name.clone()),
         };
         if qtype == RecordType::ANY {
-            let sets: Vec<&RrSet> = if full_any { node.rrsets.iter().collect() } else { node.rrsets.iter().take(1).collect() };
+            let sets: Vec<&RrSet> =
+                if full_any { node.rrsets.iter().collect() } else { node.rrsets.iter().take(1).collect() };
             if sets.is_empty() {
                 ans.authority.push(zone.negative_soa());
             }
@@ -104,7 +105,6 @@ enum NodeRef<'a> {
     Exact(&'a Node),
     Wild(&'a Node),
 }
-
 
 /// The delegation point above or at `wire` (not the apex), if any. A DS query at the cut itself is answered by
 /// the parent side.

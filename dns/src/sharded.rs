@@ -19,7 +19,7 @@ pub struct Sharded<V: Clone> {
 impl<V: Clone> Default for Sharded<V> {
     fn default() -> Self {
         // One shared empty shard: a shard gets its own map on its first insert.
-        Sharded { shards: vec![Arc::new(FastMap::default()); SHARDS], len: 0 }
+        Sharded { shards: std::iter::repeat_with(|| Arc::new(FastMap::default())).take(SHARDS).collect(), len: 0 }
     }
 }
 

@@ -194,8 +194,8 @@ impl TsigKey {
     pub fn from_config(k: &padis_model::dns::TsigKey) -> Result<TsigKey, KeyError> {
         let mut name = Name::from_ascii(&k.name).map_err(|source| KeyError::Name { name: k.name.clone(), source })?;
         name.set_fqdn(true);
-        let algorithm =
-            Algorithm::from_config(&k.algorithm).ok_or_else(|| KeyError::Algorithm(k.name.clone(), k.algorithm.clone()))?;
+        let algorithm = Algorithm::from_config(&k.algorithm)
+            .ok_or_else(|| KeyError::Algorithm(k.name.clone(), k.algorithm.clone()))?;
         let secret = base64::engine::general_purpose::STANDARD
             .decode(k.secret_value().trim())
             .map_err(|_| KeyError::Secret(k.name.clone()))?;
@@ -532,7 +532,8 @@ mod tests {
             assert!(verify_request(&msg, &found, &key).is_ok(), "{alg:?}");
             let other = TsigKey { secret: b"x".to_vec(), ..key.clone() };
             assert_eq!(verify_request(&msg, &found, &other), Err(TsigFailure::BadSig));
-            let other_alg = TsigKey { algorithm: if alg == Algorithm::Sha1 { Algorithm::Sha256 } else { Algorithm::Sha1 }, ..key };
+            let other_alg =
+                TsigKey { algorithm: if alg == Algorithm::Sha1 { Algorithm::Sha256 } else { Algorithm::Sha1 }, ..key };
             assert_eq!(verify_request(&msg, &found, &other_alg), Err(TsigFailure::BadKey));
         }
     }

@@ -187,7 +187,8 @@ impl ZoneData {
 
     /// The SOA as a record at the apex with its own TTL.
     pub fn soa_record(&self) -> Record {
-        let ttl = self.nodes.get(&self.origin_wire).and_then(|n| n.get(RecordType::SOA)).map_or(self.negative_ttl, |s| s.ttl);
+        let ttl =
+            self.nodes.get(&self.origin_wire).and_then(|n| n.get(RecordType::SOA)).map_or(self.negative_ttl, |s| s.ttl);
         Record::from_rdata(self.origin.clone(), ttl, RData::SOA(self.soa.clone()))
     }
 

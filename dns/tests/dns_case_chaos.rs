@@ -16,12 +16,14 @@ fn dig(addr: std::net::SocketAddr, q: &str, t: &str) -> Dig {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-const ZONE: &str = "$ORIGIN case.test.\n$TTL 60\n@ IN SOA ns.case.test. admin.case.test. 1 60 10 600 5\n@ IN NS ns.case.test.\n\
+const ZONE: &str =
+    "$ORIGIN case.test.\n$TTL 60\n@ IN SOA ns.case.test. admin.case.test. 1 60 10 600 5\n@ IN NS ns.case.test.\n\
                     ns IN A 192.0.2.1\nMixed.Case.test. IN A 192.0.2.2\nlower IN A 192.0.2.3\nAlias IN CNAME Mixed\n";
 
 fn config(chaos: &str) -> String {
     format!(
-        "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n{chaos}\n[[dns.zone]]\nname = \"case.test\"\nfile = \"case.zone\"\n"
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n{chaos}\n\
+         [[dns.zone]]\nname = \"case.test\"\nfile = \"case.zone\"\n"
     )
 }
 
@@ -61,7 +63,12 @@ async fn chaos_txt_is_configurable() {
     s.stop().await;
     let s = Server::start(dir.path(), &config("version = \"gateway DNS\"\nidentity = \"gw-1\"")).await;
     let a = s.addr();
-    for (q, want) in [("version.bind", "\"gateway DNS\""), ("VERSION.SERVER", "\"gateway DNS\""), ("id.server", "\"gw-1\""), ("hostname.bind", "\"gw-1\"")] {
+    for (q, want) in [
+        ("version.bind", "\"gateway DNS\""),
+        ("VERSION.SERVER", "\"gateway DNS\""),
+        ("id.server", "\"gw-1\""),
+        ("hostname.bind", "\"gw-1\""),
+    ] {
         let d = kdig(a, &["-c", "CH", q, "TXT"]);
         assert_eq!(d.status, "NOERROR", "{q}: {}", d.raw);
         assert_eq!(d.data("TXT"), [want], "{q}: {}", d.raw);

@@ -29,9 +29,14 @@ ns = [{ name = "ns1.svc.test", addrs = ["192.0.2.1"] }]
 "#,
     );
     let service = |c: &mut String, name: &str, net: u8| {
-        c.push_str(&format!("\n[[service]]\nname = \"{name}\"\n[[service.port]]\nname = \"http\"\nprotocol = \"tcp\"\n"));
+        c.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\n[[service.port]]\nname = \"http\"\nprotocol = \"tcp\"\n"
+        ));
         for i in 1..=3 {
-            c.push_str(&format!("[[service.instance]]\nid = \"i{i}\"\naddr = \"10.{net}.0.{i}\"\nports = [{}]\n", 8000 + i));
+            c.push_str(&format!(
+                "[[service.instance]]\nid = \"i{i}\"\naddr = \"10.{net}.0.{i}\"\nports = [{}]\n",
+                8000 + i
+            ));
         }
     };
     service(&mut c, "flip", net);
@@ -148,7 +153,8 @@ async fn queries_racing_updates_see_whole_versions() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let seen = tokio::task::spawn_blocking(move || c.join()).await.unwrap().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let seen =
+        tokio::task::spawn_blocking(move || c.join()).await.unwrap().unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(serial_gt(s.serial("svc.test"), started), "serials moved on");
     assert!(seen.versions[1] > 0 && seen.versions[2] > 0, "both versions served: {seen:?}");
     assert!(seen.serials.len() >= 3, "answers followed several serials: {seen:?}");

@@ -9,17 +9,25 @@ use std::process::Command;
 use common::{kdig, Server};
 
 const ZONE: &str = "$ORIGIN sec.test.\n$TTL 60\n@ IN SOA ns.sec.test. admin.sec.test. 7 60 10 600 5\n@ IN NS ns\n\
-                    ns IN A 192.0.2.1\nwww IN A 192.0.2.80\nWeb IN CNAME www\nsub IN NS ns.sub\nns.sub IN A 192.0.2.53\n";
+                    ns IN A 192.0.2.1\nwww IN A 192.0.2.80\nWeb IN CNAME www\nsub IN NS ns.sub\n\
+                    ns.sub IN A 192.0.2.53\n";
 
 fn run(dir: &std::path::Path, cmd: &mut Command) -> String {
-    let out = cmd.current_dir(dir).output().expect("bind9-utils (dnssec-keygen, dnssec-signzone; tests/setup installs it)");
+    let out =
+        cmd.current_dir(dir).output().expect("bind9-utils (dnssec-keygen, dnssec-signzone; tests/setup installs it)");
     assert!(out.status.success(), "{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn delv(addr: std::net::SocketAddr, anchors: &std::path::Path, name: &str, t: &str) -> String {
     let out = Command::new("delv")
-        .args([format!("@{}", addr.ip()), "-p".into(), addr.port().to_string(), "-a".into(), anchors.display().to_string()])
+        .args([
+            format!("@{}", addr.ip()),
+            "-p".into(),
+            addr.port().to_string(),
+            "-a".into(),
+            anchors.display().to_string(),
+        ])
         .args(["+root=sec.test", name, t])
         .output()
         .expect("delv (bind9-dnsutils)");
@@ -40,12 +48,16 @@ async fn nsec3_zone_served_and_validated() {
 async fn served_and_validated(sign_args: &[&str], proof: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ksk = run(d, Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-f", "KSK", "-n", "ZONE", "sec.test"]));
+    let ksk = run(
+        d,
+        Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-f", "KSK", "-n", "ZONE", "sec.test"]),
+    );
     let zsk = run(d, Command::new("dnssec-keygen").args(["-q", "-a", "ECDSAP256SHA256", "-n", "ZONE", "sec.test"]));
     std::fs::write(d.join("sec.zone"), format!("{ZONE}$INCLUDE {ksk}.key\n$INCLUDE {zsk}.key\n")).unwrap();
     run(d, Command::new("dnssec-signzone").args(sign_args).args(["-o", "sec.test", "-f", "sec.signed", "sec.zone"]));
     let config = "[dns]\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"@DIR@/state\"\n[[dns.tsig_key]]\nname = \"upd\"\n\
-                  secret = \"dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ=\"\n[[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n\
+                  secret = \"dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ=\"\n\
+                  [[dns.zone]]\nname = \"sec.test\"\nfile = \"sec.signed\"\n\
                   update_key = \"upd\"\n";
     let s = Server::start(d, config).await;
     let a = s.addr();
@@ -64,7 +76,11 @@ async fn served_and_validated(sign_args: &[&str], proof: &str) {
     assert_eq!(nx.status, "NXDOMAIN");
     let proofs = nx.authority.iter().filter(|l| l.contains(&format!("\t{proof}\t"))).count();
     // NSEC: one record may cover both the name and the wildcard; NSEC3: the closest encloser and more.
-    assert!(proofs >= if proof == "NSEC3" { 2 } else { 1 } && nx.authority.iter().any(|l| l.contains("\tRRSIG\t")), "{}", nx.raw);
+    assert!(
+        proofs >= if proof == "NSEC3" { 2 } else { 1 } && nx.authority.iter().any(|l| l.contains("\tRRSIG\t")),
+        "{}",
+        nx.raw
+    );
 
     // Dynamic updates would be served unsigned: refused.
     let mut child = Command::new("nsupdate")
@@ -74,7 +90,8 @@ async fn served_and_validated(sign_args: &[&str], proof: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("nsupdate");
-    let script = format!("server {} {}\nzone sec.test\nupdate add x.sec.test. 30 A 192.0.2.9\nsend\nquit\n", a.ip(), a.port());
+    let script =
+        format!("server {} {}\nzone sec.test\nupdate add x.sec.test. 30 A 192.0.2.9\nsend\nquit\n", a.ip(), a.port());
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -87,8 +104,17 @@ async fn served_and_validated(sign_args: &[&str], proof: &str) {
     let f: Vec<&str> = line.split_whitespace().collect();
     let i = f.iter().position(|t| *t == "DNSKEY").unwrap();
     let anchors = d.join("anchors.conf");
-    std::fs::write(&anchors, format!("trust-anchors {{ sec.test. static-key {} {} {} \"{}\"; }};\n", f[i + 1], f[i + 2], f[i + 3], f[i + 4..].concat()))
-        .unwrap();
+    std::fs::write(
+        &anchors,
+        format!(
+            "trust-anchors {{ sec.test. static-key {} {} {} \"{}\"; }};\n",
+            f[i + 1],
+            f[i + 2],
+            f[i + 3],
+            f[i + 4..].concat()
+        ),
+    )
+    .unwrap();
     for (name, t, want) in [
         ("www.sec.test", "A", "fully validated"),
         ("Web.sec.test", "A", "fully validated"),

@@ -65,7 +65,10 @@ port = 443
 }
 
 fn inst(id: &str, ip: &str, port: u16, weight: u16, healthy: bool) -> String {
-    format!("[[service.instance]]\nid = \"{id}\"\naddr = \"{ip}\"\nports = [{port}]\nweight = {weight}\nhealthy = {healthy}\n")
+    format!(
+        "[[service.instance]]\nid = \"{id}\"\naddr = \"{ip}\"\nports = [{port}]\nweight = {weight}\n\
+         healthy = {healthy}\n"
+    )
 }
 
 fn big_zone() -> String {
@@ -78,8 +81,12 @@ fn big_zone() -> String {
 
 async fn start(dir: &std::path::Path) -> Server {
     std::fs::write(dir.join("static.zone"), big_zone()).unwrap();
-    let insts = [inst("web.1", "10.0.0.1", 8080, 3, true), inst("web.2", "10.0.0.2", 8081, 1, true), inst("web.3", "10.0.0.3", 8082, 1, false)]
-        .concat();
+    let insts = [
+        inst("web.1", "10.0.0.1", 8080, 3, true),
+        inst("web.2", "10.0.0.2", 8081, 1, true),
+        inst("web.3", "10.0.0.3", 8082, 1, false),
+    ]
+    .concat();
     Server::start(dir, &config(&insts)).await
 }
 
@@ -101,7 +108,11 @@ async fn generated_records_follow_services() {
     let mut srv = d.data("SRV");
     srv.sort();
     assert_eq!(srv, ["0 1 8081 web-2.web.svc.test.", "0 3 8080 web-1.web.svc.test."], "{}", d.raw);
-    assert!(d.additional.iter().any(|l| l.contains("web-1.web.svc.test.") && l.contains("10.0.0.1")), "SRV target glue\n{}", d.raw);
+    assert!(
+        d.additional.iter().any(|l| l.contains("web-1.web.svc.test.") && l.contains("10.0.0.1")),
+        "SRV target glue\n{}",
+        d.raw
+    );
 
     let d = kdig(a, &["web-1.web.svc.test", "A"]);
     assert_eq!(d.data("A"), ["10.0.0.1"], "{}", d.raw);
@@ -128,8 +139,12 @@ async fn generated_records_follow_services() {
     // A change is visible to the next query, with a new serial; an identical snapshot keeps the serial.
     let serial = s.serial("svc.test");
     assert!(serial.abs_diff(unix_now()) < 600, "a new generated zone starts at the unix time, not {serial}");
-    let insts = [inst("web.1", "10.0.0.1", 8080, 3, true), inst("web.3", "10.0.0.3", 8082, 1, true), inst("web.4", "10.0.0.4", 8083, 1, true)]
-        .concat();
+    let insts = [
+        inst("web.1", "10.0.0.1", 8080, 3, true),
+        inst("web.3", "10.0.0.3", 8082, 1, true),
+        inst("web.4", "10.0.0.4", 8083, 1, true),
+    ]
+    .concat();
     s.publish(&config(&insts));
     eventually("new records", Duration::from_secs(5), || {
         let mut ips = kdig(a, &["web.svc.test", "A"]).data("A");
@@ -153,11 +168,17 @@ async fn generated_records_follow_services() {
 
     // Two services mapping to one name: both published, the collision reported (not silently dropped).
     assert!(s.handle.as_ref().unwrap().report().collisions.is_empty());
-    let clash = config(&insts) + "\n[[service]]\nname = \"WEB\"\n[[service.instance]]\nid = \"x\"\naddr = \"10.0.0.99\"\n";
+    let clash =
+        config(&insts) + "\n[[service]]\nname = \"WEB\"\n[[service.instance]]\nid = \"x\"\naddr = \"10.0.0.99\"\n";
     s.publish(&clash);
-    eventually("collision published", Duration::from_secs(5), || kdig(a, &["web.svc.test", "A"]).data("A").len() == 4).await;
+    eventually("collision published", Duration::from_secs(5), || kdig(a, &["web.svc.test", "A"]).data("A").len() == 4)
+        .await;
     let report = s.handle.as_ref().unwrap().report();
-    assert!(report.collisions.iter().any(|c| c.contains("web.svc.test.") && c.contains("WEB")), "{:?}", report.collisions);
+    assert!(
+        report.collisions.iter().any(|c| c.contains("web.svc.test.") && c.contains("WEB")),
+        "{:?}",
+        report.collisions
+    );
     assert!(report.zones.iter().any(|z| z.name == "svc.test." && z.records > 0), "{report:?}");
     s.stop().await;
 }

@@ -19,7 +19,8 @@ const S256: &str = "dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ=";
 const S1: &str = "c2hhMS1rZXktc2VjcmV0LTEyMzQ1Ng==";
 const S512: &str = "c2hhNTEyLWtleS1zZWNyZXQtc2hhNTEyLWtleS1zZWNyZXQtMTIzNDU2Nzg5MA==";
 
-const ZONE: &str = "$ORIGIN sig.test.\n$TTL 60\n@ IN SOA ns.sig.test. admin.sig.test. 100 60 10 600 5\n@ IN NS ns.sig.test.\nns IN A 192.0.2.1\n";
+const ZONE: &str = "$ORIGIN sig.test.\n$TTL 60\n@ IN SOA ns.sig.test. admin.sig.test. 100 60 10 600 5\n\
+                    @ IN NS ns.sig.test.\nns IN A 192.0.2.1\n";
 
 fn config() -> String {
     format!(
@@ -132,7 +133,8 @@ fn update(id: u16, zone: &str, name: &str, addr: &str, add: bool) -> Vec<u8> {
     let mut q = Query::query(Name::from_ascii(zone).unwrap(), RecordType::SOA);
     q.set_query_class(DNSClass::IN);
     m.add_query(q);
-    let mut r = Record::from_rdata(Name::from_ascii(name).unwrap(), if add { 30 } else { 0 }, RData::A(addr.parse().unwrap()));
+    let mut r =
+        Record::from_rdata(Name::from_ascii(name).unwrap(), if add { 30 } else { 0 }, RData::A(addr.parse().unwrap()));
     r.dns_class = if add { DNSClass::IN } else { DNSClass::NONE };
     m.authorities.push(r);
     m.to_vec().unwrap()
@@ -196,10 +198,12 @@ async fn every_algorithm_signs_and_verifies() {
     let d = kdig(a, &["+tcp", "-y", &format!("hmac-sha512:k512:{S512}"), "sig.test", "AXFR"]);
     assert!(d.raw.contains("ns.sig.test.") && !d.raw.to_lowercase().contains("warning"), "{}", d.raw);
     assert!(!d.raw.contains("REFUSED") && !d.raw.contains("NOTAUTH"), "{}", d.raw);
-    let (ok, out) = nsupdate(a, &format!("hmac-sha1:k1:{S1}"), "zone sha1.test\nupdate add x.sha1.test. 30 A 192.0.2.11");
+    let (ok, out) =
+        nsupdate(a, &format!("hmac-sha1:k1:{S1}"), "zone sha1.test\nupdate add x.sha1.test. 30 A 192.0.2.11");
     assert!(ok, "sha1 update: {out}");
     assert_eq!(kdig(a, &["x.sha1.test", "A"]).data("A"), ["192.0.2.11"]);
-    let (ok, out) = nsupdate(a, &format!("hmac-sha256:k256:{S256}"), "zone sig.test\nupdate add y.sig.test. 30 A 192.0.2.12");
+    let (ok, out) =
+        nsupdate(a, &format!("hmac-sha256:k256:{S256}"), "zone sig.test\nupdate add y.sig.test. 30 A 192.0.2.12");
     assert!(ok, "sha256 update: {out}");
     assert_eq!(kdig(a, &["y.sig.test", "A"]).data("A"), ["192.0.2.12"]);
     s.stop().await;
@@ -212,11 +216,13 @@ async fn replayed_update_is_refused() {
     let a = s.addr();
     let key = b64(S256);
     let t = now();
-    let (add, _) = sign(&update(1, "sig.test.", "r.sig.test.", "192.0.2.50", true), "k256", "hmac-sha256", &key, t, 300);
+    let (add, _) =
+        sign(&update(1, "sig.test.", "r.sig.test.", "192.0.2.50", true), "k256", "hmac-sha256", &key, t, 300);
     let resp = Message::from_vec(&exchange(a, &add)).unwrap();
     assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
     assert_eq!(kdig(a, &["r.sig.test", "A"]).data("A"), ["192.0.2.50"]);
-    let (del, _) = sign(&update(2, "sig.test.", "r.sig.test.", "192.0.2.50", false), "k256", "hmac-sha256", &key, t, 300);
+    let (del, _) =
+        sign(&update(2, "sig.test.", "r.sig.test.", "192.0.2.50", false), "k256", "hmac-sha256", &key, t, 300);
     assert_eq!(Message::from_vec(&exchange(a, &del)).unwrap().metadata.response_code, ResponseCode::NoError);
     assert_eq!(kdig(a, &["r.sig.test", "A"]).status, "NXDOMAIN");
     // The attacker replays the captured add.
@@ -237,7 +243,8 @@ async fn badtime_is_signed_and_fudge_capped() {
     let key = b64(S256);
     for (skew, fudge) in [(1000u64, 300u16), (3600, 65535)] {
         let t = now() - skew;
-        let (req, req_mac) = sign(&update(7, "sig.test.", "late.sig.test.", "192.0.2.60", true), "k256", "hmac-sha256", &key, t, fudge);
+        let (req, req_mac) =
+            sign(&update(7, "sig.test.", "late.sig.test.", "192.0.2.60", true), "k256", "hmac-sha256", &key, t, fudge);
         let bytes = exchange(a, &req);
         let resp = Message::from_vec(&bytes).unwrap();
         assert_eq!(resp.metadata.response_code, ResponseCode::NotAuth, "skew {skew} fudge {fudge}");
@@ -246,7 +253,16 @@ async fn badtime_is_signed_and_fudge_capped() {
         assert_eq!(tsig.error.map(u16::from), Some(18), "BADTIME");
         assert_eq!(tsig.time, t, "Time Signed echoes the request's");
         assert_eq!(tsig.other.len(), 6);
-        let ours = u64::from_be_bytes([0, 0, tsig.other[0], tsig.other[1], tsig.other[2], tsig.other[3], tsig.other[4], tsig.other[5]]);
+        let ours = u64::from_be_bytes([
+            0,
+            0,
+            tsig.other[0],
+            tsig.other[1],
+            tsig.other[2],
+            tsig.other[3],
+            tsig.other[4],
+            tsig.other[5],
+        ]);
         assert!(ours.abs_diff(now()) <= 2, "our clock in Other Data");
         assert_eq!(tsig.mac.len(), 32, "signed, not an empty MAC");
         // Verify: request MAC, the answer without its TSIG (ARCOUNT - 1), the variables.
@@ -262,7 +278,14 @@ async fn badtime_is_signed_and_fudge_capped() {
     }
     assert_eq!(kdig(a, &["late.sig.test", "A"]).status, "NXDOMAIN");
     // Inside the capped window: accepted.
-    let (req, _) = sign(&update(8, "sig.test.", "ok.sig.test.", "192.0.2.61", true), "k256", "hmac-sha256", &key, now() - 200, 65535);
+    let (req, _) = sign(
+        &update(8, "sig.test.", "ok.sig.test.", "192.0.2.61", true),
+        "k256",
+        "hmac-sha256",
+        &key,
+        now() - 200,
+        65535,
+    );
     assert_eq!(Message::from_vec(&exchange(a, &req)).unwrap().metadata.response_code, ResponseCode::NoError);
     s.stop().await;
 }

@@ -10,7 +10,8 @@ use common::{kdig, Server};
 
 const SECRET: &str = "dXBkYXRlLXVwZGF0ZS11cGRhdGUtdXBkYXRlLTEyMzQ=";
 
-const ZONE: &str = "$ORIGIN dyn.test.\n$TTL 60\n@ IN SOA ns.dyn.test. admin.dyn.test. 100 60 10 600 5\n@ IN NS ns.dyn.test.\nns IN A 192.0.2.1\napp IN A 192.0.2.80\n";
+const ZONE: &str = "$ORIGIN dyn.test.\n$TTL 60\n@ IN SOA ns.dyn.test. admin.dyn.test. 100 60 10 600 5\n\
+                    @ IN NS ns.dyn.test.\nns IN A 192.0.2.1\napp IN A 192.0.2.80\n";
 
 fn config() -> String {
     format!(
@@ -44,7 +45,12 @@ fn nsupdate(addr: std::net::SocketAddr, key: Option<&str>, commands: &str) -> (b
     if let Some(k) = key {
         cmd.arg("-y").arg(k);
     }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("nsupdate (bind9-dnsutils)");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsupdate (bind9-dnsutils)");
     let script = format!("server {} {}\n{commands}\nsend\nquit\n", addr.ip(), addr.port());
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -61,7 +67,11 @@ async fn nsupdate_with_tsig_and_restart() {
     let key = format!("hmac-sha256:upd:{SECRET}");
     assert_eq!(s.serial("dyn.test"), 100);
 
-    let (ok, out) = nsupdate(a, Some(&key), "zone dyn.test\nupdate add new.dyn.test. 30 A 192.0.2.200\nupdate add new.dyn.test. 30 TXT \"x\"");
+    let (ok, out) = nsupdate(
+        a,
+        Some(&key),
+        "zone dyn.test\nupdate add new.dyn.test. 30 A 192.0.2.200\nupdate add new.dyn.test. 30 TXT \"x\"",
+    );
     assert!(ok, "{out}");
     assert_eq!(kdig(a, &["new.dyn.test", "A"]).data("A"), ["192.0.2.200"]);
     assert_eq!(s.serial("dyn.test"), 101);
@@ -72,15 +82,24 @@ async fn nsupdate_with_tsig_and_restart() {
     // Refusals.
     let (ok, out) = nsupdate(a, None, "zone dyn.test\nupdate add x.dyn.test. 30 A 192.0.2.9");
     assert!(!ok && out.contains("REFUSED"), "unsigned: {out}");
-    let (ok, out) = nsupdate(a, Some("hmac-sha256:upd:d3Jvbmd3cm9uZ3dyb25nd3Jvbmd3cm9uZw=="), "zone dyn.test\nupdate add x.dyn.test. 30 A 192.0.2.9");
+    let (ok, out) = nsupdate(
+        a,
+        Some("hmac-sha256:upd:d3Jvbmd3cm9uZ3dyb25nd3Jvbmd3cm9uZw=="),
+        "zone dyn.test\nupdate add x.dyn.test. 30 A 192.0.2.9",
+    );
     assert!(!ok && (out.contains("NOTAUTH") || out.to_lowercase().contains("tsig")), "bad key: {out}");
     let (ok, out) = nsupdate(a, Some(&key), "zone locked.test\nupdate add x.locked.test. 30 A 192.0.2.9");
     assert!(!ok && out.contains("REFUSED"), "zone without update key: {out}");
     let (ok, out) = nsupdate(a, Some(&key), "zone other.test\nupdate add x.other.test. 30 A 192.0.2.9");
     assert!(!ok && out.contains("NOTAUTH"), "not our zone: {out}");
-    let (ok, out) = nsupdate(a, Some(&key), "zone dyn.test\nprereq nxdomain new.dyn.test.\nupdate add y.dyn.test. 30 A 192.0.2.9");
+    let (ok, out) =
+        nsupdate(a, Some(&key), "zone dyn.test\nprereq nxdomain new.dyn.test.\nupdate add y.dyn.test. 30 A 192.0.2.9");
     assert!(!ok && out.contains("YXDOMAIN"), "prerequisite: {out}");
-    let (ok, out) = nsupdate(a, Some(&key), "zone dyn.test\nprereq yxrrset nothere.dyn.test. A\nupdate add y.dyn.test. 30 A 192.0.2.9");
+    let (ok, out) = nsupdate(
+        a,
+        Some(&key),
+        "zone dyn.test\nprereq yxrrset nothere.dyn.test. A\nupdate add y.dyn.test. 30 A 192.0.2.9",
+    );
     assert!(!ok && out.contains("NXRRSET"), "prerequisite: {out}");
     assert_eq!(kdig(a, &["x.dyn.test", "A"]).status, "NXDOMAIN");
     assert_eq!(kdig(a, &["y.dyn.test", "A"]).status, "NXDOMAIN");

@@ -108,7 +108,7 @@ key:
     secret: {SECRET}
 remote:
   - id: padis
-    address: {padis}
+    address: {padis_ip}@{padis_port}
     key: xfr
 acl:
   - id: from_padis
@@ -127,7 +127,8 @@ zone:
     acl: from_padis
 "#,
         k = kdir.display(),
-        padis = format!("{}@{}", padis.ip(), padis.port()),
+        padis_ip = padis.ip(),
+        padis_port = padis.port(),
     );
     let conf_path = kdir.join("knot.conf");
     std::fs::write(&conf_path, kconf).unwrap();

@@ -72,7 +72,7 @@ impl History {
                 Entry::Update(u) => {
                     update::apply(statics, origin_wire, &u);
                 }
-                Entry::Change(d) => changes.push(d),
+                Entry::Change(d) => changes.push(*d),
             }
         }
         Ok(changes)

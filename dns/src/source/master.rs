@@ -139,7 +139,7 @@ pub fn parse_zone_file(zone: &str, path: &Path, origin: &Name) -> Result<FileCon
         Ok(x) => Ok(x),
         Err(source) => {
             let line = failing_line(&text, path, origin);
-            Err(ZoneError::Parse { zone: zone.to_string(), path: path.to_path_buf(), line, source })
+            Err(ZoneError::Parse { zone: zone.to_string(), path: path.to_path_buf(), line, source: Box::new(source) })
         }
     }
 }

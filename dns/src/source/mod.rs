@@ -64,7 +64,7 @@ pub enum ZoneError {
         /// Line where the first entry that does not load starts.
         line: usize,
         /// What is wrong with it.
-        source: FileError,
+        source: Box<FileError>,
     },
     /// The journal of updates cannot be read or written.
     #[error("zone {zone}: {source}")]
@@ -403,7 +403,10 @@ mod tests {
         })
     }
 
-    fn entries(z: &ZoneData) -> Vec<(Vec<u8>, Vec<(u16, Vec<Vec<u8>>)>)> {
+    /// A name's fast-path entries: wire name, then each type with its sorted record data.
+    type Entries = Vec<(Vec<u8>, Vec<(u16, Vec<Vec<u8>>)>)>;
+
+    fn entries(z: &ZoneData) -> Entries {
         let mut out: Vec<_> = z
             .fast
             .iter()
@@ -489,7 +492,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = zone_cfg("z.test");
         let zones = [(0usize, Name::from_ascii("z.test.").unwrap(), true)];
-        let mut src = ZoneSource::load(&cfg, Path::new("."), dir.path(), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
+        let mut src =
+            ZoneSource::load(&cfg, Path::new("."), dir.path(), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
         let mut cache = GenCache::default();
         let v1: Vec<Arc<Service>> =
             (0..200).map(|i| svc(&format!("s{i}"), &[&format!("10.0.{i}.1"), &format!("10.0.{i}.2")])).collect();
@@ -503,11 +507,14 @@ mod tests {
             names.sort();
             names
         };
-        let fast = differ(z2.fast.iter().map(|r| (r.name(), z1.fast.get(r.name()).is_some_and(|o| o.ptr_eq(r)))).collect());
+        let fast =
+            differ(z2.fast.iter().map(|r| (r.name(), z1.fast.get(r.name()).is_some_and(|o| o.ptr_eq(r)))).collect());
         // The service name (A), the moved instance's host name (A) and the SRV owner (its additional section
         // holds the host's address) are re-rendered, and the apex (new SOA serial); nothing else.
         assert_eq!(fast, ["_http._tcp.s7.z.test.", "s7-1.s7.z.test.", "s7.z.test.", "z.test."]);
-        let nodes = differ(z2.nodes.iter().map(|(w, n)| (&w[..], z1.nodes.get(w).is_some_and(|o| Arc::ptr_eq(o, n)))).collect());
+        let nodes = differ(
+            z2.nodes.iter().map(|(w, n)| (&w[..], z1.nodes.get(w).is_some_and(|o| Arc::ptr_eq(o, n)))).collect(),
+        );
         assert_eq!(nodes, ["s7-1.s7.z.test.", "s7.z.test.", "z.test."]);
         assert_eq!((z1.fast.len(), z1.nodes.len()), (z2.fast.len(), z2.nodes.len()));
         assert!(serial_gt(z2.serial, z1.serial));
@@ -524,14 +531,18 @@ mod tests {
         let v1 = vec![svc("a", &["10.0.0.1", "10.0.0.2"]), svc("b", &["10.0.1.1"]), svc("c", &["10.0.2.1"])];
         let v2 = vec![svc("a", &["10.0.0.1", "10.0.0.3"]), svc("c", &["10.0.2.1"]), svc("d", &["10.0.3.1"])];
 
-        let mut inc = ZoneSource::load(&cfg, Path::new("."), &dir.join("inc"), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
+        let mut inc =
+            ZoneSource::load(&cfg, Path::new("."), &dir.join("inc"), HistoryBounds { changes: 8, bytes: 1 << 20 })
+                .unwrap();
         let mut cache = GenCache::default();
         let g = cache.generate(&v1, &[], &zones);
         inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
         let g = cache.generate(&v2, &[], &zones);
         let z_inc = inc.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();
 
-        let mut full = ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), HistoryBounds { changes: 8, bytes: 1 << 20 }).unwrap();
+        let mut full =
+            ZoneSource::load(&cfg, Path::new("."), &dir.join("full"), HistoryBounds { changes: 8, bytes: 1 << 20 })
+                .unwrap();
         let mut fresh = GenCache::default();
         let g = fresh.generate(&v2, &[], &zones);
         let z_full = full.build(&g.by_zone[&0], ZonePolicy::default()).unwrap();

@@ -37,7 +37,8 @@ impl Server {
         let store = SnapshotStore::new(snapshot(dir, config, 1));
         let registry = prometheus::Registry::new();
         let shutdown = CancellationToken::new();
-        let handle = DnsPlane::start(store.reader(), &registry, shutdown.clone()).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let handle =
+            DnsPlane::start(store.reader(), &registry, shutdown.clone()).await.unwrap_or_else(|e| panic!("start: {e}"));
         let addrs = handle.local_addrs();
         Server { store, handle: Some(handle), shutdown, addrs, dir: dir.to_path_buf(), registry, generation: 1 }
     }
@@ -121,7 +122,7 @@ pub fn parse(text: &str) -> Dig {
     for line in text.lines() {
         let l = line.trim();
         if let Some(i) = l.find("status: ") {
-            d.status = l[i + 8..].split(|c| c == ';' || c == ',').next().unwrap_or("").trim().to_string();
+            d.status = l[i + 8..].split([';', ',']).next().unwrap_or("").trim().to_string();
         }
         if let Some(rest) = l.strip_prefix(";; Flags: ").or_else(|| l.strip_prefix(";; flags: ")) {
             d.flags = rest.split(';').next().unwrap_or("").split_whitespace().map(str::to_string).collect();
