@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use padis_model::dns::{DnsConfig, DnsZone, NsConfig, SoaConfig};
-use padis_model::{validate_state, validate_update, DesiredState, Instance, Service, ServicePort, Snapshot, SnapshotStore};
+use padis_model::{
+    validate_state, validate_update, DesiredState, Instance, Service, ServicePort, Snapshot, SnapshotStore,
+};
 
 const ZONE: &str = "bench.test";
 
@@ -27,31 +29,27 @@ fn services(n: usize) -> Vec<Arc<Service>> {
     (0..n)
         .map(|i| {
             Arc::new(Service {
-            name: format!("svc{i}"),
-            zone: None,
-            ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
-            instances: (0..3)
-                .map(|j| {
-                    Instance {
+                name: format!("svc{i}"),
+                zone: None,
+                ports: vec![ServicePort { name: Some("http".into()), protocol: "tcp".into() }],
+                instances: (0..3)
+                    .map(|j| Instance {
                         id: format!("i{i}-{j}"),
                         addr: addr(i, j, 0),
                         ports: vec![8000 + j as u16],
                         weight: 1,
                         healthy: true,
                         draining: false,
-                    }
-                })
-                .collect(),
-            origin: None,
+                    })
+                    .collect(),
+                origin: None,
             })
         })
         .collect()
 }
 
 fn state(dir: &Path, port: u16, svcs: Vec<Arc<Service>>) -> DesiredState {
-    let mut s = DesiredState::default();
-    s.services = svcs;
-    s.dns = DnsConfig {
+    let dns = DnsConfig {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], port))],
         reuseport: 1,
         state_dir: dir.join("padis-state"),
@@ -73,7 +71,7 @@ fn state(dir: &Path, port: u16, svcs: Vec<Arc<Service>>) -> DesiredState {
         udp_batch_wait: batch_wait(),
         ..DnsConfig::default()
     };
-    s
+    DesiredState { services: svcs, dns, ..DesiredState::default() }
 }
 
 /// `dns.udp_batch_wait`: the default, or `DNS_BENCH_BATCH_WAIT_US` microseconds (`0` for the A/B of coalescing).
@@ -89,7 +87,13 @@ fn batch_wait() -> Duration {
 
 /// A snapshot of `svcs`; with `previous` (the state in force), validated the way the reconciler does: only
 /// services that are new allocations are checked on their own.
-fn snapshot(dir: &Path, port: u16, svcs: Vec<Arc<Service>>, generation: u64, previous: Option<&DesiredState>) -> Snapshot {
+fn snapshot(
+    dir: &Path,
+    port: u16,
+    svcs: Vec<Arc<Service>>,
+    generation: u64,
+    previous: Option<&DesiredState>,
+) -> Snapshot {
     let st = state(dir, port, svcs);
     let valid = match previous {
         Some(p) => validate_update(st, "dns-bench", dir, None, p),
@@ -184,7 +188,7 @@ async fn serve(dir: PathBuf, port: u16, n: usize, churn: bool) {
             (generation, store)
         })
     });
-    let _ = tokio::select! {
+    tokio::select! {
         _ = term.recv() => (),
         _ = tokio::signal::ctrl_c() => (),
     };

@@ -413,7 +413,7 @@ fn backends_toml(addrs: impl IntoIterator<Item = SocketAddr>) -> String {
 /// The config of generation `generation`: each reload adds or removes the fourth `web` backend and moves the
 /// `reload` route's path.
 fn render_config(s: &Setup, generation: u64) -> String {
-    let web_count = if generation % 2 == 0 { s.web.len() } else { s.web.len() - 1 };
+    let web_count = if generation.is_multiple_of(2) { s.web.len() } else { s.web.len() - 1 };
     let api_instances: Vec<String> = s
         .api
         .iter()
