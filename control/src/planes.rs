@@ -246,20 +246,14 @@ impl Planes {
         let health = HealthRegistry::new(registry)?;
         reports.add("health", Arc::new(health.clone()));
         let l7 = PlaneSlot::new(
-            L7Plane::start(reader.clone(), health.clone(), registry, token.clone())
-                .await
-                .context("L7 plane")?,
+            L7Plane::start(reader.clone(), health.clone(), registry, token.clone()).await.context("L7 plane")?,
         );
         reports.add("l7", Arc::new(l7.clone()));
         let l4 = PlaneSlot::new(
-            L4Plane::start(reader.clone(), health.clone(), registry, token.clone())
-                .await
-                .context("L4 plane")?,
+            L4Plane::start(reader.clone(), health.clone(), registry, token.clone()).await.context("L4 plane")?,
         );
         reports.add("l4", Arc::new(l4.clone()));
-        let dns = PlaneSlot::new(
-            DnsPlane::start(reader.clone(), registry, token.clone()).await.context("DNS plane")?,
-        );
+        let dns = PlaneSlot::new(DnsPlane::start(reader.clone(), registry, token.clone()).await.context("DNS plane")?);
         reports.add("dns", Arc::new(dns.clone()));
 
         let sources = CancellationToken::new();
@@ -546,10 +540,8 @@ async fn follow_announcements(
         let Some(r) = l4.with(|h| h.report()) else { return };
         // With connection-table sync, a (re)started node waits for its peers' tables before it is announced:
         // flows ECMP moves to it then keep their backends.
-        let attached = r.enabled
-            && !r.interfaces.is_empty()
-            && r.last_error.is_none()
-            && r.sync.as_ref().is_none_or(|s| s.ready);
+        let attached =
+            r.enabled && !r.interfaces.is_empty() && r.last_error.is_none() && r.sync.as_ref().is_none_or(|s| s.ready);
         let want = servable(&snap, &health, attached);
         tx.send_if_modified(|cur| {
             if *cur != want {
