@@ -173,8 +173,7 @@ pub async fn serve(listeners: AdminListeners, state: AdminState, shutdown: Cance
     let unix_task = unix.map(|(l, path)| {
         let (state, shutdown, refused) = (state.clone(), shutdown.clone(), refused.clone());
         tokio::spawn(async move {
-            accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, Transport::Unix, state, shutdown, refused)
-                .await;
+            accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, Transport::Unix, state, shutdown, refused).await;
             let _ = std::fs::remove_file(&path);
         })
     });
@@ -363,10 +362,9 @@ async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport)
             let text = text.to_string();
             let res = tokio::task::spawn_blocking(move || parse_config(&text, "request", &base)).await;
             match res {
-                Ok(Ok(v)) => json_reply(
-                    StatusCode::OK,
-                    &json!({"valid": true, "summary": crate::summary::summary(&v.state)}),
-                ),
+                Ok(Ok(v)) => {
+                    json_reply(StatusCode::OK, &json!({"valid": true, "summary": crate::summary::summary(&v.state)}))
+                }
                 Ok(Err(e)) => json_reply(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &json!({"valid": false, "errors": e.0.iter().map(|x| json!({
@@ -393,7 +391,9 @@ async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport)
                     f();
                     reply(StatusCode::ACCEPTED, "text/plain", "draining\n")
                 }
-                None => reply(StatusCode::CONFLICT, "text/plain", "nothing to drain: no route announcement configured\n"),
+                None => {
+                    reply(StatusCode::CONFLICT, "text/plain", "nothing to drain: no route announcement configured\n")
+                }
             }
         }
         (_, "/healthz" | "/metrics" | "/v1/state" | "/v1/config/validate" | "/v1/reload" | "/v1/drain") => {

@@ -141,7 +141,8 @@ pub fn main() -> ExitCode {
             Ok(v) => {
                 print!("{}", crate::summary::render(&v.state));
                 // Zone files load as the DNS plane would load them; an error names file:line.
-                let zone_errors = padis_dns::check_zone_files(&v.state.dns, &ConfigOrigin::File(config.clone()).base_dir());
+                let zone_errors =
+                    padis_dns::check_zone_files(&v.state.dns, &ConfigOrigin::File(config.clone()).base_dir());
                 if !zone_errors.is_empty() {
                     for e in &zone_errors {
                         eprintln!("{e}");

@@ -76,10 +76,7 @@ async fn run(
     let admin_cfg = valid.state.admin.clone();
     let admin_addr = admin_cfg.listen;
     let reconciler = Arc::new(Mutex::new(Reconciler::new(store, metrics)));
-    reconciler
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .apply_config(valid, origin.base_dir())?;
+    reconciler.lock().unwrap_or_else(|p| p.into_inner()).apply_config(valid, origin.base_dir())?;
     registry.register(Box::new(crate::metrics::ReloadCollector::new(Arc::downgrade(&reconciler))?))?;
 
     let shutdown = CancellationToken::new();
@@ -137,7 +134,11 @@ async fn run(
 }
 
 /// Applies `[log]` changes of new snapshots.
-async fn follow_log_config(mut reader: padis_model::SnapshotReader, log: crate::logging::LogHandle, stop: CancellationToken) {
+async fn follow_log_config(
+    mut reader: padis_model::SnapshotReader,
+    log: crate::logging::LogHandle,
+    stop: CancellationToken,
+) {
     let mut current = reader.load().state.log.clone();
     loop {
         tokio::select! {

@@ -120,7 +120,8 @@ impl RejectReason {
         } else if message.starts_with("duplicate")
             || message.starts_with("same ")
             || message.contains("clash")
-            || message.contains("bound by another") {
+            || message.contains("bound by another")
+        {
             RejectReason::Conflict
         } else {
             RejectReason::Invalid
@@ -499,35 +500,44 @@ fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution
         for (i, l) in c.listeners.iter().enumerate() {
             if let Some((a, what)) = taken.iter().find(|(a, _)| binds_overlap(*a, l.bind)) {
                 closed.insert(&l.name);
-                out.insert((src, ItemKind::Listener, i), RejectedItem {
-                    kind: ItemKind::Listener,
-                    name: l.name.clone(),
-                    origin: l.origin.clone(),
-                    reason: RejectReason::PortOwnedByConfig,
-                    message: format!("port {} is taken by {what} ({a})", l.bind.port()),
-                });
+                out.insert(
+                    (src, ItemKind::Listener, i),
+                    RejectedItem {
+                        kind: ItemKind::Listener,
+                        name: l.name.clone(),
+                        origin: l.origin.clone(),
+                        reason: RejectReason::PortOwnedByConfig,
+                        message: format!("port {} is taken by {what} ({a})", l.bind.port()),
+                    },
+                );
             }
         }
         for (i, r) in c.routes.iter().enumerate() {
             if let Some(l) = r.listeners.iter().find(|l| closed.contains(l.as_str())) {
-                out.insert((src, ItemKind::Route, i), RejectedItem {
-                    kind: ItemKind::Route,
-                    name: r.name.clone(),
-                    origin: r.origin.clone(),
-                    reason: RejectReason::PortOwnedByConfig,
-                    message: format!("its listener `{l}` is not opened: the config file takes its port"),
-                });
+                out.insert(
+                    (src, ItemKind::Route, i),
+                    RejectedItem {
+                        kind: ItemKind::Route,
+                        name: r.name.clone(),
+                        origin: r.origin.clone(),
+                        reason: RejectReason::PortOwnedByConfig,
+                        message: format!("its listener `{l}` is not opened: the config file takes its port"),
+                    },
+                );
             }
         }
         for (i, r) in c.routes.iter().enumerate() {
             if let Some(h) = r.host.as_deref().filter(|h| hosts.contains(h)) {
-                out.insert((src, ItemKind::Route, i), RejectedItem {
-                    kind: ItemKind::Route,
-                    name: r.name.clone(),
-                    origin: r.origin.clone(),
-                    reason: RejectReason::HostOwnedByConfig,
-                    message: format!("host `{h}` is served by the config file"),
-                });
+                out.insert(
+                    (src, ItemKind::Route, i),
+                    RejectedItem {
+                        kind: ItemKind::Route,
+                        name: r.name.clone(),
+                        origin: r.origin.clone(),
+                        reason: RejectReason::HostOwnedByConfig,
+                        message: format!("host `{h}` is served by the config file"),
+                    },
+                );
             }
         }
         if services.is_empty() {
@@ -535,13 +545,16 @@ fn claims_of_config(base: &DesiredState, dynamic: &BTreeMap<String, Contribution
         }
         for (i, s) in c.services.iter().enumerate() {
             if services.contains(&dns_key(s)) {
-                out.insert((src, ItemKind::Service, i), RejectedItem {
-                    kind: ItemKind::Service,
-                    name: s.name.clone(),
-                    origin: s.origin.clone(),
-                    reason: RejectReason::DnsNameOwnedByConfig,
-                    message: format!("DNS name `{}` is a service of the config file", s.name),
-                });
+                out.insert(
+                    (src, ItemKind::Service, i),
+                    RejectedItem {
+                        kind: ItemKind::Service,
+                        name: s.name.clone(),
+                        origin: s.origin.clone(),
+                        reason: RejectReason::DnsNameOwnedByConfig,
+                        message: format!("DNS name `{}` is a service of the config file", s.name),
+                    },
+                );
             }
         }
     }
@@ -879,8 +892,7 @@ mod tests {
             Arc::make_mut(&mut c.routes[i]).listeners = vec![l.to_string()];
         }
         let s = r.apply_source("marathon", c).unwrap();
-        let names: Vec<(&str, bool)> =
-            s.state.listeners.iter().map(|l| (l.name.as_str(), l.tls.is_some())).collect();
+        let names: Vec<(&str, bool)> = s.state.listeners.iter().map(|l| (l.name.as_str(), l.tls.is_some())).collect();
         assert_eq!(names, [("web", false), ("a", false), ("d", true), ("f", false)]);
         assert_eq!(s.state.listeners[2].tls.as_ref().unwrap().certificates, ["known"]);
         assert_eq!(
@@ -894,8 +906,14 @@ mod tests {
             ]
         );
         let msgs: Vec<String> = r.rejected("marathon").iter().map(|i| i.to_string()).collect();
-        assert!(msgs.contains(&"listener `b` of marathon:/b: port 10001 is taken by a listener of the config file \
-            (127.0.0.1:10001)".to_string()), "{msgs:?}");
+        assert!(
+            msgs.contains(
+                &"listener `b` of marathon:/b: port 10001 is taken by a listener of the config file \
+            (127.0.0.1:10001)"
+                    .to_string()
+            ),
+            "{msgs:?}"
+        );
         let unknown = msgs.iter().any(|m| m.contains("listener `e`") && m.contains("no certificate named `unknown`"));
         assert!(unknown, "{msgs:?}");
         assert_eq!(gauge(&r, "port_owned_by_config"), 4);

@@ -31,7 +31,13 @@ pub fn render(s: &DesiredState) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "admin API   {}", s.admin.listen);
     for l in &s.listeners {
-        let _ = writeln!(out, "listener    {:<16} {:<22} {}", l.name, l.bind, if l.tls.is_some() { "tls" } else { "plain" });
+        let _ = writeln!(
+            out,
+            "listener    {:<16} {:<22} {}",
+            l.name,
+            l.bind,
+            if l.tls.is_some() { "tls" } else { "plain" }
+        );
     }
     for c in &s.certificates {
         let _ = writeln!(out, "certificate {:<16} {}", c.name, c.cert.display());

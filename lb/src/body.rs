@@ -1,11 +1,11 @@
 //! Bodies: what is sent to backends (buffered for retries, or streamed with the size limit), and the response
 //! body that, when finished or dropped, records metrics, the access log and releases the in-flight slot.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -93,7 +93,8 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let kind = if e.is::<LengthLimitError>() { ClientBodyError::TooLarge } else { ClientBodyError::Malformed };
+                let kind =
+                    if e.is::<LengthLimitError>() { ClientBodyError::TooLarge } else { ClientBodyError::Malformed };
                 tracing::debug!(error = %e, "client request body failed");
                 Poll::Ready(Some(Err(Box::new(kind))))
             }

@@ -51,7 +51,12 @@ pub(crate) struct ActiveGuard {
 impl ActiveGuard {
     /// Counts a connection of `listener`, whose count `count` the accept loop already raised and whose client
     /// address `client` counts.
-    pub fn new(plane: &PlaneShared, listener: &str, count: Arc<AtomicUsize>, client: Option<Box<ClientSlot>>) -> ActiveGuard {
+    pub fn new(
+        plane: &PlaneShared,
+        listener: &str,
+        count: Arc<AtomicUsize>,
+        client: Option<Box<ClientSlot>>,
+    ) -> ActiveGuard {
         let gauge = plane.metrics.active_connections.with_label_values(&[listener]);
         gauge.inc();
         ActiveGuard { count, gauge, client }

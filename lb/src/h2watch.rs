@@ -224,7 +224,8 @@ impl H2Watch {
                     }
                 }
                 WINDOW_UPDATE if payload.len() == 4 => {
-                    let inc = i64::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff);
+                    let inc =
+                        i64::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff);
                     if h.stream == 0 {
                         windows.conn += inc;
                     } else if windows.streams.contains_key(&h.stream) {

@@ -97,7 +97,11 @@ fn previous(prev: Option<&[u8]>) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The `Forwarded` element of this client for a request whose Host is `host`, after the previous value.
-fn forwarded_parts<'a>(id: &'a ClientId, prev: Option<&'a [u8]>, host: Option<(&'a str, bool)>) -> impl Iterator<Item = &'a [u8]> {
+fn forwarded_parts<'a>(
+    id: &'a ClientId,
+    prev: Option<&'a [u8]>,
+    host: Option<(&'a str, bool)>,
+) -> impl Iterator<Item = &'a [u8]> {
     let host: [&[u8]; 3] = match host {
         Some((h, false)) => [b";host=", h.as_bytes(), b""],
         Some((h, true)) => [b";host=\"", h.as_bytes(), b"\""],
@@ -119,7 +123,11 @@ pub(crate) fn write_forwarded(
     out.extend_from_slice(b"x-forwarded-for: ");
     previous(prev_xff).for_each(|p| out.extend_from_slice(p));
     out.extend_from_slice(id.xff.as_bytes());
-    out.extend_from_slice(if id.https { b"\r\nx-forwarded-proto: https\r\n" } else { b"\r\nx-forwarded-proto: http\r\n" });
+    out.extend_from_slice(if id.https {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     out.extend_from_slice(b"x-forwarded-port: ");
     out.extend_from_slice(id.port.as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
@@ -140,7 +148,11 @@ fn append_value<'a>(headers: &mut HeaderMap, name: &HeaderName, parts: impl Iter
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, id: &ClientId) {
     // Values are cheap clones (shared bytes) taken before the map changes.
     let prev_xff = headers.get(&X_FORWARDED_FOR).cloned();
-    append_value(headers, &X_FORWARDED_FOR, previous(prev_xff.as_ref().map(HeaderValue::as_bytes)).chain([id.xff.as_bytes()]));
+    append_value(
+        headers,
+        &X_FORWARDED_FOR,
+        previous(prev_xff.as_ref().map(HeaderValue::as_bytes)).chain([id.xff.as_bytes()]),
+    );
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if id.https { "https" } else { "http" }));
     headers.insert(X_FORWARDED_PORT.clone(), id.port.clone());
     let host = headers.get(header::HOST).cloned();
@@ -178,7 +190,10 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("a"));
         h.insert("x-a", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
-        assert_eq!((h.len(), &h[header::CONTENT_LENGTH], &h[header::HOST]), (2, &HeaderValue::from_static("5"), &HeaderValue::from_static("a")));
+        assert_eq!(
+            (h.len(), &h[header::CONTENT_LENGTH], &h[header::HOST]),
+            (2, &HeaderValue::from_static("5"), &HeaderValue::from_static("a"))
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! (a client that takes none of its answer), the HTTP/2 control-frame budget (PING and SETTINGS floods) and
 //! activity tracking for the keep-alive idle timeout.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -288,10 +288,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                                 }
                             }
                         }
-                        if !this.h2
-                            && this.deadline.is_none()
-                            && this.state.in_flight.load(Ordering::Acquire) == 0
-                        {
+                        if !this.h2 && this.deadline.is_none() && this.state.in_flight.load(Ordering::Acquire) == 0 {
                             this.deadline = Some(Instant::now() + this.header_timeout);
                         }
                     }
@@ -299,10 +296,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if !this.h2
-                        && this.head_timed_out(cx)
-                        && this.state.in_flight.load(Ordering::Acquire) == 0
-                    {
+                    if !this.h2 && this.head_timed_out(cx) && this.state.in_flight.load(Ordering::Acquire) == 0 {
                         this.reply_off = Some(0);
                         continue;
                     }
@@ -382,5 +376,3 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         r
     }
 }
-
-

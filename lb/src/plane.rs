@@ -130,11 +130,7 @@ impl L7Plane {
         let addrs = f.addrs.clone();
         let failures = f.failures.clone();
         let task = tokio::spawn(f.follow(reader));
-        Ok(L7Handle {
-            addrs,
-            failures,
-            task,
-        })
+        Ok(L7Handle { addrs, failures, task })
     }
 }
 
@@ -159,9 +155,7 @@ impl L7Handle {
     }
 
     /// [`L7Handle::bind_failures`] as a function that outlives the handle's borrow (for a status report).
-    pub fn bind_failures_reader(
-        &self,
-    ) -> impl Fn() -> BTreeMap<String, String> + Send + Sync + 'static {
+    pub fn bind_failures_reader(&self) -> impl Fn() -> BTreeMap<String, String> + Send + Sync + 'static {
         let failures = self.failures.clone();
         move || failures.lock().map(|f| f.clone()).unwrap_or_default()
     }
@@ -185,8 +179,7 @@ impl Follower {
             self.tracker.clone(),
             self.fast.clone(),
         ));
-        self.listeners
-            .insert(name.to_string(), Running { configured, stop });
+        self.listeners.insert(name.to_string(), Running { configured, stop });
     }
 
     fn stop_all(&mut self) {
@@ -212,10 +205,7 @@ impl Follower {
         self.stop_all();
         self.tracker.close();
         let grace = self.shared.runtime.load().limits.shutdown_grace;
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "shutdown grace over; closing remaining connections");
             self.hard.cancel();
             self.tracker.wait().await;
@@ -224,21 +214,11 @@ impl Follower {
 
     async fn apply(&mut self, snap: &Snapshot) {
         let prev = self.shared.runtime.load_full();
-        let rt = Runtime::build(
-            snap,
-            Some(&prev),
-            &self.health,
-            &self.shared.metrics,
-            &self.resumption,
-        );
+        let rt = Runtime::build(snap, Some(&prev), &self.health, &self.shared.metrics, &self.resumption);
         drop(prev);
         self.shared.runtime.store(Arc::new(rt));
-        let wanted: HashMap<&str, SocketAddr> = snap
-            .state
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), l.bind))
-            .collect();
+        let wanted: HashMap<&str, SocketAddr> =
+            snap.state.listeners.iter().map(|l| (l.name.as_str(), l.bind)).collect();
         let gone: Vec<String> = self
             .listeners
             .iter()

@@ -89,10 +89,8 @@ pub(crate) fn server_config(
     keys: &HashMap<String, Arc<CertifiedKey>>,
     resumption: &Resumption,
 ) -> Result<(Arc<ServerConfig>, Arc<SniResolver>), L7Error> {
-    let offered: Vec<&Arc<CertMaterial>> = certs
-        .iter()
-        .filter(|c| tls.certificates.is_empty() || tls.certificates.iter().any(|n| n == &c.name))
-        .collect();
+    let offered: Vec<&Arc<CertMaterial>> =
+        certs.iter().filter(|c| tls.certificates.is_empty() || tls.certificates.iter().any(|n| n == &c.name)).collect();
     let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default: None };
     for c in &offered {
         let Some(key) = keys.get(&c.name) else { continue };
@@ -121,4 +119,3 @@ pub(crate) fn server_config(
 pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L7Error> {
     Ok(padis_balance::client_tls_config(tls, std::path::Path::new(""))?)
 }
-

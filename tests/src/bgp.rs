@@ -36,47 +36,15 @@ impl Lab {
     pub fn new() -> Self {
         let speaker = Netns::new("s").expect("speaker netns");
         let router = Netns::new("r").expect("router netns");
-        speaker.ip(&[
-            "link",
-            "add",
-            "vs",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vr",
-            "netns",
-            router.name(),
-        ]);
+        speaker.ip(&["link", "add", "vs", "type", "veth", "peer", "name", "vr", "netns", router.name()]);
         speaker.ip(&["addr", "add", &format!("{SPEAKER_V4}/30"), "dev", "vs"]);
-        speaker.ip(&[
-            "addr",
-            "add",
-            &format!("{SPEAKER_V6}/64"),
-            "dev",
-            "vs",
-            "nodad",
-        ]);
+        speaker.ip(&["addr", "add", &format!("{SPEAKER_V6}/64"), "dev", "vs", "nodad"]);
         speaker.ip(&["link", "set", "vs", "up"]);
         router.ip(&["addr", "add", &format!("{ROUTER_V4}/30"), "dev", "vr"]);
-        router.ip(&[
-            "addr",
-            "add",
-            &format!("{ROUTER_V6}/64"),
-            "dev",
-            "vr",
-            "nodad",
-        ]);
+        router.ip(&["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "vr", "nodad"]);
         router.ip(&["link", "set", "vr", "up"]);
-        let dir = tempfile::Builder::new()
-            .prefix("padis-bgp-")
-            .tempdir()
-            .expect("temp dir");
-        Lab {
-            speaker,
-            router,
-            dir,
-        }
+        let dir = tempfile::Builder::new().prefix("padis-bgp-").tempdir().expect("temp dir");
+        Lab { speaker, router, dir }
     }
 }
 
@@ -101,12 +69,7 @@ impl Bird {
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         std::fs::write(&conf, config).expect("write bird.conf");
-        let mut b = Bird {
-            child: None,
-            ns: ns.into(),
-            conf,
-            sock,
-        };
+        let mut b = Bird { child: None, ns: ns.into(), conf, sock };
         b.spawn();
         b
     }
@@ -122,24 +85,17 @@ impl Bird {
             .arg(self.sock.with_extension("pid"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(self.sock.with_extension("stderr"))
-                    .expect("bird stderr file"),
-            )
+            .stderr(std::fs::File::create(self.sock.with_extension("stderr")).expect("bird stderr file"))
             .spawn()
             .expect("start bird (bird2 installed by tests/setup)");
         self.child = Some(child);
         let t = Instant::now();
         while !self.sock.exists() {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let err =
-                    std::fs::read_to_string(self.sock.with_extension("stderr")).unwrap_or_default();
+                let err = std::fs::read_to_string(self.sock.with_extension("stderr")).unwrap_or_default();
                 panic!("bird exited ({st}): {err}");
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "bird did not create its control socket"
-            );
+            assert!(t.elapsed() < Duration::from_secs(10), "bird did not create its control socket");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,12 +116,8 @@ impl Bird {
 
     /// `birdc -s <sock> <args>` output.
     pub fn cmd(&self, args: &str) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args.split_whitespace())
-            .output()
-            .expect("birdc");
+        let out =
+            Command::new("birdc").arg("-s").arg(&self.sock).args(args.split_whitespace()).output().expect("birdc");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -193,13 +145,7 @@ pub fn bird_config(router_asn: u32, speaker_asn: u32, hold_secs: u32) -> String 
 
 /// A BIRD config peering from `local` with the speaker at `neighbor` (IPv4 or IPv6 transport), importing IPv4
 /// and IPv6 routes.
-pub fn bird_config_on(
-    router_asn: u32,
-    speaker_asn: u32,
-    hold_secs: u32,
-    local: &str,
-    neighbor: &str,
-) -> String {
+pub fn bird_config_on(router_asn: u32, speaker_asn: u32, hold_secs: u32, local: &str, neighbor: &str) -> String {
     format!(
         r#"
 log stderr all;
@@ -223,11 +169,7 @@ protocol bgp padis {{
 /// `config` (from [`bird_config`] / [`bird_config_on`]) with BFD: `bfd on` in the BGP protocol and a BFD
 /// protocol on the lab's link with `interval_ms` (min rx / min tx) and `multiplier`.
 pub fn with_bfd(config: &str, interval_ms: u32, multiplier: u32) -> String {
-    let mut s = config.replacen(
-        "  keepalive time 1;\n",
-        "  keepalive time 1;\n  bfd on;\n",
-        1,
-    );
+    let mut s = config.replacen("  keepalive time 1;\n", "  keepalive time 1;\n  bfd on;\n", 1);
     s.push_str(&format!(
         "protocol bfd {{\n  debug {{ states, events }};\n  interface \"vr\" {{ min rx interval {interval_ms} ms; \
          min tx interval {interval_ms} ms; idle tx interval 1 s; multiplier {multiplier}; }};\n}}\n"
@@ -246,10 +188,7 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -269,24 +208,13 @@ impl Frr {
     /// Starts `daemons` (name under /usr/lib/frr, config text) in this order inside namespace `ns`, each in
     /// the foreground, waiting for each one's vty socket. The first must be `zebra`.
     pub fn start(ns: &str, daemons: &[(&str, &str)]) -> Self {
-        assert_eq!(
-            daemons.first().map(|d| d.0),
-            Some("zebra"),
-            "zebra starts first"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("padis-frr-")
-            .tempdir()
-            .expect("temp dir");
+        assert_eq!(daemons.first().map(|d| d.0), Some("zebra"), "zebra starts first");
+        let dir = tempfile::Builder::new().prefix("padis-frr-").tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
-        let mut frr = Frr {
-            children: Vec::new(),
-            dir,
-        };
+        let mut frr = Frr { children: Vec::new(), dir };
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod frr dir");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod frr dir");
         }
         for (name, config) in daemons {
             std::fs::write(path.join(format!("{name}.conf")), config).expect("write frr config");
@@ -334,11 +262,7 @@ impl Frr {
                     panic!("{name} exited ({st}): {}", self.logs());
                 }
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "{name} did not create its vty socket: {}",
-                self.logs()
-            );
+            assert!(t.elapsed() < Duration::from_secs(20), "{name} did not create its vty socket: {}", self.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -365,8 +289,7 @@ impl Frr {
         let mut out = String::new();
         for (name, _) in &self.children {
             for ext in ["log", "stderr"] {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}")))
-                    .unwrap_or_default();
+                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}"))).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 for l in tail.iter().rev() {
                     out.push_str(&format!("\n{name}: {l}"));

@@ -224,4 +224,3 @@ impl Lane {
         (!diff.is_empty()).then_some(diff)
     }
 }
-

@@ -128,7 +128,11 @@ zone "{zone}" {{
             if got.as_deref() == Some(&serial.to_string()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "BIND never served serial {serial} (got {got:?}); log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "BIND never served serial {serial} (got {got:?}); log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

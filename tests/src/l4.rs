@@ -161,7 +161,9 @@ mod e2e {
                                         break;
                                     }
                                 }
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                                 Err(_) => break,
                             }
                         }
@@ -224,8 +226,8 @@ mod e2e {
             })?;
             bridge_port(&me.lan, &br, &p)?;
             me.client.run(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
-        // Client frames cross native XDP and are re-sent by XDP_TX: their checksums must be complete.
-        crate::netns::disable_tx_checksum(&me.client, "eth0")?;
+            // Client frames cross native XDP and are re-sent by XDP_TX: their checksums must be complete.
+            crate::netns::disable_tx_checksum(&me.client, "eth0")?;
             me.client.run(&["ip", "route", "add", &format!("{VIP}/32"), "via", PADIS])?;
             let pp = unique_name("p");
             veth("eth0", &me.padis, &pp, &me.lan)?;

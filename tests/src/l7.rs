@@ -47,7 +47,8 @@ impl Proxy {
         let registry = prometheus::Registry::new();
         let health = HealthRegistry::new(&registry).expect("health registry");
         let shutdown = CancellationToken::new();
-        let handle = L7Plane::start(store.reader(), health, &registry, shutdown.clone()).await.expect("L7 plane starts");
+        let handle =
+            L7Plane::start(store.reader(), health, &registry, shutdown.clone()).await.expect("L7 plane starts");
         Proxy { store, handle: Some(handle), shutdown, registry, generation: 1, dir: dir.to_path_buf() }
     }
 
@@ -295,8 +296,7 @@ impl H1Conn {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> H1Conn {
         let stream = TcpStream::connect(addr).await.expect("connect proxy");
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("h1 handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("h1 handshake");
         tokio::spawn(conn.with_upgrades());
         H1Conn { sender }
     }
@@ -316,11 +316,7 @@ impl H1Conn {
 
 /// A GET request for `host` and `path`.
 pub fn get_req(host: &str, path: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .expect("request")
+    Request::builder().uri(path).header("host", host).body(Full::new(Bytes::new())).expect("request")
 }
 
 async fn read_answer(resp: Response<Incoming>) -> Result<Answer, hyper::Error> {

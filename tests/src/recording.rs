@@ -59,8 +59,12 @@ impl Drop for RecordingBackend {
 /// Scripted answers for `/respond/<name>`: broken framings a backend might send.
 fn scripted(name: &str) -> Option<&'static [u8]> {
     Some(match name {
-        "length-and-chunked" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        "connection-names-length" => b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello",
+        "length-and-chunked" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
+        "connection-names-length" => {
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello"
+        }
         "conflicting-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
         _ => return None,
     })
@@ -177,8 +181,12 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Resu
                 };
                 buf.drain(..n);
                 let te = r.header("transfer-encoding").map(str::to_ascii_lowercase);
-                let lengths: Vec<&str> =
-                    r.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.as_str()).collect();
+                let lengths: Vec<&str> = r
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
                 if te.is_some() && !lengths.is_empty() || lengths.windows(2).any(|w| w[0] != w[1]) {
                     return Err(Bad::Garbage);
                 }
@@ -223,7 +231,8 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, B
     loop {
         let line = read_line(s, buf).await?;
         let size_text = std::str::from_utf8(&line).map_err(|_| Bad::Garbage)?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| Bad::Garbage)?;
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| Bad::Garbage)?;
         if size == 0 {
             // Trailers up to the empty line.
             while !read_line(s, buf).await?.is_empty() {}

@@ -35,18 +35,12 @@ fn bgp(bfd: bool, (interval, mult): (u32, u32), extra: &str) -> BgpConfig {
          [bgp.bfd]\ninterval = \"{interval}ms\"\nmultiplier = {mult}\n\
          [[bgp.peer]]\naddress = \"{ROUTER_V4}\"\nasn = {BIRD_ASN}\nbfd = {bfd}\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
 fn routes() -> BTreeSet<Announcement> {
-    [Announcement {
-        prefix: V4.parse().expect("prefix"),
-        name: "web".into(),
-    }]
-    .into_iter()
-    .collect()
+    [Announcement { prefix: V4.parse().expect("prefix"), name: "web".into() }].into_iter().collect()
 }
 
 /// Sum of a metric's samples whose labels contain all of `labels`.
@@ -55,31 +49,20 @@ fn metric(reg: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f6
         .iter()
         .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
+        .filter(|m| labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v)))
         .map(|m| m.get_gauge().value() + m.get_counter().value())
         .sum()
 }
 
 async fn learnt(bird: &Bird, what: &str) {
-    wait_for(LIMIT, what, || async {
-        (!bird.route(V4).is_empty()).then_some(())
-    })
-    .await;
+    wait_for(LIMIT, what, || async { (!bird.route(V4).is_empty()).then_some(()) }).await;
 }
 
 /// BIRD's BFD session line for our address, once it says `state`.
 async fn bird_bfd(bird: &Bird, state: &str) -> String {
     wait_for(LIMIT, &format!("BIRD BFD session {state}"), || async {
         let out = bird.cmd("show bfd sessions");
-        out.lines()
-            .find(|l| l.starts_with(SPEAKER_V4) && l.split_whitespace().any(|w| w == state))
-            .map(str::to_string)
+        out.lines().find(|l| l.starts_with(SPEAKER_V4) && l.split_whitespace().any(|w| w == state)).map(str::to_string)
     })
     .await
 }
@@ -97,17 +80,7 @@ impl Silence {
             format!("table inet padis_bfd_test {{\n chain input {{\n  type filter hook input priority 0;\n  ip saddr {from} drop\n }}\n}}\n"),
         )
         .expect("nft rules");
-        padis_tests::netns::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "nft",
-                "-f",
-                rules.to_str().expect("path"),
-            ],
-        );
+        padis_tests::netns::run("ip", &["netns", "exec", ns, "nft", "-f", rules.to_str().expect("path")]);
         Silence { ns: ns.to_string() }
     }
 }
@@ -115,16 +88,7 @@ impl Silence {
 impl Drop for Silence {
     fn drop(&mut self) {
         let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "padis_bfd_test",
-            ])
+            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet", "padis_bfd_test"])
             .stderr(Stdio::null())
             .status();
     }
@@ -144,11 +108,7 @@ fn time_until_route_gone(bird: &Bird, ns: &str, dir: &Path) -> (Duration, Silenc
 #[test]
 fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), 100, 3),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), 100, 3));
     in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
@@ -158,42 +118,20 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         // BIRD runs our negotiated timers: 100 ms interval, 300 ms timeout.
         assert!(line.contains("0.100") && line.contains("0.300"), "{line}");
         let r = wait_for(LIMIT, "our BFD session Up", || async {
-            h.report().peers[0]
-                .bfd
-                .clone()
-                .filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
+            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
         })
         .await;
-        assert_eq!(
-            (r.remote_state, r.detection_time_ms),
-            (State::Up, 300),
-            "{r:?}"
-        );
+        assert_eq!((r.remote_state, r.detection_time_ms), (State::Up, 300), "{r:?}");
         assert_ne!(r.remote_discriminator, 0);
-        assert_eq!(
-            metric(&reg, "padis_bfd_session_up", &[("peer", ROUTER_V4)]),
-            1.0
-        );
+        assert_eq!(metric(&reg, "padis_bfd_session_up", &[("peer", ROUTER_V4)]), 1.0);
         // (More than one Up only if a loaded machine made the session flap before this point.)
-        assert!(
-            metric(
-                &reg,
-                "padis_bfd_transitions_total",
-                &[("peer", ROUTER_V4), ("to", "up")]
-            ) >= 1.0
-        );
+        assert!(metric(&reg, "padis_bfd_transitions_total", &[("peer", ROUTER_V4), ("to", "up")]) >= 1.0);
         let shown = h.report().to_string();
-        assert!(
-            shown.contains("established") && shown.contains(" bfd up failures "),
-            "{shown}"
-        );
+        assert!(shown.contains("established") && shown.contains(" bfd up failures "), "{shown}");
 
         // The node dies silently: BIRD's BFD notices in 3 x 100 ms and takes BGP (and the route) down.
         let (took, cut) = time_until_route_gone(&bird, lab.router.name(), lab.dir.path());
-        assert!(
-            took < Duration::from_secs(1),
-            "route kept {took:?} with BFD 100 ms x 3"
-        );
+        assert!(took < Duration::from_secs(1), "route kept {took:?} with BFD 100 ms x 3");
         let p = bird.cmd("show protocols all padis");
         assert!(p.contains("BFD session down"), "{p}");
         // Our side hears BIRD's Down (its packets still reach us): a BFD failure here too.
@@ -210,8 +148,7 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         bird_bfd(&bird, "Up").await;
         wait_for(LIMIT, "BGP and BFD up again", || async {
             let p = h.report().peers[0].clone();
-            (p.state == SessionState::Established && p.bfd.is_some_and(|b| b.state == State::Up))
-                .then_some(())
+            (p.state == SessionState::Established && p.bfd.is_some_and(|b| b.state == State::Up)).then_some(())
         })
         .await;
 
@@ -226,13 +163,8 @@ fn bfd_comes_up_with_bird_and_a_dead_path_drops_the_route_in_under_a_second() {
         .await;
         let took = t.elapsed();
         assert_eq!(p.last_error.as_deref(), Some("BFD session down"), "{p:?}");
-        assert!(
-            took < Duration::from_millis(1500),
-            "BGP reset after {took:?}"
-        );
-        assert!(p
-            .bfd
-            .is_some_and(|b| b.failures >= 2 && b.diag == Diag::DetectionTimeExpired));
+        assert!(took < Duration::from_millis(1500), "BGP reset after {took:?}");
+        assert!(p.bfd.is_some_and(|b| b.failures >= 2 && b.diag == Diag::DetectionTimeExpired));
         drop(cut);
         learnt(&bird, "route back after the second cut").await;
         h.stop().await;
@@ -249,10 +181,7 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
          [bgp.bfd]\ninterval = \"100ms\"\n\
          [[bgp.peer]]\naddress = \"fd00:99::2\"\nasn = {BIRD_ASN}\nnext_hop = \"10.99.0.1\"\nbfd = true\n"
     );
-    let cfg = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .state
-        .bgp;
+    let cfg = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}")).state.bgp;
     in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
@@ -260,17 +189,12 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
         learnt(&bird, "VIP in BIRD over the IPv6 session").await;
         let line = wait_for(LIMIT, "BIRD BFD session Up over IPv6", || async {
             let out = bird.cmd("show bfd sessions");
-            out.lines()
-                .find(|l| l.starts_with("fd00:99::1") && l.contains("Up"))
-                .map(str::to_string)
+            out.lines().find(|l| l.starts_with("fd00:99::1") && l.contains("Up")).map(str::to_string)
         })
         .await;
         assert!(line.contains("0.100") && line.contains("0.300"), "{line}");
         let r = wait_for(LIMIT, "our BFD session Up", || async {
-            h.report().peers[0]
-                .bfd
-                .clone()
-                .filter(|b| b.state == State::Up)
+            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up)
         })
         .await;
         // A packet from the router with hop limit 254 is dropped.
@@ -303,27 +227,14 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 )
             };
-            assert_eq!(
-                r,
-                0,
-                "IPV6_UNICAST_HOPS: {}",
-                std::io::Error::last_os_error()
-            );
+            assert_eq!(r, 0, "IPV6_UNICAST_HOPS: {}", std::io::Error::last_os_error());
             s.send_to(&pkt, "[fd00:99::1]:3784").expect("send");
         });
         wait_for(LIMIT, "hop-limit drop counted", || async {
-            (metric(
-                &reg,
-                "padis_bfd_packets_dropped_total",
-                &[("reason", "ttl")],
-            ) == 1.0)
-                .then_some(())
+            (metric(&reg, "padis_bfd_packets_dropped_total", &[("reason", "ttl")]) == 1.0).then_some(())
         })
         .await;
-        assert_eq!(
-            h.report().peers[0].bfd.as_ref().map(|b| b.state),
-            Some(State::Up)
-        );
+        assert_eq!(h.report().peers[0].bfd.as_ref().map(|b| b.state), Some(State::Up));
         h.stop().await;
     });
 }
@@ -332,11 +243,7 @@ fn bfd_over_ipv6_comes_up_and_checks_the_hop_limit() {
 #[test]
 fn without_bfd_the_same_cut_takes_the_hold_time() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(BIRD_ASN, OUR_ASN, 3),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 3));
     in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
@@ -344,10 +251,7 @@ fn without_bfd_the_same_cut_takes_the_hold_time() {
         learnt(&bird, "VIP in BIRD").await;
         assert!(h.report().peers[0].bfd.is_none());
         let (took, _cut) = time_until_route_gone(&bird, lab.router.name(), lab.dir.path());
-        assert!(
-            took > Duration::from_millis(1500),
-            "route gone after {took:?} without BFD"
-        );
+        assert!(took > Duration::from_millis(1500), "route gone after {took:?} without BFD");
         h.stop().await;
     });
 }
@@ -410,13 +314,7 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
     in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(
-            Some(bgp(true, RELAXED, "drain_wait = \"1s\"")),
-            None,
-            rx,
-            &reg,
-        )
-        .expect("spawn");
+        let h = Announcer::spawn(Some(bgp(true, RELAXED, "drain_wait = \"1s\"")), None, rx, &reg).expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         bird_bfd(&bird, "Up").await;
         let cap = Capture::start(lab.router.name());
@@ -431,10 +329,7 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
                 Err(_) => {}
             }
         }
-        assert!(
-            seen.iter().any(|l| is_admin_down(l)),
-            "no AdminDown packet: {seen:?}"
-        );
+        assert!(seen.iter().any(|l| is_admin_down(l)), "no AdminDown packet: {seen:?}");
         // BIRD did not count a BFD failure: the session ended by our Cease, not "BFD session down". Read from
         // its log: `show protocols` shows only the last event, and BIRD's first reconnection attempt (after a
         // random delay, refused) soon replaces the Cease there.
@@ -444,14 +339,8 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
         })
         .await;
         assert!(!log.contains("BFD session down"), "{log}");
-        assert!(
-            !log.contains("Timeout"),
-            "BIRD's BFD timed out instead of seeing AdminDown: {log}"
-        );
-        assert_eq!(
-            metric(&reg, "padis_bfd_transitions_total", &[("to", "admindown")]),
-            1.0
-        );
+        assert!(!log.contains("Timeout"), "BIRD's BFD timed out instead of seeing AdminDown: {log}");
+        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("to", "admindown")]), 1.0);
     });
 }
 
@@ -460,11 +349,8 @@ fn graceful_stop_sends_bfd_admin_down_and_bird_sees_no_failure() {
 #[test]
 fn a_blocked_runtime_does_not_make_bfd_fail() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), FAST.0, FAST.1),
-    );
+    let bird =
+        Bird::start(lab.router.name(), lab.dir.path(), &with_bfd(&bird_config(BIRD_ASN, OUR_ASN, 3), FAST.0, FAST.1));
     // One current-thread runtime for the announcer and this test: blocking it blocks every task on it.
     in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
@@ -484,10 +370,7 @@ fn a_blocked_runtime_does_not_make_bfd_fail() {
         let after = h.report().peers[0].bfd.clone().expect("bfd report");
         assert_eq!(after.state, State::Up, "{after:?}");
         assert_eq!(after.failures, before.failures, "{before:?} -> {after:?}");
-        assert_eq!(
-            metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]),
-            downs
-        );
+        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]), downs);
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         let new = log.get(logged..).unwrap_or_default();
         assert!(
@@ -502,11 +385,7 @@ fn a_blocked_runtime_does_not_make_bfd_fail() {
 
 fn is_admin_down(line: &str) -> bool {
     let f: Vec<&str> = line.split_whitespace().collect();
-    let num = |s: &str| {
-        s.strip_prefix("0x")
-            .map(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or_else(|| s.parse().ok())
-    };
+    let num = |s: &str| s.strip_prefix("0x").map(|h| u8::from_str_radix(h, 16).ok()).unwrap_or_else(|| s.parse().ok());
     f.len() == 2 && num(f[0]) == Some(0) && num(f[1]) == Some(7)
 }
 
@@ -516,8 +395,7 @@ fn forge(router_ns: &str, pkt: &[u8], ttl: u32) {
     in_netns(router_ns, || async move {
         let s = UdpSocket::bind((ROUTER_V4, 0)).expect("bind");
         s.set_ttl(ttl).expect("ttl");
-        s.send_to(&pkt, (SPEAKER_V4, padis_bgp::bfd::CONTROL_PORT))
-            .expect("send");
+        s.send_to(&pkt, (SPEAKER_V4, padis_bgp::bfd::CONTROL_PORT)).expect("send");
     });
 }
 
@@ -535,19 +413,10 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         let h = Announcer::spawn(Some(bgp(true, RELAXED, "")), None, rx, &reg).expect("spawn");
         learnt(&bird, "VIP in BIRD").await;
         let r = wait_for(LIMIT, "our BFD session Up", || async {
-            h.report().peers[0]
-                .bfd
-                .clone()
-                .filter(|b| b.state == State::Up)
+            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up)
         })
         .await;
-        let dropped = |reason: &str| {
-            metric(
-                &reg,
-                "padis_bfd_packets_dropped_total",
-                &[("reason", reason)],
-            )
-        };
+        let dropped = |reason: &str| metric(&reg, "padis_bfd_packets_dropped_total", &[("reason", reason)]);
         // A packet that would take the session down if accepted: the router's AdminDown, right discriminators.
         let kill = ControlPacket {
             diag: Diag::AdminDown,
@@ -565,36 +434,22 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
         };
         // From two hops away (TTL 254): GTSM drops it.
         forge(lab.router.name(), &kill.encode(), 254);
-        wait_for(LIMIT, "TTL drop counted", || async {
-            (dropped("ttl") == 1.0).then_some(())
-        })
-        .await;
+        wait_for(LIMIT, "TTL drop counted", || async { (dropped("ttl") == 1.0).then_some(()) }).await;
         // Right TTL, wrong Your Discriminator.
-        let wrong = ControlPacket {
-            your_discr: r.local_discriminator.wrapping_add(1).max(1),
-            ..kill
-        };
+        let wrong = ControlPacket { your_discr: r.local_discriminator.wrapping_add(1).max(1), ..kill };
         forge(lab.router.name(), &wrong.encode(), 255);
-        wait_for(LIMIT, "discriminator drop counted", || async {
-            (dropped("discriminator") == 1.0).then_some(())
-        })
-        .await;
+        wait_for(LIMIT, "discriminator drop counted", || async { (dropped("discriminator") == 1.0).then_some(()) })
+            .await;
         // Malformed: version 2, and a truncated packet.
         let mut v2 = kill.encode();
         v2[0] = (2 << 5) | 7;
         forge(lab.router.name(), &v2, 255);
         forge(lab.router.name(), &kill.encode()[..20], 255);
-        wait_for(LIMIT, "malformed drops counted", || async {
-            (dropped("malformed") == 2.0).then_some(())
-        })
-        .await;
+        wait_for(LIMIT, "malformed drops counted", || async { (dropped("malformed") == 2.0).then_some(()) }).await;
         // None of them touched the session, on either side.
         let now = h.report().peers[0].bfd.clone().expect("bfd report");
         assert_eq!((now.state, now.failures), (State::Up, 0), "{now:?}");
-        assert_eq!(
-            metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]),
-            0.0
-        );
+        assert_eq!(metric(&reg, "padis_bfd_transitions_total", &[("to", "down")]), 0.0);
         assert_eq!(h.report().peers[0].state, SessionState::Established);
         bird_bfd(&bird, "Up").await;
 
@@ -609,23 +464,18 @@ fn forged_and_malformed_packets_are_dropped_and_counted() {
 }
 
 /// The README's FRR configuration: bfdd with a 100 ms x 3 profile, bgpd with `neighbor ... bfd`.
-const FRR_BFDD: &str = "bfd\n profile padis\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
+const FRR_BFDD: &str =
+    "bfd\n profile padis\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
 const FRR_BGPD: &str = "router bgp 65010\n bgp router-id 10.99.0.2\n neighbor 10.99.0.1 remote-as 4200000001\n \
      neighbor 10.99.0.1 timers 1 3\n neighbor 10.99.0.1 timers connect 1\n neighbor 10.99.0.1 bfd\n \
      neighbor 10.99.0.1 bfd profile padis\n address-family ipv4 unicast\n  neighbor 10.99.0.1 route-map ALL in\n \
      exit-address-family\n!\nroute-map ALL permit 10\n!\n";
 
 /// FRR bfdd's view of our session (`show bfd peers json`), once `probe` accepts it.
-async fn frr_peer(
-    frr: &Frr,
-    what: &str,
-    probe: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+async fn frr_peer(frr: &Frr, what: &str, probe: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     wait_for(LIMIT, what, || async {
         let v = frr.json("show bfd peers json");
-        v.as_array()
-            .and_then(|a| a.iter().find(|p| p["peer"] == SPEAKER_V4).cloned())
-            .filter(|p| probe(p))
+        v.as_array().and_then(|a| a.iter().find(|p| p["peer"] == SPEAKER_V4).cloned()).filter(|p| probe(p))
     })
     .await
 }
@@ -633,37 +483,18 @@ async fn frr_peer(
 #[test]
 fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
     let lab = Lab::new();
-    let frr = Frr::start(
-        lab.router.name(),
-        &[
-            ("zebra", "hostname router\n"),
-            ("bfdd", FRR_BFDD),
-            ("bgpd", FRR_BGPD),
-        ],
-    );
-    let kernel_route = || {
-        !lab.router
-            .try_ip(&["route", "show", "198.51.100.7"])
-            .trim()
-            .is_empty()
-    };
+    let frr = Frr::start(lab.router.name(), &[("zebra", "hostname router\n"), ("bfdd", FRR_BFDD), ("bgpd", FRR_BGPD)]);
+    let kernel_route = || !lab.router.try_ip(&["route", "show", "198.51.100.7"]).trim().is_empty();
     in_netns_threaded(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes());
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(true, FAST, "drain_wait = \"0s\"")), None, rx, &reg)
-            .expect("spawn");
-        wait_for(LIMIT, "VIP in FRR's kernel", || async {
-            kernel_route().then_some(())
-        })
-        .await;
+        let h = Announcer::spawn(Some(bgp(true, FAST, "drain_wait = \"0s\"")), None, rx, &reg).expect("spawn");
+        wait_for(LIMIT, "VIP in FRR's kernel", || async { kernel_route().then_some(()) }).await;
         let p = frr_peer(&frr, "FRR BFD peer up", |p| p["status"] == "up").await;
         assert_eq!(p["remote-detect-multiplier"], 3, "{p}");
         assert_eq!(p["remote-receive-interval"], 100, "{p}");
         wait_for(LIMIT, "our BFD Up at 100 ms", || async {
-            h.report().peers[0]
-                .bfd
-                .clone()
-                .filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
+            h.report().peers[0].bfd.clone().filter(|b| b.state == State::Up && b.tx_interval_ms == 100)
         })
         .await;
 
@@ -671,31 +502,18 @@ fn frr_bfdd_comes_up_drops_a_dead_node_in_under_a_second_and_sees_admin_down() {
         let cut = Silence::start(lab.router.name(), lab.dir.path(), SPEAKER_V4);
         let t = Instant::now();
         while kernel_route() {
-            assert!(
-                t.elapsed() < LIMIT,
-                "FRR kept the route for {LIMIT:?}: {}",
-                frr.logs()
-            );
+            assert!(t.elapsed() < LIMIT, "FRR kept the route for {LIMIT:?}: {}", frr.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
         let took = t.elapsed();
-        assert!(
-            took < Duration::from_secs(1),
-            "FRR kept the route {took:?} with BFD 100 ms x 3"
-        );
+        assert!(took < Duration::from_secs(1), "FRR kept the route {took:?} with BFD 100 ms x 3");
         drop(cut);
-        wait_for(LIMIT, "route back after the path heals", || async {
-            kernel_route().then_some(())
-        })
-        .await;
+        wait_for(LIMIT, "route back after the path heals", || async { kernel_route().then_some(()) }).await;
         frr_peer(&frr, "FRR BFD peer up again", |p| p["status"] == "up").await;
 
         // Graceful stop: FRR sees the AdminDown as such.
         h.drain_and_stop().await;
-        let p = frr_peer(&frr, "FRR BFD peer down by AdminDown", |p| {
-            p["status"] == "down"
-        })
-        .await;
+        let p = frr_peer(&frr, "FRR BFD peer down by AdminDown", |p| p["status"] == "down").await;
         assert_eq!(p["remote-diagnostic"], "administratively down", "{p}");
     });
 }

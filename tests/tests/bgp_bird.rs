@@ -23,59 +23,38 @@ fn bgp(peer_asn: u32, hold: u32, extra: &str) -> BgpConfig {
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nhold_time = \"{hold}s\"\nconnect_retry = \"300ms\"\n{extra}\n\
          [[bgp.peer]]\naddress = \"{ROUTER_V4}\"\nasn = {peer_asn}\nnext_hop6 = \"fd00:99::1\"\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
 fn routes(list: &[(&str, &str)]) -> BTreeSet<Announcement> {
-    list.iter()
-        .map(|(n, p)| Announcement {
-            prefix: p.parse().expect("prefix"),
-            name: n.to_string(),
-        })
-        .collect()
+    list.iter().map(|(n, p)| Announcement { prefix: p.parse().expect("prefix"), name: n.to_string() }).collect()
 }
 
 async fn learnt(bird: &Bird, prefix: &str, what: &str) -> String {
-    wait_for(LIMIT, what, || async {
-        Some(bird.route(prefix)).filter(|r| !r.is_empty())
-    })
-    .await
+    wait_for(LIMIT, what, || async { Some(bird.route(prefix)).filter(|r| !r.is_empty()) }).await
 }
 
 async fn gone(bird: &Bird, prefix: &str, what: &str) {
-    wait_for(LIMIT, what, || async {
-        bird.route(prefix).is_empty().then_some(())
-    })
-    .await
+    wait_for(LIMIT, what, || async { bird.route(prefix).is_empty().then_some(()) }).await
 }
 
 fn metric(reg: &prometheus::Registry, name: &str) -> f64 {
     reg.gather()
         .iter()
         .filter(|f| f.name() == name)
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_gauge().value() + m.get_counter().value())
-        })
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().value() + m.get_counter().value()))
         .sum()
 }
 
 #[test]
 fn bird_learns_v4_and_v6_vips_and_withdraws() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(BIRD_ASN, OUR_ASN, 9),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
     in_netns(lab.speaker.name(), || async {
         let (tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
-        let h =
-            Announcer::spawn(Some(bgp(BIRD_ASN, 9, "med = 20")), None, rx, &reg).expect("spawn");
+        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 9, "med = 20")), None, rx, &reg).expect("spawn");
 
         let r4 = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
         assert!(r4.contains("BGP.next_hop: 10.99.0.1"), "{r4}");
@@ -87,10 +66,7 @@ fn bird_learns_v4_and_v6_vips_and_withdraws() {
         assert!(r6.contains("BGP.next_hop: fd00:99::1"), "{r6}");
         assert!(r6.contains("BGP.as_path: 4200000001"), "{r6}");
         let p = bird.cmd("show protocols all padis");
-        assert!(
-            p.contains("Established") && p.contains("Neighbor AS:      4200000001"),
-            "{p}"
-        );
+        assert!(p.contains("Established") && p.contains("Neighbor AS:      4200000001"), "{p}");
         assert!(p.contains("ipv6") && p.contains("ipv4"), "{p}");
 
         let rep = h.report();
@@ -127,21 +103,13 @@ fn bird_learns_v4_and_v6_vips_and_withdraws() {
 fn drain_announces_graceful_shutdown_then_withdraws() {
     let lab = Lab::new();
     // iBGP, so that LOCAL_PREF is sent (lowered to 0 on drain).
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(OUR_ASN, OUR_ASN, 9),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(OUR_ASN, OUR_ASN, 9));
     in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
         let reg = prometheus::Registry::new();
-        let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg)
-            .expect("spawn");
+        let h = Announcer::spawn(Some(bgp(OUR_ASN, 9, "drain_wait = \"3s\"")), None, rx, &reg).expect("spawn");
         let before = learnt(&bird, V4, "IPv4 VIP in BIRD").await;
-        assert!(
-            before.contains("BGP.local_pref: 100") && !before.contains("65535"),
-            "{before}"
-        );
+        assert!(before.contains("BGP.local_pref: 100") && !before.contains("65535"), "{before}");
         learnt(&bird, V6, "IPv6 VIP in BIRD").await;
 
         let started = Instant::now();
@@ -157,15 +125,11 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
         assert!(gs6.contains("(65535,0)"), "{gs6}");
         gone(&bird, V4, "withdraw after drain_wait").await;
         let withdrawn_at = started.elapsed();
-        assert!(
-            withdrawn_at >= Duration::from_millis(2500),
-            "withdrawn after {withdrawn_at:?}, GS at {gs_at:?}"
-        );
+        assert!(withdrawn_at >= Duration::from_millis(2500), "withdrawn after {withdrawn_at:?}, GS at {gs_at:?}");
         gone(&bird, V6, "IPv6 withdraw").await;
         drain.await.expect("drain task");
         let p = wait_for(LIMIT, "BIRD sees the administrative shutdown", || async {
-            Some(bird.cmd("show protocols all padis"))
-                .filter(|p| p.contains("Administrative shutdown"))
+            Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Administrative shutdown"))
         })
         .await;
         assert!(!p.contains("Established"), "{p}");
@@ -175,11 +139,7 @@ fn drain_announces_graceful_shutdown_then_withdraws() {
 #[test]
 fn reconnects_after_bird_restart() {
     let lab = Lab::new();
-    let mut bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(BIRD_ASN, OUR_ASN, 9),
-    );
+    let mut bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 9));
     in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
         let reg = prometheus::Registry::new();
@@ -199,11 +159,7 @@ fn reconnects_after_bird_restart() {
 #[test]
 fn hold_timer_expires_when_keepalives_stop_then_recovers() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(BIRD_ASN, OUR_ASN, 3),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 3));
     let rules = lab.dir.path().join("drop.nft");
     std::fs::write(
         &rules,
@@ -229,14 +185,8 @@ fn hold_timer_expires_when_keepalives_stop_then_recovers() {
             Some(bird.cmd("show protocols all padis")).filter(|p| p.contains("Hold timer expired"))
         })
         .await;
-        assert!(
-            t.elapsed() >= Duration::from_secs(1),
-            "expired too early: {p}"
-        );
-        assert!(
-            bird.route(V4).is_empty(),
-            "route must be gone with the session"
-        );
+        assert!(t.elapsed() >= Duration::from_secs(1), "expired too early: {p}");
+        assert!(bird.route(V4).is_empty(), "route must be gone with the session");
         wait_for(LIMIT, "our side notices", || async {
             (h.report().peers[0].state != SessionState::Established).then_some(())
         })
@@ -257,22 +207,14 @@ fn ipv6_session_carries_both_families() {
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.99.0.1\"\nconnect_retry = \"300ms\"\n\
          [[bgp.peer]]\naddress = \"fd00:99::2\"\nasn = {BIRD_ASN}\nnext_hop = \"10.99.0.1\"\n"
     );
-    let cfg = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     in_netns(lab.speaker.name(), || async {
         let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
-        let h =
-            Announcer::spawn(cfg.state.bgp, None, rx, &prometheus::Registry::new()).expect("spawn");
+        let h = Announcer::spawn(cfg.state.bgp, None, rx, &prometheus::Registry::new()).expect("spawn");
         let r6 = learnt(&bird, V6, "IPv6 VIP over the IPv6 session").await;
-        assert!(
-            r6.contains("BGP.next_hop: fd00:99::1"),
-            "our session address is the next hop: {r6}"
-        );
+        assert!(r6.contains("BGP.next_hop: fd00:99::1"), "our session address is the next hop: {r6}");
         let r4 = learnt(&bird, V4, "IPv4 VIP over the IPv6 session").await;
-        assert!(
-            r4.contains("BGP.next_hop: 10.99.0.1"),
-            "configured next_hop: {r4}"
-        );
+        assert!(r4.contains("BGP.next_hop: 10.99.0.1"), "configured next_hop: {r4}");
         h.stop().await;
     });
 }
@@ -294,37 +236,21 @@ fn bird_count(bird: &Bird) -> usize {
 #[ignore = "benchmark"]
 fn bench_bird_learns_12k_vips() {
     let lab = Lab::new();
-    let bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_config(BIRD_ASN, OUR_ASN, 90),
-    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_config(BIRD_ASN, OUR_ASN, 90));
     let v4 = |i: u32| format!("10.{}.{}.{}/32", 100 + (i >> 16), (i >> 8) & 255, i & 255);
     let v6 = |i: u32| format!("2001:db8:1::{i:x}/128");
     let set = |a: std::ops::Range<u32>, b: std::ops::Range<u32>| -> BTreeSet<Announcement> {
         a.map(|i| (format!("v{i}"), v4(i)))
             .chain(b.map(|i| (format!("w{i}"), v6(i))))
-            .map(|(n, p)| Announcement {
-                prefix: p.parse().expect("prefix"),
-                name: n,
-            })
+            .map(|(n, p)| Announcement { prefix: p.parse().expect("prefix"), name: n })
             .collect()
     };
     in_netns(lab.speaker.name(), || async {
         let limit = Duration::from_secs(120);
         let (tx, rx) = watch::channel(set(0..10_000, 0..2_000));
         let t = Instant::now();
-        let h = Announcer::spawn(
-            Some(bgp(BIRD_ASN, 90, "")),
-            None,
-            rx,
-            &prometheus::Registry::new(),
-        )
-        .expect("spawn");
-        wait_for(limit, "12k routes", || async {
-            (bird_count(&bird) == 12_000).then_some(())
-        })
-        .await;
+        let h = Announcer::spawn(Some(bgp(BIRD_ASN, 90, "")), None, rx, &prometheus::Registry::new()).expect("spawn");
+        wait_for(limit, "12k routes", || async { (bird_count(&bird) == 12_000).then_some(()) }).await;
         let full = t.elapsed();
         let t = Instant::now();
         tx.send_replace(set(1_000..11_000, 0..2_000));
@@ -335,10 +261,7 @@ fn bench_bird_learns_12k_vips() {
         let churn = t.elapsed();
         let t = Instant::now();
         tx.send_replace(BTreeSet::new());
-        wait_for(limit, "all withdrawn", || async {
-            (bird_count(&bird) == 0).then_some(())
-        })
-        .await;
+        wait_for(limit, "all withdrawn", || async { (bird_count(&bird) == 0).then_some(()) }).await;
         let withdraw = t.elapsed();
         println!(
             "RESULT suite=bgp full_table_12k_ms={} churn_2k_ms={} withdraw_12k_ms={}",
@@ -363,11 +286,7 @@ fn bgp_with(dir: &Path, extra: &str, peer_extra: &str) -> BgpConfig {
 
 /// `bird_config` with `lines` added to its BGP protocol.
 fn bird_with(lines: &str) -> String {
-    bird_config(BIRD_ASN, OUR_ASN, 9).replacen(
-        "  keepalive time 1;\n",
-        &format!("  keepalive time 1;\n{lines}\n"),
-        1,
-    )
+    bird_config(BIRD_ASN, OUR_ASN, 9).replacen("  keepalive time 1;\n", &format!("  keepalive time 1;\n{lines}\n"), 1)
 }
 
 /// A `TcpExt` counter of namespace `ns`'s kernel (`/proc/net/netstat`).
@@ -388,12 +307,7 @@ fn tcp_ext(ns: &str, name: &str) -> u64 {
 
 /// Watches the session for `secs`: panics if BIRD ever has it Established or learns [`V4`], or (with `ours`) if
 /// our side ever reaches Established; returns our last error.
-async fn never_established(
-    h: &padis_bgp::AnnouncerHandle,
-    bird: &Bird,
-    secs: u64,
-    ours: bool,
-) -> Option<String> {
+async fn never_established(h: &padis_bgp::AnnouncerHandle, bird: &Bird, secs: u64, ours: bool) -> Option<String> {
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         let p = h.report().peers[0].clone();
@@ -409,11 +323,7 @@ async fn never_established(
 fn md5_same_password_establishes_wrong_one_never_does() {
     let lab = Lab::new();
     let key = "padis-md5-0123456789";
-    let mut bird = Bird::start(
-        lab.router.name(),
-        lab.dir.path(),
-        &bird_with(&format!("  password \"{key}\";")),
-    );
+    let mut bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_with(&format!("  password \"{key}\";")));
     let file = lab.dir.path().join("r1.key");
     std::fs::write(&file, format!("{key}\n")).expect("key file");
     {
@@ -445,11 +355,7 @@ fn md5_same_password_establishes_wrong_one_never_does() {
 
         // Passive, bound to the local address only, the key on the listener: BIRD connects with its key.
         bird.restart();
-        let cfg = bgp_with(
-            &dir,
-            "local_address = \"10.99.0.1\"",
-            "passive = true\npassword_file = \"r1.key\"",
-        );
+        let cfg = bgp_with(&dir, "local_address = \"10.99.0.1\"", "passive = true\npassword_file = \"r1.key\"");
         let h = Announcer::spawn(Some(cfg), None, rx.clone(), &reg).expect("spawn");
         learnt(&bird, V4, "VIP over a passive MD5-signed session").await;
         let ss = std::process::Command::new("ss").args(["-Hltn", "sport = :179"]).output().expect("ss");
@@ -469,8 +375,7 @@ fn gtsm_against_bird_ttl_security() {
         let (_tx, rx) = watch::channel(routes(&[("web", V4)]));
         let reg = prometheus::Registry::new();
         // Both sides GTSM: up.
-        let h = Announcer::spawn(Some(bgp_with(&dir, "", "gtsm = true")), None, rx.clone(), &reg)
-            .expect("spawn");
+        let h = Announcer::spawn(Some(bgp_with(&dir, "", "gtsm = true")), None, rx.clone(), &reg).expect("spawn");
         learnt(&bird, V4, "VIP over a GTSM session").await;
         h.stop().await;
         // Without GTSM our eBGP packets leave with TTL 1: BIRD (minimum TTL 255) never takes the session. (BIRD

@@ -46,9 +46,7 @@ fn topology() -> (Netns, Vec<Netns>) {
     for (i, n) in nodes.iter().enumerate() {
         let i = i + 1;
         let peer = format!("vr{i}");
-        n.ip(&[
-            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name(),
-        ]);
+        n.ip(&["link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name()]);
         n.ip(&["addr", "add", &format!("10.97.{i}.1/30"), "dev", "vs"]);
         n.ip(&["link", "set", "vs", "up"]);
         r.ip(&["addr", "add", &format!("10.97.{i}.2/30"), "dev", &peer]);
@@ -62,8 +60,7 @@ fn node_config(i: usize) -> padis_model::bgp::BgpConfig {
         "[bgp]\nasn = {OUR_ASN}\nrouter_id = \"10.97.{i}.1\"\nconnect_retry = \"300ms\"\n\
          [[bgp.peer]]\naddress = \"10.97.{i}.2\"\nasn = 65010\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
@@ -86,11 +83,8 @@ fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
     let (r, nodes) = topology();
     let dir = tempfile::tempdir().expect("dir");
     let _bird = Bird::start(r.name(), dir.path(), BIRD_ECMP);
-    let vip: BTreeSet<Announcement> = [Announcement {
-        prefix: format!("{VIP}/32").parse().expect("prefix"),
-        name: "web".into(),
-    }]
-    .into();
+    let vip: BTreeSet<Announcement> =
+        [Announcement { prefix: format!("{VIP}/32").parse().expect("prefix"), name: "web".into() }].into();
 
     // Each node runs its own announcer in its own namespace, driven from here through channels.
     let (cmd1, mut rx1) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
@@ -102,8 +96,7 @@ fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
                 in_netns(node.name(), || async move {
                     let (_tx, routes) = watch::channel(vip);
                     let reg = prometheus::Registry::new();
-                    let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg)
-                        .expect("spawn");
+                    let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg).expect("spawn");
                     while let Some(c) = rx.recv().await {
                         match c {
                             "drain" => h.set_draining(true),
@@ -115,10 +108,7 @@ fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
                 })
             });
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let both = vec!["10.97.1.1".to_string(), "10.97.2.1".to_string()];
             let want = |v: Vec<String>| {
@@ -130,21 +120,11 @@ fn two_nodes_make_an_ecmp_route_and_a_draining_node_leaves_it() {
             };
             wait_for(LIMIT, "ECMP route over both nodes", want(both.clone())).await;
             cmd1.send("drain").expect("node 1");
-            wait_for(
-                LIMIT,
-                "node 1 leaves the ECMP set on drain",
-                want(vec!["10.97.2.1".into()]),
-            )
-            .await;
+            wait_for(LIMIT, "node 1 leaves the ECMP set on drain", want(vec!["10.97.2.1".into()])).await;
             cmd1.send("undrain").expect("node 1");
             wait_for(LIMIT, "node 1 back", want(both.clone())).await;
             cmd2.send("stop").expect("node 2");
-            wait_for(
-                LIMIT,
-                "single path after node 2 stops",
-                want(vec!["10.97.1.1".into()]),
-            )
-            .await;
+            wait_for(LIMIT, "single path after node 2 stops", want(vec!["10.97.1.1".into()])).await;
             cmd1.send("stop").expect("node 1");
             wait_for(LIMIT, "no route when no node announces", want(vec![])).await;
         });

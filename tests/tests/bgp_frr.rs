@@ -63,28 +63,12 @@ fn bgp_topology() -> (Netns, Vec<Netns>) {
     for (i, n) in nodes.iter().enumerate() {
         let i = i + 1;
         let peer = format!("vr{i}");
-        n.ip(&[
-            "link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name(),
-        ]);
+        n.ip(&["link", "add", "vs", "type", "veth", "peer", "name", &peer, "netns", r.name()]);
         n.ip(&["addr", "add", &format!("10.96.{i}.1/30"), "dev", "vs"]);
-        n.ip(&[
-            "addr",
-            "add",
-            &format!("fd00:96:{i}::1/64"),
-            "dev",
-            "vs",
-            "nodad",
-        ]);
+        n.ip(&["addr", "add", &format!("fd00:96:{i}::1/64"), "dev", "vs", "nodad"]);
         n.ip(&["link", "set", "vs", "up"]);
         r.ip(&["addr", "add", &format!("10.96.{i}.2/30"), "dev", &peer]);
-        r.ip(&[
-            "addr",
-            "add",
-            &format!("fd00:96:{i}::2/64"),
-            "dev",
-            &peer,
-            "nodad",
-        ]);
+        r.ip(&["addr", "add", &format!("fd00:96:{i}::2/64"), "dev", &peer, "nodad"]);
         r.ip(&["link", "set", &peer, "up"]);
     }
     (r, nodes)
@@ -96,24 +80,16 @@ fn node_config(i: usize) -> BgpConfig {
          drain_wait = \"2s\"\n\
          [[bgp.peer]]\naddress = \"10.96.{i}.2\"\nasn = 65000\nnext_hop6 = \"fd00:96:{i}::1\"\n"
     );
-    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     v.state.bgp.expect("bgp section")
 }
 
 /// The VIPs, plus a /24 that the router's host-route filter must refuse.
 fn vips() -> BTreeSet<Announcement> {
-    [
-        format!("{VIP4}/32"),
-        format!("{VIP6}/128"),
-        NOT_HOST.to_string(),
-    ]
-    .iter()
-    .map(|p| Announcement {
-        prefix: p.parse().expect("prefix"),
-        name: "web".into(),
-    })
-    .collect()
+    [format!("{VIP4}/32"), format!("{VIP6}/128"), NOT_HOST.to_string()]
+        .iter()
+        .map(|p| Announcement { prefix: p.parse().expect("prefix"), name: "web".into() })
+        .collect()
 }
 
 /// Next hops of a kernel route in `ns` (`-4` or `-6`), sorted; empty when there is no route.
@@ -132,18 +108,12 @@ fn nexthops(ns: &Netns, family: &str, dest: &str) -> Vec<String> {
 
 /// FRR's BGP paths for a prefix (`show bgp <afi> unicast <prefix> json`).
 fn bgp_paths(frr: &Frr, afi: &str, prefix: &str) -> Vec<Value> {
-    frr.json(&format!("show bgp {afi} unicast {prefix} json"))["paths"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    frr.json(&format!("show bgp {afi} unicast {prefix} json"))["paths"].as_array().cloned().unwrap_or_default()
 }
 
 /// The path learnt from `peer`, if any.
 fn path_from(paths: &[Value], peer: &str) -> Option<Value> {
-    paths
-        .iter()
-        .find(|p| p["peer"]["peerId"].as_str() == Some(peer))
-        .cloned()
+    paths.iter().find(|p| p["peer"]["peerId"].as_str() == Some(peer)).cloned()
 }
 
 /// What the node threads are told to do.
@@ -158,10 +128,7 @@ enum Cmd {
 #[test]
 fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_drain() {
     let (r, nodes) = bgp_topology();
-    let frr = Frr::start(
-        r.name(),
-        &[("zebra", "hostname router\n"), ("bgpd", FRR_BGP)],
-    );
+    let frr = Frr::start(r.name(), &[("zebra", "hostname router\n"), ("bgpd", FRR_BGP)]);
     let (cmd1, mut rx1) = mpsc::unbounded_channel::<Cmd>();
     let (cmd2, mut rx2) = mpsc::unbounded_channel::<Cmd>();
     std::thread::scope(|s| {
@@ -170,8 +137,7 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 in_netns(node.name(), || async move {
                     let (_tx, routes) = watch::channel(vips());
                     let reg = prometheus::Registry::new();
-                    let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg)
-                        .expect("spawn");
+                    let h = Announcer::spawn(Some(node_config(i + 1)), None, routes, &reg).expect("spawn");
                     while let Some(c) = rx.recv().await {
                         match c {
                             Cmd::Drain => h.set_draining(true),
@@ -184,10 +150,7 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 })
             });
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let n1 = ["10.96.1.1", "fd00:96:1::1"];
             let n2 = ["10.96.2.1", "fd00:96:2::1"];
@@ -196,10 +159,7 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 let r = &r;
                 move || {
                     let (w4, w6) = (want4.clone(), want6.clone());
-                    async move {
-                        (nexthops(r, "-4", VIP4) == w4 && nexthops(r, "-6", VIP6) == w6)
-                            .then_some(())
-                    }
+                    async move { (nexthops(r, "-4", VIP4) == w4 && nexthops(r, "-6", VIP6) == w6).then_some(()) }
                 }
             };
             wait_for(
@@ -208,10 +168,7 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 kernel(vec![n1[0], n2[0]], vec![n1[1], n2[1]]),
             )
             .await;
-            for (afi, prefix) in [
-                ("ipv4", format!("{VIP4}/32")),
-                ("ipv6", format!("{VIP6}/128")),
-            ] {
+            for (afi, prefix) in [("ipv4", format!("{VIP4}/32")), ("ipv6", format!("{VIP6}/128"))] {
                 let paths = bgp_paths(&frr, afi, &prefix);
                 assert_eq!(paths.len(), 2, "{afi}: {paths:?}");
                 for p in &paths {
@@ -220,65 +177,35 @@ fn frr_router_learns_vips_with_ecmp_honours_graceful_shutdown_and_withdraws_on_d
                 }
             }
 
-            assert!(
-                bgp_paths(&frr, "ipv4", NOT_HOST).is_empty(),
-                "PADIS-IN4 refuses what is not a host route"
-            );
+            assert!(bgp_paths(&frr, "ipv4", NOT_HOST).is_empty(), "PADIS-IN4 refuses what is not a host route");
             assert!(nexthops(&r, "-4", NOT_HOST).is_empty());
 
             // GRACEFUL_SHUTDOWN from node 1: FRR sets LOCAL_PREF 0 (RFC 8326 on eBGP), node 1 leaves the ECMP set.
             cmd1.send(Cmd::Drain).expect("node 1");
-            wait_for(
-                LIMIT,
-                "node 1 leaves the ECMP routes while it drains",
-                kernel(vec![n2[0]], vec![n2[1]]),
-            )
-            .await;
-            for (afi, prefix) in [
-                ("ipv4", format!("{VIP4}/32")),
-                ("ipv6", format!("{VIP6}/128")),
-            ] {
+            wait_for(LIMIT, "node 1 leaves the ECMP routes while it drains", kernel(vec![n2[0]], vec![n2[1]])).await;
+            for (afi, prefix) in [("ipv4", format!("{VIP4}/32")), ("ipv6", format!("{VIP6}/128"))] {
                 let paths = bgp_paths(&frr, afi, &prefix);
-                let p = path_from(&paths, n1[0])
-                    .unwrap_or_else(|| panic!("{afi}: node 1 still announces: {paths:?}"));
+                let p = path_from(&paths, n1[0]).unwrap_or_else(|| panic!("{afi}: node 1 still announces: {paths:?}"));
                 assert_eq!(p["locPrf"], 0, "{afi}: {p}");
                 assert!(
-                    p["community"]["string"]
-                        .as_str()
-                        .is_some_and(|c| c.contains("graceful-shutdown")),
+                    p["community"]["string"].as_str().is_some_and(|c| c.contains("graceful-shutdown")),
                     "{afi}: {p}"
                 );
             }
             cmd1.send(Cmd::Undrain).expect("node 1");
-            wait_for(
-                LIMIT,
-                "node 1 back in the ECMP routes",
-                kernel(vec![n1[0], n2[0]], vec![n1[1], n2[1]]),
-            )
-            .await;
+            wait_for(LIMIT, "node 1 back in the ECMP routes", kernel(vec![n1[0], n2[0]], vec![n1[1], n2[1]])).await;
 
             // `padis drain` + stop on node 2: traffic moves away, then its routes are withdrawn.
             cmd2.send(Cmd::DrainAndStop).expect("node 2");
-            wait_for(
-                LIMIT,
-                "single path after node 2 drains",
-                kernel(vec![n1[0]], vec![n1[1]]),
-            )
-            .await;
+            wait_for(LIMIT, "single path after node 2 drains", kernel(vec![n1[0]], vec![n1[1]])).await;
             wait_for(LIMIT, "node 2's routes withdrawn", || async {
-                let gone = path_from(&bgp_paths(&frr, "ipv4", &format!("{VIP4}/32")), n2[0])
-                    .is_none()
+                let gone = path_from(&bgp_paths(&frr, "ipv4", &format!("{VIP4}/32")), n2[0]).is_none()
                     && path_from(&bgp_paths(&frr, "ipv6", &format!("{VIP6}/128")), n2[0]).is_none();
                 gone.then_some(())
             })
             .await;
             cmd1.send(Cmd::Stop).expect("node 1");
-            wait_for(
-                LIMIT,
-                "no route when no node announces",
-                kernel(vec![], vec![]),
-            )
-            .await;
+            wait_for(LIMIT, "no route when no node announces", kernel(vec![], vec![])).await;
         });
         drop((cmd1, cmd2));
     });
@@ -323,9 +250,7 @@ router ospf
 fn ospf_topology() -> (Netns, Netns) {
     let node = Netns::new("on").expect("netns");
     let nb = Netns::new("ob").expect("netns");
-    node.ip(&[
-        "link", "add", "vo", "type", "veth", "peer", "name", "vn", "netns", nb.name(),
-    ]);
+    node.ip(&["link", "add", "vo", "type", "veth", "peer", "name", "vn", "netns", nb.name()]);
     node.ip(&["addr", "add", "10.95.0.1/30", "dev", "vo"]);
     node.ip(&["link", "set", "vo", "up"]);
     nb.ip(&["addr", "add", "10.95.0.2/30", "dev", "vn"]);
@@ -335,48 +260,28 @@ fn ospf_topology() -> (Netns, Netns) {
 
 fn ospf_config(mode: &str) -> OspfConfig {
     let text = format!("[ospf]\ntable = 100\nmode = \"{mode}\"\ninterface = \"lo\"\n");
-    let v = padis_model::parse_config(&text, "test.toml", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = padis_model::parse_config(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     v.state.ospf.expect("ospf section")
 }
 
 fn host_routes(list: &[&str]) -> BTreeSet<Announcement> {
-    list.iter()
-        .map(|p| Announcement {
-            prefix: p.parse().expect("prefix"),
-            name: format!("vip-{p}"),
-        })
-        .collect()
+    list.iter().map(|p| Announcement { prefix: p.parse().expect("prefix"), name: format!("vip-{p}") }).collect()
 }
 
 /// Starts the node's FRR (zebra + ospfd with `node_ospfd` and the link timers) and the neighbour's FRR.
 fn ospf_routers(node: &Netns, nb: &Netns, node_zebra: &str, node_ospfd: &str) -> (Frr, Frr) {
-    let node_frr = Frr::start(
-        node.name(),
-        &[
-            ("zebra", node_zebra),
-            ("ospfd", &format!("interface vo{OSPF_LINK}!{node_ospfd}")),
-        ],
-    );
+    let node_frr =
+        Frr::start(node.name(), &[("zebra", node_zebra), ("ospfd", &format!("interface vo{OSPF_LINK}!{node_ospfd}"))]);
     let nb_frr = Frr::start(
         nb.name(),
-        &[
-            ("zebra", "hostname neighbour\n"),
-            (
-                "ospfd",
-                &format!("interface vn{OSPF_LINK}!{FRR_NEIGHBOUR_OSPFD}"),
-            ),
-        ],
+        &[("zebra", "hostname neighbour\n"), ("ospfd", &format!("interface vn{OSPF_LINK}!{FRR_NEIGHBOUR_OSPFD}"))],
     );
     (node_frr, nb_frr)
 }
 
 /// Waits until the neighbour's kernel has (or no longer has) an OSPF route to `vip` via the node.
 async fn neighbour_route(nb: &Netns, frr: &Frr, vip: &str, present: bool) {
-    let what = format!(
-        "neighbour {} {vip} by OSPF",
-        if present { "learns" } else { "forgets" }
-    );
+    let what = format!("neighbour {} {vip} by OSPF", if present { "learns" } else { "forgets" });
     let t = std::time::Instant::now();
     loop {
         let r = nb.try_ip(&["-4", "route", "show", vip]);
@@ -455,11 +360,8 @@ fn frr_route_mode_loses_the_vip_when_padis_changes_its_metric() {
             let node = &node;
             move || async move {
                 let t = node.try_ip(&["-4", "route", "show", "table", "100"]);
-                (t.lines().count() == 1
-                    && t.contains(&format!(
-                        "{vip} dev lo proto 237 scope link metric {metric}"
-                    )))
-                .then_some(())
+                (t.lines().count() == 1 && t.contains(&format!("{vip} dev lo proto 237 scope link metric {metric}")))
+                    .then_some(())
             }
         };
         h.set_draining(true);
@@ -481,10 +383,7 @@ fn frr_route_mode_loses_the_vip_when_padis_changes_its_metric() {
         // A change of the VIP's route (here: withdrawn and announced again) brings it back.
         tx.send_replace(BTreeSet::new());
         wait_for(LIMIT, "route removed from table 100", || async {
-            node.try_ip(&["-4", "route", "show", "table", "100"])
-                .trim()
-                .is_empty()
-                .then_some(())
+            node.try_ip(&["-4", "route", "show", "table", "100"]).trim().is_empty().then_some(())
         })
         .await;
         tx.send_replace(host_routes(&["198.51.100.24/32"]));

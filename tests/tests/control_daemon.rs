@@ -41,14 +41,16 @@ fn check_prints_summary_or_file_line_errors() {
     assert!(stdout.contains("listener    web") && stdout.contains("route       all"), "{stdout}");
 
     let bad = dir.path().join("bad.toml");
-    let text = config("127.0.0.1:9".parse().unwrap(), 8080, "[[route]]\nname = \"two\"\npath = \"x\"\ngroup = \"ghost\"\n");
+    let text =
+        config("127.0.0.1:9".parse().unwrap(), 8080, "[[route]]\nname = \"two\"\npath = \"x\"\ngroup = \"ghost\"\n");
     std::fs::write(&bad, &text).unwrap();
     let out = Command::new(padis_bin()).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
     let path_line = format!("{}:{}:1: route[1].path: must start with `/`", bad.display(), line_of("path = \"x\""));
-    let group_line = format!("{}:{}:1: route[1].group: no group named `ghost`", bad.display(), line_of("group = \"ghost\""));
+    let group_line =
+        format!("{}:{}:1: route[1].group: no group named `ghost`", bad.display(), line_of("group = \"ghost\""));
     assert!(stderr.contains(&path_line), "{stderr}\nwanted {path_line}");
     assert!(stderr.contains(&group_line), "{stderr}\nwanted {group_line}");
 }
@@ -187,7 +189,8 @@ fn non_loopback_admin_needs_a_token() {
     std::fs::write(&path, "[admin]\nlisten = \"0.0.0.0:9901\"\n").unwrap();
     let out = Command::new(padis_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: admin.listen: a non-loopback admin address needs a bearer `token`"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(":2:1: admin.listen: a non-loopback admin address needs a bearer `token`"));
 }
 
 #[test]
@@ -219,11 +222,17 @@ fn demo_serves_http_and_dns_on_the_embedded_config() {
         assert_eq!(code, 200, "{body}");
         seen.insert(body.split(':').next().unwrap().to_string());
     }
-    assert!(seen.contains("hello from demo backend 1 (v1)") && seen.contains("hello from demo backend 2 (v1)"), "{seen:?}");
+    assert!(
+        seen.contains("hello from demo backend 1 (v1)") && seen.contains("hello from demo backend 2 (v1)"),
+        "{seen:?}"
+    );
     let (code, body) = http(web, "GET", "/", None, &[("Host", "v2.localhost")]).unwrap();
     assert_eq!(code, 200);
     assert!(body.starts_with("hello from demo backend 3 (v2)"), "{body}");
-    let out = Command::new("kdig").args(["@127.0.0.1", "-p", "5353", "+short", "_http._tcp.demo.padis.test", "SRV"]).output().unwrap();
+    let out = Command::new("kdig")
+        .args(["@127.0.0.1", "-p", "5353", "+short", "_http._tcp.demo.padis.test", "SRV"])
+        .output()
+        .unwrap();
     let srv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(srv.lines().count(), 3, "{srv}");
     assert!(srv.contains("9101 demo-1.demo.padis.test."), "{srv}");

@@ -107,7 +107,12 @@ async fn hundred_reloads_under_load_fail_no_request() {
         let log = padis.log_text();
         let interesting: Vec<&str> = log.lines().filter(|l| !l.contains("status=200")).collect();
         std::fs::write("/tmp/reload-load.log", &log).ok();
-        panic!("{} failed requests, first: {:?}\n{}", failures.len(), &failures[..failures.len().min(5)], interesting[interesting.len().saturating_sub(40)..].join("\n"));
+        panic!(
+            "{} failed requests, first: {:?}\n{}",
+            failures.len(),
+            &failures[..failures.len().min(5)],
+            interesting[interesting.len().saturating_sub(40)..].join("\n")
+        );
     }
     assert!(ok.load(Ordering::Relaxed) > 1000, "too little load: {}", ok.load(Ordering::Relaxed));
     assert!(state["generation"].as_u64().unwrap() >= 100, "{}", state["generation"]);

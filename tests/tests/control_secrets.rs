@@ -196,10 +196,9 @@ fn secret_files_open_to_group_or_others_are_refused_with_file_and_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
-    for (field, needle, mode) in [
-        ("admin.token_file", "token_file", "0640"),
-        ("marathon.auth.password_file", "password_file", "0604"),
-    ] {
+    for (field, needle, mode) in
+        [("admin.token_file", "token_file", "0640"), ("marathon.auth.password_file", "password_file", "0604")]
+    {
         let want = format!("{}:{}:1: {field}: ", path.display(), line_of(needle));
         assert!(stderr.contains(&want), "wanted {want}\n{stderr}");
         assert!(stderr.contains(&format!("mode {mode} lets group or others access this secret")), "{stderr}");

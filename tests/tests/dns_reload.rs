@@ -119,14 +119,23 @@ fn zone_edits_reach_a_bind_secondary_by_ixfr() {
     assert!(text.contains("broken.zone:5"), "file:line of the bad record: {text}");
     assert!(!text.contains(SECRET) && !text.contains(&SECRET[..20]), "secret printed by check: {text}");
     let good = d.join("good.toml");
-    std::fs::write(&good, config(d, admin_port, dns_port, bind_port).replace("broken.zone", "rel.zone").replace("broken.test", "other.test"))
-        .unwrap();
+    std::fs::write(
+        &good,
+        config(d, admin_port, dns_port, bind_port)
+            .replace("broken.zone", "rel.zone")
+            .replace("broken.test", "other.test"),
+    )
+    .unwrap();
     let out = check(&good);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // other.test served from rel.zone: its records are outside the zone.
     assert!(!out.status.success() && text.contains("outside the zone"), "{text}");
-    std::fs::write(&good, config(d, admin_port, dns_port, bind_port).replace("\n[[dns.zone]]\nname = \"broken.test\"\nfile = \"broken.zone\"\n", ""))
-        .unwrap();
+    std::fs::write(
+        &good,
+        config(d, admin_port, dns_port, bind_port)
+            .replace("\n[[dns.zone]]\nname = \"broken.test\"\nfile = \"broken.zone\"\n", ""),
+    )
+    .unwrap();
     let out = check(&good);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && !text.contains(SECRET), "{text}");
@@ -177,7 +186,9 @@ fn zone_edits_reach_a_bind_secondary_by_ixfr() {
     let auth = format!("Bearer {TOKEN}");
     let (code, body) = http(p.admin, "POST", "/v1/reload", None, &[("Authorization", &auth)]).unwrap();
     assert_eq!(code, 200, "{body}");
-    wait("the reload served", Duration::from_secs(10), || kdig(dns, &["www.rel.test", "A"]).data("A") == ["192.0.2.12"]);
+    wait("the reload served", Duration::from_secs(10), || {
+        kdig(dns, &["www.rel.test", "A"]).data("A") == ["192.0.2.12"]
+    });
     assert_eq!(serial(dns), Some(102));
     let st = state(&p);
     let note = zone_state(&st, "rel.test.")["serial_note"].as_str().unwrap_or("").to_string();
@@ -192,7 +203,9 @@ fn zone_edits_reach_a_bind_secondary_by_ixfr() {
     // A broken edit: the previous version stays served, the zone is reported stale with file:line.
     edit(&zf, &format!("{}bad IN A not-an-address\n", zone(201, "192.0.2.14")));
     p.signal(libc::SIGHUP);
-    wait("the zone reported stale", Duration::from_secs(10), || zone_state(&state(&p), "rel.test.")["state"] == "stale");
+    wait("the zone reported stale", Duration::from_secs(10), || {
+        zone_state(&state(&p), "rel.test.")["state"] == "stale"
+    });
     let st = state(&p);
     assert!(zone_state(&st, "rel.test.")["error"].as_str().unwrap_or("").contains("rel.zone:8"), "{st:#}");
     assert_eq!(serial(dns), Some(200));
@@ -206,16 +219,23 @@ fn zone_edits_reach_a_bind_secondary_by_ixfr() {
 fn signed_zone_passes_check_and_bad_dnssec_record_fails_with_file_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("sec.zone"), "$ORIGIN sec.test.\n$TTL 60\n@ IN SOA ns.sec.test. a.sec.test. 1 60 10 600 5\n@ IN NS ns\nns IN A 192.0.2.1\n")
-        .unwrap();
+    std::fs::write(
+        d.join("sec.zone"),
+        "$ORIGIN sec.test.\n$TTL 60\n@ IN SOA ns.sec.test. a.sec.test. 1 60 10 600 5\n@ IN NS ns\nns IN A 192.0.2.1\n",
+    )
+    .unwrap();
     let run = |cmd: &mut Command| {
-        let out = cmd.current_dir(d).output().expect("bind9-utils (dnssec-keygen, dnssec-signzone); tests/setup installs it");
+        let out =
+            cmd.current_dir(d).output().expect("bind9-utils (dnssec-keygen, dnssec-signzone); tests/setup installs it");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let key = run(Command::new("dnssec-keygen").args(["-a", "ECDSAP256SHA256", "-n", "ZONE", "sec.test"]));
-    std::fs::write(d.join("sec.zone"), format!("{}$INCLUDE {key}.key\n", std::fs::read_to_string(d.join("sec.zone")).unwrap()))
-        .unwrap();
+    std::fs::write(
+        d.join("sec.zone"),
+        format!("{}$INCLUDE {key}.key\n", std::fs::read_to_string(d.join("sec.zone")).unwrap()),
+    )
+    .unwrap();
     run(Command::new("dnssec-signzone").args(["-P", "-o", "sec.test", "-f", "sec.signed", "sec.zone"]));
     let signed = std::fs::read_to_string(d.join("sec.signed")).unwrap();
     assert!(signed.contains("RRSIG") && signed.contains("DNSKEY"), "{signed}");
@@ -226,13 +246,19 @@ fn signed_zone_passes_check_and_bad_dnssec_record_fails_with_file_line() {
     .unwrap();
     let check = || {
         let out = Command::new(padis_bin()).args(["check", "--config"]).arg(d.join("padis.toml")).output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     };
     let (ok, text) = check();
     assert!(ok, "{text}");
     let line = signed.lines().count() + 1;
-    std::fs::write(d.join("sec.signed"), format!("{signed}bad 60 IN RRSIG A 13 3 60 20270101000000 20261201000000 1 sec.test. !!\n"))
-        .unwrap();
+    std::fs::write(
+        d.join("sec.signed"),
+        format!("{signed}bad 60 IN RRSIG A 13 3 60 20270101000000 20261201000000 1 sec.test. !!\n"),
+    )
+    .unwrap();
     let (ok, text) = check();
     assert!(!ok && text.contains(&format!("sec.signed:{line}")) && text.contains("RRSIG"), "{text}");
 }

@@ -6,8 +6,8 @@
 //! scenarios that loop over many flows, change health, time or pins, or check properties (random frames).
 
 use etherparse::{
-    Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv4HeaderSlice,
-    Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
+    Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6Header,
+    PacketBuilder, SlicedPacket, TransportSlice,
 };
 use padis_ebpf_common::{flow_hash, stat, v4_mapped, FlowKey};
 use padis_tests::l4::{verdict, Fixture};
@@ -143,9 +143,9 @@ impl Case {
     }
 }
 
+use verdict::{DROP, PASS, TX};
 use Out::{Any, Dsr, Frame, Same};
 use Setup::{Keep, Load, Program};
-use verdict::{DROP, PASS, TX};
 
 fn ipv6_vip() -> String {
     config(
@@ -409,66 +409,111 @@ fn ipip6_both() -> String {
 /// The packet fixtures, run in order by [`packet_fixtures`]; a `Keep` row continues on the previous row's balancer.
 const CASES: &[Case] = &[
     // DSR.
-    case("TCP SYN to an IPv4 VIP: DSR rewrites only the MACs",
-        Load(one_backend_web), || tcp4(CLIENT, 40000, VIP, 80, true, false, b""), TX, Dsr(B11))
-        .stats(&[(stat::FORWARDED, 1), (stat::CT_MISS, 1)])
-        .check(one_flow),
-    case("established packet of that flow: connection-table hit",
-        Keep, || tcp4(CLIENT, 40000, VIP, 80, false, false, b"GET / HTTP/1.1\r\n\r\n"), TX, Dsr(B11))
-        .stats(&[(stat::CT_HIT, 1), (stat::FORWARDED, 2)]),
+    case(
+        "TCP SYN to an IPv4 VIP: DSR rewrites only the MACs",
+        Load(one_backend_web),
+        || tcp4(CLIENT, 40000, VIP, 80, true, false, b""),
+        TX,
+        Dsr(B11),
+    )
+    .stats(&[(stat::FORWARDED, 1), (stat::CT_MISS, 1)])
+    .check(one_flow),
+    case(
+        "established packet of that flow: connection-table hit",
+        Keep,
+        || tcp4(CLIENT, 40000, VIP, 80, false, false, b"GET / HTTP/1.1\r\n\r\n"),
+        TX,
+        Dsr(B11),
+    )
+    .stats(&[(stat::CT_HIT, 1), (stat::FORWARDED, 2)]),
     case("UDP to an IPv6 VIP: DSR", Load(udp6_dns), || udp6(CLIENT6, 5353, VIP6, 53, b"query"), TX, Dsr(B6)),
     case("the same behind an 802.1Q tag: the tag stays", Keep, tagged_udp6, TX, Dsr(B6)),
     case("TCP to the UDP VIP's port is no VIP: passed", Keep, tcp6_to_udp_port, PASS, Same),
     // Not ours.
-    case("TCP to a non-VIP address: passed untouched",
-        Load(one_backend_web), || tcp4(CLIENT, 40000, [192, 0, 2, 99], 80, true, false, b""), PASS, Same),
-    case("TCP to a VIP address on another port: passed",
-        Keep, || tcp4(CLIENT, 40000, VIP, 22, true, false, b""), PASS, Same),
+    case(
+        "TCP to a non-VIP address: passed untouched",
+        Load(one_backend_web),
+        || tcp4(CLIENT, 40000, [192, 0, 2, 99], 80, true, false, b""),
+        PASS,
+        Same,
+    ),
+    case(
+        "TCP to a VIP address on another port: passed",
+        Keep,
+        || tcp4(CLIENT, 40000, VIP, 22, true, false, b""),
+        PASS,
+        Same,
+    ),
     case("ICMP echo to a VIP address is the node's business", Keep, ping, PASS, Same),
     case("ARP: passed", Keep, arp, PASS, Same).stats(&[(stat::FORWARDED, 0)]).check(no_flow),
     // Fragments and options.
     case("IPv4 more-fragments to a VIP: dropped", Load(one_backend_web), more_fragments, DROP, Same),
-    case("IPv4 non-first fragment to a TCP VIP: dropped",
-        Keep, later_fragment, DROP, Same).stats(&[(stat::DROP_FRAGMENT, 2)]),
+    case("IPv4 non-first fragment to a TCP VIP: dropped", Keep, later_fragment, DROP, Same)
+        .stats(&[(stat::DROP_FRAGMENT, 2)]),
     case("IPv4 options to a VIP: dropped", Keep, ipv4_options, DROP, Same).stats(&[(stat::DROP_IP_OPTIONS, 1)]),
     case("a fragment to a non-VIP address is not ours", Keep, fragment_to_other_address, PASS, Same),
-    case("IPv6 fragment header to a VIP: dropped",
-        Load(ipv6_vip), ipv6_fragment, DROP, Same).stats(&[(stat::DROP_FRAGMENT, 1)]),
+    case("IPv6 fragment header to a VIP: dropped", Load(ipv6_vip), ipv6_fragment, DROP, Same)
+        .stats(&[(stat::DROP_FRAGMENT, 1)]),
     // ACL.
-    case("ACL: a listed source is forwarded",
-        Load(acl_web), || tcp4(CLIENT, 1234, VIP, 80, true, false, b""), TX, Dsr(B11)),
-    case("ACL: another source is dropped, no entry",
-        Keep, || tcp4([203, 0, 113, 5], 1234, VIP, 80, true, false, b""), DROP, Same)
-        .stats(&[(stat::DROP_ACL, 1)])
-        .check(one_flow),
+    case(
+        "ACL: a listed source is forwarded",
+        Load(acl_web),
+        || tcp4(CLIENT, 1234, VIP, 80, true, false, b""),
+        TX,
+        Dsr(B11),
+    ),
+    case(
+        "ACL: another source is dropped, no entry",
+        Keep,
+        || tcp4([203, 0, 113, 5], 1234, VIP, 80, true, false, b""),
+        DROP,
+        Same,
+    )
+    .stats(&[(stat::DROP_ACL, 1)])
+    .check(one_flow),
     // IPIP.
-    case("IPIP to an IPv4 backend, byte for byte",
-        Load(ipip_web), || tcp4(CLIENT, 40001, VIP, 80, true, false, b"hello"), TX, Frame(ipip4_expected))
-        .check(|_, _, out| assert!(ipv4_checksum_ok(&out[14..]), "outer checksum")),
+    case(
+        "IPIP to an IPv4 backend, byte for byte",
+        Load(ipip_web),
+        || tcp4(CLIENT, 40001, VIP, 80, true, false, b"hello"),
+        TX,
+        Frame(ipip4_expected),
+    )
+    .check(|_, _, out| assert!(ipv4_checksum_ok(&out[14..]), "outer checksum")),
     case("IPIP over IPv6 to an IPv6 backend", Load(ipip6_web), syn6_443, TX, Frame(ipip6_expected)),
-    case("IPIP: too big with DF: ICMP fragmentation needed",
-        Load(ipip_web), || big4(true), TX, Any).check(check_frag_needed),
+    case("IPIP: too big with DF: ICMP fragmentation needed", Load(ipip_web), || big4(true), TX, Any)
+        .check(check_frag_needed),
     case("IPIP: too big without DF: dropped", Keep, || big4(false), DROP, Same).stats(&[(stat::DROP_ENCAP, 1)]),
-    case("IPv6 too big for the IPv6 backend: packet too big 1460",
-        Load(ipip6_both), || big6(true, false, 1500), TX, Frame(|i| ptb6_expected(i, 14, 1460)))
+    case(
+        "IPv6 too big for the IPv6 backend: packet too big 1460",
+        Load(ipip6_both),
+        || big6(true, false, 1500),
+        TX,
+        Frame(|i| ptb6_expected(i, 14, 1460)),
+    )
+    .check(check_ptb6),
+    case("the same with a tag", Keep, || big6(true, true, 1500), TX, Frame(|i| ptb6_expected(i, 18, 1460)))
         .check(check_ptb6),
-    case("the same with a tag",
-        Keep, || big6(true, true, 1500), TX, Frame(|i| ptb6_expected(i, 18, 1460))).check(check_ptb6),
-    case("UDP too big for the IPv4 backend: packet too big 1480",
-        Keep, || big6(false, false, 1500), TX, Frame(|i| ptb6_expected(i, 14, 1480)))
-        .check(check_ptb6),
+    case(
+        "UDP too big for the IPv4 backend: packet too big 1480",
+        Keep,
+        || big6(false, false, 1500),
+        TX,
+        Frame(|i| ptb6_expected(i, 14, 1480)),
+    )
+    .check(check_ptb6),
     case("the same with a tag", Keep, || big6(false, true, 1500), TX, Frame(|i| ptb6_expected(i, 18, 1480)))
         .stats(&[(stat::ICMP_TOO_BIG_SENT, 4), (stat::FORWARDED, 0), (stat::DROP_ENCAP, 0)])
         .check(check_ptb6),
     case("an oversize ICMPv6 error is never answered: dropped", Keep, big_icmp6_error, DROP, Same)
         .stats(&[(stat::DROP_ENCAP, 1), (stat::ICMP_TOO_BIG_SENT, 4)]),
-    case("IPv6 + 40 = MTU exactly: encapsulated",
-        Load(ipip6_both), || big6(true, false, 1460), TX, Any).check(check_encapsulated),
+    case("IPv6 + 40 = MTU exactly: encapsulated", Load(ipip6_both), || big6(true, false, 1460), TX, Any)
+        .check(check_encapsulated),
     case("one byte more: packet too big", Keep, || big6(true, false, 1461), TX, Any).check(check_ptb6),
     case("tagged, exactly the MTU: encapsulated", Keep, || big6(true, true, 1460), TX, Any).check(check_encapsulated),
     case("tagged, one byte more: packet too big", Keep, || big6(true, true, 1461), TX, Any).check(check_ptb6),
-    case("IPv4 outer + 20 = MTU exactly: encapsulated",
-        Keep, || big6(false, false, 1480), TX, Any).check(check_encapsulated),
+    case("IPv4 outer + 20 = MTU exactly: encapsulated", Keep, || big6(false, false, 1480), TX, Any)
+        .check(check_encapsulated),
     case("one byte more: packet too big", Keep, || big6(false, false, 1481), TX, Any).check(check_ptb6),
     case("tagged, exactly the MTU: encapsulated", Keep, || big6(false, true, 1480), TX, Any).check(check_encapsulated),
     case("tagged, one byte more: packet too big", Keep, || big6(false, true, 1481), TX, Any)
@@ -476,17 +521,32 @@ const CASES: &[Case] = &[
         .check(check_ptb6),
     // Ids are reused: a stale entry of a removed VIP never forwards.
     case("a flow to web", Load(one_backend_web), || tcp4(CLIENT, 41000, VIP, 80, true, false, b""), TX, Dsr(B11)),
-    case("web removed (its entry stays), its id goes to another VIP with the same backend",
-        Program(base), || tcp4(CLIENT, 41000, VIP, 80, false, false, b"x"), PASS, Same)
-        .check(one_flow),
-    case("the stale entry does not forward for the removed VIP",
-        Program(other_vip_same_backend), || tcp4(CLIENT, 41000, VIP, 80, false, false, b"x"), PASS, Same)
-        .stats(&[(stat::CT_HIT, 0)])
-        .check(one_flow),
+    case(
+        "web removed (its entry stays), its id goes to another VIP with the same backend",
+        Program(base),
+        || tcp4(CLIENT, 41000, VIP, 80, false, false, b"x"),
+        PASS,
+        Same,
+    )
+    .check(one_flow),
+    case(
+        "the stale entry does not forward for the removed VIP",
+        Program(other_vip_same_backend),
+        || tcp4(CLIENT, 41000, VIP, 80, false, false, b"x"),
+        PASS,
+        Same,
+    )
+    .stats(&[(stat::CT_HIT, 0)])
+    .check(one_flow),
     case("the new VIP works", Keep, || tcp4(CLIENT, 41001, [192, 0, 2, 2], 80, true, false, b""), TX, Dsr(B11)),
-    case("and its established packets hit",
-        Keep, || tcp4(CLIENT, 41001, [192, 0, 2, 2], 80, false, false, b"x"), TX, Dsr(B11))
-        .stats(&[(stat::CT_HIT, 1)]),
+    case(
+        "and its established packets hit",
+        Keep,
+        || tcp4(CLIENT, 41001, [192, 0, 2, 2], 80, false, false, b"x"),
+        TX,
+        Dsr(B11),
+    )
+    .stats(&[(stat::CT_HIT, 1)]),
 ];
 
 /// Runs [`CASES`] in order; a failure names the row.
@@ -608,8 +668,11 @@ fn source_prefix_limit_drops_a_syn_flood_and_counts_it_per_vip() {
     let v6_drops = v6.iter().filter(|v| **v == verdict::DROP).count() as u64 + 1;
     assert_eq!((f.rate_limited("web6"), f.rate_limited("web")), (v6_drops, web_drops));
     // The limit is a live setting: without [l4.source_limit] the flooding source opens flows again.
-    f.program(&limited().replace("new_flows_per_sec = 1\nburst = 5\nprefix_v4 = 24\nprefix_v6 = 64\n", "")
-        .replace("[l4.source_limit]\n", ""));
+    f.program(
+        &limited()
+            .replace("new_flows_per_sec = 1\nburst = 5\nprefix_v4 = 24\nprefix_v6 = 64\n", "")
+            .replace("[l4.source_limit]\n", ""),
+    );
     for i in 0..10u16 {
         assert_eq!(f.run(&tcp4(CLIENT, 40000 + i, VIP, 80, true, false, b"")).0, verdict::TX);
     }
@@ -887,9 +950,9 @@ fn icmp_fragmentation_needed_follows_its_flow() {
     let mut icmp = Vec::new();
     PacketBuilder::ethernet2(ROUTER, NODE)
         .ipv4([203, 0, 113, 1], VIP, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-        ))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400,
+        }))
         .write(&mut icmp, &quoted)
         .unwrap();
     let (v, out) = f.run(&icmp);

@@ -44,7 +44,8 @@ fn wait_in_table(p: &PadisL4, want: &[usize]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = p.report().expect("report");
-        let got: HashSet<String> = r.vips[0].backends.iter().filter(|b| b.in_table).map(|b| b.addr.to_string()).collect();
+        let got: HashSet<String> =
+            r.vips[0].backends.iter().filter(|b| b.in_table).map(|b| b.addr.to_string()).collect();
         if got == want {
             return;
         }
@@ -266,7 +267,10 @@ fn l4_e2e_source_limit_drops_one_sources_syn_flood() {
     let limited = r.vips[0].rate_limited;
     let allowed = burst + rate * (secs + 1.0) + f64::from(sent) * 0.02;
     assert!(limited <= u64::from(sent), "{limited} dropped of {sent}");
-    assert!(f64::from(sent) - limited as f64 <= allowed, "{limited} of {sent} dropped in {secs:.2}s, allowed {allowed}");
+    assert!(
+        f64::from(sent) - limited as f64 <= allowed,
+        "{limited} of {sent} dropped in {secs:.2}s, allowed {allowed}"
+    );
     let m = padis.metrics().expect("metrics");
     let metric = format!("padis_l4_vip_rate_limited_packets_total{{vip=\"web\"}} {limited}");
     assert!(m.contains(&metric), "no `{metric}` in\n{m}");

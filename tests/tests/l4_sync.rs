@@ -215,7 +215,9 @@ fn l4_sync_wrong_key_inserts_nothing_and_flows_break() {
     wait_in_table(&a, &four);
     wait_in_table(&b, &four);
     let mut conns = open(&lan, 32);
-    wait_for("A to send its records", Duration::from_secs(30), || metric(&a, "padis_l4_sync_records_sent_total") >= 32.0);
+    wait_for("A to send its records", Duration::from_secs(30), || {
+        metric(&a, "padis_l4_sync_records_sent_total") >= 32.0
+    });
     // Hellos (every second) and the batches all fail authentication at B.
     wait_for("B to refuse A's datagrams", Duration::from_secs(30), || {
         metric(&b, "padis_l4_sync_auth_failures_total") >= 4.0
@@ -246,8 +248,22 @@ impl<'a> DropFromA<'a> {
         ns.run(&["nft", "add chain inet padis_sync_test input { type filter hook input priority 0 ; }"])
             .expect("nft chain");
         let port = SYNC_PORT.to_string();
-        ns.run(&["nft", "add", "rule", "inet", "padis_sync_test", "input", "ip", "saddr", PADIS, "udp", "dport", &port, "drop"])
-            .expect("nft rule");
+        ns.run(&[
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "padis_sync_test",
+            "input",
+            "ip",
+            "saddr",
+            PADIS,
+            "udp",
+            "dport",
+            &port,
+            "drop",
+        ])
+        .expect("nft rule");
         DropFromA(ns)
     }
 }

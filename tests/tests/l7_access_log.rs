@@ -33,7 +33,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessLog {
 async fn access_log_one_event_per_request() {
     use tracing_subscriber::layer::SubscriberExt;
     let log = AccessLog::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(log.clone())).expect("first subscriber");
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(log.clone()))
+        .expect("first subscriber");
     let dir = temp_dir();
     let b = Backend::start("b").await;
     let cfg = format!(
@@ -48,7 +49,15 @@ async fn access_log_one_event_per_request() {
     let lines = log.0.lock().unwrap().clone();
     assert_eq!(lines.len(), 2, "{lines:?}");
     let first = &lines[0];
-    for want in ["method=GET", "host=app.example", "path=/one", "status=200", "route=logged", &format!("backend={}", b.addr), "bytes="] {
+    for want in [
+        "method=GET",
+        "host=app.example",
+        "path=/one",
+        "status=200",
+        "route=logged",
+        &format!("backend={}", b.addr),
+        "bytes=",
+    ] {
         assert!(first.contains(want), "{want} missing in {first}");
     }
     assert!(lines[1].contains("path=/two"), "{}", lines[1]);

@@ -115,7 +115,8 @@ async fn retries_and_passive_ejection() {
     assert!((1.0..=2.0).contains(&errors), "the dead backend is ejected after 2 failures, got {errors} errors");
     // A POST after the ejection: the ejected backend is not picked.
     let mut h = H1Conn::connect(web).await;
-    let post = http::Request::post("/").header("host", "x").body(http_body_util::Full::new(bytes::Bytes::from("x"))).unwrap();
+    let post =
+        http::Request::post("/").header("host", "x").body(http_body_util::Full::new(bytes::Bytes::from("x"))).unwrap();
     assert_eq!(h.send(post).await.unwrap().status, 200);
 
     // Without retries and with ejection off, half the requests fail with 502.

@@ -68,7 +68,8 @@ fn rejected(p: &Proxy, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connections_per_client_address_over_all_listeners() {
     let b = Backend::start("b").await;
-    let (p, _dir) = proxy("max_conns_per_client = 3\nnew_conns_per_client_per_sec = 0", &group_toml("g", &[&b], "")).await;
+    let (p, _dir) =
+        proxy("max_conns_per_client = 3\nnew_conns_per_client_per_sec = 0", &group_toml("g", &[&b], "")).await;
     let (fast, hyper) = (p.addr("fast"), p.addr("hyper"));
     let mut open = Vec::new();
     for to in [fast, hyper, fast] {
@@ -293,8 +294,8 @@ async fn an_h2_client_that_grants_no_window_is_cut_after_send_timeout() {
     let mut client = TcpStream::connect(p.addr("fast")).await.expect("connect");
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS (defaults: 64 KiB windows)
-    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET http://x/ (HPACK: indexed :method GET, :scheme http,
-    // :path /, literal :authority x).
+                                                           // HEADERS, END_STREAM | END_HEADERS, stream 1: GET http://x/ (HPACK: indexed :method GET, :scheme http,
+                                                           // :path /, literal :authority x).
     let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
     hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
     hello.extend_from_slice(&block);
@@ -345,7 +346,8 @@ async fn tunnel(to: SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_tunnels_count_against_the_client_limit() {
     let b = Backend::start("b").await;
-    let (p, _dir) = proxy("max_conns_per_client = 2\nnew_conns_per_client_per_sec = 0", &group_toml("g", &[&b], "")).await;
+    let (p, _dir) =
+        proxy("max_conns_per_client = 2\nnew_conns_per_client_per_sec = 0", &group_toml("g", &[&b], "")).await;
     let (fast, hyper) = (p.addr("fast"), p.addr("hyper"));
     let mut tunnels = vec![tunnel(fast).await, tunnel(hyper).await];
     assert_eq!(p.metric("padis_active_connections", &[]), 2.0, "open tunnels are open connections");

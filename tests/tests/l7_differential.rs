@@ -39,12 +39,34 @@ impl Rng {
 
 const METHODS: [&str; 8] = ["GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
 const TARGETS: [&str; 14] = [
-    "/", "/a/b", "/a/../b", "//x//y", "/%61dmin", "/a?x=/../1", "/admin/../secret", "/%2e%2e/x", "*",
-    "http://h.test/abs", "http://other.test/abs?q", "/a%zz", "/sp ace", "/a/./b/.",
+    "/",
+    "/a/b",
+    "/a/../b",
+    "//x//y",
+    "/%61dmin",
+    "/a?x=/../1",
+    "/admin/../secret",
+    "/%2e%2e/x",
+    "*",
+    "http://h.test/abs",
+    "http://other.test/abs?q",
+    "/a%zz",
+    "/sp ace",
+    "/a/./b/.",
 ];
 const HOSTS: [&str; 12] = [
-    "h.test", "H.TEST:8080", "h.test.", "user@h.test", "h test", "[::1]", "[::1]:80", "h.test:abc", "", "h.test:",
-    "10.0.0.1", "h\u{0}.test",
+    "h.test",
+    "H.TEST:8080",
+    "h.test.",
+    "user@h.test",
+    "h test",
+    "[::1]",
+    "[::1]:80",
+    "h.test:abc",
+    "",
+    "h.test:",
+    "10.0.0.1",
+    "h\u{0}.test",
 ];
 const EXTRA: [(&str, &str); 12] = [
     ("Accept", "*/*"),
@@ -106,7 +128,11 @@ fn request(rng: &mut Rng, last: bool, out: &mut Vec<u8>) -> bool {
             let _ = write!(body_bytes_str(&mut body_bytes), "{body_len:x}\r\n{body}\r\n0\r\n\r\n");
         }
         11 | 12 => {
-            head.push_str(if rng.chance(80) { "Transfer-Encoding: chunked\r\n" } else { "Transfer-Encoding: gzip, chunked\r\n" });
+            head.push_str(if rng.chance(80) {
+                "Transfer-Encoding: chunked\r\n"
+            } else {
+                "Transfer-Encoding: gzip, chunked\r\n"
+            });
             let mut s = String::new();
             let mut rest = body.as_str();
             while !rest.is_empty() {

@@ -33,7 +33,10 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, S
             let method = req.method.unwrap_or("").to_string();
             let path = req.path.unwrap_or("").to_string();
             let value = |name: &str| {
-                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).to_string())
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).to_string())
             };
             let len: usize = value("content-length").map(|v| v.parse().unwrap()).unwrap_or(0);
             let chunked = value("transfer-encoding").is_some_and(|v| v.contains("chunked"));
@@ -120,7 +123,8 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                         }
                         "/upgrade" => {
                             // Switches to an echo of whatever comes next.
-                            let head = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+                            let head =
+                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
                             let _ = s.write_all(head).await;
                             let mut tmp = [0u8; 4096];
                             while let Ok(n) = s.read(&mut tmp).await {
@@ -187,7 +191,8 @@ async fn response_framings_pass_through_on_one_keep_alive_connection() {
     assert_eq!(a.body, "GET /echo 0 00000000");
     assert_eq!(conns.load(Ordering::SeqCst), 1, "one backend connection carried every exchange");
     // A body that ends with the backend's close: the client gets all of it and the connection is closed.
-    let raw = raw_exchange(p.addr("web"), b"GET /close HTTP/1.1\r\nHost: fast.test\r\n\r\n", Duration::from_secs(5)).await;
+    let raw =
+        raw_exchange(p.addr("web"), b"GET /close HTTP/1.1\r\nHost: fast.test\r\n\r\n", Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("connection: close\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nuntil the end"), "{text}");
@@ -213,7 +218,8 @@ async fn request_bodies_stream_both_ways_and_pipelined_requests_keep_their_order
     pipelined.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: fast.test\r\nConnection: close\r\n\r\n");
     let raw = raw_exchange(p.addr("web"), &pipelined, Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&raw);
-    let order: Vec<usize> = ["GET /p0 ", "GET /p1 ", "GET /p2 ", "GET /last "].iter().map(|s| text.find(s).expect(s)).collect();
+    let order: Vec<usize> =
+        ["GET /p0 ", "GET /p1 ", "GET /p2 ", "GET /last "].iter().map(|s| text.find(s).expect(s)).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
     p.stop().await;

@@ -174,7 +174,8 @@ async fn bad_input_gets_errors_and_others_are_served() {
     let out = raw_exchange(web, &h2, Duration::from_secs(3)).await;
     let has_goaway = out.windows(4).any(|w| w[3] == 7 && w[0] == 0) || out.is_empty();
     assert!(has_goaway, "{out:?}");
-    let out = raw_exchange(web, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff", Duration::from_secs(3)).await;
+    let out =
+        raw_exchange(web, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff", Duration::from_secs(3)).await;
     assert!(!String::from_utf8_lossy(&out).contains("200"));
 
     // Content-Length + Transfer-Encoding: framed as chunked (RFC 9112 §6.3), Content-Length not forwarded, the
@@ -206,7 +207,9 @@ fn client_limit_settings_have_defaults_and_are_validated_with_file_and_line() {
          h2_max_control_frames_per_sec = 0\n"
     );
     let err = padis_model::parse_config(&bad, "p.toml", dir.path()).expect_err("invalid").to_string();
-    for (line, field) in [(6, "limits.send_timeout"), (7, "limits.close_grace"), (8, "limits.h2_max_control_frames_per_sec")] {
+    for (line, field) in
+        [(6, "limits.send_timeout"), (7, "limits.close_grace"), (8, "limits.h2_max_control_frames_per_sec")]
+    {
         assert!(err.contains(&format!("p.toml:{line}:")) && err.contains(field), "{field}: {err}");
     }
     assert!(!err.contains("max_conns_per_client"), "0 turns the limit off: {err}");

@@ -28,7 +28,8 @@ async fn proxy(backend: &RecordingBackend, admin: &RecordingBackend, extra_group
 }
 
 async fn send(p: &Proxy, listener: &str, raw: &[u8]) -> Vec<Response> {
-    let (bytes, _) = exchange(p.addr(listener), &[raw.to_vec()], Duration::from_millis(300), Duration::from_secs(5)).await;
+    let (bytes, _) =
+        exchange(p.addr(listener), &[raw.to_vec()], Duration::from_millis(300), Duration::from_secs(5)).await;
     parse_responses(&bytes, &[]).0
 }
 
@@ -50,7 +51,12 @@ async fn connection_naming_content_length_cannot_smuggle_a_request_into_another_
         let echo = format!("POST /upload {}", smuggled.len());
         assert_eq!((a[0].status, String::from_utf8_lossy(&a[0].body)), (200, echo.as_str().into()), "{path}");
         // The victim, on a connection of its own: its request must reach the backend as its own.
-        let v = send(&p, path, b"GET /account HTTP/1.1\r\nHost: h.test\r\nCookie: session=victim\r\nConnection: close\r\n\r\n").await;
+        let v = send(
+            &p,
+            path,
+            b"GET /account HTTP/1.1\r\nHost: h.test\r\nCookie: session=victim\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert_eq!(v.len(), 1, "{path}: {v:?}");
         assert_eq!(String::from_utf8_lossy(&v[0].body), "GET /account 0", "{path}: the victim got another answer");
         let seen = b.seen();
@@ -104,7 +110,8 @@ async fn the_host_that_routes_is_the_host_the_backend_receives() {
         let admin = RecordingBackend::start().await;
         let (p, _dir) = proxy(&b, &admin, "").await;
         // Absolute-form: its authority routes and is the Host sent on (nginx does the same).
-        let r = send(&p, path, b"GET http://h.test/admin HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n").await;
+        let r =
+            send(&p, path, b"GET http://h.test/admin HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n").await;
         assert_eq!(r[0].status, 200, "{path}");
         let seen = admin.seen().requests;
         assert_eq!(seen.len(), 1, "{path}: routed by the authority");
@@ -161,7 +168,12 @@ async fn a_clients_bad_or_stalled_body_is_its_own_fault_not_the_backends() {
         let admin = RecordingBackend::start().await;
         let (p, _dir) = proxy(&b, &admin, passive).await;
         // A malformed chunk size.
-        let r = send(&p, path, b"POST /c HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n\r\n").await;
+        let r = send(
+            &p,
+            path,
+            b"POST /c HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n\r\n",
+        )
+        .await;
         assert_eq!(r.first().map(|r| r.status), Some(400), "{path}: {r:?}");
         // A body that stops coming: 408 after limits.body_read_timeout.
         let (bytes, _) = exchange(
@@ -234,7 +246,8 @@ async fn a_connect_failure_sends_any_request_to_another_backend() {
         let p = Proxy::start(&cfg, dir.path()).await;
         for i in 0..4 {
             // POST is not idempotent, but nothing of it was sent to the refusing backend.
-            let raw = format!("POST /p{i} HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+            let raw =
+                format!("POST /p{i} HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
             let r = send(&p, path, raw.as_bytes()).await;
             assert_eq!(r.first().map(|r| r.status), Some(200), "{path}: POST /p{i}: {r:?}");
         }

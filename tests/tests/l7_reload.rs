@@ -24,7 +24,9 @@ async fn listeners_added_and_removed() {
     let dir = temp_dir();
     let b = Backend::start("b").await;
     let base = format!("[[route]]\nname = \"r\"\ngroup = \"g\"\n{}", group("g", &[&b]));
-    let mut p = Proxy::start(&format!("{}{}{base}", listener("one", "127.0.0.1"), listener("two", "127.0.0.2")), dir.path()).await;
+    let mut p =
+        Proxy::start(&format!("{}{}{base}", listener("one", "127.0.0.1"), listener("two", "127.0.0.2")), dir.path())
+            .await;
     let one = p.addr("one");
     let two = p.addr("two");
     let mut kept = H1Conn::connect(one).await;

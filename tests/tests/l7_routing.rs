@@ -17,11 +17,7 @@ fn listener_on(name: &str, ip: &str) -> String {
 async fn h1_h2c_and_curl_reach_backend() {
     let dir = temp_dir();
     let b = Backend::start("b1").await;
-    let cfg = format!(
-        "{}[[route]]\nname = \"all\"\ngroup = \"g\"\n{}",
-        listener("web"),
-        group_toml("g", &[&b], "")
-    );
+    let cfg = format!("{}[[route]]\nname = \"all\"\ngroup = \"g\"\n{}", listener("web"), group_toml("g", &[&b], ""));
     let p = Proxy::start(&cfg, dir.path()).await;
     let addr = p.addr("web");
 

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use padis_tests::l7::{
-    curl, pem_der, raw_exchange, temp_dir, tls_connect, tls_get, tls_get_h2, Backend, Pki, Proxy,
-};
+use padis_tests::l7::{curl, pem_der, raw_exchange, temp_dir, tls_connect, tls_get, tls_get_h2, Backend, Pki, Proxy};
 
 fn config(dir: &std::path::Path, backend: &Backend, default: &str, extra_cert: &str) -> String {
     let _ = dir;
@@ -79,11 +77,24 @@ async fn sni_alpn_default_and_curl() {
     let resolve = format!("api.example.com:{}:127.0.0.1", addr.port());
     let url = format!("https://api.example.com:{}/curl", addr.port());
     let ca = pki.ca_pem.to_string_lossy().to_string();
-    let (ok, out, err) = curl(&["--cacert", &ca, "--resolve", &resolve, "--http2", "-w", "%{http_version}", &url]).await;
+    let (ok, out, err) =
+        curl(&["--cacert", &ca, "--resolve", &resolve, "--http2", "-w", "%{http_version}", &url]).await;
     assert!(ok, "{err}");
     assert!(out.contains("backend=b") && out.ends_with('2'), "{out}");
-    let (ok, out, err) =
-        curl(&["--cacert", &ca, "--resolve", &resolve, "--http1.1", "--tlsv1.2", "--tls-max", "1.2", "-w", "%{http_version}", &url]).await;
+    let (ok, out, err) = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--http1.1",
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "-w",
+        "%{http_version}",
+        &url,
+    ])
+    .await;
     assert!(ok, "{err}");
     assert!(out.ends_with("1.1"), "{out}");
     assert!(p.metric("padis_tls_handshakes_total", &[("listener", "tls"), ("version", "TLSv1.2")]) >= 1.0);

@@ -50,10 +50,11 @@ async fn websocket_frames_cross_the_proxy() {
     let p = Proxy::start(&config, dir.path()).await;
     let web = p.addr("web");
     let tcp = TcpStream::connect(web).await.expect("connect");
-    let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::client_async("ws://chat.test/socket", tcp))
-        .await
-        .expect("handshake in time")
-        .expect("WebSocket handshake through the proxy");
+    let (mut ws, resp) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::client_async("ws://chat.test/socket", tcp))
+            .await
+            .expect("handshake in time")
+            .expect("WebSocket handshake through the proxy");
     assert_eq!(resp.status(), 101);
     assert!(resp.headers().contains_key("sec-websocket-accept"), "{resp:?}");
 

@@ -65,7 +65,16 @@ fn backends(state: &serde_json::Value) -> (usize, usize) {
 /// SRV records of `_http._tcp.web.apps.test` (one per serving task), by kdig.
 async fn srv_count(dns: u16) -> usize {
     let out = tokio::process::Command::new("kdig")
-        .args(["@127.0.0.1", "-p", &dns.to_string(), "+short", "+timeout=2", "+retry=1", "SRV", "_http._tcp.web.apps.test"])
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns.to_string(),
+            "+short",
+            "+timeout=2",
+            "+retry=1",
+            "SRV",
+            "_http._tcp.web.apps.test",
+        ])
         .output()
         .await
         .expect("kdig runs (tests/setup installs knot-dnsutils)");
@@ -272,7 +281,13 @@ async fn marathon_down_for_a_minute_keeps_serving_the_last_good_state() {
         assert_eq!(backends(&s), (3, 0), "the last good state must stay in force");
         assert_eq!(srv_count(dns).await, 3, "DNS must keep answering the last good state");
         if t0.elapsed() > Duration::from_secs(15) {
-            assert_eq!(s["sources"]["marathon"]["status"]["ok"], false, "{:#}\nlog:\n{}", s["sources"], padis.log_text());
+            assert_eq!(
+                s["sources"]["marathon"]["status"]["ok"],
+                false,
+                "{:#}\nlog:\n{}",
+                s["sources"],
+                padis.log_text()
+            );
         }
         checks += 1;
     }

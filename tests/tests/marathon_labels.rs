@@ -15,7 +15,8 @@ use padis_tests::marathon::{AppSpec, MarathonDouble};
 use padis_tests::process::{free_port, Padis};
 
 /// `s3cret`, as `openssl passwd -6 -salt padissalt s3cret` writes it (an HAProxy userlist `password`).
-const HASH: &str = "$6$padissalt$94FHgKs1h6IHsjxK0JcIa8G2o.XPxuZHgseXF.orWnhISP2q7VjwTNuwVY5FStqhwtWxY1mpuCL13z6U3AduW0";
+const HASH: &str =
+    "$6$padissalt$94FHgKs1h6IHsjxK0JcIa8G2o.XPxuZHgseXF.orWnhISP2q7VjwTNuwVY5FStqhwtWxY1mpuCL13z6U3AduW0";
 
 fn config(admin: SocketAddr, web: u16, marathon: &str, resync_delay: &str) -> String {
     format!(
@@ -134,15 +135,34 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
         ),
         1,
     );
-    m.add_app(app("/acl", &[("HAPROXY_0_VHOST", "acl.test"), ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "127.0.0.2 10.1.40.0/24")]), 1);
+    m.add_app(
+        app(
+            "/acl",
+            &[("HAPROXY_0_VHOST", "acl.test"), ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "127.0.0.2 10.1.40.0/24")],
+        ),
+        1,
+    );
     m.add_app(app("/off", &[("HAPROXY_0_VHOST", "off.test"), ("HAPROXY_0_ENABLED", "false")]), 1);
     m.add_app(app("/inner", &[("HAPROXY_0_VHOST", "inner.test"), ("HAPROXY_0_GROUP", "internal")]), 1);
     m.add_app(
-        app("/tmpl", &[("HAPROXY_0_VHOST", "tmpl.test"), ("HAPROXY_0_BACKEND_HEAD", "backend {backend}"), ("HAPROXY_0_HTTP_BACKEND_REDIR", "/home")]),
+        app(
+            "/tmpl",
+            &[
+                ("HAPROXY_0_VHOST", "tmpl.test"),
+                ("HAPROXY_0_BACKEND_HEAD", "backend {backend}"),
+                ("HAPROXY_0_HTTP_BACKEND_REDIR", "/home"),
+            ],
+        ),
         1,
     );
     m.add_app(
-        app("/userlist", &[("HAPROXY_0_VHOST", "userlist.test"), ("HAPROXY_0_USERLIST_HEAD", "userlist u\n  user a insecure-password b")]),
+        app(
+            "/userlist",
+            &[
+                ("HAPROXY_0_VHOST", "userlist.test"),
+                ("HAPROXY_0_USERLIST_HEAD", "userlist u\n  user a insecure-password b"),
+            ],
+        ),
         1,
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -163,7 +183,10 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
     assert_eq!(status, 401);
     let (status, out) = request(web, "secure.test", "/Api/x?q=1", &["-u", "alice:s3cret"]).await;
     assert_eq!(status, 200, "`-i /API` matches /Api: {out}");
-    assert!(out.contains("path=/Api/x?q=1"), "the proxy-pass prefix itself is case-sensitive (as HAProxy's reqirep): {out}");
+    assert!(
+        out.contains("path=/Api/x?q=1"),
+        "the proxy-pass prefix itself is case-sensitive (as HAProxy's reqirep): {out}"
+    );
     let (status, out) = request(web, "secure.test", "/api/x?q=1", &["-u", "alice:s3cret"]).await;
     assert_eq!(status, 200, "{out}");
     assert!(out.contains("path=/x?q=1"), "the backend sees the path without /api: {out}");
@@ -197,7 +220,9 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
     assert!(!problems.iter().any(|p| p["label"].as_str().is_some_and(|l| l.starts_with("PADIS_"))), "{problems:#?}");
     assert!(!s.to_string().contains(HASH), "the password hash is not shown");
     let metrics = padis.metrics();
-    for (label, n) in [("HAPROXY_{n}_BACKEND_HEAD", 1), ("HAPROXY_{n}_HTTP_BACKEND_REDIR", 1), ("HAPROXY_{n}_USERLIST_HEAD", 1)] {
+    for (label, n) in
+        [("HAPROXY_{n}_BACKEND_HEAD", 1), ("HAPROXY_{n}_HTTP_BACKEND_REDIR", 1), ("HAPROXY_{n}_USERLIST_HEAD", 1)]
+    {
         let line = format!("padis_marathon_labels_unsupported{{label=\"{label}\"}} {n}");
         assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
     }

@@ -97,12 +97,7 @@ async fn wait_state(padis: &Padis, what: &str, pred: impl Fn(&Value) -> bool) ->
 /// Names of the listeners in force.
 fn listeners(s: &Value) -> Vec<String> {
     let st = &s["snapshot"]["state"];
-    st["listener"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["name"].as_str().map(str::to_string))
-        .collect()
+    st["listener"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str().map(str::to_string)).collect()
 }
 
 /// (serving, draining) backends of a group in force.
@@ -118,19 +113,13 @@ fn backends(s: &Value, group: &str) -> (usize, usize) {
 
 /// The Marathon problems of `app`.
 fn problems_of(s: &Value, app: &str) -> Vec<Value> {
-    let all = s["sources"]["marathon"]["problems"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let all = s["sources"]["marathon"]["problems"].as_array().cloned().unwrap_or_default();
     all.into_iter().filter(|p| p["app"] == app).collect()
 }
 
 /// Items of the Marathon source the reconciler left out.
 fn rejected(s: &Value) -> Vec<Value> {
-    s["sources"]["marathon"]["rejected"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    s["sources"]["marathon"]["rejected"].as_array().cloned().unwrap_or_default()
 }
 
 /// A TCP backend on 127.0.0.1 echoing every byte until end of stream; counts connections.
@@ -198,9 +187,7 @@ async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
 async fn echo_on(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     c.write_all(msg).await?;
     let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back))
-        .await
-        .map_err(std::io::Error::other)??;
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.map_err(std::io::Error::other)??;
     if back != msg {
         return Err(std::io::Error::other("wrong echo"));
     }
@@ -248,15 +235,8 @@ async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
         listeners(s).contains(&"marathon:/db:0".to_string()) && backends(s, "marathon:/db:0") == (2, 0)
     })
     .await;
-    let l = s["snapshot"]["state"]["listener"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "marathon:/db:0");
-    assert_eq!(
-        l.map(|l| (l["mode"].clone(), l["group"].clone())),
-        Some(("tcp".into(), "marathon:/db:0".into()))
-    );
+    let l = s["snapshot"]["state"]["listener"].as_array().unwrap().iter().find(|l| l["name"] == "marathon:/db:0");
+    assert_eq!(l.map(|l| (l["mode"].clone(), l["group"].clone())), Some(("tcp".into(), "marathon:/db:0".into())));
     assert!(problems_of(&s, "/db").is_empty(), "{:#}", s["sources"]);
     let addr: SocketAddr = format!("127.0.0.1:{sp}").parse().expect("addr");
     wait_open(addr).await;
@@ -278,10 +258,7 @@ async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
                         Ok(back) if back == msg.as_bytes() => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(back) => failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("{c}/{n}: {} bytes back", back.len())),
+                        Ok(back) => failures.lock().expect("lock").push(format!("{c}/{n}: {} bytes back", back.len())),
                         Err(e) => failures.lock().expect("lock").push(format!("{c}/{n}: {e}")),
                     }
                 }
@@ -310,19 +287,13 @@ async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
     m.scale("/db", 1);
     wait_state(&padis, "1 backend left", |s| backends(s, "marathon:/db:0") == (1, 0)).await;
     for (i, c) in kept.iter_mut().enumerate() {
-        echo_on(c, b"still here\n")
-            .await
-            .unwrap_or_else(|e| panic!("kept connection {i} cut: {e}"));
+        echo_on(c, b"still here\n").await.unwrap_or_else(|e| panic!("kept connection {i} cut: {e}"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let others: Vec<usize> = pool[1..].iter().map(Echo::conns).collect();
     let first = pool[0].conns();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        pool[1..].iter().map(Echo::conns).collect::<Vec<_>>(),
-        others,
-        "removed tasks get no connection"
-    );
+    assert_eq!(pool[1..].iter().map(Echo::conns).collect::<Vec<_>>(), others, "removed tasks get no connection");
     assert!(pool[0].conns() > first, "the remaining task serves");
 
     stop.store(true, Ordering::Relaxed);
@@ -330,18 +301,11 @@ async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
         c.await.expect("client");
     }
     let failures = failures.lock().expect("lock").clone();
-    assert!(
-        failures.is_empty(),
-        "{} failed connections: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    assert!(failures.is_empty(), "{} failed connections: {:?}", failures.len(), &failures[..failures.len().min(10)]);
     let ok = ok.load(Ordering::Relaxed);
     assert!(ok > 200, "too little load: {ok}");
     for (i, mut c) in kept.into_iter().enumerate() {
-        echo_on(&mut c, b"bye\n")
-            .await
-            .unwrap_or_else(|e| panic!("kept connection {i} cut: {e}"));
+        echo_on(&mut c, b"bye\n").await.unwrap_or_else(|e| panic!("kept connection {i} cut: {e}"));
     }
 
     // The app goes: its listener closes, with no reload.
@@ -362,22 +326,15 @@ async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
     m.add_app(
         AppSpec::new(
             "/api",
-            &[
-                ("HAPROXY_GROUP", "external"),
-                ("HAPROXY_0_MODE", "http"),
-                ("HAPROXY_0_BIND_ADDR", "127.0.0.3"),
-            ],
+            &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_MODE", "http"), ("HAPROXY_0_BIND_ADDR", "127.0.0.3")],
         )
         .with_service_ports(&[u32::from(sp)])
         .placed(move |_| ("127.0.0.1".to_string(), vec![a])),
         1,
     );
     m.add_app(
-        AppSpec::new(
-            "/other",
-            &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "other.test")],
-        )
-        .placed(move |_| ("127.0.0.1".to_string(), vec![o])),
+        AppSpec::new("/other", &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "other.test")])
+            .placed(move |_| ("127.0.0.1".to_string(), vec![o])),
         1,
     );
     // With AUTH: its service port asks for the password too (marathon-lb's service-port frontend does not).
@@ -386,11 +343,7 @@ async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
     m.add_app(
         AppSpec::new(
             "/secret",
-            &[
-                ("HAPROXY_GROUP", "external"),
-                ("HAPROXY_0_VHOST", "secret.test"),
-                ("HAPROXY_0_AUTH", &auth),
-            ],
+            &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "secret.test"), ("HAPROXY_0_AUTH", &auth)],
         )
         .with_service_ports(&[u32::from(secret_port)])
         .placed(move |_| ("127.0.0.1".to_string(), vec![a])),
@@ -412,34 +365,22 @@ async fn http_app_on_its_service_port_without_vhost_on_its_bind_addr() {
         assert_eq!((a.status, a.backend()), (200, "api".to_string()), "Host {host}");
     }
     let web: SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
-    assert_eq!(
-        l7::get(web, "anything.test", "/x").await.status,
-        404,
-        "no VHOST: not on the config's listener"
-    );
+    assert_eq!(l7::get(web, "anything.test", "/x").await.status, 404, "no VHOST: not on the config's listener");
     assert_eq!(l7::get(web, "other.test", "/x").await.backend(), "other");
     let default: SocketAddr = format!("127.0.0.1:{sp}").parse().expect("addr");
-    assert!(
-        TcpStream::connect(default).await.is_err(),
-        "BIND_ADDR, not service_port_bind"
-    );
+    assert!(TcpStream::connect(default).await.is_err(), "BIND_ADDR, not service_port_bind");
     let secret: SocketAddr = format!("127.0.0.1:{secret_port}").parse().expect("addr");
     wait_open(secret).await;
     assert_eq!(l7::get(secret, "any.test", "/").await.status, 401);
     let mut req = l7::get_req("any.test", "/");
     // alice:s3cret
-    req.headers_mut()
-        .insert("authorization", "Basic YWxpY2U6czNjcmV0".parse().expect("header"));
+    req.headers_mut().insert("authorization", "Basic YWxpY2U6czNjcmV0".parse().expect("header"));
     let a = l7::H1Conn::connect(secret).await.send(req).await.expect("answer");
     assert_eq!((a.status, a.backend()), (200, "api".to_string()));
 
     m.remove_app("/api");
     wait_closed(addr).await;
-    assert_eq!(
-        l7::get(web, "other.test", "/x").await.backend(),
-        "other",
-        "the other app is unaffected"
-    );
+    assert_eq!(l7::get(web, "other.test", "/x").await.backend(), "other", "the other app is unaffected");
 }
 
 /// Ports taken: by the config file's listener (the app's listener is rejected, its VHOST route served), by an
@@ -471,25 +412,9 @@ async fn taken_ports_are_reported_for_that_app_alone() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let wp = web_port.to_string();
     let qs = q.to_string();
-    m.add_app(
-        app(
-            "/second",
-            &second,
-            &[("HAPROXY_0_VHOST", "second.test"), ("HAPROXY_0_PORT", &qs)],
-            0,
-        ),
-        1,
-    );
+    m.add_app(app("/second", &second, &[("HAPROXY_0_VHOST", "second.test"), ("HAPROXY_0_PORT", &qs)], 0), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    m.add_app(
-        app(
-            "/cfgclash",
-            &cfg_app,
-            &[("HAPROXY_0_VHOST", "cfg.test"), ("HAPROXY_0_PORT", &wp)],
-            0,
-        ),
-        1,
-    );
+    m.add_app(app("/cfgclash", &cfg_app, &[("HAPROXY_0_VHOST", "cfg.test"), ("HAPROXY_0_PORT", &wp)], 0), 1);
     m.add_app(app("/held", &held_app, &[("HAPROXY_0_VHOST", "held.test")], h), 1);
 
     let path = dir.path().join("padis.toml");
@@ -514,33 +439,20 @@ async fn taken_ports_are_reported_for_that_app_alone() {
 
     // The config file's port: the app's listener is left out (and the route naming it), its VHOST is served.
     let r = rejected(&s);
-    let cfg_listener = r
-        .iter()
-        .find(|r| r["name"] == "marathon:/cfgclash:0")
-        .expect("rejected listener");
+    let cfg_listener = r.iter().find(|r| r["name"] == "marathon:/cfgclash:0").expect("rejected listener");
     assert_eq!(
         (cfg_listener["kind"].as_str(), cfg_listener["reason"].as_str()),
         (Some("listener"), Some("port_owned_by_config"))
     );
     assert_eq!(cfg_listener["origin"], "marathon:/cfgclash");
     assert_eq!(l7::get(web, "cfg.test", "/").await.backend(), "cfgclash");
-    assert_eq!(
-        l7::get(web, "nothing.test", "/").await.status,
-        404,
-        "the config's listener is not the app's"
-    );
+    assert_eq!(l7::get(web, "nothing.test", "/").await.status, 404, "the config's listener is not the app's");
 
     // An older app's port: the newer app's listener is skipped, the older one serves it; both VHOSTs work.
     let p = problems_of(&s, "/second");
     assert_eq!(p.len(), 1, "{p:#?}");
     assert_eq!(p[0]["effect"], "listener_skipped");
-    assert!(
-        p[0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("already used by /first"),
-        "{p:#?}"
-    );
+    assert!(p[0]["message"].as_str().unwrap_or("").contains("already used by /first"), "{p:#?}");
     let qa: SocketAddr = format!("127.0.0.1:{q}").parse().expect("addr");
     wait_open(qa).await;
     assert_eq!(l7::get(qa, "second.test", "/").await.backend(), "first");
@@ -551,10 +463,7 @@ async fn taken_ports_are_reported_for_that_app_alone() {
     // Held by another process: reported (state, metric) while the rest serves; once free, the next snapshot
     // opens it.
     let metrics = padis.metrics();
-    assert!(
-        metrics.contains("padis_listener_bind_failed{listener=\"marathon:/held:0\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("padis_listener_bind_failed{listener=\"marathon:/held:0\"} 1"), "{metrics}");
     assert!(
         metrics.lines().any(|l| l.starts_with("padis_source_items_rejected")
             && l.contains("reason=\"port_owned_by_config\"")
@@ -567,17 +476,13 @@ async fn taken_ports_are_reported_for_that_app_alone() {
     let nudge = app("/nudge", &first, &[("HAPROXY_0_VHOST", "nudge.test")], 0);
     m.add_app(nudge, 1);
     wait_state(&padis, "held port bound", |s| {
-        s["planes"]["l7"]["bind_failures"]
-            .as_object()
-            .is_some_and(|f| f.is_empty())
+        s["planes"]["l7"]["bind_failures"].as_object().is_some_and(|f| f.is_empty())
     })
     .await;
     let ha: SocketAddr = format!("127.0.0.1:{h}").parse().expect("addr");
     wait_open(ha).await;
     assert_eq!(l7::get(ha, "x.test", "/").await.backend(), "held");
-    assert!(!padis
-        .metrics()
-        .contains("padis_listener_bind_failed{listener=\"marathon:/held:0\"} 1"));
+    assert!(!padis.metrics().contains("padis_listener_bind_failed{listener=\"marathon:/held:0\"} 1"));
 }
 
 /// Reads one HTTP/1.1 answer's status line on a TLS stream after sending a request.
@@ -601,26 +506,16 @@ async fn ssl_cert_by_name_or_path_terminates_tls_unknown_is_reported() {
     let (t1, t2, t3) = (free_port(), free_port(), free_port());
     let m = MarathonDouble::start().await;
     let cert_path = cert.display().to_string();
-    for (id, value, sp) in [
-        ("/byname", "svc-cert", t1),
-        ("/bypath", cert_path.as_str(), t2),
-        ("/unknown", "nope", t3),
-    ] {
-        let labels = [
-            ("HAPROXY_GROUP", "external"),
-            ("HAPROXY_0_MODE", "http"),
-            ("HAPROXY_0_SSL_CERT", value),
-        ];
+    for (id, value, sp) in [("/byname", "svc-cert", t1), ("/bypath", cert_path.as_str(), t2), ("/unknown", "nope", t3)]
+    {
+        let labels = [("HAPROXY_GROUP", "external"), ("HAPROXY_0_MODE", "http"), ("HAPROXY_0_SSL_CERT", value)];
         let spec = AppSpec::new(id, &labels)
             .with_service_ports(&[u32::from(sp)])
             .placed(move |_| ("127.0.0.1".into(), vec![bp]));
         m.add_app(spec, 1);
     }
-    let extra = format!(
-        "\n[[certificate]]\nname = \"svc-cert\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let extra =
+        format!("\n[[certificate]]\nname = \"svc-cert\"\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
     let (padis, _) = start_padis(&m, dir.path(), &extra).await;
     let s = wait_state(&padis, "TLS listeners", |s| {
         let l = listeners(s);
@@ -633,9 +528,8 @@ async fn ssl_cert_by_name_or_path_terminates_tls_unknown_is_reported() {
     for sp in [t1, t2] {
         let addr: SocketAddr = format!("127.0.0.1:{sp}").parse().expect("addr");
         wait_open(addr).await;
-        let mut info = l7::tls_connect(addr, pki.client_config(&["http/1.1"]), "svc.test")
-            .await
-            .expect("TLS handshake");
+        let mut info =
+            l7::tls_connect(addr, pki.client_config(&["http/1.1"]), "svc.test").await.expect("TLS handshake");
         assert_eq!(info.leaf_der, leaf, "the named certificate is served");
         let status = https_status(&mut info, "svc.test").await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
@@ -643,13 +537,7 @@ async fn ssl_cert_by_name_or_path_terminates_tls_unknown_is_reported() {
     let r = rejected(&s);
     let bad = r.iter().find(|r| r["name"] == "marathon:/unknown:0").expect("rejected");
     assert_eq!(bad["reason"], "missing_reference", "{bad:#}");
-    assert!(
-        bad["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no certificate named `nope`"),
-        "{bad:#}"
-    );
+    assert!(bad["message"].as_str().unwrap_or("").contains("no certificate named `nope`"), "{bad:#}");
     let t3a: SocketAddr = format!("127.0.0.1:{t3}").parse().expect("addr");
     assert!(TcpStream::connect(t3a).await.is_err(), "never served in plaintext");
 }
@@ -660,21 +548,12 @@ async fn ssl_cert_by_name_or_path_terminates_tls_unknown_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vip_on_random_host_ports_is_refused_pinned_one_published() {
     let m = MarathonDouble::start().await;
+    m.add_app(AppSpec::new("/pg", &[("HAPROXY_GROUP", "external"), ("PADIS_0_VIP", "10.99.0.1:5432")]), 3);
     m.add_app(
-        AppSpec::new(
-            "/pg",
-            &[("HAPROXY_GROUP", "external"), ("PADIS_0_VIP", "10.99.0.1:5432")],
-        ),
-        3,
-    );
-    m.add_app(
-        AppSpec::new(
-            "/pinned",
-            &[("HAPROXY_GROUP", "external"), ("PADIS_0_VIP", "10.99.0.2:5433")],
-        )
-        .with_service_ports(&[5433])
-        .requiring_ports()
-        .placed(|seq| (format!("127.0.9.{seq}"), vec![5433])),
+        AppSpec::new("/pinned", &[("HAPROXY_GROUP", "external"), ("PADIS_0_VIP", "10.99.0.2:5433")])
+            .with_service_ports(&[5433])
+            .requiring_ports()
+            .placed(|seq| (format!("127.0.9.{seq}"), vec![5433])),
         2,
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -682,25 +561,15 @@ async fn vip_on_random_host_ports_is_refused_pinned_one_published() {
     let (padis, _) = start_padis(&m, dir.path(), extra).await;
     let s = wait_state(&padis, "VIP problem", |s| !problems_of(s, "/pg").is_empty()).await;
     let p = problems_of(&s, "/pg");
-    assert_eq!(
-        (p[0]["effect"].as_str(), p[0]["label"].as_str()),
-        (Some("vip_skipped"), Some("PADIS_0_VIP")),
-        "{p:#?}"
-    );
+    assert_eq!((p[0]["effect"].as_str(), p[0]["label"].as_str()), (Some("vip_skipped"), Some("PADIS_0_VIP")), "{p:#?}");
     let msg = p[0]["message"].as_str().unwrap_or("");
-    assert!(
-        msg.contains("tasks of one agent would be one backend") && msg.contains("MODE = tcp"),
-        "{msg}"
-    );
+    assert!(msg.contains("tasks of one agent would be one backend") && msg.contains("MODE = tcp"), "{msg}");
     let vips = s["snapshot"]["state"]["vip"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = vips.iter().filter_map(|v| v["name"].as_str()).collect();
     assert_eq!(names, ["marathon-pinned-0"], "{vips:#?}");
     assert_eq!(vips[0]["backend"].as_array().map(Vec::len), Some(2));
     let metrics = padis.metrics();
-    assert!(
-        metrics.contains("padis_marathon_labels_unsupported{label=\"VIP on host ports\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("padis_marathon_labels_unsupported{label=\"VIP on host ports\"} 1"), "{metrics}");
 }
 
 /// `BACKEND_HEALTHCHECK_PORT_INDEX=1`: port 0's backends are checked on each task's port 1 (HAProxy `check port`);
@@ -730,12 +599,7 @@ async fn healthcheck_port_index_probes_the_other_port() {
         ],
     )
     .with_ports(&[("http", "tcp"), ("health", "tcp")])
-    .placed(move |seq| {
-        (
-            "127.0.0.1".to_string(),
-            if seq == 1 { vec![g, live] } else { vec![b, dead] },
-        )
-    });
+    .placed(move |seq| ("127.0.0.1".to_string(), if seq == 1 { vec![g, live] } else { vec![b, dead] }));
     m.add_app(spec, 2);
     let dir = tempfile::tempdir().expect("tempdir");
     let (padis, web) = start_padis(&m, dir.path(), "").await;
@@ -750,23 +614,12 @@ async fn healthcheck_port_index_probes_the_other_port() {
         usable(g) == Some(true) && usable(b) == Some(false)
     })
     .await;
-    let group = s["snapshot"]["state"]["group"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == "marathon:/hc:0")
-        .cloned();
+    let group =
+        s["snapshot"]["state"]["group"].as_array().unwrap().iter().find(|x| x["name"] == "marathon:/hc:0").cloned();
     let group = group.expect("group");
-    assert_eq!(
-        group["health"]["kind"], "tcp",
-        "no Marathon check on port 1: a TCP connect"
-    );
-    let check_ports: Vec<u64> = group["backend"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|b| b["check_port"].as_u64())
-        .collect();
+    assert_eq!(group["health"]["kind"], "tcp", "no Marathon check on port 1: a TCP connect");
+    let check_ports: Vec<u64> =
+        group["backend"].as_array().unwrap().iter().filter_map(|b| b["check_port"].as_u64()).collect();
     assert_eq!(check_ports, [u64::from(live), u64::from(dead)]);
     let web: SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
     for i in 0..20 {

@@ -90,7 +90,9 @@ impl Running {
             .gather()
             .iter()
             .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().value() + m.get_gauge().value()).collect::<Vec<_>>())
+            .flat_map(|f| {
+                f.get_metric().iter().map(|m| m.get_counter().value() + m.get_gauge().value()).collect::<Vec<_>>()
+            })
             .sum()
     }
 }
@@ -99,7 +101,9 @@ fn summary(s: &MarathonState) -> String {
     let groups: Vec<String> = s
         .groups
         .iter()
-        .map(|g| format!("{}={:?}", g.name, g.backends.iter().map(|b| (b.addr.to_string(), b.draining)).collect::<Vec<_>>()))
+        .map(|g| {
+            format!("{}={:?}", g.name, g.backends.iter().map(|b| (b.addr.to_string(), b.draining)).collect::<Vec<_>>())
+        })
         .collect();
     format!("groups {groups:?} problems {:?} status {:?}", s.problems, s.status)
 }
@@ -138,9 +142,7 @@ async fn follows_deploy_scale_health_and_drains_killed_tasks() {
 
     // A killed task drains (still a backend, draining) for drain_time, then goes.
     m.kill_begin("/shop", &tasks[1]);
-    let s = r
-        .until("killing task draining", |s| s.groups[0].backends.iter().filter(|b| b.draining).count() == 1)
-        .await;
+    let s = r.until("killing task draining", |s| s.groups[0].backends.iter().filter(|b| b.draining).count() == 1).await;
     assert_eq!(serving(&s, "/shop"), 3);
     m.kill_finish("/shop", &tasks[1]);
     let t0 = Instant::now();

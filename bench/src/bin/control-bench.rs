@@ -75,7 +75,11 @@ fn backends(s: &MarathonState, app: &str) -> (usize, usize) {
         .unwrap_or((0, 0))
 }
 
-async fn wait(rx: &mut watch::Receiver<Option<MarathonState>>, limit: Duration, pred: impl Fn(&MarathonState) -> bool) -> bool {
+async fn wait(
+    rx: &mut watch::Receiver<Option<MarathonState>>,
+    limit: Duration,
+    pred: impl Fn(&MarathonState) -> bool,
+) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if rx.borrow_and_update().as_ref().is_some_and(&pred) {
@@ -224,7 +228,13 @@ fn poll_until(t0: Instant, limit: Duration, mut probe: impl FnMut() -> bool) -> 
 
 /// The real daemon against the double: event -> DNS answer / L7 route latency (blocking; run off the runtime that
 /// serves the double).
-fn data_plane_phase(double: Arc<MarathonDouble>, apps: usize, per_app: usize, changes: usize, background: usize) -> DataPlane {
+fn data_plane_phase(
+    double: Arc<MarathonDouble>,
+    apps: usize,
+    per_app: usize,
+    changes: usize,
+    background: usize,
+) -> DataPlane {
     let dir = tempfile::tempdir().expect("temp dir");
     let (admin, web, dns) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(dir.path().join("dns")).expect("dns dir");
@@ -244,7 +254,9 @@ fn data_plane_phase(double: Arc<MarathonDouble>, apps: usize, per_app: usize, ch
     };
     // Loaded: the last app's SRV set is complete.
     let last = app_id(apps - 1);
-    let loaded = poll_until(Instant::now(), Duration::from_secs(60), || srv_count(&sock, dns, &last, next_id()) == Some(per_app));
+    let loaded = poll_until(Instant::now(), Duration::from_secs(60), || {
+        srv_count(&sock, dns, &last, next_id()) == Some(per_app)
+    });
     assert!(loaded.is_some(), "the daemon never served the full Marathon state; log:\n{}", padis.log_text());
     std::thread::sleep(Duration::from_millis(300));
 
@@ -283,7 +295,8 @@ fn data_plane_phase(double: Arc<MarathonDouble>, apps: usize, per_app: usize, ch
                     Some(t) => {
                         let t0 = Instant::now();
                         double.script(|w| w.kill_begin(&id, &t));
-                        let r = poll_until(t0, limit, || srv_count(&sock, dns, &id, next_id()).is_some_and(|n| n < before));
+                        let r =
+                            poll_until(t0, limit, || srv_count(&sock, dns, &id, next_id()).is_some_and(|n| n < before));
                         double.script(|w| w.kill_finish(&id, &t));
                         r
                     }
@@ -334,7 +347,8 @@ async fn main() {
         let (tx, mut rx) = watch::channel(None);
         let stop = CancellationToken::new();
         let t0 = Instant::now();
-        let h = MarathonSource::spawn(config(double.url(0)), tx, &prometheus::Registry::new(), stop.clone()).expect("spawn");
+        let h = MarathonSource::spawn(config(double.url(0)), tx, &prometheus::Registry::new(), stop.clone())
+            .expect("spawn");
         let ok = wait(&mut rx, Duration::from_secs(30), |s| s.groups.len() == apps && s.backend_count() == tasks).await;
         assert!(ok, "full sync did not complete");
         full.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -410,7 +424,12 @@ async fn main() {
         .gather()
         .iter()
         .filter(|f| f.name() == "padis_marathon_sync_seconds")
-        .flat_map(|f| f.get_metric().iter().map(|m| (m.get_histogram().get_sample_count(), m.get_histogram().get_sample_sum())).collect::<Vec<_>>())
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| (m.get_histogram().get_sample_count(), m.get_histogram().get_sample_sum()))
+                .collect::<Vec<_>>()
+        })
         .fold((0u64, 0.0f64), |a, b| (a.0 + b.0, a.1 + b.1));
     eprintln!(
         "control (source alone): {apps} apps, {tasks} tasks; full sync (cold, median of 5) {full_sync_ms:.1} ms; \

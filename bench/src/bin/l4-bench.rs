@@ -110,7 +110,8 @@ fn fail(msg: String) -> ! {
 
 /// Kernel ns of one run of `pkt` (repeat = 1), by the balancer or the floor; checks the verdict.
 fn once(b: &Balancer, pkt: &[u8], want: u32, floor: bool) -> f64 {
-    let (v, ns) = if floor { b.test_run_floor(pkt) } else { b.test_run_timed(pkt) }.unwrap_or_else(|e| fail(e.to_string()));
+    let (v, ns) =
+        if floor { b.test_run_floor(pkt) } else { b.test_run_timed(pkt) }.unwrap_or_else(|e| fail(e.to_string()));
     if v != want {
         fail(format!("unexpected verdict {v} (want {want}, floor {floor})"));
     }
@@ -212,7 +213,8 @@ fn micro() {
         .map(|i| v4([10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8], vip, 6, 1024 + (i % 50_000) as u16, 80, 0x02))
         .collect();
     let skipped = counter(&bal, stat::CT_INSERT_SKIPPED);
-    let (syn_ns, floor1_ns) = expect(&bal, "SYN phase (misses)", stat::CT_MISS, flows as u64, || once_rounds(&bal, &syns, TX));
+    let (syn_ns, floor1_ns) =
+        expect(&bal, "SYN phase (misses)", stat::CT_MISS, flows as u64, || once_rounds(&bal, &syns, TX));
     eprintln!("l4-bench: SYN {syn_ns:.1} ns, floor at repeat 1 {floor1_ns:.1} ns");
     if counter(&bal, stat::CT_INSERT_SKIPPED) != skipped {
         fail("SYN phase: some new flows were not inserted (budget); the phase would not measure inserts".into());
@@ -220,11 +222,14 @@ fn micro() {
     let acks: Vec<Vec<u8>> = (0..flows)
         .map(|i| v4([10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8], vip, 6, 1024 + (i % 50_000) as u16, 80, 0x10))
         .collect();
-    let (est1_ns, est1_floor_ns) = expect(&bal, "cold established phase (hits)", stat::CT_HIT, flows as u64, || once_rounds(&bal, &acks, TX));
+    let (est1_ns, est1_floor_ns) =
+        expect(&bal, "cold established phase (hits)", stat::CT_HIT, flows as u64, || once_rounds(&bal, &acks, TX));
     let runs = u64::from(repeat) * ROUNDS as u64;
-    let (est_ns, floor_ns) = expect(&bal, "established phase (hits)", stat::CT_HIT, runs, || repeated(&bal, &acks[7], repeat, TX));
+    let (est_ns, floor_ns) =
+        expect(&bal, "established phase (hits)", stat::CT_HIT, runs, || repeated(&bal, &acks[7], repeat, TX));
     let udp = v4([10, 9, 9, 9], vip, 17, 5353, 53, 0);
-    let (udp_ns, udp_floor_ns) = expect(&bal, "UDP phase (hits)", stat::CT_HIT, runs - 1, || repeated(&bal, &udp, repeat, TX));
+    let (udp_ns, udp_floor_ns) =
+        expect(&bal, "UDP phase (hits)", stat::CT_HIT, runs - 1, || repeated(&bal, &udp, repeat, TX));
     let mut c6 = [0u8; 16];
     c6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
     c6[15] = 7;
@@ -232,9 +237,11 @@ fn micro() {
     vip6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
     vip6[15] = 1;
     let tcp6 = v6_tcp(c6, vip6, 4000, 443, 0x10);
-    let (v6_ns, v6_floor_ns) = expect(&bal, "IPv6 phase (hits)", stat::CT_HIT, runs - 1, || repeated(&bal, &tcp6, repeat, TX));
+    let (v6_ns, v6_floor_ns) =
+        expect(&bal, "IPv6 phase (hits)", stat::CT_HIT, runs - 1, || repeated(&bal, &tcp6, repeat, TX));
     let other = v4([10, 9, 9, 9], [192, 0, 2, 99], 6, 4000, 22, 0x10);
-    let (pass_ns, pass_floor_ns) = expect(&bal, "pass phase", stat::PASSED, runs, || repeated(&bal, &other, repeat, PASS));
+    let (pass_ns, pass_floor_ns) =
+        expect(&bal, "pass phase", stat::PASSED, runs, || repeated(&bal, &other, repeat, PASS));
     // Not a VIP, but to a port some VIP uses: the port prefilter lets it through to the connection and VIP lookups.
     let other80 = v4([10, 9, 9, 9], [192, 0, 2, 99], 6, 4000, 80, 0x10);
     let (pass80_ns, pass80_floor_ns) =

@@ -67,39 +67,26 @@ impl Kernel {
     /// Opens the netlink socket (must run inside a tokio runtime).
     pub(crate) fn open() -> Result<Self, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
-        Ok(Self {
-            handle,
-            conn: tokio::spawn(conn),
-        })
+        Ok(Self { handle, conn: tokio::spawn(conn) })
     }
 
     /// Interface index of `name`.
     pub(crate) async fn ifindex(&self, name: &str) -> Result<u32, KernelError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         match links.try_next().await {
             Ok(Some(l)) => Ok(l.header.index),
             Ok(None) => Err(KernelError::NoInterface(name.into())),
             Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(19) => {
                 Err(KernelError::NoInterface(name.into()))
             }
-            Err(source) => Err(KernelError::Request {
-                what: format!("link {name}"),
-                source,
-            }),
+            Err(source) => Err(KernelError::Request { what: format!("link {name}"), source }),
         }
     }
 
     fn route(p: &IpNet, r: RouteSpec) -> RouteMessage {
         let b = RouteMessageBuilder::<IpAddr>::new();
         // The prefix comes from an IpNet: address and length always agree.
-        let b = b
-            .destination_prefix(p.addr(), p.prefix_len())
-            .unwrap_or_else(|_| RouteMessageBuilder::<IpAddr>::new());
+        let b = b.destination_prefix(p.addr(), p.prefix_len()).unwrap_or_else(|_| RouteMessageBuilder::<IpAddr>::new());
         b.output_interface(r.ifindex)
             .table_id(r.table)
             .priority(r.metric)
@@ -118,20 +105,16 @@ impl Kernel {
             .replace()
             .execute()
             .await
-            .map_err(|source| KernelError::Request {
-                what: format!("add route {p} table {table}"),
-                source,
-            })
+            .map_err(|source| KernelError::Request { what: format!("add route {p} table {table}"), source })
     }
 
     /// Removes our route; a route already gone is not an error.
     pub(crate) async fn del_route(&self, p: &IpNet, r: RouteSpec) -> Result<(), KernelError> {
         let table = r.table;
         match self.handle.route().del(Self::route(p, r)).execute().await {
-            Err(e) if !is_gone(&e) => Err(KernelError::Request {
-                what: format!("delete route {p} table {table}"),
-                source: e,
-            }),
+            Err(e) if !is_gone(&e) => {
+                Err(KernelError::Request { what: format!("delete route {p} table {table}"), source: e })
+            }
             _ => Ok(()),
         }
     }
@@ -152,10 +135,7 @@ impl Kernel {
                 .execute()
                 .try_collect()
                 .await
-                .map_err(|source| KernelError::Request {
-                    what: "dump routes".into(),
-                    source,
-                })?;
+                .map_err(|source| KernelError::Request { what: "dump routes".into(), source })?;
             for r in routes {
                 let t = r
                     .attributes
@@ -168,10 +148,7 @@ impl Kernel {
                 if t == table && r.header.protocol == RouteProtocol::Other(ROUTE_PROTO) {
                     match self.handle.route().del(r).execute().await {
                         Err(e) if !is_gone(&e) => {
-                            return Err(KernelError::Request {
-                                what: format!("flush table {table}"),
-                                source: e,
-                            })
+                            return Err(KernelError::Request { what: format!("flush table {table}"), source: e })
                         }
                         _ => n += 1,
                     }
@@ -183,28 +160,16 @@ impl Kernel {
 
     /// `ip addr replace <p> dev <ifindex> [nodad]`.
     pub(crate) async fn add_addr(&self, p: &IpNet, ifindex: u32) -> Result<(), KernelError> {
-        let mut req = self
-            .handle
-            .address()
-            .add(ifindex, p.addr(), p.prefix_len())
-            .replace();
+        let mut req = self.handle.address().add(ifindex, p.addr(), p.prefix_len()).replace();
         if p.addr().is_ipv6() {
             req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
         }
-        req.execute().await.map_err(|source| KernelError::Request {
-            what: format!("add address {p}"),
-            source,
-        })
+        req.execute().await.map_err(|source| KernelError::Request { what: format!("add address {p}"), source })
     }
 
     /// `ip addr del <p> dev <ifindex>`; an address already gone is not an error.
     pub(crate) async fn del_addr(&self, p: &IpNet, ifindex: u32) -> Result<(), KernelError> {
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(ifindex)
-            .execute();
+        let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
         loop {
             match addrs.try_next().await {
                 Ok(Some(m)) => {
@@ -214,21 +179,15 @@ impl Kernel {
                         });
                     if mine {
                         return match self.handle.address().del(m).execute().await {
-                            Err(e) if !is_gone(&e) => Err(KernelError::Request {
-                                what: format!("delete address {p}"),
-                                source: e,
-                            }),
+                            Err(e) if !is_gone(&e) => {
+                                Err(KernelError::Request { what: format!("delete address {p}"), source: e })
+                            }
                             _ => Ok(()),
                         };
                     }
                 }
                 Ok(None) => return Ok(()),
-                Err(source) => {
-                    return Err(KernelError::Request {
-                        what: "dump addresses".into(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(KernelError::Request { what: "dump addresses".into(), source }),
             }
         }
     }

@@ -76,33 +76,19 @@ impl Announcer {
             drain_wait = cfg.drain_wait;
             let cfg = Arc::new(cfg);
             let mut passive = Vec::new();
-            let bfd_peers: Vec<std::net::IpAddr> = cfg
-                .peers
-                .iter()
-                .filter(|p| p.bfd)
-                .map(|p| p.address)
-                .collect();
+            let bfd_peers: Vec<std::net::IpAddr> = cfg.peers.iter().filter(|p| p.bfd).map(|p| p.address).collect();
             let mut links = if bfd_peers.is_empty() {
                 Vec::new()
             } else {
-                let timers = bfd::Timers {
-                    interval: cfg.bfd.interval,
-                    multiplier: cfg.bfd.multiplier,
-                };
-                let (ended, links) =
-                    bfd::start(timers, &bfd_peers, cfg.local_address, m.clone())?;
+                let timers = bfd::Timers { interval: cfg.bfd.interval, multiplier: cfg.bfd.multiplier };
+                let (ended, links) = bfd::start(timers, &bfd_peers, cfg.local_address, m.clone())?;
                 tasks.push(rt.spawn(ended));
                 links
             }
             .into_iter();
             for p in cfg.peers.iter() {
                 let bfd = if p.bfd { links.next() } else { None };
-                let status = PeerStatus::new(
-                    p.address,
-                    p.asn,
-                    m.clone(),
-                    bfd.as_ref().map(bfd::BfdLink::watch),
-                );
+                let status = PeerStatus::new(p.address, p.asn, m.clone(), bfd.as_ref().map(bfd::BfdLink::watch));
                 let incoming = if p.passive {
                     let (tx, rx) = mpsc::channel(1);
                     passive.push((p.clone(), tx));
@@ -139,13 +125,7 @@ impl Announcer {
             tasks.push(rt.spawn(k.run()));
             report
         });
-        Ok(AnnouncerHandle {
-            phase,
-            peers,
-            ospf,
-            tasks,
-            drain_wait,
-        })
+        Ok(AnnouncerHandle { phase, peers, ospf, tasks, drain_wait })
     }
 }
 
@@ -155,10 +135,7 @@ impl AnnouncerHandle {
     /// Shutdown, close.
     pub async fn drain_and_stop(mut self) {
         let _ = self.phase.send(Phase::Drain);
-        let any_up = self
-            .peers
-            .iter()
-            .any(|p| p.report().state == SessionState::Established)
+        let any_up = self.peers.iter().any(|p| p.report().state == SessionState::Established)
             || self.report().ospf.is_some_and(|o| o.routes_installed > 0);
         if any_up && !self.drain_wait.is_zero() {
             info!(wait = ?self.drain_wait, "BGP drain: GRACEFUL_SHUTDOWN announced, waiting before withdraw");
@@ -189,10 +166,7 @@ impl AnnouncerHandle {
         let _ = self.phase.send(Phase::Stop);
         for t in self.tasks.drain(..) {
             let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
                 abort.abort();
             }
         }
@@ -202,10 +176,7 @@ impl AnnouncerHandle {
     pub fn report(&self) -> BgpReport {
         BgpReport {
             peers: self.peers.iter().map(PeerStatus::report).collect(),
-            ospf: self
-                .ospf
-                .as_ref()
-                .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ospf: self.ospf.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
         }
     }
 }
@@ -220,11 +191,8 @@ impl Drop for AnnouncerHandle {
 /// Builds the set to announce from the VIPs and whether each can be served now (data plane attached and a
 /// healthy backend): an address is announced as a host prefix when at least one of its VIPs (ports,
 /// protocols) can be served; the names of those VIPs are joined with `,`.
-pub fn announcements<'a>(
-    vips: impl IntoIterator<Item = (&'a padis_model::l4::Vip, bool)>,
-) -> BTreeSet<Announcement> {
-    let mut by_addr: std::collections::BTreeMap<std::net::IpAddr, Vec<&str>> =
-        std::collections::BTreeMap::new();
+pub fn announcements<'a>(vips: impl IntoIterator<Item = (&'a padis_model::l4::Vip, bool)>) -> BTreeSet<Announcement> {
+    let mut by_addr: std::collections::BTreeMap<std::net::IpAddr, Vec<&str>> = std::collections::BTreeMap::new();
     for (v, up) in vips {
         if up {
             by_addr.entry(v.addr).or_default().push(v.name.as_str());
@@ -235,10 +203,7 @@ pub fn announcements<'a>(
         .map(|(addr, mut names)| {
             names.sort_unstable();
             names.dedup();
-            Announcement {
-                prefix: ipnet::IpNet::from(addr),
-                name: names.join(","),
-            }
+            Announcement { prefix: ipnet::IpNet::from(addr), name: names.join(",") }
         })
         .collect()
 }
@@ -250,8 +215,7 @@ mod tests {
     /// Parsed from config text, so that new fields of `Vip` do not break this test.
     fn vip(name: &str, addr: &str, port: u16) -> padis_model::l4::Vip {
         let text = format!("[[vip]]\nname = \"{name}\"\naddr = \"{addr}\"\nport = {port}\n");
-        let v = padis_model::parse_config(&text, "t.toml", std::path::Path::new("."))
-            .map_err(|e| e.to_string());
+        let v = padis_model::parse_config(&text, "t.toml", std::path::Path::new(".")).map_err(|e| e.to_string());
         let v = v.unwrap().state.vips.remove(0);
         // `Borrow` whether the model holds `Vip` or a shared `Arc<Vip>`.
         std::borrow::Borrow::<padis_model::l4::Vip>::borrow(&v).clone()
@@ -264,10 +228,7 @@ mod tests {
         let c = vip("dns6", "2001:db8::53", 53);
         let d = vip("down", "198.51.100.8", 80);
         let set = announcements([(&a, false), (&b, true), (&c, true), (&d, false)]);
-        let got: Vec<(String, String)> = set
-            .iter()
-            .map(|x| (x.prefix.to_string(), x.name.clone()))
-            .collect();
+        let got: Vec<(String, String)> = set.iter().map(|x| (x.prefix.to_string(), x.name.clone())).collect();
         assert_eq!(
             got,
             vec![
@@ -276,10 +237,7 @@ mod tests {
             ]
         );
         let both = announcements([(&a, true), (&b, true)]);
-        assert_eq!(
-            both.iter().next().map(|x| x.name.as_str()),
-            Some("web,web-tls")
-        );
+        assert_eq!(both.iter().next().map(|x| x.name.as_str()), Some("web,web-tls"));
         assert!(announcements([(&d, false)]).is_empty());
     }
 }

@@ -20,16 +20,9 @@ pub(crate) struct Listener {
 /// Binds `local_address:listen_port` (or, with no `local_address`, the wildcard of the passive peers' family),
 /// with each passive peer's TCP MD5 key installed for its address; GTSM's minimum TTL applies to the whole
 /// socket, so it is set there only when every passive peer uses GTSM (else on each accepted connection).
-pub(crate) fn bind(
-    cfg: &BgpConfig,
-    passive: Vec<(BgpPeer, mpsc::Sender<TcpStream>)>,
-) -> Result<Listener, BgpError> {
+pub(crate) fn bind(cfg: &BgpConfig, passive: Vec<(BgpPeer, mpsc::Sender<TcpStream>)>) -> Result<Listener, BgpError> {
     let v6 = passive.iter().any(|(p, _)| p.address.is_ipv6());
-    let ip = cfg.local_address.unwrap_or(if v6 {
-        Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        Ipv4Addr::UNSPECIFIED.into()
-    });
+    let ip = cfg.local_address.unwrap_or(if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() });
     let addr = SocketAddr::new(ip, cfg.listen_port);
     let std = std::net::TcpListener::bind(addr).and_then(|l| {
         l.set_nonblocking(true)?;
@@ -38,13 +31,8 @@ pub(crate) fn bind(
     let std = std.map_err(|source| BgpError::Listen { addr, source })?;
     for (p, _) in &passive {
         if let Some(key) = &p.password {
-            crate::sockopt::set_md5(&std, p.address, key.expose().as_bytes()).map_err(|source| {
-                BgpError::ListenOption {
-                    peer: p.address,
-                    what: "TCP MD5 key",
-                    source,
-                }
-            })?;
+            crate::sockopt::set_md5(&std, p.address, key.expose().as_bytes())
+                .map_err(|source| BgpError::ListenOption { peer: p.address, what: "TCP MD5 key", source })?;
         }
     }
     if let Some((p, _)) = passive.first().filter(|_| passive.iter().all(|(p, _)| p.gtsm)) {
@@ -55,10 +43,7 @@ pub(crate) fn bind(
         })?;
     }
     let sock = TcpListener::from_std(std).map_err(|source| BgpError::Listen { addr, source })?;
-    Ok(Listener {
-        sock,
-        peers: passive.into_iter().map(|(p, tx)| (p.address, tx)).collect(),
-    })
+    Ok(Listener { sock, peers: passive.into_iter().map(|(p, tx)| (p.address, tx)).collect() })
 }
 
 impl Listener {

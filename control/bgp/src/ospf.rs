@@ -47,11 +47,7 @@ impl KernelRoutes {
         if self.cfg.mode == OspfMode::Route {
             match kernel.flush(self.cfg.table).await {
                 Ok(0) => {}
-                Ok(n) => info!(
-                    routes = n,
-                    table = self.cfg.table,
-                    "OSPF: flushed routes of a previous run"
-                ),
+                Ok(n) => info!(routes = n, table = self.cfg.table, "OSPF: flushed routes of a previous run"),
                 Err(e) => {
                     self.failed(&e);
                 }
@@ -60,17 +56,8 @@ impl KernelRoutes {
         // Installed prefix -> its metric.
         let mut installed: BTreeMap<IpNet, u32> = BTreeMap::new();
         loop {
-            let want: BTreeSet<IpNet> = self
-                .routes
-                .borrow_and_update()
-                .iter()
-                .map(|a| a.prefix)
-                .collect();
-            let metric = if *self.phase.borrow_and_update() == Phase::Drain {
-                DRAIN_METRIC
-            } else {
-                METRIC
-            };
+            let want: BTreeSet<IpNet> = self.routes.borrow_and_update().iter().map(|a| a.prefix).collect();
+            let metric = if *self.phase.borrow_and_update() == Phase::Drain { DRAIN_METRIC } else { METRIC };
             let ok = self.sync(&kernel, &mut installed, &want, metric).await;
             tokio::select! {
                 r = self.routes.changed() => if r.is_err() { break },
@@ -80,8 +67,7 @@ impl KernelRoutes {
                 _ = tokio::time::sleep(RETRY), if !ok => {}
             }
         }
-        self.sync(&kernel, &mut installed, &BTreeSet::new(), METRIC)
-            .await;
+        self.sync(&kernel, &mut installed, &BTreeSet::new(), METRIC).await;
         info!("OSPF: kernel routes removed");
     }
 
@@ -101,30 +87,15 @@ impl KernelRoutes {
                 return false;
             }
         };
-        let spec = |metric| RouteSpec {
-            ifindex,
-            table: self.cfg.table,
-            metric,
-        };
+        let spec = |metric| RouteSpec { ifindex, table: self.cfg.table, metric };
         let route = self.cfg.mode == OspfMode::Route;
         let metric = if route { metric } else { 0 };
         let mut ok = true;
-        let del: Vec<(IpNet, u32)> = installed
-            .iter()
-            .filter(|(p, _)| !want.contains(p))
-            .map(|(p, m)| (*p, *m))
-            .collect();
-        let add: Vec<IpNet> = want
-            .iter()
-            .filter(|p| installed.get(p) != Some(&metric))
-            .copied()
-            .collect();
+        let del: Vec<(IpNet, u32)> =
+            installed.iter().filter(|(p, _)| !want.contains(p)).map(|(p, m)| (*p, *m)).collect();
+        let add: Vec<IpNet> = want.iter().filter(|p| installed.get(p) != Some(&metric)).copied().collect();
         for (p, m) in del {
-            let r = if route {
-                k.del_route(&p, spec(m)).await
-            } else {
-                k.del_addr(&p, ifindex).await
-            };
+            let r = if route { k.del_route(&p, spec(m)).await } else { k.del_addr(&p, ifindex).await };
             match r {
                 Ok(()) => {
                     installed.remove(&p);
@@ -133,18 +104,11 @@ impl KernelRoutes {
             }
         }
         for p in add {
-            let r = if route {
-                k.add_route(&p, spec(metric)).await
-            } else {
-                k.add_addr(&p, ifindex).await
-            };
+            let r = if route { k.add_route(&p, spec(metric)).await } else { k.add_addr(&p, ifindex).await };
             match r {
                 Ok(()) => {
                     // Make before break: the route with the old metric goes once the new one is in.
-                    if let Some(old) = installed
-                        .insert(p, metric)
-                        .filter(|m| *m != metric && route)
-                    {
+                    if let Some(old) = installed.insert(p, metric).filter(|m| *m != metric && route) {
                         if let Err(e) = k.del_route(&p, spec(old)).await {
                             ok = self.failed(&e);
                         }
@@ -164,10 +128,7 @@ impl KernelRoutes {
 
     fn failed(&self, e: &KernelError) -> bool {
         warn!(error = %e, "OSPF: kernel route update failed");
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_error = Some(e.to_string());
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e.to_string());
         false
     }
 }

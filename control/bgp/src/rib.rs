@@ -92,17 +92,8 @@ impl Rib {
         }
         let want: BTreeSet<IpNet> = want.into_iter().filter(can).collect();
         // New prefixes, and those announced with the other (draining or not) attributes.
-        let add: Vec<IpNet> = want
-            .iter()
-            .filter(|p| self.out.get(p) != Some(&draining))
-            .copied()
-            .collect();
-        let del: Vec<IpNet> = self
-            .out
-            .keys()
-            .filter(|p| !want.contains(p))
-            .copied()
-            .collect();
+        let add: Vec<IpNet> = want.iter().filter(|p| self.out.get(p) != Some(&draining)).copied().collect();
+        let del: Vec<IpNet> = self.out.keys().filter(|p| !want.contains(p)).copied().collect();
         let (a4, a6) = split(&add);
         let (d4, d6) = split(&del);
         let mut msgs = Vec::new();
@@ -148,14 +139,7 @@ mod tests {
     use crate::status::Metrics;
 
     fn peer_open(ipv6: bool) -> PeerOpen {
-        PeerOpen {
-            asn: 65000,
-            hold_secs: 9,
-            router_id: Ipv4Addr::new(10, 0, 0, 2),
-            four_octet: true,
-            ipv4: true,
-            ipv6,
-        }
+        PeerOpen { asn: 65000, hold_secs: 9, router_id: Ipv4Addr::new(10, 0, 0, 2), four_octet: true, ipv4: true, ipv6 }
     }
 
     fn path(draining: bool) -> PathParams {
@@ -165,11 +149,7 @@ mod tests {
             four_octet: true,
             med: None,
             local_pref: None,
-            communities: if draining {
-                vec![wire::GRACEFUL_SHUTDOWN]
-            } else {
-                vec![]
-            },
+            communities: if draining { vec![wire::GRACEFUL_SHUTDOWN] } else { vec![] },
         }
     }
 
@@ -186,13 +166,8 @@ mod tests {
         draining: bool,
         v6: bool,
     ) -> Vec<(usize, usize)> {
-        let nh = Nexthops {
-            v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            v6: Some("2001:db8::1".parse().unwrap()),
-        };
-        rib.sync(w, nets(want), &peer_open(v6), &nh, path(draining), draining)
-            .await
-            .unwrap();
+        let nh = Nexthops { v4: Some(Ipv4Addr::new(10, 0, 0, 1)), v6: Some("2001:db8::1".parse().unwrap()) };
+        rib.sync(w, nets(want), &peer_open(v6), &nh, path(draining), draining).await.unwrap();
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -203,9 +178,7 @@ mod tests {
         let mut r = &out[..];
         let mut msgs = Vec::new();
         while !r.is_empty() {
-            let Message::Update(u) = wire::read_message(&mut r).await.unwrap() else {
-                panic!("not an UPDATE")
-            };
+            let Message::Update(u) = wire::read_message(&mut r).await.unwrap() else { panic!("not an UPDATE") };
             let p = u.parse(true, false, &[]).unwrap();
             let mp_a: usize = p
                 .attributes
@@ -237,93 +210,38 @@ mod tests {
             Metrics::register(&prometheus::Registry::new()).unwrap(),
             None,
         );
-        let mut w = Writer {
-            wr: Box::new(a),
-            status,
-            timeout: Duration::from_secs(5),
-        };
+        let mut w = Writer { wr: Box::new(a), status, timeout: Duration::from_secs(5) };
         let mut rib = Rib::default();
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.1/32", "198.51.100.2/32"],
-                false,
-                true
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.1/32", "198.51.100.2/32"], false, true).await,
             vec![(2, 0)]
         );
         // Same set: nothing on the wire.
-        assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.1/32", "198.51.100.2/32"],
-                false,
-                true
-            )
-            .await,
-            vec![]
-        );
+        assert_eq!(sync(&mut rib, &mut w, &mut rd, &["198.51.100.1/32", "198.51.100.2/32"], false, true).await, vec![]);
         // One out, one in: one withdraw, one announce.
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.2/32", "198.51.100.3/32"],
-                false,
-                true
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.2/32", "198.51.100.3/32"], false, true).await,
             vec![(0, 1), (1, 0)]
         );
         // IPv6 goes by MP_REACH.
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
-                false,
-                true
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"], false, true)
+                .await,
             vec![(1, 0)]
         );
         // Drain: everything re-announced once with the other attributes, then nothing more.
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
-                true,
-                true
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"], true, true)
+                .await,
             vec![(2, 0), (1, 0)]
         );
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"],
-                true,
-                true
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.2/32", "198.51.100.3/32", "2001:db8::7/128"], true, true)
+                .await,
             vec![]
         );
         // Everything away (stop).
-        assert_eq!(
-            sync(&mut rib, &mut w, &mut rd, &[], true, true).await,
-            vec![(0, 2), (0, 1)]
-        );
+        assert_eq!(sync(&mut rib, &mut w, &mut rd, &[], true, true).await, vec![(0, 2), (0, 1)]);
         assert!(rib.out.is_empty());
     }
 
@@ -336,22 +254,10 @@ mod tests {
             Metrics::register(&prometheus::Registry::new()).unwrap(),
             None,
         );
-        let mut w = Writer {
-            wr: Box::new(a),
-            status,
-            timeout: Duration::from_secs(5),
-        };
+        let mut w = Writer { wr: Box::new(a), status, timeout: Duration::from_secs(5) };
         let mut rib = Rib::default();
         assert_eq!(
-            sync(
-                &mut rib,
-                &mut w,
-                &mut rd,
-                &["198.51.100.1/32", "2001:db8::7/128"],
-                false,
-                false
-            )
-            .await,
+            sync(&mut rib, &mut w, &mut rd, &["198.51.100.1/32", "2001:db8::7/128"], false, false).await,
             vec![(1, 0)]
         );
         assert_eq!(rib.out.len(), 1);

@@ -87,11 +87,7 @@ impl Session {
                 }
                 Ok(()) => self.status.down(None, established),
             }
-            failures = if established {
-                0
-            } else {
-                failures.saturating_add(1)
-            };
+            failures = if established { 0 } else { failures.saturating_add(1) };
             // A passive peer decides when to come back: only a short pause, so its next attempt is not left
             // waiting in the accept queue.
             let backoff = if self.incoming.is_some() {
@@ -120,22 +116,14 @@ impl Session {
             };
         }
         self.status.set_state(SessionState::Connect);
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(local) = self.cfg.local_address {
             sock.bind(SocketAddr::new(local, 0))?;
         }
         // Before the SYN: it must carry the signature (and TTL 255), and the answer is checked.
         if let Some(key) = &self.peer.password {
-            crate::sockopt::set_md5(&sock, addr.ip(), key.expose().as_bytes()).map_err(|source| {
-                SessionError::SocketOption {
-                    what: "TCP MD5 key",
-                    source,
-                }
-            })?;
+            crate::sockopt::set_md5(&sock, addr.ip(), key.expose().as_bytes())
+                .map_err(|source| SessionError::SocketOption { what: "TCP MD5 key", source })?;
         }
         if self.peer.gtsm {
             crate::sockopt::set_gtsm(&sock, addr.ip())
@@ -152,11 +140,7 @@ impl Session {
     }
 
     /// One TCP connection, from OPEN to its end. `established` tells the caller whether to count a flap.
-    async fn session(
-        &mut self,
-        stream: TcpStream,
-        established: &mut bool,
-    ) -> Result<(), SessionError> {
+    async fn session(&mut self, stream: TcpStream, established: &mut bool) -> Result<(), SessionError> {
         let _ = stream.set_nodelay(true);
         let ebgp = !self.peer.is_ibgp(self.cfg.asn);
         // Single-hop eBGP sends with TTL 1 (hop limit 1), like routers do; `multihop` raises it; GTSM sends 255
@@ -172,11 +156,7 @@ impl Session {
             (false, None) => 64,
         };
         let sock = socket2::SockRef::from(&stream);
-        let set = if stream.local_addr()?.is_ipv4() {
-            sock.set_ttl_v4(ttl)
-        } else {
-            sock.set_unicast_hops_v6(ttl)
-        };
+        let set = if stream.local_addr()?.is_ipv4() { sock.set_ttl_v4(ttl) } else { sock.set_unicast_hops_v6(ttl) };
         if let Err(e) = set {
             debug!(peer = %self.peer.address, error = %e, "BGP: cannot set TTL");
         }
@@ -201,8 +181,7 @@ impl Session {
         let _abort = AbortOnDrop(reader);
 
         let hold = u16::try_from(self.cfg.hold_time.as_secs()).unwrap_or(u16::MAX);
-        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id))
-            .await?;
+        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id)).await?;
         self.status.set_state(SessionState::OpenSent);
         let mut hold_deadline = Some(Instant::now() + OPEN_HOLD);
         let mut hold_time: Option<Duration> = None;
@@ -345,17 +324,9 @@ impl Session {
             local_asn: self.cfg.asn,
             ebgp,
             four_octet: po.four_octet,
-            med: if draining {
-                Some(DRAIN_MED)
-            } else {
-                self.cfg.med
-            },
+            med: if draining { Some(DRAIN_MED) } else { self.cfg.med },
             local_pref: (!ebgp && draining).then_some(DRAIN_LOCAL_PREF),
-            communities: if draining {
-                vec![GRACEFUL_SHUTDOWN]
-            } else {
-                vec![]
-            },
+            communities: if draining { vec![GRACEFUL_SHUTDOWN] } else { vec![] },
         }
     }
 
@@ -368,8 +339,7 @@ impl Session {
         params: &Option<(PeerOpen, Nexthops)>,
     ) -> Result<(), SessionError> {
         if let Some((po, nh)) = params {
-            rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true)
-                .await?;
+            rib.sync(out, BTreeSet::new(), po, nh, self.path(po, true), true).await?;
         }
         out.send(&cease()).await?;
         self.close_then_admin_down(out, rx).await;
@@ -384,10 +354,7 @@ impl Session {
     async fn close_then_admin_down(&self, out: &mut Writer, rx: &mut Incoming) {
         let _ = out.wr.shutdown().await;
         let Some(b) = &self.bfd else { return };
-        let _ = timeout(Duration::from_secs(1), async {
-            while let Some(Ok(_)) = rx.recv().await {}
-        })
-        .await;
+        let _ = timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = rx.recv().await {} }).await;
         b.admin_down().await;
     }
 }
@@ -408,9 +375,7 @@ async fn wait_stop(phase: &mut watch::Receiver<Phase>) {
 }
 
 fn keepalive_interval(hold: Option<Duration>) -> Duration {
-    hold.map(|h| h / 3)
-        .unwrap_or(OPEN_HOLD)
-        .max(Duration::from_millis(500))
+    hold.map(|h| h / 3).unwrap_or(OPEN_HOLD).max(Duration::from_millis(500))
 }
 
 fn fsm_subcode(s: SessionState) -> u8 {

@@ -129,7 +129,10 @@ mod tests {
         let s6 = std::net::TcpListener::bind("[::]:0").unwrap();
         set_md5(&s6, "127.0.0.2".parse().unwrap(), b"secret").unwrap();
         set_md5(&s6, "::2".parse().unwrap(), &[7; MD5_MAX_KEY]).unwrap();
-        assert_eq!(set_md5(&s4, "127.0.0.2".parse().unwrap(), &[7; 81]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            set_md5(&s4, "127.0.0.2".parse().unwrap(), &[7; 81]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
         assert_eq!(set_md5(&s4, "127.0.0.2".parse().unwrap(), b"").unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }

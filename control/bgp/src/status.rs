@@ -110,15 +110,7 @@ impl PeerStatus {
         m.state.with_label_values(&[&label]).set(0);
         m.routes.with_label_values(&[&label]).set(0);
         m.flaps.with_label_values(&[&label]).reset();
-        Self {
-            inner: Arc::new(Mutex::new(Inner {
-                report,
-                since: None,
-            })),
-            m,
-            label,
-            bfd,
-        }
+        Self { inner: Arc::new(Mutex::new(Inner { report, since: None })), m, label, bfd }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -147,10 +139,7 @@ impl PeerStatus {
         let mut i = self.lock();
         i.report.routes_announced = n;
         i.report.draining = draining;
-        self.m
-            .routes
-            .with_label_values(&[&self.label])
-            .set(n as i64);
+        self.m.routes.with_label_values(&[&self.label]).set(n as i64);
     }
 
     pub(crate) fn down(&self, error: Option<String>, was_established: bool) {
@@ -168,10 +157,7 @@ impl PeerStatus {
     }
 
     pub(crate) fn sent_updates(&self, n: usize) {
-        self.m
-            .updates
-            .with_label_values(&[&self.label])
-            .inc_by(n as u64);
+        self.m.updates.with_label_values(&[&self.label]).inc_by(n as u64);
     }
 
     pub(crate) fn report(&self) -> PeerReport {
@@ -208,35 +194,17 @@ impl Metrics {
             ),
             &["peer"],
         )?;
-        let routes = IntGaugeVec::new(
-            Opts::new("padis_bgp_routes_announced", "Prefixes announced per peer"),
-            &["peer"],
-        )?;
+        let routes =
+            IntGaugeVec::new(Opts::new("padis_bgp_routes_announced", "Prefixes announced per peer"), &["peer"])?;
         let flaps = IntCounterVec::new(
-            Opts::new(
-                "padis_bgp_session_flaps_total",
-                "Established BGP sessions that went down",
-            ),
+            Opts::new("padis_bgp_session_flaps_total", "Established BGP sessions that went down"),
             &["peer"],
         )?;
-        let updates = IntCounterVec::new(
-            Opts::new(
-                "padis_bgp_updates_sent_total",
-                "UPDATE messages sent per peer",
-            ),
-            &["peer"],
-        )?;
-        let ospf_routes = IntGauge::new(
-            "padis_ospf_routes_installed",
-            "VIP host routes or addresses in the kernel",
-        )?;
-        let bfd_up = IntGaugeVec::new(
-            Opts::new(
-                "padis_bfd_session_up",
-                "1 while the peer's BFD session is Up",
-            ),
-            &["peer"],
-        )?;
+        let updates =
+            IntCounterVec::new(Opts::new("padis_bgp_updates_sent_total", "UPDATE messages sent per peer"), &["peer"])?;
+        let ospf_routes = IntGauge::new("padis_ospf_routes_installed", "VIP host routes or addresses in the kernel")?;
+        let bfd_up =
+            IntGaugeVec::new(Opts::new("padis_bfd_session_up", "1 while the peer's BFD session is Up"), &["peer"])?;
         let bfd_transitions = IntCounterVec::new(
             Opts::new(
                 "padis_bfd_transitions_total",
@@ -259,24 +227,12 @@ impl Metrics {
         register(r, &flaps)?;
         register(r, &updates)?;
         register(r, &ospf_routes)?;
-        Ok(Self {
-            state,
-            routes,
-            flaps,
-            updates,
-            ospf_routes,
-            bfd_up,
-            bfd_transitions,
-            bfd_dropped,
-        })
+        Ok(Self { state, routes, flaps, updates, ospf_routes, bfd_up, bfd_transitions, bfd_dropped })
     }
 }
 
 /// Registers `c`, replacing a collector of the same name from an earlier announcer (config reload re-spawns).
-fn register<C: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: &C,
-) -> Result<(), BgpError> {
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: &C) -> Result<(), BgpError> {
     match r.register(Box::new(c.clone())) {
         Err(prometheus::Error::AlreadyReg) => {
             r.unregister(Box::new(c.clone()))?;
@@ -361,13 +317,7 @@ mod tests {
         let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m, None);
         p.set_state(SessionState::Established);
         p.set_routes(3, true);
-        let r = BgpReport {
-            peers: vec![p.report()],
-            ospf: Some(OspfReport {
-                routes_installed: 2,
-                last_error: None,
-            }),
-        };
+        let r = BgpReport { peers: vec![p.report()], ospf: Some(OspfReport { routes_installed: 2, last_error: None }) };
         assert_eq!(
             r.to_string(),
             "bgp peer 192.0.2.1 AS65000 established up 0h00m00s routes 3 flaps 0 draining\nospf kernel routes 2\n"
@@ -391,28 +341,20 @@ mod tests {
         });
         let p = PeerStatus::new("192.0.2.1".parse().unwrap(), 65000, m, Some(rx));
         p.set_state(SessionState::Established);
-        let report = |p: &PeerStatus| BgpReport {
-            peers: vec![p.report()],
-            ospf: None,
-        };
+        let report = |p: &PeerStatus| BgpReport { peers: vec![p.report()], ospf: None };
         assert_eq!(
             report(&p).to_string(),
             "bgp peer 192.0.2.1 AS65000 established up 0h00m00s routes 0 flaps 0 bfd up failures 1\n"
         );
         let v = serde_json::to_value(report(&p)).unwrap();
         let b = &v["peers"][0]["bfd"];
-        assert_eq!(
-            (b["state"].as_str(), b["diag"].as_str()),
-            (Some("up"), Some("none"))
-        );
+        assert_eq!((b["state"].as_str(), b["diag"].as_str()), (Some("up"), Some("none")));
         assert_eq!(b["detection_time_ms"], 900);
         tx.send_modify(|b| {
             b.state = State::Down;
             b.diag = Diag::DetectionTimeExpired;
         });
-        assert!(report(&p)
-            .to_string()
-            .contains(" bfd down (DetectionTimeExpired) failures 1"));
+        assert!(report(&p).to_string().contains(" bfd down (DetectionTimeExpired) failures 1"));
         let v = serde_json::to_value(report(&p)).unwrap();
         assert_eq!(v["peers"][0]["bfd"]["diag"], "detection_time_expired");
     }

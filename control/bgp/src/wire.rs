@@ -12,9 +12,8 @@ use rustbgpd_wire::attribute::{
 use rustbgpd_wire::constants::AS_TRANS;
 use rustbgpd_wire::nlri::{Ipv4NlriEntry, Ipv4Prefix, Ipv6Prefix, NlriEntry, Prefix};
 use rustbgpd_wire::{
-    decode_message, encode_message, Afi, Capability, DecodeError, EncodeError, Ipv4UnicastMode,
-    Message, NotificationCode, NotificationMessage, OpenMessage, Safi, UpdateMessage,
-    MAX_MESSAGE_LEN,
+    decode_message, encode_message, Afi, Capability, DecodeError, EncodeError, Ipv4UnicastMode, Message,
+    NotificationCode, NotificationMessage, OpenMessage, Safi, UpdateMessage, MAX_MESSAGE_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -61,14 +60,8 @@ pub fn open(asn: u32, hold_secs: u16, router_id: Ipv4Addr) -> Message {
         hold_time: hold_secs,
         bgp_identifier: router_id,
         capabilities: vec![
-            Capability::MultiProtocol {
-                afi: Afi::Ipv4,
-                safi: Safi::Unicast,
-            },
-            Capability::MultiProtocol {
-                afi: Afi::Ipv6,
-                safi: Safi::Unicast,
-            },
+            Capability::MultiProtocol { afi: Afi::Ipv4, safi: Safi::Unicast },
+            Capability::MultiProtocol { afi: Afi::Ipv6, safi: Safi::Unicast },
             Capability::RouteRefresh,
             Capability::FourOctetAs { asn },
         ],
@@ -77,11 +70,7 @@ pub fn open(asn: u32, hold_secs: u16, router_id: Ipv4Addr) -> Message {
 
 /// A NOTIFICATION message.
 pub fn notification(code: u8, subcode: u8, data: Bytes) -> Message {
-    Message::Notification(NotificationMessage::new(
-        NotificationCode::from_u8(code),
-        subcode,
-        data,
-    ))
+    Message::Notification(NotificationMessage::new(NotificationCode::from_u8(code), subcode, data))
 }
 
 /// What we learnt from the peer's OPEN.
@@ -127,17 +116,9 @@ pub fn check_open(
     our_hold: u16,
     ibgp: bool,
 ) -> Result<PeerOpen, OpenRejected> {
-    let reject = |subcode: u8, data: Bytes, reason: String| OpenRejected {
-        subcode,
-        data,
-        reason,
-    };
+    let reject = |subcode: u8, data: Bytes, reason: String| OpenRejected { subcode, data, reason };
     if o.version != 4 {
-        return Err(reject(
-            1,
-            Bytes::from_static(&[0, 4]),
-            format!("version {}", o.version),
-        ));
+        return Err(reject(1, Bytes::from_static(&[0, 4]), format!("version {}", o.version)));
     }
     let four = o.capabilities.iter().find_map(|c| match c {
         Capability::FourOctetAs { asn } => Some(*asn),
@@ -145,25 +126,13 @@ pub fn check_open(
     });
     let asn = four.unwrap_or(u32::from(o.my_as));
     if asn != expected_asn {
-        return Err(reject(
-            2,
-            Bytes::new(),
-            format!("peer AS {asn}, expected {expected_asn}"),
-        ));
+        return Err(reject(2, Bytes::new(), format!("peer AS {asn}, expected {expected_asn}")));
     }
     if o.hold_time == 1 || o.hold_time == 2 {
-        return Err(reject(
-            6,
-            Bytes::new(),
-            format!("hold time {}", o.hold_time),
-        ));
+        return Err(reject(6, Bytes::new(), format!("hold time {}", o.hold_time)));
     }
     if o.bgp_identifier.is_unspecified() || (ibgp && o.bgp_identifier == our_id) {
-        return Err(reject(
-            3,
-            Bytes::new(),
-            format!("BGP identifier {}", o.bgp_identifier),
-        ));
+        return Err(reject(3, Bytes::new(), format!("BGP identifier {}", o.bgp_identifier)));
     }
     let mp: Vec<(Afi, Safi)> = o
         .capabilities
@@ -203,11 +172,7 @@ pub struct PathParams {
 impl PathParams {
     fn attributes(&self) -> Vec<PathAttribute> {
         let mut a = vec![PathAttribute::Origin(Origin::Igp)];
-        let path = if self.ebgp {
-            vec![AsPathSegment::AsSequence(vec![self.local_asn])]
-        } else {
-            vec![]
-        };
+        let path = if self.ebgp { vec![AsPathSegment::AsSequence(vec![self.local_asn])] } else { vec![] };
         a.push(PathAttribute::AsPath(AsPath { segments: path }));
         if let Some(m) = self.med {
             a.push(PathAttribute::Med(m));
@@ -222,11 +187,7 @@ impl PathParams {
             // RFC 6793: a 2-octet peer sees AS_TRANS in AS_PATH; the real AS travels in AS4_PATH.
             let mut v = vec![2u8, 1];
             v.extend_from_slice(&self.local_asn.to_be_bytes());
-            a.push(PathAttribute::Unknown(RawAttribute {
-                flags: 0xC0,
-                type_code: 17,
-                data: Bytes::from(v),
-            }));
+            a.push(PathAttribute::Unknown(RawAttribute { flags: 0xC0, type_code: 17, data: Bytes::from(v) }));
         }
         a
     }
@@ -239,28 +200,15 @@ pub fn updates_v4(
     next_hop: Ipv4Addr,
     p: &PathParams,
 ) -> Result<Vec<Message>, EncodeError> {
-    let entry = |n: &Ipv4Net| Ipv4NlriEntry {
-        path_id: 0,
-        prefix: Ipv4Prefix::new(n.addr(), n.prefix_len()),
-    };
+    let entry = |n: &Ipv4Net| Ipv4NlriEntry { path_id: 0, prefix: Ipv4Prefix::new(n.addr(), n.prefix_len()) };
     let mut out = Vec::new();
     for chunk in withdraw.chunks(V4_CHUNK) {
         let w: Vec<_> = chunk.iter().map(entry).collect();
-        out.push(Message::Update(UpdateMessage::try_build(
-            &[],
-            &w,
-            &[],
-            p.four_octet,
-            false,
-            Ipv4UnicastMode::Body,
-        )?));
+        out.push(Message::Update(UpdateMessage::try_build(&[], &w, &[], p.four_octet, false, Ipv4UnicastMode::Body)?));
     }
     if !announce.is_empty() {
         let mut attrs = p.attributes();
-        let at = attrs
-            .iter()
-            .position(|a| a.type_code() > 3)
-            .unwrap_or(attrs.len());
+        let at = attrs.iter().position(|a| a.type_code() > 3).unwrap_or(attrs.len());
         attrs.insert(at, PathAttribute::NextHop(next_hop));
         for chunk in announce.chunks(V4_CHUNK) {
             let n: Vec<_> = chunk.iter().map(entry).collect();
@@ -284,10 +232,7 @@ pub fn updates_v6(
     next_hop: Ipv6Addr,
     p: &PathParams,
 ) -> Result<Vec<Message>, EncodeError> {
-    let entry = |n: &Ipv6Net| NlriEntry {
-        path_id: 0,
-        prefix: Prefix::V6(Ipv6Prefix::new(n.addr(), n.prefix_len())),
-    };
+    let entry = |n: &Ipv6Net| NlriEntry { path_id: 0, prefix: Prefix::V6(Ipv6Prefix::new(n.addr(), n.prefix_len())) };
     let mut out = Vec::new();
     for chunk in withdraw.chunks(V6_CHUNK) {
         let un = MpUnreachNlri {
@@ -326,10 +271,7 @@ pub fn updates_v6(
             rtc_announced: vec![],
         };
         let mut attrs = p.attributes();
-        let at = attrs
-            .iter()
-            .position(|a| a.type_code() > 14)
-            .unwrap_or(attrs.len());
+        let at = attrs.iter().position(|a| a.type_code() > 14).unwrap_or(attrs.len());
         attrs.insert(at, PathAttribute::MpReachNlri(Box::new(reach)));
         out.push(Message::Update(UpdateMessage::try_build(
             &[],
@@ -354,14 +296,8 @@ mod tests {
 
     #[test]
     fn keepalive_and_notification_bytes() {
-        assert_eq!(
-            hex(&encode(&Message::Keepalive).unwrap()),
-            format!("{MARKER}001304")
-        );
-        assert_eq!(
-            hex(&encode(&notification(6, 2, Bytes::new())).unwrap()),
-            format!("{MARKER}0015030602")
-        );
+        assert_eq!(hex(&encode(&Message::Keepalive).unwrap()), format!("{MARKER}001304"));
+        assert_eq!(hex(&encode(&notification(6, 2, Bytes::new())).unwrap()), format!("{MARKER}0015030602"));
     }
 
     #[test]
@@ -379,10 +315,7 @@ mod tests {
             + "010400020001"
             + "0200"
             + "4104fa56ea01";
-        assert_eq!(
-            hex(&b),
-            format!("{MARKER}{:04x}01{body}", 19 + body.len() / 2)
-        );
+        assert_eq!(hex(&b), format!("{MARKER}{:04x}01{body}", 19 + body.len() / 2));
     }
 
     fn ebgp(communities: Vec<u32>) -> PathParams {
@@ -399,13 +332,7 @@ mod tests {
     #[test]
     fn ipv4_update_bytes() {
         let p: Ipv4Net = "198.51.100.7/32".parse().unwrap();
-        let m = updates_v4(
-            &[p],
-            &[],
-            Ipv4Addr::new(10, 0, 0, 1),
-            &ebgp(vec![GRACEFUL_SHUTDOWN]),
-        )
-        .unwrap();
+        let m = updates_v4(&[p], &[], Ipv4Addr::new(10, 0, 0, 1), &ebgp(vec![GRACEFUL_SHUTDOWN])).unwrap();
         assert_eq!(m.len(), 1);
         let attrs = "40010100".to_string() // ORIGIN IGP
             + "400206" + "0201fa56ea01" // AS_PATH: AS_SEQUENCE [4200000001]
@@ -413,15 +340,9 @@ mod tests {
             + "80040400000000" // MED 0
             + "c00804ffff0000"; // COMMUNITIES 65535:0
         let body = format!("0000{:04x}{attrs}20c6336407", attrs.len() / 2);
-        assert_eq!(
-            hex(&encode(&m[0]).unwrap()),
-            format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2)
-        );
+        assert_eq!(hex(&encode(&m[0]).unwrap()), format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2));
         let w = updates_v4(&[], &[p], Ipv4Addr::new(10, 0, 0, 1), &ebgp(vec![])).unwrap();
-        assert_eq!(
-            hex(&encode(&w[0]).unwrap()),
-            format!("{MARKER}001c02000520c63364070000")
-        );
+        assert_eq!(hex(&encode(&w[0]).unwrap()), format!("{MARKER}001c02000520c63364070000"));
     }
 
     #[test]
@@ -431,25 +352,16 @@ mod tests {
         let mut params = ebgp(vec![]);
         params.med = None;
         let m = updates_v6(&[p], &[], nh, &params).unwrap();
-        let reach = "0002011020010db8000000000000000000000001".to_string()
-            + "00"
-            + "8020010db8000000000000000000000007";
-        let attrs = "40010100".to_string()
-            + "4002060201fa56ea01"
-            + &format!("800e{:02x}{reach}", reach.len() / 2);
+        let reach =
+            "0002011020010db8000000000000000000000001".to_string() + "00" + "8020010db8000000000000000000000007";
+        let attrs = "40010100".to_string() + "4002060201fa56ea01" + &format!("800e{:02x}{reach}", reach.len() / 2);
         let body = format!("0000{:04x}{attrs}", attrs.len() / 2);
-        assert_eq!(
-            hex(&encode(&m[0]).unwrap()),
-            format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2)
-        );
+        assert_eq!(hex(&encode(&m[0]).unwrap()), format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2));
         let w = updates_v6(&[], &[p], nh, &params).unwrap();
         let unreach = "000201".to_string() + "8020010db8000000000000000000000007";
         let attrs = format!("800f{:02x}{unreach}", unreach.len() / 2);
         let body = format!("0000{:04x}{attrs}", attrs.len() / 2);
-        assert_eq!(
-            hex(&encode(&w[0]).unwrap()),
-            format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2)
-        );
+        assert_eq!(hex(&encode(&w[0]).unwrap()), format!("{MARKER}{:04x}02{body}", 19 + body.len() / 2));
     }
 
     #[test]
@@ -471,9 +383,8 @@ mod tests {
 
     #[test]
     fn many_routes_are_split_below_the_message_limit() {
-        let nets: Vec<Ipv4Net> = (0..2000u32)
-            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap())
-            .collect();
+        let nets: Vec<Ipv4Net> =
+            (0..2000u32).map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap()).collect();
         let m = updates_v4(&nets, &nets, Ipv4Addr::new(10, 0, 0, 1), &ebgp(vec![])).unwrap();
         assert_eq!(m.len(), 10);
         assert!(m.iter().all(|m| encode(m).unwrap().len() <= 4096));
@@ -494,52 +405,18 @@ mod tests {
         let id = Ipv4Addr::new(10, 0, 0, 1);
         let caps = vec![
             Capability::FourOctetAs { asn: 4_200_000_002 },
-            Capability::MultiProtocol {
-                afi: Afi::Ipv6,
-                safi: Safi::Unicast,
-            },
+            Capability::MultiProtocol { afi: Afi::Ipv6, safi: Safi::Unicast },
         ];
-        let ok = check_open(
-            &peer_open(4_200_000_002, 30, caps.clone()),
-            4_200_000_002,
-            id,
-            90,
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            (ok.hold_secs, ok.four_octet, ok.ipv4, ok.ipv6),
-            (30, true, false, true)
-        );
+        let ok = check_open(&peer_open(4_200_000_002, 30, caps.clone()), 4_200_000_002, id, 90, false).unwrap();
+        assert_eq!((ok.hold_secs, ok.four_octet, ok.ipv4, ok.ipv6), (30, true, false, true));
         let plain = check_open(&peer_open(65000, 0, vec![]), 65000, id, 90, false).unwrap();
-        assert_eq!(
-            (plain.hold_secs, plain.four_octet, plain.ipv4, plain.ipv6),
-            (0, false, true, false)
-        );
+        assert_eq!((plain.hold_secs, plain.four_octet, plain.ipv4, plain.ipv6), (0, false, true, false));
         let sub = |r: Result<PeerOpen, OpenRejected>| match r.unwrap_err().notification() {
             Message::Notification(n) => (n.code.as_u8(), n.subcode),
             _ => (0, 0),
         };
-        assert_eq!(
-            sub(check_open(
-                &peer_open(65001, 90, vec![]),
-                65000,
-                id,
-                90,
-                false
-            )),
-            (2, 2)
-        );
-        assert_eq!(
-            sub(check_open(
-                &peer_open(65000, 2, vec![]),
-                65000,
-                id,
-                90,
-                false
-            )),
-            (2, 6)
-        );
+        assert_eq!(sub(check_open(&peer_open(65001, 90, vec![]), 65000, id, 90, false)), (2, 2));
+        assert_eq!(sub(check_open(&peer_open(65000, 2, vec![]), 65000, id, 90, false)), (2, 6));
         let mut same = peer_open(65000, 90, vec![]);
         same.bgp_identifier = id;
         assert_eq!(sub(check_open(&same, 65000, id, 90, true)), (2, 3));
@@ -551,30 +428,16 @@ mod tests {
         two.extend_from_slice(&encode(&Message::Keepalive).unwrap());
         two.extend_from_slice(&encode(&notification(6, 2, Bytes::new())).unwrap());
         let mut r = &two[..];
-        assert!(matches!(
-            read_message(&mut r).await.unwrap(),
-            Message::Keepalive
-        ));
-        assert!(matches!(
-            read_message(&mut r).await.unwrap(),
-            Message::Notification(_)
-        ));
+        assert!(matches!(read_message(&mut r).await.unwrap(), Message::Keepalive));
+        assert!(matches!(read_message(&mut r).await.unwrap(), Message::Notification(_)));
         let mut bad = encode(&Message::Keepalive).unwrap().to_vec();
         bad[0] = 0;
         let e = read_message(&mut &bad[..]).await.unwrap_err();
-        assert!(
-            matches!(e, SessionError::Decode(DecodeError::InvalidMarker)),
-            "{e:?}"
-        );
+        assert!(matches!(e, SessionError::Decode(DecodeError::InvalidMarker)), "{e:?}");
         let mut long = encode(&Message::Keepalive).unwrap().to_vec();
         long[16] = 0x20;
         let e = read_message(&mut &long[..]).await.unwrap_err();
-        let SessionError::Decode(d) = e else {
-            panic!("{e:?}")
-        };
-        assert_eq!(
-            (d.to_notification().0.as_u8(), d.to_notification().1),
-            (1, 2)
-        );
+        let SessionError::Decode(d) = e else { panic!("{e:?}") };
+        assert_eq!((d.to_notification().0.as_u8(), d.to_notification().1), (1, 2));
     }
 }

@@ -379,9 +379,16 @@ impl App {
         let mappings = self
             .container
             .as_ref()
-            .map(|c| if c.port_mappings.is_empty() { c.docker.as_ref().map(|d| &d.port_mappings[..]).unwrap_or(&[]) } else { &c.port_mappings[..] })
+            .map(|c| {
+                if c.port_mappings.is_empty() {
+                    c.docker.as_ref().map(|d| &d.port_mappings[..]).unwrap_or(&[])
+                } else {
+                    &c.port_mappings[..]
+                }
+            })
             .unwrap_or(&[]);
-        let discovery = self.ip_address.as_ref().and_then(|i| i.discovery.as_ref()).map(|d| &d.ports[..]).unwrap_or(&[]);
+        let discovery =
+            self.ip_address.as_ref().and_then(|i| i.discovery.as_ref()).map(|d| &d.ports[..]).unwrap_or(&[]);
         if self.ip_per_task() && !discovery.is_empty() {
             discovery
                 .iter()

@@ -41,7 +41,8 @@ fn config_err(m: impl Into<String>) -> MarathonError {
 }
 
 fn auth_header(a: &MarathonAuth) -> Result<Option<HeaderValue>, MarathonError> {
-    let env = |name: &str| std::env::var(name).map_err(|_| config_err(format!("environment variable {name} is not set")));
+    let env =
+        |name: &str| std::env::var(name).map_err(|_| config_err(format!("environment variable {name} is not set")));
     let value = if let Some(user) = &a.user {
         let password = match (&a.password, &a.password_env) {
             (Some(p), _) => p.expose().to_string(),
@@ -62,7 +63,8 @@ fn auth_header(a: &MarathonAuth) -> Result<Option<HeaderValue>, MarathonError> {
         };
         format!("Bearer {token}")
     };
-    let mut h = HeaderValue::from_str(&value).map_err(|_| config_err("auth: credentials contain invalid characters"))?;
+    let mut h =
+        HeaderValue::from_str(&value).map_err(|_| config_err("auth: credentials contain invalid characters"))?;
     h.set_sensitive(true);
     Ok(Some(h))
 }
@@ -259,8 +261,8 @@ impl Client {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             Apps::from_json_reusing(&body, &mut cache)
         })
-            .await
-            .map_err(|e| MarathonError::Unreachable { url: url.clone(), message: format!("parser task: {e}") })?;
+        .await
+        .map_err(|e| MarathonError::Unreachable { url: url.clone(), message: format!("parser task: {e}") })?;
         parsed.map_err(|source| MarathonError::Json { url, source })
     }
 
@@ -305,6 +307,9 @@ mod tests {
         assert_eq!(base_of(&l, "/v2/apps?embed=apps.tasks").as_deref(), Some("http://m2:8080"));
         let l: Uri = "https://m2/marathon/v2/events?event_type=x".parse().unwrap();
         assert_eq!(base_of(&l, "/v2/events?event_type=x").as_deref(), Some("https://m2/marathon"));
-        assert_eq!(resolve("http://a:1/v2/apps", "/v2/apps").map(|u| u.to_string()).as_deref(), Some("http://a:1/v2/apps"));
+        assert_eq!(
+            resolve("http://a:1/v2/apps", "/v2/apps").map(|u| u.to_string()).as_deref(),
+            Some("http://a:1/v2/apps")
+        );
     }
 }

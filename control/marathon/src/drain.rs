@@ -85,7 +85,13 @@ impl Drainer {
                             }
                         }
                         None => {
-                            let tr = Tracked { app_id: app.id.clone(), task: t.clone(), since: None, seen: pass, expired: false };
+                            let tr = Tracked {
+                                app_id: app.id.clone(),
+                                task: t.clone(),
+                                since: None,
+                                seen: pass,
+                                expired: false,
+                            };
                             self.tracked.insert(t.id.clone(), tr);
                         }
                     },
@@ -129,7 +135,10 @@ impl Drainer {
         for app in &apps.apps {
             let extra = if missing.is_empty() { None } else { missing.remove(app.id.as_str()) };
             let drops = dropping
-                && app.tasks.iter().any(|t| t.state == "TASK_KILLING" && self.tracked.get(&t.id).is_none_or(|tr| tr.expired));
+                && app
+                    .tasks
+                    .iter()
+                    .any(|t| t.state == "TASK_KILLING" && self.tracked.get(&t.id).is_none_or(|tr| tr.expired));
             if extra.is_none() && !drops {
                 out.push(app.clone());
                 continue;

@@ -314,7 +314,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.1".into(), alive: Some(false) });
-        let h = decode("instance_health_changed_event", r#"{"runSpecId":"/a","instanceId":"a.marathon-1","healthy":true}"#).unwrap();
+        let h =
+            decode("instance_health_changed_event", r#"{"runSpecId":"/a","instanceId":"a.marathon-1","healthy":true}"#)
+                .unwrap();
         assert_eq!(h, Event::Health { app_id: "/a".into(), id: "a.marathon-1".into(), alive: Some(true) });
         assert!(matches!(decode("some_new_event", "{}").unwrap(), Event::Other(_)));
     }
@@ -351,14 +353,31 @@ mod tests {
     #[test]
     fn a_posted_new_app_is_added_with_its_labels_and_then_gets_tasks() {
         let mut apps = Apps::from_json(br#"{"apps":[{"id":"/a","labels":{"PADIS_GROUP":"x"},"tasks":[]}]}"#).unwrap();
-        let post = |def: &str| decode("api_post_event", &format!(r#"{{"clientIp":"10.0.0.9","uri":"/v2/apps","appDefinition":{def},"eventType":"api_post_event"}}"#)).unwrap();
-        assert!(apply(&mut apps, &post(r#"{"id":"/b","instances":2,"labels":{"PADIS_GROUP":"external"},"tasks":[{"id":"b.0","appId":"/b"}]}"#)));
+        let post = |def: &str| {
+            decode(
+                "api_post_event",
+                &format!(
+                    r#"{{"clientIp":"10.0.0.9","uri":"/v2/apps","appDefinition":{def},"eventType":"api_post_event"}}"#
+                ),
+            )
+            .unwrap()
+        };
+        assert!(apply(
+            &mut apps,
+            &post(
+                r#"{"id":"/b","instances":2,"labels":{"PADIS_GROUP":"external"},"tasks":[{"id":"b.0","appId":"/b"}]}"#
+            )
+        ));
         assert_eq!(apps.apps[1].labels["PADIS_GROUP"], "external");
         assert!(apps.apps[1].tasks.is_empty(), "tasks come from status updates, not the definition");
         // A known app is left to the full sync (a partial definition must not wipe its labels).
         assert!(!apply(&mut apps, &post(r#"{"id":"/a","instances":3}"#)));
         assert_eq!(apps.apps[0].labels["PADIS_GROUP"], "x");
-        let up = decode("status_update_event", r#"{"taskId":"b.1","taskStatus":"TASK_RUNNING","appId":"/b","host":"10.0.0.2","ports":[31001]}"#).unwrap();
+        let up = decode(
+            "status_update_event",
+            r#"{"taskId":"b.1","taskStatus":"TASK_RUNNING","appId":"/b","host":"10.0.0.2","ports":[31001]}"#,
+        )
+        .unwrap();
         assert!(apply(&mut apps, &up));
         assert_eq!(apps.apps[1].tasks.len(), 1);
         assert!(decode("api_post_event", r#"{"appDefinition":7}"#).is_err());

@@ -172,12 +172,14 @@ pub const TEMPLATES: &[&str] = &[
 ];
 
 /// Per-port marathon-lb labels not honoured for other reasons.
-const OTHER_UNSUPPORTED: &[(&str, &str)] =
-    &[("HTTP_BACKEND_REDIR", "redirect of the domain root is not supported")];
+const OTHER_UNSUPPORTED: &[(&str, &str)] = &[("HTTP_BACKEND_REDIR", "redirect of the domain root is not supported")];
 
 /// Whether ignoring the template could serve a port more widely than the app asked (auth, network ACLs).
 fn widens_access(name: &str) -> bool {
-    name.contains("AUTH") || name.contains("USERLIST") || name.contains("NETWORK_ALLOWED") || name.contains("ALLOW_DENY")
+    name.contains("AUTH")
+        || name.contains("USERLIST")
+        || name.contains("NETWORK_ALLOWED")
+        || name.contains("ALLOW_DENY")
 }
 
 /// Reads the labels under `prefixes` (highest priority first).

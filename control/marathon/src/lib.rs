@@ -15,8 +15,8 @@ pub mod events;
 pub mod labels;
 mod map;
 mod metrics;
-pub mod sse;
 mod source;
+pub mod sse;
 
 use std::sync::Arc;
 
@@ -26,8 +26,8 @@ use serde::Serialize;
 
 pub use apps::{App, Apps, ParseCache, Task};
 pub use error::MarathonError;
-pub use map::{default_dns_name, map_apps, role, Role};
 pub use labels::Unsupported;
+pub use map::{default_dns_name, map_apps, role, Role};
 pub use source::MarathonSource;
 
 /// What Marathon contributes to the desired state; merged by control into the config file's state, then

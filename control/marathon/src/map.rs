@@ -25,8 +25,8 @@ use padis_model::marathon::MarathonConfig;
 use std::time::Duration;
 
 use padis_model::{
-    binds_overlap, crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck, Instance, Listener,
-    ListenerTls, Route, Service, ServicePort,
+    binds_overlap, crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck,
+    Instance, Listener, ListenerTls, Route, Service, ServicePort,
 };
 
 use crate::apps::{App, Apps, MarathonHealthCheck, PortMeta, Task};
@@ -106,7 +106,9 @@ fn host_ok(host: &str) -> bool {
 }
 
 fn label_ok(l: &str) -> bool {
-    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// DNS name for an app id: `/prod/web` -> `web.prod`.
@@ -278,7 +280,8 @@ fn merge_deployments(apps: &[Arc<App>], cfg: &MarathonConfig) -> (Vec<Arc<App>>,
     }
     for (id, mut members) in groups {
         // The colour whose deployment started later is the new one (an unset start time counts as oldest).
-        let started = |a: &App| app_label(a, cfg, "DEPLOYMENT_STARTED_AT").map(|(_, v)| v.to_string()).unwrap_or_default();
+        let started =
+            |a: &App| app_label(a, cfg, "DEPLOYMENT_STARTED_AT").map(|(_, v)| v.to_string()).unwrap_or_default();
         members.sort_by(|a, b| (started(a), &a.id).cmp(&(started(b), &b.id)));
         let mut merged: App = (**members[0]).clone();
         for next in &members[1..] {
@@ -351,7 +354,9 @@ fn map_one(app: &App, cfg: &MarathonConfig, previous: Option<&Outcome>) -> Outco
         return Outcome::NotServed;
     }
     if !errors.is_empty() {
-        return Outcome::Problems(errors.into_iter().map(|e| AppProblem::new(&app.id, Some(e.label), e.message)).collect());
+        return Outcome::Problems(
+            errors.into_iter().map(|e| AppProblem::new(&app.id, Some(e.label), e.message)).collect(),
+        );
     }
     let previous = match previous {
         Some(Outcome::Mapped(s)) => Some(s),
@@ -448,7 +453,9 @@ fn claim<'a>(out: &'a Shared, shadowed: &[bool], taken: &mut Taken<'a>) -> Resul
     if let Some((h, p, _)) = live().find(|(h, p, _)| taken.routes.contains(&(h.as_deref(), p.as_str()))) {
         return Err(format!("host `{}` path `{p}` is already served by another app", h.as_deref().unwrap_or("*")));
     }
-    if let Some((a, p, proto)) = out.vip_keys.iter().find(|(a, p, proto)| taken.vips.contains(&(*a, *p, proto.as_str()))) {
+    if let Some((a, p, proto)) =
+        out.vip_keys.iter().find(|(a, p, proto)| taken.vips.contains(&(*a, *p, proto.as_str())))
+    {
         return Err(format!("VIP {a}:{p}/{proto} is already used by another app"));
     }
     if let Some(s) = out.service_keys.iter().find(|k| taken.services.contains(k.as_str())) {
@@ -469,7 +476,12 @@ fn key(cfg: &MarathonConfig, n: usize, k: &str) -> String {
     format!("{}{n}_{k}", cfg.label_prefixes.first().map(String::as_str).unwrap_or("PADIS_"))
 }
 
-fn map_app(app: &App, labels: &AppLabels, cfg: &MarathonConfig, app_served: bool) -> Result<AppOutput, Vec<AppProblem>> {
+fn map_app(
+    app: &App,
+    labels: &AppLabels,
+    cfg: &MarathonConfig,
+    app_served: bool,
+) -> Result<AppOutput, Vec<AppProblem>> {
     let meta = app.port_meta();
     let mut problems = Vec::new();
     let mut out = AppOutput::default();
@@ -583,7 +595,10 @@ fn parse_auth(l: &Label) -> Result<BasicAuth, String> {
     if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
         return Err("the realm must not contain `\"`, `\\` or control characters".into());
     }
-    Ok(BasicAuth { realm: realm.to_string(), users: vec![BasicAuthUser { user: user.to_string(), hash: hash.to_string() }] })
+    Ok(BasicAuth {
+        realm: realm.to_string(),
+        users: vec![BasicAuthUser { user: user.to_string(), hash: hash.to_string() }],
+    })
 }
 
 /// `BACKEND_NETWORK_ALLOWED_ACL`: space-separated addresses or networks.
@@ -801,7 +816,9 @@ fn map_port(
         }
         // What the TCP mode cannot do is not done in the open: the listener stays closed.
         let refuse = if tcp {
-            pl.ssl_cert.as_ref().map(|l| (l, "TLS termination is not offered by the TCP mode"))
+            pl.ssl_cert
+                .as_ref()
+                .map(|l| (l, "TLS termination is not offered by the TCP mode"))
                 .or_else(|| pl.auth.as_ref().map(|l| (l, "not enforceable by the TCP mode")))
                 .or_else(|| pl.network_allowed.as_ref().map(|l| (l, "not enforceable by the TCP mode yet")))
         } else {
@@ -986,11 +1003,8 @@ fn map_port(
             }
             if let Some(l) = listener.take() {
                 // marathon-lb's service-port frontend: every request goes to the app, whatever its Host and path.
-                let route = Route {
-                    name: format!("{group_name}:service-port"),
-                    listeners: vec![l.name.clone()],
-                    ..template
-                };
+                let route =
+                    Route { name: format!("{group_name}:service-port"), listeners: vec![l.name.clone()], ..template };
                 out.listeners.push((l, Some(route)));
                 http_listener = true;
             }
@@ -1016,14 +1030,17 @@ fn map_port(
     if !routes {
         // Labels that only mean something on an HTTP port: honoured on an HTTP service-port listener; a TCP one
         // carrying a security label was refused above.
-        for l in [&pl.auth, &pl.network_allowed, &pl.use_hsts, &pl.proxypass_path, &pl.revproxy_path].into_iter().flatten() {
+        for l in
+            [&pl.auth, &pl.network_allowed, &pl.use_hsts, &pl.proxypass_path, &pl.revproxy_path].into_iter().flatten()
+        {
             let security = l.key.ends_with("_AUTH") || l.key.ends_with("_NETWORK_ALLOWED_ACL");
             if security && pl.vip.is_some() {
                 // An L4 VIP cannot authenticate or filter: refuse it rather than serve it open.
                 problems.push(problem(app, l, "not enforceable on an L4 VIP (no HTTP route on this port)"));
             } else if !http_listener && !(security && refused) {
                 out.warnings.push(
-                    problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)").with_effect(Effect::LabelIgnored),
+                    problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)")
+                        .with_effect(Effect::LabelIgnored),
                 );
             }
         }
@@ -1299,7 +1316,10 @@ mod tests {
         for r in &s.routes {
             assert!(r.path_ignore_case && r.hsts, "{r:?}");
             let auth = r.basic_auth.as_ref().expect("auth");
-            assert_eq!((auth.realm.as_str(), auth.users[0].user.as_str(), auth.users[0].hash.as_str()), ("Staff only", "alice", hash));
+            assert_eq!(
+                (auth.realm.as_str(), auth.users[0].user.as_str(), auth.users[0].hash.as_str()),
+                ("Staff only", "alice", hash)
+            );
             let nets: Vec<String> = r.allow_cidrs.iter().map(ToString::to_string).collect();
             assert_eq!(nets, vec!["10.1.40.0/24", "10.1.55.43/32"]);
             assert_eq!((r.proxypass_path.as_deref(), r.revproxy_path.as_deref()), (Some("/api"), Some("/ext")));
@@ -1331,7 +1351,8 @@ mod tests {
             p,
             vec![
                 (
-                    "/mlb/app: HAPROXY_0_BACKEND_HEAD: an HAProxy config template: Padis generates no HAProxy config".into(),
+                    "/mlb/app: HAPROXY_0_BACKEND_HEAD: an HAProxy config template: Padis generates no HAProxy config"
+                        .into(),
                     ignored,
                     Some("HAPROXY_{n}_BACKEND_HEAD".into())
                 ),
@@ -1342,9 +1363,14 @@ mod tests {
                     ignored,
                     None
                 ),
-                ("/mlb/app: HAPROXY_0_VHSOT: not a marathon-lb label (a typo?)".into(), ignored, Some("unknown".into())),
                 (
-                    "/mlb/app: HAPROXY_1_USERLIST_HEAD: an HAProxy config template: Padis generates no HAProxy config".into(),
+                    "/mlb/app: HAPROXY_0_VHSOT: not a marathon-lb label (a typo?)".into(),
+                    ignored,
+                    Some("unknown".into())
+                ),
+                (
+                    "/mlb/app: HAPROXY_1_USERLIST_HEAD: an HAProxy config template: Padis generates no HAProxy config"
+                        .into(),
                     Effect::PortSkipped,
                     Some("HAPROXY_{n}_USERLIST_HEAD".into())
                 ),
@@ -1352,7 +1378,8 @@ mod tests {
         );
         assert_eq!(s.routes.iter().map(|r| r.host.as_deref().unwrap()).collect::<Vec<_>>(), vec!["a.test"]);
         // yescrypt (Debian's default `mkpasswd`) cannot be verified: the port is not served.
-        let labels = r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_AUTH":"r:bob:$y$j9T$abc$def"}"#;
+        let labels =
+            r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_AUTH":"r:bob:$y$j9T$abc$def"}"#;
         let s = map_apps(&one(labels, 1, TASKS2), &cfg());
         assert!(s.routes.is_empty() && s.groups.is_empty());
         assert_eq!(s.problems[0].effect, Effect::PortSkipped);
@@ -1388,10 +1415,15 @@ mod tests {
         let body = format!(
             r#"{{"apps":[{},{}]}}"#,
             app("/old", "2020", r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test,o.test"}"#),
-            app("/new", "2021", r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_BACKEND_WEIGHT":"5"}"#)
+            app(
+                "/new",
+                "2021",
+                r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"a.test","HAPROXY_0_BACKEND_WEIGHT":"5"}"#
+            )
         );
         let s = map_apps(&Apps::from_json(body.as_bytes()).unwrap(), &cfg());
-        let routes: Vec<(&str, &str)> = s.routes.iter().map(|r| (r.name.as_str(), r.host.as_deref().unwrap())).collect();
+        let routes: Vec<(&str, &str)> =
+            s.routes.iter().map(|r| (r.name.as_str(), r.host.as_deref().unwrap())).collect();
         assert_eq!(routes, vec![("marathon:/old:0:1", "o.test"), ("marathon:/new:0", "a.test")]);
         assert_eq!(s.problems.len(), 1);
         assert_eq!(s.problems[0].effect, Effect::RouteSkipped);
@@ -1451,10 +1483,12 @@ mod tests {
             let s = state(blue_alive);
             assert!(s.problems.is_empty(), "{:?}", s.problems);
             assert_eq!(s.routes.len(), 1);
-            assert_eq!((s.routes[0].name.as_str(), s.routes[0].host.as_deref()), ("marathon:/nginx:0", Some("nginx.test")));
+            assert_eq!(
+                (s.routes[0].name.as_str(), s.routes[0].host.as_deref()),
+                ("marathon:/nginx:0", Some("nginx.test"))
+            );
             let g = &s.groups[0];
-            let drained: Vec<String> =
-                g.backends.iter().filter(|b| b.draining).map(|b| b.addr.to_string()).collect();
+            let drained: Vec<String> = g.backends.iter().filter(|b| b.draining).map(|b| b.addr.to_string()).collect();
             let expect: Vec<String> = (0..draining).map(|i| format!("10.0.6.{i}:3100{i}")).collect();
             assert_eq!(drained, expect, "blue alive {blue_alive}");
             assert_eq!(g.backends.iter().filter(|b| !b.draining).count(), 3 - draining + blue_alive);
@@ -1534,14 +1568,29 @@ mod tests {
             r#"{{"apps":[{},{},{},{},{},{}]}}"#,
             app("/tcp", "2020", 10000, r#"{"HAPROXY_GROUP":"external"}"#),
             app("/authed", "2025", 10005, &authed),
-            app("/web", "2021", 10001, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"web.test",
+            app(
+                "/web",
+                "2021",
+                10001,
+                r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"web.test",
                 "HAPROXY_0_BIND_ADDR":"127.0.0.5","HAPROXY_0_SSL_CERT":"web-cert",
-                "HAPROXY_0_BIND_OPTIONS":"alpn http/1.1 no-sslv3 accept-proxy"}"#),
-            app("/late", "2022", 10002, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"late.test",
-                "HAPROXY_0_PORT":"10000"}"#),
+                "HAPROXY_0_BIND_OPTIONS":"alpn http/1.1 no-sslv3 accept-proxy"}"#
+            ),
+            app(
+                "/late",
+                "2022",
+                10002,
+                r#"{"HAPROXY_GROUP":"external","HAPROXY_0_VHOST":"late.test",
+                "HAPROXY_0_PORT":"10000"}"#
+            ),
             app("/tls-tcp", "2023", 10003, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_SSL_CERT":"x"}"#),
-            app("/acl-tcp", "2024", 10004, r#"{"HAPROXY_GROUP":"external","HAPROXY_0_MODE":"tcp",
-                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8"}"#)
+            app(
+                "/acl-tcp",
+                "2024",
+                10004,
+                r#"{"HAPROXY_GROUP":"external","HAPROXY_0_MODE":"tcp",
+                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8"}"#
+            )
         );
         let apps = Apps::from_json(body.as_bytes()).unwrap();
         let s = map_apps(&apps, &cfg_sp());

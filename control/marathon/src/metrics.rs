@@ -41,20 +41,32 @@ impl Metrics {
     /// Creates and registers the metrics.
     pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
         let m = Metrics {
-            syncs: IntCounterVec::new(Opts::new("padis_marathon_syncs_total", "Full syncs from Marathon by result"), &["result"])?,
+            syncs: IntCounterVec::new(
+                Opts::new("padis_marathon_syncs_total", "Full syncs from Marathon by result"),
+                &["result"],
+            )?,
             sync_seconds: Histogram::with_opts(
                 HistogramOpts::new("padis_marathon_sync_seconds", "Duration of successful full syncs")
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
-            events: IntCounterVec::new(Opts::new("padis_marathon_events_total", "Marathon events received by type"), &["type"])?,
-            bad_events: IntCounter::new("padis_marathon_bad_events_total", "Malformed, oversized or non-UTF-8 events skipped")?,
+            events: IntCounterVec::new(
+                Opts::new("padis_marathon_events_total", "Marathon events received by type"),
+                &["type"],
+            )?,
+            bad_events: IntCounter::new(
+                "padis_marathon_bad_events_total",
+                "Malformed, oversized or non-UTF-8 events skipped",
+            )?,
             stream_connects: IntCounter::new("padis_marathon_stream_connects_total", "Event stream connections")?,
             stream_failures: IntCounterVec::new(
                 Opts::new("padis_marathon_stream_failures_total", "Event streams lost by reason"),
                 &["reason"],
             )?,
             stream_up: IntGauge::new("padis_marathon_stream_up", "1 while the event stream is attached")?,
-            last_sync_timestamp: IntGauge::new("padis_marathon_last_sync_timestamp_seconds", "Unix time of the last good full sync")?,
+            last_sync_timestamp: IntGauge::new(
+                "padis_marathon_last_sync_timestamp_seconds",
+                "Unix time of the last good full sync",
+            )?,
             stale_seconds: IntGauge::new("padis_marathon_stale_seconds", "Seconds since the last good full sync")?,
             problems: IntGauge::new("padis_marathon_app_problems", "Apps skipped for invalid labels or JSON")?,
             labels_unsupported: IntGaugeVec::new(

@@ -179,13 +179,21 @@ const RESOLVE_TTL: Duration = Duration::from_secs(300);
 
 /// Resolves agent host names that are not addresses (cached).
 async fn resolve_hosts(apps: &mut Apps, cache: &Resolved) {
-    let mut names: Vec<String> =
-        apps.apps.iter().flat_map(|a| &a.tasks).filter(|t| t.host.parse::<IpAddr>().is_err() && !t.host.is_empty()).map(|t| t.host.clone()).collect();
+    let mut names: Vec<String> = apps
+        .apps
+        .iter()
+        .flat_map(|a| &a.tasks)
+        .filter(|t| t.host.parse::<IpAddr>().is_err() && !t.host.is_empty())
+        .map(|t| t.host.clone())
+        .collect();
     names.sort_unstable();
     names.dedup();
     let now = Instant::now();
     for name in names {
-        let fresh = cache.lock().ok().and_then(|c| c.get(&name).filter(|(_, at)| now.duration_since(*at) < RESOLVE_TTL).map(|e| e.0));
+        let fresh = cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&name).filter(|(_, at)| now.duration_since(*at) < RESOLVE_TTL).map(|e| e.0));
         if fresh.is_some() {
             continue;
         }

@@ -164,7 +164,12 @@ mod tests {
         let mut p = SseParser::new(1024);
         let ev = all(
             &mut p,
-            &[b"event: a\r", b"\ndata: {\"x\"", b":1}\r\n\r\n: keepalive\n\nevent:b\ndata: l1\ndata: l2\r\rdata", b": c\n\n"],
+            &[
+                b"event: a\r",
+                b"\ndata: {\"x\"",
+                b":1}\r\n\r\n: keepalive\n\nevent:b\ndata: l1\ndata: l2\r\rdata",
+                b": c\n\n",
+            ],
         );
         assert_eq!(
             ev,

@@ -46,14 +46,20 @@ fn labels_and_tasks_map_to_the_gateway() {
     let apps = Apps::from_json(APPS.as_bytes()).unwrap();
     let st = map_apps(&apps, &cfg());
 
-    let web = st.groups.iter().find(|g| g.name == "marathon:/prod/web:0").unwrap_or_else(|| panic!("{:?}", st.problems));
+    let web =
+        st.groups.iter().find(|g| g.name == "marathon:/prod/web:0").unwrap_or_else(|| panic!("{:?}", st.problems));
     assert_eq!(web.balance, Balance::LeastRequest);
     assert_eq!(web.health.as_ref().map(|h| h.path.as_str()), Some("/health"));
     let b: Vec<(String, bool)> = web.backends.iter().map(|b| (b.addr.to_string(), b.draining)).collect();
     // Healthy running task serves, killing task drains; unhealthy, unchecked and staging tasks are out.
     assert_eq!(b, vec![("10.0.0.1:31001".into(), false), ("10.0.0.4:31001".into(), true)]);
 
-    let hosts: Vec<_> = st.routes.iter().filter(|r| r.group.as_deref() == Some("marathon:/prod/web:0")).map(|r| (r.host.clone().unwrap(), r.path.clone())).collect();
+    let hosts: Vec<_> = st
+        .routes
+        .iter()
+        .filter(|r| r.group.as_deref() == Some("marathon:/prod/web:0"))
+        .map(|r| (r.host.clone().unwrap(), r.path.clone()))
+        .collect();
     assert_eq!(hosts, vec![("web.example.com".into(), "/api".into()), ("www.example.com".into(), "/api".into())]);
     assert!(st.routes.iter().all(|r| r.origin.as_deref().is_some_and(|o| o.starts_with("marathon:/"))));
 
@@ -71,15 +77,20 @@ fn labels_and_tasks_map_to_the_gateway() {
     // DNS: services named from app ids, SRV port names and protocols, health and draining carried.
     let svc = st.services.iter().find(|s| s.name == "web.prod").expect("service");
     assert_eq!(svc.zone.as_deref(), Some("apps.example.com"));
-    assert_eq!(svc.ports.iter().map(|p| (p.name.clone().unwrap(), p.protocol.clone())).collect::<Vec<_>>(),
-        vec![("http".to_string(), "tcp".to_string()), ("dns".to_string(), "udp".to_string())]);
+    assert_eq!(
+        svc.ports.iter().map(|p| (p.name.clone().unwrap(), p.protocol.clone())).collect::<Vec<_>>(),
+        vec![("http".to_string(), "tcp".to_string()), ("dns".to_string(), "udp".to_string())]
+    );
     let inst: Vec<_> = svc.instances.iter().map(|i| (i.id.as_str(), i.healthy, i.draining, i.ports.clone())).collect();
-    assert_eq!(inst, vec![
-        ("web.1", true, false, vec![31001, 53]),
-        ("web.2", false, false, vec![31001, 53]),
-        ("web.4", true, true, vec![31001, 53]),
-        ("web.5", false, false, vec![31001, 53]),
-    ]);
+    assert_eq!(
+        inst,
+        vec![
+            ("web.1", true, false, vec![31001, 53]),
+            ("web.2", false, false, vec![31001, 53]),
+            ("web.4", true, true, vec![31001, 53]),
+            ("web.5", false, false, vec![31001, 53]),
+        ]
+    );
 
     // Problems: bad labels, a clash with an earlier app, and an app that is not Marathon JSON; other group ignored.
     let problems: Vec<String> = st.problems.iter().map(|p| p.to_string()).collect();

@@ -85,10 +85,7 @@ pub struct BfdTimers {
 
 impl Default for BfdTimers {
     fn default() -> Self {
-        Self {
-            interval: default_bfd_interval(),
-            multiplier: default_bfd_multiplier(),
-        }
+        Self { interval: default_bfd_interval(), multiplier: default_bfd_multiplier() }
     }
 }
 
@@ -179,9 +176,7 @@ impl BgpConfig {
         if self.hold_time < Duration::from_secs(3) || self.hold_time > Duration::from_secs(65535) {
             cx.error("bgp.hold_time", "must be between 3s and 65535s");
         }
-        if self.connect_retry < Duration::from_millis(100)
-            || self.connect_retry > Duration::from_secs(3600)
-        {
+        if self.connect_retry < Duration::from_millis(100) || self.connect_retry > Duration::from_secs(3600) {
             cx.error("bgp.connect_retry", "must be between 100ms and 1h");
         }
         if self.drain_wait > Duration::from_secs(600) {
@@ -198,9 +193,7 @@ impl BgpConfig {
         if self.peers.is_empty() {
             cx.error("bgp", "at least one [[bgp.peer]] is needed");
         }
-        if self.bfd.interval < Duration::from_millis(10)
-            || self.bfd.interval > Duration::from_secs(60)
-        {
+        if self.bfd.interval < Duration::from_millis(10) || self.bfd.interval > Duration::from_secs(60) {
             cx.error("bgp.bfd.interval", "must be between 10ms and 60s");
         }
         if self.bfd.multiplier == 0 {
@@ -249,16 +242,10 @@ impl BgpConfig {
                 }
             }
             if p.gtsm && p.multihop.is_some() {
-                cx.error(
-                    at("gtsm"),
-                    "GTSM is for directly connected routers (RFC 5082): not with multihop",
-                );
+                cx.error(at("gtsm"), "GTSM is for directly connected routers (RFC 5082): not with multihop");
             }
             if p.bfd && p.multihop.is_some_and(|t| t > 1) {
-                cx.error(
-                    at("bfd"),
-                    "BFD is single-hop (RFC 5881): not with multihop > 1",
-                );
+                cx.error(at("bfd"), "BFD is single-hop (RFC 5881): not with multihop > 1");
             }
         }
     }
@@ -297,9 +284,7 @@ fn default_iface() -> String {
 fn table_id<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let t = u32::deserialize(d)?;
     if t == 0 || t == 255 {
-        return Err(serde::de::Error::custom(format!(
-            "table {t} is reserved (0 = unspec, 255 = local)"
-        )));
+        return Err(serde::de::Error::custom(format!("table {t} is reserved (0 = unspec, 255 = local)")));
     }
     Ok(t)
 }
@@ -308,12 +293,9 @@ fn iface_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     let ok = !s.is_empty()
         && s.len() < 16
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        return Err(serde::de::Error::custom(format!(
-            "`{s}` is not an interface name"
-        )));
+        return Err(serde::de::Error::custom(format!("`{s}` is not an interface name")));
     }
     Ok(s)
 }
@@ -345,10 +327,7 @@ mod tests {
         assert!(!b.peers[0].bfd && !b.peers[0].gtsm && b.peers[0].password.is_none());
         assert_eq!((b.bfd.interval.as_millis(), b.bfd.multiplier), (300, 3));
         let o = v.state.ospf.unwrap();
-        assert_eq!(
-            (o.table, o.mode, o.interface.as_str()),
-            (100, super::OspfMode::Route, "lo")
-        );
+        assert_eq!((o.table, o.mode, o.interface.as_str()), (100, super::OspfMode::Route, "lo"));
     }
 
     #[test]
@@ -365,18 +344,9 @@ mod tests {
             "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[bgp.bfd]\ninterval = \"1ms\"\nmultiplier = 0\n\
              [[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\nmultihop = 3\nbfd = true\n",
         );
-        assert!(
-            e.contains("t.toml:5") && e.contains("bgp.bfd.interval"),
-            "{e}"
-        );
-        assert!(
-            e.contains("t.toml:6") && e.contains("bgp.bfd.multiplier"),
-            "{e}"
-        );
-        assert!(
-            e.contains("bgp.peer[0].bfd") && e.contains("single-hop"),
-            "{e}"
-        );
+        assert!(e.contains("t.toml:5") && e.contains("bgp.bfd.interval"), "{e}");
+        assert!(e.contains("t.toml:6") && e.contains("bgp.bfd.multiplier"), "{e}");
+        assert!(e.contains("bgp.peer[0].bfd") && e.contains("single-hop"), "{e}");
         let e = errors(
             "[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n[[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\n\
              multihop = 2\ngtsm = true\npassword = \"\"\n",

@@ -302,7 +302,10 @@ impl DnsConfig {
                 cx.error(format!("{p}.name"), format!("duplicate key `{}`", k.name));
             }
             if !TSIG_ALGORITHMS.contains(&k.algorithm.to_ascii_lowercase().as_str()) {
-                cx.error(format!("{p}.algorithm"), format!("`{}`: expected one of {}", k.algorithm, TSIG_ALGORITHMS.join(", ")));
+                cx.error(
+                    format!("{p}.algorithm"),
+                    format!("`{}`: expected one of {}", k.algorithm, TSIG_ALGORITHMS.join(", ")),
+                );
             }
             match &k.secret {
                 None if k.secret_file.is_none() => cx.error(format!("{p}.secret"), "set `secret` or `secret_file`"),
@@ -412,7 +415,11 @@ mod tests {
         assert!(e.to_string().contains("t.toml:2:1: dns.udp_batch_wait"), "{e}");
         let v = parse_config("[dns]\nudp_batch_wait = \"0s\"\n", "t.toml", Path::new(".")).unwrap();
         assert!(v.state.dns.udp_batch_wait.is_zero());
-        let e = parse_config("[dns]\n[[dns.zone]]\nname = \"s\"\ngenerated = true\nserial_policy = \"date\"\n", "t.toml", Path::new("."));
+        let e = parse_config(
+            "[dns]\n[[dns.zone]]\nname = \"s\"\ngenerated = true\nserial_policy = \"date\"\n",
+            "t.toml",
+            Path::new("."),
+        );
         assert!(e.is_err());
     }
 
@@ -439,7 +446,8 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = parse_config(&text, "t.toml", &dir).unwrap_err().to_string();
         assert!(e.contains("t.toml:9:1: dns.tsig_key[1].secret_file") && e.contains("mode 0644"), "{e}");
-        let e = parse_config("[dns]\n[[dns.tsig_key]]\nname = \"a\"\nalgorithm = \"hmac-md5\"\n", "t.toml", &dir).unwrap_err();
+        let e = parse_config("[dns]\n[[dns.tsig_key]]\nname = \"a\"\nalgorithm = \"hmac-md5\"\n", "t.toml", &dir)
+            .unwrap_err();
         let e = e.to_string();
         assert!(e.contains("dns.tsig_key[0].algorithm") && e.contains("dns.tsig_key[0].secret"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -455,7 +463,9 @@ mod tests {
         )
         .unwrap_err();
         let s = e.to_string();
-        for needle in ["t.toml:6:1: dns.zone[1].name", "dns.zone[1].file", "dns.zone[1].update_key", "dns.tsig_key[0].secret"] {
+        for needle in
+            ["t.toml:6:1: dns.zone[1].name", "dns.zone[1].file", "dns.zone[1].update_key", "dns.tsig_key[0].secret"]
+        {
             assert!(s.contains(needle), "missing {needle} in\n{s}");
         }
     }

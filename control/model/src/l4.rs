@@ -563,7 +563,8 @@ mod tests {
         crate::parse_config(toml, "l4.toml", Path::new(".")).map_err(|e| e.to_string())
     }
 
-    const VIP: &str = "[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n[[vip.backend]]\naddr = \"10.0.0.1\"\n";
+    const VIP: &str =
+        "[[vip]]\nname = \"web\"\naddr = \"192.0.2.1\"\nport = 80\n[[vip.backend]]\naddr = \"10.0.0.1\"\n";
 
     #[test]
     fn valid_policy_and_neighbors() {
@@ -572,7 +573,10 @@ mod tests {
         ))
         .unwrap();
         let p = &v.state.l4.vip["web"];
-        assert_eq!((p.forwarding, p.hash, p.effective_table_size()), (super::Forwarding::Ipip, super::VipHash::Source, 101));
+        assert_eq!(
+            (p.forwarding, p.hash, p.effective_table_size()),
+            (super::Forwarding::Ipip, super::VipHash::Source, 101)
+        );
         assert_eq!(v.state.l4.neighbors.len(), 1);
     }
 
@@ -618,7 +622,8 @@ mod tests {
         assert!(e.contains("l4.sync.batch_interval") && e.contains("between 1ms and 1s"), "{e}");
         let e = check(&sync_toml(&key, "").replace("\"10.0.0.3:7400\"", "\"10.0.0.2:7400\"")).unwrap_err();
         assert!(e.contains("duplicate peer") && e.contains("at least one peer"), "{e}");
-        let e = check(&sync_toml(&key, "").replace("listen = \"10.0.0.2:7400\"", "listen = \"[::1]:7400\"")).unwrap_err();
+        let e =
+            check(&sync_toml(&key, "").replace("listen = \"10.0.0.2:7400\"", "listen = \"[::1]:7400\"")).unwrap_err();
         assert!(e.contains("address family"), "{e}");
         let e = check(&sync_toml(&dir.join("none"), "")).unwrap_err();
         assert!(e.contains("l4.sync.key_file") && e.contains("No such file"), "{e}");
@@ -636,7 +641,8 @@ mod tests {
         let e = check(&sync_toml(&key, "").replace("batch_interval", "refresh_interval = \"500ms\"\nbatch_interval"))
             .unwrap_err();
         assert!(e.contains("l4.sync.refresh_interval") && e.contains("at least 1s"), "{e}");
-        let v = check(&sync_toml(&key, "").replace("batch_interval", "refresh_interval = \"0s\"\nbatch_interval")).unwrap();
+        let v =
+            check(&sync_toml(&key, "").replace("batch_interval", "refresh_interval = \"0s\"\nbatch_interval")).unwrap();
         assert!(v.state.l4.sync.as_ref().unwrap().refresh_interval.is_zero());
         let e = check(&sync_toml(&key, "").replace("batch_interval", "refresh_rate = 10\nbatch_interval")).unwrap_err();
         assert!(e.contains("l4.sync.refresh_rate"), "{e}");

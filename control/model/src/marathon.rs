@@ -221,7 +221,10 @@ impl MarathonConfig {
             let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
             match rest {
                 Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {}
-                _ => cx.error(format!("marathon.urls[{i}]"), format!("`{u}`: expected http://host[:port][/path] or https://…")),
+                _ => cx.error(
+                    format!("marathon.urls[{i}]"),
+                    format!("`{u}`: expected http://host[:port][/path] or https://…"),
+                ),
             }
         }
         if self.group.is_empty() || self.group.iter().any(|g| g.trim().is_empty()) {
@@ -289,8 +292,9 @@ mod tests {
 
     #[test]
     fn defaults_and_single_group() {
-        let v = parse_config("[marathon]\nurls = [\"http://m:8080\"]\ngroup = \"internal\"\n", "t.toml", Path::new("."))
-            .unwrap();
+        let v =
+            parse_config("[marathon]\nurls = [\"http://m:8080\"]\ngroup = \"internal\"\n", "t.toml", Path::new("."))
+                .unwrap();
         let m = v.state.marathon.unwrap();
         assert_eq!(m.group, vec!["internal".to_string()]);
         assert_eq!(m.drain_time, std::time::Duration::from_secs(30));

@@ -35,13 +35,7 @@ impl PartialEq for CertMaterial {
 }
 
 /// Reads and checks a certificate and key. `base` resolves relative paths.
-pub fn load(
-    name: &str,
-    cert: &Path,
-    key: &Path,
-    server_names: &[String],
-    base: &Path,
-) -> Result<CertMaterial, String> {
+pub fn load(name: &str, cert: &Path, key: &Path, server_names: &[String], base: &Path) -> Result<CertMaterial, String> {
     let cert_path = base.join(cert);
     let key_path = base.join(key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)

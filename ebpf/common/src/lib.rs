@@ -52,8 +52,24 @@ pub mod map_names {
     pub const VIP_RATE_DROPS: &str = "VIP_RATE_DROPS";
     /// All of them (the maps `padis-l4` pins).
     pub const ALL: [&str; 18] = [
-        VIPS, VIP_ADDRS, RINGS, BACKENDS, CONNTRACK, FLOWS4, VIP_BY_ID, VIP_PORTS, ACL, CONFIG, VIP_STATS,
-        BACKEND_STATS, STATS, FLOW_RATE, SYNC_RING, SRC_LIMIT, SRC_RATE, VIP_RATE_DROPS,
+        VIPS,
+        VIP_ADDRS,
+        RINGS,
+        BACKENDS,
+        CONNTRACK,
+        FLOWS4,
+        VIP_BY_ID,
+        VIP_PORTS,
+        ACL,
+        CONFIG,
+        VIP_STATS,
+        BACKEND_STATS,
+        STATS,
+        FLOW_RATE,
+        SYNC_RING,
+        SRC_LIMIT,
+        SRC_RATE,
+        VIP_RATE_DROPS,
     ];
 }
 

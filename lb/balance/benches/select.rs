@@ -30,9 +30,7 @@ fn per_call(budget: Duration, mut f: impl FnMut(u64)) -> f64 {
 }
 
 fn backends(n: usize) -> Vec<(String, u32)> {
-    (0..n)
-        .map(|i| (format!("10.{}.{}.1:80", i / 250, i % 250), 1))
-        .collect()
+    (0..n).map(|i| (format!("10.{}.{}.1:80", i / 250, i % 250), 1)).collect()
 }
 
 fn group_config(balance: &str, n: usize) -> String {
@@ -69,26 +67,14 @@ fn main() {
         let before = ident(&Maglev::new(&all, size).unwrap(), &all);
         let after = ident(&Maglev::new(fewer, size).unwrap(), fewer);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / size as f64;
-        result(
-            &format!("maglev_moved_on_remove_1_of_{}_pct", n + 1),
-            moved * 100.0,
-            "pct",
-        );
-        result(
-            &format!("maglev_moved_on_remove_1_of_{}_ideal_pct", n + 1),
-            100.0 / (n + 1) as f64,
-            "pct",
-        );
+        result(&format!("maglev_moved_on_remove_1_of_{}_pct", n + 1), moved * 100.0, "pct");
+        result(&format!("maglev_moved_on_remove_1_of_{}_ideal_pct", n + 1), 100.0 / (n + 1) as f64, "pct");
         let mut counts = std::collections::HashMap::new();
         for b in &before {
             *counts.entry(b).or_insert(0usize) += 1;
         }
         let peak = *counts.values().max().unwrap() as f64;
-        result(
-            &format!("maglev_peak_over_mean_{}_backends", n + 1),
-            peak / (size as f64 / (n + 1) as f64),
-            "ratio",
-        );
+        result(&format!("maglev_peak_over_mean_{}_backends", n + 1), peak / (size as f64 / (n + 1) as f64), "ratio");
     }
     let m = Maglev::new(&backends(100), DEFAULT_TABLE_SIZE).unwrap();
     result(
@@ -103,15 +89,11 @@ fn main() {
     let headers = HeaderMap::new();
     for balance in ["round_robin", "least_request", "maglev", "sticky"] {
         for n in [10usize, 100] {
-            let valid =
-                parse_config(&group_config(balance, n), "bench.toml", Path::new(".")).unwrap();
+            let valid = parse_config(&group_config(balance, n), "bench.toml", Path::new(".")).unwrap();
             let bal = Balancers::build(&Snapshot::new(valid, 1, Vec::new()), &health, None);
             let g = bal.group("g").unwrap().clone();
             let ns = per_call(budget, |i| {
-                let ctx = SelectCtx {
-                    client_ip: IpAddr::from((i as u32).to_be_bytes()),
-                    headers: &headers,
-                };
+                let ctx = SelectCtx { client_ip: IpAddr::from((i as u32).to_be_bytes()), headers: &headers };
                 black_box(g.select(&ctx, &[]));
             });
             result(&format!("select_{balance}_{n}_backends_1_thread"), ns, "ns");
@@ -121,21 +103,15 @@ fn main() {
                     std::thread::spawn(move || {
                         let headers = HeaderMap::new();
                         per_call(budget, |i| {
-                            let ctx = SelectCtx {
-                                client_ip: IpAddr::from((i as u32).to_be_bytes()),
-                                headers: &headers,
-                            };
+                            let ctx =
+                                SelectCtx { client_ip: IpAddr::from((i as u32).to_be_bytes()), headers: &headers };
                             black_box(g.select(&ctx, &[]));
                         })
                     })
                 })
                 .collect();
             let ns: Vec<f64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-            result(
-                &format!("select_{balance}_{n}_backends_2_threads"),
-                ns.iter().sum::<f64>() / 2.0,
-                "ns",
-            );
+            result(&format!("select_{balance}_{n}_backends_2_threads"), ns.iter().sum::<f64>() / 2.0, "ns");
         }
     }
 }

@@ -33,17 +33,11 @@ pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
         .flat_map(|g: &BackendGroup| {
             let transport = CheckTransport {
                 protocol: g.protocol,
-                tls: g.tls.clone().map(|config| CheckTls {
-                    config,
-                    base: base.to_path_buf(),
-                }),
+                tls: g.tls.clone().map(|config| CheckTls { config, base: base.to_path_buf() }),
             };
             g.backends.iter().map(move |b| {
                 let target = HealthTarget {
-                    key: TargetKey {
-                        group: g.name.clone(),
-                        addr: b.addr,
-                    },
+                    key: TargetKey { group: g.name.clone(), addr: b.addr },
                     check: check_of(g.health.as_ref(), b),
                     passive: g.passive.clone(),
                 };
@@ -55,10 +49,7 @@ pub fn health_targets_with_transport<G: Borrow<BackendGroup>>(
 
 /// The active check of backend `b`: its group's `check`, probing the backend's `check_port` when it has one.
 fn check_of(check: Option<&HealthCheck>, b: &Backend) -> Option<HealthCheck> {
-    check.map(|c| HealthCheck {
-        port: b.check_port.or(c.port),
-        ..c.clone()
-    })
+    check.map(|c| HealthCheck { port: b.check_port.or(c.port), ..c.clone() })
 }
 
 /// The directory relative paths of `snapshot` are relative to (its config file's).
@@ -96,16 +87,9 @@ pub fn health_targets<G: Borrow<BackendGroup>>(groups: &[G]) -> Vec<HealthTarget
 impl Balancers {
     /// Builds from a snapshot, reusing GroupBalancers (and their Maglev tables, round-robin state and in-flight
     /// counters) of groups whose config did not change; calls `health.sync("l7", ..)` first.
-    pub fn build(
-        snapshot: &Snapshot,
-        health: &HealthRegistry,
-        previous: Option<&Balancers>,
-    ) -> Balancers {
+    pub fn build(snapshot: &Snapshot, health: &HealthRegistry, previous: Option<&Balancers>) -> Balancers {
         let groups = &snapshot.state.groups;
-        health.sync_with_transport(
-            L7_OWNER,
-            health_targets_with_transport(groups, &config_base(snapshot)),
-        );
+        health.sync_with_transport(L7_OWNER, health_targets_with_transport(groups, &config_base(snapshot)));
         let mut out = HashMap::with_capacity(groups.len());
         for g in groups {
             let prev = previous.and_then(|p| p.groups.get(&g.name));
@@ -115,10 +99,7 @@ impl Balancers {
             };
             out.insert(g.name.clone(), balancer);
         }
-        Balancers {
-            generation: snapshot.generation,
-            groups: out,
-        }
+        Balancers { generation: snapshot.generation, groups: out }
     }
 
     /// The balancer of group `name`.

@@ -46,12 +46,7 @@ impl Drop for InFlight {
 
 impl BackendEntry {
     /// A backend with a fresh in-flight counter.
-    pub fn new(
-        addr: SocketAddr,
-        weight: u32,
-        draining: bool,
-        health: Arc<BackendHealth>,
-    ) -> BackendEntry {
+    pub fn new(addr: SocketAddr, weight: u32, draining: bool, health: Arc<BackendHealth>) -> BackendEntry {
         BackendEntry::with_counter(addr, weight, draining, health, Arc::default())
     }
 
@@ -62,22 +57,13 @@ impl BackendEntry {
         health: Arc<BackendHealth>,
         in_flight: Arc<AtomicUsize>,
     ) -> BackendEntry {
-        BackendEntry {
-            addr,
-            weight,
-            draining,
-            health,
-            in_flight,
-            sticky_id: sticky_id(addr),
-        }
+        BackendEntry { addr, weight, draining, health, in_flight, sticky_id: sticky_id(addr) }
     }
 
     /// Starts counting a request; the count drops with the guard.
     pub fn begin(&self) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight {
-            counter: self.in_flight.clone(),
-        }
+        InFlight { counter: self.in_flight.clone() }
     }
 
     /// Requests in flight (counted across snapshots while the backend stays in its group).
@@ -161,11 +147,7 @@ impl GroupBalancer {
     /// Builds the balancer of `group`, taking each backend's health from `health` (targets are expected to be
     /// synced already; a missing one gets a detached, always-up state) and, from `previous` (the same group in the
     /// previous snapshot), the in-flight counters of backends that stay and the Maglev table if its input is equal.
-    pub fn new(
-        group: &BackendGroup,
-        health: &HealthRegistry,
-        previous: Option<&GroupBalancer>,
-    ) -> GroupBalancer {
+    pub fn new(group: &BackendGroup, health: &HealthRegistry, previous: Option<&GroupBalancer>) -> GroupBalancer {
         let backends: Vec<Arc<BackendEntry>> = group
             .backends
             .iter()
@@ -182,21 +164,13 @@ impl GroupBalancer {
                 Arc::new(BackendEntry::with_counter(b.addr, b.weight, b.draining, h, counter))
             })
             .collect();
-        let weights: Vec<u32> = backends
-            .iter()
-            .map(|b| if b.accepts_new() { b.weight } else { 0 })
-            .collect();
+        let weights: Vec<u32> = backends.iter().map(|b| if b.accepts_new() { b.weight } else { 0 }).collect();
         let mut seen = HashSet::new();
         let maglev_input: Vec<(Vec<u8>, u32)> = if group.balance == Balance::Maglev {
             backends
                 .iter()
                 .zip(&weights)
-                .map(|(b, &w)| {
-                    (
-                        addr_identity(b.addr),
-                        if seen.insert(b.addr) { w } else { 0 },
-                    )
-                })
+                .map(|(b, &w)| (addr_identity(b.addr), if seen.insert(b.addr) { w } else { 0 }))
                 .collect()
         } else {
             Vec::new()
@@ -204,34 +178,23 @@ impl GroupBalancer {
         let algorithm = match group.balance {
             Balance::RoundRobin => Algorithm::RoundRobin(RoundRobin::new(&weights)),
             Balance::LeastRequest => {
-                let list: Vec<_> = backends
-                    .iter()
-                    .zip(&weights)
-                    .map(|(b, &w)| (w, b.in_flight.clone()))
-                    .collect();
+                let list: Vec<_> = backends.iter().zip(&weights).map(|(b, &w)| (w, b.in_flight.clone())).collect();
                 Algorithm::LeastRequest(LeastRequest::new(&list))
             }
             Balance::Sticky => {
-                let cookie = group
-                    .sticky_cookie
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
+                let cookie = group.sticky_cookie.clone().unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
                 let ids = backends.iter().map(|b| b.sticky_id.clone()).collect();
                 Algorithm::Sticky(Sticky::new(cookie, ids, &weights))
             }
             Balance::Maglev => {
                 let key = group.hash_key.clone().unwrap_or(HashKey::ClientIp);
                 let reuse = previous.and_then(|p| match &p.algorithm {
-                    Algorithm::Maglev(m) if p.maglev_input == maglev_input => {
-                        Some(m.table().clone())
-                    }
+                    Algorithm::Maglev(m) if p.maglev_input == maglev_input => Some(m.table().clone()),
                     _ => None,
                 });
                 let table = match reuse {
                     Some(t) => Ok(t),
-                    None => {
-                        Maglev::new(&maglev_input, table_size_for(backends.len())).map(Arc::new)
-                    }
+                    None => Maglev::new(&maglev_input, table_size_for(backends.len())).map(Arc::new),
                 };
                 match table {
                     Ok(t) => Algorithm::Maglev(MaglevSelector::new(t, key)),
@@ -242,12 +205,7 @@ impl GroupBalancer {
                 }
             }
         };
-        GroupBalancer {
-            config: group.clone(),
-            backends,
-            maglev_input,
-            algorithm,
-        }
+        GroupBalancer { config: group.clone(), backends, maglev_input, algorithm }
     }
 
     /// The group's name.
@@ -284,11 +242,7 @@ impl GroupBalancer {
     /// passively ejected, ejection is ignored rather than failing all traffic on the strength of request
     /// failures alone; backends down by their active check are never picked.
     pub fn select(&self, ctx: &SelectCtx<'_>, exclude: &[SocketAddr]) -> Option<Pick> {
-        let usable = |i: usize| {
-            self.backends
-                .get(i)
-                .is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr))
-        };
+        let usable = |i: usize| self.backends.get(i).is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr));
         if let Some(pick) = self.pick(ctx, &usable) {
             return Some(pick);
         }
@@ -296,9 +250,7 @@ impl GroupBalancer {
             return None; // the usable ones are excluded (already tried)
         }
         let up = |i: usize| {
-            self.backends
-                .get(i)
-                .is_some_and(|b| b.accepts_new() && b.health.is_up() && !exclude.contains(&b.addr))
+            self.backends.get(i).is_some_and(|b| b.accepts_new() && b.health.is_up() && !exclude.contains(&b.addr))
         };
         // Round-robin turns were all consumed by the failed pass above: choose at random (weighted) instead.
         let pick = match &self.algorithm {
@@ -333,18 +285,13 @@ impl GroupBalancer {
                 .inspect_err(|_| tracing::warn!(group = %self.config.name, "sticky cookie name is not valid"))
                 .ok()
         });
-        Pick {
-            backend,
-            set_cookie,
-        }
+        Pick { backend, set_cookie }
     }
 
     /// A random backend among those for which `ok` holds, in proportion to weight.
     fn random_weighted(&self, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let candidates: Vec<(usize, u64)> = (0..self.backends.len())
-            .filter(|&i| ok(i))
-            .map(|i| (i, u64::from(self.backends[i].weight)))
-            .collect();
+        let candidates: Vec<(usize, u64)> =
+            (0..self.backends.len()).filter(|&i| ok(i)).map(|i| (i, u64::from(self.backends[i].weight))).collect();
         let total: u64 = candidates.iter().map(|c| c.1).sum();
         if total == 0 {
             return None;
@@ -363,10 +310,7 @@ impl GroupBalancer {
     pub(crate) fn reusable_for(&self, group: &BackendGroup, health: &HealthRegistry) -> bool {
         self.config == *group
             && self.backends.iter().all(|b| {
-                let key = TargetKey {
-                    group: group.name.clone(),
-                    addr: b.addr,
-                };
+                let key = TargetKey { group: group.name.clone(), addr: b.addr };
                 health.get(&key).is_some_and(|h| Arc::ptr_eq(&h, &b.health))
             })
     }

@@ -115,14 +115,7 @@ impl HealthRegistry {
         let state = Arc::new(Mutex::new(State::default()));
         let metrics = Metrics::register(metrics, Arc::downgrade(&state))?;
         let (changes, _) = watch::channel(0);
-        Ok(HealthRegistry {
-            inner: Arc::new(Inner {
-                state,
-                metrics,
-                runtime: Handle::try_current().ok(),
-                changes,
-            }),
-        })
+        Ok(HealthRegistry { inner: Arc::new(Inner { state, metrics, runtime: Handle::try_current().ok(), changes }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -133,21 +126,13 @@ impl HealthRegistry {
     /// `owner` namespaces target sets ("l7", "l4") so each plane syncs its own set independently; a target wanted
     /// by two owners is checked once, with the settings of the latest sync that named it.
     pub fn sync(&self, owner: &str, targets: Vec<HealthTarget>) {
-        self.sync_with_transport(
-            owner,
-            targets
-                .into_iter()
-                .map(|t| (t, CheckTransport::default()))
-                .collect(),
-        );
+        self.sync_with_transport(owner, targets.into_iter().map(|t| (t, CheckTransport::default())).collect());
     }
 
     /// Like [`HealthRegistry::sync`], with the transport of each target's HTTP checks (L7 groups speaking TLS or
     /// h2 to their backends are checked the same way).
     pub fn sync_with_transport(&self, owner: &str, targets: Vec<(HealthTarget, CheckTransport)>) {
-        let runtime = Handle::try_current()
-            .ok()
-            .or_else(|| self.inner.runtime.clone());
+        let runtime = Handle::try_current().ok().or_else(|| self.inner.runtime.clone());
         let metrics = &self.inner.metrics;
         let mut state = self.lock();
         let mut wanted = HashSet::with_capacity(targets.len());
@@ -269,9 +254,7 @@ async fn run_checks(
 ) {
     // TLS is set up once per checker; a setup error fails every check (and says why in the report).
     let tls = match &transport.tls {
-        Some(t) if check.kind == HealthKind::Http => {
-            Some(t.setup(transport.protocol).map_err(|e| e.to_string()))
-        }
+        Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol).map_err(|e| e.to_string())),
         _ => None,
     };
     let mut ticker = tokio::time::interval(check.interval.max(std::time::Duration::from_millis(1)));
@@ -284,9 +267,7 @@ async fn run_checks(
         ticker.tick().await;
         let result = match &tls {
             None => probe::probe_prepared(addr, &check, transport.protocol, None).await,
-            Some(Ok(setup)) => {
-                probe::probe_prepared(addr, &check, transport.protocol, Some(setup)).await
-            }
+            Some(Ok(setup)) => probe::probe_prepared(addr, &check, transport.protocol, Some(setup)).await,
             Some(Err(e)) => Err(ProbeError::Setup(e.clone())),
         };
         match &result {

@@ -18,13 +18,10 @@ pub mod health;
 pub mod maglev;
 pub mod select;
 
-pub use balancers::{
-    config_base, health_targets, health_targets_with_transport, Balancers, L7_OWNER,
-};
+pub use balancers::{config_base, health_targets, health_targets_with_transport, Balancers, L7_OWNER};
 pub use group::{BackendEntry, GroupBalancer, InFlight, Pick, DEFAULT_STICKY_COOKIE};
 pub use health::{
-    client_tls_config, BackendHealth, CheckTls, CheckTransport, HealthRegistry, HealthReport, HealthTarget,
-    TargetKey,
+    client_tls_config, BackendHealth, CheckTls, CheckTransport, HealthRegistry, HealthReport, HealthTarget, TargetKey,
 };
 pub use maglev::{next_prime_at_least, Maglev, MaglevError, DEFAULT_TABLE_SIZE};
 pub use select::{SelectCtx, Selector};

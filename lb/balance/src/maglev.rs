@@ -24,9 +24,7 @@ pub enum MaglevError {
     #[error("Maglev table size {0} is not a prime number")]
     NotPrime(usize),
     /// Fewer slots than weighted backends.
-    #[error(
-        "Maglev table size {size} is smaller than the number of weighted backends ({backends})"
-    )]
+    #[error("Maglev table size {size} is smaller than the number of weighted backends ({backends})")]
     TooSmall {
         /// Requested size.
         size: usize,
@@ -69,13 +67,7 @@ impl Maglev {
             return Err(MaglevError::TooManyBackends(backends.len()));
         }
         let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
-        order.sort_by(|&a, &b| {
-            backends[a]
-                .0
-                .as_ref()
-                .cmp(backends[b].0.as_ref())
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| backends[a].0.as_ref().cmp(backends[b].0.as_ref()).then(a.cmp(&b)));
         for pair in order.windows(2) {
             if backends[pair[0]].0.as_ref() == backends[pair[1]].0.as_ref() {
                 let (first, second) = (pair[0].min(pair[1]), pair[0].max(pair[1]));
@@ -83,21 +75,12 @@ impl Maglev {
             }
         }
         if order.is_empty() {
-            return Ok(Maglev {
-                table: Vec::new(),
-                distinct: 0,
-            });
+            return Ok(Maglev { table: Vec::new(), distinct: 0 });
         }
         if size < order.len() {
-            return Err(MaglevError::TooSmall {
-                size,
-                backends: order.len(),
-            });
+            return Err(MaglevError::TooSmall { size, backends: order.len() });
         }
-        Ok(Maglev {
-            table: populate(backends, &order, size),
-            distinct: order.len(),
-        })
+        Ok(Maglev { table: populate(backends, &order, size), distinct: order.len() })
     }
 
     /// The backend (index into the slice given to [`Maglev::new`]) for `hash`; `None` when the table is empty.

@@ -4,17 +4,12 @@ use padis_balance::maglev::is_prime;
 use padis_balance::{next_prime_at_least, Maglev, MaglevError, DEFAULT_TABLE_SIZE};
 
 fn names(n: usize) -> Vec<(String, u32)> {
-    (0..n)
-        .map(|i| (format!("10.0.{}.{}:80", i / 250, i % 250), 1))
-        .collect()
+    (0..n).map(|i| (format!("10.0.{}.{}:80", i / 250, i % 250), 1)).collect()
 }
 
 /// Slot -> backend identity.
 fn by_identity<'a>(m: &Maglev, backends: &'a [(String, u32)]) -> Vec<&'a str> {
-    m.table()
-        .iter()
-        .map(|&i| backends[i as usize].0.as_str())
-        .collect()
+    m.table().iter().map(|&i| backends[i as usize].0.as_str()).collect()
 }
 
 fn counts(m: &Maglev, n: usize) -> Vec<usize> {
@@ -45,16 +40,10 @@ fn weights_give_proportional_slots() {
     let m = Maglev::new(&b, DEFAULT_TABLE_SIZE).unwrap();
     let c = counts(&m, 20);
     assert_eq!(c[7], 0, "weight 0 is not in the table");
-    let others: Vec<usize> = (0..20)
-        .filter(|&i| i != 3 && i != 7)
-        .map(|i| c[i])
-        .collect();
+    let others: Vec<usize> = (0..20).filter(|&i| i != 3 && i != 7).map(|i| c[i]).collect();
     let mean = others.iter().sum::<usize>() as f64 / others.len() as f64;
     let ratio = c[3] as f64 / mean;
-    assert!(
-        (1.9..=2.1).contains(&ratio),
-        "weight-2 backend got {ratio}x the slots"
-    );
+    assert!((1.9..=2.1).contains(&ratio), "weight-2 backend got {ratio}x the slots");
     // Large weight spread (Marathon-style 1..100) stays proportional.
     let b2: Vec<(String, u32)> = vec![("a".into(), 100), ("b".into(), 1), ("c".into(), 50)];
     let c2 = counts(&Maglev::new(&b2, DEFAULT_TABLE_SIZE).unwrap(), 3);
@@ -71,19 +60,12 @@ fn moved(a: &[&str], b: &[&str]) -> f64 {
 fn removing_one_backend_moves_few_slots() {
     for n in [10usize, 100] {
         let all = names(n);
-        let fewer: Vec<_> = all
-            .iter()
-            .filter(|b| b.0 != all[n / 2].0)
-            .cloned()
-            .collect();
+        let fewer: Vec<_> = all.iter().filter(|b| b.0 != all[n / 2].0).cloned().collect();
         let before = Maglev::new(&all, DEFAULT_TABLE_SIZE).unwrap();
         let after = Maglev::new(&fewer, DEFAULT_TABLE_SIZE).unwrap();
         let m = moved(&by_identity(&before, &all), &by_identity(&after, &fewer));
         assert!(m <= 1.0 / n as f64 + 0.01, "n={n}: {m} of slots moved");
-        assert!(
-            m >= 1.0 / n as f64 * 0.9,
-            "the removed backend's slots must move"
-        );
+        assert!(m >= 1.0 / n as f64 * 0.9, "the removed backend's slots must move");
     }
 }
 
@@ -94,14 +76,8 @@ fn adding_one_backend_moves_few_slots() {
         let after_set = names(n + 1);
         let before = Maglev::new(&before_set, DEFAULT_TABLE_SIZE).unwrap();
         let after = Maglev::new(&after_set, DEFAULT_TABLE_SIZE).unwrap();
-        let m = moved(
-            &by_identity(&before, &before_set),
-            &by_identity(&after, &after_set),
-        );
-        assert!(
-            m <= 1.0 / (n + 1) as f64 + 0.01,
-            "n={n}: {m} of slots moved"
-        );
+        let m = moved(&by_identity(&before, &before_set), &by_identity(&after, &after_set));
+        assert!(m <= 1.0 / (n + 1) as f64 + 0.01, "n={n}: {m} of slots moved");
     }
 }
 
@@ -130,26 +106,11 @@ const GOLDEN: &[u32] = &[1, 2, 0, 2, 1, 2, 2, 2, 0, 1, 2, 0, 2];
 #[test]
 fn size_must_be_prime_and_large_enough() {
     let b = names(5);
-    assert_eq!(
-        Maglev::new(&b, 65536).unwrap_err(),
-        MaglevError::NotPrime(65536)
-    );
+    assert_eq!(Maglev::new(&b, 65536).unwrap_err(), MaglevError::NotPrime(65536));
     assert_eq!(Maglev::new(&b, 1).unwrap_err(), MaglevError::NotPrime(1));
-    assert_eq!(
-        Maglev::new(&b, 3).unwrap_err(),
-        MaglevError::TooSmall {
-            size: 3,
-            backends: 5
-        }
-    );
+    assert_eq!(Maglev::new(&b, 3).unwrap_err(), MaglevError::TooSmall { size: 3, backends: 5 });
     let dup = vec![("x", 1), ("y", 1), ("x", 3)];
-    assert_eq!(
-        Maglev::new(&dup, 7).unwrap_err(),
-        MaglevError::Duplicate {
-            first: 0,
-            second: 2
-        }
-    );
+    assert_eq!(Maglev::new(&dup, 7).unwrap_err(), MaglevError::Duplicate { first: 0, second: 2 });
     // Duplicates with weight 0 are not in the table, so they are allowed.
     assert!(Maglev::new(&[("x", 1), ("x", 0)], 7).is_ok());
 }
@@ -160,10 +121,7 @@ fn empty_table_looks_up_nothing() {
     assert!(m.is_empty());
     assert_eq!(m.lookup(42), None);
     let none: [(&str, u32); 0] = [];
-    assert_eq!(
-        Maglev::new(&none, DEFAULT_TABLE_SIZE).unwrap().lookup(1),
-        None
-    );
+    assert_eq!(Maglev::new(&none, DEFAULT_TABLE_SIZE).unwrap().lookup(1), None);
 }
 
 #[test]

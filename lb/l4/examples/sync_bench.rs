@@ -119,7 +119,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let mut inserted = 0u64;
     for f in &flows {
-        if bal.maps.conntrack.insert(f.key, FlowState { backend: idx, vip: 0 }, true).is_ok_and(|i| i == Inserted::Added) {
+        if bal
+            .maps
+            .conntrack
+            .insert(f.key, FlowState { backend: idx, vip: 0 }, true)
+            .is_ok_and(|i| i == Inserted::Added)
+        {
             inserted += 1;
         }
     }

@@ -153,7 +153,11 @@ impl FlowTable4 {
 
     /// Moves the IPv4 flows of an LRU map of an older layout (`CONNTRACK4`, or `CONNTRACK`'s IPv4-mapped keys)
     /// into the table; returns how many moved.
-    pub fn absorb<K: aya::Pod>(&self, old: &mut HashMap<MapData, K, FlowState>, to_v4: impl Fn(&K) -> Option<FlowKey4>) -> u64 {
+    pub fn absorb<K: aya::Pod>(
+        &self,
+        old: &mut HashMap<MapData, K, FlowState>,
+        to_v4: impl Fn(&K) -> Option<FlowKey4>,
+    ) -> u64 {
         let keys: Vec<K> = old.keys().filter_map(Result::ok).filter(|k| to_v4(k).is_some()).collect();
         let mut moved = 0;
         for k in keys {
@@ -222,7 +226,9 @@ impl ConnTable {
             Some(k) => Ok(self.v4.insert(&k, state, only_new)),
             None => match self.v6.insert(key, state, if only_new { BPF_NOEXIST } else { 0 }) {
                 Ok(()) => Ok(Inserted::Added),
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(Inserted::Exists),
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                    Ok(Inserted::Exists)
+                }
                 Err(e) => Err(e),
             },
         }

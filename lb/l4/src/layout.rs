@@ -8,8 +8,8 @@ use std::path::Path;
 
 use aya::maps::{MapInfo, MapType};
 use padis_ebpf_common::{
-    defaults, flows4::FlowBucket4, map_names as n, stat, AclData, BackendInfo, Counters, FlowKey, FlowState, GlobalConfig,
-    RateState, SrcLimitConfig, VipKey, VipMeta, VipSlot, VIP_PORTS_LEN,
+    defaults, flows4::FlowBucket4, map_names as n, stat, AclData, BackendInfo, Counters, FlowKey, FlowState,
+    GlobalConfig, RateState, SrcLimitConfig, VipKey, VipMeta, VipSlot, VIP_PORTS_LEN,
 };
 
 use crate::L4Error;

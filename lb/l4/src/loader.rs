@@ -182,10 +182,7 @@ impl Balancer {
             }
         }
         let mut ebpf = loader.load(crate::PROGRAM)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(L4Error::MissingProgram("padis_xdp"))?
-            .try_into()?;
+        let prog: &mut Xdp = ebpf.program_mut(PROGRAM_NAME).ok_or(L4Error::MissingProgram("padis_xdp"))?.try_into()?;
         prog.load()?;
         let maps = Maps {
             vips: take(&mut ebpf, n::VIPS)?,
@@ -205,7 +202,9 @@ impl Balancer {
             sync_ring: Some(take(&mut ebpf, n::SYNC_RING)?),
         };
         let mut bal = Balancer { ebpf, maps, options, reused_pins };
-        if let (true, Some(dir)) = (reused_pins && pins.is_some_and(|c| c.missing.contains(&n::FLOWS4)), &bal.options.pin_dir) {
+        if let (true, Some(dir)) =
+            (reused_pins && pins.is_some_and(|c| c.missing.contains(&n::FLOWS4)), &bal.options.pin_dir)
+        {
             bal.upgrade_v4_flows(&dir.clone())?;
         }
         Ok(bal)
@@ -245,7 +244,12 @@ impl Balancer {
     pub fn test_run_floor(&self, input: &[u8]) -> Result<(u32, f64), L4Error> {
         let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingProgram("padis_floor"))?.try_into()?;
         let mut out = vec![0u8; input.len() + 512];
-        let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat: 1, ..Default::default() })?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
         Ok((r.return_value, r.duration.as_nanos() as f64))
     }
 
@@ -253,7 +257,12 @@ impl Balancer {
     pub fn test_run_floor_repeat(&self, input: &[u8], repeat: u32) -> Result<f64, L4Error> {
         let prog: &Xdp = self.ebpf.program(FLOOR_NAME).ok_or(L4Error::MissingProgram("padis_floor"))?.try_into()?;
         let mut out = vec![0u8; input.len() + 512];
-        let r = prog.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() })?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
         Ok(r.duration.as_nanos() as f64)
     }
 

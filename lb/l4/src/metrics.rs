@@ -36,7 +36,11 @@ struct Families {
 
 fn families() -> Families {
     Families {
-        events: counter("padis_l4_packets_total", "XDP packets by outcome (forwarded, passed, drop_*, ct_*, icmp_*)", &["event"]),
+        events: counter(
+            "padis_l4_packets_total",
+            "XDP packets by outcome (forwarded, passed, drop_*, ct_*, icmp_*)",
+            &["event"],
+        ),
         event_bytes: counter("padis_l4_bytes_total", "XDP bytes by outcome", &["event"]),
         vip_packets: counter("padis_l4_vip_packets_total", "Packets forwarded per VIP", &["vip"]),
         vip_bytes: counter("padis_l4_vip_bytes_total", "Bytes forwarded per VIP", &["vip"]),
@@ -96,7 +100,9 @@ impl Collector for L4Collector {
             f.vip_packets.with_label_values(&[&v.name]).inc_by(v.packets);
             f.vip_bytes.with_label_values(&[&v.name]).inc_by(v.bytes);
             f.vip_rate_limited.with_label_values(&[&v.name]).inc_by(v.rate_limited);
-            f.backends_in_table.with_label_values(&[&v.name]).set(v.backends.iter().filter(|b| b.in_table).count() as i64);
+            f.backends_in_table
+                .with_label_values(&[&v.name])
+                .set(v.backends.iter().filter(|b| b.in_table).count() as i64);
         }
         for b in &report.backend_counters {
             f.backend_packets.with_label_values(&[&b.0.to_string()]).inc_by(b.1.packets);

@@ -343,11 +343,8 @@ impl Planner {
     /// One wanted VIP: new, changed or unchanged.
     fn vip(&mut self, v: &DesiredVip, naive_seed: Option<u64>) -> Result<(), L4Error> {
         let members = self.members(v);
-        let inputs = TableInputs {
-            size: v.table_size,
-            members: members.iter().map(|(a, w, _)| (*a, *w)).collect(),
-            naive_seed,
-        };
+        let inputs =
+            TableInputs { size: v.table_size, members: members.iter().map(|(a, w, _)| (*a, *w)).collect(), naive_seed };
         let prev = self.next.vips.get(&v.key).cloned();
         let acl = acl_entries(v);
         let (id, old_acl) = match &prev {

@@ -150,9 +150,11 @@ impl Inner {
                                 weight: b.weight,
                                 usable: b.usable,
                                 in_table: inst.is_some_and(|i| i.in_table.contains(&b.addr)),
-                                mac: self.desired.macs.get(&b.addr).map(|m| {
-                                    m.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
-                                }),
+                                mac: self
+                                    .desired
+                                    .macs
+                                    .get(&b.addr)
+                                    .map(|m| m.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")),
                                 packets: c.packets,
                                 bytes: c.bytes,
                             }

@@ -7,7 +7,11 @@ use crate::error::map_err;
 use crate::loader::Maps;
 use crate::L4Error;
 
-fn sum(map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>, idx: u32, name: &'static str) -> Result<Counters, L4Error> {
+fn sum(
+    map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
+    idx: u32,
+    name: &'static str,
+) -> Result<Counters, L4Error> {
     let v = map.get(&idx, 0).map_err(map_err(name))?;
     Ok(v.iter().fold(Counters::default(), |a, c| Counters { packets: a.packets + c.packets, bytes: a.bytes + c.bytes }))
 }

@@ -232,7 +232,9 @@ impl Loop {
         let Some(framing) = &mut ex.framing else {
             let set_cookie = ex.pick.as_ref().and_then(|p| p.set_cookie.as_ref());
             return match response::parse(b.inb.filled(), ex.head_request, set_cookie, c.close_after, &mut c.out.data) {
-                response::Parsed::Partial if b.inb.len() > MAX_RESPONSE_HEAD => Step::Bad(ck, "response head too large"),
+                response::Parsed::Partial if b.inb.len() > MAX_RESPONSE_HEAD => {
+                    Step::Bad(ck, "response head too large")
+                }
                 response::Parsed::Partial => Step::Idle,
                 response::Parsed::Bad => Step::Bad(ck, "malformed response"),
                 response::Parsed::Informational(n) => {

@@ -36,7 +36,9 @@ impl Sender {
     /// A sender with its ring (plain `send` calls if the kernel refuses io_uring).
     pub fn new() -> Sender {
         let ring = IoUring::new(RING)
-            .inspect_err(|e| tracing::info!(error = %e, "fast path: io_uring unavailable; one send call per connection"))
+            .inspect_err(
+                |e| tracing::info!(error = %e, "fast path: io_uring unavailable; one send call per connection"),
+            )
             .ok();
         Sender { ring }
     }
@@ -55,7 +57,11 @@ impl Sender {
                 for (i, it) in items.iter().enumerate() {
                     // SAFETY: the caller guarantees the buffer; `send` writes nothing to it.
                     let n = unsafe { libc::send(it.fd, it.ptr.cast(), it.len, FLAGS) };
-                    results[i] = if n < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) } else { n as i32 };
+                    results[i] = if n < 0 {
+                        -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+                    } else {
+                        n as i32
+                    };
                 }
                 return;
             }
@@ -65,7 +71,8 @@ impl Sender {
             let base = c * RING as usize;
             for (i, it) in chunk.iter().enumerate() {
                 let len = u32::try_from(it.len).unwrap_or(u32::MAX);
-                let sqe = opcode::Send::new(types::Fd(it.fd), it.ptr, len).flags(FLAGS).build().user_data((base + i) as u64);
+                let sqe =
+                    opcode::Send::new(types::Fd(it.fd), it.ptr, len).flags(FLAGS).build().user_data((base + i) as u64);
                 // SAFETY: the buffer stays valid until the completion is reaped below (the caller's guarantee);
                 // the ring has room for a whole chunk since every earlier chunk was reaped.
                 if unsafe { ring.submission().push(&sqe) }.is_err() {

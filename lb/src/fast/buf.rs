@@ -92,7 +92,12 @@ impl Buf {
     /// closed (read 0), and whether the buffer filled up (more may be waiting). A short read is taken as "nothing
     /// more for now" (edge-triggered readiness reports what arrives later) unless `to_end`: the peer's close was
     /// reported, and the read that sees it must be made (its edge is already consumed).
-    pub(super) fn fill(&mut self, sock: &mut mio::net::TcpStream, max: usize, to_end: bool) -> io::Result<(bool, bool)> {
+    pub(super) fn fill(
+        &mut self,
+        sock: &mut mio::net::TcpStream,
+        max: usize,
+        to_end: bool,
+    ) -> io::Result<(bool, bool)> {
         loop {
             let space = self.space(max);
             let room = space.len();

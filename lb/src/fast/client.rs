@@ -9,7 +9,9 @@ use padis_balance::SelectCtx;
 use padis_model::{Balance, HashKey};
 
 use super::tls::{self, Hello, Tls};
-use super::{local_reply, request, BackendState, Client, ClientState, Exchange, Loop, Ready, Start, CLIENT_BUF, HIGH_WATER};
+use super::{
+    local_reply, request, BackendState, Client, ClientState, Exchange, Loop, Ready, Start, CLIENT_BUF, HIGH_WATER,
+};
 use crate::metrics::{Finished, CLIENT_CLOSED};
 use crate::policy;
 
@@ -439,7 +441,8 @@ impl Loop {
             route: Some(&ex.route),
             backend: ex.label.as_ref(),
             // No status yet: the client went away before the answer.
-            status: StatusCode::from_u16(ex.status).unwrap_or(StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::OK)),
+            status: StatusCode::from_u16(ex.status)
+                .unwrap_or(StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::OK)),
             method: &c.method,
             host: &c.host,
             path: &c.path,

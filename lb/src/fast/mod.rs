@@ -37,11 +37,11 @@ use http::header::HeaderMap;
 use http::StatusCode;
 use mio::{Events, Interest, Poll, Token};
 use padis_balance::{GroupBalancer, InFlight, Pick};
+use rustls::ServerConfig;
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use rustls::ServerConfig;
 
 use crate::conn::{self, ActiveGuard};
 use crate::headers::ClientId;
@@ -346,7 +346,11 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(plane: Arc<PlaneShared>, rx: mpsc::UnboundedReceiver<Handoff>, shutdown: CancellationToken) -> io::Result<Loop> {
+    fn new(
+        plane: Arc<PlaneShared>,
+        rx: mpsc::UnboundedReceiver<Handoff>,
+        shutdown: CancellationToken,
+    ) -> io::Result<Loop> {
         let hard = plane.hard.clone();
         // SAFETY: a mio `Poll` owns its epoll descriptor for its whole life, and the `AsyncFd` owns the `Poll`.
         let poll = unsafe { AsyncFd::register_with_interest(Poll::new()?, tokio::io::Interest::READABLE)? };
@@ -797,7 +801,9 @@ impl Loop {
                         self.retry_after_connect_failure(ck);
                     }
                 }
-                BackendState::Idle { until } if now >= until || stopping || (purge && !rt.accepting.contains(&b.addr)) => {
+                BackendState::Idle { until }
+                    if now >= until || stopping || (purge && !rt.accepting.contains(&b.addr)) =>
+                {
                     self.close_backend(bk);
                 }
                 _ => {}

@@ -42,7 +42,11 @@ pub(crate) enum Parsed<'h, 'b> {
 }
 
 /// Parses the head at the start of `buf` into `slots`.
-pub(crate) fn parse<'h, 'b>(buf: &'b [u8], slots: &'h mut [httparse::Header<'b>], max_headers: usize) -> Parsed<'h, 'b> {
+pub(crate) fn parse<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+    max_headers: usize,
+) -> Parsed<'h, 'b> {
     let mut req = httparse::Request::new(slots);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -169,7 +173,11 @@ mod tests {
                 let mut out = Vec::new();
                 let mut host = String::new();
                 let admitted = policy::admit(&h.policy_head(), &mut host).ok()?;
-                h.write_backend_head(&admitted.target, &ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false), &mut out);
+                h.write_backend_head(
+                    &admitted.target,
+                    &ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false),
+                    &mut out,
+                );
                 Some((h.len, String::from_utf8(out).unwrap(), h.body, h.close))
             }
             Parsed::Partial => Some((0, String::new(), 0, false)),
@@ -191,7 +199,8 @@ mod tests {
              x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-port: 8080\r\n\
              forwarded: for=192.0.2.7;proto=http;host=\"www.example.com:8080\"\r\n\r\n"
         );
-        let (_, _, body, close) = head_of("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\nconnection: close\r\n\r\n").unwrap();
+        let (_, _, body, close) =
+            head_of("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\nconnection: close\r\n\r\n").unwrap();
         assert_eq!((body, close), (12, true));
         assert_eq!(head_of("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0, 0, "partial");
         // Connection never names the framing headers or Host away: the backend reads the body by its length.

@@ -80,7 +80,13 @@ pub(crate) fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
 /// Parses the response head at the start of `buf` (the answer to a HEAD request when `head_request`) and, when
 /// it is complete, writes it for the client into `out`, with `set_cookie` added and `connection: close` when
 /// `close_client` (or when the body ends with the backend's close).
-pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderValue>, close_client: bool, out: &mut Vec<u8>) -> Parsed {
+pub(crate) fn parse(
+    buf: &[u8],
+    head_request: bool,
+    set_cookie: Option<&HeaderValue>,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Parsed {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -102,7 +108,8 @@ pub(crate) fn parse(buf: &[u8], head_request: bool, set_cookie: Option<&HeaderVa
     for h in headers {
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            let v =
+                std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
             lengths.lengths += 1;
             match (v.and_then(|v| v.parse::<u64>().ok()), length) {
                 (Some(l), None) => length = Some(l),
@@ -211,17 +218,23 @@ mod tests {
         let (_, h) = rewrite("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
         assert!(matches!(h.framing, Framing::Empty));
         // Connection cannot name the framing headers away: the client reads the body by the length it has.
-        let (out, h) = rewrite("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
+        let (out, h) =
+            rewrite("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\n", false, false)
+                .unwrap();
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
         assert!(matches!(h.framing, Framing::Length(5)));
-        let (_, h) = rewrite("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false, false).unwrap();
+        let (_, h) =
+            rewrite("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false, false).unwrap();
         assert!(!h.reusable && !h.close_client);
     }
 
     #[test]
     fn informational_and_bad_heads() {
         let mut out = Vec::new();
-        assert!(matches!(parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, None, false, &mut out), Parsed::Informational(40)));
+        assert!(matches!(
+            parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, None, false, &mut out),
+            Parsed::Informational(40)
+        ));
         assert_eq!(out, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
         for bad in [
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",

@@ -16,8 +16,16 @@ pub(crate) enum Class {
 }
 
 /// Headers hop-by-hop by definition (and the `Proxy-*` ones a proxy consumes).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-authenticate", "proxy-connection", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "upgrade",
+];
 
 /// Headers a `Connection` value can never name away.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "host"];

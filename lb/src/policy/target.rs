@@ -23,7 +23,10 @@ pub(crate) fn routing_host(raw: &str, buf: &mut String) -> Option<()> {
     };
     match port.strip_prefix(':') {
         None if port.is_empty() => {}
-        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().map_or(true, |n| n <= 65535) => {}
+        Some(p)
+            if p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().map_or(true, |n| n <= 65535) => {}
         _ => return None,
     }
     let name = host.strip_suffix('.').unwrap_or(host);

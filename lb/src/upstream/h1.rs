@@ -75,7 +75,8 @@ impl H1Pool {
         addr: SocketAddr,
     ) -> Result<(H1Sender, http1::Connection<H1Io, UpstreamBody>, ReadCount), ConnectError> {
         let (io, read) = Counted::new(self.connector.connect(addr).await?);
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
         Ok((sender, conn, read))
     }
 

@@ -102,7 +102,14 @@ impl LocalConns {
         inner.next_id += 1;
         let id = inner.next_id;
         let H1Conn { sender, driver, read, reused } = conn;
-        inner.drivers.push(Driven { id, pool: pool.clone(), addr, driver: Some(driver), read: read.clone(), hand_back: None });
+        inner.drivers.push(Driven {
+            id,
+            pool: pool.clone(),
+            addr,
+            driver: Some(driver),
+            read: read.clone(),
+            hand_back: None,
+        });
         inner.wake();
         Lease { id, sender, read, reused }
     }

@@ -203,7 +203,8 @@ async fn a_request_that_got_part_of_an_answer_is_not_sent_again() {
 
 #[tokio::test]
 async fn connection_close_and_a_short_backend_keep_alive_are_not_reused() {
-    for (script, reused) in [(Script::Close, false), (Script::KeepAliveTimeout(1), false), (Script::KeepAliveTimeout(5), true)]
+    for (script, reused) in
+        [(Script::Close, false), (Script::KeepAliveTimeout(1), false), (Script::KeepAliveTimeout(5), true)]
     {
         let (addr, seen) = backend(script).await;
         let ups = upstreams(&group_config(&[(addr, "")], ""), None);

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::topo::{
-    backend_addr, node_addr, BFD_MULTIPLIER, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP,
-};
+use super::topo::{backend_addr, node_addr, BFD_MULTIPLIER, HOLD_SECS, PADIS_ASN, PORT, ROUTER_ASN, ROUTER_LAN, VIP};
 use super::EcmpError;
 use crate::netns::{unique_name, Netns};
 use crate::process::{http, padis_bin};
@@ -134,8 +132,14 @@ impl PadisNode {
             .stderr(err)
             .spawn()
             .map_err(|e| EcmpError::io("spawn padis", e))?;
-        let mut node =
-            PadisNode { index: cfg.index, ns: ns.name().to_string(), child, config, log, instance: cfg.instance.clone() };
+        let mut node = PadisNode {
+            index: cfg.index,
+            ns: ns.name().to_string(),
+            child,
+            config,
+            log,
+            instance: cfg.instance.clone(),
+        };
         node.wait_ready(ns)?;
         Ok(node)
     }

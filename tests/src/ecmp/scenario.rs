@@ -231,7 +231,11 @@ impl fmt::Display for RunReport {
             self.spread.values().collect::<Vec<_>>(),
             self.forwarded
         )?;
-        writeln!(f, "  {:<32} {:>6} {:>7} {:>8} {:>11}  nodes  backends  reasons", "step", "alive", "broken", "allowed", "unexpected")?;
+        writeln!(
+            f,
+            "  {:<32} {:>6} {:>7} {:>8} {:>11}  nodes  backends  reasons",
+            "step", "alive", "broken", "allowed", "unexpected"
+        )?;
         for s in &self.steps {
             let conv = s.converge.map(|d| format!(" converge={}ms", d.as_millis())).unwrap_or_default();
             writeln!(
@@ -377,7 +381,8 @@ impl Lab<'_> {
                 let i = self.free_slot()?;
                 // Existing nodes switch tables (SIGHUP) and the new node starts with the new set right after.
                 for j in self.running() {
-                    let cfg = self.config(j, self.nodes[j].as_ref().map(|n| n.instance().to_string()).unwrap_or_default());
+                    let cfg =
+                        self.config(j, self.nodes[j].as_ref().map(|n| n.instance().to_string()).unwrap_or_default());
                     if let Some(n) = &self.nodes[j] {
                         n.reconfigure(&cfg)?;
                     }
@@ -441,7 +446,10 @@ fn drive(lab: &mut Lab<'_>) -> Result<RunReport, EcmpError> {
     fleet.wait_progress(&fleet.rounds(), 2, settle)?;
     let setup_breaks = fleet.broken_in(0);
     if !setup_breaks.is_empty() {
-        return Err(EcmpError::Setup(format!("{} connections broke before any step: {setup_breaks:?}", setup_breaks.len())));
+        return Err(EcmpError::Setup(format!(
+            "{} connections broke before any step: {setup_breaks:?}",
+            setup_breaks.len()
+        )));
     }
     let forwarded = lab.running().into_iter().map(|i| lab.forwarded(i)).collect();
     let mut report =

@@ -146,12 +146,8 @@ impl Fleet {
     /// Opens `n` connections from `client` (each on its own source port) and starts streaming on `rt`. Fails if
     /// any connection cannot be opened or does not get its greeting.
     pub fn open(rt: &Handle, client: &Netns, n: usize, cfg: StreamConfig) -> Result<Fleet, EcmpError> {
-        let mut fleet = Fleet {
-            slots: Vec::new(),
-            step: Arc::new(AtomicUsize::new(0)),
-            cancel: CancellationToken::new(),
-            cfg,
-        };
+        let mut fleet =
+            Fleet { slots: Vec::new(), step: Arc::new(AtomicUsize::new(0)), cancel: CancellationToken::new(), cfg };
         fleet.add(rt, client, n)?;
         Ok(fleet)
     }
@@ -264,7 +260,9 @@ impl Fleet {
     /// Connections broken in `step`: (index, backend id, break).
     pub fn broken_in(&self, step: usize) -> Vec<(usize, u32, Break)> {
         (0..self.slots.len())
-            .filter_map(|i| self.broken(i).filter(|b| b.step == step).map(|b| (i, self.slots[i].backend.load(Ordering::SeqCst), b)))
+            .filter_map(|i| {
+                self.broken(i).filter(|b| b.step == step).map(|b| (i, self.slots[i].backend.load(Ordering::SeqCst), b))
+            })
             .collect()
     }
 
@@ -279,9 +277,7 @@ impl Fleet {
         let t = Instant::now();
         loop {
             let lagging = (0..self.slots.len())
-                .filter(|&i| {
-                    self.is_alive(i) && self.slots[i].rounds.load(Ordering::SeqCst) < since[i] + extra
-                })
+                .filter(|&i| self.is_alive(i) && self.slots[i].rounds.load(Ordering::SeqCst) < since[i] + extra)
                 .count();
             if lagging == 0 {
                 return Ok(());
@@ -323,13 +319,7 @@ async fn open_one(sock: TcpSocket, addr: SocketAddr, slot: &Slot, stall: Duratio
     Ok(s)
 }
 
-async fn stream_loop(
-    mut s: TcpStream,
-    slot: &Slot,
-    step: &AtomicUsize,
-    cfg: StreamConfig,
-    phase: Duration,
-) {
+async fn stream_loop(mut s: TcpStream, slot: &Slot, step: &AtomicUsize, cfg: StreamConfig, phase: Duration) {
     let cancel = &slot.cancel;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -66,10 +66,7 @@ impl Topology {
         if nodes == 0 || nodes > 50 || backends == 0 || backends > 150 {
             return Err(EcmpError::Setup(format!("unsupported size: {nodes} nodes, {backends} backends")));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("padis-ecmp-")
-            .tempdir()
-            .map_err(|e| EcmpError::io("temp dir", e))?;
+        let dir = tempfile::Builder::new().prefix("padis-ecmp-").tempdir().map_err(|e| EcmpError::io("temp dir", e))?;
         let mut t = Topology {
             lan: Netns::new("el")?,
             router: Netns::new("er")?,

@@ -115,14 +115,19 @@ async fn handle(
         let mode = *lock(&inner.non_leader);
         match mode {
             NonLeader::Proxy => {}
-            NonLeader::Unavailable => return message(StatusCode::SERVICE_UNAVAILABLE, "Could not determine the current leader"),
+            NonLeader::Unavailable => {
+                return message(StatusCode::SERVICE_UNAVAILABLE, "Could not determine the current leader")
+            }
             NonLeader::Redirect => {
                 let addr = lock(&inner.members).get(leader).map(|m| m.addr);
                 let Some(addr) = addr else { return message(StatusCode::SERVICE_UNAVAILABLE, "no leader") };
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or(path.clone());
                 return Response::builder()
                     .status(StatusCode::TEMPORARY_REDIRECT)
-                    .header(LOCATION, format!("{}://{addr}{pq}", if lock(&inner.tls).is_some() { "https" } else { "http" }))
+                    .header(
+                        LOCATION,
+                        format!("{}://{addr}{pq}", if lock(&inner.tls).is_some() { "https" } else { "http" }),
+                    )
                     .body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed())
                     .expect("response");
             }
@@ -174,7 +179,10 @@ fn events(inner: Arc<Inner>, query: &str, conns: Arc<std::sync::Mutex<Vec<AbortH
     // Marathon tells every subscriber that one attached.
     inner.emit(vec![(
         "event_stream_attached".into(),
-        patch(fixtures::event("event_stream_attached"), json!({ "remoteAddress": "127.0.0.1", "timestamp": iso_now() })),
+        patch(
+            fixtures::event("event_stream_attached"),
+            json!({ "remoteAddress": "127.0.0.1", "timestamp": iso_now() }),
+        ),
     )]);
     let fwd = tokio::spawn(async move {
         loop {

@@ -236,11 +236,14 @@ impl World {
         sim.instances = 0;
         let mut out = vec![(
             "api_post_event".to_string(),
-            patch(fixtures::event("api_post_event"), json!({
-                "uri": format!("/v2/apps{id}"),
-                "appDefinition": definition,
-                "timestamp": iso_now(),
-            })),
+            patch(
+                fixtures::event("api_post_event"),
+                json!({
+                    "uri": format!("/v2/apps{id}"),
+                    "appDefinition": definition,
+                    "timestamp": iso_now(),
+                }),
+            ),
         )];
         self.apps.insert(id.clone(), sim);
         out.extend(self.scale(&id, instances));
@@ -269,9 +272,18 @@ impl World {
             app.instances = instances;
             app.cache = None;
         }
-        out.push(("deployment_step_success".into(), patch(fixtures::event("deployment_step_success"), json!({
-            "currentStep": { "actions": [{ "action": "ScaleApplication", "app": id }] }, "timestamp": iso_now() }))));
-        out.push(("deployment_success".into(), patch(fixtures::event("deployment_success"), json!({ "timestamp": iso_now() }))));
+        out.push((
+            "deployment_step_success".into(),
+            patch(
+                fixtures::event("deployment_step_success"),
+                json!({
+            "currentStep": { "actions": [{ "action": "ScaleApplication", "app": id }] }, "timestamp": iso_now() }),
+            ),
+        ));
+        out.push((
+            "deployment_success".into(),
+            patch(fixtures::event("deployment_success"), json!({ "timestamp": iso_now() })),
+        ));
         out
     }
 
@@ -284,8 +296,17 @@ impl World {
             Some(f) => f(seq),
             None => default_placement(seq, app.spec.ports.len()),
         };
-        let ip = app.spec.container_ports.as_ref().map(|_| format!("10.{}.{}.{}", (seq >> 16) & 255, (seq >> 8) & 255, seq & 255));
-        let task_id = format!("{}.{:08x}-{:04x}-11e5-94e1-be5b2935a987", id.trim_start_matches('/').replace('/', "_"), seq, seq % 0xffff);
+        let ip = app
+            .spec
+            .container_ports
+            .as_ref()
+            .map(|_| format!("10.{}.{}.{}", (seq >> 16) & 255, (seq >> 8) & 255, seq & 255));
+        let task_id = format!(
+            "{}.{:08x}-{:04x}-11e5-94e1-be5b2935a987",
+            id.trim_start_matches('/').replace('/', "_"),
+            seq,
+            seq % 0xffff
+        );
         let task = TaskSim {
             id: task_id.clone(),
             host,
@@ -350,7 +371,10 @@ impl World {
             .iter()
             .map(|t| status_event(id, &TaskSim { state: "TASK_KILLED".into(), ..t.clone() }, &app.version))
             .collect();
-        out.push(("app_terminated_event".into(), patch(fixtures::event("app_terminated_event"), json!({ "appId": id, "timestamp": iso_now() }))));
+        out.push((
+            "app_terminated_event".into(),
+            patch(fixtures::event("app_terminated_event"), json!({ "appId": id, "timestamp": iso_now() })),
+        ));
         out
     }
 
@@ -360,8 +384,14 @@ impl World {
         app.spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         app.version = iso_now();
         app.cache = None;
-        vec![("api_post_event".into(), patch(fixtures::event("api_post_event"), json!({
-            "uri": format!("/v2/apps{id}"), "appDefinition": { "id": id }, "timestamp": iso_now() })))]
+        vec![(
+            "api_post_event".into(),
+            patch(
+                fixtures::event("api_post_event"),
+                json!({
+            "uri": format!("/v2/apps{id}"), "appDefinition": { "id": id }, "timestamp": iso_now() }),
+            ),
+        )]
     }
 
     /// Task ids of an app.
@@ -406,18 +436,24 @@ fn status_event(app_id: &str, t: &TaskSim, version: &str) -> Emitted {
     };
     (
         "status_update_event".into(),
-        patch(fixtures::event("status_update_event"), json!({
-            "taskId": t.id, "taskStatus": t.state, "appId": app_id, "host": t.host, "ports": t.ports,
-            "ipAddresses": ips, "version": version, "timestamp": iso_now(),
-        })),
+        patch(
+            fixtures::event("status_update_event"),
+            json!({
+                "taskId": t.id, "taskStatus": t.state, "appId": app_id, "host": t.host, "ports": t.ports,
+                "ipAddresses": ips, "version": version, "timestamp": iso_now(),
+            }),
+        ),
     )
 }
 
 fn health_event(app_id: &str, task_id: &str, alive: bool, version: &str, instance_only: bool) -> Emitted {
-    let mut payload = patch(fixtures::event("health_status_changed_event"), json!({
-        "appId": app_id, "taskId": task_id, "instanceId": task_id, "alive": alive, "version": version,
-        "timestamp": iso_now(),
-    }));
+    let mut payload = patch(
+        fixtures::event("health_status_changed_event"),
+        json!({
+            "appId": app_id, "taskId": task_id, "instanceId": task_id, "alive": alive, "version": version,
+            "timestamp": iso_now(),
+        }),
+    );
     if instance_only {
         // Marathon >= 1.4: the instance of a task `app.<uuid>` is `app.marathon-<uuid>`, and no taskId is sent.
         if let (Some(o), Some((run_spec, uuid))) = (payload.as_object_mut(), task_id.rsplit_once('.')) {
@@ -478,19 +514,25 @@ fn render_app(app: &AppSim) -> (String, String) {
 
 fn render_task(app_id: &str, t: &TaskSim, version: &str, service_ports: &[u32]) -> Value {
     let results = match t.alive {
-        Some(alive) => vec![overlay(&RESULT_T, json!({
-            "alive": alive, "consecutiveFailures": if alive { 0 } else { 3 }, "taskId": t.id,
-            "lastFailure": if alive { Value::Null } else { json!(iso_now()) },
-        }))],
+        Some(alive) => vec![overlay(
+            &RESULT_T,
+            json!({
+                "alive": alive, "consecutiveFailures": if alive { 0 } else { 3 }, "taskId": t.id,
+                "lastFailure": if alive { Value::Null } else { json!(iso_now()) },
+            }),
+        )],
         None => Vec::new(),
     };
     let ips = match &t.ip {
         Some(ip) => json!([{ "ipAddress": ip, "protocol": "IPv4" }]),
         None => json!([{ "ipAddress": t.host, "protocol": "IPv4" }]),
     };
-    overlay(&TASK_T, json!({
-        "id": t.id, "appId": app_id, "host": t.host, "ports": t.ports, "ipAddresses": ips, "state": t.state,
-        "startedAt": t.started_at, "stagedAt": t.started_at, "version": version, "healthCheckResults": results,
-        "servicePorts": (0..t.ports.len()).map(|i| service_ports.get(i).copied().unwrap_or(0)).collect::<Vec<_>>(),
-    }))
+    overlay(
+        &TASK_T,
+        json!({
+            "id": t.id, "appId": app_id, "host": t.host, "ports": t.ports, "ipAddresses": ips, "state": t.state,
+            "startedAt": t.started_at, "stagedAt": t.started_at, "version": version, "healthCheckResults": results,
+            "servicePorts": (0..t.ports.len()).map(|i| service_ports.get(i).copied().unwrap_or(0)).collect::<Vec<_>>(),
+        }),
+    )
 }

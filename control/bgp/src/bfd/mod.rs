@@ -75,10 +75,7 @@ pub struct BfdReport {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Put the peer's session AdminDown and send it at once; answer when sent.
-    AdminDown {
-        peer: usize,
-        done: oneshot::Sender<()>,
-    },
+    AdminDown { peer: usize, done: oneshot::Sender<()> },
 }
 
 /// A BGP session's handle on its BFD session.
@@ -98,10 +95,7 @@ impl BfdLink {
     /// Puts the session AdminDown (diag 7) and waits until that was sent (at most 1 s).
     pub(crate) async fn admin_down(&self) {
         let (done, wait) = oneshot::channel();
-        let cmd = Command::AdminDown {
-            peer: self.index,
-            done,
-        };
+        let cmd = Command::AdminDown { peer: self.index, done };
         if self.cmds.send(cmd).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
         }

@@ -181,12 +181,7 @@ impl ControlPacket {
         let mut b = [0u8; CONTROL_LEN];
         b[0] = (VERSION << 5) | self.diag.bits();
         let mut flags = (self.state as u8) << 6;
-        for (on, bit) in [
-            (self.poll, POLL),
-            (self.final_, FINAL),
-            (self.cpi, CPI),
-            (self.demand, DEMAND),
-        ] {
+        for (on, bit) in [(self.poll, POLL), (self.final_, FINAL), (self.cpi, CPI), (self.demand, DEMAND)] {
             if on {
                 flags |= bit;
             }
@@ -215,10 +210,7 @@ impl ControlPacket {
         let length = d[3];
         let min = if flags & AUTH != 0 { 26 } else { CONTROL_LEN };
         if usize::from(length) < min || usize::from(length) > d.len() {
-            return Err(PacketError::Length {
-                length,
-                datagram: d.len(),
-            });
+            return Err(PacketError::Length { length, datagram: d.len() });
         }
         if flags & AUTH != 0 {
             return Err(PacketError::Authentication);
@@ -262,8 +254,8 @@ mod tests {
     /// An Up packet as BIRD sends it once the session is up: version 1, diag 0, state Up (0xc0), mult 3,
     /// length 24, discriminators 0x01020304 / 0x0a0b0c0d, 100 ms / 100 ms / echo 0.
     const UP: [u8; 24] = [
-        0x20, 0xc0, 0x03, 0x18, 0x01, 0x02, 0x03, 0x04, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x01, 0x86,
-        0xa0, 0x00, 0x01, 0x86, 0xa0, 0x00, 0x00, 0x00, 0x00,
+        0x20, 0xc0, 0x03, 0x18, 0x01, 0x02, 0x03, 0x04, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x01, 0x86, 0xa0, 0x00, 0x01,
+        0x86, 0xa0, 0x00, 0x00, 0x00, 0x00,
     ];
 
     fn up() -> ControlPacket {
@@ -292,12 +284,7 @@ mod tests {
     #[test]
     fn flags_state_and_diag_are_placed_as_in_rfc_5880() {
         // AdminDown with diag 7, Final set: 0x27, 0x10.
-        let p = ControlPacket {
-            diag: Diag::AdminDown,
-            state: State::AdminDown,
-            final_: true,
-            ..up()
-        };
+        let p = ControlPacket { diag: Diag::AdminDown, state: State::AdminDown, final_: true, ..up() };
         let b = p.encode();
         assert_eq!((b[0], b[1]), (0x27, 0x10));
         assert_eq!(ControlPacket::decode(&b), Ok(p));
@@ -317,10 +304,7 @@ mod tests {
         let mut d = UP.to_vec();
         d[0] = 0x20 | 20;
         d.extend_from_slice(&[0xff; 4]);
-        assert_eq!(
-            ControlPacket::decode(&d).map(|p| p.diag),
-            Ok(Diag::Reserved(20))
-        );
+        assert_eq!(ControlPacket::decode(&d).map(|p| p.diag), Ok(Diag::Reserved(20)));
     }
 
     #[test]
@@ -330,55 +314,28 @@ mod tests {
             d[i] = v;
             ControlPacket::decode(&d)
         };
-        assert_eq!(
-            ControlPacket::decode(&UP[..23]),
-            Err(PacketError::Short(23))
-        );
+        assert_eq!(ControlPacket::decode(&UP[..23]), Err(PacketError::Short(23)));
         assert_eq!(with(0, 0x40), Err(PacketError::Version(2)));
         assert_eq!(with(0, 0x00), Err(PacketError::Version(0)));
-        assert_eq!(
-            with(3, 20),
-            Err(PacketError::Length {
-                length: 20,
-                datagram: 24
-            })
-        );
-        assert_eq!(
-            with(3, 30),
-            Err(PacketError::Length {
-                length: 30,
-                datagram: 24
-            })
-        );
+        assert_eq!(with(3, 20), Err(PacketError::Length { length: 20, datagram: 24 }));
+        assert_eq!(with(3, 30), Err(PacketError::Length { length: 30, datagram: 24 }));
         // Authentication bit: Length must then be >= 26, and we have no authentication configured.
         assert!(matches!(with(1, 0xc4), Err(PacketError::Length { .. })));
         let mut auth = UP.to_vec();
         auth[1] = 0xc4;
         auth[3] = 28;
         auth.extend_from_slice(&[1, 4, 0, 0]);
-        assert_eq!(
-            ControlPacket::decode(&auth),
-            Err(PacketError::Authentication)
-        );
+        assert_eq!(ControlPacket::decode(&auth), Err(PacketError::Authentication));
         assert_eq!(with(2, 0), Err(PacketError::ZeroDetectMult));
         assert_eq!(with(1, 0xc1), Err(PacketError::Multipoint));
         let mut d = UP;
         d[4..8].fill(0);
-        assert_eq!(
-            ControlPacket::decode(&d),
-            Err(PacketError::ZeroMyDiscriminator)
-        );
+        assert_eq!(ControlPacket::decode(&d), Err(PacketError::ZeroMyDiscriminator));
         let mut d = UP;
         d[8..12].fill(0);
-        assert_eq!(
-            ControlPacket::decode(&d),
-            Err(PacketError::ZeroYourDiscriminator(State::Up))
-        );
+        assert_eq!(ControlPacket::decode(&d), Err(PacketError::ZeroYourDiscriminator(State::Up)));
         d[1] = 0x80; // Init
-        assert_eq!(
-            ControlPacket::decode(&d),
-            Err(PacketError::ZeroYourDiscriminator(State::Init))
-        );
+        assert_eq!(ControlPacket::decode(&d), Err(PacketError::ZeroYourDiscriminator(State::Init)));
         d[1] = 0x40; // Down: the sender does not know us yet, fine
         assert_eq!(ControlPacket::decode(&d).map(|p| p.state), Ok(State::Down));
     }

@@ -123,10 +123,7 @@ impl Machine {
     /// Detection time (asynchronous mode): remote Detect Mult x the larger of our Required Min RX and the
     /// remote's Desired Min TX. Zero before the remote was heard.
     pub(crate) fn detection_time(&self) -> Duration {
-        self.timers
-            .interval
-            .max(self.remote_desired_tx)
-            .saturating_mul(u32::from(self.remote_mult))
+        self.timers.interval.max(self.remote_desired_tx).saturating_mul(u32::from(self.remote_mult))
     }
 
     /// When the task must call [`Machine::poll_timers`] next.
@@ -146,12 +143,7 @@ impl Machine {
     }
 
     fn change(&mut self, to: State, diag: Diag, failure: bool, now: Instant) -> Transition {
-        let t = Transition {
-            from: self.state,
-            to,
-            diag,
-            failure,
-        };
+        let t = Transition { from: self.state, to, diag, failure };
         self.state = to;
         self.diag = diag;
         if failure {
@@ -199,19 +191,14 @@ impl Machine {
             (State::Down, State::Init) | (State::Init, State::Init | State::Up) => {
                 Some(self.change(State::Up, Diag::None, false, now))
             }
-            (State::Up, State::Down) => {
-                Some(self.change(State::Down, Diag::NeighborDown, true, now))
-            }
+            (State::Up, State::Down) => Some(self.change(State::Down, Diag::NeighborDown, true, now)),
             _ => None,
         }
     }
 
     /// Expires the detection timer if due; returns the transition it caused and the packet to send now, if any
     /// (periodic, Final, or announcing a state change).
-    pub(crate) fn poll_timers(
-        &mut self,
-        now: Instant,
-    ) -> (Option<Transition>, Option<ControlPacket>) {
+    pub(crate) fn poll_timers(&mut self, now: Instant) -> (Option<Transition>, Option<ControlPacket>) {
         let mut t = None;
         if self.detect_at.is_some_and(|d| d <= now) {
             self.detect_at = None;
@@ -258,18 +245,13 @@ impl Machine {
             required_min_rx: micros(self.timers.interval),
             required_min_echo_rx: 0,
         };
-        let remote_demand =
-            self.remote_demand && self.state == State::Up && self.remote_state == State::Up;
+        let remote_demand = self.remote_demand && self.state == State::Up && self.remote_state == State::Up;
         self.next_tx = if self.remote_min_rx.is_zero() || (remote_demand && !self.poll) {
             // The remote asked for no periodic packets (Required Min RX 0 or Demand mode).
             None
         } else {
             // 75-100 % of the interval (75-90 % with Detect Mult 1).
-            let top = if self.timers.multiplier == 1 {
-                0.9
-            } else {
-                1.0
-            };
+            let top = if self.timers.multiplier == 1 { 0.9 } else { 1.0 };
             let f = 0.75 + fastrand::f64() * (top - 0.75);
             Some(now + self.tx_interval().mul_f64(f))
         };
@@ -281,10 +263,7 @@ impl Machine {
 mod tests {
     use super::*;
 
-    const T: Timers = Timers {
-        interval: Duration::from_millis(100),
-        multiplier: 3,
-    };
+    const T: Timers = Timers { interval: Duration::from_millis(100), multiplier: 3 };
 
     fn remote(state: State, your: u32, tx_ms: u32) -> ControlPacket {
         ControlPacket {
@@ -317,28 +296,18 @@ mod tests {
         let mut m = Machine::new(5, T, now);
         let (_, p) = m.poll_timers(now);
         let p = p.expect("sends at once");
-        assert_eq!(
-            (p.state, p.your_discr, p.desired_min_tx),
-            (State::Down, 0, 1_000_000)
-        );
+        assert_eq!((p.state, p.your_discr, p.desired_min_tx), (State::Down, 0, 1_000_000));
         assert_eq!(p.required_min_rx, 100_000);
         // Remote Down -> Init; remote Init -> Up.
-        let t = m
-            .receive(&remote(State::Down, 0, 1000), now)
-            .expect("to Init");
+        let t = m.receive(&remote(State::Down, 0, 1000), now).expect("to Init");
         assert_eq!((t.from, t.to), (State::Down, State::Init));
         assert_eq!(m.remote_discr(), 77);
-        let t = m
-            .receive(&remote(State::Init, 5, 1000), now)
-            .expect("to Up");
+        let t = m.receive(&remote(State::Init, 5, 1000), now).expect("to Up");
         assert_eq!((t.to, t.failure), (State::Up, false));
         // Going Up lowers Desired Min TX to 100 ms with a Poll; the change is sent at once.
         let (_, p) = m.poll_timers(now);
         let p = p.expect("state change sent at once");
-        assert_eq!(
-            (p.state, p.poll, p.desired_min_tx),
-            (State::Up, true, 100_000)
-        );
+        assert_eq!((p.state, p.poll, p.desired_min_tx), (State::Up, true, 100_000));
         assert!(m.polling());
         // The remote's Final ends the Poll sequence.
         let mut f = remote(State::Up, 5, 100);
@@ -361,10 +330,7 @@ mod tests {
         for _ in 0..50 {
             m.transmit(now);
             let next = m.next_tx.expect("periodic") - now;
-            assert!(
-                next >= Duration::from_micros(187_500) && next <= Duration::from_millis(250),
-                "{next:?}"
-            );
+            assert!(next >= Duration::from_micros(187_500) && next <= Duration::from_millis(250), "{next:?}");
         }
         // Required Min RX 0: no periodic packets at all.
         p.required_min_rx = 0;
@@ -382,16 +348,10 @@ mod tests {
         assert_eq!(t, None);
         let (t, p) = m.poll_timers(now + Duration::from_millis(300));
         let t = t.expect("detection time expired");
-        assert_eq!(
-            (t.to, t.diag, t.failure),
-            (State::Down, Diag::DetectionTimeExpired, true)
-        );
+        assert_eq!((t.to, t.diag, t.failure), (State::Down, Diag::DetectionTimeExpired, true));
         assert_eq!(m.failures(), 1);
         let p = p.expect("Down sent at once");
-        assert_eq!(
-            (p.state, p.diag, p.your_discr),
-            (State::Down, Diag::DetectionTimeExpired, 0)
-        );
+        assert_eq!((p.state, p.diag, p.your_discr), (State::Down, Diag::DetectionTimeExpired, 0));
         // Back to slow transmission, announced by a Poll.
         assert_eq!((p.desired_min_tx, p.poll), (1_000_000, true));
     }
@@ -403,17 +363,11 @@ mod tests {
         let mut p = remote(State::AdminDown, 5, 100);
         p.diag = Diag::AdminDown;
         let t = m.receive(&p, now).expect("down");
-        assert_eq!(
-            (t.to, t.diag, t.failure),
-            (State::Down, Diag::NeighborDown, false)
-        );
+        assert_eq!((t.to, t.diag, t.failure), (State::Down, Diag::NeighborDown, false));
         assert_eq!(m.failures(), 0);
         let mut m = up_machine(now);
         let t = m.receive(&remote(State::Down, 5, 1000), now).expect("down");
-        assert_eq!(
-            (t.to, t.diag, t.failure),
-            (State::Down, Diag::NeighborDown, true)
-        );
+        assert_eq!((t.to, t.diag, t.failure), (State::Down, Diag::NeighborDown, true));
         assert_eq!(m.remote_diag(), Diag::None);
     }
 
@@ -432,10 +386,7 @@ mod tests {
         let t = m.admin_down(later).expect("admin down");
         assert_eq!((t.to, t.diag), (State::AdminDown, Diag::AdminDown));
         let (_, out) = m.poll_timers(later);
-        assert_eq!(
-            out.map(|p| (p.state, p.diag)),
-            Some((State::AdminDown, Diag::AdminDown))
-        );
+        assert_eq!(out.map(|p| (p.state, p.diag)), Some((State::AdminDown, Diag::AdminDown)));
         assert_eq!(m.receive(&remote(State::Down, 5, 1000), later), None);
         assert_eq!(m.state(), State::AdminDown);
         assert_eq!(m.next_event().map(|_| ()), Some(()));

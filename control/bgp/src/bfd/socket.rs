@@ -22,22 +22,16 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// Opens the receiving socket of `family`'s peers on port 3784 (`local` or the unspecified address).
 pub(crate) fn bind_receiver(v6: bool, local: Option<IpAddr>) -> Result<UdpSocket, BfdError> {
-    let ip = local.unwrap_or(if v6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    });
+    let ip = local.unwrap_or(if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) });
     let addr = SocketAddr::new(ip, CONTROL_PORT);
     let err = |source| BfdError::Bind { addr, source };
-    let s =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if v6 {
         s.set_only_v6(true).map_err(err)?;
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvHopLimit, &true)
             .map_err(|e| err(e.into()))?;
     } else {
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvTtl, &true)
-            .map_err(|e| err(e.into()))?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvTtl, &true).map_err(|e| err(e.into()))?;
     }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
@@ -53,8 +47,7 @@ pub(crate) fn bind_sender(peer: IpAddr, local: Option<IpAddr>) -> Result<UdpSock
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     });
     let err = |source| BfdError::Sender { peer, source };
-    let s =
-        Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if peer.is_ipv6() {
         s.set_unicast_hops_v6(GTSM_TTL.into()).map_err(err)?;
     } else {
@@ -93,20 +86,14 @@ pub(crate) struct Received {
 
 /// Receives one datagram with its TTL / hop limit.
 pub(crate) async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    sock.async_io(Interest::READABLE, || recv_now(sock, buf))
-        .await
+    sock.async_io(Interest::READABLE, || recv_now(sock, buf)).await
 }
 
 fn recv_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!(libc::c_int, libc::c_int);
-    let msg = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+        .map_err(io::Error::from)?;
     let mut ttl = None;
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) = c {
@@ -118,11 +105,7 @@ fn recv_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
         .as_ref()
         .and_then(socket_addr)
         .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-    Ok(Received {
-        len: msg.bytes,
-        from,
-        ttl,
-    })
+    Ok(Received { len: msg.bytes, from, ttl })
 }
 
 fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -132,9 +115,6 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     let v6 = a.as_sockaddr_in6()?;
     let ip = v6.ip();
     // An IPv4-mapped source is the IPv4 peer.
-    let ip = ip
-        .to_ipv4_mapped()
-        .map(IpAddr::V4)
-        .unwrap_or(IpAddr::V6(ip));
+    let ip = ip.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(ip));
     Some(SocketAddr::new(ip, v6.port()))
 }

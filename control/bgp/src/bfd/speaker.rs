@@ -32,10 +32,7 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("padis-bfd".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(BfdError::Thread(e)));
@@ -55,9 +52,9 @@ pub(crate) fn start(
             let _ = done_tx.send(());
         })
         .map_err(BfdError::Thread)?;
-    let links = ready_rx.recv().map_err(|_| {
-        BfdError::Thread(std::io::Error::other("the BFD thread ended while starting"))
-    })??;
+    let links = ready_rx
+        .recv()
+        .map_err(|_| BfdError::Thread(std::io::Error::other("the BFD thread ended while starting")))??;
     Ok((
         async move {
             let _ = done_rx.await;
@@ -122,29 +119,13 @@ impl Speaker {
             let (status, rx) = watch::channel(report(&m));
             let label = addr.to_string();
             metrics.bfd_up.with_label_values(&[&label]).set(0);
-            out.push(Peer {
-                addr,
-                label,
-                tx,
-                m,
-                status,
-            });
-            links.push(BfdLink {
-                index,
-                status: rx,
-                cmds: cmd_tx.clone(),
-            });
+            out.push(Peer { addr, label, tx, m, status });
+            links.push(BfdLink { index, status: rx, cmds: cmd_tx.clone() });
         }
         for reason in ["ttl", "malformed", "discriminator", "unknown_peer"] {
             metrics.bfd_dropped.with_label_values(&[reason]).inc_by(0);
         }
-        let s = Speaker {
-            peers: out,
-            rx4,
-            rx6,
-            cmds,
-            metrics,
-        };
+        let s = Speaker { peers: out, rx4, rx6, cmds, metrics };
         Ok((s, links))
     }
 
@@ -227,14 +208,8 @@ impl Speaker {
     fn transition(&self, i: usize, t: Transition) {
         let p = &self.peers[i];
         let to = t.to.to_string();
-        self.metrics
-            .bfd_transitions
-            .with_label_values(&[&p.label, &to])
-            .inc();
-        self.metrics
-            .bfd_up
-            .with_label_values(&[&p.label])
-            .set(i64::from(t.to == State::Up));
+        self.metrics.bfd_transitions.with_label_values(&[&p.label, &to]).inc();
+        self.metrics.bfd_up.with_label_values(&[&p.label]).set(i64::from(t.to == State::Up));
         if t.failure {
             warn!(peer = %p.addr, from = %t.from, to = %t.to, diag = ?t.diag, "BFD session failed");
         } else {
@@ -242,12 +217,7 @@ impl Speaker {
         }
     }
 
-    fn drop_packet(
-        &self,
-        reason: &str,
-        from: std::net::SocketAddr,
-        detail: &dyn std::fmt::Display,
-    ) {
+    fn drop_packet(&self, reason: &str, from: std::net::SocketAddr, detail: &dyn std::fmt::Display) {
         self.metrics.bfd_dropped.with_label_values(&[reason]).inc();
         debug!(%from, reason, %detail, "BFD packet dropped");
     }
@@ -261,15 +231,8 @@ impl Speaker {
             }
         };
         if r.ttl != Some(GTSM_TTL) {
-            let ttl = r
-                .ttl
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "unknown".into());
-            return self.drop_packet(
-                "ttl",
-                r.from,
-                &format_args!("TTL {ttl}, 255 required (GTSM)"),
-            );
+            let ttl = r.ttl.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into());
+            return self.drop_packet("ttl", r.from, &format_args!("TTL {ttl}, 255 required (GTSM)"));
         }
         let pkt = match ControlPacket::decode(&buf[..r.len.min(buf.len())]) {
             Ok(p) => p,
@@ -277,18 +240,13 @@ impl Speaker {
         };
         let ip = r.from.ip();
         let found = if pkt.your_discr != 0 {
-            self.peers
-                .iter()
-                .position(|p| p.m.local_discr() == pkt.your_discr && p.addr == ip)
+            self.peers.iter().position(|p| p.m.local_discr() == pkt.your_discr && p.addr == ip)
         } else {
             self.peers.iter().position(|p| p.addr == ip)
         };
         let Some(i) = found else {
             let (reason, what) = if pkt.your_discr != 0 {
-                (
-                    "discriminator",
-                    format!("Your Discriminator {} is none of ours", pkt.your_discr),
-                )
+                ("discriminator", format!("Your Discriminator {} is none of ours", pkt.your_discr))
             } else {
                 ("unknown_peer", "not a BFD peer".to_string())
             };

@@ -134,9 +134,7 @@ impl BackendHealth {
         if until != 0 && now_ms() >= until {
             // The trial after an ejection succeeded: back in for good.
             self.probation.store(false, Relaxed);
-            let _ = self
-                .ejected_until
-                .compare_exchange(until, 0, AcqRel, Relaxed);
+            let _ = self.ejected_until.compare_exchange(until, 0, AcqRel, Relaxed);
         }
     }
 
@@ -154,11 +152,7 @@ impl BackendHealth {
             return; // already ejected: late failures of requests sent before do not extend it
         }
         let max = self.max_ms.load(Relaxed);
-        let last_end = if until != 0 {
-            until
-        } else {
-            self.last_end.load(Relaxed)
-        };
+        let last_end = if until != 0 { until } else { self.last_end.load(Relaxed) };
         if last_end != 0 && now.saturating_sub(last_end) >= max && self.series.load(Relaxed) != 0 {
             // Long since the last ejection: a new series, and no probation.
             self.series.store(0, Relaxed);
@@ -175,11 +169,7 @@ impl BackendHealth {
         let max = self.max_ms.load(Relaxed).max(base);
         let n = self.series.load(Relaxed).saturating_add(1);
         let duration = base.saturating_mul(1u64 << (n - 1).min(40)).min(max);
-        if self
-            .ejected_until
-            .compare_exchange(previous_until, now + duration, AcqRel, Relaxed)
-            .is_err()
-        {
+        if self.ejected_until.compare_exchange(previous_until, now + duration, AcqRel, Relaxed).is_err() {
             return; // a concurrent failure ejected it
         }
         self.last_end.store(now + duration, Relaxed);
@@ -199,12 +189,9 @@ impl BackendHealth {
     pub(crate) fn set_passive(&self, passive: Option<&PassiveHealth>) {
         match passive {
             Some(p) => {
-                self.base_ms
-                    .store(p.base_ejection.as_millis() as u64, Relaxed);
-                self.max_ms
-                    .store(p.max_ejection.as_millis() as u64, Relaxed);
-                self.passive_threshold
-                    .store(p.consecutive_failures, Relaxed);
+                self.base_ms.store(p.base_ejection.as_millis() as u64, Relaxed);
+                self.max_ms.store(p.max_ejection.as_millis() as u64, Relaxed);
+                self.passive_threshold.store(p.consecutive_failures, Relaxed);
             }
             None => {
                 self.passive_threshold.store(0, Relaxed);
@@ -241,12 +228,7 @@ impl BackendHealth {
     }
 
     /// Records an active check result; returns the new state when it changed.
-    pub(crate) fn record_check(
-        &self,
-        result: Result<(), String>,
-        rise: u32,
-        fall: u32,
-    ) -> Option<bool> {
+    pub(crate) fn record_check(&self, result: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
         let ok = result.is_ok();
         if let Ok(mut e) = self.last_error.lock() {
             *e = result.err();

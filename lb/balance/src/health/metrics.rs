@@ -27,29 +27,17 @@ pub(crate) struct CheckCounters {
 }
 
 impl Metrics {
-    pub(crate) fn register(
-        registry: &Registry,
-        state: Weak<Mutex<State>>,
-    ) -> Result<Metrics, prometheus::Error> {
+    pub(crate) fn register(registry: &Registry, state: Weak<Mutex<State>>) -> Result<Metrics, prometheus::Error> {
         let checks = IntCounterVec::new(
-            Opts::new(
-                "padis_health_checks_total",
-                "Active health checks by result",
-            ),
+            Opts::new("padis_health_checks_total", "Active health checks by result"),
             &["group", "backend", "result"],
         )?;
         let ejections = IntCounterVec::new(
-            Opts::new(
-                "padis_backend_ejections_total",
-                "Passive ejections of a backend after consecutive failures",
-            ),
+            Opts::new("padis_backend_ejections_total", "Passive ejections of a backend after consecutive failures"),
             &["group", "backend"],
         )?;
         let up = IntGaugeVec::new(
-            Opts::new(
-                "padis_backend_up",
-                "1 when the backend takes new requests (active check up, not ejected)",
-            ),
+            Opts::new("padis_backend_up", "1 when the backend takes new requests (active check up, not ejected)"),
             &["group", "backend"],
         )?;
         registry.register(Box::new(checks.clone()))?;
@@ -61,29 +49,20 @@ impl Metrics {
     pub(crate) fn check_counters(&self, key: &TargetKey) -> CheckCounters {
         let (g, b) = (key.group.as_str(), key.addr.to_string());
         let c = |r: &str| self.checks.with_label_values(&[g, b.as_str(), r]);
-        CheckCounters {
-            success: c(RESULTS[0]),
-            failure: c(RESULTS[1]),
-            timeout: c(RESULTS[2]),
-        }
+        CheckCounters { success: c(RESULTS[0]), failure: c(RESULTS[1]), timeout: c(RESULTS[2]) }
     }
 
     pub(crate) fn ejection_counter(&self, key: &TargetKey) -> IntCounter {
-        self.ejections
-            .with_label_values(&[key.group.as_str(), key.addr.to_string().as_str()])
+        self.ejections.with_label_values(&[key.group.as_str(), key.addr.to_string().as_str()])
     }
 
     /// Drops the series of a target that went away (Marathon churn must not grow the scrape forever).
     pub(crate) fn forget(&self, key: &TargetKey) {
         let b = key.addr.to_string();
         for r in RESULTS {
-            let _ = self
-                .checks
-                .remove_label_values(&[key.group.as_str(), b.as_str(), r]);
+            let _ = self.checks.remove_label_values(&[key.group.as_str(), b.as_str(), r]);
         }
-        let _ = self
-            .ejections
-            .remove_label_values(&[key.group.as_str(), b.as_str()]);
+        let _ = self.ejections.remove_label_values(&[key.group.as_str(), b.as_str()]);
     }
 }
 

@@ -61,11 +61,7 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeErr
 }
 
 /// Runs `check` once against `addr` over `transport`.
-pub async fn probe_with(
-    addr: SocketAddr,
-    check: &HealthCheck,
-    transport: &CheckTransport,
-) -> Result<(), ProbeError> {
+pub async fn probe_with(addr: SocketAddr, check: &HealthCheck, transport: &CheckTransport) -> Result<(), ProbeError> {
     let tls = match &transport.tls {
         Some(t) if check.kind == HealthKind::Http => Some(t.setup(transport.protocol)?),
         _ => None,
@@ -83,9 +79,7 @@ pub(crate) async fn probe_prepared(
     // `check port`: the backend's other port (its address keeps the target's identity).
     let addr = check.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
     let run = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(ProbeError::Connect)?;
+        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
         if check.kind == HealthKind::Tcp {
             return Ok(());
         }
@@ -99,11 +93,7 @@ pub(crate) async fn probe_prepared(
                     (None, ServerName::DnsName(d)) => d.as_ref().to_string(),
                     (None, _) => addr.to_string(),
                 };
-                let io = t
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(ProbeError::Tls)?;
+                let io = t.connector.connect(name, stream).await.map_err(ProbeError::Tls)?;
                 http_exchange(io, host, check, protocol, "https").await
             }
             None => {
@@ -112,9 +102,7 @@ pub(crate) async fn probe_prepared(
             }
         }
     };
-    tokio::time::timeout(check.timeout, run)
-        .await
-        .map_err(|_| ProbeError::Timeout)?
+    tokio::time::timeout(check.timeout, run).await.map_err(|_| ProbeError::Timeout)?
 }
 
 /// Aborts the connection task when the probe ends (also on timeout).
@@ -138,8 +126,7 @@ where
 {
     let (resp, _conn): (Response<Incoming>, AbortOnDrop) = match protocol {
         UpstreamProtocol::Http1 => {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
             let guard = AbortOnDrop(tokio::spawn(async move {
                 let _ = conn.await;
             }));
@@ -152,8 +139,7 @@ where
         }
         UpstreamProtocol::H2 => {
             let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                    .await?;
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
             let guard = AbortOnDrop(tokio::spawn(async move {
                 let _ = conn.await;
             }));

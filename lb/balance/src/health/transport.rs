@@ -61,9 +61,7 @@ pub(crate) struct TlsSetup {
 
 impl TlsSetup {
     pub(crate) fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
-        self.server_name
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+        self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
     }
 }
 
@@ -72,7 +70,8 @@ impl TlsSetup {
 /// `insecure_skip_verify`. Used by the health checks and the L7 proxy alike.
 pub fn client_tls_config(tls: &UpstreamTls, base: &Path) -> Result<rustls::ClientConfig, TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     Ok(if tls.insecure_skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
@@ -95,24 +94,15 @@ impl CheckTls {
             UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
         };
         let server_name = match &self.config.server_name {
-            Some(n) => Some(
-                ServerName::try_from(n.clone())
-                    .map_err(|_| TransportError::ServerName(n.clone()))?,
-            ),
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| TransportError::ServerName(n.clone()))?),
             None => None,
         };
-        Ok(TlsSetup {
-            connector: TlsConnector::from(Arc::new(config)),
-            server_name,
-        })
+        Ok(TlsSetup { connector: TlsConnector::from(Arc::new(config)), server_name })
     }
 }
 
 fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let err = |m: String| TransportError::Ca {
-        path: path.to_path_buf(),
-        message: m,
-    };
+    let err = |m: String| TransportError::Ca { path: path.to_path_buf(), message: m };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -145,12 +135,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -159,12 +144,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -24,18 +24,11 @@ mod tests {
     fn finds_cookies_across_headers_and_pairs() {
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_static("a=1;b=2"));
-        h.append(
-            COOKIE,
-            HeaderValue::from_static(" sid = \"x y\" ; padis_sticky=abc"),
-        );
+        h.append(COOKIE, HeaderValue::from_static(" sid = \"x y\" ; padis_sticky=abc"));
         assert_eq!(cookie_value(&h, "b"), Some("2"));
         assert_eq!(cookie_value(&h, "padis_sticky"), Some("abc"));
         assert_eq!(cookie_value(&h, "c"), None);
         assert_eq!(cookie_value(&HeaderMap::new(), "a"), None);
-        assert_eq!(
-            cookie_value(&h, "sid"),
-            None,
-            "names are exact (no spaces around them)"
-        );
+        assert_eq!(cookie_value(&h, "sid"), None, "names are exact (no spaces around them)");
     }
 }

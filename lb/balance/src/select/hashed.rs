@@ -44,8 +44,6 @@ impl MaglevSelector {
 impl Selector for MaglevSelector {
     fn select(&self, ctx: &SelectCtx<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         let hash = self.request_hash(ctx);
-        self.table
-            .lookup_usable(hash, &|i| usable(i as usize))
-            .map(|i| i as usize)
+        self.table.lookup_usable(hash, &|i| usable(i as usize)).map(|i| i as usize)
     }
 }

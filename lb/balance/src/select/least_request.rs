@@ -29,11 +29,7 @@ impl LeastRequest {
                 Some(*acc)
             })
             .collect();
-        LeastRequest {
-            weights,
-            cumulative,
-            in_flight: backends.iter().map(|(_, c)| c.clone()).collect(),
-        }
+        LeastRequest { weights, cumulative, in_flight: backends.iter().map(|(_, c)| c.clone()).collect() }
     }
 
     fn draw(&self) -> Option<usize> {

@@ -60,34 +60,18 @@ fn smooth_step(weights: &[i64], current: &mut [i64], ok: &dyn Fn(usize) -> bool)
 impl RoundRobin {
     /// A selector over backends with these weights.
     pub fn new(weights: &[u32]) -> RoundRobin {
-        let divisor = weights
-            .iter()
-            .fold(0u64, |g, &w| gcd(g, u64::from(w)))
-            .max(1);
+        let divisor = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w))).max(1);
         let cycle: u64 = weights.iter().map(|&w| u64::from(w) / divisor).sum();
-        let reduced: Vec<i64> = weights
-            .iter()
-            .map(|&w| (u64::from(w) / divisor) as i64)
-            .collect();
+        let reduced: Vec<i64> = weights.iter().map(|&w| (u64::from(w) / divisor) as i64).collect();
         let mode = if cycle <= MAX_CYCLE && cycle.saturating_mul(weights.len() as u64) <= MAX_WORK {
             let mut current = vec![0i64; weights.len()];
-            let order = (0..cycle)
-                .filter_map(|_| smooth_step(&reduced, &mut current, &|_| true))
-                .map(|i| i as u32)
-                .collect();
-            Mode::Cycle {
-                order,
-                next: AtomicUsize::new(0),
-            }
+            let order =
+                (0..cycle).filter_map(|_| smooth_step(&reduced, &mut current, &|_| true)).map(|i| i as u32).collect();
+            Mode::Cycle { order, next: AtomicUsize::new(0) }
         } else {
-            Mode::Live {
-                current: Mutex::new(vec![0; weights.len()]),
-            }
+            Mode::Live { current: Mutex::new(vec![0; weights.len()]) }
         };
-        RoundRobin {
-            weights: reduced,
-            mode,
-        }
+        RoundRobin { weights: reduced, mode }
     }
 }
 
@@ -109,9 +93,7 @@ impl Selector for RoundRobin {
                     }
                     turn = next.fetch_add(1, Relaxed);
                 }
-                (0..n)
-                    .map(|k| turn.wrapping_add(k) % n)
-                    .find(|&i| self.weights[i] > 0 && usable(i))
+                (0..n).map(|k| turn.wrapping_add(k) % n).find(|&i| self.weights[i] > 0 && usable(i))
             }
             Mode::Live { current } => {
                 let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,13 +109,8 @@ mod tests {
 
     fn picks(rr: &RoundRobin, count: usize, usable: &dyn Fn(usize) -> bool) -> Vec<usize> {
         let h = http::HeaderMap::new();
-        let ctx = SelectCtx {
-            client_ip: [127, 0, 0, 1].into(),
-            headers: &h,
-        };
-        (0..count)
-            .map(|_| rr.select(&ctx, usable).unwrap())
-            .collect()
+        let ctx = SelectCtx { client_ip: [127, 0, 0, 1].into(), headers: &h };
+        (0..count).map(|_| rr.select(&ctx, usable).unwrap()).collect()
     }
 
     #[test]
@@ -141,12 +118,7 @@ mod tests {
         let rr = RoundRobin::new(&[10, 2, 2]); // gcd 2: cycle 5,1,1
         assert!(matches!(rr.mode, Mode::Cycle { .. }));
         assert_eq!(picks(&rr, 7, &|_| true), [0, 0, 1, 0, 2, 0, 0]);
-        let live = RoundRobin {
-            weights: vec![5, 1, 1],
-            mode: Mode::Live {
-                current: Mutex::new(vec![0; 3]),
-            },
-        };
+        let live = RoundRobin { weights: vec![5, 1, 1], mode: Mode::Live { current: Mutex::new(vec![0; 3]) } };
         assert_eq!(picks(&live, 14, &|_| true), picks(&rr, 14, &|_| true));
     }
 
@@ -165,23 +137,12 @@ mod tests {
         assert_eq!(p.iter().filter(|&&i| i == 0).count(), 150);
         assert_eq!(p.iter().filter(|&&i| i == 2).count(), 150);
         assert_eq!(
-            rr.select(
-                &SelectCtx {
-                    client_ip: [127, 0, 0, 1].into(),
-                    headers: &http::HeaderMap::new()
-                },
-                &|i| i == 3
-            ),
+            rr.select(&SelectCtx { client_ip: [127, 0, 0, 1].into(), headers: &http::HeaderMap::new() }, &|i| i == 3),
             None
         );
         assert_eq!(
-            RoundRobin::new(&[0, 0]).select(
-                &SelectCtx {
-                    client_ip: [127, 0, 0, 1].into(),
-                    headers: &http::HeaderMap::new()
-                },
-                &|_| true
-            ),
+            RoundRobin::new(&[0, 0])
+                .select(&SelectCtx { client_ip: [127, 0, 0, 1].into(), headers: &http::HeaderMap::new() }, &|_| true),
             None
         );
     }

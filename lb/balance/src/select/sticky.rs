@@ -13,11 +13,7 @@ pub struct Sticky {
 impl Sticky {
     /// A selector over backends with these sticky ids and weights, reading cookie `cookie`.
     pub fn new(cookie: String, ids: Vec<String>, weights: &[u32]) -> Sticky {
-        Sticky {
-            cookie,
-            ids,
-            fallback: RoundRobin::new(weights),
-        }
+        Sticky { cookie, ids, fallback: RoundRobin::new(weights) }
     }
 
     /// The cookie name.
@@ -33,11 +29,7 @@ impl Sticky {
 
     /// Picks like [`Selector::select`] and tells whether the pick came from the client's cookie (`true`: no
     /// new cookie is needed).
-    pub fn select_pinned(
-        &self,
-        ctx: &SelectCtx<'_>,
-        usable: &dyn Fn(usize) -> bool,
-    ) -> Option<(usize, bool)> {
+    pub fn select_pinned(&self, ctx: &SelectCtx<'_>, usable: &dyn Fn(usize) -> bool) -> Option<(usize, bool)> {
         match self.pinned(ctx) {
             Some(i) if usable(i) => Some((i, true)),
             _ => self.fallback.select(ctx, usable).map(|i| (i, false)),

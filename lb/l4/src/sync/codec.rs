@@ -247,13 +247,18 @@ mod tests {
             })
             .collect();
         assert_eq!(back, many);
-        assert_eq!(encode(&Message { node: 0, incarnation: 0, seq: 0, body: Body::Flows(many) }, &key), Err(CodecError::TooMany(60)));
+        assert_eq!(
+            encode(&Message { node: 0, incarnation: 0, seq: 0, body: Body::Flows(many) }, &key),
+            Err(CodecError::TooMany(60))
+        );
     }
 
     #[test]
     fn truncated_and_garbage() {
         let key = SyncKey::new(b"0123456789abcdef");
-        let wire = encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1), flow(2)]) }, &key).unwrap();
+        let wire =
+            encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1), flow(2)]) }, &key)
+                .unwrap();
         for cut in [0, 3, HEADER_LEN, HEADER_LEN + TAG_LEN - 1] {
             assert_eq!(decode(&wire[..cut], &key), Err(CodecError::Length(cut)));
         }
@@ -280,7 +285,8 @@ mod tests {
     fn bad_hmac() {
         let key = SyncKey::new(b"0123456789abcdef");
         let other = SyncKey::new(b"0123456789abcdeX");
-        let wire = encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1)]) }, &key).unwrap();
+        let wire =
+            encode(&Message { node: 7, incarnation: 1, seq: 1, body: Body::Flows(vec![flow(1)]) }, &key).unwrap();
         assert_eq!(decode(&wire, &other), Err(CodecError::Auth));
         // Any flipped bit (header, record or tag) fails authentication.
         // Byte 31 is in the sequence number: a replayed datagram cannot be renumbered.

@@ -17,12 +17,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Body, CodecError, Origin, SyncKey, WireFlow, MAX_RECORDS};
-use crate::conntrack::Inserted;
 use super::dump::{self, DumpJob, Purpose};
 use super::index::{SyncIndex, Unknown};
 use super::replay::ReplayGuard;
 use super::status::{self, SyncStatus};
 use super::{SyncError, SyncMaps, SyncMetrics};
+use crate::conntrack::Inserted;
 
 /// Period of hello messages.
 const HELLO_EVERY: Duration = Duration::from_secs(1);
@@ -233,14 +233,19 @@ impl Daemon {
         }
         let now = Instant::now();
         self.seen.retain(|_, p| now.duration_since(p.last) < PEER_TIMEOUT * 10);
-        self.metrics.peers_seen.set(self.seen.values().filter(|p| now.duration_since(p.last) < PEER_TIMEOUT).count() as i64);
+        self.metrics
+            .peers_seen
+            .set(self.seen.values().filter(|p| now.duration_since(p.last) < PEER_TIMEOUT).count() as i64);
         self.dumps.retain(|_, t| !t.is_cancelled());
         self.schedule_refresh(now);
         if let Ok(v) = self.stats.get(&stat::SYNC_RING_FULL, 0) {
             let total: u64 = v.iter().map(|c| c.packets).sum();
             if total > self.ring_drops {
                 self.metrics.ring_drops.inc_by(total - self.ring_drops);
-                tracing::warn!(dropped = total - self.ring_drops, "sync: XDP ring buffer full, new flows not announced");
+                tracing::warn!(
+                    dropped = total - self.ring_drops,
+                    "sync: XDP ring buffer full, new flows not announced"
+                );
             }
             self.ring_drops = self.ring_drops.max(total);
         }

@@ -49,11 +49,8 @@ impl SyncIndex {
         }
         for v in &desired.vips {
             let Some(id) = programmer.vip_id(&v.key) else { continue };
-            let backends = v
-                .backends
-                .iter()
-                .filter_map(|b| Some((addr16(b.addr), programmer.backend_index(b.addr)?)))
-                .collect();
+            let backends =
+                v.backends.iter().filter_map(|b| Some((addr16(b.addr), programmer.backend_index(b.addr)?))).collect();
             out.vips.insert(v.key, VipEntry { id, backends });
             out.ids.insert(id, v.key);
         }

@@ -126,7 +126,10 @@ impl SyncStatus {
             });
         if ready {
             self.ready.store(true, Ordering::Relaxed);
-            tracing::info!(after_ms = since.as_millis() as u64, "sync: peers' connection tables received, ready to be announced");
+            tracing::info!(
+                after_ms = since.as_millis() as u64,
+                "sync: peers' connection tables received, ready to be announced"
+            );
         }
         ready
     }
