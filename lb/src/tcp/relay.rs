@@ -1,18 +1,24 @@
 //! Copying bytes both ways between a client and its backend, with the half-close passed on, an idle timeout and
-//! byte counters: by splice(2) (`splice`), or through a buffer per direction where a pipe cannot be had.
+//! byte counters.
+//!
+//! Each direction starts by copying through a buffer (one read and one write per message: what a short exchange
+//! needs, and no pipe to get); a read that fills the buffer marks a bulk transfer, and the direction moves on to
+//! splice(2) (`splice`: no copy through user space) for the rest of the connection, as HAProxy's `splice-auto`.
+//! Without a pipe (or with `relay_copy`) it keeps copying.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// Buffer per direction.
-const BUF: usize = 64 * 1024;
+use super::splice::Pipe;
+
+/// Buffer per direction (allocated at the direction's first read, never zeroed); a read that fills it moves the
+/// direction to splice.
+const BUF: usize = 16 * 1024;
 
 /// The byte counters of one connection.
 pub(crate) struct Counters {
@@ -33,24 +39,66 @@ pub(crate) enum End {
     Shutdown,
 }
 
+/// How a direction relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Copy until a read fills the buffer, then splice.
+    Auto,
+    /// Copy only (the tests' reference relay).
+    #[cfg(test)]
+    Copy,
+}
+
 /// Copies `from` to `to` until end of stream, then shuts `to`'s sending half (the half-close travels on).
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+async fn forward(
+    from: &TcpStream,
+    to: &TcpStream,
+    mode: Mode,
     counter: &IntCounter,
     last: &AtomicU64,
     start: Instant,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; BUF];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
+        from.readable().await?;
+        if buf.capacity() == 0 {
+            buf.reserve_exact(BUF);
         }
-        to.write_all(&buf[..n]).await?;
+        buf.clear();
+        let n = match from.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+        }
+        write_all(to, &buf[..n]).await?;
         counter.inc_by(n as u64);
         last.store(elapsed_ms(start), Ordering::Relaxed);
+        if n == buf.capacity() && mode == Mode::Auto {
+            match Pipe::take() {
+                Ok(pipe) => {
+                    drop(buf);
+                    return super::splice::pipe(from, to, pipe, counter, last, start).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "no pipe for splice: copying through a buffer"),
+            }
+        }
     }
+}
+
+/// Writes all of `bytes` to `to`.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => bytes = &bytes[m..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn elapsed_ms(start: Instant) -> u64 {
@@ -66,23 +114,11 @@ pub(crate) async fn relay(
     counters: &Counters,
     hard: &CancellationToken,
 ) -> io::Result<End> {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let pipes = super::splice::Pipe::new().and_then(|a| Ok((a, super::splice::Pipe::new()?)));
-    match pipes {
-        Ok((p_up, p_down)) => {
-            let up = super::splice::pipe(&client, &backend, p_up, &counters.up, &last, start);
-            let down = super::splice::pipe(&backend, &client, p_down, &counters.down, &last, start);
-            drive(up, down, idle, &last, start, hard).await
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "no pipe for splice: copying through buffers");
-            relay_copy(client, backend, idle, counters, hard).await
-        }
-    }
+    relay_in(client, backend, Mode::Auto, idle, counters, hard).await
 }
 
-/// [`relay`] through a buffer per direction (where splice cannot be used).
+/// [`relay`] through a buffer per direction only (no splice).
+#[cfg(test)]
 pub(crate) async fn relay_copy(
     client: TcpStream,
     backend: TcpStream,
@@ -90,12 +126,21 @@ pub(crate) async fn relay_copy(
     counters: &Counters,
     hard: &CancellationToken,
 ) -> io::Result<End> {
+    relay_in(client, backend, Mode::Copy, idle, counters, hard).await
+}
+
+async fn relay_in(
+    client: TcpStream,
+    backend: TcpStream,
+    mode: Mode,
+    idle: Duration,
+    counters: &Counters,
+    hard: &CancellationToken,
+) -> io::Result<End> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let (cr, cw) = client.into_split();
-    let (br, bw) = backend.into_split();
-    let up = pipe(cr, bw, &counters.up, &last, start);
-    let down = pipe(br, cw, &counters.down, &last, start);
+    let up = forward(&client, &backend, mode, &counters.up, &last, start);
+    let down = forward(&backend, &client, mode, &counters.down, &last, start);
     drive(up, down, idle, &last, start, hard).await
 }
 
@@ -108,12 +153,15 @@ async fn drive(
     start: Instant,
     hard: &CancellationToken,
 ) -> io::Result<End> {
-    tokio::pin!(up, down);
+    let cancelled = hard.cancelled();
+    tokio::pin!(up, down, cancelled);
     let (mut up_done, mut down_done) = (false, false);
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    let mut deadline = tokio::time::Instant::from_std(start) + idle;
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(start) + idle);
+    tokio::pin!(timer);
     while !(up_done && down_done) {
         tokio::select! {
+            biased;
             r = &mut up, if !up_done => {
                 r?;
                 up_done = true;
@@ -122,14 +170,14 @@ async fn drive(
                 r?;
                 down_done = true;
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            () = &mut timer => {
                 let quiet = elapsed_ms(start).saturating_sub(last.load(Ordering::Relaxed));
                 if quiet >= idle_ms {
                     return Ok(End::Idle);
                 }
-                deadline = tokio::time::Instant::now() + Duration::from_millis(idle_ms - quiet);
+                timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms - quiet));
             }
-            _ = hard.cancelled() => return Ok(End::Shutdown),
+            () = &mut cancelled => return Ok(End::Shutdown),
         }
     }
     Ok(End::Closed)
@@ -138,6 +186,7 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// Two connected sockets.
@@ -149,6 +198,52 @@ mod tests {
 
     fn counters() -> Counters {
         Counters { up: IntCounter::new("up", "up").unwrap(), down: IntCounter::new("down", "down").unwrap() }
+    }
+
+    /// Bytes in a pipe's buffer.
+    fn queued(fd: std::os::fd::RawFd) -> libc::c_int {
+        let mut n: libc::c_int = -1;
+        // SAFETY: FIONREAD on an open descriptor writes one int.
+        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+        n
+    }
+
+    /// A bulk transfer both ways at once moves on to splice (the buffer fills) and arrives intact, counted, with
+    /// the half-close after it; the pipes go back to the pool empty.
+    #[tokio::test]
+    async fn bulk_moves_to_splice_and_pipes_return_empty() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let c = counters();
+        let hard = CancellationToken::new();
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
+        let run = relay(proxy_client, proxy_backend, Duration::from_secs(10), &c, &hard);
+        let peers = async {
+            let (mut cr, mut cw) = client.split();
+            let (mut br, mut bw) = backend.split();
+            let send_up = async {
+                cw.write_all(&up).await.unwrap();
+                cw.shutdown().await.unwrap();
+            };
+            let send_down = async {
+                bw.write_all(&down).await.unwrap();
+                bw.shutdown().await.unwrap();
+            };
+            let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+            let recv_up = br.read_to_end(&mut got_up);
+            let recv_down = cr.read_to_end(&mut got_down);
+            let ((), (), a, b) = tokio::join!(send_up, send_down, recv_up, recv_down);
+            (a.unwrap(), b.unwrap());
+            assert!(got_up == up, "client to backend intact ({} bytes)", got_up.len());
+            assert!(got_down == down, "backend to client intact ({} bytes)", got_down.len());
+        };
+        let (end, ()) = tokio::join!(run, peers);
+        assert_eq!(end.unwrap(), End::Closed);
+        assert_eq!((c.up.get(), c.down.get()), (up.len() as u64, down.len() as u64));
+        assert!(Pipe::pooled() >= 1, "the directions' pipes went back to the pool");
+        let p = Pipe::take().unwrap();
+        assert_eq!(p.queued(queued), (0, 0), "a pooled pipe is empty");
     }
 
     /// Both relays (splice and buffer copy): bytes both ways, half-close passed on, counters, idle timeout.

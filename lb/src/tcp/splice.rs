@@ -1,27 +1,37 @@
 //! Zero-copy relaying on Linux: splice(2) from one socket into a pipe and from the pipe into the other socket, so
 //! the bytes never enter user space. Driven by tokio's readiness of the two sockets.
+//!
+//! Pipes come from a process-wide pool (HAProxy's pipe pool): a pipe costs four system calls to make (pipe2, the
+//! size change) and two to close, more than a short connection's whole relay; only empty pipes go back to it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes moved per splice call (and the pipe's capacity, when the kernel allows it).
+/// Bytes moved per splice call, and the pipe's capacity when the kernel allows it.
 const CHUNK: usize = 1 << 20;
 
-/// A pipe for one direction.
-pub(crate) struct Pipe {
+/// Empty pipes kept for reuse at most (each holds two descriptors, and no page while empty).
+const POOL_MAX: usize = 256;
+
+/// The pool of empty pipes.
+static POOL: Mutex<Vec<PipeFds>> = Mutex::new(Vec::new());
+
+/// The two ends of a pipe.
+struct PipeFds {
     read: OwnedFd,
     write: OwnedFd,
 }
 
-impl Pipe {
-    /// A non-blocking pipe, enlarged to [`CHUNK`] where allowed.
-    pub fn new() -> io::Result<Pipe> {
+impl PipeFds {
+    /// A new non-blocking pipe, enlarged to [`CHUNK`] where allowed.
+    fn create() -> io::Result<PipeFds> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
@@ -32,7 +42,55 @@ impl Pipe {
         // A smaller pipe (the default 64 KiB, or the limit of pipe-max-size) still works: ignore a refusal.
         // SAFETY: F_SETPIPE_SZ on an open pipe descriptor.
         let _ = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
-        Ok(Pipe { read, write })
+        Ok(PipeFds { read, write })
+    }
+}
+
+/// A pipe for one direction, taken from the pool (or made) and given back to it when dropped empty.
+pub(crate) struct Pipe {
+    fds: Option<PipeFds>,
+    /// Bytes in the pipe not yet spliced out: a pipe with bytes left is closed, not pooled.
+    pending: usize,
+}
+
+impl Pipe {
+    /// An empty pipe from the pool, or a new one.
+    pub fn take() -> io::Result<Pipe> {
+        let pooled = POOL.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let fds = match pooled {
+            Some(fds) => fds,
+            None => PipeFds::create()?,
+        };
+        Ok(Pipe { fds: Some(fds), pending: 0 })
+    }
+
+    fn fds(&self) -> &PipeFds {
+        self.fds.as_ref().expect("a pipe has its descriptors until dropped")
+    }
+
+    /// Empty pipes in the pool.
+    #[cfg(test)]
+    pub fn pooled() -> usize {
+        POOL.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// `count` applied to both ends' descriptors.
+    #[cfg(test)]
+    pub fn queued<T>(&self, count: impl Fn(RawFd) -> T) -> (T, T) {
+        (count(self.fds().read.as_raw_fd()), count(self.fds().write.as_raw_fd()))
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        let Some(fds) = self.fds.take() else { return };
+        if self.pending == 0 {
+            if let Ok(mut pool) = POOL.lock() {
+                if pool.len() < POOL_MAX {
+                    pool.push(fds);
+                }
+            }
+        }
     }
 }
 
@@ -51,30 +109,30 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 pub(crate) async fn pipe(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: Pipe,
+    mut pipe: Pipe,
     counter: &IntCounter,
     last: &AtomicU64,
     start: Instant,
 ) -> io::Result<()> {
+    let (pipe_read, pipe_write) = (pipe.fds().read.as_raw_fd(), pipe.fds().write.as_raw_fd());
     loop {
-        // The pipe is empty here: EAGAIN can only mean the socket has nothing to read.
+        // The pipe is empty here: EAGAIN can only mean the socket has nothing to read. Tried before waiting:
+        // after a full chunk, more is usually there.
         let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
+            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe_write, CHUNK)) {
                 Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => from.readable().await?,
                 Err(e) => return Err(e),
             }
         };
         if n == 0 {
             return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
         }
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        pipe.pending = n;
+        while pipe.pending > 0 {
+            match to.try_io(Interest::WRITABLE, || splice(pipe_read, to.as_raw_fd(), pipe.pending)) {
+                Ok(m) => pipe.pending -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
                 Err(e) => return Err(e),
             }
         }
