@@ -1,5 +1,7 @@
 //! TCP benchmark peers for `bench/suites/tcp`: a sink backend, a one-byte-answer backend, a bulk sender and a
-//! connections-per-second client (blocking std sockets, one thread per connection or client).
+//! connections-per-second client (blocking std sockets; the backends serve from a fixed set of threads, each
+//! accepting in turn, so that no thread is started per connection: the peers' cost stays small and the same for
+//! every proxy measured).
 //!
 //! - `tcp-bench sink ADDR`: accepts; reads and discards until end of stream (bulk backend).
 //! - `tcp-bench hello ADDR`: accepts; writes one byte and closes (connections-per-second backend).
@@ -13,15 +15,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Threads of a backend: each accepts one connection and serves it to its end, then accepts the next (more than
+/// the clients or streams of any run, so that a connection never waits for a thread).
+const SERVER_THREADS: usize = 128;
+
 fn serve(addr: SocketAddr, handle: fn(TcpStream)) -> std::io::Result<()> {
     let l = TcpListener::bind(addr)?;
-    for s in l.incoming() {
-        match s {
-            Ok(s) => {
-                std::thread::spawn(move || handle(s));
-            }
-            Err(e) => eprintln!("tcp-bench: accept: {e}"),
-        }
+    let threads: Vec<_> = (0..SERVER_THREADS)
+        .map(|_| {
+            let l = l.try_clone()?;
+            Ok(std::thread::spawn(move || loop {
+                match l.accept() {
+                    Ok((s, _)) => handle(s),
+                    Err(e) => {
+                        eprintln!("tcp-bench: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    for t in threads {
+        let _ = t.join();
     }
     Ok(())
 }
