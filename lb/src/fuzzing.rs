@@ -141,3 +141,56 @@ pub fn response_head(data: &[u8]) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// A connection's first bytes on a `proxy_protocol` listener through the PROXY header parser
+/// (`proxy_protocol::parse`). Returns the header's length when the bytes start with a whole header.
+///
+/// Checks: the outcome does not depend on how the bytes arrived (every prefix of a header is incomplete, every
+/// longer input gives the same header; a refused input is not a header with more bytes, and is refused for the
+/// same kind of reason); a header never claims more bytes than it has; the addresses it announces, written
+/// again in the same version, read back the same.
+pub fn proxy_header(data: &[u8]) -> Option<usize> {
+    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
+    let whole = parse(data);
+    // Prefixes up to a bound: a header is at most MAX_HEADER long, and the check is quadratic.
+    for cut in 0..data.len().min(MAX_HEADER + 1).min(600) {
+        let part = parse(&data[..cut]);
+        match (&whole, &part) {
+            (_, Parsed::Incomplete) => {}
+            (Parsed::Header { len, .. }, p) => {
+                assert!(cut >= *len && *p == whole, "prefix of {cut} bytes: {p:?}, whole: {whole:?}")
+            }
+            (Parsed::Invalid { missing, .. }, Parsed::Invalid { missing: m, .. }) => {
+                assert_eq!(missing, m, "prefix of {cut} bytes refused for another reason")
+            }
+            (w, p) => panic!("prefix of {cut} bytes: {p:?}, whole: {w:?}"),
+        }
+    }
+    let Parsed::Header { len, announced } = whole else { return None };
+    assert!(len <= data.len() && len <= MAX_HEADER, "a header of {len} bytes in {}", data.len());
+    if let Some(a) = announced {
+        let again = if data[0] == b'P' {
+            let family = if a.client.is_ipv4() { "TCP4" } else { "TCP6" };
+            let (c, l) = (a.client, a.local);
+            format!("PROXY {family} {} {} {} {}\r\n", c.ip(), l.ip(), c.port(), l.port()).into_bytes()
+        } else {
+            let mut h = data[..16].to_vec();
+            let (family, addrs): (u8, Vec<u8>) = match (a.client.ip(), a.local.ip()) {
+                (std::net::IpAddr::V4(c), std::net::IpAddr::V4(l)) => (0x11, [c.octets(), l.octets()].concat()),
+                (std::net::IpAddr::V6(c), std::net::IpAddr::V6(l)) => (0x21, [c.octets(), l.octets()].concat()),
+                other => panic!("one header, two address families: {other:?}"),
+            };
+            h[13] = family;
+            h[14..16].copy_from_slice(&u16::try_from(addrs.len() + 4).unwrap_or(0).to_be_bytes());
+            h.extend_from_slice(&addrs);
+            h.extend_from_slice(&a.client.port().to_be_bytes());
+            h.extend_from_slice(&a.local.port().to_be_bytes());
+            h
+        };
+        match parse(&again) {
+            Parsed::Header { len: l, announced: Some(b) } => assert!(l == again.len() && b == a, "{b:?} != {a:?}"),
+            other => panic!("announced {a:?}, written again: {other:?}"),
+        }
+    }
+    Some(len)
+}

@@ -25,6 +25,7 @@ mod listener;
 mod metrics;
 mod plane;
 mod policy;
+mod proxy_protocol;
 mod relay;
 mod routes;
 mod runtime;

@@ -1,5 +1,5 @@
 //! Listening sockets: binding (SO_REUSEADDR, large backlog) and the accept loop with the connection limits (per
-//! listener, per client address: see `admission`).
+//! listener, per client address: see `admission`) and the PROXY protocol (see `proxy_protocol`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +16,7 @@ use crate::conn::{self, Accepted, ActiveGuard};
 use crate::error::L7Error;
 use crate::fast::{FastLoops, Handoff};
 use crate::plane::PlaneShared;
+use crate::runtime::Runtime;
 
 /// Binds a listening socket.
 pub(crate) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, L7Error> {
@@ -33,6 +34,8 @@ pub(crate) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, L7Error>
 
 /// Accepts connections until `stop`: those of a TCP listener are relayed (`tcp`), plaintext ones go to the fast
 /// path's loops (`fast`) when the listener uses it, the others are each served in their own task on `tracker`.
+/// On a listener with `proxy_protocol`, a connection from a trusted source is first read up to the end of its
+/// PROXY header in a task of its own (see `proxy_protocol`); its client admission uses the address announced.
 pub(crate) async fn accept_loop(
     plane: Arc<PlaneShared>,
     name: Arc<str>,
@@ -56,50 +59,170 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let client = match admit(&plane, &count, peer) {
+        let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().unwrap_or(peer));
+        let c = Conn { stream, peer, local };
+        let rt = plane.runtime.load();
+        let lrt = rt.listeners.get(&*name);
+        if let Some(trusted) = lrt.and_then(|l| l.proxy.as_ref()) {
+            if !trusted.contains(peer.ip()) {
+                refuse(&plane, &name, c, crate::proxy_protocol::UNTRUSTED);
+                continue;
+            }
+            if let Err(why) = admit_listener(&rt, &count) {
+                refuse(&plane, &name, c, why.label());
+                continue;
+            }
+            drop(rt);
+            // Counted against `max_connections` while its header is awaited.
+            count.fetch_add(1, Ordering::AcqRel);
+            let pending = Pending(Some(count.clone()));
+            let d = Dispatch {
+                plane: plane.clone(),
+                name: name.clone(),
+                count: count.clone(),
+                stop: stop.clone(),
+                hard: hard.clone(),
+                tracker: tracker.clone(),
+                fast: fast.clone(),
+            };
+            tracker.spawn(async move {
+                let Some(c) = d.proxied(c).await else { return };
+                let rt = d.plane.runtime.load();
+                let client = match admit_client(&d.plane, &rt, c.peer) {
+                    Ok(slot) => slot,
+                    Err(why) => return refuse(&d.plane, &d.name, c, why.label()),
+                };
+                pending.keep();
+                d.dispatch(&rt, c, client);
+            });
+            continue;
+        }
+        let client = match admit_listener(&rt, &count).and_then(|()| admit_client(&plane, &rt, peer)) {
             Ok(slot) => slot,
             Err(why) => {
-                tracing::debug!(listener = &*name, peer = %peer, reason = why.label(), "connection refused");
-                plane.metrics.rejected.with_label_values(&[&*name, why.label()]).inc();
-                // Reset rather than close: no TIME_WAIT kept here for a refused connection.
-                let _ = stream.set_zero_linger();
-                drop(stream);
+                refuse(&plane, &name, c, why.label());
                 continue;
             }
         };
         count.fetch_add(1, Ordering::AcqRel);
-        let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().unwrap_or(peer));
-        let (tcp, fast_path) =
-            plane.runtime.load().listeners.get(&*name).map_or((false, false), |l| (l.tcp.is_some(), l.fast_path));
+        let d = Dispatch {
+            plane: plane.clone(),
+            name: name.clone(),
+            count: count.clone(),
+            stop: stop.clone(),
+            hard: hard.clone(),
+            tracker: tracker.clone(),
+            fast: fast.clone(),
+        };
+        d.dispatch(&rt, c, client);
+    }
+    tracing::info!(listener = &*name, "listener stopped accepting");
+}
+
+/// An accepted connection and its addresses (the client's and the one it reached: those of its PROXY header on
+/// a `proxy_protocol` listener).
+struct Conn {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// Closes a connection refused at accept and counts it (`padis_http_connections_rejected_total`).
+fn refuse(plane: &PlaneShared, name: &str, c: Conn, reason: &'static str) {
+    tracing::debug!(listener = name, peer = %c.peer, reason, "connection refused");
+    plane.metrics.rejected.with_label_values(&[name, reason]).inc();
+    // Reset rather than close: no TIME_WAIT kept here for a refused connection.
+    let _ = c.stream.set_zero_linger();
+}
+
+/// A connection counted in its listener's open connections while its PROXY header is awaited: uncounted when
+/// dropped (the connection went nowhere).
+struct Pending(Option<Arc<AtomicUsize>>);
+
+impl Pending {
+    /// The connection goes on: its count is now its guard's.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Where an admitted connection of one listener goes.
+struct Dispatch {
+    plane: Arc<PlaneShared>,
+    name: Arc<str>,
+    count: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    hard: CancellationToken,
+    tracker: TaskTracker,
+    fast: Option<FastLoops>,
+}
+
+impl Dispatch {
+    /// Reads the PROXY header of a connection from a trusted source: the connection with the addresses it
+    /// announces, or `None` when it was refused (counted) or the listener is stopping.
+    async fn proxied(&self, mut c: Conn) -> Option<Conn> {
+        let timeout = self.plane.runtime.load().limits.header_read_timeout;
+        let read = tokio::select! {
+            r = crate::proxy_protocol::read_header(&mut c.stream, timeout) => r,
+            _ = self.stop.cancelled() => return None,
+        };
+        match read {
+            Ok(Some(a)) => Some(Conn { peer: a.client, local: a.local, ..c }),
+            Ok(None) => Some(c),
+            Err(e) => {
+                tracing::debug!(listener = &*self.name, peer = %c.peer, error = %e, "PROXY header refused");
+                refuse(&self.plane, &self.name, c, e.label());
+                None
+            }
+        }
+    }
+
+    /// Serves an admitted connection (counted in the listener's `count` already).
+    fn dispatch(&self, rt: &Runtime, c: Conn, client: Option<Box<ClientSlot>>) {
+        let Conn { stream, peer, local } = c;
+        let (plane, name, count) = (&self.plane, &self.name, &self.count);
+        let (tcp, fast_path) = rt.listeners.get(&**name).map_or((false, false), |l| (l.tcp.is_some(), l.fast_path));
         if tcp {
             // `mode = "tcp"`: relayed to a backend (see `tcp`).
             let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone(), client };
-            tracker.spawn(crate::tcp::serve(plane.clone(), a, hard.clone()));
-            continue;
+            self.tracker.spawn(crate::tcp::serve(plane.clone(), a, self.hard.clone()));
+            return;
         }
-        let (stream, client) = match (&fast, fast_path) {
+        let (stream, client) = match (&self.fast, fast_path) {
             (Some(loops), true) => {
-                match hand_to_loop(&plane, loops, stream, peer, local, &name, &count, &stop, client) {
-                    Ok(()) => continue,
+                match hand_to_loop(plane, loops, stream, peer, local, name, count, &self.stop, client) {
+                    Ok(()) => return,
                     Err(back) => back,
                 }
             }
             _ => (stream, client),
         };
         let a = Accepted { stream, peer, local, listener: name.clone(), count: count.clone(), client };
-        tracker.spawn(conn::serve(plane.clone(), a, stop.clone(), hard.clone()));
+        self.tracker.spawn(conn::serve(plane.clone(), a, self.stop.clone(), self.hard.clone()));
     }
-    tracing::info!(listener = &*name, "listener stopped accepting");
 }
 
-/// The admission of a new connection from `peer` (see `admission`): the listener's `max_connections` (its open
-/// connections `count`), then its client address's rate and open connections, over all listeners.
-fn admit(plane: &PlaneShared, count: &AtomicUsize, peer: SocketAddr) -> Result<Option<Box<ClientSlot>>, Refusal> {
-    let rt = plane.runtime.load();
-    let limits = &rt.limits;
-    if limits.max_connections > 0 && count.load(Ordering::Acquire) >= limits.max_connections {
+/// The listener's `max_connections` (its open connections `count`).
+fn admit_listener(rt: &Runtime, count: &AtomicUsize) -> Result<(), Refusal> {
+    let max = rt.limits.max_connections;
+    if max > 0 && count.load(Ordering::Acquire) >= max {
         return Err(Refusal::MaxConnections);
     }
+    Ok(())
+}
+
+/// The admission of a new connection from `peer` (see `admission`): its client address's rate and open
+/// connections, over all listeners.
+fn admit_client(plane: &PlaneShared, rt: &Runtime, peer: SocketAddr) -> Result<Option<Box<ClientSlot>>, Refusal> {
+    let limits = &rt.limits;
     let slot = plane.clients.admit(peer.ip(), limits.max_conns_per_client, limits.new_conns_per_client_per_sec)?;
     // Boxed: it travels with the connection (in every hand-over to a fast-path loop).
     Ok(Some(Box::new(slot)))

@@ -31,6 +31,8 @@ pub(crate) struct ListenerRt {
     pub tls_fast: Option<Arc<ServerConfig>>,
     /// `mode = "tcp"`: connections are relayed to a backend of this group (see `tcp`).
     pub tcp: Option<crate::tcp::TcpListenerRt>,
+    /// `proxy_protocol`: connections come from these sources only, each starting with a PROXY header.
+    pub proxy: Option<Arc<crate::proxy_protocol::Trusted>>,
 }
 
 /// The compiled form of one snapshot.
@@ -113,6 +115,7 @@ impl Runtime {
                     fast_path: l.fast_path,
                     tls_fast: tls.as_ref().map(|(cfg, _)| crate::fast::fast_config(cfg)),
                     tcp: crate::tcp::TcpListenerRt::of(l),
+                    proxy: l.proxy_protocol.as_ref().map(|p| Arc::new(crate::proxy_protocol::Trusted::new(&p.trusted))),
                 },
             );
         }

@@ -291,6 +291,19 @@ pub struct Listener {
     /// the group's `idle_timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// Accept the PROXY protocol header (v1 or v2) from the `trusted` sources only: the client address (ACLs,
+    /// limits, `X-Forwarded-For`) is the one it carries. Other sources are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<AcceptProxy>,
+}
+
+/// A listener's acceptance of the PROXY protocol (an L4 balancer in front).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptProxy {
+    /// Source networks whose connections start with a PROXY header (required from them; any other source is
+    /// refused).
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 fn yes() -> bool {

@@ -317,6 +317,9 @@ fn check_l7(
         if l.idle_timeout.is_some_and(|t| t.is_zero()) {
             cx.error(format!("listener[{i}].idle_timeout"), "must be greater than 0");
         }
+        if l.proxy_protocol.as_ref().is_some_and(|p| p.trusted.is_empty()) {
+            cx.error(format!("listener[{i}].proxy_protocol.trusted"), "empty: no source could connect");
+        }
         if let Some(t) = &l.tls {
             if s.certificates.is_empty() {
                 cx.error(format!("listener[{i}].tls"), "a TLS listener needs at least one [[certificate]]");

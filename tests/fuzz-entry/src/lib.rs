@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("http_request_head", http_request_head),
     ("http_chunked", http_chunked),
     ("http_response", http_response),
+    ("proxy_header", proxy_header),
     ("l7_differential", l7_differential),
 ];
 
@@ -449,6 +450,16 @@ pub fn l7_differential(data: &[u8]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// L7: the PROXY protocol a listener accepts
+
+/// A connection's first bytes on a `proxy_protocol` listener through the header parser; see
+/// `padis_lb::fuzzing::proxy_header` for the checks (the outcome does not depend on how the bytes arrived, the
+/// announced addresses read back the same when written again).
+pub fn proxy_header(data: &[u8]) {
+    padis_lb::fuzzing::proxy_header(data);
+}
+
 #[cfg(test)]
 mod tests {
     //! The harnesses reach what they are meant to: the seeds get real answers, not only early rejections.
@@ -511,6 +522,15 @@ mod tests {
         assert_eq!(padis_lb::fuzzing::chunked_body(&seed("http_chunked", "size_overflow")), None);
         let out = padis_lb::fuzzing::response_head(&seed("http_response", "nginx_chunked_keepalive")).expect("a head");
         assert!(String::from_utf8(out).unwrap().contains("set-cookie: padis=b1"));
+    }
+
+    #[test]
+    fn proxy_header_seeds_are_read_to_the_end_of_their_header() {
+        let len = |name: &str| padis_lb::fuzzing::proxy_header(&seed("proxy_header", name));
+        assert_eq!(len("v1_tcp4_then_http"), Some(45));
+        assert_eq!(len("v2_tcp4_tlv_then_tls"), Some(35));
+        assert_eq!(len("v2_local"), Some(16));
+        assert_eq!(len("no_header_http"), None);
     }
 
     #[test]

@@ -1,0 +1,240 @@
+//! What a gateway at the Internet/DMZ edge needs (issue 15), through real sockets and real peers.
+//!
+//! PROXY protocol accepted on a listener: haproxy (`mode tcp`, `send-proxy-v2`) in front of Padis, clients
+//! connecting to haproxy from 127.0.0.5 / 127.0.0.6; the backend sees the original client in `X-Forwarded-For`
+//! on the fast path and the hyper path, a route's `allow_cidrs` and the per-client connection limit apply to the
+//! announced address, and a TCP listener passes the announced client on in its own PROXY header. A PROXY header
+//! from an untrusted source, and a connection from a trusted source without one, are refused and counted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use padis_tests::l7::{group_toml, temp_dir, Backend, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A TCP connection to `to` from source address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(format!("{from}:0").parse().expect("source addr"))?;
+    s.connect(to).await
+}
+
+/// Writes `bytes` from `from` and reads until the peer closes (or 5 s): the answer, or the error a reset gives.
+async fn exchange_from(from: &str, to: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = connect_from(from, to).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await {
+        Ok(r) => r.map(|_| out),
+        Err(_) => panic!("no answer and no close within 5 s"),
+    }
+}
+
+/// A free port on 127.0.0.1 (for a peer that cannot bind port 0 and tell).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// haproxy in the foreground with a config of `mode tcp` frontends, each relaying to a Padis listener with
+/// `send-proxy-v2`; killed on drop.
+struct Haproxy {
+    child: Child,
+}
+
+impl Haproxy {
+    /// `fronts`: (frontend port, Padis address, extra `server` options).
+    fn start(dir: &Path, fronts: &[(u16, SocketAddr, &str)]) -> Haproxy {
+        let mut cfg = String::from(
+            "global\n  maxconn 256\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  \
+             timeout server 10s\n",
+        );
+        for (i, (port, to, extra)) in fronts.iter().enumerate() {
+            cfg.push_str(&format!(
+                "frontend f{i}\n  bind 127.0.0.1:{port}\n  default_backend b{i}\n\
+                 backend b{i}\n  server s{i} {to} send-proxy-v2 {extra}\n"
+            ));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("haproxy config");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy runs (tests/setup installs it)");
+        let h = Haproxy { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (port, _, _) in fronts {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "haproxy does not listen on {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP backend that reads the PROXY v1 line Padis sends, answers it back and closes.
+async fn proxy_line_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\r\n") && line.len() < 200 {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    line.push(b[0]);
+                }
+                let _ = s.write_all(&line).await;
+            });
+        }
+    });
+    addr
+}
+
+fn rejected(p: &Proxy, listener: &str, reason: &str) -> f64 {
+    p.metric("padis_http_connections_rejected_total", &[("listener", listener), ("reason", reason)])
+}
+
+/// A GET through haproxy's frontend `port` from client address `from`: status and body.
+async fn get_via(from: &str, port: u16, path: &str) -> (u16, String) {
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+    let out = exchange_from(from, to, req.as_bytes()).await.expect("an answer through haproxy");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_haproxy_gives_the_real_client_to_routes_limits_and_backends() {
+    let dir = temp_dir();
+    let backend = Backend::start("b1").await;
+    let line = proxy_line_backend().await;
+    let trusted = "proxy_protocol = { trusted = [\"127.0.0.1/32\"] }";
+    let cfg = |limits: &str| {
+        format!(
+            "[limits]\n{limits}\n\
+         [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n{trusted}\n\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n{trusted}\n\
+         [[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\ngroup = \"line\"\n{trusted}\n\
+         [[route]]\nname = \"only5\"\npath = \"/only5\"\ngroup = \"g\"\nallow_cidrs = [\"127.0.0.5/32\"]\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n{}\
+         [[group]]\nname = \"line\"\nproxy_protocol = \"v1\"\n[[group.backend]]\naddr = \"{line}\"\n",
+            group_toml("g", &[&backend], ""),
+        )
+    };
+    let mut p = Proxy::start(&cfg(""), dir.path()).await;
+    let (fast, hyper, tcp) = (p.addr("fast"), p.addr("hyper"), p.addr("tcp"));
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let fronts =
+        [(ports[0], fast, ""), (ports[1], hyper, ""), (ports[2], tcp, ""), (ports[3], fast, "source 127.0.0.3")];
+    let _h = Haproxy::start(dir.path(), &fronts);
+
+    for (port, listener) in [(ports[0], "fast"), (ports[1], "hyper")] {
+        let (status, text) = get_via("127.0.0.5", port, "/").await;
+        assert_eq!(status, 200, "{listener}: {text}");
+        assert!(text.contains("h:x-forwarded-for=127.0.0.5\n"), "{listener}: backend sees the client: {text}");
+        assert!(text.contains(&format!("h:x-forwarded-port={port}\n")), "{listener}: the port it reached: {text}");
+        let (status, _) = get_via("127.0.0.5", port, "/only5").await;
+        assert_eq!(status, 200, "{listener}: allow_cidrs admits the announced client");
+        let (status, text) = get_via("127.0.0.6", port, "/only5").await;
+        assert_eq!(status, 403, "{listener}: allow_cidrs refuses another announced client: {text}");
+    }
+    assert!(p.metric("padis_http_requests_total", &[("route", "only5"), ("code", "403")]) == 2.0);
+
+    // The TCP listener sends the announced client on in its own header.
+    let to: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().expect("addr");
+    let out = exchange_from("127.0.0.7", to, b"").await.expect("relayed");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with(&format!("PROXY TCP4 127.0.0.7 127.0.0.1 ")), "{text}");
+    assert!(text.trim_end().ends_with(&format!(" {}", ports[2])), "{text}");
+
+    // haproxy connecting from an untrusted source (127.0.0.3): its header is refused, nothing is served.
+    let (status, text) = get_via("127.0.0.5", ports[3], "/").await;
+    assert_eq!(status, 0, "through an untrusted haproxy: {text}");
+    assert!(rejected(&p, "fast", "proxy_untrusted") >= 1.0);
+
+    // max_conns_per_client = 1 counts the announced client: a second connection of 127.0.0.5 is refused while
+    // its first is open, one of 127.0.0.6 is not (all come from haproxy's 127.0.0.1).
+    p.publish_settled(&cfg("max_conns_per_client = 1")).await;
+    let front: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().expect("addr");
+    let mut held = connect_from("127.0.0.5", front).await.expect("first connection");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 12];
+    held.read_exact(&mut buf).await.expect("first answer");
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let before = rejected(&p, "hyper", "per_client_conns");
+    let second = exchange_from("127.0.0.5", front, b"GET / HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n").await;
+    assert!(second.map_or(true, |b| b.is_empty()), "the same announced client over its limit is refused");
+    assert_eq!(rejected(&p, "hyper", "per_client_conns"), before + 1.0);
+    assert_eq!(get_via("127.0.0.6", ports[1], "/").await.0, 200, "another announced client is not limited");
+    drop(held);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_from_untrusted_sources_and_trusted_sources_without_one_are_refused() {
+    let dir = temp_dir();
+    let backend = Backend::start("b1").await;
+    let line = proxy_line_backend().await;
+    let trusted = "proxy_protocol = { trusted = [\"127.0.0.1/32\", \"127.0.0.2/32\"] }";
+    let cfg = format!(
+        "[limits]\nheader_read_timeout = \"500ms\"\n\
+         [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n{trusted}\n\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n{trusted}\n\
+         [[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\ngroup = \"line\"\n{trusted}\n\
+         [[route]]\nname = \"r\"\ngroup = \"g\"\n{}\
+         [[group]]\nname = \"line\"\nproxy_protocol = \"v1\"\n[[group.backend]]\naddr = \"{line}\"\n",
+        group_toml("g", &[&backend], ""),
+    );
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let get = b"GET / HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n";
+    let header = b"PROXY TCP4 192.0.2.66 127.0.0.1 4000 80\r\n";
+    for listener in ["fast", "hyper", "tcp"] {
+        let to = p.addr(listener);
+        // A trusted source with a header is served (the control case).
+        let ok = exchange_from("127.0.0.2", to, &[&header[..], get].concat()).await.expect("served");
+        let text = String::from_utf8_lossy(&ok);
+        if listener == "tcp" {
+            assert!(text.starts_with("PROXY TCP4 192.0.2.66 127.0.0.1 4000 80\r\n"), "{listener}: {text}");
+        } else {
+            assert!(text.starts_with("HTTP/1.1 200") && text.contains("x-forwarded-for=192.0.2.66"), "{text}");
+        }
+        // A header from an untrusted source (127.0.0.3) claims nothing: refused at accept.
+        let out = exchange_from("127.0.0.3", to, &[&header[..], get].concat()).await;
+        assert!(out.map_or(true, |b| b.is_empty()), "{listener}: untrusted source answered");
+        assert_eq!(rejected(&p, listener, "proxy_untrusted"), 1.0, "{listener}");
+        // A trusted source without a header: refused, whatever it sends instead.
+        let out = exchange_from("127.0.0.2", to, get).await;
+        assert!(out.map_or(true, |b| b.is_empty()), "{listener}: a trusted source without a header answered");
+        assert_eq!(rejected(&p, listener, "proxy_header_missing"), 1.0, "{listener}");
+        // A malformed header, and a trusted source that sends nothing within the header timeout.
+        let out = exchange_from("127.0.0.2", to, b"PROXY TCP4 192.0.2.66 127.0.0.1 4000 99999\r\n").await;
+        assert!(out.map_or(true, |b| b.is_empty()));
+        assert_eq!(rejected(&p, listener, "proxy_header_invalid"), 1.0, "{listener}");
+        let mut silent = connect_from("127.0.0.2", to).await.expect("connect");
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok() && buf.is_empty(), "{listener}: a silent trusted source is closed after the timeout");
+        assert_eq!(rejected(&p, listener, "proxy_header_timeout"), 1.0, "{listener}");
+    }
+    assert_eq!(backend.hits(), 2, "only the two requests with a trusted header reached the backend");
+    p.stop().await;
+}
