@@ -7,6 +7,7 @@
 //!   costs the same hash computation as a known one. 401 carries `WWW-Authenticate: Basic realm="…"`. Verified
 //!   credentials are remembered by their SHA-256 only, so a client does not pay a bcrypt per request;
 //! - HSTS: `Strict-Transport-Security: max-age=15768000` on responses (marathon-lb's value);
+//! - the request rate limit (`crate::ratelimit`), checked by `policy::limit_rate`;
 //! - path rewrites: the request path under `proxypass_path` goes to the backend without it, and a `Location` /
 //!   `Content-Location` of the backend on this host gets `revproxy_path` in front.
 
@@ -53,6 +54,8 @@ pub(crate) struct RouteAccess {
     pub hsts: bool,
     proxypass: Option<Box<str>>,
     revproxy: Option<Box<str>>,
+    /// The route's request rate limit (`crate::ratelimit`).
+    pub limit: Option<crate::ratelimit::RouteLimit>,
 }
 
 impl std::fmt::Debug for RouteAccess {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for RouteAccess {
             .field("hsts", &self.hsts)
             .field("proxypass", &self.proxypass)
             .field("revproxy", &self.revproxy)
+            .field("limit", &self.limit)
             .finish()
     }
 }
@@ -75,6 +79,7 @@ impl RouteAccess {
             && !r.hsts
             && r.proxypass_path.is_none()
             && r.revproxy_path.is_none()
+            && r.rate_limit.is_none()
         {
             return None;
         }
@@ -89,6 +94,7 @@ impl RouteAccess {
             hsts: r.hsts,
             proxypass: r.proxypass_path.as_deref().map(|p| p.trim_end_matches('/').into()),
             revproxy: r.revproxy_path.as_deref().map(|p| p.trim_end_matches('/').into()),
+            limit: r.rate_limit.as_ref().map(|l| crate::ratelimit::RouteLimit::new(&r.name, l)),
         })
     }
 
@@ -147,9 +153,11 @@ impl RouteAccess {
 }
 
 impl RouteAccess {
-    /// Whether the rules change the request or the response (not only admit or refuse it).
+    /// Whether the route's requests are served by the hyper path only: the rules change the request or the
+    /// response (not only admit or refuse it), or a request takes from a rate limit's bucket (taken once, where
+    /// the request is served: `policy::limit_rate`).
     pub fn rewrites(&self) -> bool {
-        self.hsts || self.proxypass.is_some() || self.revproxy.is_some()
+        self.hsts || self.proxypass.is_some() || self.revproxy.is_some() || self.limit.is_some()
     }
 
     /// Applies the response-side rules to a backend's response head for a request to `host`: HSTS, and

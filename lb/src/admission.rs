@@ -43,8 +43,8 @@ impl Refusal {
 }
 
 /// The client key of an address: IPv4 (also IPv4-mapped IPv6) as is, IPv6 by its /64 (one host usually holds a
-/// whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
+/// whole /64). Also the key of per-client rate limits (`ratelimit`).
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

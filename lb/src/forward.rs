@@ -61,6 +61,9 @@ fn answer(l: Local, done: Box<Completion>, close: bool) -> Response<RespBody> {
     if let Some(v) = l.authenticate.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    if let Some(secs) = l.retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     r
 }
 
@@ -132,6 +135,9 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         }
     };
     done.route = Some(route.clone());
+    if let Err(l) = policy::limit_rate(&rt, route, ctx.peer.ip().to_canonical()) {
+        return answer(l, done, unread);
+    }
     // The route's path rewrite towards the backend (`proxypass_path`).
     let access_target = route.access.as_ref().map(|a| a.backend_target(&admitted.target)).and_then(|t| match t {
         Cow::Owned(t) => Some(Uri::try_from(t)),

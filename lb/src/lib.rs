@@ -26,6 +26,7 @@ mod metrics;
 mod plane;
 mod policy;
 mod proxy_protocol;
+mod ratelimit;
 mod relay;
 mod routes;
 mod runtime;

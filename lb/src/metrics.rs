@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub tcp_active: IntGaugeVec,
     /// TCP listeners: bytes relayed, by listener and direction (`in`: client to backend, `out`: back).
     pub tcp_bytes: IntCounterVec,
+    /// Requests answered 429 by their route's rate limit, by route.
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -94,6 +96,10 @@ impl Metrics {
                 Opts::new("padis_tcp_bytes_total", "Bytes relayed by TCP listeners (in: client to backend)"),
                 &["listener", "direction"],
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new("padis_http_rate_limited_total", "Requests refused (429) by their route's rate limit"),
+                &["route"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -107,6 +113,7 @@ impl Metrics {
         registry.register(Box::new(m.tcp_connections.clone()))?;
         registry.register(Box::new(m.tcp_active.clone()))?;
         registry.register(Box::new(m.tcp_bytes.clone()))?;
+        registry.register(Box::new(m.rate_limited.clone()))?;
         Ok(m)
     }
 }
@@ -130,6 +137,7 @@ impl Metrics {
         drop_stale(&self.requests, "route", routes);
         drop_stale(&self.requests, "backend", backends);
         drop_stale(&self.duration, "route", routes);
+        drop_stale(&self.rate_limited, "route", routes);
         drop_stale(&self.connect_errors, "group", groups);
         drop_stale(&self.connect_errors, "backend", backends);
         drop_stale(&self.tcp_connections, "backend", backends);

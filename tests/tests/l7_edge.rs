@@ -5,13 +5,20 @@
 //! on the fast path and the hyper path, a route's `allow_cidrs` and the per-client connection limit apply to the
 //! announced address, and a TCP listener passes the announced client on in its own PROXY header. A PROXY header
 //! from an untrusted source, and a connection from a trusted source without one, are refused and counted.
+//!
+//! Rate limits of routes: one client flooding a limited route over both paths and several connections gets 200s
+//! at the configured rate (within 10 %) and 429s with `Retry-After` beyond, counted; an allow-listed client is
+//! never limited; a per-route bucket is shared by all clients.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use padis_tests::l7::{group_toml, temp_dir, Backend, Proxy};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use padis_tests::l7::{get_req, group_toml, temp_dir, Backend, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -236,5 +243,140 @@ async fn proxy_headers_from_untrusted_sources_and_trusted_sources_without_one_ar
         assert_eq!(rejected(&p, listener, "proxy_header_timeout"), 1.0, "{listener}");
     }
     assert_eq!(backend.hits(), 2, "only the two requests with a trusted header reached the backend");
+    p.stop().await;
+}
+
+/// A keep-alive HTTP/1.1 connection from source address `from`.
+async fn h1_from(from: &str, to: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = connect_from(from, to).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// What a flood of requests got: 200s, 429s (with their `Retry-After` values), the time from the first answer
+/// to the last.
+#[derive(Default, Debug)]
+struct Flood {
+    ok: usize,
+    limited: usize,
+    retry_after: Vec<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// GETs `path` from `from` on `conns` keep-alive connections to each address of `to` for `secs` seconds (at most
+/// 20,000 requests).
+async fn flood(from: &str, to: &[SocketAddr], host: &str, path: &str, conns: usize, secs: f64) -> Flood {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for addr in to {
+        for _ in 0..conns {
+            let mut s = h1_from(from, *addr).await;
+            let (host, path) = (host.to_string(), path.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut f = Flood::default();
+                for _ in 0..20_000 / (conns * 2) {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    s.ready().await.expect("connection kept");
+                    let resp = s.send_request(get_req(&host, &path)).await.expect("answer");
+                    let at = Instant::now();
+                    f.first = Some(f.first.map_or(at, |t| t.min(at)));
+                    f.last = Some(at);
+                    match resp.status().as_u16() {
+                        200 => f.ok += 1,
+                        429 => {
+                            f.limited += 1;
+                            let v = resp.headers().get("retry-after").map(|v| v.to_str().unwrap_or("?").to_string());
+                            f.retry_after.push(v.unwrap_or_default());
+                        }
+                        s => panic!("status {s}"),
+                    }
+                    resp.into_body().collect().await.expect("body");
+                }
+                f
+            }));
+        }
+    }
+    let mut all = Flood::default();
+    for t in tasks {
+        let f = t.await.expect("flood task");
+        all.ok += f.ok;
+        all.limited += f.limited;
+        all.retry_after.extend(f.retry_after);
+        all.first = match (all.first, f.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        all.last = all.last.max(f.last);
+    }
+    all
+}
+
+impl Flood {
+    /// What a token bucket of `burst` refilled at `rate` per second lets through over the flood's time.
+    fn expected(&self, rate: f64, burst: f64) -> f64 {
+        let secs = match (self.first, self.last) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        burst + rate * secs
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_routes_answer_429_at_the_configured_rate() {
+    let dir = temp_dir();
+    let backend = Backend::start("b1").await;
+    let cfg = format!(
+        "[[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
+         [[route]]\nname = \"limited\"\nhost = \"limited.test\"\ngroup = \"g\"\n\
+         rate_limit = {{ rate = 40, burst = 10, allow = [\"127.0.0.2/32\"] }}\n\
+         [[route]]\nname = \"shared\"\nhost = \"shared.test\"\ngroup = \"g\"\n\
+         rate_limit = {{ rate = 30, period = \"1s\", burst = 5, per = \"route\" }}\n\
+         [[route]]\nname = \"free\"\ngroup = \"g\"\n{}",
+        group_toml("g", &[&backend], ""),
+    );
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let both = [p.addr("fast"), p.addr("hyper")];
+
+    // One client on 2 x 2 connections over both paths and all worker threads: one bucket. The allow-listed
+    // client floods the same route at the same time and is never limited.
+    let (limited, allowed) = tokio::join!(
+        flood("127.0.0.1", &both, "limited.test", "/", 2, 2.5),
+        flood("127.0.0.2", &both[..1], "limited.test", "/", 1, 2.5),
+    );
+    let want = limited.expected(40.0, 10.0);
+    let got = limited.ok as f64;
+    assert!(
+        (got - want).abs() <= want * 0.1,
+        "{got} requests let through, a bucket lets {want:.0} through: {limited:?}"
+    );
+    assert!(limited.limited > 2 * limited.ok, "the flood was over the limit: {limited:?}");
+    assert!(limited.retry_after.iter().all(|v| v == "1"), "Retry-After: {:?}", &limited.retry_after[..5]);
+    assert_eq!(allowed.limited, 0, "the allow-listed client: {allowed:?}");
+    assert!(allowed.ok > 100, "{allowed:?}");
+    let counted = p.metric("padis_http_rate_limited_total", &[("route", "limited")]);
+    assert_eq!(counted, limited.limited as f64);
+    assert_eq!(p.metric("padis_http_requests_total", &[("route", "limited"), ("code", "429")]), counted);
+
+    // per = "route": two clients share one bucket.
+    let (a, b) = tokio::join!(
+        flood("127.0.0.3", &both[..1], "shared.test", "/", 1, 2.0),
+        flood("127.0.0.4", &both[1..], "shared.test", "/", 1, 2.0),
+    );
+    let first = a.first.min(b.first);
+    let last = a.last.max(b.last);
+    let together = Flood { ok: a.ok + b.ok, first, last, ..Flood::default() };
+    let want = together.expected(30.0, 5.0);
+    let got = together.ok as f64;
+    assert!((got - want).abs() <= want * 0.1, "{got} let through for both clients, a bucket lets {want:.0}");
+    assert!(a.ok > 0 && b.ok > 0);
+    // A route without a limit.
+    let free = flood("127.0.0.1", &both, "free.test", "/", 1, 0.5).await;
+    assert_eq!(free.limited, 0);
     p.stop().await;
 }

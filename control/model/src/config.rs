@@ -425,6 +425,9 @@ pub struct Route {
     /// (marathon-lb `HTTP_BACKEND_REVPROXY_PATH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revproxy_path: Option<String>,
+    /// Request rate limit (token bucket per client address or for the whole route); over it: 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Route {
@@ -445,12 +448,48 @@ impl Default for Route {
             allow_cidrs: Vec::new(),
             proxypass_path: None,
             revproxy_path: None,
+            rate_limit: None,
         }
     }
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// A route's request rate limit: a token bucket refilled with `rate` requests per `period`, `burst` deep.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per `period` (at least 1).
+    pub rate: u32,
+    /// The period of `rate` (default 1 s).
+    #[serde(default = "one_second", with = "humantime_serde")]
+    pub period: Duration,
+    /// Requests taken at once, above which the rate applies (default: `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// One bucket per client address (IPv6: per /64), or one for all clients of the route.
+    #[serde(default)]
+    pub per: RateLimitKey,
+    /// Client networks never limited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// What a rate limit's bucket is kept for.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// Each client address (IPv6: its /64).
+    #[default]
+    Client,
+    /// The route: all its clients together.
+    Route,
 }
 
 /// HTTP basic authentication of a route: a realm and users with crypt(3)-style password hashes, as in an

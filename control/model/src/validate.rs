@@ -489,6 +489,11 @@ fn check_l7(
                     cx.error(format!("{}.basic_auth.realm", p()), "no `\"`, `\\` or control characters");
                 }
             }
+            if let Some(l) = &r.rate_limit {
+                if l.rate == 0 || l.period.is_zero() || l.burst == Some(0) {
+                    cx.error(format!("{}.rate_limit", p()), "rate, period and burst must be greater than 0");
+                }
+            }
             match (&r.group, r.split.is_empty()) {
                 (Some(_), false) => cx.error(format!("{}.split", p()), "use either `group` or `split`, not both"),
                 (None, true) if !r.redirect_https => {

@@ -6,7 +6,7 @@
 //!    Host the backend receives), a strict authority, no `Content-Length` with `Transfer-Encoding`, the target
 //!    normalised (so the path a route matches is the path the backend receives);
 //! 2. [`route`] — the listener's route for host and path, an `https` redirect, the access phase of the route,
-//!    the body size limit, a backend group and its balancer;
+//!    the body size limit, a backend group and its balancer; then [`limit_rate`], the route's rate limit;
 //! 3. header rewriting — [`hop::Connection::class`] decides what is hop-by-hop, `crate::headers` writes the
 //!    forwarding headers;
 //! 4. retries — [`retry_after_connect_failure`]: a request whose backend connection could not be opened goes to
@@ -39,11 +39,13 @@ pub(crate) struct Local {
     pub location: Option<String>,
     /// `WWW-Authenticate` of a 401.
     pub authenticate: Option<String>,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl Local {
     const fn new(status: StatusCode, msg: &'static str) -> Local {
-        Local { status, msg, location: None, authenticate: None }
+        Local { status, msg, location: None, authenticate: None, retry_after: None }
     }
 }
 
@@ -236,6 +238,18 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
         (Some(balancer), Some(upstream)) => Ok(Routed { route, balancer, upstream }),
         _ => Err(fail(NO_BACKEND)),
     }
+}
+
+/// Phase 2, once a route serves the request, where it is served (so a request takes from a bucket once, even
+/// when the fast path hands it to the hyper path): the route's request rate limit (`crate::ratelimit`), 429 with
+/// `Retry-After` over it (counted in `padis_http_rate_limited_total`).
+pub(crate) fn limit_rate(rt: &Runtime, route: &CompiledRoute, client: IpAddr) -> Result<(), Local> {
+    let Some(limit) = route.access.as_ref().and_then(|a| a.limit.as_ref()) else { return Ok(()) };
+    rt.rates.check(limit, client).map_err(|wait| {
+        let mut l = Local::new(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+        l.retry_after = Some(crate::ratelimit::retry_after_secs(wait));
+        l
+    })
 }
 
 /// Phase 4: whether a request whose connection attempt to a backend failed goes to another backend, after `tried`
