@@ -138,7 +138,10 @@ impl RouteAccess {
             let rest = value.strip_prefix("http://").or_else(|| value.strip_prefix("https://"))?;
             let end = rest.find('/').unwrap_or(rest.len());
             let authority = &rest[..end];
-            let name = authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h);
+            let name = authority
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(authority, |(h, _)| h);
             if !name.eq_ignore_ascii_case(host) {
                 return None;
             }
@@ -260,7 +263,11 @@ mod tests {
     fn basic_auth_with_each_hash_kind() {
         let hashes = [
             pwhash::bcrypt::hash_with(
-                pwhash::bcrypt::BcryptSetup { cost: Some(4), variant: Some(pwhash::bcrypt::BcryptVariant::V2y), ..Default::default() },
+                pwhash::bcrypt::BcryptSetup {
+                    cost: Some(4),
+                    variant: Some(pwhash::bcrypt::BcryptVariant::V2y),
+                    ..Default::default()
+                },
                 "s3cret",
             )
             .unwrap(),

@@ -15,10 +15,10 @@ mod conn;
 mod error;
 mod fast;
 mod forward;
-mod h2watch;
 #[cfg(all(feature = "fuzzing", not(test)))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod h2watch;
 mod headers;
 mod io;
 mod listener;

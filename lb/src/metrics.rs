@@ -46,11 +46,8 @@ impl Metrics {
                 &["listener", "route", "backend", "code"],
             )?,
             duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "padis_http_request_duration_seconds",
-                    "Time from request head to response head",
-                )
-                .buckets(exponential_buckets(0.0005, 2.5, 12)?),
+                HistogramOpts::new("padis_http_request_duration_seconds", "Time from request head to response head")
+                    .buckets(exponential_buckets(0.0005, 2.5, 12)?),
                 &["route"],
             )?,
             connect_errors: IntCounterVec::new(

@@ -146,7 +146,8 @@ impl Runtime {
             upstreams,
             backend_labels,
             accepting,
-            rates: prev.map_or_else(|| crate::ratelimit::RateTable::new(metrics.rate_limited.clone()), |p| p.rates.clone()),
+            rates: prev
+                .map_or_else(|| crate::ratelimit::RateTable::new(metrics.rate_limited.clone()), |p| p.rates.clone()),
             keys,
         }
     }

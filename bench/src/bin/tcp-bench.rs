@@ -56,20 +56,11 @@ fn hello(mut s: TcpStream) {
 /// SO_LINGER 0: close sends a reset (no TIME_WAIT on the client over a long run).
 fn reset_on_close(c: &TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
     let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
     // SAFETY: an open socket; `l` is a valid linger struct of `len` bytes.
     let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            len,
-        )
+        libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&l as *const libc::linger).cast(), len)
     };
     if r == 0 {
         Ok(())
@@ -101,11 +92,7 @@ fn run_for(
     for h in handles {
         let _ = h.join();
     }
-    (
-        start.elapsed().as_secs_f64(),
-        done.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    )
+    (start.elapsed().as_secs_f64(), done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
 }
 
 fn main() -> std::io::Result<()> {

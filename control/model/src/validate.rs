@@ -177,13 +177,7 @@ fn check(
         .into_iter()
         .map(|(field, message)| {
             let pos = text.and_then(|(t, doc)| locate(t, doc, &field));
-            ConfigError {
-                origin: origin.to_string(),
-                line: pos.map(|p| p.0),
-                column: pos.map(|p| p.1),
-                field,
-                message,
-            }
+            ConfigError { origin: origin.to_string(), line: pos.map(|p| p.0), column: pos.map(|p| p.1), field, message }
         })
         .collect();
     Err(ConfigErrors(errors))
@@ -273,9 +267,8 @@ fn check_l7(
 
     // Certificates.
     unique(cx, "certificate", s.certificates.iter().map(|c| c.name.as_str()));
-    let reuse = preloaded.filter(|p| {
-        p.len() == s.certificates.len() && p.iter().zip(&s.certificates).all(|(m, c)| m.name == c.name)
-    });
+    let reuse = preloaded
+        .filter(|p| p.len() == s.certificates.len() && p.iter().zip(&s.certificates).all(|(m, c)| m.name == c.name));
     let certificates = match reuse {
         Some(certs) => certs,
         None => {
@@ -332,7 +325,10 @@ fn check_l7(
             if let Some(d) = &t.default_certificate {
                 let offered = t.certificates.is_empty() || t.certificates.contains(d);
                 if !cert_names.contains(d.as_str()) || !offered {
-                    cx.error(format!("listener[{i}].tls.default_certificate"), format!("`{d}` is not offered by this listener"));
+                    cx.error(
+                        format!("listener[{i}].tls.default_certificate"),
+                        format!("`{d}` is not offered by this listener"),
+                    );
                 }
             }
             for (j, a) in t.alpn.iter().enumerate() {
@@ -686,4 +682,3 @@ name = "s"
         }
     }
 }
-

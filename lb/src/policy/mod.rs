@@ -217,11 +217,8 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
     let fail = |l: Local| (l, Some(route));
     if let (Some(port), false) = (route.redirect_https, q.https) {
         let pq = &q.admitted.target;
-        let location = if port == 443 {
-            format!("https://{}{pq}", q.host)
-        } else {
-            format!("https://{}:{port}{pq}", q.host)
-        };
+        let location =
+            if port == 443 { format!("https://{}{pq}", q.host) } else { format!("https://{}:{port}{pq}", q.host) };
         let mut l = Local::new(StatusCode::PERMANENT_REDIRECT, "redirecting to https\n");
         l.location = Some(location);
         return Err(fail(l));
