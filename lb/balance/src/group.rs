@@ -238,16 +238,16 @@ impl GroupBalancer {
 
     /// Picks a usable backend (healthy, not ejected, weight > 0, not draining, not in `exclude`).
     ///
-    /// Panic mode (as Envoy's ejection limit): when every backend that is up and accepts new requests is
-    /// passively ejected, ejection is ignored rather than failing all traffic on the strength of request
-    /// failures alone; backends down by their active check are never picked.
+    /// Panic mode (as Envoy's ejection limit): when no backend is left that is usable and not yet tried by this
+    /// request — every backend that is up and accepts new requests is passively ejected, or the ones that are
+    /// not were tried and failed — ejection is ignored rather than failing the request on the strength of past
+    /// request failures alone (a backend ejected minutes ago for a crash it has recovered from, while the only
+    /// one not ejected is the one that just died); backends down by their active check, and backends this
+    /// request already tried, are never picked.
     pub fn select(&self, ctx: &SelectCtx<'_>, exclude: &[SocketAddr]) -> Option<Pick> {
         let usable = |i: usize| self.backends.get(i).is_some_and(|b| b.is_usable() && !exclude.contains(&b.addr));
         if let Some(pick) = self.pick(ctx, &usable) {
             return Some(pick);
-        }
-        if self.backends.iter().any(|b| b.is_usable()) {
-            return None; // the usable ones are excluded (already tried)
         }
         let up = |i: usize| {
             self.backends.get(i).is_some_and(|b| b.accepts_new() && b.health.is_up() && !exclude.contains(&b.addr))
@@ -261,7 +261,7 @@ impl GroupBalancer {
             },
             _ => self.pick(ctx, &up),
         }?;
-        tracing::debug!(group = %self.config.name, backend = %pick.backend.addr, "all backends ejected: panic mode");
+        tracing::debug!(group = %self.config.name, backend = %pick.backend.addr, "no usable backend left untried: panic mode (ejection ignored)");
         Some(pick)
     }
 

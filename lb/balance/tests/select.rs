@@ -249,8 +249,10 @@ fn all_ejected_falls_back_to_panic_mode_but_never_to_excluded_or_down() {
     for _ in 0..10 {
         assert_eq!(g.select(&ctx("10.0.0.1", &h), &[]).unwrap().backend.addr.port(), 1002);
     }
-    // B usable but already tried by this request: no fallback to the ejected A.
-    assert!(g.select(&ctx("10.0.0.1", &h), &[B.parse().unwrap()]).is_none());
+    // B usable but already tried by this request (it just failed): the ejected A, up by its check, is tried
+    // rather than failing the request; with both tried, nothing (never C, weight 0).
+    assert_eq!(g.select(&ctx("10.0.0.1", &h), &[B.parse().unwrap()]).unwrap().backend.addr.port(), 1001);
+    assert!(g.select(&ctx("10.0.0.1", &h), &[A.parse().unwrap(), B.parse().unwrap()]).is_none());
     // All ejected: traffic still flows to A and B (not to C, weight 0).
     g.backends()[1].health.report_failure();
     let mut seen = std::collections::HashSet::new();
