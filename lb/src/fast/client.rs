@@ -369,7 +369,16 @@ impl Loop {
         let c = &self.clients[k];
         if c.eof && c.inb.is_empty() && matches!(&c.state, ClientState::Busy(ex) if ex.body_left > 0) {
             tracing::debug!(peer = %c.peer, "fast path: client closed in the middle of its request body");
-            self.close_client(k);
+            let answered = matches!(&c.state, ClientState::Busy(ex) if ex.framing.is_some());
+            if answered {
+                // The backend's answer is already on its way: nothing can be said any more.
+                self.close_client(k);
+            } else {
+                // A body cut short is a malformed one: the policy's answer, as the hyper path gives it (the client
+                // only closed its sending side); the backend's connection goes, the client's closes after it.
+                let failure = policy::Failure::of_body(policy::ClientBodyError::Malformed);
+                self.answer_locally(k, failure.answer.status, failure.answer.msg);
+            }
         }
     }
 
