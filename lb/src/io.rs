@@ -184,6 +184,14 @@ impl<I> TimedIo<I> {
         timer.as_mut().poll(cx).is_ready()
     }
 
+    /// After a write on an HTTP/2 connection: if a response now waits for window, the task must wake when it has
+    /// waited `send_timeout`, even if the client never sends another byte (the read side would not wake it).
+    fn arm_stall_timer(&mut self, cx: &mut Context<'_>) {
+        if self.response_stalled(cx) {
+            cx.waker().wake_by_ref();
+        }
+    }
+
     /// After a write or flush of the inner stream: `pending` starts (or keeps) the send deadline and makes sure the
     /// task wakes at it; progress ends it. Whether the deadline passed.
     fn send_timed_out(&mut self, cx: &mut Context<'_>, pending: bool) -> bool {
@@ -323,6 +331,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         }
         if let (Poll::Ready(Ok(n)), Some(w)) = (&r, &mut this.h2watch) {
             w.sent(&buf[..*n]);
+            this.arm_stall_timer(cx);
         }
         r
     }
@@ -350,6 +359,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
                     break;
                 }
             }
+            this.arm_stall_timer(cx);
         }
         r
     }
