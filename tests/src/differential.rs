@@ -25,10 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
 use crate::l7::{temp_dir, Pki, Proxy};
-use crate::recording::{exchange, parse_responses, Recorded, RecordingBackend};
+use crate::recording::{exchange, exchange_on, parse_responses, Recorded, RecordingBackend};
 
 /// Which requests of a raw stream are HEADs (their answers have no body), by their request lines.
 pub fn heads_of(stream: &[u8]) -> Vec<bool> {
@@ -57,44 +55,6 @@ fn upgrade_with_body(stream: &[u8]) -> bool {
     text.split("\r\n\r\n").any(|head| {
         head.contains("\nUpgrade:") && (head.contains("\nTransfer-Encoding:") || head.contains("\nContent-Length:"))
     })
-}
-
-/// Sends `chunks` over `s` (a short pause between them), then reads until the proxy closes, `quiet` passes with
-/// nothing (then the client closes its side and reads on) or `limit` passes: what was read, and whether the
-/// proxy closed.
-async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    chunks: &[Vec<u8>],
-    quiet: Duration,
-    limit: Duration,
-) -> (Vec<u8>, bool) {
-    for (i, c) in chunks.iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        if s.write_all(c).await.is_err() {
-            break;
-        }
-    }
-    let mut out = Vec::new();
-    let mut tmp = [0u8; 16384];
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut shut = false;
-    loop {
-        let wait = if shut { deadline.saturating_duration_since(tokio::time::Instant::now()) } else { quiet };
-        match tokio::time::timeout(wait, s.read(&mut tmp)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
-            Ok(Ok(n)) => out.extend_from_slice(&tmp[..n]),
-            Err(_) if !shut => {
-                shut = true;
-                let _ = s.shutdown().await;
-            }
-            Err(_) => return (out, false),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return (out, false);
-        }
-    }
 }
 
 /// [`exchange`] over TLS (server name `h.test`).

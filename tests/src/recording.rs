@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request as the backend read it.
@@ -336,8 +336,18 @@ fn dechunk(mut b: &[u8]) -> Option<(Vec<u8>, usize)> {
 /// after `quiet` without an answer the write side is shut (the proxy sees the client's end), and after `limit`
 /// the read stops. Returns what was read and whether the proxy closed.
 pub async fn exchange(addr: SocketAddr, chunks: &[Vec<u8>], quiet: Duration, limit: Duration) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect proxy");
+    let s = TcpStream::connect(addr).await.expect("connect proxy");
     let _ = s.set_nodelay(true);
+    exchange_on(s, chunks, quiet, limit).await
+}
+
+/// [`exchange`] on a connection already open (plain TCP or a TLS stream).
+pub async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    chunks: &[Vec<u8>],
+    quiet: Duration,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
     for (i, c) in chunks.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
