@@ -945,7 +945,7 @@ fn map_port(
                 group: Some(group_name.clone()),
                 redirect_https,
                 origin: Some(origin.to_string()),
-                hsts,
+                hsts: hsts.then(padis_model::Hsts::default),
                 basic_auth,
                 allow_cidrs,
                 proxypass_path,
@@ -1314,7 +1314,7 @@ mod tests {
             s.routes.iter().map(|r| (r.host.as_deref().unwrap(), r.path.as_str())).collect();
         assert_eq!(routes, vec![("a.test", "/Api"), ("a.test", "/docs"), ("b.test", "/Api"), ("b.test", "/docs")]);
         for r in &s.routes {
-            assert!(r.path_ignore_case && r.hsts, "{r:?}");
+            assert!(r.path_ignore_case && r.hsts.is_some(), "{r:?}");
             let auth = r.basic_auth.as_ref().expect("auth");
             assert_eq!(
                 (auth.realm.as_str(), auth.users[0].user.as_str(), auth.users[0].hash.as_str()),

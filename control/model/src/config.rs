@@ -31,6 +31,9 @@ pub struct DesiredState {
     /// Client-side HTTP limits and timeouts shared by all L7 listeners.
     #[serde(default)]
     pub limits: Limits,
+    /// The request id of L7 requests (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<crate::headers::RequestIdConfig>,
     /// L7 listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
@@ -81,6 +84,7 @@ impl DesiredState {
             log,
             runtime,
             limits,
+            request_id,
             listeners,
             certificates,
             routes,
@@ -101,6 +105,7 @@ impl DesiredState {
             && *log == other.log
             && *runtime == other.runtime
             && *limits == other.limits
+            && *request_id == other.request_id
             && *listeners == other.listeners
             && *certificates == other.certificates
             && *l4 == other.l4
@@ -407,9 +412,10 @@ pub struct Route {
     /// Match `path` without regard to ASCII case (marathon-lb `PATH = "-i /a"`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub path_ignore_case: bool,
-    /// Add `Strict-Transport-Security: max-age=15768000` to responses (marathon-lb `USE_HSTS`).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hsts: bool,
+    /// `Strict-Transport-Security` on the backend's responses: `true` (`max-age=15768000`, marathon-lb
+    /// `USE_HSTS`) or `{ max_age, include_subdomains, preload }`.
+    #[serde(default, deserialize_with = "crate::headers::hsts_setting", skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<crate::headers::Hsts>,
     /// HTTP basic authentication required before forwarding (marathon-lb `AUTH`); 401 with the realm otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
@@ -428,6 +434,9 @@ pub struct Route {
     /// Request rate limit (token bucket per client address or for the whole route); over it: 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Header rules: request and response fields removed, set or added, with variables.
+    #[serde(default, skip_serializing_if = "crate::headers::HeaderRules::is_empty")]
+    pub headers: crate::headers::HeaderRules,
 }
 
 impl Default for Route {
@@ -443,12 +452,13 @@ impl Default for Route {
             https_port: None,
             origin: None,
             path_ignore_case: false,
-            hsts: false,
+            hsts: None,
             basic_auth: None,
             allow_cidrs: Vec::new(),
             proxypass_path: None,
             revproxy_path: None,
             rate_limit: None,
+            headers: crate::headers::HeaderRules::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod bgp;
 pub mod config;
 pub mod dns;
 mod error;
+pub mod headers;
 pub mod l4;
 mod locate;
 pub mod marathon;
@@ -21,6 +22,7 @@ mod validate;
 
 pub use config::*;
 pub use error::{ConfigError, ConfigErrors};
+pub use headers::{HeaderRules, Hsts, RequestIdConfig};
 pub use secret::Secret;
 pub use service::{Instance, Service, ServicePort};
 pub use snapshot::{Snapshot, SourceStatus};

@@ -161,6 +161,9 @@ fn check(
             s.validate(&format!("service[{i}]"), &mut cx);
         }
     }
+    if let Some(r) = &state.request_id {
+        r.validate(&mut cx);
+    }
     state.l4.validate(&state.vips, &mut cx);
     state.dns.validate(&mut cx);
     if let Some(m) = &state.marathon {
@@ -490,6 +493,10 @@ fn check_l7(
                     cx.error(format!("{}.rate_limit", p()), "rate, period and burst must be greater than 0");
                 }
             }
+            r.headers.validate(&p(), s.request_id.as_ref().map(|r| r.header.as_str()), cx);
+            if let Some(h) = &r.hsts {
+                h.validate(&p(), Some(&r.headers), cx);
+            }
             match (&r.group, r.split.is_empty()) {
                 (Some(_), false) => cx.error(format!("{}.split", p()), "use either `group` or `split`, not both"),
                 (None, true) if !r.redirect_https => {
@@ -563,6 +570,71 @@ group = "app"
         .unwrap_err();
         assert_eq!(e.0.len(), 1);
         assert_eq!(e.0[0].to_string(), "test.toml:7:1: route[0].group: no group named `missing`");
+    }
+
+    /// Header rules, HSTS and the request id: every wrong part refused with its line, the good ones taken.
+    #[test]
+    fn header_rules() {
+        let head = "[[group]]\nname = \"g\"\n[[group.backend]]\naddr = \"127.0.0.1:1\"\n[[route]]\nname = \"r\"\ngroup = \"g\"\n";
+        let good = format!(
+            "[request_id]\ntrusted = [\"10.0.0.0/8\"]\n{head}hsts = {{ max_age = 31536000, include_subdomains = true, preload = true }}\n\
+             [route.headers]\nrequest_remove = [\"X-Internal\", \"x-forwarded-for\"]\n\
+             request_set = {{ \"X-Client\" = \"${{client_ip}}:${{client_port}}\", \"x-subject\" = \"${{tls_subject}}\" }}\n\
+             request_add = {{ \"x-trace\" = \"${{request_id}} $$\" }}\nresponse_remove = [\"server\"]\n"
+        );
+        let v = parse(&good).unwrap();
+        let r = &v.state.routes[0];
+        assert_eq!(r.hsts.as_ref().unwrap().value(), "max-age=31536000; includeSubDomains; preload");
+        assert_eq!(r.headers.request_set.len(), 2);
+        assert_eq!(v.state.request_id.as_ref().unwrap().header, "x-request-id");
+        let v = parse(&format!("{head}hsts = true\n")).unwrap();
+        assert_eq!(v.state.routes[0].hsts, Some(crate::Hsts::default()));
+        assert!(parse(&format!("{head}hsts = false\n")).unwrap().state.routes[0].hsts.is_none());
+        let e = parse(&format!("{head}hsts = {{ max_age = 1, bogus = 1 }}\n")).unwrap_err();
+        assert_eq!(e.0[0].line, Some(8), "{e}");
+
+        let bad = format!(
+            "{head}hsts = {{ max_age = 600, preload = true }}\n\
+             [route.headers]\n\
+             request_set = {{ \"Content-Length\" = \"1\", \"x-a\" = \"${{nope}}\", \"x-forwarded-for\" = \"1\" }}\n\
+             request_add = {{ \"x-b\" = \"${{request_id}}\", \"bad name\" = \"1\", \"x-c\" = \"a\\r\\nb\" }}\n\
+             request_remove = [\"Transfer-Encoding\", \"host\", \"x-a\"]\n\
+             response_set = {{ \"connection\" = \"close\", \"strict-transport-security\" = \"max-age=1\" }}\n\
+             response_add = {{ \"x-d\" = \"\" }}\n"
+        );
+        let e = parse(&bad).unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "test.toml:8:1: route[0].hsts: preload needs include_subdomains",
+            "route[0].headers.request_set.Content-Length: `Content-Length` is framing, Host or hop-by-hop",
+            "route[0].headers.request_set.x-a: unknown variable `${nope}`",
+            "route[0].headers.request_set.x-forwarded-for: `x-forwarded-for` is a forwarding header",
+            "route[0].headers.request_add.x-b: `${request_id}` needs a [request_id] section",
+            "route[0].headers.request_add.bad name: `bad name` is not a header name",
+            "route[0].headers.request_add.x-c: control character 0x0d",
+            "route[0].headers.request_remove[0]: `Transfer-Encoding` is framing",
+            "route[0].headers.request_remove[1]: `host` is framing",
+            "route[0].headers.request_set: `x-a` is also in request_remove",
+            "route[0].headers.response_set.connection: `connection` is framing",
+            "route[0].hsts: Strict-Transport-Security is also set by a header rule",
+            "route[0].headers.response_add.x-d: empty value",
+        ] {
+            assert!(text.contains(want), "{want}\nnot in:\n{text}");
+        }
+        assert_eq!(e.0.len(), 13, "{text}");
+        let line = |field: &str| e.0.iter().find(|x| x.field == field).and_then(|x| x.line);
+        assert_eq!(line("route[0].headers.request_set.Content-Length"), Some(10));
+        assert_eq!(line("route[0].headers.request_add.x-b"), Some(11));
+        assert_eq!(line("route[0].headers.request_remove[0]"), Some(12));
+        assert_eq!(line("route[0].headers.response_add.x-d"), Some(14));
+        let e = parse(&format!("[request_id]\nheader = \"x-forwarded-for\"\n{head}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2:1: request_id.header: `x-forwarded-for` is a header the proxy writes itself"
+        );
+        let e = parse(&format!("[request_id]\n{head}[route.headers]\nrequest_set = {{ \"X-Request-Id\" = \"1\" }}\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("`X-Request-Id` is the request id header of [request_id]"), "{e}");
     }
 
     #[test]
