@@ -6,7 +6,6 @@
 //!   MD5, DES crypt, verified by `pwhash`); the computed hash is compared in constant time, and an unknown user
 //!   costs the same hash computation as a known one. 401 carries `WWW-Authenticate: Basic realm="…"`. Verified
 //!   credentials are remembered by their SHA-256 only, so a client does not pay a bcrypt per request;
-//! - HSTS: `Strict-Transport-Security: max-age=15768000` on responses (marathon-lb's value);
 //! - the request rate limit (`crate::ratelimit`), checked by `policy::limit_rate`;
 //! - path rewrites: the request path under `proxypass_path` goes to the backend without it, and a `Location` /
 //!   `Content-Location` of the backend on this host gets `revproxy_path` in front.
@@ -21,9 +20,6 @@ use ipnet::IpNet;
 use padis_model::Route;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-/// The `Strict-Transport-Security` value marathon-lb sends (about six months).
-pub(crate) const HSTS_VALUE: &str = "max-age=15768000";
 
 /// Verified credentials remembered per route, at most this many (then forgotten all at once).
 const CACHE_MAX: usize = 256;
@@ -50,8 +46,6 @@ struct Auth {
 pub(crate) struct RouteAccess {
     allow: Vec<IpNet>,
     auth: Option<Auth>,
-    /// Add `Strict-Transport-Security` to responses.
-    pub hsts: bool,
     proxypass: Option<Box<str>>,
     revproxy: Option<Box<str>>,
     /// The route's request rate limit (`crate::ratelimit`).
@@ -63,7 +57,6 @@ impl std::fmt::Debug for RouteAccess {
         f.debug_struct("RouteAccess")
             .field("allow", &self.allow)
             .field("auth", &self.auth.as_ref().map(|a| &a.challenge))
-            .field("hsts", &self.hsts)
             .field("proxypass", &self.proxypass)
             .field("revproxy", &self.revproxy)
             .field("limit", &self.limit)
@@ -76,7 +69,6 @@ impl RouteAccess {
     pub fn compile(r: &Route) -> Option<RouteAccess> {
         if r.allow_cidrs.is_empty()
             && r.basic_auth.is_none()
-            && !r.hsts
             && r.proxypass_path.is_none()
             && r.revproxy_path.is_none()
             && r.rate_limit.is_none()
@@ -91,7 +83,6 @@ impl RouteAccess {
         Some(RouteAccess {
             allow: r.allow_cidrs.clone(),
             auth,
-            hsts: r.hsts,
             proxypass: r.proxypass_path.as_deref().map(|p| p.trim_end_matches('/').into()),
             revproxy: r.revproxy_path.as_deref().map(|p| p.trim_end_matches('/').into()),
             limit: r.rate_limit.as_ref().map(|l| crate::ratelimit::RouteLimit::new(&r.name, l)),
@@ -160,15 +151,12 @@ impl RouteAccess {
     /// response (not only admit or refuse it), or a request takes from a rate limit's bucket (taken once, where
     /// the request is served: `policy::limit_rate`).
     pub fn rewrites(&self) -> bool {
-        self.hsts || self.proxypass.is_some() || self.revproxy.is_some() || self.limit.is_some()
+        self.proxypass.is_some() || self.revproxy.is_some() || self.limit.is_some()
     }
 
-    /// Applies the response-side rules to a backend's response head for a request to `host`: HSTS, and
-    /// `Location` / `Content-Location` under `revproxy_path`.
+    /// Applies the response-side rules to a backend's response head for a request to `host`: `Location` /
+    /// `Content-Location` under `revproxy_path`.
     pub fn rewrite_response(&self, headers: &mut http::HeaderMap, host: &str) {
-        if self.hsts {
-            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, http::HeaderValue::from_static(HSTS_VALUE));
-        }
         if self.revproxy.is_some() {
             for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
                 let new = headers.get(&name).and_then(|v| v.to_str().ok()).and_then(|v| self.client_location(v, host));
@@ -323,22 +311,17 @@ mod tests {
         assert_eq!(a.client_location("//b.test/x", "a.test"), None);
         assert_eq!(a.client_location("/ext/already", "a.test"), None);
         assert_eq!(a.client_location("relative", "a.test"), None);
-        let none = route(|r| r.hsts = true);
-        assert!(none.hsts);
+        let none = route(|r| r.allow_cidrs = vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(none.client_location("/x", "a.test"), None);
     }
 
     #[test]
     fn response_rules() {
-        let a = route(|r| {
-            r.hsts = true;
-            r.revproxy_path = Some("/ext".into());
-        });
+        let a = route(|r| r.revproxy_path = Some("/ext".into()));
         let mut h = http::HeaderMap::new();
         h.insert(http::header::LOCATION, http::HeaderValue::from_static("/login"));
         h.insert(http::header::CONTENT_LOCATION, http::HeaderValue::from_static("http://other.test/x"));
         a.rewrite_response(&mut h, "a.test");
-        assert_eq!(h[http::header::STRICT_TRANSPORT_SECURITY], "max-age=15768000");
         assert_eq!(h[http::header::LOCATION], "/ext/login");
         assert_eq!(h[http::header::CONTENT_LOCATION], "http://other.test/x");
         assert!(a.rewrites());

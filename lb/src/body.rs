@@ -137,6 +137,10 @@ pub(crate) struct Completion {
     pub backend: Option<(SocketAddr, Arc<str>)>,
     pub in_flight: Option<InFlight>,
     pub bytes: u64,
+    /// The request id (empty without `[request_id]`).
+    pub request_id: String,
+    /// The request's valid `traceparent`, for the access log.
+    pub traceparent: Option<Box<str>>,
 }
 
 impl Drop for Completion {
@@ -144,6 +148,7 @@ impl Drop for Completion {
         let ctx = &*self.ctx;
         let finished = Finished {
             listener: &ctx.listener,
+            client: ctx.peer,
             route: self.route.as_ref(),
             backend: self.backend.as_ref().map(|b| &b.1),
             status: self.status,
@@ -152,6 +157,8 @@ impl Drop for Completion {
             path: self.uri.path(),
             elapsed: self.started.elapsed(),
             bytes: self.bytes,
+            request_id: &self.request_id,
+            traceparent: self.traceparent.as_deref().unwrap_or(""),
         };
         finished.record(&ctx.plane.metrics, &ctx.counters);
         self.in_flight.take();

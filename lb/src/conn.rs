@@ -85,6 +85,8 @@ pub(crate) struct Accepted {
 pub(crate) struct TlsSession {
     /// The server name the client asked for (lowercase, no trailing dot).
     pub sni: Option<Box<str>>,
+    /// The verified subject of the client's certificate (`crate::tls::client_subject`).
+    pub subject: Option<Arc<str>>,
 }
 
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
@@ -154,7 +156,7 @@ async fn handshake(
         _ => Mode::Auto,
     };
     let sni = session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str());
-    let tls = Some(TlsSession { sni });
+    let tls = Some(TlsSession { sni, subject: crate::tls::client_subject(session) });
     serve_http(plane, stream, guard, mode, tls, peer, local, listener, limits, stop, hard).await
 }
 
@@ -192,7 +194,7 @@ pub(crate) async fn serve_tls_handoff(
     let limits = plane.runtime.load().limits.clone();
     let hard = plane.hard.clone();
     let mode = if io.alpn() == Some(b"http/1.1") { Mode::H1 } else { Mode::Auto };
-    let tls = Some(TlsSession { sni: io.sni() });
+    let tls = Some(TlsSession { sni: io.sni(), subject: io.subject() });
     serve_http(plane, io, guard, mode, tls, peer, local, listener, limits, stop, hard).await
 }
 
@@ -238,13 +240,14 @@ async fn serve_http<I>(
     // The guard goes with the I/O: an upgraded connection (WebSocket) stays counted until its tunnel ends.
     let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2).holding(guard);
     let id = crate::headers::ClientId::new(peer, local.port(), https);
-    let sni = tls.and_then(|t| t.sni);
+    let (sni, tls_subject) = tls.map_or((None, None), |t| (t.sni, t.subject));
     let ctx = Arc::new(ConnCtx {
         plane,
         listener,
         peer,
         https,
         sni,
+        tls_subject,
         state: state.clone(),
         id,
         local: LocalConns::default(),

@@ -31,6 +31,8 @@ pub(crate) struct ConnCtx {
     pub https: bool,
     /// The TLS server name the client asked for (lowercase, no trailing dot).
     pub sni: Option<Box<str>>,
+    /// The verified subject of the client's certificate.
+    pub tls_subject: Option<Arc<str>>,
     pub state: Arc<ConnState>,
     /// Forwarding-header values of this client.
     pub id: headers::ClientId,
@@ -82,8 +84,21 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         backend: None,
         in_flight: None,
         bytes: 0,
+        request_id: String::new(),
+        traceparent: None,
     });
     Ok(proxy(&ctx, req, done).await)
+}
+
+/// What the variables of header rules expand to for a request of this connection with request id `id`.
+fn vars<'a>(ctx: &'a ConnCtx, id: &'a str) -> policy::rules::Vars<'a> {
+    policy::rules::Vars {
+        client: ctx.peer,
+        https: ctx.https,
+        request_id: id,
+        tls_subject: ctx.tls_subject.as_deref(),
+        sni: ctx.sni.as_deref(),
+    }
 }
 
 /// The head of `req` as the admission phase reads it.
@@ -106,6 +121,8 @@ fn head_of(req: &Request<Incoming>) -> policy::Head<'_> {
 async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completion>) -> Response<RespBody> {
     let rt = ctx.plane.runtime.load_full();
     let unread = req.version() != Version::HTTP_2 && !req.body().is_end_stream();
+    let client = ctx.peer.ip().to_canonical();
+    done.traceparent = policy::identify(&rt, client, req.headers(), &mut done.request_id).map(Into::into);
     let head = head_of(&req);
     let admitted = match policy::admit(&head, &mut done.host) {
         Ok(a) => a,
@@ -162,7 +179,17 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let rules = route.headers.as_ref();
+    if let Some(ids) = &rt.request_ids {
+        headers::set_request_id(&mut parts.headers, &ids.header, &done.request_id);
+    }
+    if let Some(r) = rules {
+        headers::drop_fields(&mut parts.headers, &r.request);
+    }
     headers::add_forwarded(&mut parts.headers, &ctx.id);
+    if let Some(r) = rules {
+        headers::write_fields(&mut parts.headers, &r.request, &vars(ctx, &done.request_id));
+    }
     let retryable = policy::idempotent(parts.method.as_str());
 
     // A connection first, then the request: a connect failure leaves the request untouched for the next backend.
@@ -226,6 +253,10 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
                 headers::strip_hop_by_hop(resp.headers_mut(), switching);
                 if let Some(a) = &route.access {
                     a.rewrite_response(resp.headers_mut(), &done.host);
+                }
+                if let Some(r) = rules {
+                    headers::drop_fields(resp.headers_mut(), &r.response);
+                    headers::write_fields(resp.headers_mut(), &r.response, &vars(ctx, &done.request_id));
                 }
                 if let Some(cookie) = pick.set_cookie {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);

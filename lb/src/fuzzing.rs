@@ -46,7 +46,10 @@ pub fn request_head(data: &[u8]) -> Option<Vec<u8>> {
     let client: SocketAddr = "192.0.2.7:40000".parse().unwrap_or_else(|_| unreachable!());
     let id = ClientId::new(client, 80, false);
     let mut out = Vec::new();
-    head.write_backend_head(&admitted.target, &id, &mut out);
+    let request_id = http::HeaderName::from_static("x-request-id");
+    let vars = vars(client);
+    let edits = request::Edits { request_id: Some((&request_id, "rid-1")), rules: Some((&rules().request, &vars)) };
+    head.write_backend_head(&admitted.target, &id, &edits, &mut out);
 
     let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
     let mut req = httparse::Request::new(&mut slots);
@@ -60,6 +63,9 @@ pub fn request_head(data: &[u8]) -> Option<Vec<u8>> {
     let length = length.and_then(|h| std::str::from_utf8(h.value).ok()).and_then(|v| v.parse::<u64>().ok());
     assert_eq!(length.unwrap_or(0), head.body, "the backend frames the body by another length");
     assert!(field("content-length") <= 1);
+    assert_eq!(field("x-request-id"), 1, "the request id replaces the client's");
+    assert_eq!(field("x-internal"), 0, "a removed field reached the backend");
+    assert_eq!(field("x-client"), 1, "a set field is written once");
     Some(out)
 }
 
@@ -90,8 +96,34 @@ fn feed(body: &[u8], step: usize) -> Option<(usize, bool)> {
     Some((taken, false))
 }
 
+/// Header rules for the fuzz targets: a removed, a set and an added field on each side.
+fn rules() -> &'static policy::rules::HeaderRules {
+    static RULES: std::sync::OnceLock<Option<policy::rules::HeaderRules>> = std::sync::OnceLock::new();
+    let r = RULES.get_or_init(|| {
+        let mut h = padis_model::HeaderRules::default();
+        h.request_remove = vec!["x-internal".into()];
+        h.request_set.insert("x-client".into(), "${client_ip}:${client_port}".into());
+        h.request_add.insert("x-added".into(), "id=${request_id}".into());
+        h.response_remove = vec!["server".into()];
+        h.response_set.insert("x-request-id".into(), "${request_id}".into());
+        let route = padis_model::Route {
+            name: "r".into(),
+            headers: h,
+            hsts: Some(padis_model::Hsts::default()),
+            ..Default::default()
+        };
+        policy::rules::HeaderRules::compile(&route)
+    });
+    r.as_ref().unwrap_or_else(|| unreachable!("the route has rules"))
+}
+
+fn vars(client: SocketAddr) -> policy::rules::Vars<'static> {
+    policy::rules::Vars { client, https: false, request_id: "rid-1", tls_subject: None, sni: None }
+}
+
 /// A backend's response head and body bytes. The first byte: bit 0 the request was HEAD, bit 1 a sticky cookie
-/// is added, bit 2 the client connection closes after it. Returns the head written for the client.
+/// is added, bit 2 the client connection closes after it, bit 3 the route has response header rules. Returns the
+/// head written for the client.
 ///
 /// Checks: the head written for the client is one complete HTTP/1.1 response head with at most one way of
 /// framing (never both `Content-Length` and `Transfer-Encoding`), `connection: close` when the body ends with the
@@ -101,7 +133,9 @@ pub fn response_head(data: &[u8]) -> Option<Vec<u8>> {
     let cookie = HeaderValue::from_static("padis=b1; Path=/");
     let set_cookie = (flags & 2 != 0).then_some(&cookie);
     let mut out = Vec::new();
-    let head = match response::parse(buf, flags & 1 != 0, set_cookie, flags & 4 != 0, &mut out) {
+    let vars = vars("192.0.2.7:40000".parse().unwrap_or_else(|_| unreachable!()));
+    let rules = (flags & 8 != 0).then(|| (&rules().response, &vars));
+    let head = match response::parse(buf, flags & 1 != 0, rules, set_cookie, flags & 4 != 0, &mut out) {
         response::Parsed::Head(h) => h,
         response::Parsed::Informational(n) => {
             assert!(n <= buf.len());
@@ -122,6 +156,9 @@ pub fn response_head(data: &[u8]) -> Option<Vec<u8>> {
         "Content-Length and Transfer-Encoding to the client: {:?}",
         String::from_utf8_lossy(&out)
     );
+    if rules.is_some() {
+        assert_eq!((field("server"), field("x-request-id"), field("strict-transport-security")), (0, 1, 1));
+    }
     if matches!(head.framing, response::Framing::Close) {
         assert!(head.close_client && !head.reusable, "a close-delimited body on a kept-alive connection");
     }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::hop::{Class, Connection};
+use crate::policy::rules::{Side, Vars};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -48,6 +49,31 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Sets the request id field (`policy::identify` chose the id): the client's fields of that name replaced.
+pub(crate) fn set_request_id(headers: &mut HeaderMap, name: &HeaderName, id: &str) {
+    headers.remove(name);
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// Removes the fields a side of the route's header rules drops (`policy::rules::Side::drops`).
+pub(crate) fn drop_fields(headers: &mut HeaderMap, side: &Side) {
+    for n in side.dropped() {
+        headers.remove(n);
+    }
+}
+
+/// Appends the fields a side of the route's header rules writes (`policy::rules::Side::each`).
+pub(crate) fn write_fields(headers: &mut HeaderMap, side: &Side, vars: &Vars<'_>) {
+    let mut scratch = Vec::new();
+    side.each(vars, &mut scratch, |n, v| {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            headers.append(n.clone(), v);
+        }
+    });
 }
 
 /// What the forwarding headers say about one client connection, formatted once per connection.

@@ -207,6 +207,8 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 /// One finished request, as both request paths record it.
 pub(crate) struct Finished<'a> {
     pub listener: &'a str,
+    /// The client's address (the PROXY protocol's client when the listener takes it).
+    pub client: std::net::SocketAddr,
     pub route: Option<&'a Arc<CompiledRoute>>,
     pub backend: Option<&'a Arc<str>>,
     pub status: StatusCode,
@@ -215,6 +217,10 @@ pub(crate) struct Finished<'a> {
     pub path: &'a str,
     pub elapsed: std::time::Duration,
     pub bytes: u64,
+    /// The request id (empty without `[request_id]`).
+    pub request_id: &'a str,
+    /// The request's valid W3C `traceparent` (empty without one).
+    pub traceparent: &'a str,
 }
 
 impl Finished<'_> {
@@ -228,6 +234,7 @@ impl Finished<'_> {
         tracing::info!(
             target: "padis::access",
             listener = self.listener,
+            client = %self.client,
             method = self.method,
             host = self.host,
             path = self.path,
@@ -236,6 +243,8 @@ impl Finished<'_> {
             backend = self.backend.map(|b| &**b).unwrap_or(""),
             duration_ms = self.elapsed.as_secs_f64() * 1000.0,
             bytes = self.bytes,
+            request_id = self.request_id,
+            traceparent = self.traceparent,
         );
     }
 }

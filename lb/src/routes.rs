@@ -21,8 +21,10 @@ pub(crate) struct CompiledRoute {
     total_weight: u64,
     /// Request duration histogram of this route.
     pub duration: Histogram,
-    /// Access rules (source networks, basic auth, HSTS, path rewrites); `None` when the route has none.
+    /// Access rules (source networks, basic auth, path rewrites, rate limit); `None` when the route has none.
     pub access: Option<crate::access::RouteAccess>,
+    /// Header rules (and HSTS); `None` when the route has none.
+    pub headers: Option<crate::policy::rules::HeaderRules>,
 }
 
 impl CompiledRoute {
@@ -111,6 +113,7 @@ impl RouteTable {
                 total_weight: total,
                 duration: metrics.duration.with_label_values(&[r.name.as_str()]),
                 access: crate::access::RouteAccess::compile(r),
+                headers: crate::policy::rules::HeaderRules::compile(r),
             });
             let table = match r.host.as_deref().map(str::to_ascii_lowercase) {
                 None => &mut t.any,

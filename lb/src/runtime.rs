@@ -50,6 +50,8 @@ pub(crate) struct Runtime {
     /// Backends some group still sends new requests to (weight > 0, not draining): idle connections to others
     /// are closed.
     pub accepting: HashSet<SocketAddr>,
+    /// The request id (`[request_id]`).
+    pub request_ids: Option<crate::policy::rules::RequestIds>,
     /// The buckets of the routes' rate limits (kept from one snapshot to the next).
     pub rates: Arc<crate::ratelimit::RateTable>,
     keys: HashMap<String, (Arc<CertMaterial>, Arc<CertifiedKey>)>,
@@ -146,6 +148,7 @@ impl Runtime {
             upstreams,
             backend_labels,
             accepting,
+            request_ids: state.request_id.as_ref().and_then(crate::policy::rules::RequestIds::new),
             rates: prev
                 .map_or_else(|| crate::ratelimit::RateTable::new(metrics.rate_limited.clone()), |p| p.rates.clone()),
             keys,

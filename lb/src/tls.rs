@@ -119,3 +119,10 @@ pub(crate) fn server_config(
 pub(crate) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, L7Error> {
     Ok(padis_balance::client_tls_config(tls, std::path::Path::new(""))?)
 }
+
+/// The verified subject of the client's certificate, as the `${tls_subject}` variable of header rules gives it;
+/// `None` without one. Client certificate authentication fills it in (until then no listener asks for a client
+/// certificate, and the variable expands to nothing: a rule setting a header from it writes none).
+pub(crate) fn client_subject(_conn: &rustls::CommonState) -> Option<Arc<str>> {
+    None
+}

@@ -1,7 +1,8 @@
-//! The access log: one `padis::access` event per proxied request, with its fields. Alone in its binary because
-//! it installs the global tracing subscriber.
+//! The access log: one `padis::access` event per proxied request, with its fields (the client's address, the
+//! request id and a valid W3C `traceparent` among them), alike on the fast path and the hyper path. Alone in its
+//! binary because it installs the global tracing subscriber.
 
-use padis_tests::l7::{group_toml, temp_dir, Backend, H1Conn, Proxy};
+use padis_tests::l7::{get_req, group_toml, temp_dir, Backend, H1Conn, Proxy};
 
 /// Collects the fields of `padis::access` events.
 #[derive(Clone, Default)]
@@ -38,7 +39,9 @@ async fn access_log_one_event_per_request() {
     let dir = temp_dir();
     let b = Backend::start("b").await;
     let cfg = format!(
-        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n[[route]]\nname = \"logged\"\ngroup = \"g\"\n{}",
+        "[request_id]\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
+         [[route]]\nname = \"logged\"\ngroup = \"g\"\n{}",
         group_toml("g", &[&b], "")
     );
     let p = Proxy::start(&cfg, dir.path()).await;
@@ -62,5 +65,31 @@ async fn access_log_one_event_per_request() {
     }
     assert!(lines[1].contains("path=/two"), "{}", lines[1]);
     drop(c);
+
+    // Client address, request id (the one the backend got) and traceparent (only a valid one), on both paths.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for listener in ["web", "hyper"] {
+        log.0.lock().unwrap().clear();
+        let mut c = H1Conn::connect(p.addr(listener)).await;
+        let mut req = get_req("app.example", "/traced");
+        req.headers_mut().insert("traceparent", tp.parse().unwrap());
+        let a = c.send(req).await.unwrap();
+        let id = a.seen_header("x-request-id").expect("a request id at the backend");
+        let mut req = get_req("app.example", "/untraced");
+        req.headers_mut().insert("traceparent", "00-junk".parse().unwrap());
+        c.send(req).await.unwrap();
+        let lines = log.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for want in [
+            format!("listener={listener}"),
+            "client=127.0.0.1:".into(),
+            format!("request_id={id} "),
+            format!("traceparent={tp} "),
+        ] {
+            assert!(lines[0].contains(&want), "{want} missing in {}", lines[0]);
+        }
+        assert_eq!(id.len(), 36, "{id}");
+        assert!(lines[1].contains("traceparent= ") && !lines[1].contains(&id), "{}", lines[1]);
+    }
     p.stop().await;
 }

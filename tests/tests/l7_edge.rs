@@ -9,6 +9,9 @@
 //! Rate limits of routes: one client flooding a limited route over both paths and several connections gets 200s
 //! at the configured rate (within 10 %) and 429s with `Retry-After` beyond, counted; an allow-listed client is
 //! never limited; a per-route bucket is shared by all clients.
+//!
+//! Header rules and request ids: a route's rules applied alike on both paths (spoofed fields removed or
+//! replaced, variables expanded, HSTS), a spoofed request id from an untrusted client replaced, a trusted one kept.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -378,5 +381,103 @@ async fn rate_limited_routes_answer_429_at_the_configured_rate() {
     // A route without a limit.
     let free = flood("127.0.0.1", &both, "free.test", "/", 1, 0.5).await;
     assert_eq!(free.limited, 0);
+    p.stop().await;
+}
+
+/// A GET of `/rules` with `headers` from source address `from`: the answer's headers and the backend's
+/// description of the request it received (`h:<name>=<value>` lines).
+async fn get_from(from: &str, to: SocketAddr, headers: &[(&str, &str)]) -> (http::HeaderMap, String) {
+    let mut tx = h1_from(from, to).await;
+    let mut req = get_req("rules.test", "/rules");
+    for (n, v) in headers {
+        req.headers_mut().append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    let resp = tx.send_request(req).await.expect("an answer");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The values of header `name` the backend described.
+fn seen(desc: &str, name: &str) -> Vec<String> {
+    let prefix = format!("h:{name}=");
+    desc.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect()
+}
+
+fn is_uuid(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 36
+        && b.iter()
+            .enumerate()
+            .all(|(i, &c)| if [8, 13, 18, 23].contains(&i) { c == b'-' } else { c.is_ascii_hexdigit() })
+        && b[14] == b'4'
+}
+
+/// Header rules of a route and the request id (issue 15), on the fast path and the hyper path alike: the client's
+/// fields a rule removes or sets never reach the backend (a spoofed client address or certificate subject among
+/// them), the set and added fields carry their variables, the backend's fields a rule removes never reach the
+/// client, HSTS and a response field with the request id are added; a request id from an untrusted client (or an
+/// invalid one from a trusted client) is replaced by a generated one, a trusted client's is kept, and the backend
+/// and the client see the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_and_request_ids_on_both_paths() {
+    let dir = temp_dir();
+    let b = Backend::start("b").await;
+    let cfg = format!(
+        "[request_id]\ntrusted = [\"127.0.0.7/32\"]\n\
+         [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n\
+         [[route]]\nname = \"rules\"\ngroup = \"g\"\nhsts = {{ max_age = 31536000, include_subdomains = true }}\n\
+         [route.headers]\nrequest_remove = [\"x-internal\", \"x-forwarded-for\"]\n\
+         request_set = {{ \"x-client\" = \"${{client_ip}}\", \"x-client-subject\" = \"${{tls_subject}}\", \"x-id\" = \"id=${{request_id}}\" }}\n\
+         request_add = {{ \"x-added\" = \"$$1 ${{scheme}}\" }}\n\
+         response_remove = [\"x-backend\"]\n\
+         response_set = {{ \"x-request-id\" = \"${{request_id}}\" }}\n\
+         response_add = {{ \"x-via\" = \"padis\" }}\n{}",
+        group_toml("g", &[&b], "")
+    );
+    let p = Proxy::start(&cfg, dir.path()).await;
+    for listener in ["fast", "hyper"] {
+        let to = p.addr(listener);
+        let spoof = [
+            ("x-request-id", "spoofed-id"),
+            ("x-internal", "secret"),
+            ("x-client", "6.6.6.6"),
+            ("x-client-subject", "CN=admin"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-added", "client"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ];
+        let (h, desc) = get_from("127.0.0.1", to, &spoof).await;
+        let id = seen(&desc, "x-request-id");
+        assert!(id.len() == 1 && is_uuid(&id[0]), "{listener}: a generated id, not the untrusted one: {desc}");
+        let id = &id[0];
+        assert_eq!(seen(&desc, "x-internal"), Vec::<String>::new(), "{listener}: {desc}");
+        assert_eq!(seen(&desc, "x-client"), ["127.0.0.1"], "{listener}: {desc}");
+        assert_eq!(seen(&desc, "x-client-subject"), Vec::<String>::new(), "{listener}: no certificate, no subject");
+        assert_eq!(seen(&desc, "x-forwarded-for"), ["127.0.0.1"], "{listener}: the client's XFF removed first");
+        assert_eq!(seen(&desc, "x-id"), [format!("id={id}")], "{listener}");
+        assert_eq!(seen(&desc, "x-added"), ["client", "$1 http"], "{listener}: appended after the client's");
+        assert_eq!(
+            seen(&desc, "traceparent"),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+            "{listener}: passed through"
+        );
+        assert!(h.get("x-backend").is_none(), "{listener}: {h:?}");
+        assert_eq!(h["x-request-id"], id.as_str(), "{listener}");
+        assert_eq!(h["x-via"], "padis", "{listener}");
+        assert_eq!(h["strict-transport-security"], "max-age=31536000; includeSubDomains", "{listener}");
+
+        // A trusted client keeps its id; an invalid one is replaced all the same.
+        let (h, desc) = get_from("127.0.0.7", to, &[("X-Request-Id", "edge-42.a:b")]).await;
+        assert_eq!(seen(&desc, "x-request-id"), ["edge-42.a:b"], "{listener}: {desc}");
+        assert_eq!(h["x-request-id"], "edge-42.a:b", "{listener}");
+        assert_eq!(seen(&desc, "x-client"), ["127.0.0.7"], "{listener}");
+        let (_, desc) = get_from("127.0.0.7", to, &[("x-request-id", "two words")]).await;
+        let id = seen(&desc, "x-request-id");
+        assert!(id.len() == 1 && is_uuid(&id[0]), "{listener}: {desc}");
+        let (_, desc) = get_from("127.0.0.7", to, &[]).await;
+        assert!(is_uuid(&seen(&desc, "x-request-id")[0]), "{listener}: {desc}");
+    }
     p.stop().await;
 }

@@ -231,7 +231,10 @@ impl Loop {
         let ClientState::Busy(ex) = &mut c.state else { return Step::Idle };
         let Some(framing) = &mut ex.framing else {
             let set_cookie = ex.pick.as_ref().and_then(|p| p.set_cookie.as_ref());
-            return match response::parse(b.inb.filled(), ex.head_request, set_cookie, c.close_after, &mut c.out.data) {
+            let vars = super::vars(c.peer, &c.tls, &c.request_id);
+            let rules = ex.route.headers.as_ref().map(|r| (&r.response, &vars));
+            let out = &mut c.out.data;
+            return match response::parse(b.inb.filled(), ex.head_request, rules, set_cookie, c.close_after, out) {
                 response::Parsed::Partial if b.inb.len() > MAX_RESPONSE_HEAD => {
                     Step::Bad(ck, "response head too large")
                 }

@@ -82,7 +82,8 @@ impl Loop {
     fn tls_open(&mut self, k: usize) {
         let timeout = self.plane.runtime.load().limits.header_read_timeout;
         let c = &mut self.clients[k];
-        let Some(t) = &c.tls else { return };
+        let Some(t) = &mut c.tls else { return };
+        t.read_subject();
         self.plane.metrics.handshakes.with_label_values(&[&*c.listener, t.version()]).inc();
         c.state = ClientState::Head;
         c.head_deadline = Some(Instant::now() + timeout);
@@ -244,7 +245,15 @@ impl Loop {
             }
             _ => None,
         };
-        head.write_backend_head(&admitted.target, &c.id, &mut c.req_head);
+        let tp = policy::identify(&rt, query.client, head.headers(), &mut c.request_id);
+        c.traceparent.clear();
+        c.traceparent.push_str(tp.unwrap_or(""));
+        let vars = super::vars(c.peer, &c.tls, &c.request_id);
+        let edits = request::Edits {
+            request_id: rt.request_ids.as_ref().map(|i| (&i.header, c.request_id.as_str())),
+            rules: route.headers.as_ref().map(|r| (&r.request, &vars)),
+        };
+        head.write_backend_head(&admitted.target, &c.id, &edits, &mut c.req_head);
         c.method.clear();
         c.method.push_str(head.method);
         c.path.clear();
@@ -447,6 +456,7 @@ impl Loop {
     pub(super) fn record(&self, c: &Client, ex: &Exchange) {
         let finished = Finished {
             listener: &c.listener,
+            client: c.peer,
             route: Some(&ex.route),
             backend: ex.label.as_ref(),
             // No status yet: the client went away before the answer.
@@ -457,6 +467,8 @@ impl Loop {
             path: &c.path,
             elapsed: ex.started.elapsed(),
             bytes: ex.bytes,
+            request_id: &c.request_id,
+            traceparent: &c.traceparent,
         };
         finished.record(&self.plane.metrics, &c.counters);
     }

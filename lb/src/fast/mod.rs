@@ -202,6 +202,10 @@ struct Client {
     method: String,
     host: String,
     path: String,
+    /// The request id (`policy::identify`; empty without `[request_id]`) and valid `traceparent` of the request
+    /// in progress.
+    request_id: String,
+    traceparent: String,
     /// TLS, once the handshake started here.
     tls: Option<Box<tls::Tls>>,
     /// A TLS connection waiting for its ClientHello: the listener's config and the fast path's (without h2).
@@ -248,6 +252,18 @@ struct Backend {
     eof: bool,
     /// The backend's close was reported: reads go on to the end.
     peer_closed: bool,
+}
+
+/// What the variables of header rules expand to for client `peer`'s request (fields of a `Client`, borrowed apart
+/// from its output buffer).
+fn vars<'a>(peer: SocketAddr, tls: &'a Option<Box<tls::Tls>>, request_id: &'a str) -> crate::policy::rules::Vars<'a> {
+    crate::policy::rules::Vars {
+        client: peer,
+        https: tls.is_some(),
+        request_id,
+        tls_subject: tls.as_ref().and_then(|t| t.subject.as_deref()),
+        sni: tls.as_ref().and_then(|t| t.sni.as_deref()),
+    }
 }
 
 /// Token layout: bit 0 = backend, bits 1..32 = slab key, bits 32.. = generation.
@@ -474,6 +490,8 @@ impl Loop {
             method: String::new(),
             host: String::new(),
             path: String::new(),
+            request_id: String::new(),
+            traceparent: String::new(),
             tls: None,
             hello,
         });

@@ -10,9 +10,23 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::headers::{self, ClientId};
 use crate::policy;
 use crate::policy::hop::{tokens, Class, Connection};
+use crate::policy::rules::{Side, Vars};
 
 /// Header slots of one parse; a head with more goes to the hyper path (which applies `limits.max_headers`).
 pub(crate) const MAX_HEADERS: usize = 128;
+
+/// What the request policy changes in the head beyond hop-by-hop and forwarding headers: the request id field
+/// (`policy::identify`) and the route's header rules (`policy::rules`).
+pub(crate) struct Edits<'a> {
+    pub request_id: Option<(&'a HeaderName, &'a str)>,
+    pub rules: Option<(&'a Side, &'a Vars<'a>)>,
+}
+
+impl Edits<'_> {
+    /// No change.
+    #[cfg(test)]
+    pub const NONE: Edits<'static> = Edits { request_id: None, rules: None };
+}
 
 /// A complete request head the fast path serves, borrowing the read buffer.
 pub(crate) struct Head<'h, 'b> {
@@ -118,8 +132,9 @@ impl<'b> Head<'_, 'b> {
     /// Writes the head sent to the backend into `out`: the request line as HTTP/1.1 with the policy's `target`,
     /// the client's headers but those the policy calls hop-by-hop, then the forwarding headers as the hyper path
     /// sets them (`headers::add_forwarded`: X-Forwarded-For and Forwarded appended to the first value received,
-    /// X-Forwarded-Proto/-Port set).
-    pub fn write_backend_head(&self, target: &str, id: &ClientId, out: &mut Vec<u8>) {
+    /// X-Forwarded-Proto/-Port set), then the request id and the fields the route's rules write — dropping the
+    /// client's fields the policy says (the id's, and those the rules remove or set) as the hyper path does.
+    pub fn write_backend_head(&self, target: &str, id: &ClientId, edits: &Edits<'_>, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -131,7 +146,10 @@ impl<'b> Head<'_, 'b> {
         let mut fwd: Option<Option<&[u8]>> = None;
         for h in self.headers {
             let n = h.name;
-            if connection.class(n) == Class::HopByHop {
+            if connection.class(n) == Class::HopByHop
+                || edits.request_id.is_some_and(|(h, _)| n.eq_ignore_ascii_case(h.as_str()))
+                || edits.rules.is_some_and(|(r, _)| r.drops(n))
+            {
                 continue;
             }
             if n.eq_ignore_ascii_case("x-forwarded-for") {
@@ -147,6 +165,12 @@ impl<'b> Head<'_, 'b> {
         }
         let host = self.host.and_then(|h| std::str::from_utf8(h).ok()).and_then(headers::forwarded_host);
         headers::write_forwarded(out, id, xff.flatten(), fwd.flatten(), host);
+        if let Some((h, v)) = edits.request_id {
+            write_field(out, h.as_str(), v.as_bytes());
+        }
+        if let Some((rules, vars)) = edits.rules {
+            rules.each(vars, &mut Vec::new(), |n, v| write_field(out, n.as_str(), v));
+        }
         out.extend_from_slice(b"\r\n");
     }
 
@@ -160,6 +184,14 @@ impl<'b> Head<'_, 'b> {
         }
         map
     }
+}
+
+/// Writes one field (`name: value` CRLF).
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -176,6 +208,7 @@ mod tests {
                 h.write_backend_head(
                     &admitted.target,
                     &ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false),
+                    &Edits::NONE,
                     &mut out,
                 );
                 Some((h.len, String::from_utf8(out).unwrap(), h.body, h.close))

@@ -8,6 +8,7 @@ use http::HeaderValue;
 
 use super::chunked::{ChunkError, Chunked};
 use crate::policy::hop::{tokens, Class, Connection};
+use crate::policy::rules::{Side, Vars};
 use crate::policy::{self, ResponseFraming};
 
 /// Header slots of a response head; more is a bad response.
@@ -78,11 +79,13 @@ pub(crate) fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
 }
 
 /// Parses the response head at the start of `buf` (the answer to a HEAD request when `head_request`) and, when
-/// it is complete, writes it for the client into `out`, with `set_cookie` added and `connection: close` when
-/// `close_client` (or when the body ends with the backend's close).
+/// it is complete, writes it for the client into `out`, with the route's response header `rules` applied to a
+/// final head (as the hyper path applies them), `set_cookie` added and `connection: close` when `close_client`
+/// (or when the body ends with the backend's close).
 pub(crate) fn parse(
     buf: &[u8],
     head_request: bool,
+    rules: Option<(&Side, &Vars<'_>)>,
     set_cookie: Option<&HeaderValue>,
     close_client: bool,
     out: &mut Vec<u8>,
@@ -154,7 +157,9 @@ pub(crate) fn parse(
         Connection::new(headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value));
     for h in headers {
         // Framing headers pass through with the body, whose framing is kept.
-        if connection.class(h.name) == Class::HopByHop {
+        if connection.class(h.name) == Class::HopByHop
+            || (!informational && rules.is_some_and(|(r, _)| r.drops(h.name)))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -165,6 +170,9 @@ pub(crate) fn parse(
     if informational {
         out.extend_from_slice(b"\r\n");
         return Parsed::Informational(len);
+    }
+    if let Some((r, vars)) = rules {
+        r.each(vars, &mut Vec::new(), |n, v| super::request::write_field(out, n.as_str(), v));
     }
     if let Some(c) = set_cookie {
         out.extend_from_slice(b"set-cookie: ");
@@ -190,7 +198,7 @@ mod tests {
 
     fn rewrite(raw: &str, head_request: bool, close: bool) -> Option<(String, Head)> {
         let mut out = Vec::new();
-        match parse(raw.as_bytes(), head_request, None, close, &mut out) {
+        match parse(raw.as_bytes(), head_request, None, None, close, &mut out) {
             Parsed::Head(h) => Some((String::from_utf8(out).unwrap(), h)),
             _ => None,
         }
@@ -232,7 +240,7 @@ mod tests {
     fn informational_and_bad_heads() {
         let mut out = Vec::new();
         assert!(matches!(
-            parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, None, false, &mut out),
+            parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, None, None, false, &mut out),
             Parsed::Informational(40)
         ));
         assert_eq!(out, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
@@ -245,8 +253,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
         ] {
-            assert!(matches!(parse(bad.as_bytes(), false, None, false, &mut Vec::new()), Parsed::Bad), "{bad:?}");
+            assert!(matches!(parse(bad.as_bytes(), false, None, None, false, &mut Vec::new()), Parsed::Bad), "{bad:?}");
         }
-        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\nA: b\r\n", false, None, false, &mut Vec::new()), Parsed::Partial));
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nA: b\r\n", false, None, None, false, &mut Vec::new()),
+            Parsed::Partial
+        ));
     }
 }

@@ -114,6 +114,9 @@ pub(super) struct Tls {
     tx: Buf,
     /// The server name the client asked for.
     pub sni: Option<Box<str>>,
+    /// The verified subject of the client's certificate, once the handshake is complete
+    /// (`crate::tls::client_subject`).
+    pub subject: Option<Arc<str>>,
     /// The handshake is complete.
     pub open: bool,
     /// The client sent its close_notify: nothing more comes from it.
@@ -128,6 +131,7 @@ impl Tls {
             rx: Buf::new(TLS_BUF),
             tx: Buf::new(TLS_BUF),
             sni,
+            subject: None,
             open: false,
             peer_closed: false,
             close_sent: false,
@@ -146,6 +150,11 @@ impl Tls {
     /// The negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
+    }
+
+    /// Takes the verified subject of the client's certificate once the handshake is complete.
+    pub fn read_subject(&mut self) {
+        self.subject = crate::tls::client_subject(&self.conn);
     }
 
     /// Ciphertext waiting to be sent.
@@ -378,6 +387,11 @@ impl TlsStream {
     /// The negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.tls.alpn()
+    }
+
+    /// The verified subject of the client's certificate.
+    pub fn subject(&self) -> Option<Arc<str>> {
+        self.tls.subject.clone()
     }
 
     /// Sends the queued ciphertext.

@@ -8,7 +8,7 @@
 //! 2. [`route`] — the listener's route for host and path, an `https` redirect, the access phase of the route,
 //!    the body size limit, a backend group and its balancer; then [`limit_rate`], the route's rate limit;
 //! 3. header rewriting — [`hop::Connection::class`] decides what is hop-by-hop, `crate::headers` writes the
-//!    forwarding headers;
+//!    forwarding headers, [`rules`] holds the route's header rules (HSTS among them) and the request id;
 //! 4. retries — [`retry_after_connect_failure`]: a request whose backend connection could not be opened goes to
 //!    another backend whatever its method (nothing of it was sent); [`idempotent`]: a request that was sent on a
 //!    reused connection that closed before any answer byte is sent again only when idempotent (and bodiless);
@@ -18,6 +18,7 @@
 //! 7. the record of a finished request (`crate::metrics::Finished`).
 
 pub(crate) mod hop;
+pub(crate) mod rules;
 pub(crate) mod target;
 
 use std::borrow::Cow;
@@ -143,6 +144,21 @@ pub(crate) fn admit<'a>(h: &Head<'a>, host: &mut String) -> Result<Admitted<'a>,
     }
     let target = target::normalise_target(h.target).map_err(|_| BAD_TARGET)?;
     Ok(Admitted { host: value, rewrite_host, target })
+}
+
+/// Phase 1, before admission (so that every request has them in the access log): the request's id
+/// (`[request_id]`, see [`rules::RequestIds::take`]) written into `id` (left empty without `[request_id]`), and
+/// its valid W3C `traceparent`.
+pub(crate) fn identify<'h, H: Headers + ?Sized>(
+    rt: &Runtime,
+    client: IpAddr,
+    headers: &'h H,
+    id: &mut String,
+) -> Option<&'h str> {
+    if let Some(ids) = &rt.request_ids {
+        ids.take(client, headers.first(ids.header.as_str()), id);
+    }
+    rules::traceparent(headers.first("traceparent"))
 }
 
 /// The route, group and backends that serve a request.
