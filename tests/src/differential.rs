@@ -19,6 +19,11 @@
 //! The TLS lane ([`Lane::start_tls`]) does the same over TLS (ALPN http/1.1): two TLS listeners, the fast path's
 //! TLS and the hyper path's; a stream's end is the client's close_notify.
 //!
+//! The catch-all route has header rules (removed, set and added fields with variables, HSTS) and the proxy gives
+//! request ids, so every case also holds the paths to the same header rules: the response fields the rules write
+//! are compared too, and generated request ids (random UUIDs, different on each path by nature) are compared as
+//! `<id>`.
+//!
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +39,38 @@ pub fn heads_of(stream: &[u8]) -> Vec<bool> {
     text.split("\r\n\r\n").filter(|h| !h.trim().is_empty()).map(|h| h.trim_start().starts_with("HEAD ")).collect()
 }
 
+/// `v` with every UUID in it (a generated request id) written `<id>`.
+fn mask_ids(v: &str) -> String {
+    let uuid =
+        |w: &[u8]| {
+            w.len() == 36
+                && w.iter().enumerate().all(|(i, &c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == b'-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                })
+        };
+    let b = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b.len() - i >= 36 && uuid(&b[i..i + 36]) {
+            out.push_str("<id>");
+            i += 36;
+        } else {
+            let c = v[i..].chars().next().unwrap_or('?');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// The response fields the lane's header rules write, as the client got them (ids masked).
+const RULED: [&str; 3] = ["x-rid", "x-resp", "strict-transport-security"];
+
 /// A backend request with the documented differences normalised.
 fn normalised(r: &Recorded) -> String {
     let mut names: Vec<String> = r.headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
@@ -42,7 +79,7 @@ fn normalised(r: &Recorded) -> String {
     let mut s = format!("{} {} chunked={}\n", r.method, r.target, r.chunked);
     for n in names.iter().filter(|n| *n != "x-forwarded-port") {
         for (_, v) in r.headers.iter().filter(|(h, _)| h.eq_ignore_ascii_case(n)) {
-            let _ = writeln!(s, "{n}: {v}");
+            let _ = writeln!(s, "{n}: {}", mask_ids(v));
         }
     }
     let _ = write!(s, "\n{}", String::from_utf8_lossy(&r.body));
@@ -111,7 +148,12 @@ impl Lane {
              [[listener]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\n{listener_tls}\
              [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\nfast_path = false\n{listener_tls}{certificate}\
              [[route]]\nname = \"admin\"\nhost = \"h.test\"\npath = \"/admin\"\ngroup = \"g\"\n\
-             [[route]]\nname = \"r\"\ngroup = \"g\"\n\
+             [request_id]\ntrusted = [\"127.0.0.0/8\"]\n\
+             [[route]]\nname = \"r\"\ngroup = \"g\"\nhsts = true\n[route.headers]\n\
+             request_remove = [\"cookie\"]\n\
+             request_set = {{ \"via\" = \"padis ${{scheme}}\", \"x-c\" = \"${{client_ip}} ${{tls_sni}}\" }}\n\
+             request_add = {{ \"accept\" = \"x/${{request_id}}\" }}\n\
+             response_set = {{ \"x-rid\" = \"${{request_id}}\" }}\nresponse_add = {{ \"x-resp\" = \"1\" }}\n\
              [[group]]\nname = \"g\"\nretries = 0\nrequest_timeout = \"3s\"\n[group.passive]\nconsecutive_failures = 1000\n\
              [[group.backend]]\naddr = \"{}\"\n",
             backend.addr
@@ -155,10 +197,13 @@ impl Lane {
             let _ = writeln!(diff, "{stray} request(s) reached the backend without the proxy's headers (smuggled)");
         }
         let (mut fr, mut hr) = (of("fast"), of("hyper"));
-        let answers = |raw: &[u8]| -> (Vec<(u16, Vec<u8>)>, bool) {
+        let answers = |raw: &[u8]| -> (Vec<(u16, Vec<String>, Vec<u8>)>, bool) {
             let (rs, _) = parse_responses(raw, heads);
             let closed = rs.last().and_then(|r| r.header("connection")).is_some_and(|v| v.contains("close"));
-            (rs.into_iter().map(|r| (r.status, r.body)).collect(), closed)
+            let ruled = |r: &crate::recording::Response| -> Vec<String> {
+                RULED.iter().map(|n| r.header(n).map(mask_ids).unwrap_or_default()).collect()
+            };
+            (rs.into_iter().map(|r| (r.status, ruled(&r), r.body)).collect(), closed)
         };
         let ((mut fa, fast_closed), (mut ha, hyper_closed)) = (answers(&fast.0), answers(&hyper.0));
         // A path that closed the connection with its last answer serves no later request of the stream: compare
