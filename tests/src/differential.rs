@@ -14,7 +14,12 @@
 //! turns out malformed after its head went to the backend is cut off there (the backend sees a message cut
 //! short, never a second request). hyper decides to close a keep-alive connection after an answer when the
 //! request's body was not read to its end by then, which depends on timing: when one path closed the connection
-//! with an answer (`connection: close`), the answers and backend requests up to there are compared.
+//! with an answer (`connection: close`), the answers and backend requests up to there are compared. hyper parses an
+//! unfinished request head again only when the head's end (a blank line) arrives, so an invalid head that the
+//! client's end of stream cuts before its end (`POST\0 HE/`, then EOF) gets hyper's 400 if it came in one read and
+//! no answer if it came in two; the fast path hands such a head over in one piece (always the 400). When a stream
+//! ends inside an unfinished head and every finished head was answered alike, a last 400 of the fast path that
+//! the hyper path did not write is not a difference (nothing reached the backend on either path).
 //!
 //! The TLS lane ([`Lane::start_tls`]) does the same over TLS (ALPN http/1.1): two TLS listeners, the fast path's
 //! TLS and the hyper path's; a stream's end is the client's close_notify.
@@ -92,6 +97,14 @@ fn upgrade_with_body(stream: &[u8]) -> bool {
     text.split("\r\n\r\n").any(|head| {
         head.contains("\nUpgrade:") && (head.contains("\nTransfer-Encoding:") || head.contains("\nContent-Length:"))
     })
+}
+
+/// Whether `stream` ends inside a request head that never finished, every finished one having had its answer
+/// (`answered`) — see the module doc. Conservative: every blank line counts as the end of a head (a body's too), so
+/// a stream with a head left unanswered is never taken for one.
+fn ends_in_unfinished_head(stream: &[u8], answered: usize) -> bool {
+    let ends = stream.windows(4).filter(|w| w == b"\r\n\r\n").count();
+    !stream.is_empty() && !stream.ends_with(b"\r\n\r\n") && ends <= answered
 }
 
 /// [`exchange`] over TLS (server name `h.test`).
@@ -214,6 +227,13 @@ impl Lane {
         } else if hyper_closed && ha.len() < fa.len() {
             fa.truncate(ha.len());
             fr.truncate(hr.len());
+        }
+        if fa.len() == ha.len() + 1
+            && fa[..ha.len()] == ha[..]
+            && fa.last().is_some_and(|(status, _)| *status == 400)
+            && ends_in_unfinished_head(&chunks.concat(), ha.len())
+        {
+            fa.pop();
         }
         if fr != hr {
             let _ = writeln!(diff, "backend requests differ:\n fast:  {fr:?}\n hyper: {hr:?}");
