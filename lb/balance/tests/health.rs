@@ -268,6 +268,85 @@ fn ejection_series_restarts_after_a_quiet_period() {
     assert!(d > Duration::ZERO && d <= Duration::from_millis(50), "back to the base time: {d:?}");
 }
 
+#[test]
+fn ejection_series_steps_down_while_the_backend_serves() {
+    let passive = PassiveHealth {
+        consecutive_failures: 1,
+        base_ejection: Duration::from_millis(100),
+        max_ejection: Duration::from_secs(10),
+    };
+    let key = TargetKey { group: "g".into(), addr: "127.0.0.1:9".parse().unwrap() };
+    let ejected_twice = || {
+        let h = BackendHealth::new(key.clone(), Some(&passive));
+        h.report_failure();
+        std::thread::sleep(Duration::from_millis(110));
+        h.report_failure(); // the trial fails: the second step of the series (200 ms)
+        let d = h.ejected_for();
+        assert!(d > Duration::from_millis(100), "{d:?}");
+        std::thread::sleep(d + Duration::from_millis(10));
+        h.report_success();
+        h
+    };
+    // Right after the series' second ejection, the next one is its third (400 ms).
+    let h = ejected_twice();
+    h.report_failure();
+    let d = h.ejected_for();
+    assert!(d > Duration::from_millis(200) && d <= Duration::from_millis(400), "third step: {d:?}");
+    // One base time served: one step down (the next ejection is the second step again).
+    let h = ejected_twice();
+    std::thread::sleep(Duration::from_millis(120));
+    h.report_failure();
+    let d = h.ejected_for();
+    assert!(d > Duration::from_millis(100) && d <= Duration::from_millis(200), "one step down: {d:?}");
+    // Two base times served: back to the first step.
+    let h = ejected_twice();
+    std::thread::sleep(Duration::from_millis(230));
+    h.report_failure();
+    let d = h.ejected_for();
+    assert!(d > Duration::ZERO && d <= Duration::from_millis(100), "two steps down: {d:?}");
+}
+
+/// A backend that the active check saw go down and come back is not kept out by a passive ejection from while it
+/// was down (a restarted task): it is back with the check's rise, on probation (its first failure ejects it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_rise_ends_a_passive_ejection_on_probation() {
+    let server = Server::start("").await;
+    let addr = server.addr;
+    let health = HealthRegistry::new(&prometheus::Registry::new()).unwrap();
+    let check = HealthCheck {
+        kind: HealthKind::Tcp,
+        path: "/".into(),
+        host: None,
+        expect_status: None,
+        expect_body: None,
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(200),
+        rise: 2,
+        fall: 2,
+        port: None,
+    };
+    let passive = PassiveHealth {
+        consecutive_failures: 2,
+        base_ejection: Duration::from_secs(60),
+        max_ejection: Duration::from_secs(600),
+    };
+    let key = TargetKey { group: "g".into(), addr };
+    health.sync("l7", vec![HealthTarget { key: key.clone(), check: Some(check), passive: Some(passive) }]);
+    let h = health.get(&key).unwrap();
+    wait_until("checks connect", Duration::from_secs(3), || server.requests.load(SeqCst) >= 2).await;
+    drop(server);
+    h.report_failure();
+    h.report_failure();
+    assert!(h.ejected_for() > Duration::from_secs(50), "ejected for the base time");
+    wait_until("down when closed", Duration::from_secs(3), || !h.is_up()).await;
+    let _back = Server::start_on(TcpListener::bind(addr).await.unwrap(), "", true).await;
+    wait_until("usable when the check rises", Duration::from_secs(3), || h.is_usable()).await;
+    assert_eq!(h.ejected_for(), Duration::ZERO);
+    h.report_failure();
+    assert!(!h.is_usable(), "on probation: one failure ejects it again");
+    assert!(h.ejected_for() > Duration::from_secs(110), "the series' next step: {:?}", h.ejected_for());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_state_survives_rebuilds() {
     let closed = {

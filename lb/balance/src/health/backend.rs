@@ -140,7 +140,8 @@ impl BackendHealth {
 
     /// A request failed (5xx or connect failure). After `consecutive_failures` in a row the backend is ejected for
     /// `base_ejection x 2^(n-1)` (n-th ejection of a series, capped at `max_ejection`); the first failure after an
-    /// ejection ends re-ejects at once. A series restarts once the last ejection ended `max_ejection` ago.
+    /// ejection ends re-ejects at once. The series steps down by one per `base_ejection` since the last ejection
+    /// ended, and restarts once that is `max_ejection` ago.
     pub fn report_failure(&self) {
         let threshold = self.passive_threshold.load(Relaxed);
         if threshold == 0 {
@@ -152,11 +153,28 @@ impl BackendHealth {
             return; // already ejected: late failures of requests sent before do not extend it
         }
         let max = self.max_ms.load(Relaxed);
-        let last_end = if until != 0 { until } else { self.last_end.load(Relaxed) };
-        if last_end != 0 && now.saturating_sub(last_end) >= max && self.series.load(Relaxed) != 0 {
-            // Long since the last ejection: a new series, and no probation.
-            self.series.store(0, Relaxed);
-            self.probation.store(false, Relaxed);
+        // When the last ejection ended (or is planned to: `eject` sets both; an active check's rise moves it).
+        let last_end = self.last_end.load(Relaxed);
+        let series = self.series.load(Relaxed);
+        if last_end != 0 && series != 0 {
+            let healthy = now.saturating_sub(last_end);
+            if healthy >= max {
+                // Long since the last ejection: a new series, and no probation.
+                self.series.store(0, Relaxed);
+                self.probation.store(false, Relaxed);
+            } else {
+                // The series decays by one step per `base_ejection` served since the last ejection ended (as
+                // Envoy's multiplier does), so that a backend ejected now and then over hours is not out for
+                // `max_ejection` each time.
+                let steps = healthy / self.base_ms.load(Relaxed).max(1);
+                let left = u64::from(series).saturating_sub(steps) as u32;
+                if left != series && self.series.compare_exchange(series, left, AcqRel, Relaxed).is_ok() {
+                    self.last_end.store(last_end + steps * self.base_ms.load(Relaxed).max(1), Relaxed);
+                    if left == 0 {
+                        self.probation.store(false, Relaxed);
+                    }
+                }
+            }
         }
         let count = self.failures.fetch_add(1, AcqRel) + 1;
         if count >= threshold || self.probation.load(Relaxed) {
@@ -238,6 +256,12 @@ impl BackendHealth {
             let n = self.check_successes.fetch_add(1, Relaxed).saturating_add(1);
             if !self.up.load(Relaxed) && n >= rise.max(1) {
                 self.up.store(true, Relaxed);
+                // Seen down by the check and back: a passive ejection from while it was down ends too (on
+                // probation: the first failed request ejects it again, for the next step of its series).
+                if self.ejected_until.swap(0, AcqRel) != 0 {
+                    self.last_end.fetch_min(now_ms(), Relaxed);
+                    self.probation.store(true, Relaxed);
+                }
                 self.notify();
                 return Some(true);
             }
