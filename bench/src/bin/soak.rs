@@ -1170,17 +1170,24 @@ async fn attack_slow_post(ctx: Arc<Ctx>) {
     }
     let outs: Vec<Outcome> = join_all(handles).await.into_iter().flatten().collect();
     let timed_out = outs.iter().filter(|o| o.status == Some(408)).count() as u64;
+    // Another answer is right when the backend went away during the upload (a killed backend, a Marathon task
+    // scaled away: 502): printed so that a run can be read.
+    let others: Vec<Option<u16>> = outs.iter().filter(|o| o.status != Some(408)).map(|o| o.status).collect();
+    if !others.is_empty() {
+        eprintln!("soak: slow POSTs not answered 408: {others:?}");
+    }
     add(&ctx.attacks.slow_post, timed_out, outs.len() as u64);
 }
 
-/// Malformed chunked bodies: 400.
+/// Malformed chunked bodies: 400. (A chunk extension whose quoted string is not closed is not among them: it is
+/// accepted, as nginx and HAProxy accept it — extensions are skipped to the end of the line — and the body is
+/// re-framed for the backend, which never sees it.)
 async fn attack_malformed_chunked(ctx: Arc<Ctx>) {
     let bodies = [
         "zz\r\nhello\r\n0\r\n\r\n",                    // not hex
         "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", // size overflow
         "5\r\nhelloXX0\r\n\r\n",                       // no CRLF after the data
         "-5\r\nhello\r\n0\r\n\r\n",                    // negative
-        "5 ; a=\"open\r\nhello\r\n0\r\n\r\n",          // broken extension
         "5\r\nhel",                                    // body ends early, then nothing
         "0x5\r\nhello\r\n0\r\n\r\n",                   // prefix
     ];
@@ -1202,6 +1209,11 @@ async fn attack_malformed_chunked(ctx: Arc<Ctx>) {
     }
     let outs: Vec<(Outcome, u16)> = join_all(handles).await.into_iter().flatten().collect();
     let good = outs.iter().filter(|(o, want)| o.status == Some(*want)).count() as u64;
+    let others: Vec<Option<u16>> =
+        outs.iter().filter(|(o, want)| o.status != Some(*want)).map(|(o, _)| o.status).collect();
+    if !others.is_empty() {
+        eprintln!("soak: malformed chunked bodies not answered as expected: {others:?}");
+    }
     add(&ctx.attacks.malformed, good, outs.len() as u64);
 }
 
@@ -1659,11 +1671,13 @@ async fn run(args: Args) -> Result<String, SoakError> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let e1 = by_clients.load(Ordering::Relaxed);
         eprintln!(
-            "soak: +{:.0}s burst {bursts} done: legit ok {} failed {}, ejections by clients during it {}",
+            "soak: +{:.0}s burst {bursts} done: legit ok {} failed {}, ejections by clients during it {}, \
+             (rss kB, fds) {:?}",
             start.elapsed().as_secs_f64(),
             ctx.stats.ok.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>(),
             ctx.stats.failed.load(Ordering::Relaxed),
-            e1 - e0
+            e1 - e0,
+            sample(pid)
         );
         if warm_sample.is_none() && start.elapsed() >= warm {
             warm_sample = sample(pid);
