@@ -96,6 +96,8 @@ pub struct DnsHandle {
     report: Arc<ArcSwap<DnsReport>>,
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The sockets' places in the upgrade registry, left once the plane has stopped.
+    _handover: Vec<padis_model::handover::Registration>,
 }
 
 impl DnsPlane {
@@ -112,7 +114,13 @@ impl DnsPlane {
         if cfg.listen.is_empty() {
             tracing::info!("DNS disabled (no dns.listen)");
             let t = tokio::spawn(async move { shutdown.cancelled().await });
-            return Ok(DnsHandle { addrs: Vec::new(), report, tasks: vec![t], threads: Vec::new() });
+            return Ok(DnsHandle {
+                addrs: Vec::new(),
+                report,
+                tasks: vec![t],
+                threads: Vec::new(),
+                _handover: Vec::new(),
+            });
         }
         let m = metrics::Metrics::new(metrics)?;
         let (tx, rx) = mpsc::channel(256);
@@ -134,7 +142,9 @@ impl DnsPlane {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut threads = Vec::new();
-        for b in bound {
+        let mut handover = Vec::new();
+        for mut b in bound {
+            handover.append(&mut b.handover);
             for (i, sock) in b.udp.into_iter().enumerate() {
                 let (h, s, wait) = (handler.clone(), stop.clone(), cfg.udp_batch_wait);
                 let t = std::thread::Builder::new()
@@ -158,7 +168,7 @@ impl DnsPlane {
             stop.store(true, Ordering::Relaxed);
         }));
         tracing::info!(?addrs, "DNS serving");
-        Ok(DnsHandle { addrs, report, tasks, threads })
+        Ok(DnsHandle { addrs, report, tasks, threads, _handover: handover })
     }
 }
 

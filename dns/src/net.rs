@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use padis_model::handover::{self, Registration, Tag};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,25 +50,70 @@ pub struct Bound {
     pub tcp: std::net::TcpListener,
     /// The address (with the real port).
     pub addr: SocketAddr,
+    /// The sockets' places in the upgrade registry (see `padis_model::handover`).
+    pub handover: Vec<Registration>,
 }
 
-/// Binds `count` UDP sockets and a TCP listener on `addr` (port 0: one free port for all of them).
+/// Binds `count` UDP sockets and a TCP listener on `addr` (port 0: one free port for all of them). Sockets the
+/// process this one replaces handed over are taken first (their queued queries are answered here); the others
+/// are bound fresh, on the port of the taken ones when `addr` has port 0.
 pub fn bind(addr: SocketAddr, count: usize) -> Result<Bound, DnsError> {
+    let mut udp = Vec::new();
+    let mut missing = Vec::new();
+    for i in 0..count {
+        match handover::take(&Tag::new("dns-udp", addr, i)) {
+            Some(fd) => udp.push(UdpSocket::from(fd)),
+            None => missing.push(i),
+        }
+    }
+    let tcp = handover::take(&Tag::new("dns-tcp", addr, "")).map(std::net::TcpListener::from);
+    if !udp.is_empty() || tcp.is_some() {
+        tracing::info!(%addr, udp = udp.len(), tcp = tcp.is_some(), "DNS sockets taken over from the previous process");
+    }
+    let err = |source| DnsError::Bind { addr, source };
+    let taken = match udp.first().map(|s| s.local_addr()).or_else(|| tcp.as_ref().map(|t| t.local_addr())) {
+        Some(r) => Some(r.map_err(err)?),
+        None => None,
+    };
     let mut last = None;
     for _ in 0..20 {
-        let attempt = (|| -> std::io::Result<Bound> {
-            let first = udp_socket(addr)?;
-            let real = first.local_addr()?;
-            let mut udp = vec![first];
-            for _ in 1..count {
-                udp.push(udp_socket(real)?);
+        let attempt = (|| -> std::io::Result<(Vec<UdpSocket>, std::net::TcpListener, SocketAddr)> {
+            let mut fresh = Vec::new();
+            let mut real = taken;
+            for _ in &missing {
+                let s = udp_socket(real.unwrap_or(addr))?;
+                real.get_or_insert(s.local_addr()?);
+                fresh.push(s);
             }
-            let tcp = tcp_listener(real)?;
-            Ok(Bound { udp, tcp, addr: real })
+            let real = real.unwrap_or(addr);
+            let tcp = match &tcp {
+                Some(t) => t.try_clone()?,
+                None => tcp_listener(real)?,
+            };
+            Ok((fresh, tcp, real))
         })();
         match attempt {
-            Ok(b) => return Ok(b),
-            Err(e) if addr.port() == 0 => last = Some(e),
+            Ok((fresh, tcp, real)) => {
+                let mut all: Vec<(usize, UdpSocket)> = Vec::new();
+                let mut taken_iter = udp.into_iter();
+                let mut fresh_iter = fresh.into_iter();
+                for i in 0..count {
+                    let s = if missing.contains(&i) { fresh_iter.next() } else { taken_iter.next() };
+                    if let Some(s) = s {
+                        all.push((i, s));
+                    }
+                }
+                let mut handover = Vec::new();
+                for (i, s) in &all {
+                    s.set_read_timeout(Some(Duration::from_millis(200))).map_err(err)?;
+                    handover.push(handover::register(Tag::new("dns-udp", addr, i), s).map_err(err)?);
+                }
+                tcp.set_nonblocking(true).map_err(err)?;
+                handover.push(handover::register(Tag::new("dns-tcp", addr, ""), &tcp).map_err(err)?);
+                let udp = all.into_iter().map(|(_, s)| s).collect();
+                return Ok(Bound { udp, tcp, addr: real, handover });
+            }
+            Err(e) if addr.port() == 0 && taken.is_none() => last = Some(e),
             Err(e) => return Err(DnsError::Bind { addr, source: e }),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use padis_model::handover::{self, Registration, Tag};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,18 +19,32 @@ use crate::fast::{FastLoops, Handoff};
 use crate::plane::PlaneShared;
 use crate::runtime::Runtime;
 
-/// Binds a listening socket.
-pub(crate) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, L7Error> {
+/// The listening socket of listener `name` on its configured address `addr`: the one the process this one
+/// replaces handed over (see `padis_model::handover`), or a fresh one (SO_REUSEADDR, backlog 4096); registered
+/// for the next upgrade while the returned registration lives.
+pub(crate) fn bind(name: &str, addr: SocketAddr) -> Result<(TcpListener, Registration), L7Error> {
     let err = |source| L7Error::Bind { name: name.to_string(), addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(err)?;
-    }
+    let tag = Tag::new("l7", addr, name);
+    let socket: std::net::TcpListener = match handover::take(&tag) {
+        Some(fd) => {
+            let l = std::net::TcpListener::from(fd);
+            tracing::info!(listener = name, %addr, "listening socket taken over from the previous process");
+            l
+        }
+        None => {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+            socket.set_reuse_address(true).map_err(err)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true).map_err(err)?;
+            }
+            socket.bind(&addr.into()).map_err(err)?;
+            socket.listen(4096).map_err(err)?;
+            socket.into()
+        }
+    };
     socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(4096).map_err(err)?;
-    TcpListener::from_std(socket.into()).map_err(err)
+    let reg = handover::register(tag, &socket).map_err(err)?;
+    Ok((TcpListener::from_std(socket).map_err(err)?, reg))
 }
 
 /// Accepts connections until `stop`: those of a TCP listener are relayed (`tcp`), plaintext ones go to the fast

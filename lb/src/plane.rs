@@ -51,6 +51,8 @@ type BindFailures = Arc<Mutex<BTreeMap<String, String>>>;
 struct Running {
     configured: SocketAddr,
     stop: CancellationToken,
+    /// The socket's place in the upgrade registry (left when the listener is removed).
+    _handover: padis_model::handover::Registration,
 }
 
 struct Follower {
@@ -118,14 +120,14 @@ impl L7Plane {
             hard,
         };
         for l in &snap.state.listeners {
-            let tcp = match listener::bind(&l.name, l.bind) {
+            let (tcp, reg) = match listener::bind(&l.name, l.bind) {
                 Ok(t) => t,
                 Err(e) => {
                     f.stop_all();
                     return Err(e);
                 }
             };
-            f.run_listener(&l.name, l.bind, tcp);
+            f.run_listener(&l.name, l.bind, tcp, reg);
         }
         let addrs = f.addrs.clone();
         let failures = f.failures.clone();
@@ -162,7 +164,13 @@ impl L7Handle {
 }
 
 impl Follower {
-    fn run_listener(&mut self, name: &str, configured: SocketAddr, tcp: tokio::net::TcpListener) {
+    fn run_listener(
+        &mut self,
+        name: &str,
+        configured: SocketAddr,
+        tcp: tokio::net::TcpListener,
+        reg: padis_model::handover::Registration,
+    ) {
         let stop = self.shutdown.child_token();
         if let Ok(addr) = tcp.local_addr() {
             if let Ok(mut a) = self.addrs.lock() {
@@ -179,7 +187,7 @@ impl Follower {
             self.tracker.clone(),
             self.fast.clone(),
         ));
-        self.listeners.insert(name.to_string(), Running { configured, stop });
+        self.listeners.insert(name.to_string(), Running { configured, stop, _handover: reg });
     }
 
     fn stop_all(&mut self) {
@@ -260,8 +268,8 @@ impl Follower {
                     }
                 }
             };
-            if let Some(tcp) = tcp {
-                self.run_listener(&l.name, l.bind, tcp);
+            if let Some((tcp, reg)) = tcp {
+                self.run_listener(&l.name, l.bind, tcp, reg);
             }
         }
         if let Ok(mut f) = self.failures.lock() {

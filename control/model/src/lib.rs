@@ -3,12 +3,14 @@
 //! One TOML file (plus dynamic sources such as Marathon, merged by `padis-control`) describes everything Padis
 //! serves. This crate parses it ([`parse_config`], [`load_config`]), validates it with `file:line:col` errors
 //! ([`ConfigErrors`]), and wraps a valid state into an immutable [`Snapshot`] that [`SnapshotStore`] publishes
-//! through `arc-swap` to the data planes, which only ever read it.
+//! through `arc-swap` to the data planes, which only ever read it. [`handover`] keeps the process's listening
+//! sockets for an upgrade.
 
 pub mod bgp;
 pub mod config;
 pub mod dns;
 mod error;
+pub mod handover;
 pub mod headers;
 pub mod l4;
 mod locate;
