@@ -1,5 +1,5 @@
 //! The admin HTTP API: `/metrics`, `/healthz`, `/v1/state`, `/v1/config/validate`, `/v1/reload`, `/v1/drain`,
-//! and the live status page `/status` ([`crate::statuspage`]).
+//! `/v1/upgrade`, and the live status page `/status` ([`crate::statuspage`]).
 //!
 //! Served on TCP (loopback by default) and, when `[admin] socket` is set, on a Unix socket created with mode
 //! 0600. Over TCP, reading endpoints are open without a token on loopback unless one is configured (then every
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use padis_model::handover::{self, Registration, Tag};
 use padis_model::{parse_config, AdminConfig, Secret};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
@@ -57,7 +58,12 @@ pub struct AdminState {
     pub reports: crate::planes::Reports,
     /// What `POST /v1/drain` does, if anything announces routes.
     pub drain: Arc<Mutex<Option<DrainFn>>>,
+    /// Where `POST /v1/upgrade` asks the daemon to upgrade (see [`crate::upgrade`]).
+    pub upgrade: Option<tokio::sync::mpsc::Sender<UpgradeReply>>,
 }
+
+/// Where the daemon answers an upgrade request: the new process's handover, or why there was none.
+pub type UpgradeReply = tokio::sync::oneshot::Sender<Result<crate::upgrade::Handover, String>>;
 
 const MAX_BODY: usize = 4 << 20;
 
@@ -102,6 +108,8 @@ pub struct AdminListeners {
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
     refused: IntCounterVec,
+    /// The sockets' places in the upgrade registry.
+    handover: Vec<Registration>,
 }
 
 /// How a request reached the API.
@@ -129,12 +137,36 @@ pub async fn bind(cfg: &AdminConfig, registry: &Registry) -> Result<AdminListene
         &["transport"],
     )?;
     registry.register(Box::new(refused.clone()))?;
-    let tcp = TcpListener::bind(cfg.listen).await.map_err(|source| AdminError::Bind { addr: cfg.listen, source })?;
+    let bind_err = |source| AdminError::Bind { addr: cfg.listen, source };
+    // Sockets handed over by the process this one replaces (an upgrade) are taken first.
+    let tcp_tag = Tag::new("admin-tcp", cfg.listen, "");
+    let tcp = match handover::take(&tcp_tag) {
+        Some(fd) => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(bind_err)?;
+            TcpListener::from_std(l).map_err(bind_err)?
+        }
+        None => TcpListener::bind(cfg.listen).await.map_err(bind_err)?,
+    };
+    let mut handover = vec![handover::register(tcp_tag, &tcp).map_err(bind_err)?];
     let unix = match &cfg.socket {
-        Some(p) => Some((bind_unix(p)?, p.clone())),
+        Some(p) => {
+            let sock_err = |source| AdminError::Socket { path: p.clone(), source };
+            let tag = Tag::new("admin-unix", p.display(), "");
+            let l = match handover::take(&tag) {
+                Some(fd) => {
+                    let l = std::os::unix::net::UnixListener::from(fd);
+                    l.set_nonblocking(true).map_err(sock_err)?;
+                    UnixListener::from_std(l).map_err(sock_err)?
+                }
+                None => bind_unix(p)?,
+            };
+            handover.push(handover::register(tag, &l).map_err(sock_err)?);
+            Some((l, p.clone()))
+        }
         None => None,
     };
-    Ok(AdminListeners { tcp, unix, refused })
+    Ok(AdminListeners { tcp, unix, refused, handover })
 }
 
 /// Creates the Unix socket with mode 0600 from the start: bound under a temporary name, its mode set, then
@@ -167,14 +199,22 @@ fn bind_unix(path: &Path) -> Result<UnixListener, AdminError> {
     Ok(listener)
 }
 
-/// Serves the admin API on its listeners until `shutdown`; removes the Unix socket at the end.
-pub async fn serve(listeners: AdminListeners, state: AdminState, shutdown: CancellationToken) {
-    let AdminListeners { tcp, unix, refused } = listeners;
+/// Serves the admin API on its listeners until `shutdown`; removes the Unix socket at the end, unless an
+/// upgrade handed it to the new process (`handed_over`).
+pub async fn serve(
+    listeners: AdminListeners,
+    state: AdminState,
+    shutdown: CancellationToken,
+    handed_over: Arc<AtomicBool>,
+) {
+    let AdminListeners { tcp, unix, refused, handover: _handover } = listeners;
     let unix_task = unix.map(|(l, path)| {
         let (state, shutdown, refused) = (state.clone(), shutdown.clone(), refused.clone());
         tokio::spawn(async move {
             accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, Transport::Unix, state, shutdown, refused).await;
-            let _ = std::fs::remove_file(&path);
+            if !handed_over.load(Ordering::Acquire) {
+                let _ = std::fs::remove_file(&path);
+            }
         })
     });
     accept_loop(|| async { tcp.accept().await.map(|(s, _)| s) }, Transport::Tcp, state, shutdown, refused).await;
@@ -396,9 +436,28 @@ async fn handle(req: Request<Incoming>, state: AdminState, transport: Transport)
                 }
             }
         }
-        (_, "/healthz" | "/metrics" | "/v1/state" | "/v1/config/validate" | "/v1/reload" | "/v1/drain") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
+        (&Method::POST, "/v1/upgrade") => {
+            let Some(tx) = state.upgrade.clone() else {
+                return reply(StatusCode::CONFLICT, "text/plain", "this process cannot upgrade\n");
+            };
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            if tx.send(reply_tx).await.is_err() {
+                return reply(StatusCode::CONFLICT, "text/plain", "this process is stopping\n");
+            }
+            match reply_rx.await {
+                Ok(Ok(h)) => json_reply(
+                    StatusCode::OK,
+                    &json!({"upgraded": true, "old_pid": std::process::id(),
+                    "new_pid": h.pid, "sockets": h.sockets, "taken": h.taken}),
+                ),
+                Ok(Err(e)) => json_reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({"upgraded": false, "error": e})),
+                Err(_) => reply(StatusCode::CONFLICT, "text/plain", "this process is stopping\n"),
+            }
         }
+        (
+            _,
+            "/healthz" | "/metrics" | "/v1/state" | "/v1/config/validate" | "/v1/reload" | "/v1/drain" | "/v1/upgrade",
+        ) => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
@@ -428,6 +487,7 @@ pub fn state_json(state: &AdminState) -> serde_json::Value {
     let reports = state.reports.all();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "generation": snapshot.generation,
         "snapshot": &*snapshot,
         "restart_required":

@@ -1,4 +1,5 @@
-//! Command line: `padis run`, `padis check`, `padis status`, `padis demo`, `padis drain`, `padis reload`.
+//! Command line: `padis run`, `padis check`, `padis status`, `padis demo`, `padis drain`, `padis reload`,
+//! `padis upgrade`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,15 @@ pub enum Command {
     },
     /// Ask a running daemon to reload its config file now (like SIGHUP) and print the outcome.
     Reload {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace a running daemon by the binary now installed at its path, without losing a request (like
+    /// SIGUSR2): the new process takes over the listening sockets and the XDP program; the old one finishes its
+    /// in-flight work and exits. Exit status 1, and the reason, when the new process could not start (the old
+    /// one serves on).
+    Upgrade {
         /// How to reach the admin API.
         #[command(flatten)]
         admin: AdminArgs,
@@ -170,6 +180,30 @@ pub fn main() -> ExitCode {
         }),
         Command::Reload { admin } => admin_command("reload", &admin, async |e| {
             Ok(String::from_utf8_lossy(&crate::status::post(&e, "/v1/reload").await?).into_owned())
+        }),
+        Command::Upgrade { admin } => admin_command("upgrade", &admin, async |e| {
+            let render = |v: &serde_json::Value| -> Option<String> {
+                if v["upgraded"].as_bool()? {
+                    Some(format!(
+                        "upgraded: process {} serves ({} sockets handed over, {} taken at its start); process {} \
+                         finishes its in-flight work and exits\n",
+                        v["new_pid"], v["sockets"], v["taken"], v["old_pid"]
+                    ))
+                } else {
+                    Some(format!("upgrade failed, the running process serves on: {}", v["error"].as_str()?))
+                }
+            };
+            match crate::status::post(&e, "/v1/upgrade").await {
+                Ok(body) => {
+                    let v: serde_json::Value = serde_json::from_slice(&body)?;
+                    Ok(render(&v).unwrap_or_else(|| format!("{v}\n")))
+                }
+                Err(StatusError::Status(code, body)) => {
+                    let msg = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| render(&v));
+                    Err(StatusError::Status(code, msg.unwrap_or(body)))
+                }
+                Err(e) => Err(e),
+            }
         }),
     }
 }

@@ -1,9 +1,13 @@
 //! `padis run`: load and validate the config (refusing to start on errors), publish the first snapshot,
 //! start the admin API, the data planes and the sources, then follow changes until SIGTERM/SIGINT, and shut
-//! down gracefully (routes withdrawn first, then listeners closed and in-flight work finished).
+//! down gracefully (routes withdrawn first, then listeners closed and in-flight work finished). SIGUSR2 and
+//! `POST /v1/upgrade` start the new binary and hand it over the sockets (see [`crate::upgrade`]); once it
+//! serves, this process stops accepting, finishes its in-flight work and exits, leaving routes and the XDP
+//! program in place.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,15 +22,36 @@ use crate::config_source::{self, ConfigOrigin};
 use crate::metrics::ControlMetrics;
 use crate::planes::Planes;
 use crate::reconcile::Reconciler;
+use crate::upgrade::{Predecessor, Successor, UpgradeError};
 
 /// Runs the daemon; `demo` also starts the demo backends. Returns the process exit code.
 pub fn main(origin: ConfigOrigin, demo: bool) -> ExitCode {
+    // Started by an upgrade: the sockets of the process this one replaces come first.
+    let successor = match Successor::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("padis: upgrade: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Where an upgrade starts the new binary from: this one's path now (the package replaces the file there).
+    let exe = match std::env::current_exe() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("padis: cannot tell this binary's path ({e}): upgrades will fail");
+            None
+        }
+    };
+    let upgrader = Upgrader { exe, args: std::env::args_os().skip(1).collect() };
     // Validate before anything else: an invalid config never starts.
     let valid = match origin.load() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("{e}");
             eprintln!("padis: refusing to start with an invalid config");
+            if let Some(s) = &successor {
+                s.failed(&format!("invalid config:\n{e}"));
+            }
             return ExitCode::from(2);
         }
     };
@@ -46,17 +71,57 @@ pub fn main(origin: ConfigOrigin, demo: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("padis: cannot start the runtime: {e}");
+            if let Some(s) = &successor {
+                s.failed(&format!("cannot start the runtime: {e}"));
+            }
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(origin, valid, log, demo)) {
+    let mut successor = successor;
+    match rt.block_on(run(origin, valid, log, demo, upgrader, &mut successor)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "padis stopped");
             eprintln!("padis: {e:#}");
+            if let Some(s) = &successor {
+                s.failed(&format!("{e:#}"));
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// How to start the new binary: the path and arguments this process was started with.
+#[derive(Clone)]
+struct Upgrader {
+    exe: Option<std::path::PathBuf>,
+    args: Vec<std::ffi::OsString>,
+}
+
+/// How long a new process has to say it is ready.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Upgrader {
+    async fn start(&self) -> Result<Predecessor, UpgradeError> {
+        let Some(exe) = self.exe.clone() else {
+            return Err(UpgradeError::Spawn {
+                exe: "padis".into(),
+                source: std::io::Error::other("this binary's path is not known"),
+            });
+        };
+        let args = self.args.clone();
+        tokio::task::spawn_blocking(move || Predecessor::start(&exe, &args, UPGRADE_TIMEOUT))
+            .await
+            .map_err(|e| UpgradeError::Channel(std::io::Error::other(e)))?
+    }
+}
+
+/// Why the daemon stops.
+enum Stop {
+    /// SIGTERM/SIGINT: routes withdrawn, then in-flight work finished.
+    Signal,
+    /// A new process serves: in-flight work finished, routes and XDP left to it.
+    Upgraded(Predecessor),
 }
 
 async fn run(
@@ -64,6 +129,8 @@ async fn run(
     valid: padis_model::Valid,
     log: crate::logging::LogHandle,
     demo: bool,
+    upgrader: Upgrader,
+    successor: &mut Option<Successor>,
 ) -> anyhow::Result<()> {
     if demo {
         crate::demo::start().await.context("demo backends")?;
@@ -98,6 +165,7 @@ async fn run(
     )
     .await?;
 
+    let (upgrade_tx, mut upgrade_rx) = tokio::sync::mpsc::channel::<admin::UpgradeReply>(4);
     let admin_state = AdminState {
         reconciler: reconciler.clone(),
         origin: origin.clone(),
@@ -105,8 +173,10 @@ async fn run(
         extra_registries,
         reports,
         drain,
+        upgrade: Some(upgrade_tx),
     };
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone(), handed_over.clone()));
     let watch_task = tokio::spawn(config_source::watch(origin.clone(), reconciler.clone(), shutdown.clone()));
     let log_task = tokio::spawn(follow_log_config(reader.clone(), log, shutdown.clone()));
     // systemd (Type=notify): ready now that the config, the planes and the admin API are up; then the watchdog.
@@ -116,11 +186,37 @@ async fn run(
         None => tracing::info!(admin = %admin_addr, "padis running"),
     }
 
-    wait_for_stop_signal().await?;
-    crate::service::stopping();
+    if let Some(s) = successor.take() {
+        // The old process stops accepting once it hears this one serves; sockets this config does not name
+        // are closed then (a Marathon service port waits for the source's first sync).
+        let received = s.received;
+        let released = tokio::task::spawn_blocking(move || s.ready(Duration::from_secs(10))).await.unwrap_or(false);
+        tracing::info!(received, released, "upgrade: serving; the previous process stops accepting");
+        crate::service::ready_again(&reconciler);
+        tokio::spawn(close_unclaimed(reader.clone(), reconciler.clone()));
+    }
+
+    let stop = wait_for_stop(&upgrader, &mut upgrade_rx).await?;
     let grace = reader.load().state.limits.shutdown_grace;
-    tracing::info!(grace = ?grace, "shutting down: withdrawing routes, then finishing in-flight work");
-    planes.stop(grace, planes_token).await;
+    match stop {
+        Stop::Signal => {
+            crate::service::stopping();
+            tracing::info!(grace = ?grace, "shutting down: withdrawing routes, then finishing in-flight work");
+            planes.stop(grace, planes_token).await;
+        }
+        Stop::Upgraded(p) => {
+            crate::service::handed_over(p.handover.pid);
+            handed_over.store(true, Ordering::Release);
+            // The admin API (the new process accepts on its sockets), the config watcher and the service
+            // manager's protocol are the new process's now.
+            shutdown.cancel();
+            tracing::info!(grace = ?grace, pid = p.handover.pid,
+                "upgraded: stopping accepting, finishing in-flight work; routes and XDP stay with the new process");
+            // The route sessions end first (the new process opens its own), then the new one is told, then
+            // accepting stops (it accepts on the same sockets) and in-flight work finishes.
+            planes.hand_over(grace, planes_token, move || p.release()).await;
+        }
+    }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = admin_task.await;
@@ -153,12 +249,85 @@ async fn follow_log_config(
     }
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM/SIGINT, or a successful upgrade (SIGUSR2, `POST /v1/upgrade`); a failed upgrade is
+/// logged (and answered) and this process serves on.
+async fn wait_for_stop(
+    upgrader: &Upgrader,
+    requests: &mut tokio::sync::mpsc::Receiver<admin::UpgradeReply>,
+) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    loop {
+        let reply = tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM");
+                return Ok(Stop::Signal);
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT");
+                return Ok(Stop::Signal);
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading");
+                None
+            }
+            Some(reply) = requests.recv() => {
+                tracing::info!("upgrade requested (admin API)");
+                Some(reply)
+            }
+        };
+        match upgrader.start().await {
+            Ok(p) => {
+                tracing::info!(
+                    pid = p.handover.pid,
+                    sockets = p.handover.sockets,
+                    taken = p.handover.taken,
+                    "upgrade: the new process is ready"
+                );
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(p.handover.clone()));
+                }
+                // Requests that came meanwhile: this process is the old one now.
+                while let Ok(r) = requests.try_recv() {
+                    let _ = r.send(Err(UpgradeError::Busy.to_string()));
+                }
+                return Ok(Stop::Upgraded(p));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade failed: this process serves on");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e.to_string()));
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// Closes the sockets handed over that this process's config does not name, once it has had the chance to
+/// take them: at once without Marathon, otherwise after the source's first good sync (its service ports), 60 s
+/// at most.
+async fn close_unclaimed(mut reader: padis_model::SnapshotReader, reconciler: Arc<Mutex<Reconciler>>) {
+    if reader.load().state.marathon.is_some() {
+        let synced = || {
+            let r = reconciler.lock().unwrap_or_else(|p| p.into_inner());
+            r.sources().get("marathon").is_some_and(|c| c.status.ok)
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            while !synced() {
+                tokio::select! {
+                    _ = reader.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        })
+        .await;
+        // The L7 plane binds the new listeners right after the snapshot is published.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let left = padis_model::handover::close_unclaimed();
+    if !left.is_empty() {
+        let left: Vec<String> = left.iter().map(ToString::to_string).collect();
+        tracing::info!(sockets = ?left, "upgrade: sockets the config no longer names closed");
+    }
 }

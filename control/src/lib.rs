@@ -15,3 +15,4 @@ pub mod service;
 pub mod status;
 pub mod statuspage;
 pub mod summary;
+pub mod upgrade;

@@ -168,20 +168,22 @@ impl<H: Plane> PlaneSlot<H> {
         }
     }
 
+    /// Takes the handle out, if it is still running (the slot says stopping until [`MarkStopped`] is dropped).
+    fn take(&self) -> Option<H> {
+        let mut state = self.state();
+        match std::mem::replace(&mut *state, SlotState::Stopping) {
+            SlotState::Running(h) => Some(h),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
     /// Takes the handle out (a reader running `with` finishes first) and waits for the plane. Returns `false` if
     /// another stop had taken it already (this one then waits until that stop has finished).
     pub async fn stop_and_wait(&self) -> bool {
-        let taken = {
-            let mut state = self.state();
-            match std::mem::replace(&mut *state, SlotState::Stopping) {
-                SlotState::Running(h) => Some(h),
-                other => {
-                    *state = other;
-                    None
-                }
-            }
-        };
-        let Some(handle) = taken else {
+        let Some(handle) = self.take() else {
             let mut stopped = self.0.stopped.subscribe();
             let _ = stopped.wait_for(|s| *s).await;
             return false;
@@ -313,6 +315,26 @@ impl Planes {
         if let Some(routing) = &self.routing {
             routing.stop_and_wait().await;
         }
+        self.finish(grace, token).await;
+    }
+
+    /// Stop after an upgrade (a new process serves on the same sockets): the route sessions end without a
+    /// withdrawal (see `AnnouncerHandle::hand_over`), `released` runs, then the planes stop accepting and finish
+    /// in-flight work within `grace`; the XDP program stays attached (the new process took its pinned link).
+    pub async fn hand_over(self, grace: Duration, token: CancellationToken, released: impl FnOnce()) {
+        if let Some(routing) = &self.routing {
+            if let Some(h) = routing.take() {
+                let _done = MarkStopped(routing);
+                h.hand_over().await;
+            }
+        }
+        released();
+        self.l4.with(|h| h.keep_attached());
+        self.finish(grace, token).await;
+    }
+
+    /// The planes stop accepting and finish in-flight work within `grace`.
+    async fn finish(self, grace: Duration, token: CancellationToken) {
         self.sources.cancel();
         token.cancel();
         // Every plane is waited for, whoever still holds its slot (reports, route announcement).

@@ -76,3 +76,15 @@ pub async fn run(mut reader: SnapshotReader, reconciler: Arc<Mutex<Reconciler>>,
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping: withdrawing routes, finishing in-flight work")]);
 }
+
+/// Tells the service manager that the new process `pid` of an upgrade is the main process now.
+pub fn handed_over(pid: u32) {
+    let status = format!("upgraded: process {pid} serves; this one finishes its in-flight work");
+    send(&[NotifyState::MainPid(pid), NotifyState::Status(&status)]);
+}
+
+/// After an upgrade, once the old process has made this one the main process: ready (the first `READY=1` came
+/// before the service manager would take it from this process).
+pub fn ready_again(reconciler: &Mutex<Reconciler>) {
+    send(&[NotifyState::Ready, NotifyState::Status(&status_line(reconciler))]);
+}

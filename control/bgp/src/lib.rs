@@ -157,6 +157,16 @@ impl AnnouncerHandle {
         });
     }
 
+    /// Upgrade: ends every session without a withdrawal or a NOTIFICATION (the TCP connection closes as in a
+    /// restart) and the OSPF writer without removing its kernel routes; the new process announces the same
+    /// routes.
+    pub async fn hand_over(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     /// Withdraws everything at once (no GRACEFUL_SHUTDOWN wait), sends Cease and ends all tasks.
     pub async fn stop(mut self) {
         self.stop_now().await;

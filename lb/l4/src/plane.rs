@@ -30,6 +30,9 @@ pub struct L4Handle {
     task: Option<tokio::task::JoinHandle<()>>,
     sync: Option<SyncHandle>,
     inner: Option<Arc<Mutex<Inner>>>,
+    /// Whether the stop leaves the program attached (`l4.keep_attached`, or an upgrade: see
+    /// [`L4Handle::keep_attached`]).
+    keep: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One backend in the L4 report.
@@ -267,7 +270,7 @@ impl L4Plane {
         reader.mark_seen();
         let l4 = snap.state.l4.clone();
         if l4.interfaces.is_empty() {
-            return Ok(L4Handle { task: None, sync: None, inner: None });
+            return Ok(L4Handle { task: None, sync: None, inner: None, keep: Default::default() });
         }
         let dir = bpffs::pin_dir(&l4.instance)?;
         let opts = LoadOptions {
@@ -333,7 +336,8 @@ impl L4Plane {
         let inner = Arc::new(Mutex::new(inner));
         metrics.register(Box::new(crate::metrics::L4Collector::new(inner.clone())))?;
         let shared = inner.clone();
-        let keep = l4.keep_attached;
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(l4.keep_attached));
+        let keep_flag = keep.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -347,12 +351,13 @@ impl L4Plane {
                 g.program(snap, &health);
             }
             let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = keep_flag.load(std::sync::atomic::Ordering::Acquire);
             for a in g.attachments.drain(..) {
                 a.release(keep);
             }
             tracing::info!(keep_attached = keep, "L4 plane stopped");
         });
-        Ok(L4Handle { task: Some(task), sync, inner: Some(inner) })
+        Ok(L4Handle { task: Some(task), sync, inner: Some(inner), keep })
     }
 }
 
@@ -377,6 +382,12 @@ fn start_sync(
 }
 
 impl L4Handle {
+    /// The stop leaves the program attached through its pinned link (an upgrade: the new process has taken the
+    /// link over), whatever `l4.keep_attached` says.
+    pub fn keep_attached(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Waits until the plane has stopped (after shutdown) and released its interfaces.
     pub async fn wait(self) {
         if let Some(t) = self.task {
