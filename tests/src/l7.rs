@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use padis_lb::{L7Handle, L7Plane};
 use padis_model::{Snapshot, SnapshotStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 /// An in-process L7 plane fed by a [`SnapshotStore`].
@@ -475,6 +477,32 @@ pub async fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, sni: 
     let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
     let leaf_der = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     Ok(TlsInfo { alpn, leaf_der, stream })
+}
+
+/// A WebSocket echo server: every data message comes back, prefixed for text; pings are answered by
+/// tungstenite itself, as is a close.
+pub async fn ws_echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                while let Some(Ok(m)) = ws.next().await {
+                    let reply = match m {
+                        WsMessage::Text(t) => WsMessage::text(format!("echo: {t}")),
+                        WsMessage::Binary(b) => WsMessage::Binary(b),
+                        // Control frames (and the close reply) are tungstenite's: keep reading to flush them.
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// A fresh temp dir for one test.

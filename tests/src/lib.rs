@@ -13,3 +13,4 @@ pub mod marathon;
 pub mod netns;
 pub mod process;
 pub mod recording;
+pub mod upgrade;

@@ -49,9 +49,14 @@ pub struct Padis {
 impl Padis {
     /// Starts `padis run --config <config>`; `admin` must match the config's `[admin] listen`.
     pub fn start(config: &Path, admin: SocketAddr) -> Padis {
+        Padis::start_exe(&padis_bin(), config, admin)
+    }
+
+    /// Starts `<exe> run --config <config>` (`exe`: the padis binary, or a link to it).
+    pub fn start_exe(exe: &Path, config: &Path, admin: SocketAddr) -> Padis {
         let log = config.with_extension("log");
         let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(padis_bin())
+        let child = Command::new(exe)
             .args(["run", "--config"])
             .arg(config)
             .env("PADIS_LOG", "info")

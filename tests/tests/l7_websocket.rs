@@ -2,46 +2,19 @@
 //! Padis (HTTP/1.1 Upgrade). Text, binary, a large fragmented message, ping/pong, a quiet period longer than the
 //! header timeout, and the close handshake all cross the proxy intact.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use padis_tests::l7::{temp_dir, Proxy};
-use tokio::net::{TcpListener, TcpStream};
+use padis_tests::l7::{temp_dir, ws_echo_backend, Proxy};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A WebSocket echo server: every data message comes back, prefixed for text; pings are answered by
-/// tungstenite itself, as is a close (the stream ends after the reply).
-async fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
-                while let Some(Ok(m)) = ws.next().await {
-                    let reply = match m {
-                        Message::Text(t) => Message::text(format!("echo: {t}")),
-                        Message::Binary(b) => Message::Binary(b),
-                        // Control frames (and the close reply) are tungstenite's: keep reading to flush them.
-                        _ => continue,
-                    };
-                    if ws.send(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_frames_cross_the_proxy() {
     let dir = temp_dir();
-    let backend = echo_backend().await;
+    let backend = ws_echo_backend().await;
     // A short header timeout must not cut an upgraded connection that stays quiet longer than it.
     let config = format!(
         "[limits]\nheader_read_timeout = \"300ms\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\

@@ -286,7 +286,8 @@ fn debian_package_holds_the_service() {
     let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
     assert!(conffiles.lines().any(|l| l == "/etc/padis/padis.toml"), "{conffiles}");
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
-    for needle in ["adduser --system", "chown root:padis /etc/padis", "deb-systemd-helper", "padis.service"] {
+    for needle in ["adduser --system", "chown root:padis /etc/padis", "deb-systemd-helper", "padis.service", "SIGUSR2"]
+    {
         assert!(postinst.contains(needle), "postinst lacks {needle}:\n{postinst}");
     }
     assert!(!postinst.contains("#DEBHELPER#"), "{postinst}");
