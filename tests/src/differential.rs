@@ -230,7 +230,7 @@ impl Lane {
         }
         if fa.len() == ha.len() + 1
             && fa[..ha.len()] == ha[..]
-            && fa.last().is_some_and(|(status, _)| *status == 400)
+            && fa.last().is_some_and(|(status, _, _)| *status == 400)
             && ends_in_unfinished_head(&chunks.concat(), ha.len())
         {
             fa.pop();
