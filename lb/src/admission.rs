@@ -29,6 +29,8 @@ pub(crate) enum Refusal {
     PerClientConns,
     /// `new_conns_per_client_per_sec`.
     PerClientRate,
+    /// The client is not in the listener's `allow_cidrs`.
+    Acl,
 }
 
 impl Refusal {
@@ -38,6 +40,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerClientConns => "per_client_conns",
             Refusal::PerClientRate => "per_client_rate",
+            Refusal::Acl => "acl",
         }
     }
 }

@@ -103,7 +103,7 @@ pub(crate) async fn accept_loop(
             tracker.spawn(async move {
                 let Some(c) = d.proxied(c).await else { return };
                 let rt = d.plane.runtime.load();
-                let client = match admit_client(&d.plane, &rt, c.peer) {
+                let client = match admit_client(&d.plane, &rt, &d.name, c.peer) {
                     Ok(slot) => slot,
                     Err(why) => return refuse(&d.plane, &d.name, c, why.label()),
                 };
@@ -112,7 +112,7 @@ pub(crate) async fn accept_loop(
             });
             continue;
         }
-        let client = match admit_listener(&rt, &count).and_then(|()| admit_client(&plane, &rt, peer)) {
+        let client = match admit_listener(&rt, &count).and_then(|()| admit_client(&plane, &rt, &name, peer)) {
             Ok(slot) => slot,
             Err(why) => {
                 refuse(&plane, &name, c, why.label());
@@ -234,9 +234,17 @@ fn admit_listener(rt: &Runtime, count: &AtomicUsize) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The admission of a new connection from `peer` (see `admission`): its client address's rate and open
-/// connections, over all listeners.
-fn admit_client(plane: &PlaneShared, rt: &Runtime, peer: SocketAddr) -> Result<Option<Box<ClientSlot>>, Refusal> {
+/// The admission of a new connection from `peer`: the listener's `allow_cidrs`, then (see `admission`) its
+/// client address's rate and open connections, over all listeners.
+fn admit_client(
+    plane: &PlaneShared,
+    rt: &Runtime,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<Option<Box<ClientSlot>>, Refusal> {
+    if rt.listeners.get(name).and_then(|l| l.allow.as_ref()).is_some_and(|allow| !allow.contains(peer.ip())) {
+        return Err(Refusal::Acl);
+    }
     let limits = &rt.limits;
     let slot = plane.clients.admit(peer.ip(), limits.max_conns_per_client, limits.new_conns_per_client_per_sec)?;
     // Boxed: it travels with the connection (in every hand-over to a fast-path loop).

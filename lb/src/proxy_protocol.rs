@@ -37,7 +37,7 @@ const V1_PREFIX: &[u8; 6] = b"PROXY ";
 pub(crate) struct Trusted(Box<[IpNet]>);
 
 impl Trusted {
-    /// The trusted networks of a listener's `proxy_protocol`.
+    /// The trusted networks of a listener's `proxy_protocol` (or the networks of its `allow_cidrs`).
     pub fn new(nets: &[IpNet]) -> Trusted {
         Trusted(nets.into())
     }

@@ -33,6 +33,8 @@ pub(crate) struct ListenerRt {
     pub tcp: Option<crate::tcp::TcpListenerRt>,
     /// `proxy_protocol`: connections come from these sources only, each starting with a PROXY header.
     pub proxy: Option<Arc<crate::proxy_protocol::Trusted>>,
+    /// `allow_cidrs`: the only clients admitted (none: every client).
+    pub allow: Option<Arc<crate::proxy_protocol::Trusted>>,
 }
 
 /// The compiled form of one snapshot.
@@ -120,6 +122,8 @@ impl Runtime {
                     tls_fast: tls.as_ref().map(|(cfg, _)| crate::fast::fast_config(cfg)),
                     tcp: crate::tcp::TcpListenerRt::of(l),
                     proxy: l.proxy_protocol.as_ref().map(|p| Arc::new(crate::proxy_protocol::Trusted::new(&p.trusted))),
+                    allow: (!l.allow_cidrs.is_empty())
+                        .then(|| Arc::new(crate::proxy_protocol::Trusted::new(&l.allow_cidrs))),
                 },
             );
         }

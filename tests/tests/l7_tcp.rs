@@ -381,6 +381,36 @@ async fn per_client_limit_and_graceful_stop() {
     tokio::time::timeout(Duration::from_secs(3), waiting).await.expect("stops once the connection ended").unwrap();
 }
 
+/// A listener's `allow_cidrs` (marathon-lb's `BACKEND_NETWORK_ALLOWED_ACL` on a TCP port): a client from another
+/// source is reset at accept, before any byte goes anywhere, and counted; an allowed one is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_acl_resets_other_sources() {
+    let dir = temp_dir();
+    let b = Echo::start(Header::None).await;
+    let cfg =
+        tcp_config("", &[b.addr]).replacen("group = \"g\"\n", "group = \"g\"\nallow_cidrs = [\"127.0.0.2/32\"]\n", 1);
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let t = p.addr("t");
+    let from = |ip: &str| {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        s
+    };
+    let mut allowed = from("127.0.0.2").connect(t).await.unwrap();
+    echo_on(&mut allowed, b"from an allowed source").await.unwrap();
+    let mut denied = from("127.0.0.1").connect(t).await.unwrap();
+    let _ = denied.write_all(b"from elsewhere").await;
+    let mut buf = [0u8; 64];
+    let got = tokio::time::timeout(Duration::from_secs(5), denied.read(&mut buf)).await.expect("refused at once");
+    assert!(matches!(got, Ok(0) | Err(_)), "nothing relayed to a denied source: {got:?}");
+    let rejected = [("listener", "t"), ("reason", "acl")];
+    assert_eq!(p.metric("padis_http_connections_rejected_total", &rejected), 1.0);
+    let backend = b.addr.to_string();
+    assert_eq!(p.metric("padis_tcp_connections_total", &[("listener", "t"), ("backend", &backend)]), 1.0);
+    echo_on(&mut allowed, b"the allowed one goes on").await.unwrap();
+    p.stop().await;
+}
+
 #[test]
 fn config_errors_have_file_and_line() {
     let dir = temp_dir();

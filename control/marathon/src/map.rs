@@ -782,7 +782,7 @@ fn map_port(
         },
     };
     let mut listener: Option<Listener> = None;
-    let (mut refused, mut http_listener) = (false, false);
+    let (mut refused, mut http_listener, mut tcp_listener) = (false, false, false);
     let udp_only = !meta[n].protocol.is_empty() && !meta[n].protocol.to_ascii_lowercase().contains("tcp");
     if !cfg.service_ports || service_port.is_none() || udp_only {
         let why = if !cfg.service_ports {
@@ -820,11 +820,23 @@ fn map_port(
                 .as_ref()
                 .map(|l| (l, "TLS termination is not offered by the TCP mode"))
                 .or_else(|| pl.auth.as_ref().map(|l| (l, "not enforceable by the TCP mode")))
-                .or_else(|| pl.network_allowed.as_ref().map(|l| (l, "not enforceable by the TCP mode yet")))
         } else {
             None
         };
-        if let Some((l, why)) = refuse {
+        // The ACL of a TCP port is its listener's (connections from other sources are reset at accept); one that
+        // cannot be read keeps the port closed rather than open to all.
+        let (tcp_acl, acl_problem) = match (&pl.network_allowed, tcp) {
+            (Some(l), true) => match parse_cidrs(l) {
+                Ok(nets) => (nets, None),
+                Err(e) => (Vec::new(), Some((l, e))),
+            },
+            _ => (Vec::new(), None),
+        };
+        if let Some((l, why)) = acl_problem {
+            refused = true;
+            let p = problem(app, l, format!("{why}: the service port {sp} is not opened"));
+            out.warnings.push(p.with_effect(Effect::ListenerSkipped));
+        } else if let Some((l, why)) = refuse {
             refused = true;
             let p = problem(app, l, format!("{why}: the service port {sp} is not opened"));
             out.warnings.push(p.with_effect(Effect::ListenerSkipped));
@@ -838,6 +850,7 @@ fn map_port(
             l.origin = Some(origin.to_string());
             if tcp {
                 l.group = Some(format!("{origin}:{n}"));
+                l.allow_cidrs = tcp_acl;
             } else {
                 l.named_routes_only = true;
                 if let Some(c) = pl.ssl_cert.as_ref().filter(|c| !c.value.is_empty()) {
@@ -1009,6 +1022,7 @@ fn map_port(
                 http_listener = true;
             }
         } else if let Some(l) = listener.take() {
+            tcp_listener = true;
             out.listeners.push((l, None));
         }
         let mut addrs = HashSet::new();
@@ -1029,7 +1043,7 @@ fn map_port(
     }
     if !routes {
         // Labels that only mean something on an HTTP port: honoured on an HTTP service-port listener; a TCP one
-        // carrying a security label was refused above.
+        // honours the ACL (its listener's) and was refused above for the other security labels.
         for l in
             [&pl.auth, &pl.network_allowed, &pl.use_hsts, &pl.proxypass_path, &pl.revproxy_path].into_iter().flatten()
         {
@@ -1037,6 +1051,8 @@ fn map_port(
             if security && pl.vip.is_some() {
                 // An L4 VIP cannot authenticate or filter: refuse it rather than serve it open.
                 problems.push(problem(app, l, "not enforceable on an L4 VIP (no HTTP route on this port)"));
+            } else if tcp_listener && l.key.ends_with("_NETWORK_ALLOWED_ACL") {
+                // Honoured by the TCP listener.
             } else if !http_listener && !(security && refused) {
                 out.warnings.push(
                     problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)")
@@ -1565,7 +1581,7 @@ mod tests {
                 "HAPROXY_0_BIND_ADDR":"127.0.0.6"}}"#
         );
         let body = format!(
-            r#"{{"apps":[{},{},{},{},{},{}]}}"#,
+            r#"{{"apps":[{},{},{},{},{},{},{}]}}"#,
             app("/tcp", "2020", 10000, r#"{"HAPROXY_GROUP":"external"}"#),
             app("/authed", "2025", 10005, &authed),
             app(
@@ -1589,7 +1605,13 @@ mod tests {
                 "2024",
                 10004,
                 r#"{"HAPROXY_GROUP":"external","HAPROXY_0_MODE":"tcp",
-                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8"}"#
+                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8 192.168.1.7"}"#
+            ),
+            app(
+                "/bad-acl-tcp",
+                "2026",
+                10006,
+                r#"{"HAPROXY_GROUP":"external","HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL":"10.0.0.0/8 everyone"}"#
             )
         );
         let apps = Apps::from_json(body.as_bytes()).unwrap();
@@ -1599,9 +1621,14 @@ mod tests {
             vec![
                 ("marathon:/tcp:0".into(), "0.0.0.0:10000".into(), ListenerMode::Tcp),
                 ("marathon:/web:0".into(), "127.0.0.5:10001".into(), ListenerMode::Http),
+                ("marathon:/acl-tcp:0".into(), "0.0.0.0:10004".into(), ListenerMode::Tcp),
                 ("marathon:/authed:0".into(), "127.0.0.6:10005".into(), ListenerMode::Http),
             ]
         );
+        // The ACL of a TCP port is its listener's.
+        let acl = &s.listeners.iter().find(|l| l.name == "marathon:/acl-tcp:0").unwrap().allow_cidrs;
+        assert_eq!(acl, &["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(), "192.168.1.7/32".parse().unwrap()]);
+        assert!(s.listeners[0].allow_cidrs.is_empty());
         // AUTH holds on the service port too (marathon-lb's service-port frontend asks no password).
         let route = s.routes.iter().find(|r| r.name == "marathon:/authed:0:service-port").expect("service route");
         assert_eq!(route.basic_auth.as_ref().map(|a| a.users[0].user.as_str()), Some("alice"));
@@ -1632,8 +1659,8 @@ mod tests {
             p,
             vec![
                 (
-                    "/acl-tcp: HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL: not enforceable by the TCP mode yet: the service \
-                     port 10004 is not opened"
+                    "/bad-acl-tcp: HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL: `everyone`: not an address or network: the \
+                     service port 10006 is not opened"
                         .into(),
                     Effect::ListenerSkipped,
                     None

@@ -300,6 +300,12 @@ pub struct Listener {
     /// limits, `X-Forwarded-For`) is the one it carries. Other sources are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<AcceptProxy>,
+    /// Client source networks allowed to connect (empty: every client). Others are reset right after accept and
+    /// counted (`padis_http_connections_rejected_total{reason="acl"}`), before any byte is read: the ACL of a
+    /// TCP listener (marathon-lb `BACKEND_NETWORK_ALLOWED_ACL` on a TCP port); on an HTTP listener it comes before
+    /// the routes' own `allow_cidrs`. Behind `proxy_protocol`, the client is the one the header announces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// A listener's acceptance of the PROXY protocol (an L4 balancer in front).
