@@ -18,6 +18,7 @@ use padis_lb::{L7Handle, L7Plane};
 use padis_marathon::{MarathonError, MarathonSource, MarathonState};
 use padis_model::marathon::MarathonConfig;
 use padis_model::{Snapshot, SnapshotReader};
+use padis_tickets::TicketKeys;
 use prometheus::Registry;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -106,6 +107,19 @@ pub trait Report: Send + Sync {
 impl Report for HealthRegistry {
     fn report(&self) -> Value {
         serde_json::to_value(HealthRegistry::report(self)).unwrap_or_default()
+    }
+}
+
+/// The session ticket keys as `/v1/state` shows them: counts and the epoch, never a key or a key name.
+struct TicketReport(Arc<TicketKeys>, bool);
+
+impl Report for TicketReport {
+    fn report(&self) -> Value {
+        let s = self.0.status();
+        json!({
+            "shared": self.1, "rotation_secs": s.rotation_secs, "epoch": s.epoch, "keys": s.keys,
+            "keys_from_peers": s.from_peers,
+        })
     }
 }
 
@@ -247,12 +261,22 @@ impl Planes {
     ) -> anyhow::Result<Planes> {
         let health = HealthRegistry::new(registry)?;
         reports.add("health", Arc::new(health.clone()));
+        // `[tls]` is read at start: the session ticket keys of this process (in memory only), shared with the
+        // `[l4.sync]` peers when `share_ticket_keys`.
+        let tls = reader.load().state.tls.clone();
+        let tickets = TicketKeys::new(tls.ticket_key_rotation);
+        reports.add("tls_tickets", Arc::new(TicketReport(tickets.clone(), tls.share_ticket_keys)));
+        let shared = tls.share_ticket_keys.then(|| tickets.clone());
         let l7 = PlaneSlot::new(
-            L7Plane::start(reader.clone(), health.clone(), registry, token.clone()).await.context("L7 plane")?,
+            L7Plane::start(reader.clone(), health.clone(), registry, tickets, token.clone())
+                .await
+                .context("L7 plane")?,
         );
         reports.add("l7", Arc::new(l7.clone()));
         let l4 = PlaneSlot::new(
-            L4Plane::start(reader.clone(), health.clone(), registry, token.clone()).await.context("L4 plane")?,
+            L4Plane::start(reader.clone(), health.clone(), registry, shared, token.clone())
+                .await
+                .context("L4 plane")?,
         );
         reports.add("l4", Arc::new(l4.clone()));
         let dns = PlaneSlot::new(DnsPlane::start(reader.clone(), registry, token.clone()).await.context("DNS plane")?);

@@ -8,8 +8,9 @@ use padis_model::DesiredState;
 use serde_json::Value;
 
 /// `[section]` fields read only at start, as `(section, fields)`; an empty list is the whole section.
-const START_ONLY: [(&str, &[&str]); 7] = [
+const START_ONLY: [(&str, &[&str]); 8] = [
     ("runtime", &[]),
+    ("tls", &[]),
     ("log", &["format"]),
     ("admin", &["listen", "socket"]),
     ("l4", &["interfaces", "instance", "xdp_mode", "max_flows", "max_vips", "max_backends", "max_sources", "sync"]),

@@ -87,6 +87,8 @@ pub(crate) struct TlsSession {
     pub sni: Option<Box<str>>,
     /// The verified subject of the client's certificate (`crate::tls::client_subject`).
     pub subject: Option<Arc<str>>,
+    /// The client's verified certificate, on a connection whose config asked for one.
+    pub cert: Option<crate::headers::ClientCert>,
 }
 
 /// Serves one accepted connection until it ends, `stop` (graceful) or `hard` (immediate).
@@ -99,15 +101,37 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
         if l.tls_required && l.tls.is_none() {
             return;
         }
-        (rt.limits.clone(), l.tls.clone())
+        (rt.limits.clone(), l.tls.as_ref().map(|(cfg, _)| Configs { cfg: cfg.clone(), auth: l.client_auth.clone() }))
     };
     match tls {
         None => {
             let (peer, local) = (a.peer, a.local);
             serve_http(plane, a.stream, guard, Mode::Auto, None, peer, local, a.listener, limits, stop, hard).await
         }
-        Some((cfg, _)) => handshake(plane, a.stream, cfg, guard, a.peer, a.local, a.listener, limits, stop, hard).await,
+        Some(cfg) => handshake(plane, a.stream, cfg, guard, a.peer, a.local, a.listener, limits, stop, hard).await,
     }
+}
+
+/// A TLS listener's server config, and its configs by server name when it asks for client certificates.
+struct Configs {
+    cfg: Arc<rustls::ServerConfig>,
+    auth: Option<Arc<crate::tls::ClientAuthConfigs>>,
+}
+
+/// The TLS handshake with the listener's config, or, on a listener with client authentication, with the config
+/// its ClientHello's server name chooses (and the header its verified subject goes in).
+async fn accept_tls(
+    stream: TcpStream,
+    tls: Configs,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<http::HeaderName>)> {
+    let Some(auth) = tls.auth else {
+        return Ok((tokio_rustls::TlsAcceptor::from(tls.cfg).accept(stream).await?, None));
+    };
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let name = start.client_hello().server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+    let m = auth.pick(name.as_deref());
+    let header = m.header.clone();
+    Ok((start.into_stream(m.config.clone()).await?, header))
 }
 
 /// The TLS handshake of a connection of a TLS listener (bounded by the header timeout), then HTTP by its ALPN.
@@ -115,7 +139,7 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
 async fn handshake(
     plane: Arc<PlaneShared>,
     stream: TcpStream,
-    cfg: Arc<rustls::ServerConfig>,
+    cfg: Configs,
     guard: ActiveGuard,
     peer: SocketAddr,
     local: SocketAddr,
@@ -124,13 +148,12 @@ async fn handshake(
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(limits.header_read_timeout, accept_tls(stream, cfg));
     let res = tokio::select! {
         r = handshake => r,
         _ = stop.cancelled() => return,
     };
-    let stream = match res {
+    let (stream, subject_header) = match res {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(listener = &*listener, peer = %peer, error = %e, "TLS handshake failed");
@@ -156,7 +179,12 @@ async fn handshake(
         _ => Mode::Auto,
     };
     let sni = session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str());
-    let tls = Some(TlsSession { sni, subject: crate::tls::client_subject(session) });
+    let subject = crate::tls::client_subject(session);
+    // The subject header of the configuration the handshake used (none: no certificate asked for).
+    let cert = subject_header.zip(subject.as_deref()).and_then(|(header, s)| {
+        Some(crate::headers::ClientCert { header, subject: http::HeaderValue::from_str(s).ok()? })
+    });
+    let tls = Some(TlsSession { sni, subject, cert });
     serve_http(plane, stream, guard, mode, tls, peer, local, listener, limits, stop, hard).await
 }
 
@@ -173,8 +201,9 @@ pub(crate) async fn serve_tls(
 ) {
     let (limits, cfg) = {
         let rt = plane.runtime.load();
-        let Some((cfg, _)) = rt.listeners.get(&*listener).and_then(|l| l.tls.clone()) else { return };
-        (rt.limits.clone(), cfg)
+        let Some(l) = rt.listeners.get(&*listener) else { return };
+        let Some((cfg, _)) = l.tls.clone() else { return };
+        (rt.limits.clone(), Configs { cfg, auth: l.client_auth.clone() })
     };
     let hard = plane.hard.clone();
     handshake(plane, stream, cfg, guard, peer, local, listener, limits, stop, hard).await
@@ -194,7 +223,8 @@ pub(crate) async fn serve_tls_handoff(
     let limits = plane.runtime.load().limits.clone();
     let hard = plane.hard.clone();
     let mode = if io.alpn() == Some(b"http/1.1") { Mode::H1 } else { Mode::Auto };
-    let tls = Some(TlsSession { sni: io.sni(), subject: io.subject() });
+    // The fast path never serves a listener that asks for client certificates: no subject header.
+    let tls = Some(TlsSession { sni: io.sni(), subject: io.subject(), cert: None });
     serve_http(plane, io, guard, mode, tls, peer, local, listener, limits, stop, hard).await
 }
 
@@ -239,8 +269,8 @@ async fn serve_http<I>(
     let state = Arc::new(ConnState::new());
     // The guard goes with the I/O: an upgraded connection (WebSocket) stays counted until its tunnel ends.
     let io = TimedIo::new(io, state.clone(), IoLimits::of(&limits), mode == Mode::H2).holding(guard);
-    let id = crate::headers::ClientId::new(peer, local.port(), https);
-    let (sni, tls_subject) = tls.map_or((None, None), |t| (t.sni, t.subject));
+    let (sni, tls_subject, cert) = tls.map_or((None, None, None), |t| (t.sni, t.subject, t.cert));
+    let id = crate::headers::ClientId::new(peer, local.port(), https).with_cert(cert);
     let ctx = Arc::new(ConnCtx {
         plane,
         listener,

@@ -34,6 +34,12 @@ pub enum L7Error {
     /// The client TLS configuration towards a group's backends cannot be built (CA file, protocol versions).
     #[error("tls: {0}")]
     UpstreamTls(#[from] padis_balance::health::TransportError),
+    /// A listener's client authentication cannot be set up (CA bundle, CRL, subject header).
+    #[error("tls: client_auth: {message}")]
+    ClientAuth {
+        /// What is wrong, with the file.
+        message: String,
+    },
     /// A group's TLS `server_name` is not a DNS name or an IP address.
     #[error("tls: group `{group}`: server_name `{name}`: {source}")]
     ServerName {

@@ -187,6 +187,7 @@ async fn proxy(ctx: &ConnCtx, mut req: Request<Incoming>, mut done: Box<Completi
         headers::drop_fields(&mut parts.headers, &r.request);
     }
     headers::add_forwarded(&mut parts.headers, &ctx.id);
+    headers::set_client_cert(&mut parts.headers, &rt.subject_headers, &ctx.id);
     if let Some(r) = rules {
         headers::write_fields(&mut parts.headers, &r.request, &vars(ctx, &done.request_id));
     }

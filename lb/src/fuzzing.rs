@@ -48,7 +48,8 @@ pub fn request_head(data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let request_id = http::HeaderName::from_static("x-request-id");
     let vars = vars(client);
-    let edits = request::Edits { request_id: Some((&request_id, "rid-1")), rules: Some((&rules().request, &vars)) };
+    let edits =
+        request::Edits { strip: &[], request_id: Some((&request_id, "rid-1")), rules: Some((&rules().request, &vars)) };
     head.write_backend_head(&admitted.target, &id, &edits, &mut out);
 
     let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];

@@ -85,6 +85,17 @@ pub(crate) struct ClientId {
     /// Local port.
     port: HeaderValue,
     https: bool,
+    /// The client's verified certificate (mTLS listeners).
+    pub cert: Option<ClientCert>,
+}
+
+/// A client certificate verified in the handshake: its subject, and the header the listener passes it in.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientCert {
+    /// The listener's `subject_header` (lowercase).
+    pub header: HeaderName,
+    /// The subject, RFC 4514.
+    pub subject: HeaderValue,
 }
 
 impl ClientId {
@@ -96,7 +107,29 @@ impl ClientId {
             IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
-        ClientId { xff: ip.to_string().into(), forwarded: forwarded.into(), port: HeaderValue::from(port), https }
+        ClientId {
+            xff: ip.to_string().into(),
+            forwarded: forwarded.into(),
+            port: HeaderValue::from(port),
+            https,
+            cert: None,
+        }
+    }
+
+    /// The identity with the client's verified certificate.
+    pub fn with_cert(self, cert: Option<ClientCert>) -> ClientId {
+        ClientId { cert, ..self }
+    }
+}
+
+/// Removes every configured subject header (`strip`: a client's copy is never passed on, whatever the listener)
+/// and sets the one of the client's verified certificate.
+pub(crate) fn set_client_cert(headers: &mut HeaderMap, strip: &[HeaderName], id: &ClientId) {
+    for h in strip {
+        headers.remove(h);
+    }
+    if let Some(c) = &id.cert {
+        headers.insert(c.header.clone(), c.subject.clone());
     }
 }
 
@@ -159,6 +192,12 @@ pub(crate) fn write_forwarded(
     out.extend_from_slice(b"\r\nforwarded: ");
     forwarded_parts(id, prev_fwd, host).for_each(|p| out.extend_from_slice(p));
     out.extend_from_slice(b"\r\n");
+    if let Some(c) = &id.cert {
+        out.extend_from_slice(c.header.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(c.subject.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// `name`'s first value with this proxy's element appended, as a new single value.

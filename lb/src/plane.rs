@@ -74,11 +74,13 @@ struct Follower {
 impl L7Plane {
     /// Serves every [[listener]] of the snapshots read from `reader`, following changes with no reload:
     /// new listeners are bound, removed ones stop accepting (their connections finish), kept ones keep their
-    /// socket; routes, groups and certificates swap atomically for the next request/handshake.
+    /// socket; routes, groups and certificates swap atomically for the next request/handshake. Session tickets
+    /// are sealed with `tickets` (the node's keys, shared with its peers by the L4 sync channel if configured).
     pub async fn start(
         mut reader: SnapshotReader,
         health: HealthRegistry,
         metrics: &prometheus::Registry,
+        tickets: Arc<padis_tickets::TicketKeys>,
         shutdown: CancellationToken,
     ) -> Result<L7Handle, L7Error> {
         let bind_failed = prometheus::IntGaugeVec::new(
@@ -90,7 +92,7 @@ impl L7Plane {
         )?;
         metrics.register(Box::new(bind_failed.clone()))?;
         let metrics = Arc::new(Metrics::register(metrics)?);
-        let resumption = Resumption::new()?;
+        let resumption = Resumption::new(tickets);
         reader.mark_seen();
         let snap = reader.load();
         let rt = Runtime::build(&snap, None, &health, &metrics, &resumption);

@@ -25,6 +25,9 @@ pub(crate) struct ListenerRt {
     /// Its TLS config (absent if it could not be built: connections are then refused) and its certificates by
     /// server name.
     pub tls: Option<(Arc<ServerConfig>, Arc<tls::SniResolver>)>,
+    /// Client certificate authentication (per server name): its connections do the handshake on the hyper path
+    /// with the config chosen by their ClientHello's server name.
+    pub client_auth: Option<Arc<tls::ClientAuthConfigs>>,
     /// Connections start on the HTTP/1.1 fast path (TLS ones whose client does not get h2 too).
     pub fast_path: bool,
     /// The TLS config of the fast path's handshakes (`tls` without h2, see `fast::fast_config`).
@@ -54,6 +57,9 @@ pub(crate) struct Runtime {
     pub accepting: HashSet<SocketAddr>,
     /// The request id (`[request_id]`).
     pub request_ids: Option<crate::policy::rules::RequestIds>,
+    /// Every listener's client certificate subject header: removed from every request a client sends, on every
+    /// listener (a backend behind both an mTLS and a plain listener never sees a client's copy).
+    pub subject_headers: Vec<http::HeaderName>,
     /// The buckets of the routes' rate limits (kept from one snapshot to the next).
     pub rates: Arc<crate::ratelimit::RateTable>,
     keys: HashMap<String, (Arc<CertMaterial>, Arc<CertifiedKey>)>,
@@ -97,15 +103,20 @@ impl Runtime {
             keys.iter().map(|(n, (_, k))| (n.clone(), k.clone())).collect();
         let mut listeners = HashMap::with_capacity(state.listeners.len());
         for l in &state.listeners {
-            let tls = l.tls.as_ref().and_then(|t| {
+            let built = l.tls.as_ref().and_then(|t| {
                 match tls::server_config(t, &snap.certificates, &plain_keys, resumption) {
-                    Ok(c) => Some(c),
+                    Ok((cfg, resolver, auth)) => Some(((cfg, resolver), auth)),
                     Err(e) => {
                         tracing::error!(listener = %l.name, error = %e, "TLS config not usable; keeping the previous one");
-                        prev.and_then(|p| p.listeners.get(&l.name)).and_then(|p| p.tls.clone())
+                        let p = prev.and_then(|p| p.listeners.get(&l.name));
+                        p.and_then(|p| p.tls.clone()).map(|t| (t, p.and_then(|p| p.client_auth.clone())))
                     }
                 }
             });
+            let (tls, client_auth) = built.map_or((None, None), |(t, a)| (Some(t), a));
+            // A listener with client authentication `asks` for certificates: a listener whose config could not
+            // be built is refused anyway (`tls` absent).
+            let asks = l.tls.as_ref().is_some_and(|t| t.asks_client_certs());
             listeners.insert(
                 l.name.clone(),
                 ListenerRt {
@@ -118,7 +129,9 @@ impl Runtime {
                     },
                     tls_required: l.tls.is_some(),
                     tls: tls.clone(),
-                    fast_path: l.fast_path,
+                    // Client certificates are asked for on the hyper path only (see `conn::handshake`).
+                    fast_path: l.fast_path && !asks,
+                    client_auth,
                     tls_fast: tls.as_ref().map(|(cfg, _)| crate::fast::fast_config(cfg)),
                     tcp: crate::tcp::TcpListenerRt::of(l),
                     proxy: l.proxy_protocol.as_ref().map(|p| Arc::new(crate::proxy_protocol::Trusted::new(&p.trusted))),
@@ -145,8 +158,20 @@ impl Runtime {
             let backends = backend_labels.values().map(|l| l.to_string()).collect();
             metrics.retain(&routes, &groups, &backends);
         }
+        let mut subject_headers: Vec<http::HeaderName> = Vec::new();
+        for t in state.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            let auths = t.client_auth.iter().chain(t.by_name.iter().filter_map(|n| n.client_auth.as_ref()));
+            for a in auths {
+                if let Ok(h) = http::HeaderName::from_bytes(a.subject_header.to_ascii_lowercase().as_bytes()) {
+                    if !subject_headers.contains(&h) {
+                        subject_headers.push(h);
+                    }
+                }
+            }
+        }
         Runtime {
             limits: state.limits.clone(),
+            subject_headers,
             listeners,
             balancers,
             upstreams,

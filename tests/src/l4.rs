@@ -409,13 +409,14 @@ mod e2e {
                     };
                     let store = SnapshotStore::new(first);
                     let token = CancellationToken::new();
-                    let handle: L4Handle = match L4Plane::start(store.reader(), health, &metrics, token.clone()).await {
-                        Ok(h) => h,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
+                    let handle: L4Handle =
+                        match L4Plane::start(store.reader(), health, &metrics, None, token.clone()).await {
+                            Ok(h) => h,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        };
                     let _ = ready_tx.send(Ok(()));
                     let mut generation = 1;
                     while let Some(cmd) = rx.recv().await {

@@ -49,8 +49,10 @@ impl Proxy {
         let registry = prometheus::Registry::new();
         let health = HealthRegistry::new(&registry).expect("health registry");
         let shutdown = CancellationToken::new();
-        let handle =
-            L7Plane::start(store.reader(), health, &registry, shutdown.clone()).await.expect("L7 plane starts");
+        let tickets = padis_tickets::TicketKeys::new(std::time::Duration::from_secs(3600));
+        let handle = L7Plane::start(store.reader(), health, &registry, tickets, shutdown.clone())
+            .await
+            .expect("L7 plane starts");
         Proxy { store, handle: Some(handle), shutdown, registry, generation: 1, dir: dir.to_path_buf() }
     }
 
@@ -420,6 +422,47 @@ impl Pki {
         std::fs::write(&cert_path, cert.pem()).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
         (cert_path, key_path)
+    }
+
+    /// Issues a client certificate (`clientAuth`) with subject `O=<org>,CN=<cn>` and serial `serial`; writes
+    /// `<file>.pem` and `<file>.key`, returns their paths.
+    pub fn client_leaf(&self, file: &str, cn: &str, org: &str, serial: u64) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("client cert");
+        let cert_path = self.dir.join(format!("{file}.pem"));
+        let key_path = self.dir.join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+
+    /// Writes a CRL of this CA revoking the certificates of these serial numbers to `<file>` (PEM).
+    pub fn crl(&self, file: &str, revoked: &[u64]) -> PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).expect("crl");
+        let path = self.dir.join(file);
+        std::fs::write(&path, crl.pem().expect("crl pem")).expect("write crl");
+        path
     }
 
     /// A rustls server config for a backend from a leaf written by [`Pki::leaf`].

@@ -1,7 +1,9 @@
-//! Secrets are never output: an admin token, Marathon basic-auth credentials and a TSIG key (inline or from an
-//! owner-only file) appear in no admin answer (`/v1/state`, `/metrics`, `/v1/config/validate`, `padis status`
-//! and `padis status --json`), in no log line of a daemon running at debug level, and in no `padis check`
-//! output; secret files readable by group or others are refused with file:line.
+//! Secrets are never output: an admin token, Marathon basic-auth credentials, a TSIG key (inline or from an
+//! owner-only file), the L4 sync key, a backend client certificate's private key and the TLS session ticket keys
+//! (learnt here by listening as a sync peer and decrypting what the daemon sends) appear in no admin answer
+//! (`/v1/state`, `/metrics`, `/v1/config/validate`, `padis status` and `padis status --json`), in no log line
+//! of a daemon running at debug level, and in no `padis check` output; secret files readable by group or others
+//! are refused with file:line.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +18,32 @@ const ADMIN_TOKEN: &str = "adm1n-T0KEN-7c41e9";
 const MARATHON_PASSWORD: &str = "mar4thon-PW-55d2af";
 /// base64 of 32 bytes ("tsig-key-bytes-0123456789abcdef!").
 const TSIG_SECRET: &str = "dHNpZy1rZXktYnl0ZXMtMDEyMzQ1Njc4OWFiY2RlZiE=";
+const SYNC_KEY: &str = "sync-K3Y-shared-by-nodes-9f2e";
+
+/// Secrets known only once the daemon runs (ticket keys) or files are made (a private key), in the forms they
+/// could leak in.
+static DYNAMIC: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn add_secret(s: String) {
+    DYNAMIC.lock().unwrap().push(s);
+}
+
+/// `bytes` as hex (both cases) and base64 (coreutils, independent of our code).
+fn add_secret_bytes(bytes: &[u8]) {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    add_secret(hex.to_uppercase());
+    add_secret(hex);
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Without the padding, which depends on where the value would start.
+    add_secret(String::from_utf8(out.stdout).unwrap().trim_end_matches('=').to_string());
+}
 
 fn private_file(path: &Path, content: &str, mode: u32) {
     std::fs::write(path, content).unwrap();
@@ -23,6 +51,11 @@ fn private_file(path: &Path, content: &str, mode: u32) {
 }
 
 fn config(admin: SocketAddr, dir: &Path, marathon: &str, dns: u16) -> String {
+    config_with_sync(admin, dir, marathon, dns, (free_port(), free_port()))
+}
+
+/// The config; `sync`: this node's sync port and its peer's (where the test listens).
+fn config_with_sync(admin: SocketAddr, dir: &Path, marathon: &str, dns: u16, sync: (u16, u16)) -> String {
     format!(
         r#"[admin]
 listen = "{admin}"
@@ -31,9 +64,36 @@ token_file = "admin.token"
 [log]
 level = "debug"
 
+[tls]
+share_ticket_keys = true
+
+[l4.sync]
+listen = "127.0.0.1:{me}"
+peers = ["127.0.0.1:{me}", "127.0.0.1:{peer}"]
+key_file = "sync.key"
+
 [[listener]]
 name = "web"
 bind = "127.0.0.1:{web}"
+
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:{tls}"
+[listener.tls]
+
+[[certificate]]
+name = "site"
+cert = "site.pem"
+key = "site.key"
+
+[[group]]
+name = "mtls-backend"
+[group.tls]
+ca = "site.pem"
+cert = "client.pem"
+key = "client.key"
+[[group.backend]]
+addr = "127.0.0.1:9"
 
 [dns]
 listen = ["127.0.0.1:{dns}"]
@@ -61,6 +121,9 @@ user = "padis"
 password_file = "marathon.password"
 "#,
         web = free_port(),
+        tls = free_port(),
+        me = sync.0,
+        peer = sync.1,
         state = dir.join("dns-state").display(),
     )
 }
@@ -69,10 +132,13 @@ password_file = "marathon.password"
 fn leaks(text: &str) -> Vec<&'static str> {
     let basic = basic_value();
     let mut found = Vec::new();
-    for s in [ADMIN_TOKEN, MARATHON_PASSWORD, TSIG_SECRET] {
+    for s in [ADMIN_TOKEN, MARATHON_PASSWORD, TSIG_SECRET, SYNC_KEY] {
         if text.contains(s) {
             found.push(s);
         }
+    }
+    if DYNAMIC.lock().unwrap().iter().any(|s| text.contains(s.as_str())) {
+        found.push("a private key or a TLS session ticket key");
     }
     if text.contains(basic.trim_start_matches("Basic ")) {
         found.push("the Marathon Basic credentials");
@@ -103,9 +169,14 @@ async fn secrets_appear_in_no_answer_log_or_check_output() {
 
     private_file(&dir.path().join("admin.token"), &format!("{ADMIN_TOKEN}\n"), 0o600);
     private_file(&dir.path().join("marathon.password"), MARATHON_PASSWORD, 0o400);
+    private_file(&dir.path().join("sync.key"), SYNC_KEY, 0o600);
+    tls_files(dir.path());
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let path = dir.path().join("padis.toml");
-    let text = config(admin, dir.path(), &m.url(0), free_port());
+    // The test is the daemon's sync peer: it receives the ticket keys the daemon shares.
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sync = (free_port(), peer.local_addr().unwrap().port());
+    let text = config_with_sync(admin, dir.path(), &m.url(0), free_port(), sync);
     std::fs::write(&path, &text).unwrap();
 
     // `padis check`: valid, and nothing secret in its output.
@@ -126,6 +197,8 @@ async fn secrets_appear_in_no_answer_log_or_check_output() {
         .unwrap();
     let mut p = Padis { child, admin, log };
     p.wait_ready();
+    let keys = ticket_keys_from(&peer);
+    assert!(keys >= 2, "the current and next epochs' keys were shared");
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let get = |target: &str| {
         let (code, body) = http(admin, "GET", target, None, &[("Authorization", &auth)]).unwrap();
@@ -183,6 +256,45 @@ async fn secrets_appear_in_no_answer_log_or_check_output() {
     assert_clean("the daemon's log", &log);
 }
 
+/// A server certificate and a backend client certificate (whose private key is a secret).
+fn tls_files(dir: &Path) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["api.example.com".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("site.pem"), cert.pem()).unwrap();
+    private_file(&dir.join("site.key"), &key.serialize_pem(), 0o600);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("client.pem"), cert.pem()).unwrap();
+    let pem = key.serialize_pem();
+    private_file(&dir.join("client.key"), &pem, 0o600);
+    // Each base64 line of the key.
+    for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 16) {
+        add_secret(line.to_string());
+    }
+    add_secret_bytes(&key.serialize_der());
+}
+
+/// Receives the daemon's sync datagrams as its peer until its ticket keys came (decrypted with the shared key);
+/// records them as secrets and returns how many there are. The datagrams themselves never hold them in clear.
+fn ticket_keys_from(peer: &std::net::UdpSocket) -> usize {
+    let key = padis_l4::sync::SyncKey::new(SYNC_KEY.as_bytes());
+    peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        let Ok(n) = peer.recv(&mut buf) else { continue };
+        let Ok(msg) = padis_l4::sync::decode(&buf[..n], &key) else { continue };
+        if let padis_l4::sync::Body::TicketKeys(keys) = msg.body {
+            for k in &keys {
+                assert!(!buf[..n].windows(16).any(|w| k.secret.windows(16).any(|s| s == w)), "a key in clear");
+                add_secret_bytes(&k.secret[..]);
+            }
+            return keys.len();
+        }
+    }
+    panic!("no ticket keys received from the daemon");
+}
+
 #[test]
 fn secret_files_open_to_group_or_others_are_refused_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,6 +302,8 @@ fn secret_files_open_to_group_or_others_are_refused_with_file_and_line() {
     let path = dir.path().join("padis.toml");
     let text = config(admin, dir.path(), "http://127.0.0.1:1", free_port());
     std::fs::write(&path, &text).unwrap();
+    private_file(&dir.path().join("sync.key"), SYNC_KEY, 0o600);
+    tls_files(dir.path());
     private_file(&dir.path().join("admin.token"), ADMIN_TOKEN, 0o640);
     private_file(&dir.path().join("marathon.password"), MARATHON_PASSWORD, 0o604);
     let out = Command::new(padis_bin()).args(["check", "--config"]).arg(&path).output().unwrap();

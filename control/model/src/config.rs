@@ -34,6 +34,9 @@ pub struct DesiredState {
     /// The request id of L7 requests (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<crate::headers::RequestIdConfig>,
+    /// TLS settings of the whole node (session ticket keys; read at start).
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// L7 listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
@@ -85,6 +88,7 @@ impl DesiredState {
             runtime,
             limits,
             request_id,
+            tls,
             listeners,
             certificates,
             routes,
@@ -106,6 +110,7 @@ impl DesiredState {
             && *runtime == other.runtime
             && *limits == other.limits
             && *request_id == other.request_id
+            && *tls == other.tls
             && *listeners == other.listeners
             && *certificates == other.certificates
             && *l4 == other.l4
@@ -262,6 +267,41 @@ impl Default for Limits {
     }
 }
 
+/// `[tls]`: TLS settings of the node, read at start.
+///
+/// Session tickets are sealed with keys that rotate every `ticket_key_rotation`, the previous two still
+/// accepted; with `share_ticket_keys`, the keys travel encrypted over the `[l4.sync]` channel to every peer, so a
+/// client resumes its session on any node. Keys exist in memory only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// How long one session ticket key seals new tickets (tickets live two rotations).
+    #[serde(with = "humantime_serde")]
+    pub ticket_key_rotation: Duration,
+    /// Share ticket keys with the `[l4.sync]` peers (needs `[l4.sync]`).
+    pub share_ticket_keys: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings { ticket_key_rotation: Duration::from_secs(3600), share_ticket_keys: false }
+    }
+}
+
+impl TlsSettings {
+    /// Checks the rotation bounds and that sharing has a channel.
+    pub fn validate(&self, sync: bool, cx: &mut crate::Validator) {
+        let r = self.ticket_key_rotation;
+        // Tickets live two rotations; TLS 1.3 allows seven days at most (RFC 8446 §4.6.1).
+        if r < Duration::from_secs(1) || r > Duration::from_secs(3 * 86_400) || r.subsec_nanos() != 0 {
+            cx.error("tls.ticket_key_rotation", format!("{r:?}: whole seconds between 1s and 3 days"));
+        }
+        if self.share_ticket_keys && !sync {
+            cx.error("tls.share_ticket_keys", "keys are shared over the [l4.sync] channel: configure [l4.sync]");
+        }
+    }
+}
+
 /// An L7 listener.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -364,6 +404,65 @@ pub struct ListenerTls {
     /// ALPN protocols in preference order.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
+    /// Client certificate authentication of the listener (none: no certificate is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Client certificate authentication by server name (SNI), instead of the listener's `client_auth` for
+    /// these names; the first entry naming a client's server name applies (exact names before `*.parent`).
+    #[serde(default, rename = "by_name", skip_serializing_if = "Vec::is_empty")]
+    pub by_name: Vec<NamedClientAuth>,
+}
+
+impl ListenerTls {
+    /// Whether any connection of the listener may be asked for a client certificate.
+    pub fn asks_client_certs(&self) -> bool {
+        self.client_auth.is_some() || self.by_name.iter().any(|n| n.client_auth.is_some())
+    }
+}
+
+/// Client certificate authentication (mutual TLS) of a listener or of some of its server names.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// `required`: a client without a certificate the CAs verify is refused in the handshake; `optional`: a
+    /// client may send none (and is served without the subject header), but one it sends must verify.
+    pub mode: ClientAuthMode,
+    /// PEM bundle of the CAs client certificates must chain to (relative to the config file).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER, relative to the config file): a revoked certificate is refused.
+    /// Once any is given, every certificate of a client's chain must be covered by one (unknown status refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl: Vec<PathBuf>,
+    /// Request header carrying the verified certificate's subject (RFC 4514) to the backend. A copy sent by a
+    /// client is always removed, on every listener.
+    #[serde(default = "default_subject_header")]
+    pub subject_header: String,
+}
+
+/// Default [`ClientAuth::subject_header`].
+pub fn default_subject_header() -> String {
+    "X-Client-Cert-Subject".into()
+}
+
+/// Whether a client certificate is required.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// No certificate, or one that does not verify: the handshake fails.
+    Required,
+    /// No certificate: served, without identity. One that does not verify: the handshake fails.
+    Optional,
+}
+
+/// Client authentication for some server names of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedClientAuth {
+    /// Server names (exact, or `*.parent`), lowercase.
+    pub names: Vec<String>,
+    /// Their client authentication (absent: none, even if the listener has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
 }
 
 fn default_alpn() -> Vec<String> {
@@ -713,6 +812,12 @@ pub struct UpstreamTls {
     /// Do not verify the backend certificate (test setups only).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// PEM certificate chain presented to backends that ask for one (backend mTLS); with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// An active health check.

@@ -2,7 +2,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use toml_edit::Document;
@@ -151,6 +151,27 @@ fn check(
             }
         }
     }
+    for g in &mut state.groups {
+        let t = g.tls.as_ref();
+        let relative = |p: Option<&PathBuf>| p.is_some_and(|p| p.is_relative());
+        if t.is_some_and(|t| relative(t.cert.as_ref()) || relative(t.key.as_ref())) {
+            if let Some(t) = Arc::make_mut(g).tls.as_mut() {
+                for p in [t.cert.as_mut(), t.key.as_mut()].into_iter().flatten() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+    }
+    for l in &mut state.listeners {
+        let Some(t) = l.tls.as_mut() else { continue };
+        let auths = t.client_auth.iter_mut().chain(t.by_name.iter_mut().filter_map(|n| n.client_auth.as_mut()));
+        for a in auths {
+            a.ca = base.join(&a.ca);
+            for c in &mut a.crl {
+                *c = base.join(&*c);
+            }
+        }
+    }
     if let Some(s) = state.l4.sync.as_mut() {
         s.key_file = base.join(&s.key_file);
     }
@@ -165,6 +186,7 @@ fn check(
         r.validate(&mut cx);
     }
     state.l4.validate(&state.vips, &mut cx);
+    state.tls.validate(state.l4.sync.is_some(), &mut cx);
     state.dns.validate(&mut cx);
     if let Some(m) = &state.marathon {
         m.validate(&mut cx);
@@ -184,6 +206,41 @@ fn check(
         })
         .collect();
     Err(ConfigErrors(errors))
+}
+
+/// Request headers a client certificate's subject cannot be passed in: the proxy writes or consumes them.
+const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "proxy-authorization",
+];
+
+/// A client authentication: its CA bundle and CRLs parse, its subject header is a header name Padis may write.
+fn check_client_auth(cx: &mut Validator, p: &str, a: &crate::ClientAuth) {
+    if let Err(e) = tls::load_ca_bundle(&a.ca) {
+        cx.error(format!("{p}.ca"), e);
+    }
+    for (i, c) in a.crl.iter().enumerate() {
+        if let Err(e) = tls::load_crls(c) {
+            cx.error(format!("{p}.crl[{i}]"), e);
+        }
+    }
+    let h = &a.subject_header;
+    let token = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        cx.error(format!("{p}.subject_header"), format!("`{h}`: not a header field name"));
+    } else if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(h)) || h.starts_with(':') {
+        cx.error(format!("{p}.subject_header"), format!("`{h}`: written by the proxy itself; choose another name"));
+    }
 }
 
 /// Reads every `*_file` secret of the config into its inline field ([`secret::resolve`]).
@@ -339,6 +396,30 @@ fn check_l7(
                     cx.error(format!("listener[{i}].tls.alpn[{j}]"), format!("`{a}`: expected h2 or http/1.1"));
                 }
             }
+            if let Some(a) = &t.client_auth {
+                check_client_auth(cx, &format!("listener[{i}].tls.client_auth"), a);
+            }
+            let mut named = HashSet::new();
+            for (j, n) in t.by_name.iter().enumerate() {
+                let p = format!("listener[{i}].tls.by_name[{j}]");
+                if n.names.is_empty() {
+                    cx.error(format!("{p}.names"), "empty: name at least one server name");
+                }
+                for (k, name) in n.names.iter().enumerate() {
+                    let bare = name.strip_prefix("*.").unwrap_or(name);
+                    if !host_ok(bare) || bare.contains('*') || name.to_ascii_lowercase() != *name {
+                        cx.error(
+                            format!("{p}.names[{k}]"),
+                            format!("`{name}`: expected a lowercase server name or `*.parent`"),
+                        );
+                    } else if !named.insert(name.as_str()) {
+                        cx.error(format!("{p}.names[{k}]"), format!("`{name}` is named by an earlier entry"));
+                    }
+                }
+                if let Some(a) = &n.client_auth {
+                    check_client_auth(cx, &format!("{p}.client_auth"), a);
+                }
+            }
         }
     }
     let listener_names: HashSet<&str> = s.listeners.iter().map(|l| l.name.as_str()).collect();
@@ -383,6 +464,16 @@ fn check_l7(
                 if !base.join(ca).is_file() {
                     cx.error(format!("{p}.tls.ca"), format!("{}: no such file", base.join(ca).display()));
                 }
+            }
+            match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => {
+                    if let Err(e) = tls::load(&g.name, cert, key, &[], base) {
+                        cx.error(format!("{p}.tls.cert"), e);
+                    }
+                }
+                (Some(_), None) => cx.error(format!("{p}.tls.cert"), "a client certificate needs its `key`"),
+                (None, Some(_)) => cx.error(format!("{p}.tls.key"), "`key` without `cert`"),
+                (None, None) => {}
             }
         }
         if let Some(h) = &g.health {

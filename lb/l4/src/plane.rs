@@ -264,13 +264,23 @@ impl L4Plane {
         mut reader: SnapshotReader,
         health: HealthRegistry,
         metrics: &prometheus::Registry,
+        tickets: Option<Arc<padis_tickets::TicketKeys>>,
         shutdown: CancellationToken,
     ) -> Result<L4Handle, L4Error> {
         let snap = reader.load();
         reader.mark_seen();
         let l4 = snap.state.l4.clone();
         if l4.interfaces.is_empty() {
-            return Ok(L4Handle { task: None, sync: None, inner: None, keep: Default::default() });
+            // No XDP: the sync channel, if configured, still carries the TLS session ticket keys.
+            let sync = match &l4.sync {
+                Some(cfg) => {
+                    let (_, index) = tokio::sync::watch::channel(Arc::new(SyncIndex::default()));
+                    let name = crate::sync::node_name(&l4);
+                    Some(SyncHandle::spawn(cfg, &name, None, index, metrics, tickets, shutdown)?)
+                }
+                None => None,
+            };
+            return Ok(L4Handle { task: None, sync, inner: None, keep: Default::default() });
         }
         let dir = bpffs::pin_dir(&l4.instance)?;
         let opts = LoadOptions {
@@ -322,7 +332,7 @@ impl L4Plane {
             }
         }
         let sync = match (&l4.sync, index_rx) {
-            (Some(cfg), Some(rx)) => match start_sync(&mut inner, cfg, &l4, rx, metrics, shutdown.clone()) {
+            (Some(cfg), Some(rx)) => match start_sync(&mut inner, cfg, &l4, rx, metrics, tickets, shutdown.clone()) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     for a in inner.attachments.drain(..) {
@@ -368,6 +378,7 @@ fn start_sync(
     l4: &padis_model::l4::L4Config,
     index: tokio::sync::watch::Receiver<Arc<SyncIndex>>,
     metrics: &prometheus::Registry,
+    tickets: Option<Arc<padis_tickets::TicketKeys>>,
     shutdown: CancellationToken,
 ) -> Result<SyncHandle, L4Error> {
     let maps = &mut inner.balancer.maps;
@@ -378,7 +389,7 @@ fn start_sync(
     .map_err(crate::sync::SyncError::from)?;
     let sync_maps =
         SyncMaps { ring, conntrack: crate::sync::conntrack_handle(&maps.conntrack)?, stats, max_flows: l4.max_flows };
-    Ok(SyncHandle::spawn(cfg, &crate::sync::node_name(l4), sync_maps, index, metrics, shutdown)?)
+    Ok(SyncHandle::spawn(cfg, &crate::sync::node_name(l4), Some(sync_maps), index, metrics, tickets, shutdown)?)
 }
 
 impl L4Handle {

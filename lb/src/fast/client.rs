@@ -250,6 +250,7 @@ impl Loop {
         c.traceparent.push_str(tp.unwrap_or(""));
         let vars = super::vars(c.peer, &c.tls, &c.request_id);
         let edits = request::Edits {
+            strip: &rt.subject_headers,
             request_id: rt.request_ids.as_ref().map(|i| (&i.header, c.request_id.as_str())),
             rules: route.headers.as_ref().map(|r| (&r.request, &vars)),
         };

@@ -18,6 +18,8 @@ pub(crate) const MAX_HEADERS: usize = 128;
 /// What the request policy changes in the head beyond hop-by-hop and forwarding headers: the request id field
 /// (`policy::identify`) and the route's header rules (`policy::rules`).
 pub(crate) struct Edits<'a> {
+    /// Every configured client-certificate subject header: a client's copy is never passed on.
+    pub strip: &'a [HeaderName],
     pub request_id: Option<(&'a HeaderName, &'a str)>,
     pub rules: Option<(&'a Side, &'a Vars<'a>)>,
 }
@@ -25,7 +27,7 @@ pub(crate) struct Edits<'a> {
 impl Edits<'_> {
     /// No change.
     #[cfg(test)]
-    pub const NONE: Edits<'static> = Edits { request_id: None, rules: None };
+    pub const NONE: Edits<'static> = Edits { strip: &[], request_id: None, rules: None };
 }
 
 /// A complete request head the fast path serves, borrowing the read buffer.
@@ -133,7 +135,8 @@ impl<'b> Head<'_, 'b> {
     /// the client's headers but those the policy calls hop-by-hop, then the forwarding headers as the hyper path
     /// sets them (`headers::add_forwarded`: X-Forwarded-For and Forwarded appended to the first value received,
     /// X-Forwarded-Proto/-Port set), then the request id and the fields the route's rules write — dropping the
-    /// client's fields the policy says (the id's, and those the rules remove or set) as the hyper path does.
+    /// client's fields the policy says (the id's, and those the rules remove or set) as the hyper path does, and the
+    /// client's copies of the subject headers (`edits.strip`, see `headers::set_client_cert`).
     pub fn write_backend_head(&self, target: &str, id: &ClientId, edits: &Edits<'_>, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(self.method.as_bytes());
@@ -147,6 +150,7 @@ impl<'b> Head<'_, 'b> {
         for h in self.headers {
             let n = h.name;
             if connection.class(n) == Class::HopByHop
+                || edits.strip.iter().any(|s| n.eq_ignore_ascii_case(s.as_str()))
                 || edits.request_id.is_some_and(|(h, _)| n.eq_ignore_ascii_case(h.as_str()))
                 || edits.rules.is_some_and(|(r, _)| r.drops(n))
             {
@@ -208,7 +212,7 @@ mod tests {
                 h.write_backend_head(
                     &admitted.target,
                     &ClientId::new("192.0.2.7:5000".parse().unwrap(), 8080, false),
-                    &Edits::NONE,
+                    &Edits { strip: &[http::HeaderName::from_static("x-client-cert-subject")], ..Edits::NONE },
                     &mut out,
                 );
                 Some((h.len, String::from_utf8(out).unwrap(), h.body, h.close))
@@ -222,7 +226,8 @@ mod tests {
     fn rewrites_for_the_backend_as_the_hyper_path_does() {
         let raw = "GET /a?b=1 HTTP/1.1\r\nHost: www.example.com:8080\r\nConnection: keep-alive, X-Secret\r\n\
                    X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n\
-                   X-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\nNEXT";
+                   X-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nX-Client-Cert-Subject: CN=forged\r\n\
+                   Accept: */*\r\n\r\nNEXT";
         let (len, out, body, close) = head_of(raw).unwrap();
         assert_eq!(len, raw.len() - 4);
         assert_eq!((body, close), (0, false));

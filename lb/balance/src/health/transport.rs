@@ -10,7 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use thiserror::Error;
 use tokio_rustls::TlsConnector;
 
@@ -43,6 +43,14 @@ pub enum TransportError {
         /// What went wrong.
         message: String,
     },
+    /// The client certificate or its key file cannot be read or parsed.
+    #[error("client certificate file {path}: {message}")]
+    ClientCert {
+        /// The resolved path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// `server_name` is not a valid DNS name or IP address.
     #[error("invalid TLS server name `{0}`")]
     ServerName(String),
@@ -67,13 +75,14 @@ impl TlsSetup {
 
 /// The rustls client config towards a group's backends (no ALPN: callers set it from the group's protocol):
 /// TLS 1.2 and 1.3, the group's CA (a relative path resolved against `base`), or no verification with
-/// `insecure_skip_verify`. Used by the health checks and the L7 proxy alike.
+/// `insecure_skip_verify`; the group's client certificate (`cert`, `key`) for backends that ask for one (backend
+/// mTLS). Used by the health checks and the L7 proxy alike.
 pub fn client_tls_config(tls: &UpstreamTls, base: &Path) -> Result<rustls::ClientConfig, TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-    Ok(if tls.insecure_skip_verify {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+    let builder = if tls.insecure_skip_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &tls.ca {
@@ -81,8 +90,22 @@ pub fn client_tls_config(tls: &UpstreamTls, base: &Path) -> Result<rustls::Clien
                 roots.add(cert)?;
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    })
+        builder.with_root_certificates(roots)
+    };
+    match (&tls.cert, &tls.key) {
+        // Backend mTLS: the client certificate shown to backends that ask for one.
+        (Some(cert), Some(key)) => {
+            let chain = read_pem(&base.join(cert)).map_err(|e| match e {
+                TransportError::Ca { path, message } => TransportError::ClientCert { path, message },
+                e => e,
+            })?;
+            let key_path = base.join(key);
+            let key = PrivateKeyDer::from_pem_file(&key_path)
+                .map_err(|e| TransportError::ClientCert { path: key_path, message: e.to_string() })?;
+            Ok(builder.with_client_auth_cert(chain, key)?)
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 impl CheckTls {

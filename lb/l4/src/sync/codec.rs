@@ -4,6 +4,11 @@
 //! "PDS2" | kind u8 | 0 u8 | count u16 | node u64 | incarnation u64 | seq u64 | records (count x 53) | HMAC-SHA256 (32)
 //! record = src [16] | dst [16] | sport [2] | dport [2] | proto u8 | backend address [16]
 //! ```
+//! A `TicketKeys` message (kind 4) carries the node's TLS session ticket keys, encrypted (ChaCha20-Poly1305 with a
+//! key derived from the shared secret by HKDF-SHA256, the header as associated data) and then signed like every
+//! message: `count` keys, `records` = nonce (12) | sealed (count x 56 + tag 16), key = epoch u64 | name [16] |
+//! key [32]. Nobody without the shared secret learns a ticket key from the wire.
+//!
 //! Integers are big endian; ports are copied as the connection table holds them (network order). Addresses are
 //! 16 bytes (IPv4-mapped for IPv4). The VIP is the flow's (dst, dport, proto); the backend travels as its address
 //! because backend indexes are per node. `incarnation` is the sender's start time (Unix ns: it grows across
@@ -11,7 +16,8 @@
 //! re-announcements share it): both are signed, so a receiver can refuse replays (see `replay`).
 
 use padis_ebpf_common::FlowKey;
-use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{aead, hkdf, hmac};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: &[u8; 4] = b"PDS2";
@@ -29,6 +35,13 @@ pub const MAX_RECORDS: usize = (MAX_DATAGRAM - HEADER_LEN - TAG_LEN) / RECORD_LE
 const KIND_HELLO: u8 = 1;
 const KIND_FLOWS: u8 = 2;
 const KIND_DUMP_DONE: u8 = 3;
+const KIND_TICKET_KEYS: u8 = 4;
+/// Bytes of one ticket key record (before encryption).
+const TICKET_KEY_LEN: usize = 8 + padis_tickets::NAME_LEN + padis_tickets::KEY_LEN;
+/// Nonce and tag around the sealed ticket keys.
+const SEAL_OVERHEAD: usize = ring::aead::NONCE_LEN + 16;
+/// Ticket keys per message at most (4 epochs of at most `MAX_PER_EPOCH` keys).
+pub const MAX_TICKET_KEYS: usize = 4 * padis_tickets::MAX_PER_EPOCH;
 
 /// One synchronised flow: the connection-table key and the backend's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +61,8 @@ pub enum Body {
     Flows(Vec<WireFlow>),
     /// The bulk dump to this receiver is complete (it now knows every flow the sender had).
     DumpDone,
+    /// The sender's TLS session ticket keys (sent encrypted).
+    TicketKeys(Vec<padis_tickets::KeyRecord>),
 }
 
 /// A decoded message.
@@ -81,15 +96,31 @@ pub enum CodecError {
     /// More records than one datagram holds.
     #[error("{0} records exceed {MAX_RECORDS} per message")]
     TooMany(usize),
+    /// Ticket keys could not be sealed (no randomness for the nonce).
+    #[error("ticket keys not sealed")]
+    Seal,
 }
 
-/// The shared key.
-pub struct SyncKey(hmac::Key);
+/// The shared key: HMAC-SHA256 for every message, and the AEAD key (derived by HKDF) for ticket keys.
+pub struct SyncKey {
+    mac: hmac::Key,
+    seal: aead::LessSafeKey,
+    rng: SystemRandom,
+}
+
+/// HKDF info of the key that encrypts ticket keys.
+const SEAL_INFO: &[u8] = b"padis sync: tls ticket keys";
 
 impl SyncKey {
     /// A key from the shared secret's bytes.
     pub fn new(secret: &[u8]) -> SyncKey {
-        SyncKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"padis sync v2").extract(secret);
+        let okm = prk.expand(&[SEAL_INFO], padis_tickets::wire_algorithm()).expect("one AEAD key of HKDF output");
+        SyncKey {
+            mac: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            seal: aead::LessSafeKey::new(aead::UnboundKey::from(okm)),
+            rng: SystemRandom::new(),
+        }
     }
 }
 
@@ -99,18 +130,27 @@ pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
         Body::Hello => (KIND_HELLO, &[]),
         Body::Flows(f) => (KIND_FLOWS, f),
         Body::DumpDone => (KIND_DUMP_DONE, &[]),
+        Body::TicketKeys(_) => (KIND_TICKET_KEYS, &[]),
     };
     if flows.len() > MAX_RECORDS {
         return Err(CodecError::TooMany(flows.len()));
     }
+    let count = match &msg.body {
+        Body::TicketKeys(k) if k.len() > MAX_TICKET_KEYS => return Err(CodecError::TooMany(k.len())),
+        Body::TicketKeys(k) => k.len(),
+        _ => flows.len(),
+    };
     let mut out = Vec::with_capacity(HEADER_LEN + flows.len() * RECORD_LEN + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.push(kind);
     out.push(0);
-    out.extend_from_slice(&(flows.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(count as u16).to_be_bytes());
     out.extend_from_slice(&msg.node.to_be_bytes());
     out.extend_from_slice(&msg.incarnation.to_be_bytes());
     out.extend_from_slice(&msg.seq.to_be_bytes());
+    if let Body::TicketKeys(keys) = &msg.body {
+        seal_keys(keys, key, &mut out)?;
+    }
     for f in flows {
         out.extend_from_slice(&f.key.src);
         out.extend_from_slice(&f.key.dst);
@@ -119,9 +159,50 @@ pub fn encode(msg: &Message, key: &SyncKey) -> Result<Vec<u8>, CodecError> {
         out.push(f.key.proto);
         out.extend_from_slice(&f.backend);
     }
-    let tag = hmac::sign(&key.0, &out);
+    let tag = hmac::sign(&key.mac, &out);
     out.extend_from_slice(tag.as_ref());
     Ok(out)
+}
+
+/// Appends nonce | sealed ticket keys | AEAD tag to `out` (the header so far, which is the associated data).
+fn seal_keys(keys: &[padis_tickets::KeyRecord], key: &SyncKey, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    key.rng.fill(&mut nonce).map_err(|_| CodecError::Seal)?;
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(keys.len() * TICKET_KEY_LEN));
+    for k in keys {
+        plain.extend_from_slice(&k.epoch.to_be_bytes());
+        plain.extend_from_slice(&k.name);
+        plain.extend_from_slice(&k.secret[..]);
+    }
+    let aad = aead::Aad::from(out[..HEADER_LEN].to_vec());
+    let tag = key
+        .seal
+        .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce), aad, &mut plain[..])
+        .map_err(|_| CodecError::Seal)?;
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&plain);
+    out.extend_from_slice(tag.as_ref());
+    Ok(())
+}
+
+/// Opens the ticket keys of an authenticated message (`body`: header and records, without the HMAC).
+fn open_keys(body: &[u8], count: usize, key: &SyncKey) -> Result<Vec<padis_tickets::KeyRecord>, CodecError> {
+    let (header, rest) = body.split_at(HEADER_LEN);
+    let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Auth)?;
+    let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+    let plain = key.seal.open_in_place(nonce, aead::Aad::from(header), &mut buf[..]).map_err(|_| CodecError::Auth)?;
+    if plain.len() != count * TICKET_KEY_LEN {
+        return Err(CodecError::Length(body.len()));
+    }
+    Ok(plain
+        .chunks_exact(TICKET_KEY_LEN)
+        .map(|r| {
+            let mut secret = zeroize::Zeroizing::new([0u8; padis_tickets::KEY_LEN]);
+            secret.copy_from_slice(&r[8 + padis_tickets::NAME_LEN..]);
+            padis_tickets::KeyRecord { epoch: u64::from_be_bytes(arr(r, 0)), name: arr(r, 8), secret }
+        })
+        .collect())
 }
 
 /// This node as a sender: its id, incarnation and datagram counter (shared by every task that sends).
@@ -166,9 +247,13 @@ pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
         return Err(CodecError::Magic);
     }
     let (body, tag) = data.split_at(data.len() - TAG_LEN);
-    hmac::verify(&key.0, body, tag).map_err(|_| CodecError::Auth)?;
+    hmac::verify(&key.mac, body, tag).map_err(|_| CodecError::Auth)?;
     let count = u16::from_be_bytes(arr(body, 6)) as usize;
-    if body.len() != HEADER_LEN + count * RECORD_LEN {
+    let records_len = match body[4] {
+        KIND_TICKET_KEYS => count * TICKET_KEY_LEN + SEAL_OVERHEAD,
+        _ => count * RECORD_LEN,
+    };
+    if body.len() != HEADER_LEN + records_len {
         return Err(CodecError::Length(data.len()));
     }
     let node = u64::from_be_bytes(arr(body, 8));
@@ -178,6 +263,8 @@ pub fn decode(data: &[u8], key: &SyncKey) -> Result<Message, CodecError> {
         KIND_HELLO if count == 0 => Body::Hello,
         KIND_DUMP_DONE if count == 0 => Body::DumpDone,
         KIND_HELLO | KIND_DUMP_DONE => return Err(CodecError::Length(data.len())),
+        KIND_TICKET_KEYS if count <= MAX_TICKET_KEYS => Body::TicketKeys(open_keys(body, count, key)?),
+        KIND_TICKET_KEYS => return Err(CodecError::TooMany(count)),
         KIND_FLOWS => Body::Flows(
             body[HEADER_LEN..]
                 .chunks_exact(RECORD_LEN)
@@ -243,7 +330,7 @@ mod tests {
             .iter()
             .flat_map(|d| match decode(d, &key).unwrap().body {
                 Body::Flows(f) => f,
-                Body::Hello | Body::DumpDone => Vec::new(),
+                Body::Hello | Body::DumpDone | Body::TicketKeys(_) => Vec::new(),
             })
             .collect();
         assert_eq!(back, many);
@@ -270,15 +357,46 @@ mod tests {
         // A correctly signed message whose count lies about its length.
         let mut lie = wire[..wire.len() - TAG_LEN].to_vec();
         lie[7] = 3;
-        let tag = hmac::sign(&key.0, &lie);
+        let tag = hmac::sign(&key.mac, &lie);
         lie.extend_from_slice(tag.as_ref());
         assert_eq!(decode(&lie, &key), Err(CodecError::Length(lie.len())));
         // A correctly signed message of an unknown kind.
         let mut odd = wire[..wire.len() - TAG_LEN].to_vec();
         odd[4] = 9;
-        let tag = hmac::sign(&key.0, &odd);
+        let tag = hmac::sign(&key.mac, &odd);
         odd.extend_from_slice(tag.as_ref());
         assert_eq!(decode(&odd, &key), Err(CodecError::Kind(9)));
+    }
+
+    /// Ticket keys travel encrypted: none of their bytes is on the wire, they come back whole with the key,
+    /// and the message is refused with another key or once altered.
+    #[test]
+    fn ticket_keys_encrypted() {
+        let key = SyncKey::new(b"0123456789abcdef");
+        let keys = padis_tickets::TicketKeys::new(std::time::Duration::from_secs(60)).export();
+        assert_eq!(keys.len(), 2);
+        let msg = Message { node: 7, incarnation: 1, seq: 9, body: Body::TicketKeys(keys.clone()) };
+        let wire = encode(&msg, &key).unwrap();
+        assert!(wire.len() <= MAX_DATAGRAM);
+        for k in &keys {
+            assert!(!wire.windows(8).any(|w| k.secret.windows(8).any(|s| s == w)), "key bytes on the wire");
+            assert!(!wire.windows(8).any(|w| k.name.windows(8).any(|s| s == w)), "key name on the wire");
+        }
+        assert_eq!(decode(&wire, &key).unwrap(), msg);
+        assert_eq!(decode(&wire, &SyncKey::new(b"0123456789abcdeX")), Err(CodecError::Auth));
+        let mut bad = wire.clone();
+        bad[HEADER_LEN + 20] ^= 1;
+        assert_eq!(decode(&bad, &key), Err(CodecError::Auth));
+        // Re-signed after a change to the sealed part: the HMAC passes, the AEAD refuses.
+        let mut forged = wire[..wire.len() - TAG_LEN].to_vec();
+        forged[HEADER_LEN + 20] ^= 1;
+        let tag = hmac::sign(&key.mac, &forged);
+        forged.extend_from_slice(tag.as_ref());
+        assert_eq!(decode(&forged, &key), Err(CodecError::Auth));
+        // A full set fits one datagram.
+        let many: Vec<padis_tickets::KeyRecord> = (0..MAX_TICKET_KEYS).map(|_| keys[0].clone()).collect();
+        let wire = encode(&Message { body: Body::TicketKeys(many), ..msg.clone() }, &key).unwrap();
+        assert!(wire.len() <= MAX_DATAGRAM, "{}", wire.len());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The sync daemon's event loop: drain the XDP ring into batches, send them, receive and insert peers' flows,
 //! say hello every second, start bulk dumps for (re)starting peers and periodic re-announcements to all peers.
-//! Authenticated datagrams pass the replay window before anything else.
+//! Authenticated datagrams pass the replay window before anything else. With `[tls] share_ticket_keys`, the
+//! node's TLS session ticket keys go to every peer with each hello (encrypted, see `codec`) and peers' keys are
+//! taken. Without XDP (a node with `[l4.sync]` and no `[l4] interfaces`), the daemon only says hello and shares
+//! ticket keys: a peer asking for its connection table gets an empty dump.
 
 use std::collections::HashMap as StdHashMap;
 use std::net::SocketAddr;
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use padis_ebpf_common::{stat, Counters, FlowState, SyncRecord};
+use padis_model::handover;
 use padis_model::l4::SyncConfig;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
@@ -51,16 +55,26 @@ pub(super) struct Daemon {
     replay: ReplayGuard,
     status: Arc<SyncStatus>,
     sock: UdpSocket,
+    /// The socket's registration for the next upgrade.
+    _handover: handover::Registration,
     ring: Option<RingBuf<MapData>>,
-    conntrack: crate::conntrack::ConnTable,
-    stats: PerCpuArray<MapData, Counters>,
-    max_flows: u32,
+    /// The XDP maps (none: a node without XDP, sharing ticket keys only).
+    xdp: Option<Xdp>,
+    /// The TLS session ticket keys shared with the peers.
+    tickets: Option<Arc<padis_tickets::TicketKeys>>,
     index: watch::Receiver<Arc<SyncIndex>>,
     metrics: SyncMetrics,
     seen: StdHashMap<u64, Peer>,
     dumps: StdHashMap<SocketAddr, CancellationToken>,
     pending: Vec<WireFlow>,
     ring_drops: u64,
+}
+
+/// The XDP side of the daemon: its handles on the connection table and the counters.
+struct Xdp {
+    conntrack: crate::conntrack::ConnTable,
+    stats: PerCpuArray<MapData, Counters>,
+    max_flows: u32,
 }
 
 /// This start's incarnation: the time in Unix ns, so that it grows across restarts (the replay window refuses
@@ -75,14 +89,21 @@ impl Daemon {
         cfg: &SyncConfig,
         node: u64,
         key: SyncKey,
-        maps: SyncMaps,
+        maps: Option<SyncMaps>,
         index: watch::Receiver<Arc<SyncIndex>>,
         metrics: SyncMetrics,
+        tickets: Option<Arc<padis_tickets::TicketKeys>>,
     ) -> Result<Daemon, SyncError> {
-        let std_sock = std::net::UdpSocket::bind(cfg.listen)
-            .and_then(|s| s.set_nonblocking(true).map(|_| s))
-            .map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
-        let sock = UdpSocket::from_std(std_sock).map_err(|source| SyncError::Socket { addr: cfg.listen, source })?;
+        let err = |source| SyncError::Socket { addr: cfg.listen, source };
+        // The socket of the process this one replaces (`padis upgrade`), or a fresh one; handed to the next.
+        let tag = handover::Tag::new("l4-sync", cfg.listen, "");
+        let std_sock = match handover::take(&tag) {
+            Some(fd) => std::net::UdpSocket::from(fd),
+            None => std::net::UdpSocket::bind(cfg.listen).map_err(err)?,
+        };
+        std_sock.set_nonblocking(true).map_err(err)?;
+        let registration = handover::register(tag, &std_sock).map_err(err)?;
+        let sock = UdpSocket::from_std(std_sock).map_err(err)?;
         let origin = Arc::new(Origin::new(node, incarnation()));
         let peers: Vec<SocketAddr> = cfg.peers.iter().copied().filter(|p| *p != cfg.listen).collect();
         let status = Arc::new(SyncStatus {
@@ -110,17 +131,26 @@ impl Daemon {
             replay: ReplayGuard::default(),
             status,
             sock,
-            ring: Some(maps.ring),
-            conntrack: maps.conntrack,
-            stats: maps.stats,
-            max_flows: maps.max_flows,
+            _handover: registration,
+            ring: None,
+            xdp: None,
+            tickets,
             index,
             metrics,
             seen: StdHashMap::new(),
             dumps: StdHashMap::new(),
             pending: Vec::new(),
             ring_drops: 0,
-        })
+        }
+        .with_maps(maps))
+    }
+
+    fn with_maps(mut self, maps: Option<SyncMaps>) -> Daemon {
+        if let Some(m) = maps {
+            self.ring = Some(m.ring);
+            self.xdp = Some(Xdp { conntrack: m.conntrack, stats: m.stats, max_flows: m.max_flows });
+        }
+        self
     }
 
     /// The state shown in the L4 report.
@@ -129,14 +159,16 @@ impl Daemon {
     }
 
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        let Some(ring) = self.ring.take() else { return };
-        // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
-        let mut ring = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "sync: cannot poll the ring buffer; sync stopped");
-                return;
-            }
+        let mut ring = match self.ring.take() {
+            // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
+            Some(ring) => match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "sync: cannot poll the ring buffer; sync stopped");
+                    return;
+                }
+            },
+            None => None,
         };
         let mut hello = tokio::time::interval(HELLO_EVERY);
         hello.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -146,7 +178,12 @@ impl Daemon {
             let deadline = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                g = ring.readable_mut() => {
+                g = async {
+                    match ring.as_mut() {
+                        Some(r) => r.readable_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     let mut g = match g {
                         Ok(g) => g,
                         Err(e) => {
@@ -231,6 +268,12 @@ impl Daemon {
             Ok(d) => self.send_all(&d).await,
             Err(e) => tracing::warn!(error = %e, "sync: hello not encoded"),
         }
+        if let Some(t) = &self.tickets {
+            match codec::encode(&self.origin.message(Body::TicketKeys(t.export())), &self.key) {
+                Ok(d) => self.send_all(&d).await,
+                Err(e) => tracing::warn!(error = %e, "sync: ticket keys not encoded"),
+            }
+        }
         let now = Instant::now();
         self.seen.retain(|_, p| now.duration_since(p.last) < PEER_TIMEOUT * 10);
         self.metrics
@@ -238,7 +281,7 @@ impl Daemon {
             .set(self.seen.values().filter(|p| now.duration_since(p.last) < PEER_TIMEOUT).count() as i64);
         self.dumps.retain(|_, t| !t.is_cancelled());
         self.schedule_refresh(now);
-        if let Ok(v) = self.stats.get(&stat::SYNC_RING_FULL, 0) {
+        if let Some(Ok(v)) = self.xdp.as_ref().map(|x| x.stats.get(&stat::SYNC_RING_FULL, 0)) {
             let total: u64 = v.iter().map(|c| c.packets).sum();
             if total > self.ring_drops {
                 self.metrics.ring_drops.inc_by(total - self.ring_drops);
@@ -276,6 +319,20 @@ impl Daemon {
         match msg.body {
             Body::Hello => self.hello(msg.node, msg.incarnation, from),
             Body::Flows(flows) => self.insert(&flows),
+            Body::TicketKeys(keys) => match &self.tickets {
+                Some(t) => {
+                    let new = t.import(keys);
+                    if new > 0 {
+                        self.metrics.ticket_keys.inc_by(new as u64);
+                        tracing::info!(%from, node = msg.node, new, "sync: TLS session ticket keys from a peer");
+                    }
+                }
+                None => {
+                    let n = keys.len() as u64;
+                    self.metrics.skipped.with_label_values(&["ticket_keys_not_shared"]).inc_by(n);
+                    tracing::debug!(%from, "sync: ticket keys received, but [tls] share_ticket_keys is off here");
+                }
+            },
             Body::DumpDone => {
                 // Authenticated; sent from the dump's own socket, so known by node id, not address.
                 tracing::debug!(%from, node = msg.node, "sync: peer's connection table received");
@@ -301,6 +358,16 @@ impl Daemon {
         tracing::info!(peer = %from, "sync: peer (re)started, sending it our connection table");
         if let Some(old) = self.dumps.remove(&from) {
             old.cancel();
+        }
+        if self.xdp.is_none() {
+            // No connection table here: the dump is empty, and over at once.
+            if let Ok(d) = codec::encode(&self.origin.message(Body::DumpDone), &self.key) {
+                if let Err(e) = self.sock.try_send_to(&d, from) {
+                    self.metrics.send_errors.inc();
+                    tracing::debug!(peer = %from, error = %e, "sync: send failed");
+                }
+            }
+            return;
         }
         if let Some(stop) = self.spawn_dump(Purpose::Dump, vec![from], self.dump_rate) {
             self.dumps.insert(from, stop);
@@ -332,7 +399,8 @@ impl Daemon {
     /// Sends the connection table to `to` at `rate` records/s on a blocking thread; the token stops it (and is
     /// cancelled by the job when it ends).
     fn spawn_dump(&self, purpose: Purpose, to: Vec<SocketAddr>, rate: u32) -> Option<CancellationToken> {
-        let conntrack = match super::conntrack_handle(&self.conntrack) {
+        let xdp = self.xdp.as_ref()?;
+        let conntrack = match super::conntrack_handle(&xdp.conntrack) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, ?purpose, "sync: no dump (map handle)");
@@ -349,7 +417,7 @@ impl Daemon {
             key: self.key.clone(),
             origin: self.origin.clone(),
             rate,
-            max: self.max_flows,
+            max: xdp.max_flows,
             metrics: self.metrics.clone(),
             stop: stop.clone(),
         };
@@ -360,6 +428,10 @@ impl Daemon {
     fn insert(&mut self, flows: &[WireFlow]) {
         let index = self.index.borrow().clone();
         self.metrics.received.inc_by(flows.len() as u64);
+        let Some(xdp) = &mut self.xdp else {
+            self.metrics.skipped.with_label_values(&["no_xdp"]).inc_by(flows.len() as u64);
+            return;
+        };
         for f in flows {
             let (vip, backend) = match index.local(&f.key, &f.backend) {
                 Ok(l) => l,
@@ -372,7 +444,7 @@ impl Daemon {
                     continue;
                 }
             };
-            match self.conntrack.insert(f.key, FlowState { backend, vip }, true) {
+            match xdp.conntrack.insert(f.key, FlowState { backend, vip }, true) {
                 Ok(Inserted::Added) => self.metrics.inserted.inc(),
                 Ok(Inserted::Exists) => self.metrics.skipped.with_label_values(&["exists"]).inc(),
                 Err(e) => {

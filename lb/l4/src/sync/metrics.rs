@@ -30,6 +30,8 @@ pub struct SyncMetrics {
     pub dumps: IntCounter,
     /// Datagrams that could not be sent.
     pub send_errors: IntCounter,
+    /// TLS session ticket keys received from peers and new here.
+    pub ticket_keys: IntCounter,
 }
 
 impl SyncMetrics {
@@ -55,6 +57,7 @@ impl SyncMetrics {
             peers_seen: IntGauge::new("padis_l4_sync_peers_seen", "Peers heard from in the last 3 s")?,
             dumps: c("padis_l4_sync_dumps_sent_total", "Bulk connection-table dumps sent to peers")?,
             send_errors: c("padis_l4_sync_send_errors_total", "Sync datagrams that could not be sent")?,
+            ticket_keys: c("padis_l4_sync_ticket_keys_received_total", "TLS session ticket keys learnt from peers")?,
         };
         registry.register(Box::new(m.sent.clone()))?;
         registry.register(Box::new(m.received.clone()))?;
@@ -68,6 +71,7 @@ impl SyncMetrics {
         registry.register(Box::new(m.peers_seen.clone()))?;
         registry.register(Box::new(m.dumps.clone()))?;
         registry.register(Box::new(m.send_errors.clone()))?;
+        registry.register(Box::new(m.ticket_keys.clone()))?;
         Ok(m)
     }
 }

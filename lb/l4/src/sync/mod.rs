@@ -106,19 +106,22 @@ pub struct SyncHandle {
 
 impl SyncHandle {
     /// Starts the daemon (inside a tokio runtime): binds `cfg.listen`, says hello to the peers (asking for their
-    /// tables) and runs until `shutdown`.
+    /// tables) and runs until `shutdown`. Without `maps` (no XDP on this node) it shares `tickets` only.
     pub fn spawn(
         cfg: &SyncConfig,
         node_name: &str,
-        maps: SyncMaps,
+        maps: Option<SyncMaps>,
         index: watch::Receiver<Arc<SyncIndex>>,
         registry: &prometheus::Registry,
+        tickets: Option<Arc<padis_tickets::TicketKeys>>,
         shutdown: CancellationToken,
     ) -> Result<SyncHandle, SyncError> {
-        let secret = padis_model::l4::read_sync_key(&cfg.key_file).map_err(SyncError::Key)?;
+        let secret = zeroize::Zeroizing::new(padis_model::l4::read_sync_key(&cfg.key_file).map_err(SyncError::Key)?);
         let metrics = SyncMetrics::new(registry)?;
-        let d = daemon::Daemon::new(cfg, node_id(node_name, cfg), SyncKey::new(&secret), maps, index, metrics)?;
-        tracing::info!(listen = %cfg.listen, peers = cfg.peers.len(), node = node_name, "L4 connection-table sync started");
+        let (xdp, shared) = (maps.is_some(), tickets.is_some());
+        let node = node_id(node_name, cfg);
+        let d = daemon::Daemon::new(cfg, node, SyncKey::new(&secret), maps, index, metrics, tickets)?;
+        tracing::info!(listen = %cfg.listen, peers = cfg.peers.len(), node = node_name, xdp, ticket_keys = shared, "L4 sync started");
         let status = d.status();
         Ok(SyncHandle { task: tokio::spawn(d.run(shutdown)), status })
     }
