@@ -25,8 +25,8 @@ use padis_model::marathon::MarathonConfig;
 use std::time::Duration;
 
 use padis_model::{
-    binds_overlap, crypt_kind, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey, HealthCheck,
-    Instance, Listener, ListenerTls, Route, Service, ServicePort,
+    binds_overlap, crypt_kind, AcceptProxy, Backend, BackendGroup, Balance, BasicAuth, BasicAuthUser, HashKey,
+    HealthCheck, Instance, Listener, ListenerTls, Route, Service, ServicePort,
 };
 
 use crate::apps::{App, Apps, MarathonHealthCheck, PortMeta, Task};
@@ -679,8 +679,9 @@ fn check_on_port(app: &App, k: usize, path: Option<&str>) -> HealthCheck {
 /// `BIND_OPTIONS`: HAProxy `bind` options. `alpn <protocols>` is honoured on TLS listeners; options that only
 /// restrict old TLS versions are what Padis does anyway (it offers TLS 1.2 and 1.3 only). Returns the ALPN list
 /// and the options not honoured.
-fn parse_bind_options(value: &str) -> (Option<Vec<String>>, Vec<String>) {
+fn parse_bind_options(value: &str) -> (Option<Vec<String>>, bool, Vec<String>) {
     let mut alpn = None;
+    let mut accept_proxy = false;
     let mut other = Vec::new();
     let mut it = value.split_whitespace();
     while let Some(t) = it.next() {
@@ -697,6 +698,7 @@ fn parse_bind_options(value: &str) -> (Option<Vec<String>>, Vec<String>) {
                 None => other.push("alpn".into()),
             },
             "no-sslv3" | "no-tlsv10" | "no-tlsv11" | "force-tlsv12" => {}
+            "accept-proxy" => accept_proxy = true,
             "ssl-min-ver" => match it.next() {
                 Some(v @ ("SSLv3" | "TLSv1.0" | "TLSv1.1" | "TLSv1.2")) => {
                     let _ = v;
@@ -707,7 +709,7 @@ fn parse_bind_options(value: &str) -> (Option<Vec<String>>, Vec<String>) {
             t => other.push(t.to_string()),
         }
     }
-    (alpn, other)
+    (alpn, accept_proxy, other)
 }
 
 /// Whether the port's tasks are reached on the VIP's port: an L4 VIP forwards packets unchanged (direct server
@@ -807,7 +809,8 @@ fn map_port(
                 }
             },
         };
-        let (alpn, unhonoured) = pl.bind_options.as_ref().map(|l| parse_bind_options(&l.value)).unwrap_or_default();
+        let (alpn, accept_proxy, unhonoured) =
+            pl.bind_options.as_ref().map(|l| parse_bind_options(&l.value)).unwrap_or_default();
         if let (Some(l), false) = (&pl.bind_options, unhonoured.is_empty()) {
             let mut p =
                 problem(app, l, format!("not honoured: {}", unhonoured.join(", "))).with_effect(Effect::LabelIgnored);
@@ -832,7 +835,20 @@ fn map_port(
             },
             _ => (Vec::new(), None),
         };
-        if let Some((l, why)) = acl_problem {
+        // `accept-proxy`: PROXY headers are taken from the sources this node trusts for it, never from anyone.
+        let proxy_untrusted = pl.bind_options.as_ref().filter(|_| accept_proxy && cfg.accept_proxy_from.is_empty());
+        if let Some(l) = proxy_untrusted {
+            refused = true;
+            let p = problem(
+                app,
+                l,
+                format!(
+                    "accept-proxy needs the sources trusted to send PROXY headers ([marathon] accept_proxy_from): \
+                     the service port {sp} is not opened"
+                ),
+            );
+            out.warnings.push(p.with_effect(Effect::ListenerSkipped));
+        } else if let Some((l, why)) = acl_problem {
             refused = true;
             let p = problem(app, l, format!("{why}: the service port {sp} is not opened"));
             out.warnings.push(p.with_effect(Effect::ListenerSkipped));
@@ -848,6 +864,9 @@ fn map_port(
             }))
             .expect("Listener defaults deserialize");
             l.origin = Some(origin.to_string());
+            if accept_proxy {
+                l.proxy_protocol = Some(AcceptProxy { trusted: cfg.accept_proxy_from.clone() });
+            }
             if tcp {
                 l.group = Some(format!("{origin}:{n}"));
                 l.allow_cidrs = tcp_acl;
@@ -1615,7 +1634,8 @@ mod tests {
             )
         );
         let apps = Apps::from_json(body.as_bytes()).unwrap();
-        let s = map_apps(&apps, &cfg_sp());
+        let proxy_tier: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
+        let s = map_apps(&apps, &MarathonConfig { accept_proxy_from: vec![proxy_tier], ..cfg_sp() });
         assert_eq!(
             listeners(&s),
             vec![
@@ -1639,6 +1659,9 @@ mod tests {
         let tls = web.tls.as_ref().expect("SSL_CERT makes it TLS");
         assert_eq!(tls.certificates, vec!["web-cert".to_string()]);
         assert_eq!(tls.alpn, vec!["http/1.1".to_string()]);
+        // accept-proxy: PROXY headers from the node's trusted sources only.
+        assert_eq!(web.proxy_protocol.as_ref().map(|p| &p.trusted[..]), Some(&[proxy_tier][..]));
+        assert!(s.listeners[0].proxy_protocol.is_none());
         let service: Vec<(&str, Option<&str>, &[String])> = s
             .routes
             .iter()
@@ -1677,12 +1700,19 @@ mod tests {
                     Effect::ListenerSkipped,
                     None
                 ),
-                (
-                    "/web: HAPROXY_0_BIND_OPTIONS: not honoured: accept-proxy".into(),
-                    Effect::LabelIgnored,
-                    Some("BIND_OPTIONS".into())
-                ),
             ]
+        );
+        // Without trusted sources, a port asking for accept-proxy stays closed (marathon-lb would take the header
+        // from anyone: any client could claim any address).
+        let s = map_apps(&apps, &cfg_sp());
+        assert!(!s.listeners.iter().any(|l| l.name == "marathon:/web:0"));
+        let p = problems(&s);
+        assert!(
+            p.iter().any(|(m, e, _)| m
+                == "/web: HAPROXY_0_BIND_OPTIONS: accept-proxy needs the sources trusted to send PROXY headers \
+                    ([marathon] accept_proxy_from): the service port 10001 is not opened"
+                && *e == Effect::ListenerSkipped),
+            "{p:?}"
         );
         // The state passes the model's validation once the certificate exists (checked by the reconciler).
         // A node without service ports opens none and says so for the labels that configure them.

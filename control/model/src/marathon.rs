@@ -16,6 +16,7 @@
 //! label_prefixes = ["PADIS_", "HAPROXY_"]
 //! service_ports = true          # a listener on each app port's service port (marathon-lb's frontends)
 //! service_port_bind = "0.0.0.0" # their address unless the app sets HAPROXY_{n}_BIND_ADDR
+//! accept_proxy_from = ["10.1.0.0/24"]  # BIND_OPTIONS accept-proxy: PROXY headers from these sources only
 //!
 //! [marathon.auth]
 //! user = "padis"
@@ -88,6 +89,11 @@ pub struct MarathonConfig {
     /// Address service-port listeners bind when the app gives no `BIND_ADDR` (marathon-lb binds `*`).
     #[serde(default = "default_service_bind")]
     pub service_port_bind: IpAddr,
+    /// The sources trusted to send a PROXY protocol header on a service port whose app asks for it
+    /// (`BIND_OPTIONS accept-proxy`): the listener's `proxy_protocol.trusted`. Empty (the default): such ports
+    /// are not opened — marathon-lb accepts the header from anyone, which lets any client claim any address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_proxy_from: Vec<ipnet::IpNet>,
     /// Largest `/v2/apps` body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -200,6 +206,7 @@ impl Default for MarathonConfig {
             label_prefixes: default_prefixes(),
             service_ports: true,
             service_port_bind: default_service_bind(),
+            accept_proxy_from: Vec::new(),
             max_body_bytes: default_max_body(),
             max_event_bytes: default_max_event(),
         }
