@@ -593,6 +593,44 @@ fn sample(pid: i32) -> Option<(u64, u64)> {
     Some((rss, fds))
 }
 
+/// What the open descriptors of `pid` are: TCP sockets listening, accepted (their local port is one Padis listens
+/// on) and outgoing (to backends, Marathon, peers), other sockets, and the rest (files, epoll, pipes, eventfds).
+fn fd_kinds(pid: i32) -> String {
+    let mut inodes = HashMap::new();
+    let mut listening = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
+            if f[3] == "0A" {
+                listening.insert(port);
+            }
+            inodes.insert(f[9].to_string(), (port, f[3] == "0A"));
+        }
+    }
+    let (mut listen, mut accepted, mut outgoing, mut other_sockets, mut rest) = (0, 0, 0, 0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return "?".into() };
+    for e in dir.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else { continue };
+        let link = link.to_string_lossy().into_owned();
+        match link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')).map(|i| inodes.get(i)) {
+            Some(Some((_, true))) => listen += 1,
+            Some(Some((port, false))) if listening.contains(port) => accepted += 1,
+            Some(Some(_)) => outgoing += 1,
+            Some(None) => other_sockets += 1,
+            None => rest += 1,
+        }
+    }
+    format!(
+        "tcp listening {listen}, tcp accepted {accepted}, tcp outgoing {outgoing}, other sockets {other_sockets}, \
+         other {rest}"
+    )
+}
+
 /// `/metrics` of the admin API.
 async fn metrics(admin: SocketAddr) -> Option<String> {
     tokio::task::spawn_blocking(move || padis_tests::process::http(admin, "GET", "/metrics", None, &[]))
@@ -1681,7 +1719,7 @@ async fn run(args: Args) -> Result<String, SoakError> {
         );
         if warm_sample.is_none() && start.elapsed() >= warm {
             warm_sample = sample(pid);
-            eprintln!("soak: warm-up sample (rss kB, fds): {warm_sample:?}");
+            eprintln!("soak: warm-up sample (rss kB, fds): {warm_sample:?}; descriptors: {}", fd_kinds(pid));
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -1691,6 +1729,7 @@ async fn run(args: Args) -> Result<String, SoakError> {
     }
     tokio::time::sleep(total.saturating_sub(start.elapsed())).await;
     let end_sample = sample(pid);
+    eprintln!("soak: end sample (rss kB, fds): {end_sample:?}; descriptors: {}", fd_kinds(pid));
     let alive = daemon.alive();
     let final_metrics = metrics(admin).await.unwrap_or_default();
     ctx.stop.cancel();
