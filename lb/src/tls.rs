@@ -141,6 +141,11 @@ impl ClientAuthConfigs {
         }
         &self.listener
     }
+
+    /// Whether a connection made for server name `sni` was authenticated as a request for `host` must be.
+    pub fn same_auth(&self, sni: Option<&str>, host: &str) -> bool {
+        Arc::ptr_eq(&self.pick(sni).config, &self.pick(Some(host)).config)
+    }
 }
 
 /// Builds a listener's server config from the snapshot's certificates. `keys` caches loaded keys by name. A

@@ -170,6 +170,51 @@ async fn client_certificates_required_optional_revoked_by_name_and_subject_heade
     let (ok, out) = curl_to(sni, &ca, "partners.example.com", Some(&good), &[]).await;
     assert!(ok, "{out}");
     assert_eq!(seen(&out, "x-client-cert-subject").as_deref(), Some(subject.as_str()), "{out}");
+    // The partners' Host over a connection made for the public name, or without SNI (an IP address), is
+    // misdirected (421), though one certificate serves all names: the client authentication differs.
+    let hits = b.hits();
+    let (ok, out) = curl_to(sni, &ca, "public.example.com", None, &["Host: partners.example.com"]).await;
+    assert!(ok && out.contains("misdirected"), "{out}");
+    let (_, out, _) = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: partners.example.com",
+        &format!("https://{sni}/x"),
+    ])
+    .await;
+    assert_eq!(out, "421");
+    let (_, out, _) = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &format!("public.example.com:{}:{}", sni.port(), sni.ip()),
+        "-H",
+        "Host: partners.example.com",
+        &format!("https://public.example.com:{}/x", sni.port()),
+    ])
+    .await;
+    assert_eq!(out, "421");
+    assert_eq!(b.hits(), hits, "nothing reached the backend");
+    // Without SNI, the public Host is not that listener's default either: the listener itself asks nothing.
+    let (_, out, _) = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: public.example.com",
+        &format!("https://{sni}/x"),
+    ])
+    .await;
+    assert_eq!(out, "200");
 
     // A plaintext listener on the fast path removes the subject headers too.
     let mut c = H1Conn::connect(plain).await;

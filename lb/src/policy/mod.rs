@@ -229,6 +229,14 @@ pub(crate) fn route<'r, H: Headers + ?Sized>(
             return Err((MISDIRECTED, None));
         }
     }
+    // On a listener with client authentication by server name, the connection's authentication (chosen by its
+    // SNI, or the listener's without one) must be the one of the Host: a client cannot reach a name that
+    // requires a certificate over a connection made for one that does not.
+    if let Some(auth) = &lrt.client_auth {
+        if !auth.same_auth(q.sni, q.host) {
+            return Err((MISDIRECTED, None));
+        }
+    }
     let route = lrt.routes.lookup(q.host, q.admitted.path()).ok_or((NO_ROUTE, None))?;
     let fail = |l: Local| (l, Some(route));
     if let (Some(port), false) = (route.redirect_https, q.https) {
