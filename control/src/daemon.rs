@@ -154,7 +154,8 @@ async fn run(
 
     // Data planes and dynamic sources.
     let planes_token = CancellationToken::new();
-    let planes = Planes::start(
+    // Started by an upgrade: route sessions start once the old process has ended its own (below).
+    let mut planes = Planes::start(
         reader.clone(),
         &registry,
         reconciler.clone(),
@@ -162,6 +163,7 @@ async fn run(
         &drain,
         &extra_registries,
         planes_token.clone(),
+        successor.is_some(),
     )
     .await?;
 
@@ -193,6 +195,9 @@ async fn run(
         let released = tokio::task::spawn_blocking(move || s.ready(Duration::from_secs(10))).await.unwrap_or(false);
         tracing::info!(received, released, "upgrade: serving; the previous process stops accepting");
         crate::service::ready_again(&reconciler);
+        // The old process's route sessions are closed (graceful restart keeps the routes at the routers): ours
+        // take over.
+        planes.start_routing(true)?;
         tokio::spawn(close_unclaimed(reader.clone(), reconciler.clone()));
     }
 

@@ -38,6 +38,15 @@ pub struct Planes {
     routing: Option<PlaneSlot<AnnouncerHandle>>,
     background: Vec<JoinHandle<()>>,
     sources: CancellationToken,
+    routing_ctx: RoutingCtx,
+}
+
+/// What starting route announcement needs.
+struct RoutingCtx {
+    reader: SnapshotReader,
+    registry: Registry,
+    reports: Reports,
+    drain: Arc<Mutex<Option<DrainFn>>>,
 }
 
 /// A data plane (or the route announcer) as control sees it: its report, and its stop.
@@ -249,7 +258,9 @@ impl Report for MarathonReport {
 }
 
 impl Planes {
-    /// Starts every plane the snapshot configures (planes with nothing configured stay idle).
+    /// Starts every plane the snapshot configures (planes with nothing configured stay idle), and route
+    /// announcement unless `defer_routing` (see [`Planes::start_routing`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         reader: SnapshotReader,
         registry: &Registry,
@@ -258,6 +269,7 @@ impl Planes {
         drain: &Arc<Mutex<Option<DrainFn>>>,
         extra_registries: &ExtraRegistries,
         token: CancellationToken,
+        defer_routing: bool,
     ) -> anyhow::Result<Planes> {
         let health = HealthRegistry::new(registry)?;
         reports.add("health", Arc::new(health.clone()));
@@ -305,32 +317,63 @@ impl Planes {
             sources.clone(),
         )));
 
-        // Route announcement: what is announced follows the snapshot, L4 attachment and health.
-        let mut routing = None;
-        if snap.state.bgp.is_some() || snap.state.ospf.is_some() {
-            let (tx, rx) = watch::channel(BTreeSet::new());
-            let handle = Announcer::spawn(snap.state.bgp.clone(), snap.state.ospf.clone(), rx, registry)
-                .context("route announcement")?;
-            let slot = PlaneSlot::new(handle);
-            reports.add("routing", Arc::new(slot.clone()));
-            background.push(tokio::spawn(follow_announcements(
-                reader.clone(),
-                health.clone(),
-                l4.clone(),
-                tx,
-                sources.clone(),
-            )));
-            let r = slot.clone();
-            *drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(move || {
-                let r = r.clone();
-                tokio::spawn(async move {
-                    tracing::info!("drain requested: withdrawing announced routes");
-                    r.stop_and_wait().await;
-                });
-            }) as DrainFn);
-            routing = Some(slot);
+        let mut planes = Planes {
+            health,
+            l7,
+            l4,
+            dns,
+            routing: None,
+            background,
+            sources,
+            routing_ctx: RoutingCtx {
+                reader,
+                registry: registry.clone(),
+                reports: reports.clone(),
+                drain: drain.clone(),
+            },
+        };
+        if !defer_routing {
+            planes.start_routing(false)?;
         }
-        Ok(Planes { health, l7, l4, dns, routing, background, sources })
+        Ok(planes)
+    }
+
+    /// Starts route announcement (BGP/OSPF, when configured): what is announced follows the snapshot, L4
+    /// attachment and health. `restarted`: this process took over from one that handed its sessions over (see
+    /// `Announcer::spawn_restarted`). A process started by an upgrade calls it once the old one has ended its
+    /// sessions.
+    pub fn start_routing(&mut self, restarted: bool) -> anyhow::Result<()> {
+        let RoutingCtx { reader, registry, reports, drain } = &self.routing_ctx;
+        let snap = reader.load();
+        if self.routing.is_some() || (snap.state.bgp.is_none() && snap.state.ospf.is_none()) {
+            return Ok(());
+        }
+        let (tx, rx) = watch::channel(BTreeSet::new());
+        let (bgp, ospf) = (snap.state.bgp.clone(), snap.state.ospf.clone());
+        let handle = match restarted {
+            true => Announcer::spawn_restarted(bgp, ospf, rx, registry),
+            false => Announcer::spawn(bgp, ospf, rx, registry),
+        }
+        .context("route announcement")?;
+        let slot = PlaneSlot::new(handle);
+        reports.add("routing", Arc::new(slot.clone()));
+        self.background.push(tokio::spawn(follow_announcements(
+            reader.clone(),
+            self.health.clone(),
+            self.l4.clone(),
+            tx,
+            self.sources.clone(),
+        )));
+        let r = slot.clone();
+        *drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(move || {
+            let r = r.clone();
+            tokio::spawn(async move {
+                tracing::info!("drain requested: withdrawing announced routes");
+                r.stop_and_wait().await;
+            });
+        }) as DrainFn);
+        self.routing = Some(slot);
+        Ok(())
     }
 
     /// Graceful stop: routes withdrawn first (so routers move traffic away; a drain under way is waited for),

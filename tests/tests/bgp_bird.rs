@@ -397,3 +397,55 @@ fn gtsm_against_bird_ttl_security() {
         h.stop().await;
     });
 }
+
+/// Graceful restart (RFC 4724) across an upgrade: the old process's session closes without a withdrawal, BIRD
+/// keeps the routes (stale) until the new process's session (Restart State bit) announces them again and sends
+/// its End-of-RIB; the route announced again is never removed, the one no longer announced is removed at the
+/// End-of-RIB.
+#[test]
+fn graceful_restart_keeps_routes_across_a_session_handover() {
+    let lab = Lab::new();
+    let config = bird_config(BIRD_ASN, OUR_ASN, 9).replacen(
+        "  keepalive time 1;\n",
+        "  keepalive time 1;\n  debug { states, routes, events };\n",
+        1,
+    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &config);
+    let log = || std::fs::read_to_string(lab.dir.path().join("bird.stderr")).unwrap_or_default();
+    in_netns(lab.speaker.name(), || async {
+        let gr = "graceful_restart = \"60s\"";
+        let (_tx, rx) = watch::channel(routes(&[("web", V4), ("web6", V6)]));
+        let old = Announcer::spawn(Some(bgp(BIRD_ASN, 9, gr)), None, rx, &prometheus::Registry::new()).expect("spawn");
+        learnt(&bird, V4, "IPv4 VIP in BIRD").await;
+        learnt(&bird, V6, "IPv6 VIP in BIRD").await;
+        let p = bird.cmd("show protocols all padis");
+        assert!(p.contains("Neighbor GR") || p.contains("graceful restart"), "{p}");
+
+        // The old process hands over: its session closes, no withdrawal, no NOTIFICATION.
+        old.hand_over().await;
+        let seen =
+            wait_for(LIMIT, "BIRD notices the restart", || async { log().contains("graceful restart").then_some(()) });
+        seen.await;
+        // The routes stay while no session is up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!bird.route(V4).is_empty() && !bird.route(V6).is_empty(), "stale routes kept:\n{}", log());
+
+        // The new process announces the IPv4 VIP only.
+        let (_tx2, rx2) = watch::channel(routes(&[("web", V4)]));
+        let reg = prometheus::Registry::new();
+        let new = Announcer::spawn_restarted(Some(bgp(BIRD_ASN, 9, gr)), None, rx2, &reg).expect("spawn");
+        gone(&bird, V6, "the route not announced again is removed at the End-of-RIB").await;
+        assert!(!bird.route(V4).is_empty(), "{}", log());
+        assert_eq!(new.report().peers[0].state, SessionState::Established);
+        let text = log();
+        let removed: Vec<&str> = text.lines().filter(|l| l.contains("removed") && l.contains(V4)).collect();
+        assert!(removed.is_empty(), "the IPv4 VIP was withdrawn during the handover: {removed:?}\n{text}");
+        // (The log does show removals: the IPv6 VIP's.)
+        assert!(text.lines().any(|l| l.contains("removed") && l.contains(V6)), "{text}");
+        assert!(text.contains("graceful restart done") || text.contains("Graceful restart done"), "{text}");
+
+        // A stop (Cease) is not a restart: the route goes at once.
+        new.stop().await;
+        gone(&bird, V4, "withdrawn on stop").await;
+    });
+}

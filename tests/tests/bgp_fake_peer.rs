@@ -33,7 +33,7 @@ fn vip() -> BTreeSet<Announcement> {
 }
 
 fn peer_open(hold: u16) -> Vec<u8> {
-    wire::encode(&wire::open(PEER_ASN, hold, "10.0.0.2".parse().expect("id"))).expect("encode").to_vec()
+    wire::encode(&wire::open(PEER_ASN, hold, "10.0.0.2".parse().expect("id"), None)).expect("encode").to_vec()
 }
 
 /// Accepts the speaker's next connection and reads its OPEN.
@@ -73,7 +73,7 @@ async fn malformed_open_gets_notification_and_the_speaker_survives() {
     marker[3] = 0;
     assert_eq!(notification_for(&l, &marker).await, (1, 1), "connection not synchronized");
     assert_eq!(notification_for(&l, &peer_open(2)).await, (2, 6), "unacceptable hold time");
-    let wrong_as = wire::encode(&wire::open(65099, 9, "10.0.0.2".parse().expect("id"))).expect("encode");
+    let wrong_as = wire::encode(&wire::open(65099, 9, "10.0.0.2".parse().expect("id"), None)).expect("encode");
     assert_eq!(notification_for(&l, &wrong_as).await, (2, 2), "bad peer AS");
     let mut short = peer_open(9);
     short[16..18].copy_from_slice(&20u16.to_be_bytes());

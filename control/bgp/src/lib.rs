@@ -66,6 +66,29 @@ impl Announcer {
         routes: watch::Receiver<BTreeSet<Announcement>>,
         metrics: &prometheus::Registry,
     ) -> Result<AnnouncerHandle, BgpError> {
+        Self::spawn_as(bgp, ospf, routes, metrics, false)
+    }
+
+    /// [`Announcer::spawn`] in a process that took over from one that handed its sessions over (an upgrade):
+    /// with `[bgp] graceful_restart`, each peer's first OPEN says so (Restart State bit, RFC 4724), and its
+    /// End-of-RIB waits until a route is announced (half the restart time at most, 30 s at most) so that the
+    /// router does not drop the routes it kept before this process has announced them again.
+    pub fn spawn_restarted(
+        bgp: Option<BgpConfig>,
+        ospf: Option<OspfConfig>,
+        routes: watch::Receiver<BTreeSet<Announcement>>,
+        metrics: &prometheus::Registry,
+    ) -> Result<AnnouncerHandle, BgpError> {
+        Self::spawn_as(bgp, ospf, routes, metrics, true)
+    }
+
+    fn spawn_as(
+        bgp: Option<BgpConfig>,
+        ospf: Option<OspfConfig>,
+        routes: watch::Receiver<BTreeSet<Announcement>>,
+        metrics: &prometheus::Registry,
+        restarting: bool,
+    ) -> Result<AnnouncerHandle, BgpError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BgpError::NoRuntime)?;
         let m = Metrics::register(metrics)?;
         let (phase, phase_rx) = watch::channel(Phase::Run);
@@ -104,6 +127,7 @@ impl Announcer {
                     status: status.clone(),
                     incoming,
                     bfd,
+                    restarting,
                 };
                 peers.push(status);
                 tasks.push(rt.spawn(s.run()));

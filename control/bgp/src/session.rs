@@ -36,6 +36,8 @@ pub(crate) enum Phase {
 
 /// Hold time while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// The longest a restarted session waits for a route to announce before its End-of-RIB.
+const EOR_SETTLE: Duration = Duration::from_secs(30);
 /// Cease subcode "BFD Down" (RFC 9384).
 const CEASE_BFD_DOWN: u8 = 10;
 /// LOCAL_PREF / MED used while draining (RFC 8326: lowest preference).
@@ -56,6 +58,9 @@ pub(crate) struct Session {
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
     /// The peer's BFD session (`bfd = true`).
     pub bfd: Option<BfdLink>,
+    /// This process took the session over from one that handed it over (an upgrade): the next OPEN says so
+    /// (graceful restart), and its End-of-RIB waits for the routes.
+    pub restarting: bool,
 }
 
 impl Session {
@@ -181,7 +186,10 @@ impl Session {
         let _abort = AbortOnDrop(reader);
 
         let hold = u16::try_from(self.cfg.hold_time.as_secs()).unwrap_or(u16::MAX);
-        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id)).await?;
+        let gr = self.cfg.graceful_restart.map(|t| (u16::try_from(t.as_secs()).unwrap_or(4095), self.restarting));
+        out.send(&wire::open(self.cfg.asn, hold, self.cfg.router_id, gr)).await?;
+        // End-of-RIB to send once Established: whether this process restarted, and when it is due at the latest.
+        let mut eor: Option<(bool, Instant)> = None;
         self.status.set_state(SessionState::OpenSent);
         let mut hold_deadline = Some(Instant::now() + OPEN_HOLD);
         let mut hold_time: Option<Duration> = None;
@@ -245,6 +253,18 @@ impl Session {
                             if let Some((po, _)) = &params {
                                 info!(peer = %self.peer.address, asn = po.asn, hold = po.hold_secs, "BGP session established");
                             }
+                            // A restarted speaker's End-of-RIB ends the router's wait for our routes (RFC 4724):
+                            // it waits until a route is announced, half the restart time at most.
+                            // (Otherwise right after the first UPDATEs: the timer is only a backstop.)
+                            let settle = match (self.restarting, self.cfg.graceful_restart) {
+                                (true, Some(t)) => (t / 2).min(EOR_SETTLE),
+                                _ => Duration::from_secs(1),
+                            };
+                            // (Sent with graceful restart only: it is part of it, RFC 4724 section 2.)
+                            if self.cfg.graceful_restart.is_some() {
+                                eor = Some((self.restarting, Instant::now() + settle));
+                            }
+                            self.restarting = false;
                             self.routes.mark_changed();
                             if *self.phase.borrow() != Phase::Run {
                                 self.phase.mark_changed();
@@ -281,9 +301,21 @@ impl Session {
                         return self.stop(&mut out, &mut rx, &mut rib, &params).await;
                     }
                     let want: BTreeSet<IpNet> = self.routes.borrow_and_update().iter().map(|a| a.prefix).collect();
+                    let some = !want.is_empty();
                     if let Some((po, nh)) = &params {
                         let draining = *self.phase.borrow() != Phase::Run;
                         rib.sync(&mut out, want, po, nh, self.path(po, draining), draining).await?;
+                        if eor.is_some_and(|(restarted, _)| !restarted || some) {
+                            eor = None;
+                            send_end_of_rib(&mut out, po).await?;
+                        }
+                    }
+                }
+                _ = sleep_until(eor.map_or_else(Instant::now, |e| e.1)), if eor.is_some() && state == SessionState::Established => {
+                    eor = None;
+                    if let Some((po, _)) = &params {
+                        info!(peer = %self.peer.address, "BGP: nothing to announce yet after the restart: End-of-RIB sent");
+                        send_end_of_rib(&mut out, po).await?;
                     }
                 }
                 r = self.phase.changed(), if state == SessionState::Established => {
@@ -357,6 +389,14 @@ impl Session {
         let _ = timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = rx.recv().await {} }).await;
         b.admin_down().await;
     }
+}
+
+/// The End-of-RIB markers of the families negotiated.
+async fn send_end_of_rib(out: &mut Writer, po: &PeerOpen) -> Result<(), SessionError> {
+    for m in wire::end_of_rib(po.ipv4, po.ipv6, po.four_octet)? {
+        out.send(&m).await?;
+    }
+    Ok(())
 }
 
 fn cease() -> Message {

@@ -9,6 +9,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use rustbgpd_wire::attribute::{
     AsPath, AsPathSegment, MpReachNlri, MpUnreachNlri, Origin, PathAttribute, RawAttribute,
 };
+use rustbgpd_wire::capability::GracefulRestartFamily;
 use rustbgpd_wire::constants::AS_TRANS;
 use rustbgpd_wire::nlri::{Ipv4NlriEntry, Ipv4Prefix, Ipv6Prefix, NlriEntry, Prefix};
 use rustbgpd_wire::{
@@ -52,20 +53,64 @@ pub fn encode(msg: &Message) -> Result<Bytes, EncodeError> {
     encode_message(msg).map(BytesMut::freeze)
 }
 
-/// Our OPEN: 4-octet AS, IPv4 and IPv6 unicast (MP-BGP), route refresh.
-pub fn open(asn: u32, hold_secs: u16, router_id: Ipv4Addr) -> Message {
+/// Our OPEN: 4-octet AS, IPv4 and IPv6 unicast (MP-BGP), route refresh; with `graceful_restart` (restart time
+/// in seconds, whether this process restarted) the RFC 4724 capability, forwarding state preserved for both
+/// families (the XDP program forwards on while the daemon restarts).
+pub fn open(asn: u32, hold_secs: u16, router_id: Ipv4Addr, graceful_restart: Option<(u16, bool)>) -> Message {
+    let mut capabilities = vec![
+        Capability::MultiProtocol { afi: Afi::Ipv4, safi: Safi::Unicast },
+        Capability::MultiProtocol { afi: Afi::Ipv6, safi: Safi::Unicast },
+        Capability::RouteRefresh,
+        Capability::FourOctetAs { asn },
+    ];
+    if let Some((restart_time, restarted)) = graceful_restart {
+        let family = |afi| GracefulRestartFamily { afi, safi: Safi::Unicast, forwarding_preserved: true };
+        capabilities.push(Capability::GracefulRestart {
+            restart_state: restarted,
+            notification: false,
+            restart_time: restart_time.min(4095),
+            families: vec![family(Afi::Ipv4), family(Afi::Ipv6)],
+        });
+    }
     Message::Open(OpenMessage {
         version: 4,
         my_as: u16::try_from(asn).unwrap_or(AS_TRANS),
         hold_time: hold_secs,
         bgp_identifier: router_id,
-        capabilities: vec![
-            Capability::MultiProtocol { afi: Afi::Ipv4, safi: Safi::Unicast },
-            Capability::MultiProtocol { afi: Afi::Ipv6, safi: Safi::Unicast },
-            Capability::RouteRefresh,
-            Capability::FourOctetAs { asn },
-        ],
+        capabilities,
     })
+}
+
+/// End-of-RIB markers (RFC 4724 section 2) of the families sent: an empty UPDATE for IPv4 unicast, an empty
+/// MP_UNREACH_NLRI for IPv6 unicast.
+pub fn end_of_rib(ipv4: bool, ipv6: bool, four_octet: bool) -> Result<Vec<Message>, EncodeError> {
+    let mut out = Vec::new();
+    if ipv4 {
+        out.push(Message::Update(UpdateMessage::try_build(&[], &[], &[], four_octet, false, Ipv4UnicastMode::Body)?));
+    }
+    if ipv6 {
+        let un = MpUnreachNlri {
+            afi: Afi::Ipv6,
+            safi: Safi::Unicast,
+            withdrawn: vec![],
+            flowspec_withdrawn: vec![],
+            evpn_withdrawn: vec![],
+            bgpls_withdrawn: vec![],
+            vpn_withdrawn: vec![],
+            labeled_withdrawn: vec![],
+            rtc_withdrawn: vec![],
+        };
+        let attrs = [PathAttribute::MpUnreachNlri(Box::new(un))];
+        out.push(Message::Update(UpdateMessage::try_build(
+            &[],
+            &[],
+            &attrs,
+            four_octet,
+            false,
+            Ipv4UnicastMode::Body,
+        )?));
+    }
+    Ok(out)
 }
 
 /// A NOTIFICATION message.
@@ -302,7 +347,7 @@ mod tests {
 
     #[test]
     fn open_carries_as_trans_and_capabilities() {
-        let b = encode(&open(4_200_000_001, 90, Ipv4Addr::new(10, 0, 0, 1))).unwrap();
+        let b = encode(&open(4_200_000_001, 90, Ipv4Addr::new(10, 0, 0, 1), None)).unwrap();
         // version 4, AS_TRANS, hold 90, id, opt len 22, one capabilities parameter of 20 bytes:
         // MP ipv4/unicast, MP ipv6/unicast, route refresh, 4-octet AS 4200000001.
         let body = "04".to_string()

@@ -6,6 +6,7 @@
 //! router_id = "192.0.2.10"
 //! hold_time = "90s"           # proposed; the session uses min(ours, peer's)
 //! drain_wait = "15s"          # GRACEFUL_SHUTDOWN announced this long before the withdraw
+//! graceful_restart = "120s"   # RFC 4724 restart time: routers keep our routes across an upgrade (or a crash)
 //!
 //! [[bgp.peer]]
 //! address = "192.0.2.1"
@@ -69,6 +70,12 @@ pub struct BgpConfig {
     /// `[bgp.bfd]`: timers of the BFD sessions (RFC 5880/5881) of peers with `bfd = true`.
     #[serde(default)]
     pub bfd: BfdTimers,
+    /// Graceful restart (RFC 4724) as the restarting speaker: the restart time advertised (1-4095 s). Routers
+    /// that support it keep our routes while our session is down for that long (an upgrade hands the session
+    /// over this way; a crash too), and drop the ones we do not announce again before our End-of-RIB. Absent:
+    /// not advertised (routes go with the session).
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub graceful_restart: Option<Duration>,
 }
 
 /// `[bgp.bfd]`: single-hop BFD timers shared by every peer with `bfd = true`.
@@ -172,6 +179,9 @@ impl BgpConfig {
         }
         if self.router_id.is_unspecified() {
             cx.error("bgp.router_id", "must not be 0.0.0.0");
+        }
+        if self.graceful_restart.is_some_and(|t| t < Duration::from_secs(1) || t > Duration::from_secs(4095)) {
+            cx.error("bgp.graceful_restart", "restart time must be between 1s and 4095s (12 bits, RFC 4724)");
         }
         if self.hold_time < Duration::from_secs(3) || self.hold_time > Duration::from_secs(65535) {
             cx.error("bgp.hold_time", "must be between 3s and 65535s");
@@ -338,6 +348,8 @@ mod tests {
         assert!(e.contains("t.toml:3") && e.contains("bgp.router_id"), "{e}");
         assert!(e.contains("t.toml:4") && e.contains("bgp.hold_time"), "{e}");
         assert!(e.contains("bgp.peer[0].asn"), "{e}");
+        let e = errors("[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\ngraceful_restart = \"2h\"\n[[bgp.peer]]\naddress = \"10.0.0.2\"\nasn = 65000\n");
+        assert!(e.contains("t.toml:4") && e.contains("bgp.graceful_restart"), "{e}");
         let e = errors("[bgp]\nasn = 65001\nrouter_id = \"10.0.0.1\"\n");
         assert!(e.contains("at least one"), "{e}");
         let e = errors(
