@@ -88,17 +88,14 @@ pub(crate) fn certified_key(cert: &CertMaterial) -> Result<Arc<CertifiedKey>, L7
 
 /// The verifier of a client authentication: the CA bundle as trust anchors, the CRLs (a revoked certificate, or
 /// one whose status no CRL gives once CRLs are configured, is refused), anonymous clients allowed when `optional`.
-/// The files were checked by validation; they are read again here, so a reload picks up a new CRL.
+/// The files' contents were read by validation (`auth.material`).
 pub(crate) fn client_verifier(auth: &ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, L7Error> {
     let err = |message: String| L7Error::ClientAuth { message };
     let mut roots = rustls::RootCertStore::empty();
-    for c in padis_model::tls::load_ca_bundle(&auth.ca).map_err(err)? {
-        roots.add(c).map_err(|e| err(format!("{}: {e}", auth.ca.display())))?;
+    for c in &auth.material.ca {
+        roots.add(c.clone()).map_err(|e| err(format!("{}: {e}", auth.ca.display())))?;
     }
-    let mut crls = Vec::new();
-    for path in &auth.crl {
-        crls.extend(padis_model::tls::load_crls(path).map_err(err)?);
-    }
+    let crls = auth.material.crls.clone();
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
     if auth.mode == ClientAuthMode::Optional {
         builder = builder.allow_unauthenticated();

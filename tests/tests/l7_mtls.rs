@@ -120,7 +120,7 @@ async fn client_certificates_required_optional_revoked_by_name_and_subject_heade
         (Client(good.0, good.1), Client(odd.0, odd.1), Client(revoked.0, revoked.1), Client(stranger.0, stranger.1));
 
     let b = Backend::start("b").await;
-    let p = Proxy::start(&proxy_config(&b), dir.path()).await;
+    let mut p = Proxy::start(&proxy_config(&b), dir.path()).await;
     let (req, opt, sni, plain) = (p.addr("req"), p.addr("opt"), p.addr("sni"), p.addr("plain"));
     let ca = site.ca_pem.clone();
     let subject = openssl_subject(&good.0);
@@ -232,6 +232,16 @@ async fn client_certificates_required_optional_revoked_by_name_and_subject_heade
     assert!(out.contains("alert") || out.contains("certificate required"), "{out}");
     let out = s_client(req, "api.example.com", &ca, Some(&good), &[]);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
+
+    // A new CRL revoking the good certificate too, with the same config text: a different state (a reload
+    // publishes it), which refuses the certificate.
+    let before = padis_tests::l7::snapshot(&proxy_config(&b), dir.path(), 2);
+    partners.crl("revoked.crl", &[666, 7]);
+    let after = padis_tests::l7::snapshot(&proxy_config(&b), dir.path(), 3);
+    assert!(!before.state.same_as(&after.state), "a changed CRL file changes the state");
+    p.publish_settled(&proxy_config(&b)).await;
+    let (ok, out) = curl_to(req, &ca, "api.example.com", Some(&good), &[]).await;
+    assert!(!ok, "revoked by the new CRL, still served:\n{out}");
     p.stop().await;
 }
 

@@ -437,6 +437,19 @@ pub struct ClientAuth {
     /// client is always removed, on every listener.
     #[serde(default = "default_subject_header")]
     pub subject_header: String,
+    /// The CA bundle and CRLs as read by validation (what the data plane uses; compared, so that a reload with
+    /// a changed file publishes a new state).
+    #[serde(skip)]
+    pub material: ClientAuthMaterial,
+}
+
+/// The contents of a client authentication's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAuthMaterial {
+    /// CA certificates (`ca`).
+    pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Revocation lists (all `crl` files).
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
 }
 
 /// Default [`ClientAuth::subject_header`].

@@ -162,13 +162,27 @@ fn check(
             }
         }
     }
-    for l in &mut state.listeners {
+    // Client authentication: paths made absolute, CA bundles and CRLs read into the state (data planes never
+    // read them; a changed file is a changed state, so a reload applies a new CRL).
+    for (i, l) in state.listeners.iter_mut().enumerate() {
         let Some(t) = l.tls.as_mut() else { continue };
-        let auths = t.client_auth.iter_mut().chain(t.by_name.iter_mut().filter_map(|n| n.client_auth.as_mut()));
-        for a in auths {
+        let listener = t.client_auth.as_mut().map(|a| (format!("listener[{i}].tls.client_auth"), a));
+        let named = t.by_name.iter_mut().enumerate().filter_map(|(j, n)| {
+            n.client_auth.as_mut().map(|a| (format!("listener[{i}].tls.by_name[{j}].client_auth"), a))
+        });
+        for (p, a) in listener.into_iter().chain(named) {
             a.ca = base.join(&a.ca);
-            for c in &mut a.crl {
+            match tls::load_ca_bundle(&a.ca) {
+                Ok(c) => a.material.ca = c,
+                Err(e) => cx.error(format!("{p}.ca"), e),
+            }
+            a.material.crls.clear();
+            for (j, c) in a.crl.iter_mut().enumerate() {
                 *c = base.join(&*c);
+                match tls::load_crls(c) {
+                    Ok(crls) => a.material.crls.extend(crls),
+                    Err(e) => cx.error(format!("{p}.crl[{j}]"), e),
+                }
             }
         }
     }
@@ -224,16 +238,8 @@ const RESERVED_HEADERS: [&str; 12] = [
     "proxy-authorization",
 ];
 
-/// A client authentication: its CA bundle and CRLs parse, its subject header is a header name Padis may write.
+/// A client authentication's subject header is a header name Padis may write (its files were read by `check`).
 fn check_client_auth(cx: &mut Validator, p: &str, a: &crate::ClientAuth) {
-    if let Err(e) = tls::load_ca_bundle(&a.ca) {
-        cx.error(format!("{p}.ca"), e);
-    }
-    for (i, c) in a.crl.iter().enumerate() {
-        if let Err(e) = tls::load_crls(c) {
-            cx.error(format!("{p}.crl[{i}]"), e);
-        }
-    }
     let h = &a.subject_header;
     let token = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !token {
