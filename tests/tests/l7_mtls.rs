@@ -526,3 +526,46 @@ fn config_errors_name_file_and_line() {
     assert!(e.contains("group[0].tls.cert:"), "{e}");
     assert_eq!(check(&format!("{group}cert = \"client.pem\"\nkey = \"client.key\"\n")), "");
 }
+
+/// The `${tls_subject}` and `${tls_sni}` variables of header rules (issue 15) with real client certificates, on
+/// the fast path's TLS and the hyper path's alike: the verified subject set into a header the route names, the
+/// client's own copy of it replaced; without a certificate (an `optional` listener) the header is not written at
+/// all, even when the client sends one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_subject_variable_of_header_rules_on_both_paths() {
+    let dir = temp_dir();
+    let site = Pki::new(dir.path());
+    site.leaf("site", &["api.example.com"]);
+    std::fs::create_dir_all(dir.path().join("partners")).unwrap();
+    let partners = Pki::new(&dir.path().join("partners"));
+    let good = partners.client_leaf("good", "partner-1", "Partner Bank", 7);
+    let good = Client(good.0, good.1);
+    let subject = openssl_subject(&good.0);
+    let b = Backend::start("b").await;
+    let mut cfg = String::new();
+    for (name, ip, fast) in [("fast", "127.0.0.1", true), ("hyper", "127.0.0.2", false)] {
+        cfg.push_str(&format!(
+            "[[listener]]\nname = \"{name}\"\nbind = \"{ip}:0\"\nfast_path = {fast}\n[listener.tls]\n\
+             [listener.tls.client_auth]\nmode = \"optional\"\nca = \"partners/ca.pem\"\n"
+        ));
+    }
+    cfg.push_str(&format!(
+        "[[certificate]]\nname = \"site\"\ncert = \"site.pem\"\nkey = \"site.key\"\n\
+         [[route]]\nname = \"all\"\ngroup = \"g\"\n[route.headers]\n\
+         request_set = {{ \"x-subject\" = \"${{tls_subject}}\", \"x-sni\" = \"sni=${{tls_sni}} ${{scheme}}\" }}\n\
+         [[group]]\nname = \"g\"\n[[group.backend]]\naddr = \"{}\"\n",
+        b.addr
+    ));
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let ca = site.ca_pem.clone();
+    for l in ["fast", "hyper"] {
+        let (ok, body) = curl_to(p.addr(l), &ca, "api.example.com", Some(&good), &["X-Subject: CN=admin"]).await;
+        assert!(ok, "{l}: {body}");
+        assert_eq!(seen(&body, "x-subject").as_deref(), Some(subject.as_str()), "{l}: {body}");
+        assert_eq!(seen(&body, "x-sni").as_deref(), Some("sni=api.example.com https"), "{l}: {body}");
+        let (ok, body) = curl_to(p.addr(l), &ca, "api.example.com", None, &["X-Subject: CN=admin"]).await;
+        assert!(ok, "{l}: {body}");
+        assert_eq!(seen(&body, "x-subject"), None, "{l}: no certificate, no subject: {body}");
+    }
+    p.stop().await;
+}
