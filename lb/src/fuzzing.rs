@@ -101,8 +101,10 @@ fn feed(body: &[u8], step: usize) -> Option<(usize, bool)> {
 fn rules() -> &'static policy::rules::HeaderRules {
     static RULES: std::sync::OnceLock<Option<policy::rules::HeaderRules>> = std::sync::OnceLock::new();
     let r = RULES.get_or_init(|| {
-        let mut h = padis_model::HeaderRules::default();
-        h.request_remove = vec!["x-internal".into()];
+        let mut h = padis_model::HeaderRules {
+            request_remove: vec!["x-internal".into()],
+            ..padis_model::HeaderRules::default()
+        };
         h.request_set.insert("x-client".into(), "${client_ip}:${client_port}".into());
         h.request_add.insert("x-added".into(), "id=${request_id}".into());
         h.response_remove = vec!["server".into()];

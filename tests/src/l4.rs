@@ -220,10 +220,7 @@ mod e2e {
                 nodes_pass: Vec::new(),
             };
             let p = unique_name("p");
-            veth("eth0", &me.client, &p, &me.lan).or_else(|_| {
-                // `eth0` may exist already in a fresh namespace on some kernels: never here, but be explicit.
-                Err::<(), String>("veth".into())
-            })?;
+            veth("eth0", &me.client, &p, &me.lan)?;
             bridge_port(&me.lan, &br, &p)?;
             me.client.run(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
             // Client frames cross native XDP and are re-sent by XDP_TX: their checksums must be complete.

@@ -124,8 +124,11 @@ struct Case {
     verdict: u32,
     out: Out,
     stats: &'static [(u32, u64)],
-    check: Option<fn(&Fixture, &[u8], &[u8])>,
+    check: Option<Check>,
 }
+
+/// A case's extra check: the fixture after the run, the input frame and the output frame.
+type Check = fn(&Fixture, &[u8], &[u8]);
 
 const fn case(desc: &'static str, setup: Setup, input: fn() -> Vec<u8>, verdict: u32, out: Out) -> Case {
     Case { desc, setup, input, verdict, out, stats: &[], check: None }
@@ -137,7 +140,7 @@ impl Case {
         self
     }
 
-    const fn check(mut self, check: fn(&Fixture, &[u8], &[u8])) -> Case {
+    const fn check(mut self, check: Check) -> Case {
         self.check = Some(check);
         self
     }

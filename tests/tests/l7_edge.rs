@@ -173,7 +173,7 @@ async fn proxy_protocol_from_haproxy_gives_the_real_client_to_routes_limits_and_
     let to: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().expect("addr");
     let out = exchange_from("127.0.0.7", to, b"").await.expect("relayed");
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with(&format!("PROXY TCP4 127.0.0.7 127.0.0.1 ")), "{text}");
+    assert!(text.starts_with("PROXY TCP4 127.0.0.7 127.0.0.1 "), "{text}");
     assert!(text.trim_end().ends_with(&format!(" {}", ports[2])), "{text}");
 
     // haproxy connecting from an untrusted source (127.0.0.3): its header is refused, nothing is served.

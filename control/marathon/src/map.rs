@@ -1072,7 +1072,7 @@ fn map_port(
                 problems.push(problem(app, l, "not enforceable on an L4 VIP (no HTTP route on this port)"));
             } else if tcp_listener && l.key.ends_with("_NETWORK_ALLOWED_ACL") {
                 // Honoured by the TCP listener.
-            } else if !http_listener && !(security && refused) {
+            } else if !(http_listener || (security && refused)) {
                 out.warnings.push(
                     problem(app, l, "ignored: the port has no HTTP route (no VHOST / PATH)")
                         .with_effect(Effect::LabelIgnored),

@@ -264,7 +264,7 @@ fn src_allows(flow: &Flow, now: u64) -> bool {
     } else {
         [w[0] & cfg.mask_v6[0], w[1] & cfg.mask_v6[1], w[2] & cfg.mask_v6[2], w[3] & cfg.mask_v6[3]]
     };
-    match maps::SRC_RATE.get_ptr_mut(&key) {
+    match maps::SRC_RATE.get_ptr_mut(key) {
         Some(due) => {
             // SAFETY: a value pointer from a successful lookup; a racing update is benign (see above).
             let d = unsafe { *due };
@@ -276,7 +276,7 @@ fn src_allows(flow: &Flow, now: u64) -> bool {
             true
         }
         None => {
-            let _ = maps::SRC_RATE.insert(&key, &now.wrapping_add(interval), 0);
+            let _ = maps::SRC_RATE.insert(key, now.wrapping_add(interval), 0);
             true
         }
     }

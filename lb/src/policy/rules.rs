@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn rules_drop_and_write_in_order() {
-        let mut c = Config::default();
-        c.request_remove = vec!["X-Internal".into()];
+        let mut c = Config { request_remove: vec!["X-Internal".into()], ..Config::default() };
         c.request_set.insert("X-Client".into(), "${client_ip}:${client_port} ${scheme}".into());
         c.request_set.insert("X-Subject".into(), "${tls_subject}".into());
         c.request_add.insert("X-Trace".into(), "id=${request_id};sni=${tls_sni};$$".into());

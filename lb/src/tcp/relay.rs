@@ -234,7 +234,8 @@ mod tests {
             let recv_up = br.read_to_end(&mut got_up);
             let recv_down = cr.read_to_end(&mut got_down);
             let ((), (), a, b) = tokio::join!(send_up, send_down, recv_up, recv_down);
-            (a.unwrap(), b.unwrap());
+            a.expect("the backend reads to the end");
+            b.expect("the client reads to the end");
             assert!(got_up == up, "client to backend intact ({} bytes)", got_up.len());
             assert!(got_down == down, "backend to client intact ({} bytes)", got_down.len());
         };
