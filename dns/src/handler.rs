@@ -261,8 +261,8 @@ impl Handler {
                         let what = if verdict == tsig::Replay::Replayed { "replayed" } else { "replay_cache_full" };
                         tracing::warn!(%src, key = %found.key_name, what, "signed request refused");
                         self.metrics.tsig.with_label_values(&[what]).inc();
-                        let resp = self.response(&msg, set, ResponseCode::Refused);
-                        return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+                        let r = Request { set, src, tcp, signer, out, w };
+                        return self.reject(r, &msg, ResponseCode::Refused);
                     }
                 }
                 self.metrics.tsig.with_label_values(&["ok"]).inc();
@@ -273,13 +273,11 @@ impl Handler {
                 return Outcome::Reply;
             }
         }
+        let r = Request { set, src, tcp, signer, out, w };
         match msg.metadata.op_code {
-            OpCode::Query => self.query(set, msg, src, tcp, out, signer, w),
-            OpCode::Update => self.update(set, msg, src, tcp, out, signer, w),
-            _ => {
-                let resp = self.response(&msg, set, ResponseCode::NotImp);
-                self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer)
-            }
+            OpCode::Query => self.query(msg, r),
+            OpCode::Update => self.update(msg, r),
+            _ => self.reject(r, &msg, ResponseCode::NotImp),
         }
     }
 
@@ -297,6 +295,18 @@ impl Handler {
             m.set_edns(edns);
         }
         m
+    }
+
+    /// Answers `req` with `resp`: within the request's size limit, signed when the request was.
+    fn reply(&self, r: Request<'_>, req: &Message, resp: Message) -> Outcome {
+        let limit = limit_of(req, r.set, r.tcp);
+        self.finish(resp, r.set, limit, r.out, None, r.w, r.signer)
+    }
+
+    /// Answers `req` with an empty response of `rcode`.
+    fn reject(&self, r: Request<'_>, req: &Message, rcode: ResponseCode) -> Outcome {
+        let resp = self.response(req, r.set, rcode);
+        self.reply(r, req, resp)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -342,48 +352,34 @@ impl Handler {
         Outcome::Reply
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn query(
-        &self,
-        set: &ZoneSet,
-        msg: Message,
-        src: SocketAddr,
-        tcp: bool,
-        out: &mut Vec<u8>,
-        signer: Option<Signer>,
-        w: &mut Worker,
-    ) -> Outcome {
+    fn query(&self, msg: Message, r: Request<'_>) -> Outcome {
+        let set = r.set;
         if msg.queries.len() != 1 {
-            let resp = self.response(&msg, set, ResponseCode::FormErr);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::FormErr);
         }
         if msg.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            let resp = self.response(&msg, set, ResponseCode::BADVERS);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::BADVERS);
         }
         let q = &msg.queries[0];
         if q.query_class() == DNSClass::CH {
-            return self.chaos(set, msg, tcp, out, signer, w);
+            return self.chaos(msg, r);
         }
         if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
-            let resp = self.response(&msg, set, ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::Refused);
         }
         let qwire = wire_of(q.name());
         let Some((zone, _)) = set.find(&qwire) else {
-            let resp = self.response(&msg, set, ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::Refused);
         };
         let qtype = q.query_type();
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return self.transfer(set, zone, msg, src, tcp, out, signer, w);
+            return self.transfer(zone, msg, r);
         }
         if matches!(qtype, RecordType::OPT | RecordType::TSIG) {
-            let resp = self.response(&msg, set, ResponseCode::FormErr);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::FormErr);
         }
         let dnssec_ok = msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let mut ans = resolve(zone, q.name(), qtype, tcp);
+        let mut ans = resolve(zone, q.name(), qtype, r.tcp);
         if dnssec_ok && zone.signed {
             crate::resolve::add_dnssec(zone, q.name(), qtype, &mut ans);
         }
@@ -395,21 +391,14 @@ impl Handler {
         resp.answers = ans.answers;
         resp.authorities = ans.authority;
         resp.additionals = ans.additional;
-        self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer)
+        self.reply(r, &msg, resp)
     }
 
     /// CH TXT `version.bind`/`version.server` and `id.server`/`hostname.bind` (RFC 4892), as `[dns] version`
     /// and `identity` say; REFUSED when they are not set (Knot's answer when they are disabled) and for any
     /// other CH query.
-    fn chaos(
-        &self,
-        set: &ZoneSet,
-        msg: Message,
-        tcp: bool,
-        out: &mut Vec<u8>,
-        signer: Option<Signer>,
-        w: &mut Worker,
-    ) -> Outcome {
+    fn chaos(&self, msg: Message, r: Request<'_>) -> Outcome {
+        let set = r.set;
         let q = &msg.queries[0];
         let name = q.name().to_lowercase().to_ascii();
         let text = match name.as_str() {
@@ -417,10 +406,8 @@ impl Handler {
             "id.server." | "hostname.bind." => set.identity.clone(),
             _ => None,
         };
-        let limit = limit_of(&msg, set, tcp);
         let Some(text) = text else {
-            let resp = self.response(&msg, set, ResponseCode::Refused);
-            return self.finish(resp, set, limit, out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::Refused);
         };
         let mut resp = self.response(&msg, set, ResponseCode::NoError);
         resp.metadata.authoritative = true;
@@ -429,21 +416,11 @@ impl Handler {
             r.dns_class = DNSClass::CH;
             resp.answers.push(r);
         }
-        self.finish(resp, set, limit, out, None, w, signer)
+        self.reply(r, &msg, resp)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transfer(
-        &self,
-        set: &ZoneSet,
-        zone: &Arc<crate::zone::ZoneData>,
-        msg: Message,
-        src: SocketAddr,
-        tcp: bool,
-        out: &mut Vec<u8>,
-        signer: Option<Signer>,
-        w: &mut Worker,
-    ) -> Outcome {
+    fn transfer(&self, zone: &Arc<crate::zone::ZoneData>, msg: Message, r: Request<'_>) -> Outcome {
+        let (set, src) = (r.set, r.src);
         let zname = zone.origin.to_ascii();
         let kind = if msg.queries[0].query_type() == RecordType::AXFR { "axfr" } else { "ixfr" };
         let refuse = |rcode| {
@@ -453,26 +430,26 @@ impl Handler {
         if !ZonePolicy::allowed(&zone.policy.allow_transfer, src.ip()) {
             tracing::info!(%src, zone = %zname, "transfer refused by ACL");
             let resp = refuse(ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
         if let Some(k) = &zone.policy.transfer_key {
-            if signer.as_ref().is_none_or(|s| s.key_name() != &k.name) {
+            if r.signer.as_ref().is_none_or(|s| s.key_name() != &k.name) {
                 // As BIND: a transfer not signed with the zone's key is REFUSED (even from an allowed address).
                 tracing::info!(%src, zone = %zname, "transfer without the zone's TSIG key refused");
                 let resp = refuse(ResponseCode::Refused);
-                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+                return self.reply(r, &msg, resp);
             }
         }
-        if !tcp {
+        if !r.tcp {
             if kind == "axfr" {
                 let resp = refuse(ResponseCode::FormErr);
-                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+                return self.reply(r, &msg, resp);
             }
             // IXFR over UDP: the current SOA tells the client to come back over TCP.
             let mut resp = self.response(&msg, set, ResponseCode::NoError);
             resp.metadata.authoritative = true;
             resp.answers.push(zone.soa_record());
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
         let client_serial = msg.authorities.iter().find_map(|r| match &r.data {
             hickory_proto::rr::RData::SOA(s) => Some(s.serial),
@@ -482,33 +459,22 @@ impl Handler {
         self.metrics.transfers.with_label_values(&[&zname, what]).inc();
         tracing::info!(%src, zone = %zname, kind = what, serial = zone.serial, "zone transfer");
         let qtype = u16::from(msg.queries[0].query_type());
-        w.counters.count(set, set.by_origin.get(&zone.origin_wire[..]).copied(), qtype, 0);
-        Outcome::Stream(xfr::messages(&msg, records, signer))
+        r.w.counters.count(set, set.by_origin.get(&zone.origin_wire[..]).copied(), qtype, 0);
+        Outcome::Stream(xfr::messages(&msg, records, r.signer))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn update(
-        &self,
-        set: &ZoneSet,
-        msg: Message,
-        src: SocketAddr,
-        tcp: bool,
-        out: &mut Vec<u8>,
-        signer: Option<Signer>,
-        w: &mut Worker,
-    ) -> Outcome {
+    fn update(&self, msg: Message, r: Request<'_>) -> Outcome {
+        let (set, src) = (r.set, r.src);
         let zone_q = match msg.queries.as_slice() {
             [q] if q.query_type() == RecordType::SOA => q,
             _ => {
-                let resp = self.response(&msg, set, ResponseCode::FormErr);
-                return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+                return self.reject(r, &msg, ResponseCode::FormErr);
             }
         };
         let zwire = wire_of(zone_q.name());
         let zone = set.by_origin.get(&zwire).and_then(|i| set.zones.get(*i));
         let Some(zone) = zone else {
-            let resp = self.response(&msg, set, ResponseCode::NotAuth);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reject(r, &msg, ResponseCode::NotAuth);
         };
         let zname = zone.origin.to_ascii();
         let result = |rcode: ResponseCode| {
@@ -517,31 +483,31 @@ impl Handler {
         };
         let Some(key) = &zone.policy.update_key else {
             let resp = result(ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         };
         if zone.signed {
             // Its signatures come from the signer: a change made here would be served unsigned (and its SOA's
             // new serial would break the SOA's signature). A pre-signed zone changes through its file.
             tracing::info!(%src, zone = %zname, "update of a pre-signed zone refused");
             let resp = result(ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
         if !zone.policy.allow_update.is_empty() && !ZonePolicy::allowed(&zone.policy.allow_update, src.ip()) {
             let resp = result(ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
-        if signer.as_ref().is_none_or(|s| s.key_name() != &key.name) {
+        if r.signer.as_ref().is_none_or(|s| s.key_name() != &key.name) {
             let resp = result(ResponseCode::Refused);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
         if let Err(rcode) = crate::update::prescan(&zone.origin_wire, &msg.authorities) {
             let resp = result(rcode);
-            return self.finish(resp, set, limit_of(&msg, set, tcp), out, None, w, signer);
+            return self.reply(r, &msg, resp);
         }
         let (tx, rx) = oneshot::channel();
         let job =
             UpdateJob { zone: zone.clone(), prereqs: msg.answers.clone(), updates: msg.authorities.clone(), reply: tx };
-        Outcome::Update(Box::new((job, PendingUpdate { req: msg, signer, zone: zname }, rx)))
+        Outcome::Update(Box::new((job, PendingUpdate { req: msg, signer: r.signer, zone: zname }, rx)))
     }
 
     /// Builds the reply to an update once the manager answered (`None`: the manager is gone → SERVFAIL).
@@ -560,6 +526,17 @@ impl Handler {
         let limit = limit_of(&p.req, &set, tcp);
         self.finish(resp, &set, limit, out, None, w, p.signer)
     }
+}
+
+/// A request being answered, and what every answer to it needs: the zone set it is answered from, its source and
+/// transport, the TSIG signer of a signed request, the output and the worker's counters.
+struct Request<'a> {
+    set: &'a ZoneSet,
+    src: SocketAddr,
+    tcp: bool,
+    signer: Option<Signer>,
+    out: &'a mut Vec<u8>,
+    w: &'a mut Worker,
 }
 
 /// The size limit for the answer to `req`.

@@ -61,6 +61,15 @@ pub(crate) async fn accept_loop(
     fast: Option<FastLoops>,
 ) {
     let count = Arc::new(AtomicUsize::new(0));
+    let dispatch = Dispatch {
+        plane: plane.clone(),
+        name: name.clone(),
+        count: count.clone(),
+        stop: stop.clone(),
+        hard,
+        tracker: tracker.clone(),
+        fast,
+    };
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -91,15 +100,7 @@ pub(crate) async fn accept_loop(
             // Counted against `max_connections` while its header is awaited.
             count.fetch_add(1, Ordering::AcqRel);
             let pending = Pending(Some(count.clone()));
-            let d = Dispatch {
-                plane: plane.clone(),
-                name: name.clone(),
-                count: count.clone(),
-                stop: stop.clone(),
-                hard: hard.clone(),
-                tracker: tracker.clone(),
-                fast: fast.clone(),
-            };
+            let d = dispatch.clone();
             tracker.spawn(async move {
                 let Some(c) = d.proxied(c).await else { return };
                 let rt = d.plane.runtime.load();
@@ -120,16 +121,7 @@ pub(crate) async fn accept_loop(
             }
         };
         count.fetch_add(1, Ordering::AcqRel);
-        let d = Dispatch {
-            plane: plane.clone(),
-            name: name.clone(),
-            count: count.clone(),
-            stop: stop.clone(),
-            hard: hard.clone(),
-            tracker: tracker.clone(),
-            fast: fast.clone(),
-        };
-        d.dispatch(&rt, c, client);
+        dispatch.dispatch(&rt, c, client);
     }
     tracing::info!(listener = &*name, "listener stopped accepting");
 }
@@ -169,7 +161,8 @@ impl Drop for Pending {
     }
 }
 
-/// Where an admitted connection of one listener goes.
+/// Where an admitted connection of one listener goes (cloned into the task that awaits a PROXY header).
+#[derive(Clone)]
 struct Dispatch {
     plane: Arc<PlaneShared>,
     name: Arc<str>,

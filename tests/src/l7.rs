@@ -596,3 +596,55 @@ pub async fn tls_get_h2(info: TlsInfo, host: &str, path: &str) -> Answer {
     let resp = sender.send_request(req).await.expect("request");
     read_answer(resp).await.expect("body")
 }
+
+/// A bounded keep-alive load of GETs on one host through an L7 listener: each client sends at most 50,000
+/// requests, on one connection (a new one after a failure), until [`Load::finish`] or its time limit.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` clients sending `GET /c<client>/<n>` with Host `host` to `proxy` for at most `limit`.
+    pub fn start(proxy: SocketAddr, host: &str, clients: usize, limit: Duration) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let clients = (0..clients)
+            .map(|c| {
+                let (stop, ok, failures, host) = (stop.clone(), ok.clone(), failures.clone(), host.to_string());
+                tokio::spawn(async move {
+                    let mut conn = H1Conn::connect(proxy).await;
+                    let deadline = std::time::Instant::now() + limit;
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline && n < 50_000 {
+                        n += 1;
+                        match conn.get(&host, &format!("/c{c}/{n}")).await {
+                            Ok(a) if a.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
+                            Err(e) => {
+                                failures.lock().expect("lock").push(format!("client {c}: {e}"));
+                                conn = H1Conn::connect(proxy).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failures, clients }
+    }
+
+    /// Stops the clients; the requests answered 200 and the failures.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.expect("client");
+        }
+        let failures = self.failures.lock().expect("lock").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}

@@ -13,4 +13,5 @@ pub mod marathon;
 pub mod netns;
 pub mod process;
 pub mod recording;
+pub mod tcp;
 pub mod upgrade;

@@ -3,104 +3,13 @@
 //! PROXY protocol header, half-close, graceful stop, metrics and config errors.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use padis_tests::l7::{temp_dir, Proxy};
+use padis_tests::tcp::{echo_on, round_trip, Echo, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
-/// What an echo backend expects before the bytes it echoes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Header {
-    None,
-    V1,
-    V2,
-}
-
-/// A TCP backend on 127.0.0.1 that echoes every byte until end of stream, then closes its sending half. Counts
-/// connections; records the client address of PROXY protocol headers.
-struct Echo {
-    addr: SocketAddr,
-    conns: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: CancellationToken,
-}
-
-impl Echo {
-    async fn start(header: Header) -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (c, s, st) = (conns.clone(), seen.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut sock, _) = tokio::select! {
-                    r = l.accept() => match r { Ok(a) => a, Err(_) => continue },
-                    _ = st.cancelled() => return,
-                };
-                c.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let mut pending = Vec::new();
-                    match header {
-                        Header::None => {}
-                        Header::V1 => {
-                            let mut line = Vec::new();
-                            let mut b = [0u8; 1];
-                            while !line.ends_with(b"\r\n") {
-                                if sock.read_exact(&mut b).await.is_err() {
-                                    return;
-                                }
-                                line.push(b[0]);
-                            }
-                            let text = String::from_utf8(line).unwrap();
-                            let f: Vec<&str> = text.trim_end().split(' ').collect();
-                            assert_eq!(&f[..2], &["PROXY", "TCP4"], "{text}");
-                            s.lock().unwrap().push(SocketAddr::new(f[2].parse().unwrap(), f[4].parse().unwrap()));
-                        }
-                        Header::V2 => {
-                            let mut h = [0u8; 16];
-                            if sock.read_exact(&mut h).await.is_err() {
-                                return;
-                            }
-                            assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n", "v2 signature");
-                            assert_eq!(h[12], 0x21, "v2, PROXY");
-                            assert_eq!(h[13], 0x11, "TCP over IPv4");
-                            let len = u16::from_be_bytes([h[14], h[15]]) as usize;
-                            let mut body = vec![0u8; len];
-                            sock.read_exact(&mut body).await.unwrap();
-                            let ip = std::net::Ipv4Addr::new(body[0], body[1], body[2], body[3]);
-                            let port = u16::from_be_bytes([body[8], body[9]]);
-                            s.lock().unwrap().push(SocketAddr::new(ip.into(), port));
-                            pending.extend_from_slice(&body[12..]);
-                        }
-                    }
-                    let _ = sock.write_all(&pending).await;
-                    let (mut r, mut w) = sock.split();
-                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                        let _ = w.shutdown().await;
-                    }
-                });
-            }
-        });
-        Echo { addr, conns, seen, stop }
-    }
-
-    fn conns(&self) -> usize {
-        self.conns.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
 
 /// An address on which nothing listens (connections are refused).
 async fn refused_addr() -> SocketAddr {
@@ -115,33 +24,6 @@ fn tcp_config(group_extra: &str, backends: &[SocketAddr]) -> String {
         s.push_str(&format!("[[group.backend]]\naddr = \"{b}\"\n"));
     }
     s
-}
-
-/// Sends `msg` on a new connection through `addr`, closes the sending half and reads everything back.
-async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut c = TcpStream::connect(addr).await?;
-    let (mut r, mut w) = c.split();
-    let send = async {
-        w.write_all(msg).await?;
-        w.shutdown().await
-    };
-    let mut back = Vec::new();
-    let recv = r.read_to_end(&mut back);
-    let (s, rv) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(send, recv) })
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))?;
-    s?;
-    rv?;
-    Ok(back)
-}
-
-/// A connection kept open: writes `msg` and reads its echo.
-async fn echo_on(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    c.write_all(msg).await?;
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.map_err(std::io::Error::other)??;
-    assert_eq!(back, msg);
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,9 @@
 //! reported, and Padis converges by itself when Marathon returns.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use padis_tests::l7::{Backend, H1Conn};
+use padis_tests::l7::{Backend, Load};
 use padis_tests::marathon::{AppSpec, MarathonDouble};
 use padis_tests::process::{free_port, Padis};
 
@@ -119,57 +117,6 @@ async fn wait_backends(padis: &Padis, want: (usize, usize)) -> serde_json::Value
     }
 }
 
-/// Bounded keep-alive load through the L7 listener (Host `web.test`): each client sends at most 50,000 requests
-/// and stops after `limit` or when finished.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(proxy: SocketAddr, clients: usize, limit: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let clients = (0..clients)
-            .map(|c| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut conn = H1Conn::connect(proxy).await;
-                    let deadline = Instant::now() + limit;
-                    let mut n = 0u32;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 50_000 {
-                        n += 1;
-                        match conn.get("web.test", &format!("/c{c}/{n}")).await {
-                            Ok(a) if a.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
-                            Err(e) => {
-                                failures.lock().expect("lock").push(format!("client {c}: {e}"));
-                                conn = H1Conn::connect(proxy).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failures, clients }
-    }
-
-    /// Stops the clients; requests answered 200 and the failures.
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients {
-            c.await.expect("client");
-        }
-        let failures = self.failures.lock().expect("lock").clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
 /// Starts `padis` on a fresh config following `m`; returns it with its (web, dns) ports.
 async fn start_padis(m: &MarathonDouble, dir: &std::path::Path) -> (Padis, u16, u16) {
     let path = dir.join("padis.toml");
@@ -208,7 +155,7 @@ async fn scale_10_20_5_under_load_with_dns_following() {
 
     // Bounded load: 4 keep-alive clients, at most 60 s / 50,000 requests each.
     let proxy: SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
-    let load = Load::start(proxy, 4, Duration::from_secs(60));
+    let load = Load::start(proxy, "web.test", 4, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 10 -> 20: the new tasks take traffic, DNS lists them.
@@ -269,7 +216,7 @@ async fn marathon_down_for_a_minute_keeps_serving_the_last_good_state() {
     let (padis, web, dns) = start_padis(&m, dir.path()).await;
     wait_backends(&padis, (3, 0)).await;
     wait_srv(dns, 3).await;
-    let load = Load::start(format!("127.0.0.1:{web}").parse().expect("addr"), 2, Duration::from_secs(120));
+    let load = Load::start(format!("127.0.0.1:{web}").parse().expect("addr"), "web.test", 2, Duration::from_secs(120));
 
     // Marathon goes away (every instance, streams cut) for a minute.
     m.down_all();

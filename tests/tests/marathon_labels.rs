@@ -6,11 +6,10 @@
 //! Marathon 1.3 task shapes with instanceId-only health events applied at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use padis_tests::l7::{curl, Backend, H1Conn};
+use padis_tests::l7::{curl, Backend, Load};
 use padis_tests::marathon::{AppSpec, MarathonDouble};
 use padis_tests::process::{free_port, Padis};
 
@@ -229,55 +228,6 @@ async fn security_and_routing_labels_are_enforced_and_unsupported_ones_reported(
     assert!(padis.log_text().contains("HAPROXY_0_BACKEND_HEAD"), "logged");
 }
 
-/// Bounded keep-alive load on `web.test`: (ok, failures).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(proxy: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let clients = (0..clients)
-            .map(|c| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut conn = H1Conn::connect(proxy).await;
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    let mut n = 0u32;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 50_000 {
-                        n += 1;
-                        match conn.get("web.test", &format!("/c{c}/{n}")).await {
-                            Ok(a) if a.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(a) => failures.lock().expect("lock").push(format!("client {c}: status {}", a.status)),
-                            Err(e) => {
-                                failures.lock().expect("lock").push(format!("client {c}: {e}"));
-                                conn = H1Conn::connect(proxy).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failures, clients }
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients {
-            c.await.expect("client");
-        }
-        let failures = self.failures.lock().expect("lock").clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
 /// An app of deployment group `web` (marathon-lb's zdd labels), its tasks on `pool` in turn.
 fn colour(id: &str, colour: &str, started: &str, pool: &[Backend]) -> AppSpec {
     let ports: Vec<u32> = pool.iter().map(|b| u32::from(b.addr.port())).collect();
@@ -323,7 +273,7 @@ async fn blue_green_shift_under_load_has_no_failed_request() {
         (b.iter().filter(|(_, d)| !d).count(), b.iter().filter(|(_, d)| *d).count())
     };
     wait_state(&padis, "green serves", |s| count(s) == (3, 0)).await;
-    let load = Load::start(format!("127.0.0.1:{web}").parse().expect("addr"), 3);
+    let load = Load::start(format!("127.0.0.1:{web}").parse().expect("addr"), "web.test", 3, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Blue arrives with no instance, then scales up: each healthy blue instance drains one green task.

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use padis_tests::l7::{self, Backend, Pki};
 use padis_tests::marathon::{AppSpec, MarathonDouble};
 use padis_tests::process::{free_port, Padis};
+use padis_tests::tcp::{echo_on, round_trip, wait_closed, wait_open, Echo, Header};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 /// `s3cret`, as `openssl passwd -6 -salt padissalt s3cret` writes it (an HAProxy userlist `password`).
 const HASH: &str =
@@ -122,96 +122,6 @@ fn rejected(s: &Value) -> Vec<Value> {
     s["sources"]["marathon"]["rejected"].as_array().cloned().unwrap_or_default()
 }
 
-/// A TCP backend on 127.0.0.1 echoing every byte until end of stream; counts connections.
-struct Echo {
-    addr: SocketAddr,
-    conns: Arc<AtomicUsize>,
-    stop: CancellationToken,
-}
-
-impl Echo {
-    async fn start() -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let conns = Arc::new(AtomicUsize::new(0));
-        let stop = CancellationToken::new();
-        let (c, st) = (conns.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut sock, _) = tokio::select! {
-                    r = l.accept() => match r { Ok(a) => a, Err(_) => continue },
-                    _ = st.cancelled() => return,
-                };
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut r, mut w) = sock.split();
-                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                        let _ = w.shutdown().await;
-                    }
-                });
-            }
-        });
-        Echo { addr, conns, stop }
-    }
-
-    fn conns(&self) -> usize {
-        self.conns.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// Sends `msg` on a new connection, closes the sending half and reads everything back (10 s at most).
-async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut c = TcpStream::connect(addr).await?;
-    let (mut r, mut w) = c.split();
-    let send = async {
-        w.write_all(msg).await?;
-        w.shutdown().await
-    };
-    let mut back = Vec::new();
-    let recv = r.read_to_end(&mut back);
-    let (s, rv) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(send, recv) })
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))?;
-    s?;
-    rv?;
-    Ok(back)
-}
-
-/// On an open connection: writes `msg` and reads its echo.
-async fn echo_on(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    c.write_all(msg).await?;
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.map_err(std::io::Error::other)??;
-    if back != msg {
-        return Err(std::io::Error::other("wrong echo"));
-    }
-    Ok(())
-}
-
-/// Waits until a connection to `addr` is accepted (the listener is open), or panics after 10 s.
-async fn wait_open(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until connections to `addr` are refused (the listener is closed), or panics after 10 s.
-async fn wait_closed(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "{addr} still accepts");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A TCP app without VHOST (marathon-lb's `mode tcp`) on its service port: 2 -> 6 -> 1 instances while 4 clients
 /// open connection after connection (each bounded in count and time); none fails, the new tasks take connections,
 /// and connections opened before the scale-down keep working after their tasks left the group.
@@ -219,7 +129,7 @@ async fn wait_closed(addr: SocketAddr) {
 async fn tcp_app_on_its_service_port_scales_2_6_1_under_load() {
     let mut pool = Vec::new();
     for _ in 0..6 {
-        pool.push(Echo::start().await);
+        pool.push(Echo::start(Header::None).await);
     }
     let ports: Vec<u32> = pool.iter().map(|e| u32::from(e.addr.port())).collect();
     let sp = free_port();

@@ -193,48 +193,7 @@ impl Tls {
 
     /// Processes the complete records read so far.
     fn process(&mut self, inb: &mut Buf) -> io::Result<()> {
-        loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(self.rx.filled_mut());
-            let state = match state {
-                Ok(s) => s,
-                Err(e) => {
-                    self.rx.consume(discard);
-                    self.take_alert();
-                    return Err(tls_error(e));
-                }
-            };
-            let mut done = false;
-            match state {
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(rec) = r.next_record() {
-                        let rec = rec.map_err(tls_error)?;
-                        discard += rec.discard;
-                        inb.push(rec.payload);
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.tx)?,
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::BlockedHandshake => done = true,
-                ConnectionState::WriteTraffic(_) => {
-                    // TLS 1.3 allows the server's data before the client's Finished: open means complete.
-                    self.open |= !self.conn.is_handshaking();
-                    done = true;
-                }
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                ConnectionState::Closed => {
-                    self.peer_closed = true;
-                    done = true;
-                }
-                _ => {
-                    self.rx.consume(discard);
-                    return Err(state_error("unexpected TLS state (early data)"));
-                }
-            }
-            self.rx.consume(discard);
-            if done {
-                return Ok(());
-            }
-        }
+        self.drive(inb, None)
     }
 
     /// After a failure: the alert rustls queued, into the output.
@@ -248,6 +207,13 @@ impl Tls {
     /// Encrypts `plain` into the output (application data after the handshake). Plaintext rustls still had for
     /// the reader goes to `inb`.
     pub fn seal(&mut self, plain: &[u8], inb: &mut Buf) -> io::Result<()> {
+        self.drive(inb, Some(plain))
+    }
+
+    /// Runs rustls over the records read so far until it waits: received plaintext goes to `inb`, handshake and
+    /// alert records to the output; with `send`, until `send` is encrypted into the output (an error if the
+    /// connection cannot send), without, until the handshake blocks or application data may flow.
+    fn drive(&mut self, inb: &mut Buf, send: Option<&[u8]>) -> io::Result<()> {
         loop {
             let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(self.rx.filled_mut());
             let state = match state {
@@ -259,8 +225,18 @@ impl Tls {
                 }
             };
             let mut done = false;
-            match state {
-                ConnectionState::WriteTraffic(mut w) => {
+            match (state, send) {
+                (ConnectionState::ReadTraffic(mut r), _) => {
+                    while let Some(rec) = r.next_record() {
+                        let rec = rec.map_err(tls_error)?;
+                        discard += rec.discard;
+                        inb.push(rec.payload);
+                    }
+                }
+                (ConnectionState::EncodeTlsData(mut e), _) => encode(&mut e, &mut self.tx)?,
+                (ConnectionState::TransmitTlsData(t), _) => t.done(),
+                (ConnectionState::PeerClosed, _) => self.peer_closed = true,
+                (ConnectionState::WriteTraffic(mut w), Some(plain)) => {
                     // Enough room for the records (each adds at most 256 bytes to at most 16 KiB), else as much as
                     // rustls says it needs.
                     let mut room = plain.len() + (plain.len() / 16384 + 1) * 256;
@@ -281,17 +257,21 @@ impl Tls {
                     }
                     done = true;
                 }
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(rec) = r.next_record() {
-                        let rec = rec.map_err(tls_error)?;
-                        discard += rec.discard;
-                        inb.push(rec.payload);
-                    }
+                (ConnectionState::WriteTraffic(_), None) => {
+                    // TLS 1.3 allows the server's data before the client's Finished: open means complete.
+                    self.open |= !self.conn.is_handshaking();
+                    done = true;
                 }
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.tx)?,
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                _ => {
+                (ConnectionState::BlockedHandshake, None) => done = true,
+                (ConnectionState::Closed, None) => {
+                    self.peer_closed = true;
+                    done = true;
+                }
+                (_, None) => {
+                    self.rx.consume(discard);
+                    return Err(state_error("unexpected TLS state (early data)"));
+                }
+                (_, Some(_)) => {
                     self.rx.consume(discard);
                     return Err(state_error("TLS connection cannot send"));
                 }
