@@ -145,6 +145,10 @@ impl ClientAuthConfigs {
     }
 }
 
+/// What [`server_config`] builds for a listener: its server config, its certificate resolver, and its configs by
+/// server name when it asks for client certificates.
+pub(crate) type ListenerConfigs = (Arc<ServerConfig>, Arc<SniResolver>, Option<Arc<ClientAuthConfigs>>);
+
 /// Builds a listener's server config from the snapshot's certificates. `keys` caches loaded keys by name. A
 /// listener with client authentication also gets its configs by server name.
 pub(crate) fn server_config(
@@ -152,7 +156,7 @@ pub(crate) fn server_config(
     certs: &[Arc<CertMaterial>],
     keys: &HashMap<String, Arc<CertifiedKey>>,
     resumption: &Resumption,
-) -> Result<(Arc<ServerConfig>, Arc<SniResolver>, Option<Arc<ClientAuthConfigs>>), L7Error> {
+) -> Result<ListenerConfigs, L7Error> {
     let offered: Vec<&Arc<CertMaterial>> =
         certs.iter().filter(|c| tls.certificates.is_empty() || tls.certificates.iter().any(|n| n == &c.name)).collect();
     let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default: None };
