@@ -89,15 +89,58 @@ pub(crate) struct FastLoops {
 }
 
 impl FastLoops {
-    /// Starts one loop per runtime worker on the plane's task tracker. Loops end once `shutdown` is cancelled and
-    /// their connections are done, or at once on the plane's hard stop.
+    /// Starts one loop per runtime worker. With one worker (a current-thread runtime) the loop is a task on it;
+    /// with several, each loop runs on a thread of its own (its own current-thread runtime), as nginx runs one
+    /// event loop per worker process: a loop never migrates between workers, its readiness is never handed from
+    /// one worker's I/O driver to another, and its connections, buffers and idle backend connections stay on one
+    /// core's caches. The runtime's workers keep the accept loops and the hyper path. Loops end once `shutdown`
+    /// is cancelled and their connections are done, at once on the plane's hard stop, and at once when the
+    /// runtime that started them is dropped. The plane's task tracker waits for them.
     pub fn start(plane: &Arc<PlaneShared>, shutdown: &CancellationToken) -> io::Result<FastLoops> {
-        let n = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+        let main = tokio::runtime::Handle::current();
+        let n = main.metrics().num_workers().max(1);
         let mut senders = Vec::with_capacity(n);
-        for _ in 0..n {
+        if main.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
             let (tx, rx) = mpsc::unbounded_channel();
-            let l = Loop::new(plane.clone(), rx, shutdown.clone())?;
+            let l = Loop::new(plane.clone(), rx, shutdown.clone(), main.clone(), CancellationToken::new())?;
             plane.tasks.spawn(l.run());
+            senders.push(tx);
+            return Ok(FastLoops { senders: senders.into(), next: Arc::new(AtomicUsize::new(0)) });
+        }
+        // Cancelled when the starting runtime drops its tasks (it was shut down): the loop threads end with it.
+        let gone = CancellationToken::new();
+        let guard = gone.clone().drop_guard();
+        main.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        });
+        for i in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
+            let (plane, shutdown, main, gone) = (plane.clone(), shutdown.clone(), main.clone(), gone.clone());
+            let token = plane.tasks.token();
+            std::thread::Builder::new().name(format!("padis-fast-{i}")).spawn(move || {
+                let _token = token;
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Loop::new(plane, rx, shutdown, main, gone) {
+                        Ok(l) => {
+                            let _ = started_tx.send(Ok(()));
+                            l.run().await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+            started_rx.recv().map_err(|_| io::Error::other("fast path loop thread ended at its start"))??;
             senders.push(tx);
         }
         Ok(FastLoops { senders: senders.into(), next: Arc::new(AtomicUsize::new(0)) })
@@ -349,6 +392,10 @@ struct Loop {
     rx: mpsc::UnboundedReceiver<Handoff>,
     shutdown: CancellationToken,
     hard: CancellationToken,
+    /// The runtime that started the loops: connections handed to the hyper path are served there.
+    main: tokio::runtime::Handle,
+    /// Cancelled when that runtime is gone (loops on threads of their own end with it).
+    gone: CancellationToken,
     /// The runtime the idle cache was last checked against (see `sweep`).
     runtime_seen: usize,
     no_headers: HeaderMap,
@@ -366,6 +413,8 @@ impl Loop {
         plane: Arc<PlaneShared>,
         rx: mpsc::UnboundedReceiver<Handoff>,
         shutdown: CancellationToken,
+        main: tokio::runtime::Handle,
+        gone: CancellationToken,
     ) -> io::Result<Loop> {
         let hard = plane.hard.clone();
         // SAFETY: a mio `Poll` owns its epoll descriptor for its whole life, and the `AsyncFd` owns the `Poll`.
@@ -382,6 +431,8 @@ impl Loop {
             rx,
             shutdown,
             hard,
+            main,
+            gone,
             runtime_seen: 0,
             no_headers: HeaderMap::new(),
             sender: batch::Sender::new(),
@@ -405,6 +456,7 @@ impl Loop {
             tokio::select! {
                 biased;
                 _ = self.hard.cancelled() => break,
+                _ = self.gone.cancelled() => break,
                 r = self.poll.readable() => match r {
                     Ok(mut g) => g.clear_ready(),
                     Err(e) => {
@@ -701,34 +753,48 @@ impl Loop {
         let std = unsafe { std::net::TcpStream::from_raw_fd(c.sock.into_raw_fd()) };
         let plane = self.plane.clone();
         let (peer, local, listener, stop) = (c.peer, c.local, c.listener, c.stop);
+        // Served by the runtime that started the loops (this loop may run on a thread of its own); the socket is
+        // registered with that runtime's reactor, inside the task.
         if c.hello.is_some() {
             // A TLS connection before its handshake (its ClientHello is still in the socket).
-            self.plane.tasks.spawn(async move {
-                match tokio::net::TcpStream::from_std(std) {
-                    Ok(stream) => conn::serve_tls(plane, stream, peer, local, listener, guard, stop).await,
-                    Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
-                }
-            });
+            self.plane.tasks.spawn_on(
+                async move {
+                    match tokio::net::TcpStream::from_std(std) {
+                        Ok(stream) => conn::serve_tls(plane, stream, peer, local, listener, guard, stop).await,
+                        Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
+                    }
+                },
+                &self.main,
+            );
             return;
         }
         if let Some(tls) = c.tls {
             // Over the same TLS connection, with the plaintext read and not served.
-            match tokio::net::TcpStream::from_std(std) {
-                Ok(stream) => {
-                    let io = TlsStream::new(stream, *tls, c.inb.filled());
-                    self.plane.tasks.spawn(conn::serve_tls_handoff(plane, io, peer, local, listener, guard, stop));
-                }
-                Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
-            }
+            let prefix = c.inb.filled().to_vec();
+            self.plane.tasks.spawn_on(
+                async move {
+                    match tokio::net::TcpStream::from_std(std) {
+                        Ok(stream) => {
+                            let io = TlsStream::new(stream, *tls, &prefix);
+                            conn::serve_tls_handoff(plane, io, peer, local, listener, guard, stop).await
+                        }
+                        Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
+                    }
+                },
+                &self.main,
+            );
             return;
         }
         let prefix = c.inb.filled().to_vec();
-        self.plane.tasks.spawn(async move {
-            match tokio::net::TcpStream::from_std(std) {
-                Ok(stream) => conn::serve_handoff(plane, stream, peer, local, listener, guard, prefix, stop).await,
-                Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
-            }
-        });
+        self.plane.tasks.spawn_on(
+            async move {
+                match tokio::net::TcpStream::from_std(std) {
+                    Ok(stream) => conn::serve_handoff(plane, stream, peer, local, listener, guard, prefix, stop).await,
+                    Err(e) => tracing::debug!(error = %e, "fast path: hand-over failed"),
+                }
+            },
+            &self.main,
+        );
     }
 
     /// What the sweep does to client `k` at `now`.
