@@ -101,7 +101,7 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
         if l.tls_required && l.tls.is_none() {
             return;
         }
-        (rt.limits.clone(), l.tls.as_ref().map(|(cfg, _)| Configs { cfg: cfg.clone(), auth: l.client_auth.clone() }))
+        (rt.limits.clone(), Configs::of(l))
     };
     match tls {
         None => {
@@ -113,9 +113,55 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, stop: Cancellati
 }
 
 /// A TLS listener's server config, and its configs by server name when it asks for client certificates.
-struct Configs {
+pub(crate) struct Configs {
     cfg: Arc<rustls::ServerConfig>,
     auth: Option<Arc<crate::tls::ClientAuthConfigs>>,
+}
+
+impl Configs {
+    /// The TLS configs of a listener that terminates TLS (none if it does not, or if its config could not be
+    /// built: see `tls_required`).
+    pub fn of(l: &crate::runtime::ListenerRt) -> Option<Configs> {
+        l.tls.as_ref().map(|(cfg, _)| Configs { cfg: cfg.clone(), auth: l.client_auth.clone() })
+    }
+}
+
+/// The TLS handshake of an accepted connection, bounded by `timeout` and counted (`padis_tls_handshakes_total`
+/// by version, or `padis_tls_handshake_errors_total`); `None` when it failed or `stop` came first.
+pub(crate) async fn tls_handshake(
+    plane: &PlaneShared,
+    stream: TcpStream,
+    cfg: Configs,
+    peer: SocketAddr,
+    listener: &str,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<http::HeaderName>)> {
+    let handshake = tokio::time::timeout(timeout, accept_tls(stream, cfg));
+    let res = tokio::select! {
+        r = handshake => r,
+        _ = stop.cancelled() => return None,
+    };
+    let done = match res {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(listener, peer = %peer, error = %e, "TLS handshake failed");
+            plane.metrics.handshake_errors.with_label_values(&[listener]).inc();
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(listener, peer = %peer, "TLS handshake timed out");
+            plane.metrics.handshake_errors.with_label_values(&[listener]).inc();
+            return None;
+        }
+    };
+    let version = match done.0.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    plane.metrics.handshakes.with_label_values(&[listener, version]).inc();
+    Some(done)
 }
 
 /// The TLS handshake with the listener's config, or, on a listener with client authentication, with the config
@@ -148,31 +194,9 @@ async fn handshake(
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
-    let handshake = tokio::time::timeout(limits.header_read_timeout, accept_tls(stream, cfg));
-    let res = tokio::select! {
-        r = handshake => r,
-        _ = stop.cancelled() => return,
-    };
-    let (stream, subject_header) = match res {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(listener = &*listener, peer = %peer, error = %e, "TLS handshake failed");
-            plane.metrics.handshake_errors.with_label_values(&[&*listener]).inc();
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(listener = &*listener, peer = %peer, "TLS handshake timed out");
-            plane.metrics.handshake_errors.with_label_values(&[&*listener]).inc();
-            return;
-        }
-    };
+    let done = tls_handshake(&plane, stream, cfg, peer, &listener, limits.header_read_timeout, &stop).await;
+    let Some((stream, subject_header)) = done else { return };
     let session = stream.get_ref().1;
-    let version = match session.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "other",
-    };
-    plane.metrics.handshakes.with_label_values(&[&*listener, version]).inc();
     let mode = match session.alpn_protocol() {
         Some(b"h2") => Mode::H2,
         Some(b"http/1.1") => Mode::H1,

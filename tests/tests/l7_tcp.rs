@@ -299,6 +299,53 @@ async fn listener_acl_resets_other_sources() {
     p.stop().await;
 }
 
+/// TLS terminated by a TCP listener (marathon-lb's `SSL_CERT` on a TCP port): the client's bytes reach the
+/// backend in the clear, its close_notify is the backend's end of stream, no ALPN is offered (the bytes are the
+/// app's protocol), and a client that does not speak TLS reaches no backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_by_a_tcp_listener() {
+    let dir = temp_dir();
+    let pki = padis_tests::l7::Pki::new(dir.path());
+    pki.leaf("t", &["t.test"]);
+    let b = Echo::start(Header::None).await;
+    let cfg = tcp_config("", &[b.addr]).replacen(
+        "group = \"g\"\n",
+        "group = \"g\"\n[listener.tls]\ndefault_certificate = \"t\"\n",
+        1,
+    ) + "[[certificate]]\nname = \"t\"\ncert = \"t.pem\"\nkey = \"t.key\"\n";
+    let p = Proxy::start(&cfg, dir.path()).await;
+    let t = p.addr("t");
+    let tcp = TcpStream::connect(t).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("t.test").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(pki.client_config(&["h2", "http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), None, "no ALPN on a TCP listener");
+    let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let send = async {
+        w.write_all(&msg).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async { r.read_to_end(&mut back).await };
+    let ((), got) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(send, recv) }).await.unwrap();
+    got.expect("ends with the backend's end of stream");
+    assert!(back == msg, "echoed intact through TLS ({} of {} bytes)", back.len(), msg.len());
+    assert_eq!(p.metric("padis_tls_handshakes_total", &[("listener", "t"), ("version", "TLSv1.3")]), 1.0);
+    assert_eq!(p.metric("padis_tcp_bytes_total", &[("listener", "t"), ("direction", "in")]), msg.len() as f64);
+    // Plaintext on the TLS port: no handshake, no backend connection.
+    let mut plain = TcpStream::connect(t).await.unwrap();
+    plain.write_all(b"hello in the clear\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await.expect("closed");
+    assert_eq!(p.metric("padis_tls_handshake_errors_total", &[("listener", "t")]), 1.0);
+    let backend = b.addr.to_string();
+    assert_eq!(p.metric("padis_tcp_connections_total", &[("listener", "t"), ("backend", &backend)]), 1.0);
+    p.stop().await;
+}
+
 #[test]
 fn config_errors_have_file_and_line() {
     let dir = temp_dir();
@@ -340,10 +387,6 @@ addr = \"127.0.0.1:9\"
     for (line, what) in expected {
         assert!(err.contains(&format!("t.toml:{line}:")) && err.contains(what), "{what} at {line}: {err}");
     }
-    let tls = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\ngroup = \"g\"\n[listener.tls]\n\n\
-               [[group]]\nname = \"g\"\n";
-    let err = padis_model::parse_config(tls, "t.toml", dir.path()).expect_err("invalid").to_string();
-    assert!(err.contains("t.toml:6:") && err.contains("no TLS"), "{err}");
     let pp = "[[group]]\nname = \"g\"\nproxy_protocol = \"v1\"\n";
     let err = padis_model::parse_config(pp, "t.toml", dir.path()).expect_err("invalid").to_string();
     assert!(err.contains("t.toml:3:") && err.contains("only sent by mode"), "{err}");

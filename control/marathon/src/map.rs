@@ -818,14 +818,7 @@ fn map_port(
             out.warnings.push(p);
         }
         // What the TCP mode cannot do is not done in the open: the listener stays closed.
-        let refuse = if tcp {
-            pl.ssl_cert
-                .as_ref()
-                .map(|l| (l, "TLS termination is not offered by the TCP mode"))
-                .or_else(|| pl.auth.as_ref().map(|l| (l, "not enforceable by the TCP mode")))
-        } else {
-            None
-        };
+        let refuse = if tcp { pl.auth.as_ref().map(|l| (l, "not enforceable by the TCP mode")) } else { None };
         // The ACL of a TCP port is its listener's (connections from other sources are reset at accept); one that
         // cannot be read keeps the port closed rather than open to all.
         let (tcp_acl, acl_problem) = match (&pl.network_allowed, tcp) {
@@ -867,20 +860,23 @@ fn map_port(
             if accept_proxy {
                 l.proxy_protocol = Some(AcceptProxy { trusted: cfg.accept_proxy_from.clone() });
             }
+            if let Some(c) = pl.ssl_cert.as_ref().filter(|c| !c.value.is_empty()) {
+                let mut t: ListenerTls = serde_json::from_value(serde_json::json!({})).expect("defaults");
+                t.certificates = vec![c.value.clone()];
+                t.default_certificate = Some(c.value.clone());
+                match alpn {
+                    Some(a) => t.alpn = a,
+                    // A TCP port's bytes are the app's protocol: no ALPN unless BIND_OPTIONS names some.
+                    None if tcp => t.alpn.clear(),
+                    None => {}
+                }
+                l.tls = Some(t);
+            }
             if tcp {
                 l.group = Some(format!("{origin}:{n}"));
                 l.allow_cidrs = tcp_acl;
             } else {
                 l.named_routes_only = true;
-                if let Some(c) = pl.ssl_cert.as_ref().filter(|c| !c.value.is_empty()) {
-                    let mut t: ListenerTls = serde_json::from_value(serde_json::json!({})).expect("defaults");
-                    t.certificates = vec![c.value.clone()];
-                    t.default_certificate = Some(c.value.clone());
-                    if let Some(a) = alpn {
-                        t.alpn = a;
-                    }
-                    l.tls = Some(t);
-                }
             }
             listener = Some(l);
         }
@@ -1641,10 +1637,14 @@ mod tests {
             vec![
                 ("marathon:/tcp:0".into(), "0.0.0.0:10000".into(), ListenerMode::Tcp),
                 ("marathon:/web:0".into(), "127.0.0.5:10001".into(), ListenerMode::Http),
+                ("marathon:/tls-tcp:0".into(), "0.0.0.0:10003".into(), ListenerMode::Tcp),
                 ("marathon:/acl-tcp:0".into(), "0.0.0.0:10004".into(), ListenerMode::Tcp),
                 ("marathon:/authed:0".into(), "127.0.0.6:10005".into(), ListenerMode::Http),
             ]
         );
+        // SSL_CERT on a TCP port: TLS terminated by its listener, no ALPN offered.
+        let tls_tcp = s.listeners.iter().find(|l| l.name == "marathon:/tls-tcp:0").unwrap().tls.as_ref().unwrap();
+        assert_eq!((tls_tcp.certificates.clone(), tls_tcp.alpn.is_empty()), (vec!["x".to_string()], true));
         // The ACL of a TCP port is its listener's.
         let acl = &s.listeners.iter().find(|l| l.name == "marathon:/acl-tcp:0").unwrap().allow_cidrs;
         assert_eq!(acl, &["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(), "192.168.1.7/32".parse().unwrap()]);
@@ -1690,13 +1690,6 @@ mod tests {
                 ),
                 (
                     "/late: service port 10000: 0.0.0.0:10000 is already used by /tcp".into(),
-                    Effect::ListenerSkipped,
-                    None
-                ),
-                (
-                    "/tls-tcp: HAPROXY_0_SSL_CERT: TLS termination is not offered by the TCP mode: the service port \
-                     10003 is not opened"
-                        .into(),
                     Effect::ListenerSkipped,
                     None
                 ),

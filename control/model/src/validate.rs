@@ -142,6 +142,20 @@ fn check(
     if text.is_some() {
         resolve_secrets(&mut state, base, &mut cx);
     }
+    // A TCP listener's TLS offers no ALPN unless the file names protocols: the bytes it relays are the backend's
+    // protocol, and the default (`h2`, `http/1.1`) is the HTTP listeners'.
+    if let Some((_, Some(doc))) = text {
+        let tables = doc.get("listener").and_then(|l| l.as_array_of_tables());
+        for (i, l) in state.listeners.iter_mut().enumerate() {
+            let named =
+                || tables.and_then(|t| t.get(i)).and_then(|t| t.get("tls")).and_then(|t| t.get("alpn")).is_some();
+            if l.mode == ListenerMode::Tcp && !named() {
+                if let Some(t) = l.tls.as_mut() {
+                    t.alpn.clear();
+                }
+            }
+        }
+    }
     // Data planes get absolute paths: they never need to know where the config file was. (Joining an absolute
     // path changes nothing, so groups already made absolute are not copied.)
     for g in &mut state.groups {
@@ -363,9 +377,6 @@ fn check_l7(
         same_port.push(l.bind);
         if l.bind == s.admin.listen {
             cx.error(format!("listener[{i}].bind"), "same address as the admin API");
-        }
-        if l.mode == ListenerMode::Tcp && l.tls.is_some() {
-            cx.error(format!("listener[{i}].tls"), "a mode = \"tcp\" listener relays bytes as they are: no TLS");
         }
         if l.mode == ListenerMode::Http && l.group.is_some() {
             cx.error(format!("listener[{i}].group"), "only used with mode = \"tcp\" (HTTP listeners use routes)");

@@ -107,19 +107,32 @@ impl Drop for ActiveTcp<'_> {
     }
 }
 
+/// The client side of a relayed connection.
+enum Client {
+    Plain(TcpStream),
+    /// TLS terminated by the listener (boxed: the session is large).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 /// Relays one accepted connection of a TCP listener until it ends or `hard` (the shutdown grace is over).
 pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, hard: CancellationToken) {
     let _guard = ActiveGuard::new(&plane, &a.listener, a.count.clone(), a.client);
     let found = {
         let rt = plane.runtime.load();
-        rt.listeners.get(&*a.listener).and_then(|l| l.tcp.clone()).and_then(|t| {
+        rt.listeners.get(&*a.listener).and_then(|l| {
+            let t = l.tcp.clone()?;
             let g = rt.balancers.group(&t.0.group)?.clone();
             let idle = t.0.idle_timeout.unwrap_or(g.config().idle_timeout);
-            Some((t, g, idle))
+            // A TLS listener whose config could not be built serves nobody in plaintext.
+            let tls = match (l.tls_required, crate::conn::Configs::of(l)) {
+                (true, None) => return None,
+                (_, tls) => tls,
+            };
+            Some((t, g, idle, tls, rt.limits.header_read_timeout))
         })
     };
-    let Some((tcp, group, idle)) = found else {
-        tracing::warn!(listener = &*a.listener, "TCP listener without its group: connection closed");
+    let Some((tcp, group, idle, tls, handshake_timeout)) = found else {
+        tracing::warn!(listener = &*a.listener, "TCP listener without its group or TLS config: connection closed");
         return;
     };
     let metrics = tcp.metrics(&plane.metrics, &a.listener);
@@ -127,6 +140,18 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, hard: Cancellati
     let _active = ActiveTcp(&metrics.active);
     let client = a.stream;
     let _ = client.set_nodelay(true);
+    // TLS terminated here (`SSL_CERT` on a Marathon TCP port): the handshake before a backend is chosen.
+    let client = match tls {
+        None => Client::Plain(client),
+        Some(cfg) => {
+            let done =
+                crate::conn::tls_handshake(&plane, client, cfg, a.peer, &a.listener, handshake_timeout, &hard).await;
+            match done {
+                Some((s, _)) => Client::Tls(Box::new(s)),
+                None => return,
+            }
+        }
+    };
     let cfg = group.config();
     let headers = http::HeaderMap::new();
     let ctx = SelectCtx { client_ip: a.peer.ip(), headers: &headers };
@@ -155,7 +180,9 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, hard: Cancellati
     }
     let Some((mut backend, entry)) = connected else {
         tracing::debug!(listener = &*a.listener, group = %cfg.name, peer = %a.peer, "no backend reachable");
-        let _ = client.set_zero_linger();
+        if let Client::Plain(c) = &client {
+            let _ = c.set_zero_linger();
+        }
         return;
     };
     let _in_flight = entry.begin();
@@ -168,7 +195,11 @@ pub(crate) async fn serve(plane: Arc<PlaneShared>, a: Accepted, hard: Cancellati
             return;
         }
     }
-    match relay::relay(client, backend, idle, &metrics.bytes, &hard).await {
+    let ended = match client {
+        Client::Plain(client) => relay::relay(client, backend, idle, &metrics.bytes, &hard).await,
+        Client::Tls(client) => relay::relay_stream(client, backend, idle, &metrics.bytes, &hard).await,
+    };
+    match ended {
         Ok(end) => tracing::trace!(listener = &*a.listener, ?end, "TCP connection ended"),
         Err(e) => tracing::debug!(listener = &*a.listener, backend = %entry.addr, error = %e, "TCP relay ended"),
     }

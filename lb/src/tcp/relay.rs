@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -142,6 +143,46 @@ async fn relay_in(
     let up = forward(&client, &backend, mode, &counters.up, &last, start);
     let down = forward(&backend, &client, mode, &counters.down, &last, start);
     drive(up, down, idle, &last, start, hard).await
+}
+
+/// [`relay`] for a client stream that is not a plain socket (TLS terminated here): a buffer copy per direction; the
+/// client's end of stream (its close_notify) is passed on as the backend's half-close and the backend's as the
+/// client's close_notify.
+pub(crate) async fn relay_stream<C: AsyncRead + AsyncWrite>(
+    client: C,
+    mut backend: TcpStream,
+    idle: Duration,
+    counters: &Counters,
+    hard: &CancellationToken,
+) -> io::Result<End> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = backend.split();
+    let up = copy(&mut client_read, &mut backend_write, &counters.up, &last, start);
+    let down = copy(&mut backend_read, &mut client_write, &counters.down, &last, start);
+    drive(up, down, idle, &last, start, hard).await
+}
+
+/// Copies `from` to `to` through a buffer until end of stream, then shuts `to`'s sending half.
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    to: &mut W,
+    counter: &IntCounter,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        counter.inc_by(n as u64);
+        last.store(elapsed_ms(start), Ordering::Relaxed);
+    }
 }
 
 /// Runs both directions until both ended, the idle timeout, or `hard`.
