@@ -797,3 +797,104 @@ async fn dns_tcp(addr: SocketAddr, tally: Arc<Tally>, stop: CancellationToken) {
         }
     }
 }
+
+/// The VIP the routed scenario announces over BGP.
+#[cfg(feature = "l4")]
+pub const VIP: &str = "198.51.100.80";
+
+/// What the routed scenario saw.
+#[cfg(feature = "l4")]
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The clients' view.
+    pub report: Report,
+    /// Upgrades done.
+    pub upgrades: usize,
+    /// Times BIRD removed the VIP's route (its route log).
+    pub withdrawn: usize,
+    /// Graceful restarts BIRD saw complete.
+    pub graceful_restarts: usize,
+    /// BIRD's log (for a failure's message).
+    pub bird_log: String,
+}
+
+/// The whole gateway across `upgrades` upgrades under load, `spacing` apart: the [`Stack`] runs in a network
+/// namespace with its XDP program on the link to a BIRD router, announcing [`VIP`] over BGP with graceful
+/// restart; the clients of [`Load`] run in the same namespace. BIRD's route log says whether the VIP's route
+/// ever left its table.
+#[cfg(feature = "l4")]
+pub fn routed(upgrades: usize, spacing: Duration) -> Routed {
+    use crate::bgp::{bird_config, Bird, Lab, ROUTER_V4, SPEAKER_V4};
+    let lab = Lab::new();
+    let bird_cfg = bird_config(65010, 4_200_000_001, 9).replacen(
+        "  keepalive time 1;\n",
+        "  keepalive time 1;\n  debug { states, routes, events };\n",
+        1,
+    );
+    let bird = Bird::start(lab.router.name(), lab.dir.path(), &bird_cfg);
+    let bird_log = || std::fs::read_to_string(lab.dir.path().join("bird.stderr")).unwrap_or_default();
+    let instance = crate::netns::unique_name("upg");
+    let _pins = crate::l4::PinGuard(instance.clone());
+    let extra = format!(
+        r#"
+[bgp]
+asn = 4200000001
+router_id = "{SPEAKER_V4}"
+hold_time = "9s"
+connect_retry = "300ms"
+graceful_restart = "60s"
+[[bgp.peer]]
+address = "{ROUTER_V4}"
+asn = 65010
+
+[l4]
+interfaces = ["vs"]
+instance = "{instance}"
+xdp_mode = "native"
+max_vips = 4
+max_backends = 64
+max_flows = 65536
+[[vip]]
+name = "web"
+addr = "{VIP}"
+port = 80
+[[vip.backend]]
+addr = "{ROUTER_V4}"
+"#
+    );
+    let prefix = format!("{VIP}/32");
+    let route = |b: &Bird| !b.route(&prefix).is_empty();
+    let (report, done) = crate::netns::in_netns_threaded(lab.speaker.name(), || async {
+        let stack = Stack::start(&crate::process::padis_bin(), &extra).await;
+        let mut reaper = Reaper::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !route(&bird) {
+            assert!(Instant::now() < deadline, "BIRD never learnt the VIP; log:\n{}\n{}", stack.log_text(), bird_log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let load = Load::start(&stack.targets());
+        tokio::time::sleep(spacing).await;
+        let mut done = 0;
+        for _ in 0..upgrades {
+            let (ok, out) = stack.upgrade().await;
+            assert!(ok, "padis upgrade failed: {out}\nlog:\n{}", stack.log_text());
+            let pid = out
+                .split("upgraded: process ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {out:?}"));
+            reaper.0.push(pid);
+            done += 1;
+            tokio::time::sleep(spacing).await;
+        }
+        let report = load.finish().await;
+        assert!(route(&bird), "the VIP's route is gone at the end; log:\n{}\n{}", stack.log_text(), bird_log());
+        (report, done)
+    });
+    let log = bird_log();
+    let withdrawn = log.lines().filter(|l| l.contains("removed") && l.contains(&prefix)).count();
+    // (A restart BIRD saw end: the speaker came back and sent its End-of-RIB.)
+    let graceful_restarts = log.lines().filter(|l| l.contains("Neighbor graceful restart done")).count();
+    Routed { report, upgrades: done, withdrawn, graceful_restarts, bird_log: log }
+}

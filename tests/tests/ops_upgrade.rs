@@ -142,3 +142,18 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(serves(&stack), Some(200));
     dns_udp_query(stack.dns, 9).await.expect("DNS from the new process");
 }
+
+/// The whole gateway in a network namespace: XDP on the link to a BIRD router, the VIP announced over BGP with
+/// graceful restart. Across two upgrades under load, the VIP's route never leaves BIRD's table (the new process
+/// takes over the pinned XDP link and the BGP session restarts gracefully), and the clients lose nothing.
+#[test]
+fn routed_upgrade_keeps_the_vip_route() {
+    let r = padis_tests::upgrade::routed(2, Duration::from_millis(1500));
+    eprintln!("{} withdrawn={} graceful_restarts={}", r.report, r.withdrawn, r.graceful_restarts);
+    assert_eq!(r.upgrades, 2);
+    assert_eq!(r.withdrawn, 0, "{}", r.bird_log);
+    assert_eq!(r.graceful_restarts, 2, "BIRD saw each upgrade as a graceful restart:\n{}", r.bird_log);
+    let rep = &r.report;
+    assert_eq!((rep.failed, rep.broken, rep.unanswered), (0, 0, 0), "{rep}");
+    assert!(rep.requests > 300 && rep.queries > 300 && rep.ws_messages > 100, "{rep}");
+}
