@@ -148,10 +148,10 @@ impl RouteAccess {
 
 impl RouteAccess {
     /// Whether the route's requests are served by the hyper path only: the rules change the request or the
-    /// response (not only admit or refuse it), or a request takes from a rate limit's bucket (taken once, where
-    /// the request is served: `policy::limit_rate`).
+    /// response (not only admit or refuse it). (A rate limit does not: both paths take from its bucket where the
+    /// request is served, `policy::limit_rate`.)
     pub fn rewrites(&self) -> bool {
-        self.proxypass.is_some() || self.revproxy.is_some() || self.limit.is_some()
+        self.proxypass.is_some() || self.revproxy.is_some()
     }
 
     /// Applies the response-side rules to a backend's response head for a request to `host`: `Location` /

@@ -238,6 +238,8 @@ impl Loop {
         if upstream.https || upstream.h2 || route.access.as_ref().is_some_and(|a| a.rewrites()) {
             return Start::Fallback;
         }
+        // Served here from now on (no hand-over): the route's rate limit takes from its bucket here.
+        let limited = policy::limit_rate(&rt, route, query.client).err();
         let cfg = balancer.config();
         let select_headers = match (&cfg.balance, &cfg.hash_key) {
             (Balance::Sticky, _) | (Balance::Maglev, Some(HashKey::Header(_) | HashKey::Cookie(_))) => {
@@ -293,6 +295,10 @@ impl Loop {
         c.inb.consume(len);
         c.head_deadline = None;
         c.state = ClientState::Busy(Box::new(ex));
+        if let Some(l) = limited {
+            self.answer_policy(k, &l);
+            return Start::Answered;
+        }
         self.pick_and_send(k)
     }
 
@@ -394,6 +400,15 @@ impl Loop {
 
     /// Answers client `k`'s exchange with a short local response and ends it.
     pub(super) fn answer_locally(&mut self, k: usize, status: StatusCode, msg: &str) {
+        self.answer(k, status, msg, None);
+    }
+
+    /// [`answer_locally`](Self::answer_locally) with the policy's answer (its `Retry-After`).
+    fn answer_policy(&mut self, k: usize, l: &policy::Local) {
+        self.answer(k, l.status, l.msg, l.retry_after);
+    }
+
+    fn answer(&mut self, k: usize, status: StatusCode, msg: &str, retry_after: Option<u64>) {
         let c = &mut self.clients[k];
         let mut backend = None;
         if let ClientState::Busy(ex) = &mut c.state {
@@ -404,7 +419,7 @@ impl Loop {
                 c.close_after = true;
             }
         }
-        local_reply(status, msg, c.close_after, &mut c.out.data);
+        local_reply(status, msg, c.close_after, retry_after, &mut c.out.data);
         if let Some(bk) = backend {
             self.close_backend(bk);
         }

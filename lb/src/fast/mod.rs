@@ -318,12 +318,13 @@ fn untoken(t: Token) -> (usize, u32, bool) {
     ((t.0 & 0xffff_ffff) >> 1, (t.0 >> 32) as u32, t.0 & 1 == 1)
 }
 
-/// A local answer (the same status and text the hyper path gives).
-fn local_reply(status: StatusCode, body: &str, close: bool, out: &mut Vec<u8>) {
+/// A local answer (the same status, text and `Retry-After` the hyper path gives).
+fn local_reply(status: StatusCode, body: &str, close: bool, retry_after: Option<u64>, out: &mut Vec<u8>) {
     let reason = status.canonical_reason().unwrap_or("");
     let close = if close { "connection: close\r\n" } else { "" };
+    let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n",
+        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}{retry}\r\n",
         status.as_u16(),
         body.len()
     );
