@@ -2,7 +2,7 @@
 //!
 //! Most DNS end-to-end tests live with the crate, in `dns/tests/dns_*.rs` (in-process server on 127.0.0.1:0 and
 //! ::1, driven by kdig, nsupdate, a Knot secondary and raw sockets); their helpers are in `dns/tests/common`.
-//! The tests here (`tests/tests/dns_*.rs`) run the `padis` daemon itself, for what goes through it: SIGHUP and
+//! The tests here (`tests/tests/control/dns_*.rs`) run the `padis` daemon itself, for what goes through it: SIGHUP and
 //! `POST /v1/reload`, `/v1/state`, `/metrics`, `padis check`. Their helpers: [`kdig`] and a BIND 9 secondary
 //! ([`Bind`]).
 

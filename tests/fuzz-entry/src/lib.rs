@@ -1,7 +1,7 @@
 //! Entry functions of the Padis fuzz targets: one per parser of untrusted bytes, each feeding its input through
 //! the same code the daemon runs on bytes from the network or from an operator, and checking what must hold for
 //! any input (beyond not panicking). `tests/fuzz/fuzz_targets/<name>.rs` calls `padis_fuzz_entry::<name>`; the
-//! stable test `tests/tests/fuzz_corpus.rs` runs every kept corpus file (`tests/fuzz/corpus/<name>/`) through the
+//! stable test `tests/tests/control/fuzz_corpus.rs` runs every kept corpus file (`tests/fuzz/corpus/<name>/`) through the
 //! same function.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -440,7 +440,7 @@ pub fn diff_chunks(data: &[u8]) -> Option<Vec<Vec<u8>>> {
 /// Any byte stream from a client, cut as the input says ([`diff_chunks`]), to the fast path and to the hyper
 /// path of one proxy at once: both must send the backend the same requests and the client the same answers
 /// (`padis_tests::differential`, whose module doc lists the documented differences), and no byte may reach the
-/// backend that is not a request the proxy wrote. The open-ended form of `tests/tests/l7_differential.rs`.
+/// backend that is not a request the proxy wrote. The open-ended form of `tests/tests/l7/l7_differential.rs`.
 pub fn l7_differential(data: &[u8]) {
     let Some(chunks) = diff_chunks(data) else { return };
     let heads = heads_of(&chunks.concat());

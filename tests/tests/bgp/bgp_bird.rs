@@ -229,7 +229,7 @@ fn bird_count(bird: &Bird) -> usize {
 }
 
 /// Benchmark, run explicitly:
-/// `cargo test -p padis-tests --test bgp_bird -- --ignored --nocapture bench_`.
+/// `cargo test -p padis-tests --test bgp -- --ignored --nocapture bgp_bird::bench_`.
 /// Time for BIRD to learn 10,000 IPv4 + 2,000 IPv6 VIPs from a fresh session, to follow a churn of 1,000
 /// VIPs out and 1,000 others in, and to withdraw everything.
 #[test]
