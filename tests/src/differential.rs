@@ -1,7 +1,7 @@
 //! The differential check of the two L7 paths: one lane is a recording backend and an in-process proxy with a
 //! listener on each path (the fast path and the hyper path); a request stream goes to both at once and what the
 //! backend received from each (told apart by `X-Forwarded-Port`) and what each client got back are compared.
-//! Used by `tests/tests/l7_differential.rs` (generated streams) and the `l7_differential` fuzz target.
+//! Used by `tests/tests/l7/l7_differential.rs` (generated streams) and the `l7_differential` fuzz target.
 //!
 //! Documented differences, normalised before comparing: header names are compared lowercase and sorted (the
 //! fields of one name keep their order: hyper's header map groups them, and the hyper path updates a forwarding
@@ -37,6 +37,9 @@ use std::time::Duration;
 
 use crate::l7::{temp_dir, Pki, Proxy};
 use crate::recording::{exchange, exchange_on, parse_responses, Recorded, RecordingBackend};
+
+/// An answer as compared: its status, the fields header rules write (generated ids masked) and its body.
+type Answer = (u16, Vec<String>, Vec<u8>);
 
 /// Which requests of a raw stream are HEADs (their answers have no body), by their request lines.
 pub fn heads_of(stream: &[u8]) -> Vec<bool> {
@@ -210,7 +213,7 @@ impl Lane {
             let _ = writeln!(diff, "{stray} request(s) reached the backend without the proxy's headers (smuggled)");
         }
         let (mut fr, mut hr) = (of("fast"), of("hyper"));
-        let answers = |raw: &[u8]| -> (Vec<(u16, Vec<String>, Vec<u8>)>, bool) {
+        let answers = |raw: &[u8]| -> (Vec<Answer>, bool) {
             let (rs, _) = parse_responses(raw, heads);
             let closed = rs.last().and_then(|r| r.header("connection")).is_some_and(|v| v.contains("close"));
             let ruled = |r: &crate::recording::Response| -> Vec<String> {
