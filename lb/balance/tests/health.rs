@@ -156,12 +156,9 @@ async fn http_check_follows_expected_string_and_status() {
     assert!(health.report()[0].last_check_error.as_deref().unwrap().contains("503"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
-    let server = Server::start("").await;
-    let addr = server.addr;
-    let health = HealthRegistry::new(&prometheus::Registry::new()).unwrap();
-    let check = HealthCheck {
+/// A TCP connect check every 20 ms (200 ms timeout), up after `rise` successes and down after `fall` failures.
+fn tcp_check(rise: u32, fall: u32) -> HealthCheck {
+    HealthCheck {
         kind: HealthKind::Tcp,
         path: "/".into(),
         host: None,
@@ -169,10 +166,18 @@ async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
         expect_body: None,
         interval: Duration::from_millis(20),
         timeout: Duration::from_millis(200),
-        rise: 1,
-        fall: 2,
+        rise,
+        fall,
         port: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_check_down_when_port_closes_and_up_when_it_reopens() {
+    let server = Server::start("").await;
+    let addr = server.addr;
+    let health = HealthRegistry::new(&prometheus::Registry::new()).unwrap();
+    let check = tcp_check(1, 2);
     let key = TargetKey { group: "vip-a".into(), addr };
     health.sync("l4", vec![HealthTarget { key: key.clone(), check: Some(check), passive: None }]);
     let h = health.get(&key).unwrap();
@@ -313,18 +318,7 @@ async fn active_rise_ends_a_passive_ejection_on_probation() {
     let server = Server::start("").await;
     let addr = server.addr;
     let health = HealthRegistry::new(&prometheus::Registry::new()).unwrap();
-    let check = HealthCheck {
-        kind: HealthKind::Tcp,
-        path: "/".into(),
-        host: None,
-        expect_status: None,
-        expect_body: None,
-        interval: Duration::from_millis(20),
-        timeout: Duration::from_millis(200),
-        rise: 2,
-        fall: 2,
-        port: None,
-    };
+    let check = tcp_check(2, 2);
     let passive = PassiveHealth {
         consecutive_failures: 2,
         base_ejection: Duration::from_secs(60),
